@@ -1,0 +1,209 @@
+"""The centre's reference receiver (``edge-agent central``): what the ЦОУ runs, kept small.
+
+It subscribes to every site under the prefix with a persistent MQTT session (the broker queues
+for it while it restarts), appends each alarm once to ``alarms.jsonl`` (dedup by event_id), and
+rebuilds clips from chunks that may arrive in any order and more than once: a segment is kept
+when all its chunks are in and its sha256 matches, and a clip is written, as one playable
+MPEG-TS file per camera, once every segment up to the final one is in.
+
+Threading: paho's network thread (loop_start) runs every callback; the receiver's state is
+touched only there, so it needs no lock.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import socket
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlparse
+
+import paho.mqtt.client as mqtt
+from paho.mqtt.enums import CallbackAPIVersion
+from paho.mqtt.properties import Properties
+from paho.mqtt.packettypes import PacketTypes
+
+from agent.errors import AgentError, ProtocolError
+from agent.protocol import ChunkHeader, decode_chunk, parse_alarm
+
+log = logging.getLogger("agent.central")
+
+_SAFE = frozenset("abcdefghijklmnopqrstuvwxyz0123456789-_")
+
+
+def _safe_name(text: str) -> str:
+    """Names from the wire become path parts only if they cannot climb out of the store."""
+    if not text or len(text) > 64 or not set(text.lower()) <= _SAFE:
+        raise ProtocolError(f"unsafe name on the wire: {text[:80]!r}")
+    return text
+
+
+@dataclass
+class _Segment:
+    header: ChunkHeader
+    chunks: dict[int, bytes] = field(default_factory=dict)
+
+
+@dataclass
+class _Clip:
+    segments: dict[int, bytes] = field(default_factory=dict)  # position -> verified bytes
+    final: int | None = None
+    assembling: dict[int, _Segment] = field(default_factory=dict)
+    written: bool = False
+
+
+class Receiver:
+    def __init__(self, store: Path, topic_prefix: str = "schools",
+                 on_alarm: Callable[[dict[str, Any]], None] | None = None) -> None:
+        self.store = store
+        self.prefix = topic_prefix
+        self.on_alarm = on_alarm
+        self._seen: set[str] = set()
+        self._clips: dict[tuple[str, str, str], _Clip] = {}
+        self.site_state: dict[str, dict[str, Any]] = {}
+        self.connected = threading.Event()
+
+    # --- wiring -----------------------------------------------------------------------------
+
+    def load(self) -> None:
+        """Remember the event ids already stored, so a redelivery after a restart is a no-op."""
+        self.store.mkdir(parents=True, exist_ok=True)
+        path = self.store / "alarms.jsonl"
+        if path.exists():
+            for line in path.read_text(encoding="utf-8").splitlines():
+                try:
+                    self._seen.add(json.loads(line)["event_id"])
+                except (ValueError, KeyError, TypeError):
+                    log.warning("skipping an unreadable line in %s", path)
+
+    def subscriptions(self) -> list[str]:
+        return [f"{self.prefix}/+/alarm", f"{self.prefix}/+/status", f"{self.prefix}/+/clip/+"]
+
+    def handle(self, topic: str, payload: bytes) -> None:
+        parts = topic.split("/")
+        if len(parts) < 3:
+            return
+        site, kind = parts[-2], parts[-1]
+        try:
+            if len(parts) >= 4 and parts[-2] == "clip":  # before the others: a camera may be
+                self._chunk(parts[-3], parts[-1], payload)  # named "alarm"
+            elif kind == "alarm":
+                self._alarm(site, payload)
+            elif kind == "status":
+                self._status(site, payload)
+        except (ProtocolError, ValueError) as exc:
+            log.warning("dropping a bad message on %s: %s", topic, exc)
+
+    # --- alarms and status ------------------------------------------------------------------
+
+    def _alarm(self, site: str, payload: bytes) -> None:
+        alarm = parse_alarm(payload)
+        if alarm.site_id != site:
+            raise ProtocolError(f"alarm for site {alarm.site_id} on the topic of {site}")
+        if alarm.event_id in self._seen:
+            return
+        record = json.loads(payload)
+        with open(self.store / "alarms.jsonl", "a", encoding="utf-8") as f:
+            f.write(json.dumps(record, ensure_ascii=False) + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+        self._seen.add(alarm.event_id)
+        log.warning("ALARM site=%s button=%s location=%r kind=%s seq=%d at=%s", site,
+                    alarm.button_id, alarm.location, alarm.kind, alarm.seq, alarm.pressed_at)
+        if self.on_alarm is not None:
+            self.on_alarm(record)
+
+    def _status(self, site: str, payload: bytes) -> None:
+        if not payload:
+            return
+        state = json.loads(payload)
+        self.site_state[site] = state
+        log.info("site %s is %s (%s)", site, state.get("state"), state.get("reason", ""))
+
+    # --- clips ------------------------------------------------------------------------------
+
+    def _chunk(self, site: str, camera: str, payload: bytes) -> None:
+        header, data = decode_chunk(payload)
+        site, camera = _safe_name(site), _safe_name(camera)
+        event = _safe_name(header.event_id)
+        if header.camera_id != camera:
+            raise ProtocolError(f"chunk of camera {header.camera_id} on the topic of {camera}")
+        clip = self._clips.setdefault((site, event, camera), _Clip())
+        if clip.written or header.segment in clip.segments:
+            return  # a duplicate
+        seg = clip.assembling.setdefault(header.segment, _Segment(header))
+        if (seg.header.sha256, seg.header.chunks) != (header.sha256, header.chunks):
+            raise ProtocolError(f"chunk {header.message_id} disagrees with its segment")
+        seg.chunks[header.chunk] = data
+        if header.final:
+            clip.final = header.segment
+        if len(seg.chunks) < header.chunks:
+            return
+        body = b"".join(seg.chunks[i] for i in range(header.chunks))
+        del clip.assembling[header.segment]
+        if hashlib.sha256(body).hexdigest() != header.sha256 or len(body) != header.size:
+            log.error("clip %s/%s/%s segment %d failed its sha256 check; dropped",
+                      site, event, camera, header.segment)
+            return
+        clip.segments[header.segment] = body
+        if clip.final is not None and all(i in clip.segments for i in range(clip.final + 1)):
+            self._write_clip(site, event, camera, clip)
+
+    def _write_clip(self, site: str, event: str, camera: str, clip: _Clip) -> None:
+        assert clip.final is not None
+        folder = self.store / site / event
+        folder.mkdir(parents=True, exist_ok=True)
+        final = folder / f"{camera}.ts"
+        tmp = folder / f".{camera}.ts.tmp"
+        with open(tmp, "wb") as f:
+            for i in range(clip.final + 1):
+                f.write(clip.segments[i])
+            f.flush()
+            os.fsync(f.fileno())
+        tmp.rename(final)
+        clip.written = True
+        clip.segments.clear()
+        log.info("clip written: %s (%d segments)", final, clip.final + 1)
+
+
+def run_receiver(broker: str, topic_prefix: str, store: Path, client_id: str | None = None,
+                 stop: threading.Event | None = None,
+                 on_alarm: Callable[[dict[str, Any]], None] | None = None) -> None:
+    """Connect, subscribe, and hand every message to a Receiver until ``stop`` is set."""
+    url = urlparse(broker)
+    if url.scheme not in ("mqtt", "mqtts") or not url.hostname:
+        raise AgentError(f"--broker must look like mqtt://HOST:PORT, not {broker!r}")
+    receiver = Receiver(store, topic_prefix, on_alarm)
+    receiver.load()
+    client = mqtt.Client(CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5,
+                         client_id=client_id or f"edge-central-{socket.gethostname()}")
+    if url.scheme == "mqtts":
+        client.tls_set()
+
+    def on_connect(c: mqtt.Client, _u: Any, _f: Any, rc: Any, _p: Any) -> None:
+        if rc.is_failure:
+            log.error("broker refused the receiver: %s", rc)
+            return
+        for topic in receiver.subscriptions():
+            c.subscribe(topic, qos=1)
+        receiver.connected.set()
+        log.info("receiver connected to %s, store %s", broker, store)
+
+    client.on_connect = on_connect
+    client.on_message = lambda _c, _u, msg: receiver.handle(msg.topic, msg.payload)
+    props = Properties(PacketTypes.CONNECT)
+    props.SessionExpiryInterval = 7 * 24 * 3600  # the broker queues for us for a week
+    client.connect_async(url.hostname, url.port or (8883 if url.scheme == "mqtts" else 1883),
+                         keepalive=10, clean_start=False, properties=props)
+    client.loop_start()
+    try:
+        (stop or threading.Event()).wait()
+    finally:
+        client.disconnect()
+        client.loop_stop()

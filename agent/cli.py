@@ -1,0 +1,193 @@
+"""``edge-agent``: the one command technicians, the centre and the tests use.
+
+Errors the user can act on (AgentError) print one line and exit non-zero; no traceback ever
+reaches a technician. ``--debug`` shows it for developers.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import signal
+import sys
+import threading
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from agent import __version__, control, logs
+from agent.config import Config, format_report, load_config
+from agent.errors import AgentError, ConfigError
+
+DEFAULT_CONFIG = os.environ.get("EDGE_AGENT_CONFIG", "/etc/edge-agent/agent.yaml")
+
+EXIT_CONFIG = 2
+
+
+def _add_config(p: argparse.ArgumentParser) -> None:
+    p.add_argument("-c", "--config", default=DEFAULT_CONFIG,
+                   help=f"the agent's YAML file (default {DEFAULT_CONFIG})")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="edge-agent", description=__doc__.splitlines()[0])
+    parser.add_argument("--version", action="version", version=f"edge-agent {__version__}")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks and debug logs")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("run", help="run the agent (what systemd starts)")
+    _add_config(p)
+    p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("check-config", help="validate the YAML file; exit 2 listing every problem")
+    _add_config(p)
+    p.set_defaults(func=cmd_check_config)
+
+    p = sub.add_parser("status", help="ask the running agent how it is")
+    _add_config(p)
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.set_defaults(func=cmd_status)
+
+    p = sub.add_parser("simulate", help="press or release a button of the simulated school")
+    p.add_argument("action", choices=["press", "release"])
+    p.add_argument("button", help="the button id from the config")
+    _add_config(p)
+    p.set_defaults(func=cmd_simulate)
+
+    p = sub.add_parser("demo", help="a simulated school, a private broker and the centre's view")
+    p.add_argument("--state", type=Path, default=None,
+                   help="where the demo keeps its state (default: a temporary directory)")
+    p.add_argument("--presses", type=int, default=1, help="how many presses to show")
+    p.add_argument("--exit", action="store_true", help="exit after the presses (for scripts)")
+    p.set_defaults(func=cmd_demo)
+
+    p = sub.add_parser("central", help="the centre's reference receiver")
+    p.add_argument("--broker", required=True, help="mqtt://HOST:PORT or mqtts://HOST:PORT")
+    p.add_argument("--topic-prefix", default="schools")
+    p.add_argument("--store", type=Path, required=True, help="where alarms and clips go")
+    p.add_argument("--client-id", default=None, help="persistent session id (default per host)")
+    p.set_defaults(func=cmd_central)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logs.setup("debug" if args.debug else "info")
+    try:
+        code: int = args.func(args)
+        return code
+    except ConfigError as exc:
+        print(format_report(exc), file=sys.stderr)
+        return EXIT_CONFIG
+    except AgentError as exc:
+        if args.debug:
+            raise
+        print(f"edge-agent: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+
+
+def _load(args: argparse.Namespace) -> Config:
+    return load_config(args.config)
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from agent.config import config_warnings
+    from agent.daemon import Daemon
+
+    cfg = _load(args)
+    logs.setup("debug" if args.debug else cfg.log.level)
+    for warning in config_warnings(cfg):
+        logging.getLogger("agent").warning("%s", warning)
+    return Daemon(cfg).run()
+
+
+def cmd_check_config(args: argparse.Namespace) -> int:
+    from agent.config import config_warnings
+
+    cfg = _load(args)
+    for warning in config_warnings(cfg):
+        print(f"warning: {warning}", file=sys.stderr)
+    print(f"{args.config}: OK (site {cfg.site.id}, {len(cfg.buttons)} buttons, "
+          f"{len(cfg.cameras)} cameras)")
+    return 0
+
+
+def _call(args: argparse.Namespace, request: dict[str, Any]) -> dict[str, Any]:
+    cfg = _load(args)
+    reply = control.call(control.socket_path(Path(cfg.storage.path)), request)
+    if not reply.get("ok"):
+        raise AgentError(str(reply.get("error", "the agent refused the request")))
+    return reply
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    status = _call(args, {"cmd": "status"})["status"]
+    if args.json:
+        print(json.dumps(status, indent=2))
+        return 0
+    print(format_status(status))
+    return 0
+
+
+def format_status(s: dict[str, Any]) -> str:
+    up, box = s["uplink"], s["outbox"]
+    lines = [
+        f"site      {s['site_id']}  (agent {s['version']}, up {s['uptime_s']:.0f} s, "
+        f"clock {'synced' if s['clock_synced'] else 'NOT synced'})",
+        f"uplink    {up['state']} to {up['broker']}"
+        + (f"  last error: {up['last_error']}" if up["last_error"] else ""),
+        f"outbox    alarms {box['alarm']}, control {box['control']}, live {box['live']}, "
+        f"clips {box['clip']}; last seq {box['last_seq']}"
+        + (f"  DISK ERROR: {box['disk_error']}" if box["disk_error"] else ""),
+    ]
+    last = s.get("last_alarm")
+    lines.append("last alarm " + (f"{last['kind']} {last['button_id']} at {last['at']} "
+                                  f"(seq {last['seq']})" if last else "none"))
+    for bid, b in s["buttons"].items():
+        lines.append(f"button    {bid:<12} GPIO {b['pin']:<3} {b['state']:<8} {b['location']}")
+    for cid, c in s.get("cameras", {}).items():
+        lines.append(f"camera    {cid:<12} {c['state']}")
+    return "\n".join(lines)
+
+
+def cmd_simulate(args: argparse.Namespace) -> int:
+    reply = _call(args, {"cmd": "simulate", "action": args.action, "button": args.button})
+    events = [e for e in reply.get("events", []) if e]
+    for e in events:
+        print(f"{e['kind']} {e['button_id']} seq={e['seq']} event_id={e['event_id']}"
+              f"{'' if e['durable'] else ' (held in memory: disk error)'}")
+    if not events:
+        print(f"{args.action} {args.button}: handled, no alarm (already in that state, "
+              "or waiting for hold_s)")
+    return 0
+
+
+def _until_signal(body: Callable[[threading.Event], None]) -> int:
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    body(stop)
+    return 0
+
+
+def cmd_central(args: argparse.Namespace) -> int:
+    from agent.central import run_receiver
+
+    return _until_signal(lambda stop: run_receiver(args.broker, args.topic_prefix, args.store,
+                                                   args.client_id, stop))
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from agent.demo import run_demo
+
+    if not args.debug:
+        logs.setup("warning")  # the demo prints its own narrative; logs only for trouble
+    return _until_signal(lambda stop: run_demo(args.state, args.presses, args.exit, stop))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

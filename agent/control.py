@@ -1,0 +1,124 @@
+"""The local control socket: how ``edge-agent status`` and ``simulate`` talk to the daemon.
+
+A Unix stream socket in the storage directory, owner-only (0600 in a 0750 directory), so only
+the agent's own user and root can use it: no network exposure, no password to manage. One JSON
+request line in, one JSON reply line out.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import socket
+import threading
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from agent.errors import AgentError, ControlError
+
+log = logging.getLogger("agent.control")
+
+Handler = Callable[[dict[str, Any]], dict[str, Any]]
+
+MAX_REQUEST = 64 * 1024
+
+
+def socket_path(storage: Path) -> Path:
+    return storage / "control.sock"
+
+
+class ControlServer:
+    def __init__(self, path: Path, handler: Handler) -> None:
+        self.path = path
+        self._handler = handler
+        self._sock: socket.socket | None = None
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        self.path.unlink(missing_ok=True)
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        old = os.umask(0o177)  # the socket is created 0600: no window where others may connect
+        try:
+            sock.bind(str(self.path))
+        finally:
+            os.umask(old)
+        sock.listen(8)
+        self._sock = sock
+        self._thread = threading.Thread(target=self._serve, name="control", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        if self._sock is not None:
+            self._sock.close()  # wakes accept() with an error; the thread exits
+            self._sock = None
+        if self._thread is not None:
+            self._thread.join(timeout=2)
+        self.path.unlink(missing_ok=True)
+
+    def _serve(self) -> None:
+        while self._sock is not None:
+            try:
+                conn, _ = self._sock.accept()
+            except OSError:
+                return
+            threading.Thread(target=self._one, args=(conn,), name="control-conn",
+                             daemon=True).start()
+
+    def _one(self, conn: socket.socket) -> None:
+        with conn:
+            conn.settimeout(10)
+            try:
+                reply = self._handler(_read_request(conn))
+            except AgentError as exc:
+                reply = {"ok": False, "error": str(exc)}
+            except (ValueError, OSError) as exc:
+                reply = {"ok": False, "error": f"bad request: {exc}"}
+            try:
+                conn.sendall(json.dumps(reply).encode() + b"\n")
+            except OSError:
+                pass
+
+
+def _read_request(conn: socket.socket) -> dict[str, Any]:
+    buf = b""
+    while b"\n" not in buf:
+        chunk = conn.recv(4096)
+        if not chunk:
+            break
+        buf += chunk
+        if len(buf) > MAX_REQUEST:
+            raise ValueError("request too large")
+    req = json.loads(buf.split(b"\n", 1)[0])
+    if not isinstance(req, dict):
+        raise ValueError("request must be a JSON object")
+    return req
+
+
+def call(path: Path, request: dict[str, Any], timeout: float = 10.0) -> dict[str, Any]:
+    """Send one request to the running daemon; ControlError says what to check if it is not up."""
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+            sock.settimeout(timeout)
+            sock.connect(str(path))
+            sock.sendall(json.dumps(request).encode() + b"\n")
+            buf = b""
+            while not buf.endswith(b"\n"):
+                chunk = sock.recv(65536)
+                if not chunk:
+                    break
+                buf += chunk
+    except FileNotFoundError as exc:
+        raise ControlError(f"the agent is not running (no {path}); start it with "
+                           "'edge-agent run -c FILE' or 'systemctl start edge-agent'") from exc
+    except PermissionError as exc:
+        raise ControlError(f"no permission to use {path}: run as root or as the edge-agent "
+                           "user") from exc
+    except OSError as exc:
+        raise ControlError(f"cannot reach the agent at {path}: {exc}") from exc
+    try:
+        reply: dict[str, Any] = json.loads(buf)
+    except ValueError as exc:
+        raise ControlError(f"the agent sent an unreadable reply: {buf[:200]!r}") from exc
+    return reply

@@ -1,0 +1,187 @@
+"""The daemon: wires hardware -> events -> durable outbox -> uplink, and supervises it.
+
+Threads, chosen over asyncio because every library at the edges is blocking or thread-based
+(gpiozero and lgpio call back on their own threads, sqlite3 and PyAV block, paho's loop is
+select-based). Each thread owns one thing and hands work on through one queue or pipe:
+
+    buttons   button state machines; commits each alarm to the outbox (the alarm path)
+    uplink    the paho client; drains the outbox by priority; deletes on PUBACK
+    camera-*  one per camera: source -> segmenter -> in-memory ring (see agent/cameras.py)
+    control   the local control socket (status, simulate)
+    main      signals, sd_notify READY/STATUS/WATCHDOG, health checks
+
+The watchdog ping is sent only while the buttons and uplink threads show recent heartbeats,
+so a hung thread stops the pings and systemd restarts the agent.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+from agent import __version__
+from agent.buttons import ButtonBoard, ButtonEvent, make_pin_factory
+from agent.config import Config
+from agent.control import ControlServer, socket_path
+from agent.errors import AgentError
+from agent.outbox import Outbox
+from agent.protocol import Alarm, Status, Topics, clock_synced, new_event_id, rfc3339
+from agent.sdnotify import Notifier
+from agent.uplink import Uplink
+
+log = logging.getLogger("agent.daemon")
+
+HEARTBEAT_STALE_S = 5.0
+
+
+class Daemon:
+    """Build with a Config; ``start()`` opens everything, ``stop()`` closes it in reverse."""
+
+    def __init__(self, cfg: Config, notifier: Notifier | None = None) -> None:
+        self.cfg = cfg
+        self.topics = Topics(cfg.mqtt.topic_prefix, cfg.site.id)
+        self.notifier = notifier or Notifier.from_env()
+        self.started_at = time.time()
+        self.last_alarm: dict[str, Any] | None = None
+        self._stop = threading.Event()
+        self.outbox: Outbox | None = None
+        self.uplink: Uplink | None = None
+        self.buttons: ButtonBoard | None = None
+        self.control: ControlServer | None = None
+
+    # --- lifecycle --------------------------------------------------------------------------
+
+    def start(self) -> None:
+        storage = Path(self.cfg.storage.path)
+        storage.mkdir(parents=True, exist_ok=True, mode=0o750)
+        self.outbox = Outbox.open(storage / "outbox.db", int(self.cfg.storage.max_gb * 1e9))
+        self.uplink = Uplink(self.cfg.mqtt, self.topics, self.outbox, self._status_payload)
+        self.buttons = ButtonBoard(
+            self.cfg.buttons, make_pin_factory(self.cfg.gpio.backend), self._on_button
+        )
+        self.control = ControlServer(socket_path(storage), self._on_control)
+        self.uplink.start()
+        self.buttons.start()
+        self.control.start()
+        pending = self.outbox.depth()
+        log.info("agent %s started for site %s; outbox holds %s", __version__,
+                 self.cfg.site.id, pending)
+        self.notifier.send(ready="1", status=self._summary())
+
+    def stop(self) -> None:
+        self.notifier.send(stopping="1")
+        for part in (self.control, self.buttons, self.uplink):
+            if part is not None:
+                part.stop()
+        if self.outbox is not None:
+            self.outbox.close()
+        log.info("agent stopped")
+
+    def request_stop(self) -> None:
+        self._stop.set()
+
+    def run(self) -> int:
+        """Start, serve until SIGTERM/SIGINT, stop. Returns the process exit code."""
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, lambda *_: self.request_stop())
+        signal.signal(signal.SIGHUP, lambda *_: log.warning(
+            "SIGHUP ignored: restart the agent to apply configuration changes"))
+        self.start()
+        try:
+            self._supervise()
+        finally:
+            self.stop()
+        return 0
+
+    def _supervise(self) -> None:
+        interval = min(1.0, (self.notifier.watchdog_s or 2.0) / 2)
+        last_summary = ""
+        while not self._stop.wait(interval):
+            if self.healthy():
+                self.notifier.send(watchdog="1")
+            else:
+                log.error("a core thread is stalled; withholding the watchdog ping")
+            summary = self._summary()
+            if summary != last_summary:
+                self.notifier.send(status=summary)
+                last_summary = summary
+
+    def healthy(self) -> bool:
+        now = time.monotonic()
+        parts = (self.buttons, self.uplink)
+        return all(p is not None and p.alive and now - p.heartbeat < HEARTBEAT_STALE_S
+                   for p in parts)
+
+    # --- the alarm path (runs on the buttons thread) ----------------------------------------
+
+    def _on_button(self, event: ButtonEvent) -> dict[str, Any]:
+        assert self.outbox is not None and self.uplink is not None
+        button = self.cfg.button(event.button_id)
+        event_id = new_event_id()
+        synced = clock_synced()
+
+        def build(seq: int) -> bytes:
+            return Alarm(
+                event_id=event_id, seq=seq, site_id=self.cfg.site.id, button_id=button.id,
+                location=button.location, kind=str(event.kind),
+                pressed_at=rfc3339(event.wall_time), clock_synced=synced, detail=event.detail,
+            ).to_json()
+
+        seq, durable = self.outbox.add_alarm(self.topics.alarm, event_id, build)
+        self.uplink.wake()
+        self.last_alarm = {"event_id": event_id, "seq": seq, "button_id": button.id,
+                           "kind": str(event.kind), "at": rfc3339(event.wall_time),
+                           "durable": durable}
+        log.warning("%s: button=%s location=%r seq=%d event_id=%s%s", str(event.kind).upper(),
+                    button.id, button.location, seq, event_id,
+                    f" detail={event.detail!r}" if event.detail else "")
+        return self.last_alarm
+
+    # --- control and status -----------------------------------------------------------------
+
+    def _on_control(self, req: dict[str, Any]) -> dict[str, Any]:
+        match req.get("cmd"):
+            case "status":
+                return {"ok": True, "status": self.status()}
+            case "simulate":
+                assert self.buttons is not None
+                action = req.get("action")
+                if action not in ("press", "release"):
+                    raise AgentError("simulate needs action 'press' or 'release'")
+                events = self.buttons.simulate(str(req.get("button")), action == "press")
+                return {"ok": True, "events": events}
+            case other:
+                raise AgentError(f"unknown control command {other!r}")
+
+    def status(self) -> dict[str, Any]:
+        assert self.outbox is not None and self.uplink is not None and self.buttons is not None
+        return {
+            "site_id": self.cfg.site.id,
+            "version": __version__,
+            "pid": os.getpid(),
+            "uptime_s": round(time.time() - self.started_at, 1),
+            "clock_synced": clock_synced(),
+            "uplink": {"state": str(self.uplink.state), "last_error": self.uplink.last_error,
+                       "sent": self.uplink.sent,
+                       "broker": f"{self.cfg.mqtt.host}:{self.cfg.mqtt.port}"},
+            "outbox": {**self.outbox.depth(), "last_seq": self.outbox.last_seq(),
+                       "disk_error": self.outbox.disk_error},
+            "last_alarm": self.last_alarm,
+            "buttons": self.buttons.snapshot(),
+        }
+
+    def _summary(self) -> str:
+        if self.uplink is None or self.outbox is None:
+            return "starting"
+        depth = self.outbox.depth()
+        return (f"uplink {self.uplink.state}; outbox alarms={depth['alarm']} "
+                f"clips={depth['clip']}")
+
+    def _status_payload(self, state: str, reason: str) -> bytes:
+        return Status(state=state, site_id=self.cfg.site.id, at=rfc3339(time.time()),
+                      agent_version=__version__, reason=reason).to_json()

@@ -1,0 +1,106 @@
+"""A private Mosquitto broker on a free loopback port: for ``edge-agent demo`` and the tests.
+
+It is the real broker, not a fake, so what the demo shows and what the tests prove is what a
+school sees. The process is put in its own session and killed with its parent's exit
+(PR_SET_PDEATHSIG), so a crashed demo or test run never leaves a broker behind.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from agent.errors import AgentError
+
+
+class BrokerError(AgentError, RuntimeError):
+    """The private broker could not be started."""
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _die_with_parent() -> None:
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+
+
+@dataclass
+class Mosquitto:
+    """``start()`` launches; ``kill()`` is SIGKILL (a crash); ``start()`` again reuses the port.
+
+    Persistence is on and saved on every change, so a persistent session (the centre's
+    receiver) survives the broker being killed, as with a production broker.
+    """
+
+    workdir: Path
+    port: int = field(default_factory=free_port)
+    extra_conf: str = ""
+    proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"mqtt://127.0.0.1:{self.port}"
+
+    def start(self, timeout: float = 5.0) -> None:
+        exe = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
+        if not os.path.exists(exe):
+            raise BrokerError("mosquitto is not installed: run ./install.sh --dev "
+                              "(or apt-get install mosquitto)")
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        conf = self.workdir / "mosquitto.conf"
+        conf.write_text(
+            f"listener {self.port} 127.0.0.1\n"
+            "allow_anonymous true\n"
+            "persistence true\n"
+            f"persistence_location {self.workdir}/\n"
+            "autosave_on_changes true\n"
+            "autosave_interval 1\n"
+            "log_dest stderr\n"
+            "log_type error\nlog_type warning\n"
+            f"{self.extra_conf}\n"
+        )
+        log = open(self.workdir / "mosquitto.log", "ab")
+        self.proc = subprocess.Popen(
+            [exe, "-c", str(conf)], stdout=log, stderr=log, stdin=subprocess.DEVNULL,
+            preexec_fn=_die_with_parent,
+        )
+        log.close()
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise BrokerError(f"mosquitto exited at start; see {self.workdir}/mosquitto.log")
+            try:
+                socket.create_connection(("127.0.0.1", self.port), timeout=0.2).close()
+                return
+            except OSError:
+                time.sleep(0.02)
+        self.kill()
+        raise BrokerError(f"mosquitto did not listen on port {self.port} within {timeout} s")
+
+    def kill(self) -> None:
+        """SIGKILL: no clean shutdown, as when the broker host dies."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+        self.proc = None
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self.proc = None

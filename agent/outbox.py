@@ -1,0 +1,348 @@
+"""The durable outbox: every message the centre must get waits here until the broker acks it.
+
+A message is a row. Its life is a small state machine, mostly implicit so that a crash can never
+leave it in a wrong state:
+
+    READY (a row)  --uplink hands it to paho-->  IN_FLIGHT (row + mid, in memory only)
+    IN_FLIGHT  --PUBACK-->  DONE (row deleted)
+    IN_FLIGHT  --process dies-->  READY again (the in-memory mark dies with it)
+
+SQLite choices, each deliberate:
+- WAL with ``synchronous=FULL``: a committed alarm survives power loss (NORMAL may drop the
+  last commits). One alarm costs one WAL fsync; the bench shows it fits the 10 ms budget.
+- One connection shared by the button thread (writes alarms) and the uplink thread (reads,
+  deletes), serialised by ``_lock``; sqlite3 objects are not safe to use concurrently.
+- ``seq`` is allocated in the same transaction as the alarm row, so the persisted counter and
+  the stored alarms can never disagree after a crash.
+- When the disk refuses a write (full, read-only, failing card), an alarm is kept in memory
+  and still sent: a broken disk must never silence a button. Such alarms have negative ids
+  and continue the seq from the last one the disk knows.
+- Rows are ordered by (priority, id): id is AUTOINCREMENT, never reused, so FIFO within a class
+  holds across restarts, and nothing depends on the wall clock (which jumps on a Pi at NTP sync).
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import os
+import sqlite3
+import threading
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TypeVar
+
+from agent.errors import OutboxError
+from agent.protocol import Priority
+
+log = logging.getLogger("agent.outbox")
+
+T = TypeVar("T")
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS messages (
+    id        INTEGER PRIMARY KEY AUTOINCREMENT,
+    priority  INTEGER NOT NULL,
+    topic     TEXT    NOT NULL,
+    key       TEXT    NOT NULL UNIQUE,   -- event_id / chunk id: enqueueing twice is a no-op
+    qos       INTEGER NOT NULL,
+    retain    INTEGER NOT NULL,
+    payload   BLOB    NOT NULL,          -- the whole message, or the header of a file chunk
+    blob_path TEXT,                      -- clip chunks: bytes are read from the spool at send time
+    blob_off  INTEGER,
+    blob_len  INTEGER,
+    size      INTEGER NOT NULL           -- bytes this row stands for, for the disk budget
+);
+CREATE INDEX IF NOT EXISTS messages_order ON messages (priority, id);
+CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value INTEGER NOT NULL);
+INSERT OR IGNORE INTO meta (name, value) VALUES ('seq', 0);
+"""
+
+
+@dataclass(frozen=True, slots=True)
+class BlobRef:
+    """A byte range of a spool file that becomes the body of a message when it is sent."""
+
+    path: Path
+    offset: int
+    length: int
+
+
+@dataclass(frozen=True, slots=True)
+class Message:
+    id: int
+    priority: Priority
+    topic: str
+    key: str
+    qos: int
+    retain: bool
+    payload: bytes  # complete and ready to publish
+
+
+class Outbox:
+    """Open with :meth:`open`; the constructor does no I/O so tests can pass a connection in."""
+
+    def __init__(self, conn: sqlite3.Connection, path: Path, budget_bytes: int) -> None:
+        self._conn = conn
+        self.path = path
+        self.budget_bytes = budget_bytes
+        # Guards _conn, _memory and _memory_seq. Held for one short transaction at a time and
+        # never while calling out of this class.
+        self._lock = threading.Lock()
+        self._memory: list[Message] = []  # alarms the disk refused, oldest first
+        self._memory_seq = 0
+        self._memory_ids = itertools.count(-1, -1)
+        self.disk_error = ""  # the last write failure, for status; empty when the disk is fine
+
+    # --- opening ----------------------------------------------------------------------------
+
+    @classmethod
+    def open(cls, path: Path, budget_bytes: int = 1 << 30) -> Outbox:
+        """Open or create the outbox; a corrupt file is moved aside and a clean one started.
+
+        Losing a corrupt outbox is bad, but an agent that cannot start loses every future alarm,
+        which is worse; the moved file is kept for forensics and the event is logged loudly.
+        """
+        path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            conn = _connect(path)
+        except sqlite3.DatabaseError as exc:
+            aside = _move_aside(path)
+            log.error(
+                "outbox %s is corrupt (%s); moved it to %s and started a clean one", path, exc, aside
+            )
+            try:
+                conn = _connect(path)
+            except sqlite3.Error as exc2:
+                raise OutboxError(f"cannot create outbox {path}: {exc2}") from exc2
+        except sqlite3.Error as exc:
+            raise OutboxError(
+                f"cannot open outbox {path}: {exc}; check that the storage directory is writable"
+            ) from exc
+        return cls(conn, path, budget_bytes)
+
+    def close(self) -> None:
+        with self._lock:
+            self._conn.close()
+
+    # --- writing ----------------------------------------------------------------------------
+
+    def add_alarm(self, topic: str, key: str, build: Callable[[int], bytes]) -> tuple[int, bool]:
+        """Allocate the next ``seq``, store the alarm built from it, and sync, in one commit.
+
+        Returns (seq, durable). When durable, the alarm survives kill -9 and power loss; when
+        the disk refused it, it is held in memory and sent all the same.
+        """
+
+        def tx(conn: sqlite3.Connection) -> int:
+            (seq,) = conn.execute(
+                "UPDATE meta SET value = value + 1 WHERE name = 'seq' RETURNING value"
+            ).fetchone()
+            if seq <= self._memory_seq:  # the disk is back after alarms held in memory
+                seq = self._memory_seq + 1
+                conn.execute("UPDATE meta SET value = ? WHERE name = 'seq'", (seq,))
+            _insert(conn, Priority.ALARM, topic, key, build(seq), qos=1, retain=False)
+            return seq
+
+        try:
+            seq = self._write(tx)
+        except OutboxError as exc:
+            return self._hold_in_memory(topic, key, build, exc), False
+        self.disk_error = ""
+        return seq, True
+
+    def _hold_in_memory(
+        self, topic: str, key: str, build: Callable[[int], bytes], exc: OutboxError
+    ) -> int:
+        log.critical("alarm %s NOT on disk (%s); holding it in memory and sending it", key, exc)
+        self.disk_error = str(exc)
+        with self._lock:
+            if self._memory_seq == 0:
+                try:
+                    (last,) = self._conn.execute(
+                        "SELECT value FROM meta WHERE name = 'seq'").fetchone()
+                    self._memory_seq = int(last)
+                except sqlite3.Error:
+                    pass
+            self._memory_seq += 1
+            seq = self._memory_seq
+            self._memory.append(
+                Message(next(self._memory_ids), Priority.ALARM, topic, key, 1, False, build(seq)))
+        return seq
+
+    def add(
+        self,
+        priority: Priority,
+        topic: str,
+        key: str,
+        payload: bytes,
+        *,
+        qos: int = 1,
+        retain: bool = False,
+        blob: BlobRef | None = None,
+    ) -> bool:
+        """Queue one message; False when one with this key is already queued (a retry)."""
+        return self._write(lambda conn: _insert(conn, priority, topic, key, payload, qos, retain, blob))
+
+    def add_many(self, rows: Iterable[tuple[Priority, str, str, bytes, BlobRef | None]]) -> int:
+        """Queue many messages (a segment's chunks) in one transaction and one sync."""
+
+        def tx(conn: sqlite3.Connection) -> int:
+            return sum(_insert(conn, p, t, k, b, 1, False, blob) for p, t, k, b, blob in rows)
+
+        return self._write(tx)
+
+    def ack(self, message_id: int) -> None:
+        """The broker has it: forget it. A crash before this commits only causes a resend."""
+        if message_id < 0:
+            with self._lock:
+                self._memory = [m for m in self._memory if m.id != message_id]
+            return
+        self._write(lambda conn: conn.execute("DELETE FROM messages WHERE id = ?", (message_id,)))
+
+    def evict_bulk(self, need_bytes: int) -> int:
+        """Drop the oldest clip chunks until ``need_bytes`` fit the budget; alarms never go.
+
+        Returns how many messages were dropped, so the caller can raise a fault event.
+        """
+
+        def tx(conn: sqlite3.Connection) -> int:
+            (used,) = conn.execute("SELECT COALESCE(SUM(size), 0) FROM messages").fetchone()
+            excess = int(used) + need_bytes - self.budget_bytes
+            dropped = 0
+            while excess > 0:
+                row = conn.execute(
+                    "SELECT id, size FROM messages WHERE priority >= ? ORDER BY id LIMIT 1",
+                    (int(Priority.LIVE),),
+                ).fetchone()
+                if row is None:
+                    break
+                conn.execute("DELETE FROM messages WHERE id = ?", (row[0],))
+                excess -= int(row[1])
+                dropped += 1
+            return dropped
+
+        return self._write(tx)
+
+    # --- reading ----------------------------------------------------------------------------
+
+    def next_batch(self, exclude: Iterable[int], limit: int, max_priority: Priority) -> list[Message]:
+        """The first ``limit`` ready messages at or above ``max_priority``, in send order."""
+        skip = sorted(exclude)
+        marks = ",".join("?" * len(skip))
+        sql = (
+            "SELECT id, priority, topic, key, qos, retain, payload, blob_path, blob_off, blob_len "
+            f"FROM messages WHERE priority <= ? {f'AND id NOT IN ({marks})' if skip else ''} "
+            "ORDER BY priority, id LIMIT ?"
+        )
+        with self._lock:
+            rows = self._conn.execute(sql, (int(max_priority), *skip, limit)).fetchall()
+            memory = [m for m in self._memory if m.id not in skip]
+        out: list[Message] = []
+        for mid, prio, topic, key, qos, retain, payload, bpath, boff, blen in rows:
+            if bpath is not None:
+                body = _read_blob(BlobRef(Path(bpath), boff, blen))
+                if body is None:
+                    log.error("clip chunk %s lost its spool file %s; dropping it", key, bpath)
+                    self.ack(mid)
+                    continue
+                payload = bytes(payload) + body
+            out.append(Message(mid, Priority(prio), topic, key, qos, bool(retain), bytes(payload)))
+        alarms = sum(1 for m in out if m.priority is Priority.ALARM)
+        return (out[:alarms] + memory + out[alarms:])[:limit]
+
+    def depth(self) -> dict[str, int]:
+        """Queued messages per class, by class name, for status and health."""
+        with self._lock:
+            rows = self._conn.execute(
+                "SELECT priority, COUNT(*) FROM messages GROUP BY priority"
+            ).fetchall()
+        counts = {p.name.lower(): 0 for p in Priority}
+        for prio, n in rows:
+            counts[Priority(prio).name.lower()] = int(n)
+        counts["alarm"] += len(self._memory)
+        return counts
+
+    def last_seq(self) -> int:
+        with self._lock:
+            (seq,) = self._conn.execute("SELECT value FROM meta WHERE name = 'seq'").fetchone()
+        return max(int(seq), self._memory_seq)
+
+    def integrity_ok(self) -> bool:
+        with self._lock:
+            (result,) = self._conn.execute("PRAGMA integrity_check").fetchone()
+        return bool(result == "ok")
+
+    # --- internals --------------------------------------------------------------------------
+
+    def _write(self, tx: Callable[[sqlite3.Connection], T]) -> T:
+        with self._lock:
+            try:
+                with self._conn:  # BEGIN … COMMIT (and the WAL fsync), or ROLLBACK
+                    return tx(self._conn)
+            except sqlite3.Error as exc:
+                raise OutboxError(f"outbox write failed ({exc}); is {self.path.parent} full?") from exc
+
+
+def _connect(path: Path) -> sqlite3.Connection:
+    conn = sqlite3.connect(path, check_same_thread=False, isolation_level=None, timeout=5.0)
+    try:
+        conn.isolation_level = "DEFERRED"
+        conn.execute("PRAGMA journal_mode=WAL")
+        conn.execute("PRAGMA synchronous=FULL")
+        (check,) = conn.execute("PRAGMA quick_check").fetchone()
+        if check != "ok":
+            raise sqlite3.DatabaseError(f"quick_check: {check}")
+        conn.executescript(_SCHEMA)
+    except sqlite3.Error:
+        conn.close()
+        raise
+    os.chmod(path, 0o600)
+    return conn
+
+
+def _move_aside(path: Path) -> Path:
+    aside = path.with_name(f"{path.name}.corrupt-{time.strftime('%Y%m%dT%H%M%S')}")
+    for suffix in ("", "-wal", "-shm"):
+        src = Path(f"{path}{suffix}")
+        if src.exists():
+            src.rename(Path(f"{aside}{suffix}"))
+    return aside
+
+
+def _insert(
+    conn: sqlite3.Connection,
+    priority: Priority,
+    topic: str,
+    key: str,
+    payload: bytes,
+    qos: int,
+    retain: bool,
+    blob: BlobRef | None = None,
+) -> bool:
+    size = len(payload) + (blob.length if blob else 0)
+    cur = conn.execute(
+        "INSERT OR IGNORE INTO messages "
+        "(priority, topic, key, qos, retain, payload, blob_path, blob_off, blob_len, size) "
+        "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        (
+            int(priority), topic, key, qos, int(retain), payload,
+            str(blob.path) if blob else None,
+            blob.offset if blob else None,
+            blob.length if blob else None,
+            size,
+        ),
+    )
+    return cur.rowcount == 1
+
+
+def _read_blob(ref: BlobRef) -> bytes | None:
+    try:
+        with open(ref.path, "rb") as f:
+            f.seek(ref.offset)
+            data = f.read(ref.length)
+    except OSError:
+        return None
+    return data if len(data) == ref.length else None

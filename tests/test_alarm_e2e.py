@@ -1,0 +1,138 @@
+"""The alarm path end to end: the agent as a separate process, a real Mosquitto, mock GPIO.
+
+Each test is something the centre would see: an alarm with every field, in order, exactly
+when it must arrive, after a dead broker, a killed agent, or a clean stop.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import signal
+import time
+from pathlib import Path
+
+from agent.mosquitto import Mosquitto
+from tests.conftest import AgentProcess, Collector, cli, wait_for
+
+RFC3339_MS = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z$")
+
+
+def test_press_delivers_an_alarm_with_every_field(agent_process: AgentProcess,
+                                                  collector: Collector) -> None:
+    agent_process.start()
+    before = time.time()
+    out = agent_process.press("entrance").stdout
+    [alarm] = collector.wait_alarms(1)
+    assert alarm["event_id"] in out
+    assert alarm["site_id"] == "sim-school"
+    assert alarm["button_id"] == "entrance"
+    assert alarm["location"]
+    assert alarm["kind"] == "panic"
+    assert alarm["seq"] == 1
+    assert isinstance(alarm["clock_synced"], bool)
+    assert RFC3339_MS.match(alarm["pressed_at"])
+    stamp = time.mktime(time.strptime(alarm["pressed_at"][:19], "%Y-%m-%dT%H:%M:%S"))
+    assert abs(stamp - time.timezone - before) < 5
+    status = collector.payloads("/status")
+    assert status and status[-1]["state"] == "online"
+
+
+def test_broker_dead_for_three_presses_then_all_arrive_in_order(
+    agent_process: AgentProcess, collector: Collector, broker: Mosquitto
+) -> None:
+    agent_process.start()
+    wait_for(lambda: (agent_process.status() or {}).get("uplink", {}).get("state") == "online",
+             10, "the agent online")
+    broker.kill()
+    for button in ("entrance", "gym", "entrance"):
+        agent_process.press(button)
+    status = agent_process.status()
+    assert status is not None and status["outbox"]["alarm"] == 3
+    assert status["uplink"]["state"] != "online"
+    broker.start()
+    alarms = collector.wait_alarms(3, timeout=15)
+    assert [a["seq"] for a in alarms] == [1, 2, 3]
+    assert [a["button_id"] for a in alarms] == ["entrance", "gym", "entrance"]
+    assert len({a["event_id"] for a in alarms}) == 3
+    wait_for(lambda: agent_process.status()["outbox"]["alarm"] == 0, 5, "an empty outbox")
+
+
+def test_alarm_committed_then_agent_killed_arrives_after_restart(
+    agent_config: Path, broker: Mosquitto, collector: Collector
+) -> None:
+    broker.kill()  # nothing can be sent: the alarm exists only on the box's disk
+    agent = AgentProcess(agent_config).start()
+    try:
+        press = cli("simulate", "press", "office", "-c", str(agent_config))
+        assert press.returncode == 0, press.stderr
+        event_id = re.search(r"event_id=(\S+)", press.stdout).group(1)  # type: ignore[union-attr]
+        assert agent.kill(signal.SIGKILL) == -signal.SIGKILL
+    finally:
+        agent.close()
+    broker.start()
+    agent = AgentProcess(agent_config).start()
+    try:
+        [alarm] = collector.wait_alarms(1, timeout=15)
+        assert alarm["event_id"] == event_id and alarm["button_id"] == "office"
+        agent.press("gym")
+        alarms = collector.wait_alarms(2)
+        assert [a["seq"] for a in alarms] == [1, 2]  # seq survived the crash
+    finally:
+        agent.close()
+
+
+def test_killed_agent_turns_retained_status_offline_via_the_will(
+    agent_process: AgentProcess, collector: Collector, broker: Mosquitto
+) -> None:
+    agent_process.start()
+    wait_for(lambda: any(s["state"] == "online" for s in collector.payloads("/status")), 10,
+             "online")
+    agent_process.kill(signal.SIGKILL)
+    wait_for(lambda: collector.payloads("/status")[-1]["state"] == "offline", 15,
+             "the will")
+    late = Collector(broker.port, ["schools/sim-school/status"], client_id="late").start()
+    try:  # a centre that connects later sees the retained offline state
+        wait_for(lambda: late.payloads("/status"), 5, "the retained status")
+        assert late.payloads("/status")[-1]["state"] == "offline"
+    finally:
+        late.stop()
+
+
+def test_sigterm_publishes_offline_and_exits_0_within_5s(
+    agent_process: AgentProcess, collector: Collector
+) -> None:
+    agent_process.start()
+    wait_for(lambda: any(s["state"] == "online" for s in collector.payloads("/status")), 10,
+             "online")
+    t0 = time.monotonic()
+    assert agent_process.kill(signal.SIGTERM) == 0
+    assert time.monotonic() - t0 < 5
+    wait_for(lambda: collector.payloads("/status")[-1]["state"] == "offline", 5, "offline")
+    assert collector.payloads("/status")[-1]["reason"] == "agent stopped"
+
+
+def test_status_command_reports_buttons_and_outbox(agent_process: AgentProcess,
+                                                   collector: Collector) -> None:
+    agent_process.start()
+    agent_process.press("gym")
+    collector.wait_alarms(1)
+    r = cli("status", "-c", str(agent_process.config))
+    assert r.returncode == 0, r.stderr
+    assert "gym" in r.stdout and "last alarm panic gym" in r.stdout
+    status = json.loads(cli("status", "--json", "-c", str(agent_process.config)).stdout)
+    assert set(status["buttons"]) == {"entrance", "gym", "office", "corridor"}
+    assert status["last_alarm"]["button_id"] == "gym"
+
+
+def test_status_without_a_running_agent_says_so(agent_config: Path) -> None:
+    r = cli("status", "-c", str(agent_config))
+    assert r.returncode == 1
+    assert "not running" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_control_socket_is_owner_only(agent_process: AgentProcess) -> None:
+    agent_process.start()
+    sock = Path(json.loads(cli("status", "--json", "-c", str(agent_process.config)).stdout)
+                and agent_process.config.parent / "state" / "control.sock")
+    assert sock.stat().st_mode & 0o777 == 0o600

@@ -1,0 +1,178 @@
+"""Buttons on gpiozero's MockFactory, driven as a finger and a cable would drive them."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from gpiozero.pins.mock import MockFactory
+
+from agent.buttons import ButtonBoard, ButtonError, ButtonEvent, Timing
+from agent.config import ButtonConfig, Wiring
+from agent.protocol import AlarmKind
+from tests.conftest import wait_for
+
+
+class Recorder:
+    def __init__(self) -> None:
+        self.events: list[ButtonEvent] = []
+        self.lock = threading.Lock()
+
+    def __call__(self, event: ButtonEvent) -> dict[str, Any]:
+        with self.lock:
+            self.events.append(event)
+        return {"kind": str(event.kind), "button_id": event.button_id}
+
+    def kinds(self, button: str | None = None) -> list[AlarmKind]:
+        with self.lock:
+            return [e.kind for e in self.events if button in (None, e.button_id)]
+
+
+def _button(bid: str, pin: int, wiring: str = "normally_open", hold_s: float = 0.0) -> ButtonConfig:
+    return ButtonConfig(id=bid, pin=pin, location=f"{bid} room", wiring=Wiring(wiring),
+                        hold_s=hold_s, cameras=None)
+
+
+@pytest.fixture
+def factory() -> MockFactory:
+    return MockFactory()
+
+
+@pytest.fixture
+def rec() -> Recorder:
+    return Recorder()
+
+
+def _board(factory: MockFactory, rec: Recorder, *buttons: ButtonConfig,
+           timing: Timing = Timing(release_s=0.05, stuck_s=30)) -> ButtonBoard:
+    board = ButtonBoard(buttons, factory, rec, timing=timing)
+    board.start()
+    return board
+
+
+@pytest.fixture
+def board(factory: MockFactory, rec: Recorder) -> Iterator[ButtonBoard]:
+    b = _board(factory, rec, _button("entrance", 17),
+               _button("office", 22, wiring="normally_closed"))
+    yield b
+    b.stop()
+
+
+def test_press_gives_one_alarm_at_once(board: ButtonBoard, factory: MockFactory,
+                                       rec: Recorder) -> None:
+    t0 = time.time()
+    result = board.simulate("entrance", True)
+    assert result == [{"kind": "panic", "button_id": "entrance"}]
+    [event] = rec.events
+    assert event.kind is AlarmKind.PANIC and t0 <= event.wall_time <= time.time()
+
+
+def test_bounce_storm_of_100_edges_in_50ms_is_one_alarm(board: ButtonBoard,
+                                                        factory: MockFactory,
+                                                        rec: Recorder) -> None:
+    pin = factory.pin(17)
+    start = time.monotonic()
+    for i in range(100):
+        (pin.drive_low if i % 2 == 0 else pin.drive_high)()
+        time.sleep(0.0004)
+    assert time.monotonic() - start < 0.2
+    pin.drive_high()
+    time.sleep(0.3)
+    assert rec.kinds() == [AlarmKind.PANIC]
+
+
+def test_release_rearms_so_a_second_press_is_a_second_alarm(board: ButtonBoard,
+                                                            rec: Recorder) -> None:
+    board.simulate("entrance", True)
+    board.simulate("entrance", False)
+    time.sleep(0.15)
+    board.simulate("entrance", True)
+    assert rec.kinds() == [AlarmKind.PANIC, AlarmKind.PANIC]
+
+
+def test_normally_closed_loop_opening_is_an_alarm(board: ButtonBoard, factory: MockFactory,
+                                                  rec: Recorder) -> None:
+    assert rec.events == []  # the simulated loop is closed at start: no false alarm
+    factory.pin(22).drive_high()  # the loop opens: pressed, or the cable is cut
+    wait_for(lambda: rec.kinds("office") == [AlarmKind.PANIC], 2, "an NC alarm")
+
+
+def test_hold_s_ignores_a_tap_and_alarms_on_a_hold(factory: MockFactory, rec: Recorder) -> None:
+    board = _board(factory, rec, _button("corridor", 23, hold_s=0.2))
+    try:
+        board.simulate("corridor", True)
+        time.sleep(0.05)
+        board.simulate("corridor", False)
+        time.sleep(0.3)
+        assert rec.kinds() == []
+        board.simulate("corridor", True)
+        wait_for(lambda: rec.kinds() == [AlarmKind.PANIC], 2, "the held press")
+        assert board.snapshot()["corridor"]["state"] == "pressed"
+    finally:
+        board.stop()
+
+
+def test_stuck_button_gives_one_alarm_one_fault_then_restore(factory: MockFactory,
+                                                             rec: Recorder) -> None:
+    board = _board(factory, rec, _button("gym", 24), timing=Timing(release_s=0.05, stuck_s=0.3))
+    try:
+        board.simulate("gym", True)
+        time.sleep(1.0)  # held far longer than a press
+        assert rec.kinds() == [AlarmKind.PANIC, AlarmKind.FAULT]
+        assert board.snapshot()["gym"]["state"] == "stuck"
+        board.simulate("gym", False)
+        wait_for(lambda: rec.kinds()[-1:] == [AlarmKind.RESTORE], 2, "the restore")
+        assert len(rec.kinds()) == 3
+    finally:
+        board.stop()
+
+
+def test_cut_loop_at_start_is_a_fault_not_a_press(factory: MockFactory,
+                                                  rec: Recorder) -> None:
+    board = ButtonBoard([_button("lab", 25, wiring="normally_closed")], factory, rec)
+    board.start(close_mock_loops=False)  # the NC loop is open at power-up: a cut cable
+    try:
+        wait_for(lambda: rec.kinds() == [AlarmKind.FAULT], 2, "the start-up fault")
+    finally:
+        board.stop()
+
+
+def test_handler_failure_does_not_stop_other_buttons(factory: MockFactory) -> None:
+    calls: list[str] = []
+
+    def handler(event: ButtonEvent) -> None:
+        calls.append(event.button_id)
+        if event.button_id == "bad":
+            raise RuntimeError("boom")
+
+    board = ButtonBoard([_button("bad", 5), _button("good", 6)], factory, handler)
+    board.start()
+    try:
+        board.simulate("bad", True)
+        board.simulate("good", True)
+        assert calls == ["bad", "good"] and board.alive
+    finally:
+        board.stop()
+
+
+def test_a_pin_that_fails_to_open_leaves_the_others_working(factory: MockFactory,
+                                                            rec: Recorder) -> None:
+    from gpiozero import DigitalInputDevice
+
+    squatter = DigitalInputDevice(17, pin_factory=factory)  # the pin is already taken
+    board = _board(factory, rec, _button("entrance", 17), _button("gym", 24))
+    try:
+        assert board.snapshot()["entrance"]["state"] == "failed"
+        board.simulate("gym", True)
+        assert rec.kinds("gym") == [AlarmKind.PANIC]
+    finally:
+        board.stop()
+        squatter.close()
+
+
+def test_simulate_refuses_unknown_button(board: ButtonBoard) -> None:
+    with pytest.raises(ButtonError, match="no button 'nope'"):
+        board.simulate("nope", True)

@@ -1,0 +1,148 @@
+"""The durable outbox on a real file system: order, seq, durability, corruption, budget."""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from agent.outbox import BlobRef, Outbox
+from agent.protocol import Priority
+
+
+def _alarm(box: Outbox, key: str) -> int:
+    seq, durable = box.add_alarm("s/x/alarm", key, lambda s: f'{{"seq":{s}}}'.encode())
+    assert durable
+    return seq
+
+
+def test_priority_order_then_fifo(tmp_path: Path) -> None:
+    box = Outbox.open(tmp_path / "o.db")
+    box.add(Priority.CLIP, "c", "clip-1", b"c1")
+    box.add(Priority.CONTROL, "r", "res-1", b"r1")
+    _alarm(box, "a1")
+    box.add(Priority.CLIP, "c", "clip-2", b"c2")
+    _alarm(box, "a2")
+    keys = [m.key for m in box.next_batch([], 10, Priority.CLIP)]
+    assert keys == ["a1", "a2", "res-1", "clip-1", "clip-2"]
+    assert [m.key for m in box.next_batch([], 10, Priority.ALARM)] == ["a1", "a2"]
+
+
+def test_seq_strictly_increases_across_reopen_and_acks(tmp_path: Path) -> None:
+    box = Outbox.open(tmp_path / "o.db")
+    seqs = [_alarm(box, f"a{i}") for i in range(3)]
+    for m in box.next_batch([], 10, Priority.ALARM):
+        box.ack(m.id)
+    box.close()
+    box = Outbox.open(tmp_path / "o.db")
+    seqs += [_alarm(box, "a3")]
+    assert seqs == [1, 2, 3, 4]
+    assert box.depth()["alarm"] == 1
+
+
+def test_duplicate_key_is_ignored(tmp_path: Path) -> None:
+    box = Outbox.open(tmp_path / "o.db")
+    assert box.add(Priority.CLIP, "c", "same", b"1")
+    assert not box.add(Priority.CLIP, "c", "same", b"2")
+    assert box.depth()["clip"] == 1
+
+
+def test_alarm_survives_kill_9_right_after_commit(tmp_path: Path) -> None:
+    """A child commits an alarm and is SIGKILLed at once: the row is there on reopen."""
+    db = tmp_path / "o.db"
+    code = (
+        "import os, signal, sys; from pathlib import Path; from agent.outbox import Outbox\n"
+        f"box = Outbox.open(Path({str(db)!r}))\n"
+        "box.add_alarm('t', 'k', lambda s: b'payload')\n"
+        "os.kill(os.getpid(), signal.SIGKILL)\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], cwd=Path(__file__).parent.parent)
+    assert proc.returncode == -9
+    box = Outbox.open(db)
+    assert box.integrity_ok()
+    [msg] = box.next_batch([], 10, Priority.CLIP)
+    assert (msg.key, msg.payload) == ("k", b"payload")
+
+
+def test_corrupt_file_is_moved_aside_and_a_clean_one_started(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    db = tmp_path / "o.db"
+    db.write_bytes(b"this is not sqlite" * 100)
+    box = Outbox.open(db)
+    assert _alarm(box, "a") == 1
+    aside = [p for p in tmp_path.iterdir() if ".corrupt-" in p.name]
+    assert aside and aside[0].read_bytes().startswith(b"this is not sqlite")
+    assert "corrupt" in caplog.text
+
+
+def test_truncated_file_is_moved_aside(tmp_path: Path) -> None:
+    db = tmp_path / "o.db"
+    box = Outbox.open(db)
+    for i in range(50):
+        box.add(Priority.CLIP, "c", f"k{i}", os.urandom(2000))
+    box.close()
+    for suffix in ("-wal", "-shm"):
+        Path(f"{db}{suffix}").unlink(missing_ok=True)
+    data = db.read_bytes()
+    db.write_bytes(data[: len(data) // 3])
+    box = Outbox.open(db)
+    assert box.integrity_ok()
+    assert _alarm(box, "after") >= 1
+
+
+def test_blob_messages_read_their_bytes_at_send_time(tmp_path: Path) -> None:
+    spool = tmp_path / "seg.ts"
+    spool.write_bytes(b"0123456789")
+    box = Outbox.open(tmp_path / "o.db")
+    box.add(Priority.CLIP, "c", "chunk", b"HEAD\n", blob=BlobRef(spool, 2, 5))
+    [msg] = box.next_batch([], 1, Priority.CLIP)
+    assert msg.payload == b"HEAD\n23456"
+    spool.unlink()  # the spool lost the file: the chunk is dropped, not sent broken
+    box.add(Priority.CLIP, "c", "chunk2", b"H\n", blob=BlobRef(spool, 0, 5))
+    assert [m.key for m in box.next_batch([msg.id], 5, Priority.CLIP)] == []
+
+
+def test_budget_evicts_oldest_clips_never_alarms(tmp_path: Path) -> None:
+    box = Outbox.open(tmp_path / "o.db", budget_bytes=10_000)
+    _alarm(box, "alarm")
+    for i in range(8):
+        box.add(Priority.CLIP, "c", f"clip-{i}", b"x" * 1000)
+    dropped = box.evict_bulk(need_bytes=5000)
+    assert dropped >= 3
+    keys = [m.key for m in box.next_batch([], 20, Priority.CLIP)]
+    assert keys[0] == "alarm"
+    assert keys[1:] == [f"clip-{i}" for i in range(dropped, 8)]
+
+
+def test_disk_refusing_writes_keeps_alarms_in_memory(tmp_path: Path) -> None:
+    """A failing card: sqlite raises on every write. Alarms still come out, seq continues."""
+    box = Outbox.open(tmp_path / "o.db")
+    assert _alarm(box, "before") == 1
+
+    class Refusing:
+        def __init__(self, real: sqlite3.Connection) -> None:
+            self.real = real
+
+        def __enter__(self) -> None:
+            raise sqlite3.OperationalError("disk I/O error")
+
+        def __exit__(self, *a: object) -> None:
+            pass
+
+        def execute(self, *a: object) -> sqlite3.Cursor:
+            return self.real.execute(*a)  # type: ignore[arg-type]
+
+    box._conn = Refusing(box._conn)  # type: ignore[assignment]
+    seq, durable = box.add_alarm("t", "during", lambda s: f"{s}".encode())
+    assert (seq, durable) == (2, False)
+    assert box.disk_error
+    keys = [m.key for m in box.next_batch([], 10, Priority.CLIP)]
+    assert keys == ["before", "during"]
+    mem = [m for m in box.next_batch([], 10, Priority.ALARM) if m.key == "during"][0]
+    box.ack(mem.id)
+    assert [m.key for m in box.next_batch([], 10, Priority.CLIP)] == ["before"]
