@@ -110,14 +110,14 @@ class ButtonBoard:
         factory: Factory | None,
         on_event: Callable[[ButtonEvent], Any],
         *,
-        timing: Timing = Timing(),
+        timing: Timing | None = None,
         clock: Clock = time.monotonic,
         wall: Clock = time.time,
     ) -> None:
         self._buttons = {b.id: _Button(b) for b in buttons}
         self._factory = factory
         self._on_event = on_event
-        self._timing = timing
+        self._timing = timing or Timing()
         self._clock = clock
         self._wall = wall
         self._queue: queue.SimpleQueue[tuple[Any, ...]] = queue.SimpleQueue()
@@ -177,7 +177,8 @@ class ButtonBoard:
         """Drive a mock pin as a finger would, and wait until the buttons thread handled it.
 
         Returns what the handler returned for each event that edge produced (an alarm is
-        committed by the handler before this returns). Only for the mock backend: the simulated school and the end-to-end tests.
+        committed by the handler before this returns). Only for the mock backend: the
+        simulated school and the end-to-end tests.
         """
         if not isinstance(self._factory, MockFactory):
             raise ButtonError("simulate works only with gpio.backend: mock")

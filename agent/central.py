@@ -26,8 +26,8 @@ from urllib.parse import urlparse
 
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
-from paho.mqtt.properties import Properties
 from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
 
 from agent.errors import AgentError, ProtocolError
 from agent.protocol import ChunkHeader, decode_chunk, parse_alarm
@@ -196,8 +196,8 @@ def run_receiver(broker: str, topic_prefix: str, store: Path, client_id: str | N
         log.info("receiver connected to %s, store %s", broker, store)
 
     client.on_connect = on_connect
-    client.on_message = lambda _c, _u, msg: receiver.handle(msg.topic, msg.payload)
-    props = Properties(PacketTypes.CONNECT)
+    client.on_message = lambda _c, _u, msg: receiver.handle(msg.topic, bytes(msg.payload))
+    props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
     props.SessionExpiryInterval = 7 * 24 * 3600  # the broker queues for us for a week
     client.connect_async(url.hostname, url.port or (8883 if url.scheme == "mqtts" else 1883),
                          keepalive=10, clean_start=False, properties=props)

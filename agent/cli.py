@@ -185,7 +185,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from agent.demo import run_demo
 
     if not args.debug:
-        logs.setup("warning")  # the demo prints its own narrative; logs only for trouble
+        logs.setup("error")  # the demo prints its own narrative; logs only for trouble
     return _until_signal(lambda stop: run_demo(args.state, args.presses, args.exit, stop))
 
 

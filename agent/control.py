@@ -7,6 +7,7 @@ request line in, one JSON reply line out.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -75,10 +76,8 @@ class ControlServer:
                 reply = {"ok": False, "error": str(exc)}
             except (ValueError, OSError) as exc:
                 reply = {"ok": False, "error": f"bad request: {exc}"}
-            try:
+            with contextlib.suppress(OSError):  # the client went away; nothing to tell
                 conn.sendall(json.dumps(reply).encode() + b"\n")
-            except OSError:
-                pass
 
 
 def _read_request(conn: socket.socket) -> dict[str, Any]:

@@ -60,7 +60,8 @@ class Daemon:
         storage = Path(self.cfg.storage.path)
         storage.mkdir(parents=True, exist_ok=True, mode=0o750)
         self.outbox = Outbox.open(storage / "outbox.db", int(self.cfg.storage.max_gb * 1e9))
-        self.uplink = Uplink(self.cfg.mqtt, self.topics, self.outbox, self._status_payload)
+        self.uplink = Uplink(self.cfg.mqtt, self.topics, self.outbox, self._status_payload,
+                             max_video_kbps=self.cfg.uplink.max_kbps)
         self.buttons = ButtonBoard(
             self.cfg.buttons, make_pin_factory(self.cfg.gpio.backend), self._on_button
         )

@@ -11,6 +11,7 @@ from __future__ import annotations
 import tempfile
 import threading
 import time
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -68,7 +69,7 @@ def run_demo(state: Path | None, presses: int, exit_after: bool, stop: threading
             t0 = time.monotonic()
             daemon.buttons.simulate(button.id, True)
             with arrived:
-                if not arrived.wait_for(lambda: len(received) > i, timeout=10):
+                if not arrived.wait_for(partial(_more_than, received, i), timeout=10):
                     raise AgentError("the centre did not receive the alarm within 10 s")
             at, alarm = received[i]
             _say(f"  ЦОУ <- ALARM {alarm['site_id']}/{alarm['button_id']} "
@@ -89,6 +90,10 @@ def run_demo(state: Path | None, presses: int, exit_after: bool, stop: threading
         centre.join(timeout=3)
         broker.stop()
         _say("demo stopped.")
+
+
+def _more_than(items: list[Any], n: int) -> bool:
+    return len(items) > n
 
 
 def _wait_online(daemon: Daemon, timeout: float = 10.0) -> None:

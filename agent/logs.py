@@ -25,7 +25,9 @@ def redact(text: str) -> str:
 
 class _Formatter(logging.Formatter):
     def __init__(self, journald: bool) -> None:
-        fmt = "%(name)s: %(message)s" if journald else "%(asctime)s %(levelname)-7s %(name)s: %(message)s"
+        fmt = "%(name)s: %(message)s"
+        if not journald:
+            fmt = "%(asctime)s %(levelname)-7s " + fmt
         super().__init__(fmt, datefmt="%H:%M:%S")
         self._journald = journald
 

@@ -70,12 +70,11 @@ class Mosquitto:
             "log_type error\nlog_type warning\n"
             f"{self.extra_conf}\n"
         )
-        log = open(self.workdir / "mosquitto.log", "ab")
-        self.proc = subprocess.Popen(
-            [exe, "-c", str(conf)], stdout=log, stderr=log, stdin=subprocess.DEVNULL,
-            preexec_fn=_die_with_parent,
-        )
-        log.close()
+        with open(self.workdir / "mosquitto.log", "ab") as log:
+            self.proc = subprocess.Popen(
+                [exe, "-c", str(conf)], stdout=log, stderr=log, stdin=subprocess.DEVNULL,
+                preexec_fn=_die_with_parent,
+            )
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:

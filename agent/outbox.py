@@ -111,7 +111,8 @@ class Outbox:
         except sqlite3.DatabaseError as exc:
             aside = _move_aside(path)
             log.error(
-                "outbox %s is corrupt (%s); moved it to %s and started a clean one", path, exc, aside
+                "outbox %s is corrupt (%s); moved it to %s and started a clean one",
+                path, exc, aside,
             )
             try:
                 conn = _connect(path)
@@ -137,9 +138,10 @@ class Outbox:
         """
 
         def tx(conn: sqlite3.Connection) -> int:
-            (seq,) = conn.execute(
+            row = conn.execute(
                 "UPDATE meta SET value = value + 1 WHERE name = 'seq' RETURNING value"
             ).fetchone()
+            seq = int(row[0])
             if seq <= self._memory_seq:  # the disk is back after alarms held in memory
                 seq = self._memory_seq + 1
                 conn.execute("UPDATE meta SET value = ? WHERE name = 'seq'", (seq,))
@@ -184,7 +186,8 @@ class Outbox:
         blob: BlobRef | None = None,
     ) -> bool:
         """Queue one message; False when one with this key is already queued (a retry)."""
-        return self._write(lambda conn: _insert(conn, priority, topic, key, payload, qos, retain, blob))
+        return self._write(
+            lambda conn: _insert(conn, priority, topic, key, payload, qos, retain, blob))
 
     def add_many(self, rows: Iterable[tuple[Priority, str, str, bytes, BlobRef | None]]) -> int:
         """Queue many messages (a segment's chunks) in one transaction and one sync."""
@@ -201,6 +204,11 @@ class Outbox:
                 self._memory = [m for m in self._memory if m.id != message_id]
             return
         self._write(lambda conn: conn.execute("DELETE FROM messages WHERE id = ?", (message_id,)))
+
+    def ack_many(self, message_ids: list[int]) -> None:
+        """Forget many acknowledged messages in one commit (video: one fsync per batch)."""
+        self._write(lambda conn: conn.executemany(
+            "DELETE FROM messages WHERE id = ?", [(i,) for i in message_ids]))
 
     def evict_bulk(self, need_bytes: int) -> int:
         """Drop the oldest clip chunks until ``need_bytes`` fit the budget; alarms never go.
@@ -228,7 +236,9 @@ class Outbox:
 
     # --- reading ----------------------------------------------------------------------------
 
-    def next_batch(self, exclude: Iterable[int], limit: int, max_priority: Priority) -> list[Message]:
+    def next_batch(
+        self, exclude: Iterable[int], limit: int, max_priority: Priority
+    ) -> list[Message]:
         """The first ``limit`` ready messages at or above ``max_priority``, in send order."""
         skip = sorted(exclude)
         marks = ",".join("?" * len(skip))
@@ -283,7 +293,8 @@ class Outbox:
                 with self._conn:  # BEGIN … COMMIT (and the WAL fsync), or ROLLBACK
                     return tx(self._conn)
             except sqlite3.Error as exc:
-                raise OutboxError(f"outbox write failed ({exc}); is {self.path.parent} full?") from exc
+                raise OutboxError(
+                    f"outbox write failed ({exc}); is {self.path.parent} full?") from exc
 
 
 def _connect(path: Path) -> sqlite3.Connection:

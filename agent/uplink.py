@@ -17,6 +17,7 @@ held back by the window.
 
 from __future__ import annotations
 
+import contextlib
 import enum
 import logging
 import os
@@ -36,10 +37,13 @@ from paho.mqtt.reasoncodes import ReasonCode
 
 from agent.config import MqttConfig
 from agent.errors import OutboxError
-from agent.outbox import Outbox
+from agent.outbox import Message, Outbox
 from agent.protocol import Priority, Topics
 
 log = logging.getLogger("agent.uplink")
+
+TCP_NOTSENT_LOWAT = getattr(socket, "TCP_NOTSENT_LOWAT", 25)  # Linux
+NOTSENT_LOWAT_BYTES = 16 * 1024
 
 Clock = Callable[[], float]
 
@@ -64,11 +68,39 @@ class Backoff:
     def next_delay(self, alarm_waiting: bool) -> float:
         ceiling = min(self.cap_s, self.base_s * 2**self.failures)
         self.failures += 1
-        delay = ceiling * random.uniform(0.5, 1.0)
+        delay: float = ceiling * random.uniform(0.5, 1.0)
         return min(delay, self.alarm_cap_s) if alarm_waiting else delay
 
     def reset(self) -> None:
         self.failures = 0
+
+
+class _Gate(enum.Enum):
+    IDLE = "no video waiting"
+    SOCKET = "waiting for the socket to drain"
+    WINDOW = "waiting for a PUBACK"
+    BUCKET = "waiting for bandwidth tokens"
+
+
+@dataclass
+class TokenBucket:
+    """The video bandwidth cap: ``rate_kbps`` kbit/s with a one-second burst; None = no cap."""
+
+    rate_kbps: int | None
+    tokens: float = 0.0
+    at: float = 0.0
+
+    def wait_for(self, nbytes: int, now: float) -> float:
+        """Seconds until ``nbytes`` may be sent; when 0, they are taken from the bucket."""
+        if self.rate_kbps is None:
+            return 0.0
+        rate = self.rate_kbps * 125.0  # bytes per second
+        self.tokens = min(rate, self.tokens + (now - self.at) * rate) if self.at else rate
+        self.at = now
+        if self.tokens >= nbytes or self.tokens >= rate:  # a message larger than a burst
+            self.tokens -= nbytes
+            return 0.0
+        return (nbytes - self.tokens) / rate
 
 
 class Uplink:
@@ -81,7 +113,8 @@ class Uplink:
         outbox: Outbox,
         status_payload: Callable[[str, str], bytes],
         *,
-        window: int = 4,
+        window: int = 8,
+        max_video_kbps: int | None = None,
         connack_timeout_s: float = 10.0,
         backoff: Backoff | None = None,
         on_message: Callable[[str, bytes], None] | None = None,
@@ -112,6 +145,11 @@ class Uplink:
         self._refused: set[int] = set()  # rows the broker refused: retried on the next connection
         self._dirty = True
         self._offline_mid: int | None = None
+        self._bucket = TokenBucket(max_video_kbps)
+        self._gate = _Gate.IDLE  # why video is not being handed to paho right now
+        self._bulk_due = 0.0
+        self._acked_bulk: list[int] = []  # video rows acked but not yet deleted
+        self._acked_at = 0.0
 
     # --- other threads ----------------------------------------------------------------------
 
@@ -121,10 +159,8 @@ class Uplink:
 
     def wake(self) -> None:
         """Something new is in the outbox. Never blocks: a full pipe is already a wake-up."""
-        try:
+        with contextlib.suppress(BlockingIOError):
             os.write(self._wake_w, b"!")
-        except BlockingIOError:
-            pass
 
     def stop(self, timeout: float = 4.0) -> None:
         """Publish offline (a clean DISCONNECT suppresses the will), then disconnect."""
@@ -184,6 +220,8 @@ class Uplink:
         sock = client.socket()
         if isinstance(sock, socket.socket):
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            # Writable only while less than this is unsent: bounds what an alarm queues behind.
+            sock.setsockopt(socket.IPPROTO_TCP, TCP_NOTSENT_LOWAT, NOTSENT_LOWAT_BYTES)
         self._inflight.clear()
         self._refused.clear()
         return client
@@ -217,6 +255,7 @@ class Uplink:
     def _serve(self, client: mqtt.Client) -> None:
         """Run one connection until it drops or we stop."""
         started = self._clock()
+        sock_writable = False
         while True:
             sock = client.socket()
             if sock is None:
@@ -230,44 +269,94 @@ class Uplink:
             if self._stopping.is_set():
                 self._shutdown(client)
                 break
-            if self.state is LinkState.ONLINE and self._dirty:
-                self._pump(client)
-            want_w = [sock] if client.want_write() else []
-            readable, writable, _ = select.select([sock, self._wake_r], want_w, [], 1.0)
+            timeout = 1.0
+            if self.state is LinkState.ONLINE:
+                bucket_due = self._gate is _Gate.BUCKET and now >= self._bulk_due
+                if self._dirty or sock_writable or bucket_due:
+                    self._pump(client, sock_writable)
+                self._flush_acks(force=False)
+                if self._gate is _Gate.BUCKET:
+                    timeout = min(timeout, self._bulk_due - now)
+            # Ask for writability only when paho has bytes to write or video waits for room:
+            # under TCP_NOTSENT_LOWAT the socket is writable only when little is unsent.
+            want_w = client.want_write() or self._gate is _Gate.SOCKET
+            fd = sock.fileno()
+            readable, writable, _ = select.select(
+                [fd, self._wake_r], [fd] if want_w else [], [], max(timeout, 0.001))
             if self._wake_r in readable:
                 self._drain_wake()
                 self._dirty = True
             rc = MQTTErrorCode.MQTT_ERR_SUCCESS
-            if sock in readable:
+            if fd in readable:
                 rc = client.loop_read()
             if rc == MQTTErrorCode.MQTT_ERR_SUCCESS and writable and client.socket() is not None:
                 rc = client.loop_write()
+            sock_writable = bool(writable) and not client.want_write()
             if rc == MQTTErrorCode.MQTT_ERR_SUCCESS:
                 rc = client.loop_misc()  # keepalive pings; drops a link whose PINGRESP is late
             if rc not in (MQTTErrorCode.MQTT_ERR_SUCCESS, MQTTErrorCode.MQTT_ERR_AGAIN):
                 if self.state is not LinkState.OFFLINE:
                     self._fail(f"connection lost: {mqtt.error_string(rc)}")
                 break
+        self._flush_acks(force=True)
         _close_quietly(client)
 
-    def _pump(self, client: mqtt.Client) -> None:
-        """Hand paho every waiting alarm, then other classes up to the window."""
+    def _pump(self, client: mqtt.Client, sock_writable: bool) -> None:
+        """Hand paho every waiting alarm and control message; video only into an idle pipe.
+
+        Bytes queued in paho or unsent in the kernel are bytes an alarm must wait behind, so
+        a video message is handed over only when paho's buffer is empty, the socket reports
+        room (TCP_NOTSENT_LOWAT), the in-flight window has a slot and the video bandwidth cap
+        has tokens. At most about one chunk plus the low-water mark precedes an alarm.
+        """
         self._dirty = False
         try:
-            busy = set(self._inflight_rows()) | self._refused
-            batch = self._outbox.next_batch(busy, 64, Priority.ALARM)
-            room = self._window - sum(1 for _, p in self._inflight.values() if p != Priority.ALARM)
-            if room > 0:
-                batch += self._outbox.next_batch(busy | {m.id for m in batch}, room, Priority.CLIP)
+            busy = set(self._inflight_rows()) | self._refused | set(self._acked_bulk)
+            urgent = self._outbox.next_batch(busy, 64, Priority.CONTROL)
+            for msg in urgent:
+                if not self._publish(client, msg):
+                    return
+            bulk_in_flight = sum(1 for _, p in self._inflight.values() if p >= Priority.LIVE)
+            if bulk_in_flight >= self._window:
+                self._gate = _Gate.WINDOW  # a PUBACK sets _dirty
+                return
+            if client.want_write() or not (sock_writable or bulk_in_flight == 0):
+                self._gate = _Gate.SOCKET
+                return
+            bulk = self._outbox.next_batch(busy | {m.id for m in urgent}, 1, Priority.CLIP)
         except OutboxError as exc:
             log.error("cannot read the outbox: %s", exc)
             return
-        for msg in batch:
-            info = client.publish(msg.topic, msg.payload, qos=msg.qos, retain=msg.retain)
-            if info.rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
-                self._dirty = True
-                return  # the link is going down; the row stays READY
-            self._inflight[info.mid] = (msg.id, msg.priority)
+        if not bulk or bulk[0].priority < Priority.LIVE:
+            self._gate = _Gate.IDLE
+            return
+        now = self._clock()
+        wait = self._bucket.wait_for(len(bulk[0].payload), now)
+        if wait > 0:
+            self._gate, self._bulk_due = _Gate.BUCKET, now + wait
+            return
+        self._publish(client, bulk[0])
+        self._gate = _Gate.SOCKET  # the next one when the socket has room again
+
+    def _publish(self, client: mqtt.Client, msg: Message) -> bool:
+        info = client.publish(msg.topic, msg.payload, qos=msg.qos, retain=msg.retain)
+        if info.rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
+            self._dirty = True
+            return False  # the link is going down; the row stays READY
+        self._inflight[info.mid] = (msg.id, msg.priority)
+        return True
+
+    def _flush_acks(self, force: bool) -> None:
+        """Delete acknowledged video in batches: one fsync per batch spares the SD card."""
+        if not self._acked_bulk:
+            return
+        if not force and len(self._acked_bulk) < 64 and self._clock() - self._acked_at < 0.5:
+            return
+        try:
+            self._outbox.ack_many(self._acked_bulk)
+        except OutboxError as exc:  # they will be sent again; the centre drops duplicates
+            log.error("cannot delete %d acknowledged messages: %s", len(self._acked_bulk), exc)
+        self._acked_bulk = []
 
     def _inflight_rows(self) -> list[int]:
         return [row for row, _ in self._inflight.values()]
@@ -293,10 +382,8 @@ class Uplink:
         self.last_error = reason
 
     def _drain_wake(self) -> None:
-        try:
+        with contextlib.suppress(BlockingIOError):
             os.read(self._wake_r, 4096)
-        except BlockingIOError:
-            pass
 
     # --- paho callbacks (run on the uplink thread, inside loop_read/loop_write) -------------
 
@@ -324,22 +411,27 @@ class Uplink:
         entry = self._inflight.pop(mid, None)
         if entry is None:
             return
-        row, _prio = entry
+        row, prio = entry
         self._dirty = True
         if rc.is_failure:
             self._refused.add(row)
             log.error("broker refused message %d: %s; check the broker ACL for this site", row, rc)
             return
+        self.sent += 1
+        if prio >= Priority.LIVE:
+            if not self._acked_bulk:
+                self._acked_at = self._clock()
+            self._acked_bulk.append(row)
+            return
         try:
             self._outbox.ack(row)
-            self.sent += 1
         except OutboxError as exc:  # it will be sent again; the centre drops the duplicate
             log.error("cannot delete acknowledged message %d: %s", row, exc)
 
     def _on_message(self, _c: mqtt.Client, _u: Any, msg: mqtt.MQTTMessage) -> None:
         if self._on_message_cb is not None:
             try:
-                self._on_message_cb(msg.topic, msg.payload)
+                self._on_message_cb(msg.topic, bytes(msg.payload))
             except Exception:  # a bad command must never take the uplink down
                 log.exception("command handler failed on %s", msg.topic)
 
@@ -354,7 +446,5 @@ def _read_secret(path: os.PathLike[str] | None) -> str | None:
 def _close_quietly(client: mqtt.Client) -> None:
     sock = client.socket()
     if sock is not None:
-        try:
+        with contextlib.suppress(OSError):
             sock.close()
-        except OSError:
-            pass

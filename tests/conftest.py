@@ -71,8 +71,7 @@ class Collector:
     subscribed: threading.Event = field(default_factory=threading.Event)
 
     def start(self) -> Collector:
-        c = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=self.client_id,
-                        protocol=mqtt.MQTTv5)
+        c = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=self.client_id, protocol=mqtt.MQTTv5)
 
         def on_connect(cl: mqtt.Client, *_: Any) -> None:
             for t in self.topics:
@@ -140,8 +139,13 @@ def agent_config(tmp_path: Path, broker: Mosquitto) -> Path:
 
 
 def cli(*args: str, timeout: float = 20) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "agent.cli", *args], capture_output=True,
-                          text=True, timeout=timeout, cwd=REPO)
+    return subprocess.run(
+        [sys.executable, "-m", "agent.cli", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        cwd=REPO,
+    )
 
 
 @dataclass
@@ -152,13 +156,15 @@ class AgentProcess:
 
     def start(self) -> AgentProcess:
         self.log_path = self.config.with_suffix(".log")
-        log = open(self.log_path, "a")
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "agent.cli", "run", "-c", str(self.config)],
-            stdout=log, stderr=subprocess.STDOUT, text=True, cwd=REPO,
-            env={**os.environ, "PYTHONUNBUFFERED": "1"},
-        )
-        log.close()
+        with open(self.log_path, "a") as log:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "agent.cli", "run", "-c", str(self.config)],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                text=True,
+                cwd=REPO,
+                env={**os.environ, "PYTHONUNBUFFERED": "1"},
+            )
         wait_for(lambda: self.status() is not None, 10, "the agent's control socket")
         return self
 

@@ -18,8 +18,9 @@ from tests.conftest import AgentProcess, Collector, cli, wait_for
 RFC3339_MS = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z$")
 
 
-def test_press_delivers_an_alarm_with_every_field(agent_process: AgentProcess,
-                                                  collector: Collector) -> None:
+def test_press_delivers_an_alarm_with_every_field(
+    agent_process: AgentProcess, collector: Collector
+) -> None:
     agent_process.start()
     before = time.time()
     out = agent_process.press("entrance").stdout
@@ -42,8 +43,11 @@ def test_broker_dead_for_three_presses_then_all_arrive_in_order(
     agent_process: AgentProcess, collector: Collector, broker: Mosquitto
 ) -> None:
     agent_process.start()
-    wait_for(lambda: (agent_process.status() or {}).get("uplink", {}).get("state") == "online",
-             10, "the agent online")
+    wait_for(
+        lambda: (agent_process.status() or {}).get("uplink", {}).get("state") == "online",
+        10,
+        "the agent online",
+    )
     broker.kill()
     for button in ("entrance", "gym", "entrance"):
         agent_process.press(button)
@@ -86,11 +90,11 @@ def test_killed_agent_turns_retained_status_offline_via_the_will(
     agent_process: AgentProcess, collector: Collector, broker: Mosquitto
 ) -> None:
     agent_process.start()
-    wait_for(lambda: any(s["state"] == "online" for s in collector.payloads("/status")), 10,
-             "online")
+    wait_for(
+        lambda: any(s["state"] == "online" for s in collector.payloads("/status")), 10, "online"
+    )
     agent_process.kill(signal.SIGKILL)
-    wait_for(lambda: collector.payloads("/status")[-1]["state"] == "offline", 15,
-             "the will")
+    wait_for(lambda: collector.payloads("/status")[-1]["state"] == "offline", 15, "the will")
     late = Collector(broker.port, ["schools/sim-school/status"], client_id="late").start()
     try:  # a centre that connects later sees the retained offline state
         wait_for(lambda: late.payloads("/status"), 5, "the retained status")
@@ -103,8 +107,9 @@ def test_sigterm_publishes_offline_and_exits_0_within_5s(
     agent_process: AgentProcess, collector: Collector
 ) -> None:
     agent_process.start()
-    wait_for(lambda: any(s["state"] == "online" for s in collector.payloads("/status")), 10,
-             "online")
+    wait_for(
+        lambda: any(s["state"] == "online" for s in collector.payloads("/status")), 10, "online"
+    )
     t0 = time.monotonic()
     assert agent_process.kill(signal.SIGTERM) == 0
     assert time.monotonic() - t0 < 5
@@ -112,8 +117,9 @@ def test_sigterm_publishes_offline_and_exits_0_within_5s(
     assert collector.payloads("/status")[-1]["reason"] == "agent stopped"
 
 
-def test_status_command_reports_buttons_and_outbox(agent_process: AgentProcess,
-                                                   collector: Collector) -> None:
+def test_status_command_reports_buttons_and_outbox(
+    agent_process: AgentProcess, collector: Collector
+) -> None:
     agent_process.start()
     agent_process.press("gym")
     collector.wait_alarms(1)
@@ -133,6 +139,8 @@ def test_status_without_a_running_agent_says_so(agent_config: Path) -> None:
 
 def test_control_socket_is_owner_only(agent_process: AgentProcess) -> None:
     agent_process.start()
-    sock = Path(json.loads(cli("status", "--json", "-c", str(agent_process.config)).stdout)
-                and agent_process.config.parent / "state" / "control.sock")
+    sock = Path(
+        json.loads(cli("status", "--json", "-c", str(agent_process.config)).stdout)
+        and agent_process.config.parent / "state" / "control.sock"
+    )
     assert sock.stat().st_mode & 0o777 == 0o600

@@ -32,8 +32,9 @@ class Recorder:
 
 
 def _button(bid: str, pin: int, wiring: str = "normally_open", hold_s: float = 0.0) -> ButtonConfig:
-    return ButtonConfig(id=bid, pin=pin, location=f"{bid} room", wiring=Wiring(wiring),
-                        hold_s=hold_s, cameras=None)
+    return ButtonConfig(
+        id=bid, pin=pin, location=f"{bid} room", wiring=Wiring(wiring), hold_s=hold_s, cameras=None
+    )
 
 
 @pytest.fixture
@@ -46,23 +47,26 @@ def rec() -> Recorder:
     return Recorder()
 
 
-def _board(factory: MockFactory, rec: Recorder, *buttons: ButtonConfig,
-           timing: Timing = Timing(release_s=0.05, stuck_s=30)) -> ButtonBoard:
-    board = ButtonBoard(buttons, factory, rec, timing=timing)
+def _board(
+    factory: MockFactory, rec: Recorder, *buttons: ButtonConfig, timing: Timing | None = None
+) -> ButtonBoard:
+    board = ButtonBoard(buttons, factory, rec, timing=timing or Timing(release_s=0.05))
     board.start()
     return board
 
 
 @pytest.fixture
 def board(factory: MockFactory, rec: Recorder) -> Iterator[ButtonBoard]:
-    b = _board(factory, rec, _button("entrance", 17),
-               _button("office", 22, wiring="normally_closed"))
+    b = _board(
+        factory, rec, _button("entrance", 17), _button("office", 22, wiring="normally_closed")
+    )
     yield b
     b.stop()
 
 
-def test_press_gives_one_alarm_at_once(board: ButtonBoard, factory: MockFactory,
-                                       rec: Recorder) -> None:
+def test_press_gives_one_alarm_at_once(
+    board: ButtonBoard, factory: MockFactory, rec: Recorder
+) -> None:
     t0 = time.time()
     result = board.simulate("entrance", True)
     assert result == [{"kind": "panic", "button_id": "entrance"}]
@@ -70,9 +74,9 @@ def test_press_gives_one_alarm_at_once(board: ButtonBoard, factory: MockFactory,
     assert event.kind is AlarmKind.PANIC and t0 <= event.wall_time <= time.time()
 
 
-def test_bounce_storm_of_100_edges_in_50ms_is_one_alarm(board: ButtonBoard,
-                                                        factory: MockFactory,
-                                                        rec: Recorder) -> None:
+def test_bounce_storm_of_100_edges_in_50ms_is_one_alarm(
+    board: ButtonBoard, factory: MockFactory, rec: Recorder
+) -> None:
     pin = factory.pin(17)
     start = time.monotonic()
     for i in range(100):
@@ -84,8 +88,9 @@ def test_bounce_storm_of_100_edges_in_50ms_is_one_alarm(board: ButtonBoard,
     assert rec.kinds() == [AlarmKind.PANIC]
 
 
-def test_release_rearms_so_a_second_press_is_a_second_alarm(board: ButtonBoard,
-                                                            rec: Recorder) -> None:
+def test_release_rearms_so_a_second_press_is_a_second_alarm(
+    board: ButtonBoard, rec: Recorder
+) -> None:
     board.simulate("entrance", True)
     board.simulate("entrance", False)
     time.sleep(0.15)
@@ -93,8 +98,9 @@ def test_release_rearms_so_a_second_press_is_a_second_alarm(board: ButtonBoard,
     assert rec.kinds() == [AlarmKind.PANIC, AlarmKind.PANIC]
 
 
-def test_normally_closed_loop_opening_is_an_alarm(board: ButtonBoard, factory: MockFactory,
-                                                  rec: Recorder) -> None:
+def test_normally_closed_loop_opening_is_an_alarm(
+    board: ButtonBoard, factory: MockFactory, rec: Recorder
+) -> None:
     assert rec.events == []  # the simulated loop is closed at start: no false alarm
     factory.pin(22).drive_high()  # the loop opens: pressed, or the cable is cut
     wait_for(lambda: rec.kinds("office") == [AlarmKind.PANIC], 2, "an NC alarm")
@@ -115,8 +121,9 @@ def test_hold_s_ignores_a_tap_and_alarms_on_a_hold(factory: MockFactory, rec: Re
         board.stop()
 
 
-def test_stuck_button_gives_one_alarm_one_fault_then_restore(factory: MockFactory,
-                                                             rec: Recorder) -> None:
+def test_stuck_button_gives_one_alarm_one_fault_then_restore(
+    factory: MockFactory, rec: Recorder
+) -> None:
     board = _board(factory, rec, _button("gym", 24), timing=Timing(release_s=0.05, stuck_s=0.3))
     try:
         board.simulate("gym", True)
@@ -130,8 +137,7 @@ def test_stuck_button_gives_one_alarm_one_fault_then_restore(factory: MockFactor
         board.stop()
 
 
-def test_cut_loop_at_start_is_a_fault_not_a_press(factory: MockFactory,
-                                                  rec: Recorder) -> None:
+def test_cut_loop_at_start_is_a_fault_not_a_press(factory: MockFactory, rec: Recorder) -> None:
     board = ButtonBoard([_button("lab", 25, wiring="normally_closed")], factory, rec)
     board.start(close_mock_loops=False)  # the NC loop is open at power-up: a cut cable
     try:
@@ -158,8 +164,9 @@ def test_handler_failure_does_not_stop_other_buttons(factory: MockFactory) -> No
         board.stop()
 
 
-def test_a_pin_that_fails_to_open_leaves_the_others_working(factory: MockFactory,
-                                                            rec: Recorder) -> None:
+def test_a_pin_that_fails_to_open_leaves_the_others_working(
+    factory: MockFactory, rec: Recorder
+) -> None:
     from gpiozero import DigitalInputDevice
 
     squatter = DigitalInputDevice(17, pin_factory=factory)  # the pin is already taken

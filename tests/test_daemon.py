@@ -70,8 +70,9 @@ def test_in_process_press_reaches_the_centre(daemon: Daemon, collector: Collecto
     assert alarm["event_id"] == result["event_id"] and result["durable"]
 
 
-def test_press_during_outage_is_taken_at_once(daemon: Daemon, broker: Mosquitto,
-                                              collector: Collector) -> None:
+def test_press_during_outage_is_taken_at_once(
+    daemon: Daemon, broker: Mosquitto, collector: Collector
+) -> None:
     assert daemon.buttons is not None and daemon.uplink is not None
     wait_for(lambda: daemon.uplink.state == "online", 10, "online")  # type: ignore[union-attr]
     broker.kill()
@@ -84,8 +85,9 @@ def test_press_during_outage_is_taken_at_once(daemon: Daemon, broker: Mosquitto,
     assert alarm["event_id"] == result["event_id"]
 
 
-def test_watchdog_withheld_while_the_buttons_thread_hangs(agent_config: Path,
-                                                          tmp_path: Path) -> None:
+def test_watchdog_withheld_while_the_buttons_thread_hangs(
+    agent_config: Path, tmp_path: Path
+) -> None:
     fake = FakeSystemd(tmp_path / "notify.sock")
     os.environ["WATCHDOG_USEC"] = "1000000"
     try:
@@ -99,8 +101,9 @@ def test_watchdog_withheld_while_the_buttons_thread_hangs(agent_config: Path,
         wait_for(lambda: fake.has("READY=1") and fake.has("WATCHDOG=1"), 5, "READY and pings")
         assert d.outbox is not None and d.buttons is not None
         with d.outbox._lock:  # the disk hangs: the next alarm commit blocks the buttons thread
-            threading.Thread(target=d.buttons.simulate, args=("entrance", True, 30),
-                             daemon=True).start()
+            threading.Thread(
+                target=d.buttons.simulate, args=("entrance", True, 30), daemon=True
+            ).start()
             time.sleep(6.5)
             hung_at = time.monotonic() - 1.0
             assert not d.healthy()
@@ -115,12 +118,16 @@ def test_watchdog_withheld_while_the_buttons_thread_hangs(agent_config: Path,
         fake.close()
 
 
-def test_process_speaks_sd_notify_and_stops_on_sigterm(agent_config: Path,
-                                                       tmp_path: Path) -> None:
+def test_process_speaks_sd_notify_and_stops_on_sigterm(agent_config: Path, tmp_path: Path) -> None:
     fake = FakeSystemd(tmp_path / "notify.sock")
     env = {**os.environ, "NOTIFY_SOCKET": str(fake.path), "WATCHDOG_USEC": "2000000"}
-    proc = subprocess.Popen([sys.executable, "-m", "agent.cli", "run", "-c", str(agent_config)],
-                            cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "agent.cli", "run", "-c", str(agent_config)],
+        cwd=REPO,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
     try:
         wait_for(lambda: fake.has("READY=1"), 10, "READY=1")
         wait_for(lambda: len(fake.times("WATCHDOG=1")) >= 2, 5, "watchdog pings")

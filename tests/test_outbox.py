@@ -143,6 +143,6 @@ def test_disk_refusing_writes_keeps_alarms_in_memory(tmp_path: Path) -> None:
     assert box.disk_error
     keys = [m.key for m in box.next_batch([], 10, Priority.CLIP)]
     assert keys == ["before", "during"]
-    mem = [m for m in box.next_batch([], 10, Priority.ALARM) if m.key == "during"][0]
+    mem = next(m for m in box.next_batch([], 10, Priority.ALARM) if m.key == "during")
     box.ack(mem.id)
     assert [m.key for m in box.next_batch([], 10, Priority.CLIP)] == ["before"]
