@@ -56,6 +56,12 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config(p)
     p.set_defaults(func=cmd_simulate)
 
+    p = sub.add_parser("test-mode", help="walk test: alarms are marked as tests for N minutes")
+    p.add_argument("state", choices=["on", "off"])
+    p.add_argument("--minutes", type=int, default=30, help="1 to 240 (default 30)")
+    _add_config(p)
+    p.set_defaults(func=cmd_test_mode)
+
     p = sub.add_parser("demo", help="a simulated school, a private broker and the centre's view")
     p.add_argument("--state", type=Path, default=None,
                    help="where the demo keeps its state (default: a temporary directory)")
@@ -149,6 +155,8 @@ def format_status(s: dict[str, Any]) -> str:
                                   f"(seq {last['seq']})" if last else "none"))
     for bid, b in s["buttons"].items():
         lines.append(f"button    {bid:<12} GPIO {b['pin']:<3} {b['state']:<8} {b['location']}")
+    if s.get("test_mode_until"):
+        lines.append(f"TEST MODE until {s['test_mode_until']}: alarms are marked as tests")
     for cid, c in s.get("cameras", {}).items():
         lines.append(f"camera    {cid:<12} {c['state']}")
     return "\n".join(lines)
@@ -163,6 +171,14 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     if not events:
         print(f"{args.action} {args.button}: handled, no alarm (already in that state, "
               "or waiting for hold_s)")
+    return 0
+
+
+def cmd_test_mode(args: argparse.Namespace) -> int:
+    reply = _call(args, {"cmd": "test_mode", "on": args.state == "on", "minutes": args.minutes})
+    until = reply["status"]["test_mode_until"]
+    print(f"test mode ON until {until}: alarms are sent marked as tests; the centre will "
+          "not dispatch" if until else "test mode OFF: alarms are real")
     return 0
 
 

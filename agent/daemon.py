@@ -16,8 +16,10 @@ so a hung thread stops the pings and systemd restarts the agent.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
+import shutil
 import signal
 import threading
 import time
@@ -30,20 +32,34 @@ from agent.config import Config
 from agent.control import ControlServer, socket_path
 from agent.errors import AgentError
 from agent.outbox import Outbox
-from agent.protocol import Alarm, Status, Topics, clock_synced, new_event_id, rfc3339
+from agent.protocol import (
+    PROTOCOL_VERSION,
+    Alarm,
+    Status,
+    Topics,
+    clock_synced,
+    dumps,
+    new_event_id,
+    rfc3339,
+)
 from agent.sdnotify import Notifier
 from agent.uplink import Uplink
 
 log = logging.getLogger("agent.daemon")
 
 HEARTBEAT_STALE_S = 5.0
+MAX_TEST_MODE_MIN = 240
+TEST_MODE_FILE = "test-mode.json"
 
 
 class Daemon:
     """Build with a Config; ``start()`` opens everything, ``stop()`` closes it in reverse."""
 
-    def __init__(self, cfg: Config, notifier: Notifier | None = None) -> None:
+    def __init__(self, cfg: Config, notifier: Notifier | None = None,
+                 health_interval_s: float = 60.0) -> None:
         self.cfg = cfg
+        self.health_interval_s = health_interval_s
+        self.test_until: float | None = None  # wall time; a walk test is on until then
         self.topics = Topics(cfg.mqtt.topic_prefix, cfg.site.id)
         self.notifier = notifier or Notifier.from_env()
         self.started_at = time.time()
@@ -59,6 +75,7 @@ class Daemon:
     def start(self) -> None:
         storage = Path(self.cfg.storage.path)
         storage.mkdir(parents=True, exist_ok=True, mode=0o750)
+        self.test_until = _load_test_mode(storage)
         self.outbox = Outbox.open(storage / "outbox.db", int(self.cfg.storage.max_gb * 1e9))
         self.uplink = Uplink(self.cfg.mqtt, self.topics, self.outbox, self._status_payload,
                              max_video_kbps=self.cfg.uplink.max_kbps)
@@ -102,7 +119,13 @@ class Daemon:
     def _supervise(self) -> None:
         interval = min(1.0, (self.notifier.watchdog_s or 2.0) / 2)
         last_summary = ""
+        next_health = time.monotonic()
         while not self._stop.wait(interval):
+            if self.test_until is not None and time.time() >= self.test_until:
+                self.set_test_mode(None)
+            if time.monotonic() >= next_health and self.uplink is not None:
+                self.uplink.post_latest(self.topics.health, self.health_payload())
+                next_health = time.monotonic() + self.health_interval_s
             if self.healthy():
                 self.notifier.send(watchdog="1")
             else:
@@ -131,6 +154,7 @@ class Daemon:
                 event_id=event_id, seq=seq, site_id=self.cfg.site.id, button_id=button.id,
                 location=button.location, kind=str(event.kind),
                 pressed_at=rfc3339(event.wall_time), clock_synced=synced, detail=event.detail,
+                test=self.test_until is not None and event.wall_time < self.test_until,
             ).to_json()
 
         seq, durable = self.outbox.add_alarm(self.topics.alarm, event_id, build)
@@ -156,11 +180,33 @@ class Daemon:
                     raise AgentError("simulate needs action 'press' or 'release'")
                 events = self.buttons.simulate(str(req.get("button")), action == "press")
                 return {"ok": True, "events": events}
+            case "test_mode":
+                minutes = req.get("minutes", 30)
+                if req.get("on") is not True:
+                    self.set_test_mode(None)
+                elif isinstance(minutes, int) and 1 <= minutes <= MAX_TEST_MODE_MIN:
+                    self.set_test_mode(time.time() + minutes * 60)
+                else:
+                    raise AgentError(f"test mode lasts 1 to {MAX_TEST_MODE_MIN} minutes")
+                return {"ok": True, "status": self.status()}
             case other:
                 raise AgentError(f"unknown control command {other!r}")
 
+    def set_test_mode(self, until: float | None) -> None:
+        """A walk test: alarms carry ``test: true`` until ``until``; it switches itself off."""
+        self.test_until = until
+        _save_test_mode(Path(self.cfg.storage.path), until)
+        log.warning("test mode %s", f"ON until {rfc3339(until)}" if until else "OFF")
+        if self.uplink is not None:
+            self.uplink.post_latest(self.topics.status, self._status_payload("online", ""))
+
+    def health_payload(self) -> bytes:
+        return dumps({**self.status(), "at": rfc3339(time.time()), "v": PROTOCOL_VERSION})
+
     def status(self) -> dict[str, Any]:
         assert self.outbox is not None and self.uplink is not None and self.buttons is not None
+        storage = Path(self.cfg.storage.path)
+        disk = shutil.disk_usage(storage)
         return {
             "site_id": self.cfg.site.id,
             "version": __version__,
@@ -174,6 +220,9 @@ class Daemon:
                        "disk_error": self.outbox.disk_error},
             "last_alarm": self.last_alarm,
             "buttons": self.buttons.snapshot(),
+            "test_mode_until": rfc3339(self.test_until) if self.test_until else None,
+            "disk_free_mb": disk.free // 1_000_000,
+            "cpu_temp_c": _cpu_temp(),
         }
 
     def _summary(self) -> str:
@@ -184,5 +233,34 @@ class Daemon:
                 f"clips={depth['clip']}")
 
     def _status_payload(self, state: str, reason: str) -> bytes:
+        until = self.test_until if state == "online" else None
         return Status(state=state, site_id=self.cfg.site.id, at=rfc3339(time.time()),
-                      agent_version=__version__, reason=reason).to_json()
+                      agent_version=__version__, reason=reason,
+                      test_mode_until=rfc3339(until) if until else None).to_json()
+
+
+def _cpu_temp() -> float | None:
+    """The SoC temperature on a Pi (a hot box in a cupboard throttles, then fails)."""
+    try:
+        return int(Path("/sys/class/thermal/thermal_zone0/temp").read_text()) / 1000
+    except (OSError, ValueError):
+        return None
+
+
+def _load_test_mode(storage: Path) -> float | None:
+    """A walk test survives a restart of the agent, and still ends on time."""
+    try:
+        until = float(json.loads((storage / TEST_MODE_FILE).read_text())["until"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    return until if time.time() < until <= time.time() + MAX_TEST_MODE_MIN * 60 else None
+
+
+def _save_test_mode(storage: Path, until: float | None) -> None:
+    path = storage / TEST_MODE_FILE
+    if until is None:
+        path.unlink(missing_ok=True)
+        return
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps({"until": until}))
+    tmp.rename(path)

@@ -112,6 +112,7 @@ class Status:
     at: str
     agent_version: str
     reason: str = ""
+    test_mode_until: str | None = None  # a walk test is on: alarms carry "test": true
     v: int = PROTOCOL_VERSION
 
     def to_json(self) -> bytes:

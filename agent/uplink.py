@@ -149,6 +149,10 @@ class Uplink:
         self._gate = _Gate.IDLE  # why video is not being handed to paho right now
         self._bulk_due = 0.0
         self._acked_bulk: list[int] = []  # video rows acked but not yet deleted
+        # State topics (health, status updates) where only the newest value matters: posted by
+        # any thread, published retained by the uplink thread when online, never queued.
+        self._latest_lock = threading.Lock()
+        self._latest: dict[str, bytes] = {}
         self._acked_at = 0.0
 
     # --- other threads ----------------------------------------------------------------------
@@ -161,6 +165,12 @@ class Uplink:
         """Something new is in the outbox. Never blocks: a full pipe is already a wake-up."""
         with contextlib.suppress(BlockingIOError):
             os.write(self._wake_w, b"!")
+
+    def post_latest(self, topic: str, payload: bytes) -> None:
+        """Publish retained when online; a newer value for the topic replaces an unsent one."""
+        with self._latest_lock:
+            self._latest[topic] = payload
+        self.wake()
 
     def stop(self, timeout: float = 4.0) -> None:
         """Publish offline (a clean DISCONNECT suppresses the will), then disconnect."""
@@ -273,6 +283,7 @@ class Uplink:
             if self.state is LinkState.ONLINE:
                 bucket_due = self._gate is _Gate.BUCKET and now >= self._bulk_due
                 if self._dirty or sock_writable or bucket_due:
+                    self._publish_latest(client)
                     self._pump(client, sock_writable)
                 self._flush_acks(force=False)
                 if self._gate is _Gate.BUCKET:
@@ -337,6 +348,12 @@ class Uplink:
             return
         self._publish(client, bulk[0])
         self._gate = _Gate.SOCKET  # the next one when the socket has room again
+
+    def _publish_latest(self, client: mqtt.Client) -> None:
+        with self._latest_lock:
+            latest, self._latest = self._latest, {}
+        for topic, payload in latest.items():
+            client.publish(topic, payload, qos=1, retain=True)
 
     def _publish(self, client: mqtt.Client, msg: Message) -> bool:
         info = client.publish(msg.topic, msg.payload, qos=msg.qos, retain=msg.retain)
