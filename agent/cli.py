@@ -56,6 +56,10 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config(p)
     p.set_defaults(func=cmd_simulate)
 
+    p = sub.add_parser("selftest", help="check config, GPIO, cameras, broker, disk and clock")
+    _add_config(p)
+    p.set_defaults(func=cmd_selftest)
+
     p = sub.add_parser("test-mode", help="walk test: alarms are marked as tests for N minutes")
     p.add_argument("state", choices=["on", "off"])
     p.add_argument("--minutes", type=int, default=30, help="1 to 240 (default 30)")
@@ -172,6 +176,16 @@ def cmd_simulate(args: argparse.Namespace) -> int:
         print(f"{args.action} {args.button}: handled, no alarm (already in that state, "
               "or waiting for hold_s)")
     return 0
+
+
+def cmd_selftest(args: argparse.Namespace) -> int:
+    from agent.selftest import format_table, run_checks
+
+    cfg = _load(args)
+    logs.setup("critical")  # the table is the output; library chatter would hide it
+    checks = run_checks(cfg)
+    print(format_table(checks))
+    return 0 if all(c.ok for c in checks) else 1
 
 
 def cmd_test_mode(args: argparse.Namespace) -> int:

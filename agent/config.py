@@ -203,6 +203,8 @@ class LogConfig:
 
 @dataclass(frozen=True, slots=True)
 class Config:
+    """`source` is the file it came from (None for text): config_warnings checks its mode."""
+
     site: SiteConfig
     mqtt: MqttConfig
     gpio: GpioConfig
@@ -281,6 +283,10 @@ def format_report(err: ConfigError) -> str:
     return "\n".join([*(str(p) for p in err.problems), summary])
 
 
+_USERINFO = re.compile(r"^(?P<head>[A-Za-z][A-Za-z0-9+.-]*://[^:/@]*):.*@", re.DOTALL)
+_SECRET_PARAM = re.compile(r"([?&](?:password|passwd|pass|pwd|token|key)=)[^&#]*", re.IGNORECASE)
+
+
 def redact_url(url: str) -> str:
     """The URL with its password replaced by ***, safe for logs and error messages.
 
@@ -291,10 +297,6 @@ def redact_url(url: str) -> str:
     return _SECRET_PARAM.sub(r"\g<1>***", url)
 
 
-_USERINFO = re.compile(r"^(?P<head>[A-Za-z][A-Za-z0-9+.-]*://[^:/@]*):.*@", re.DOTALL)
-_SECRET_PARAM = re.compile(r"([?&](?:password|passwd|pass|pwd|token|key)=)[^&#]*", re.IGNORECASE)
-
-
 def config_warnings(cfg: Config) -> list[str]:
     """Files other local users can read (secrets) or replace (trust anchors).
 
@@ -302,19 +304,16 @@ def config_warnings(cfg: Config) -> list[str]:
     and the CA are public, so for them only write access by others matters.
     """
     tls = cfg.mqtt.tls or TlsConfig()
-    secrets = [cfg.source, cfg.mqtt.password_file, tls.key_file]
-    anchors = [tls.ca_file, cfg.commands.public_key_file]
+    checks = [(p, 0o006, "holds secrets", "640") for p in
+              (cfg.source, cfg.mqtt.password_file, tls.key_file)]
+    checks += [(p, 0o002, "is trusted to verify the centre", "644") for p in
+               (tls.ca_file, cfg.commands.public_key_file)]
     warnings = []
-    for path, exposed, fix, why in (
-        *((p, 0o007, "640", "holds secrets") for p in secrets),
-        *((p, 0o002, "644", "is trusted to check the centre") for p in anchors),
-    ):
+    for path, exposed, why, fix in checks:
         mode = stat.S_IMODE(_stat_mode(path) or 0) if path else 0
         if mode & exposed:
-            warnings.append(
-                f"{path} is open to every user on this machine (mode {mode:04o}) but {why}:"
-                f" run chmod {fix} {path}"
-            )
+            warnings.append(f"{path} is open to every user on this machine (mode {mode:04o}) but"
+                            f" {why}: run chmod {fix} {path} (the agent reads it via its group)")
     return warnings
 
 
@@ -382,11 +381,12 @@ class _Map:
             self._add(key_node, value_node)
 
     def _add(self, key_node: yaml.Node, value_node: yaml.Node) -> None:
-        key_at = _At(key_node, self.at.path, self.at.ctx)
         if key_node.tag == "tag:yaml.org,2002:merge":
-            key_at.report("YAML merge keys ('<<') are not supported: write the keys out")
+            self.at.child("<<", key_node).report("YAML merge keys are not supported: write the"
+                                                 " keys out")
         elif not isinstance(key_node, yaml.ScalarNode):
-            key_at.report(f"keys must be plain names, got {_describe(key_node)}")
+            _At(key_node, self.at.path, self.at.ctx).report(
+                f"keys must be plain names, got {_describe(key_node)}")
         elif key_node.value in self._entries:
             first = _line(self._entries[key_node.value][0])
             self.at.child(key_node.value, key_node).report(
@@ -430,7 +430,7 @@ class _Map:
         for name, (key_node, _) in self._entries.items():
             if name not in self._asked:
                 hint = _did_you_mean(name, self._asked) or f"; allowed: {', '.join(self._asked)}"
-                self.at.child(name, key_node).report(f"unknown key {name!r}{hint}")
+                self.at.child(name, key_node).report(f"unknown key {_show(name)}{hint}")
 
 
 def _convert(conv: Conv[T], at: _At) -> T | None:
@@ -591,12 +591,15 @@ _HEADER_TO_BCM = {
     21: 9, 22: 25, 23: 11, 24: 8, 26: 7, 27: 0, 28: 1, 29: 5, 31: 6, 32: 12, 33: 13, 35: 19,
     36: 16, 37: 26, 38: 20, 40: 21,
 }  # fmt: skip
-_GPIO_NAME = re.compile(r"(?:gpio|bcm)\s*(\d{1,3})", re.IGNORECASE)
+_GPIO_NAME = re.compile(r"(?:gpio|bcm)?\s*(\d{1,3})", re.IGNORECASE)
 _HEADER_NAME = re.compile(r"(?:board|pin|p1-?)\s*(\d{1,3})", re.IGNORECASE)
 
 
 def _pin(at: _At) -> int:
-    """A BCM GPIO number; 17, "GPIO17" and "BCM17" are the same wire."""
+    """A BCM GPIO number; 17, "GPIO17" and "BCM17" are the same wire.
+
+    Read from the text as written, so 017 is 17 as the technician meant (not YAML 1.1's octal 15).
+    """
     text = str(_scalar(at, "a GPIO number").value).strip()
     if header := _HEADER_NAME.fullmatch(text):
         bcm = _HEADER_TO_BCM.get(int(header[1]))

@@ -5,6 +5,8 @@ either. Messages are written for the technician who reads them: say what is wron
 Third-party errors (paho, sqlite3, av, OSError) are translated into these at the module boundary.
 """
 
+from collections.abc import Sequence
+
 
 class AgentError(Exception):
     """Root of every error the agent raises on purpose."""
@@ -13,7 +15,7 @@ class AgentError(Exception):
 class ConfigError(AgentError, ValueError):
     """The configuration file is invalid; ``problems`` lists every finding, not just the first."""
 
-    def __init__(self, problems: "list[object]") -> None:
+    def __init__(self, problems: "Sequence[object]") -> None:
         self.problems = problems
         super().__init__("\n".join(str(p) for p in problems))
 

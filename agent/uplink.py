@@ -237,25 +237,10 @@ class Uplink:
         return client
 
     def _new_client(self) -> mqtt.Client:
-        cfg = self._cfg
-        client = mqtt.Client(
-            CallbackAPIVersion.VERSION2,
-            client_id=cfg.client_id,
-            protocol=mqtt.MQTTv5,
-        )
-        client.connect_timeout = 5.0
+        client = build_client(self._cfg)
         client.max_inflight_messages_set(0)  # our window bounds what paho holds, not paho
         client.will_set(self._topics.status, self._status_payload("offline", "connection lost"),
                         qos=1, retain=True)
-        if cfg.tls is not None:
-            client.tls_set(
-                ca_certs=str(cfg.tls.ca_file) if cfg.tls.ca_file else None,
-                certfile=str(cfg.tls.cert_file) if cfg.tls.cert_file else None,
-                keyfile=str(cfg.tls.key_file) if cfg.tls.key_file else None,
-                cert_reqs=ssl.CERT_REQUIRED,
-            )  # paho checks the server's hostname against its certificate by default
-        if cfg.username is not None:
-            client.username_pw_set(cfg.username, _read_secret(cfg.password_file))
         client.on_connect = self._on_connect
         client.on_disconnect = self._on_disconnect
         client.on_publish = self._on_publish
@@ -451,6 +436,23 @@ class Uplink:
                 self._on_message_cb(msg.topic, bytes(msg.payload))
             except Exception:  # a bad command must never take the uplink down
                 log.exception("command handler failed on %s", msg.topic)
+
+
+def build_client(cfg: MqttConfig, client_id_suffix: str = "") -> mqtt.Client:
+    """A paho client with the site's TLS and credentials: the one place they are applied."""
+    client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=cfg.client_id + client_id_suffix,
+                         protocol=mqtt.MQTTv5)
+    client.connect_timeout = 5.0
+    if cfg.tls is not None:
+        client.tls_set(
+            ca_certs=str(cfg.tls.ca_file) if cfg.tls.ca_file else None,
+            certfile=str(cfg.tls.cert_file) if cfg.tls.cert_file else None,
+            keyfile=str(cfg.tls.key_file) if cfg.tls.key_file else None,
+            cert_reqs=ssl.CERT_REQUIRED,
+        )  # paho checks the server's hostname against its certificate by default
+    if cfg.username is not None:
+        client.username_pw_set(cfg.username, _read_secret(cfg.password_file))
+    return client
 
 
 def _read_secret(path: os.PathLike[str] | None) -> str | None:

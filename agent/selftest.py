@@ -1,0 +1,193 @@
+"""``edge-agent selftest``: is this box ready to protect a school? A table a technician can act on.
+
+Each check says PASS or FAIL and, when it fails, what to do. It is safe to run while the agent
+is running: the buttons are then read from the running agent rather than by opening the pins
+(which the agent holds).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from agent import control
+from agent.config import ButtonConfig, CameraConfig, Config, redact_url
+from agent.errors import AgentError
+from agent.protocol import clock_synced
+
+
+@dataclass(frozen=True, slots=True)
+class Check:
+    name: str
+    ok: bool
+    detail: str
+    fix: str = ""
+
+
+def run_checks(cfg: Config, camera_timeout_s: float = 5.0) -> list[Check]:
+    checks = [_disk(cfg), _clock(), *_buttons(cfg)]
+    checks += [_camera(cam, camera_timeout_s) for cam in cfg.cameras]
+    checks.append(_broker(cfg))
+    return checks
+
+
+def format_table(checks: list[Check]) -> str:
+    width = max(len(c.name) for c in checks)
+    lines = []
+    for c in checks:
+        lines.append(f"{c.name:<{width}}  {'PASS' if c.ok else 'FAIL'}  {c.detail}")
+        if not c.ok and c.fix:
+            lines.append(f"{'':<{width}}        -> {c.fix}")
+    failed = sum(not c.ok for c in checks)
+    lines.append(f"\n{len(checks) - failed} passed, {failed} failed")
+    return "\n".join(lines)
+
+
+def _disk(cfg: Config) -> Check:
+    storage = Path(cfg.storage.path)
+    try:
+        storage.mkdir(parents=True, exist_ok=True)
+        probe = storage / f".selftest-{os.getpid()}"
+        with open(probe, "wb") as f:
+            f.write(b"x" * 4096)
+            f.flush()
+            os.fsync(f.fileno())
+        probe.unlink()
+    except OSError as exc:
+        return Check("disk", False, f"{storage} is not writable: {exc.strerror}",
+                     "check the mount (read-only? full?) and that the edge-agent user owns it")
+    free_gb = shutil.disk_usage(storage).free / 1e9
+    if free_gb < cfg.storage.max_gb:
+        return Check("disk", False, f"{free_gb:.1f} GB free at {storage}, less than "
+                     f"storage.max_gb={cfg.storage.max_gb}", "free space or lower storage.max_gb")
+    return Check("disk", True, f"{storage} writable, {free_gb:.1f} GB free")
+
+
+def _clock() -> Check:
+    if clock_synced():
+        return Check("clock", True, "synchronised (NTP)")
+    return Check("clock", False, "not synchronised: alarm times may be wrong",
+                 "check NTP: timedatectl status; the box needs a reachable time server")
+
+
+def _buttons(cfg: Config) -> list[Check]:
+    """From the running agent if there is one, else by reading the pins directly."""
+    try:
+        reply = control.call(control.socket_path(Path(cfg.storage.path)), {"cmd": "status"}, 5)
+        states = {bid: b["state"] for bid, b in reply["status"]["buttons"].items()}
+        source = "running agent"
+    except (AgentError, KeyError):
+        try:
+            states = _read_pins(cfg)
+        except AgentError as exc:
+            return [Check("gpio", False, str(exc), "see hardware/README.md")]
+        source = f"{cfg.gpio.backend} backend"
+    return [_button_check(b, states.get(b.id, "unknown"), source) for b in cfg.buttons]
+
+
+def _button_check(b: ButtonConfig, state: str, source: str) -> Check:
+    name = f"button {b.id}"
+    where = f"GPIO {b.pin}, {b.wiring}"
+    if state == "idle":
+        return Check(name, True, f"{where}: idle as expected ({source})")
+    if state == "failed":
+        return Check(name, False, f"{where}: the pin could not be opened",
+                     "is another program using it? is python3-lgpio installed?")
+    what = ("the loop is open: a cut cable, a loose terminal or the button pressed"
+            if b.wiring == "normally_closed" else "it reads pressed: a stuck button or a short")
+    return Check(name, False, f"{where}: {state}; {what}",
+                 "check the wiring against hardware/README.md")
+
+
+def _read_pins(cfg: Config) -> dict[str, str]:
+    from agent.buttons import ButtonBoard, make_pin_factory
+
+    board = ButtonBoard(cfg.buttons, make_pin_factory(cfg.gpio.backend), lambda _e: None)
+    board.start()
+    try:
+        time.sleep(0.1)
+        return {bid: b["state"] for bid, b in board.snapshot().items()}
+    finally:
+        board.stop()
+
+
+def _camera(cam: CameraConfig, timeout_s: float) -> Check:
+    from agent.cameras import open_source
+
+    name = f"camera {cam.id}"
+    result: list[Check] = []
+
+    def probe() -> None:
+        source = open_source(cam)
+        try:
+            info = source.open(stall_s=timeout_s)
+            for packet in _limited(source.packets(), timeout_s):
+                if packet.keyframe:
+                    result.append(Check(name, True, f"keyframe received ({info.width}x"
+                                        f"{info.height}) from {redact_url(cam.source)}"))
+                    return
+        except Exception as exc:  # any source failure is this check's result, redacted
+            result.append(Check(name, False, redact_url(f"{type(exc).__name__}: {exc}"),
+                                "check the address, the credentials and that the camera "
+                                "sends H.264"))
+        finally:
+            source.close()
+
+    _bounded(probe, timeout_s + 3)
+    return result[0] if result else Check(
+        name, False, f"no keyframe within {timeout_s:.0f} s from {redact_url(cam.source)}",
+        "check the camera's GOP / I-frame interval (at most a few seconds) and its stream")
+
+
+def _broker(cfg: Config) -> Check:
+    from agent.uplink import build_client
+
+    name = "broker"
+    where = f"{cfg.mqtt.host}:{cfg.mqtt.port} ({'TLS' if cfg.mqtt.tls else 'plain'})"
+    done = threading.Event()
+    outcome: list[str] = []
+
+    def on_connect(_c: Any, _u: Any, _f: Any, rc: Any, _p: Any) -> None:
+        outcome.append("" if not rc.is_failure else f"refused: {rc}")
+        done.set()
+
+    try:
+        client = build_client(cfg.mqtt, "-selftest")
+        client.on_connect = on_connect
+        client.connect(cfg.mqtt.host, cfg.mqtt.port, keepalive=10)
+    except (OSError, ValueError) as exc:
+        return Check(name, False, f"{where}: {exc}",
+                     "check mqtt.host/port, the network, and the TLS files (CA, certificate)")
+    client.loop_start()
+    try:
+        if not done.wait(5):
+            return Check(name, False, f"{where}: no answer to CONNECT in 5 s",
+                         "a firewall may be dropping the traffic")
+    finally:
+        client.disconnect()
+        client.loop_stop()
+    if outcome[0]:
+        return Check(name, False, f"{where}: {outcome[0]}",
+                     "check the username/password or the client certificate with the centre")
+    return Check(name, True, f"{where}: connected")
+
+
+def _limited(packets: Iterator[Any], seconds: float) -> Iterator[Any]:
+    deadline = time.monotonic() + seconds
+    for p in packets:
+        yield p
+        if time.monotonic() > deadline:
+            return
+
+
+def _bounded(fn: Callable[[], None], seconds: float) -> None:
+    """Run a probe that may block in a library call; give up waiting after ``seconds``."""
+    t = threading.Thread(target=fn, name="selftest-probe", daemon=True)
+    t.start()
+    t.join(seconds)

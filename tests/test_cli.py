@@ -1,0 +1,61 @@
+"""The command line as a technician meets it: check-config on broken files, selftest."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from agent.cli import main
+from agent.mosquitto import Mosquitto
+from agent.protocol import clock_synced
+from tests.conftest import cli, write_config
+
+BAD = sorted((Path(__file__).parent / "configs" / "bad").glob("*.yaml"))
+EXPECTED = yaml.safe_load((Path(__file__).parent / "configs" / "bad-expected.yaml").read_text())
+
+
+@pytest.mark.parametrize("path", BAD, ids=lambda p: p.stem)
+def test_check_config_names_key_and_line_exit_2(path: Path,
+                                                capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["check-config", "-c", str(path)]) == 2
+    err = capsys.readouterr().err
+    for expected in EXPECTED[path.name]:
+        line = f":{expected['line']}: " if expected["line"] else ": "
+        assert f"{line}{expected['path']}" in err
+    assert "Traceback" not in err
+
+
+def test_check_config_as_a_process(tmp_path: Path) -> None:
+    bad = cli("check-config", "-c", str(BAD[0]))
+    assert bad.returncode == 2 and "Traceback" not in bad.stderr and "problem" in bad.stderr
+    missing = cli("check-config", "-c", str(tmp_path / "nope.yaml"))
+    assert missing.returncode == 2 and "Traceback" not in missing.stderr
+    good = write_config(tmp_path / "good.yaml", 1883, tmp_path / "state")
+    ok = cli("check-config", "-c", str(good))
+    assert ok.returncode == 0 and "OK" in ok.stdout
+
+
+def test_selftest_on_the_simulated_school(tmp_path: Path, broker: Mosquitto) -> None:
+    cfg = write_config(tmp_path / "agent.yaml", broker.port, tmp_path / "state")
+    r = cli("selftest", "-c", str(cfg), timeout=60)
+    rows = {line.split()[0] + (" " + line.split()[1] if line.startswith(("button", "camera"))
+                               else ""): line for line in r.stdout.splitlines() if line.strip()
+            and not line.startswith((" ", "\n")) and "passed," not in line}
+    assert "PASS" in rows["disk"] and "PASS" in rows["broker"]
+    assert all("PASS" in rows[f"button {b}"] for b in ("entrance", "gym", "office", "corridor"))
+    assert ("PASS" in rows["clock"]) == clock_synced()
+    assert r.returncode == (0 if clock_synced() else 1)
+    assert "Traceback" not in r.stdout + r.stderr
+
+
+def test_selftest_says_what_to_do_when_the_broker_is_down(tmp_path: Path,
+                                                          broker: Mosquitto) -> None:
+    cfg = write_config(tmp_path / "agent.yaml", broker.port, tmp_path / "state")
+    broker.kill()
+    r = cli("selftest", "-c", str(cfg), timeout=60)
+    assert r.returncode == 1
+    broker_line = next(line for line in r.stdout.splitlines() if line.startswith("broker"))
+    assert "FAIL" in broker_line
+    assert "-> check mqtt.host/port" in r.stdout
