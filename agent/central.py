@@ -12,12 +12,14 @@ touched only there, so it needs no lock.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
 import os
 import socket
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,7 +32,15 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
 from agent.errors import AgentError, ProtocolError
-from agent.protocol import ChunkHeader, decode_chunk, parse_alarm
+from agent.protocol import (
+    ChunkHeader,
+    Receipt,
+    Topics,
+    centre_presence_topic,
+    decode_chunk,
+    parse_alarm,
+    presence_payload,
+)
 
 log = logging.getLogger("agent.central")
 
@@ -85,29 +95,38 @@ class Receiver:
     def subscriptions(self) -> list[str]:
         return [f"{self.prefix}/+/alarm", f"{self.prefix}/+/status", f"{self.prefix}/+/clip/+"]
 
-    def handle(self, topic: str, payload: bytes) -> None:
+    def handle(self, topic: str, payload: bytes) -> list[tuple[str, bytes]]:
+        """Store what arrived; return the receipts to publish (topic, payload)."""
         parts = topic.split("/")
         if len(parts) < 3:
-            return
+            return []
         site, kind = parts[-2], parts[-1]
         try:
             if len(parts) >= 4 and parts[-2] == "clip":  # before the others: a camera may be
-                self._chunk(parts[-3], parts[-1], payload)  # named "alarm"
-            elif kind == "alarm":
-                self._alarm(site, payload)
-            elif kind == "status":
+                clip = self._chunk(parts[-3], parts[-1], payload)  # named "alarm"
+                return [self._receipt(parts[-3], Receipt(clips=(clip,)))] if clip else []
+            if kind == "alarm":
+                event_id = self._alarm(site, payload)
+                return [self._receipt(site, Receipt(alarms=(event_id,)))]
+            if kind == "status":
                 self._status(site, payload)
         except (ProtocolError, ValueError) as exc:
             log.warning("dropping a bad message on %s: %s", topic, exc)
+        return []
+
+    def _receipt(self, site: str, receipt: Receipt) -> tuple[str, bytes]:
+        return Topics(self.prefix, site).receipt, receipt.to_json()
 
     # --- alarms and status ------------------------------------------------------------------
 
-    def _alarm(self, site: str, payload: bytes) -> None:
+    def _alarm(self, site: str, payload: bytes) -> str:
+        """Store a new alarm; a duplicate is confirmed again (the box is still waiting)."""
         alarm = parse_alarm(payload)
+        _safe_name(site)
         if alarm.site_id != site:
             raise ProtocolError(f"alarm for site {alarm.site_id} on the topic of {site}")
         if alarm.event_id in self._seen:
-            return
+            return alarm.event_id
         record = json.loads(payload)
         with open(self.store / "alarms.jsonl", "a", encoding="utf-8") as f:
             f.write(json.dumps(record, ensure_ascii=False) + "\n")
@@ -118,6 +137,7 @@ class Receiver:
                     alarm.button_id, alarm.location, alarm.kind, alarm.seq, alarm.pressed_at)
         if self.on_alarm is not None:
             self.on_alarm(record)
+        return alarm.event_id
 
     def _status(self, site: str, payload: bytes) -> None:
         if not payload:
@@ -128,15 +148,18 @@ class Receiver:
 
     # --- clips ------------------------------------------------------------------------------
 
-    def _chunk(self, site: str, camera: str, payload: bytes) -> None:
+    def _chunk(self, site: str, camera: str, payload: bytes) -> tuple[str, str] | None:
+        """Keep a chunk; returns (event_id, camera) when it completed (or repeats) a clip."""
         header, data = decode_chunk(payload)
         site, camera = _safe_name(site), _safe_name(camera)
         event = _safe_name(header.event_id)
         if header.camera_id != camera:
             raise ProtocolError(f"chunk of camera {header.camera_id} on the topic of {camera}")
         clip = self._clips.setdefault((site, event, camera), _Clip())
-        if clip.written or header.segment in clip.segments:
-            return  # a duplicate
+        if clip.written:
+            return event, camera  # the box resends until confirmed: confirm again
+        if header.segment in clip.segments:
+            return None  # a duplicate
         seg = clip.assembling.setdefault(header.segment, _Segment(header))
         if (seg.header.sha256, seg.header.chunks) != (header.sha256, header.chunks):
             raise ProtocolError(f"chunk {header.message_id} disagrees with its segment")
@@ -144,16 +167,18 @@ class Receiver:
         if header.final:
             clip.final = header.segment
         if len(seg.chunks) < header.chunks:
-            return
+            return None
         body = b"".join(seg.chunks[i] for i in range(header.chunks))
         del clip.assembling[header.segment]
         if hashlib.sha256(body).hexdigest() != header.sha256 or len(body) != header.size:
             log.error("clip %s/%s/%s segment %d failed its sha256 check; dropped",
                       site, event, camera, header.segment)
-            return
+            return None
         clip.segments[header.segment] = body
         if clip.final is not None and all(i in clip.segments for i in range(clip.final + 1)):
             self._write_clip(site, event, camera, clip)
+            return event, camera
+        return None
 
     def _write_clip(self, site: str, event: str, camera: str, clip: _Clip) -> None:
         assert clip.final is not None
@@ -186,17 +211,25 @@ def run_receiver(broker: str, topic_prefix: str, store: Path, client_id: str | N
     if url.scheme == "mqtts":
         client.tls_set()
 
+    presence = centre_presence_topic(topic_prefix)
+    client.will_set(presence, presence_payload("offline", time.time()), qos=1, retain=True)
+
     def on_connect(c: mqtt.Client, _u: Any, _f: Any, rc: Any, _p: Any) -> None:
         if rc.is_failure:
             log.error("broker refused the receiver: %s", rc)
             return
         for topic in receiver.subscriptions():
             c.subscribe(topic, qos=1)
+        c.publish(presence, presence_payload("online", time.time()), qos=1, retain=True)
         receiver.connected.set()
         log.info("receiver connected to %s, store %s", broker, store)
 
     client.on_connect = on_connect
-    client.on_message = lambda _c, _u, msg: receiver.handle(msg.topic, bytes(msg.payload))
+    def on_message(c: mqtt.Client, _u: Any, msg: mqtt.MQTTMessage) -> None:
+        for topic, payload in receiver.handle(msg.topic, bytes(msg.payload)):
+            c.publish(topic, payload, qos=1)
+
+    client.on_message = on_message
     props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
     props.SessionExpiryInterval = 7 * 24 * 3600  # the broker queues for us for a week
     client.connect_async(url.hostname, url.port or (8883 if url.scheme == "mqtts" else 1883),
@@ -205,5 +238,10 @@ def run_receiver(broker: str, topic_prefix: str, store: Path, client_id: str | N
     try:
         (stop or threading.Event()).wait()
     finally:
+        info = client.publish(presence, presence_payload("offline", time.time()), qos=1,
+                              retain=True)
+        if receiver.connected.is_set():
+            with contextlib.suppress(RuntimeError, ValueError):  # not connected after all
+                info.wait_for_publish(2)
         client.disconnect()
         client.loop_stop()

@@ -148,10 +148,11 @@ def format_status(s: dict[str, Any]) -> str:
     lines = [
         f"site      {s['site_id']}  (agent {s['version']}, up {s['uptime_s']:.0f} s, "
         f"clock {'synced' if s['clock_synced'] else 'NOT synced'})",
-        f"uplink    {up['state']} to {up['broker']}"
+        f"uplink    {up['state']} to {up['broker']}; centre {up['centre']}"
         + (f"  last error: {up['last_error']}" if up["last_error"] else ""),
         f"outbox    alarms {box['alarm']}, control {box['control']}, live {box['live']}, "
-        f"clips {box['clip']}; last seq {box['last_seq']}"
+        f"clips {box['clip']}; awaiting the centre's receipt {box['unconfirmed']}; "
+        f"last seq {box['last_seq']}"
         + (f"  DISK ERROR: {box['disk_error']}" if box["disk_error"] else ""),
     ]
     last = s.get("last_alarm")

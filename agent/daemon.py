@@ -215,6 +215,8 @@ class Daemon:
             "clock_synced": clock_synced(),
             "uplink": {"state": str(self.uplink.state), "last_error": self.uplink.last_error,
                        "sent": self.uplink.sent,
+                       "centre": {True: "listening", False: "NOT listening",
+                                  None: "unknown"}[self.uplink.centre_present],
                        "broker": f"{self.cfg.mqtt.host}:{self.cfg.mqtt.port}"},
             "outbox": {**self.outbox.depth(), "last_seq": self.outbox.last_seq(),
                        "disk_error": self.outbox.disk_error},

@@ -3,12 +3,18 @@
 It is the real broker, not a fake, so what the demo shows and what the tests prove is what a
 school sees. The process is put in its own session and killed with its parent's exit
 (PR_SET_PDEATHSIG), so a crashed demo or test run never leaves a broker behind.
+
+By default it listens anonymously on loopback. ``listeners=`` replaces that with a complete
+listener/TLS/ACL section instead, such as the production one in docs/broker.md, which the broker
+security tests run as written.
 """
 
 from __future__ import annotations
 
 import ctypes
 import os
+import pwd
+import re
 import shutil
 import signal
 import socket
@@ -41,12 +47,17 @@ class Mosquitto:
 
     Persistence is on and saved on every change, so a persistent session (the centre's
     receiver) survives the broker being killed, as with a production broker.
+
+    ``listeners``, when given, replaces the default ``listener {port} 127.0.0.1`` and
+    ``allow_anonymous true``: it is the whole listener and security section, and ``start()``
+    waits for every ``listener`` port in it (``port`` is then only used if the text uses it).
     """
 
     workdir: Path
     port: int = field(default_factory=free_port)
     extra_conf: str = ""
     proc: subprocess.Popen[bytes] | None = None
+    listeners: str | None = None
 
     @property
     def url(self) -> str:
@@ -59,9 +70,15 @@ class Mosquitto:
                               "(or apt-get install mosquitto)")
         self.workdir.mkdir(parents=True, exist_ok=True)
         conf = self.workdir / "mosquitto.conf"
-        conf.write_text(
-            f"listener {self.port} 127.0.0.1\n"
-            "allow_anonymous true\n"
+        listeners = self.listeners
+        if listeners is None:
+            listeners = f"listener {self.port} 127.0.0.1\nallow_anonymous true\n"
+        text = (
+            f"{listeners.rstrip()}\n"
+            # Started as root, mosquitto would switch to the `mosquitto` user, which cannot read
+            # the keys or write the persistence file in a workdir we own; as anyone else this
+            # line has no effect.
+            f"user {pwd.getpwuid(os.geteuid()).pw_name}\n"
             "persistence true\n"
             f"persistence_location {self.workdir}/\n"
             "autosave_on_changes true\n"
@@ -70,6 +87,8 @@ class Mosquitto:
             "log_type error\nlog_type warning\n"
             f"{self.extra_conf}\n"
         )
+        conf.write_text(text)
+        ports = [int(p) for p in re.findall(r"^listener\s+(\d+)", text, re.MULTILINE)]
         with open(self.workdir / "mosquitto.log", "ab") as log:
             self.proc = subprocess.Popen(
                 [exe, "-c", str(conf)], stdout=log, stderr=log, stdin=subprocess.DEVNULL,
@@ -80,12 +99,14 @@ class Mosquitto:
             if self.proc.poll() is not None:
                 raise BrokerError(f"mosquitto exited at start; see {self.workdir}/mosquitto.log")
             try:
-                socket.create_connection(("127.0.0.1", self.port), timeout=0.2).close()
+                for port in ports:
+                    socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
                 return
             except OSError:
                 time.sleep(0.02)
         self.kill()
-        raise BrokerError(f"mosquitto did not listen on port {self.port} within {timeout} s")
+        raise BrokerError(f"mosquitto did not listen on port(s) {ports} within {timeout} s;"
+                          f" see {self.workdir}/mosquitto.log")
 
     def kill(self) -> None:
         """SIGKILL: no clean shutdown, as when the broker host dies."""

@@ -7,6 +7,11 @@ leave it in a wrong state:
     IN_FLIGHT  --PUBACK-->  DONE (row deleted)
     IN_FLIGHT  --process dies-->  READY again (the in-memory mark dies with it)
 
+Alarms take one more step, because a PUBACK proves only that the broker has them:
+
+    IN_FLIGHT  --PUBACK-->  DELIVERED (state=1: resent at intervals while a centre listens)
+    DELIVERED  --the centre's receipt-->  DONE (row deleted)
+
 SQLite choices, each deliberate:
 - WAL with ``synchronous=FULL``: a committed alarm survives power loss (NORMAL may drop the
   last commits). One alarm costs one WAL fsync; the bench shows it fits the 10 ms budget.
@@ -53,7 +58,8 @@ CREATE TABLE IF NOT EXISTS messages (
     blob_path TEXT,                      -- clip chunks: bytes are read from the spool at send time
     blob_off  INTEGER,
     blob_len  INTEGER,
-    size      INTEGER NOT NULL           -- bytes this row stands for, for the disk budget
+    size      INTEGER NOT NULL,          -- bytes this row stands for, for the disk budget
+    state     INTEGER NOT NULL DEFAULT 0 -- 0 ready, 1 delivered to the broker, awaiting receipt
 );
 CREATE INDEX IF NOT EXISTS messages_order ON messages (priority, id);
 CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value INTEGER NOT NULL);
@@ -244,7 +250,8 @@ class Outbox:
         marks = ",".join("?" * len(skip))
         sql = (
             "SELECT id, priority, topic, key, qos, retain, payload, blob_path, blob_off, blob_len "
-            f"FROM messages WHERE priority <= ? {f'AND id NOT IN ({marks})' if skip else ''} "
+            "FROM messages WHERE state = 0 AND priority <= ? "
+            f"{f'AND id NOT IN ({marks})' if skip else ''} "
             "ORDER BY priority, id LIMIT ?"
         )
         with self._lock:
@@ -264,16 +271,59 @@ class Outbox:
         return (out[:alarms] + memory + out[alarms:])[:limit]
 
     def depth(self) -> dict[str, int]:
-        """Queued messages per class, by class name, for status and health."""
+        """Messages waiting per class, by class name, and alarms awaiting the centre's receipt."""
         with self._lock:
             rows = self._conn.execute(
-                "SELECT priority, COUNT(*) FROM messages GROUP BY priority"
+                "SELECT priority, state, COUNT(*) FROM messages GROUP BY priority, state"
             ).fetchall()
-        counts = {p.name.lower(): 0 for p in Priority}
-        for prio, n in rows:
-            counts[Priority(prio).name.lower()] = int(n)
+        counts = {p.name.lower(): 0 for p in Priority} | {"unconfirmed": 0}
+        for prio, state, n in rows:
+            counts["unconfirmed" if state else Priority(prio).name.lower()] += int(n)
         counts["alarm"] += len(self._memory)
         return counts
+
+    # --- end-to-end confirmation ------------------------------------------------------------
+
+    def mark_delivered(self, message_id: int) -> None:
+        """The broker has the alarm; keep it until the centre confirms it."""
+        if message_id < 0:  # held in memory because the disk failed: the PUBACK must do
+            self.ack(message_id)
+            return
+        self._write(lambda conn: conn.execute(
+            "UPDATE messages SET state = 1 WHERE id = ?", (message_id,)))
+
+    def delivered(self) -> list[int]:
+        """Alarms awaiting a receipt, oldest first (after a restart, to resend them)."""
+        with self._lock:
+            rows = self._conn.execute(
+                "SELECT id FROM messages WHERE state = 1 ORDER BY id").fetchall()
+        return [int(r[0]) for r in rows]
+
+    def get(self, message_id: int) -> Message | None:
+        """One stored message by id, whatever its state (for a resend)."""
+        with self._lock:
+            row = self._conn.execute(
+                "SELECT id, priority, topic, key, qos, retain, payload FROM messages WHERE id = ?",
+                (message_id,)).fetchone()
+        if row is None:
+            return None
+        mid, prio, topic, key, qos, retain, payload = row
+        return Message(mid, Priority(prio), topic, key, qos, bool(retain), bytes(payload))
+
+    def confirm(self, keys: Iterable[str]) -> list[int]:
+        """The centre has these (by event_id): forget them. Returns the ids removed."""
+        wanted = list(keys)
+
+        def tx(conn: sqlite3.Connection) -> list[int]:
+            removed = []
+            for key in wanted:
+                row = conn.execute("DELETE FROM messages WHERE key = ? RETURNING id",
+                                   (key,)).fetchone()
+                if row is not None:
+                    removed.append(int(row[0]))
+            return removed
+
+        return self._write(tx) if wanted else []
 
     def last_seq(self) -> int:
         with self._lock:

@@ -68,8 +68,21 @@ class Topics:
     def cmd_result(self) -> str:
         return f"{self.base}/cmd/result"
 
+    @property
+    def receipt(self) -> str:
+        return f"{self.base}/receipt"
+
+    @property
+    def presence(self) -> str:
+        """The centre's own retained presence; '_' keeps it apart from every site id."""
+        return centre_presence_topic(self.prefix)
+
     def clip(self, camera_id: str) -> str:
         return f"{self.base}/clip/{camera_id}"
+
+
+def centre_presence_topic(prefix: str) -> str:
+    return f"{prefix}/_centre/presence"
 
 
 def rfc3339(ts: float) -> str:
@@ -130,6 +143,34 @@ def parse_alarm(payload: bytes) -> Alarm:
         return Alarm(**data)
     except (ValueError, TypeError) as exc:
         raise ProtocolError(f"not an alarm payload: {exc}") from exc
+
+
+@dataclass(frozen=True, slots=True)
+class Receipt:
+    """The centre's end-to-end confirmation, on ``…/receipt``: it has stored these."""
+
+    alarms: tuple[str, ...] = ()  # event ids
+    clips: tuple[tuple[str, str], ...] = ()  # (event_id, camera_id): the whole clip verified
+    v: int = PROTOCOL_VERSION
+
+    def to_json(self) -> bytes:
+        return dumps({"alarms": list(self.alarms),
+                      "clips": [{"event_id": e, "camera_id": c} for e, c in self.clips],
+                      "v": self.v})
+
+
+def parse_receipt(payload: bytes) -> Receipt:
+    try:
+        data = json.loads(payload)
+        alarms = tuple(str(a) for a in data.get("alarms", []))
+        clips = tuple((str(c["event_id"]), str(c["camera_id"])) for c in data.get("clips", []))
+    except (ValueError, TypeError, KeyError, AttributeError) as exc:
+        raise ProtocolError(f"not a receipt: {exc}") from exc
+    return Receipt(alarms, clips)
+
+
+def presence_payload(state: str, at: float) -> bytes:
+    return dumps({"state": state, "at": rfc3339(at), "v": PROTOCOL_VERSION})
 
 
 # --- clip chunks ------------------------------------------------------------------------------

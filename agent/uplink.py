@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import enum
+import json
 import logging
 import os
 import random
@@ -36,9 +37,9 @@ from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
 from paho.mqtt.reasoncodes import ReasonCode
 
 from agent.config import MqttConfig
-from agent.errors import OutboxError
+from agent.errors import OutboxError, ProtocolError
 from agent.outbox import Message, Outbox
-from agent.protocol import Priority, Topics
+from agent.protocol import Priority, Topics, parse_receipt
 
 log = logging.getLogger("agent.uplink")
 
@@ -118,7 +119,9 @@ class Uplink:
         connack_timeout_s: float = 10.0,
         backoff: Backoff | None = None,
         on_message: Callable[[str, bytes], None] | None = None,
+        on_clip_receipt: Callable[[str, str], None] | None = None,
         subscriptions: tuple[str, ...] = (),
+        resend_s: float = 5.0,
         clock: Clock = time.monotonic,
     ) -> None:
         self._cfg = cfg
@@ -129,7 +132,9 @@ class Uplink:
         self._connack_timeout_s = connack_timeout_s
         self._backoff = backoff or Backoff()
         self._on_message_cb = on_message
-        self._subscriptions = subscriptions
+        self._on_clip_receipt = on_clip_receipt
+        self._subscriptions = (topics.receipt, topics.presence, *subscriptions)
+        self._resend_s = resend_s
         self._clock = clock
         self._wake_r, self._wake_w = os.pipe()
         os.set_blocking(self._wake_w, False)
@@ -153,6 +158,9 @@ class Uplink:
         # any thread, published retained by the uplink thread when online, never queued.
         self._latest_lock = threading.Lock()
         self._latest: dict[str, bytes] = {}
+        # Alarms the broker acked but the centre has not confirmed: row id -> when to resend.
+        self._unconfirmed: dict[int, float] = {}
+        self.centre_present: bool | None = None  # from the centre's retained presence
         self._acked_at = 0.0
 
     # --- other threads ----------------------------------------------------------------------
@@ -188,6 +196,11 @@ class Uplink:
     # --- the uplink thread ------------------------------------------------------------------
 
     def _run(self) -> None:
+        try:
+            due = self._clock() + self._resend_s
+            self._unconfirmed = dict.fromkeys(self._outbox.delivered(), due)
+        except OutboxError as exc:
+            log.error("cannot read unconfirmed alarms: %s", exc)
         last_attempt = 0.0
         while not self._stopping.is_set():
             last_attempt = self._clock()
@@ -271,8 +284,11 @@ class Uplink:
                     self._publish_latest(client)
                     self._pump(client, sock_writable)
                 self._flush_acks(force=False)
+                self._resend_unconfirmed(client, now)
                 if self._gate is _Gate.BUCKET:
                     timeout = min(timeout, self._bulk_due - now)
+                if self.centre_present and self._unconfirmed:
+                    timeout = min(timeout, min(self._unconfirmed.values()) - now)
             # Ask for writability only when paho has bytes to write or video waits for room:
             # under TCP_NOTSENT_LOWAT the socket is writable only when little is unsent.
             want_w = client.want_write() or self._gate is _Gate.SOCKET
@@ -333,6 +349,24 @@ class Uplink:
             return
         self._publish(client, bulk[0])
         self._gate = _Gate.SOCKET  # the next one when the socket has room again
+
+    def _resend_unconfirmed(self, client: mqtt.Client, now: float) -> None:
+        """Republish alarms the centre has not confirmed, only while a centre listens: with
+        none, the broker already queues the first copy for the centre's persistent session."""
+        if not self.centre_present:
+            return
+        in_flight = set(self._inflight_rows())
+        for row, due in list(self._unconfirmed.items()):
+            if due > now or row in in_flight:
+                continue
+            msg = self._outbox.get(row)
+            if msg is None:  # confirmed meanwhile
+                del self._unconfirmed[row]
+                continue
+            self._unconfirmed[row] = now + self._resend_s
+            log.info("alarm %s not yet confirmed by the centre; sending it again", msg.key)
+            if not self._publish(client, msg):
+                return
 
     def _publish_latest(self, client: mqtt.Client) -> None:
         with self._latest_lock:
@@ -420,6 +454,13 @@ class Uplink:
             log.error("broker refused message %d: %s; check the broker ACL for this site", row, rc)
             return
         self.sent += 1
+        if prio is Priority.ALARM:
+            self._unconfirmed.setdefault(row, self._clock() + self._resend_s)
+            try:
+                self._outbox.mark_delivered(row)
+            except OutboxError as exc:
+                log.error("cannot mark alarm %d delivered: %s", row, exc)
+            return
         if prio >= Priority.LIVE:
             if not self._acked_bulk:
                 self._acked_at = self._clock()
@@ -431,11 +472,45 @@ class Uplink:
             log.error("cannot delete acknowledged message %d: %s", row, exc)
 
     def _on_message(self, _c: mqtt.Client, _u: Any, msg: mqtt.MQTTMessage) -> None:
+        if msg.topic == self._topics.receipt:
+            self._on_receipt(bytes(msg.payload))
+            return
+        if msg.topic == self._topics.presence:
+            self._on_presence(bytes(msg.payload))
+            return
         if self._on_message_cb is not None:
             try:
                 self._on_message_cb(msg.topic, bytes(msg.payload))
             except Exception:  # a bad command must never take the uplink down
                 log.exception("command handler failed on %s", msg.topic)
+
+
+    def _on_receipt(self, payload: bytes) -> None:
+        try:
+            receipt = parse_receipt(payload)
+            for row in self._outbox.confirm(receipt.alarms):
+                self._unconfirmed.pop(row, None)
+        except (ProtocolError, OutboxError) as exc:
+            log.warning("ignoring a receipt: %s", exc)
+            return
+        if receipt.alarms:
+            log.info("the centre confirmed alarm(s) %s", ", ".join(receipt.alarms))
+        for event_id, camera_id in receipt.clips:
+            if self._on_clip_receipt is not None:
+                self._on_clip_receipt(event_id, camera_id)
+
+    def _on_presence(self, payload: bytes) -> None:
+        try:
+            present = json.loads(payload).get("state") == "online" if payload else False
+        except (ValueError, AttributeError):
+            present = False
+        if present and not self.centre_present:
+            now = self._clock()
+            self._unconfirmed = dict.fromkeys(self._unconfirmed, now)  # resend what waits
+        if present != self.centre_present:
+            log.log(logging.INFO if present else logging.WARNING,
+                    "the centre is %s", "listening" if present else "NOT listening")
+        self.centre_present = present
 
 
 def build_client(cfg: MqttConfig, client_id_suffix: str = "") -> mqtt.Client:
