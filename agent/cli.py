@@ -66,6 +66,10 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config(p)
     p.set_defaults(func=cmd_test_mode)
 
+    p = sub.add_parser("reset-indicator", help="turn the alarm LED/buzzer off (local reset)")
+    _add_config(p)
+    p.set_defaults(func=cmd_reset_indicator)
+
     p = sub.add_parser("demo", help="a simulated school, a private broker and the centre's view")
     p.add_argument("--state", type=Path, default=None,
                    help="where the demo keeps its state (default: a temporary directory)")
@@ -194,6 +198,12 @@ def cmd_test_mode(args: argparse.Namespace) -> int:
     until = reply["status"]["test_mode_until"]
     print(f"test mode ON until {until}: alarms are sent marked as tests; the centre will "
           "not dispatch" if until else "test mode OFF: alarms are real")
+    return 0
+
+
+def cmd_reset_indicator(args: argparse.Namespace) -> int:
+    _call(args, {"cmd": "indicator_reset"})
+    print("indicator off")
     return 0
 
 

@@ -31,10 +31,12 @@ from agent.buttons import ButtonBoard, ButtonEvent, make_pin_factory
 from agent.config import Config
 from agent.control import ControlServer, socket_path
 from agent.errors import AgentError
+from agent.indicators import Indicators
 from agent.outbox import Outbox
 from agent.protocol import (
     PROTOCOL_VERSION,
     Alarm,
+    AlarmKind,
     Status,
     Topics,
     clock_synced,
@@ -69,6 +71,7 @@ class Daemon:
         self.uplink: Uplink | None = None
         self.buttons: ButtonBoard | None = None
         self.control: ControlServer | None = None
+        self.indicators: Indicators | None = None
 
     # --- lifecycle --------------------------------------------------------------------------
 
@@ -79,10 +82,11 @@ class Daemon:
         self.outbox = Outbox.open(storage / "outbox.db", int(self.cfg.storage.max_gb * 1e9))
         self.uplink = Uplink(self.cfg.mqtt, self.topics, self.outbox, self._status_payload,
                              max_video_kbps=self.cfg.uplink.max_kbps)
-        self.buttons = ButtonBoard(
-            self.cfg.buttons, make_pin_factory(self.cfg.gpio.backend), self._on_button
-        )
+        factory = make_pin_factory(self.cfg.gpio.backend)
+        self.buttons = ButtonBoard(self.cfg.buttons, factory, self._on_button)
+        self.indicators = Indicators(self.cfg.indicators, factory)
         self.control = ControlServer(socket_path(storage), self._on_control)
+        self.indicators.start()
         self.uplink.start()
         self.buttons.start()
         self.control.start()
@@ -93,7 +97,7 @@ class Daemon:
 
     def stop(self) -> None:
         self.notifier.send(stopping="1")
-        for part in (self.control, self.buttons, self.uplink):
+        for part in (self.control, self.buttons, self.uplink, self.indicators):
             if part is not None:
                 part.stop()
         if self.outbox is not None:
@@ -123,6 +127,9 @@ class Daemon:
         while not self._stop.wait(interval):
             if self.test_until is not None and time.time() >= self.test_until:
                 self.set_test_mode(None)
+            if self.indicators is not None and self.uplink is not None:
+                self.indicators.centre(self.uplink.centre_present)
+                self.indicators.tick()
             if time.monotonic() >= next_health and self.uplink is not None:
                 self.uplink.post_latest(self.topics.health, self.health_payload())
                 next_health = time.monotonic() + self.health_interval_s
@@ -159,6 +166,8 @@ class Daemon:
 
         seq, durable = self.outbox.add_alarm(self.topics.alarm, event_id, build)
         self.uplink.wake()
+        if event.kind is AlarmKind.PANIC and self.indicators is not None:
+            self.indicators.alarm(event_id)
         self.last_alarm = {"event_id": event_id, "seq": seq, "button_id": button.id,
                            "kind": str(event.kind), "at": rfc3339(event.wall_time),
                            "durable": durable}
@@ -180,6 +189,10 @@ class Daemon:
                     raise AgentError("simulate needs action 'press' or 'release'")
                 events = self.buttons.simulate(str(req.get("button")), action == "press")
                 return {"ok": True, "events": events}
+            case "indicator_reset":
+                assert self.indicators is not None
+                self.indicators.reset()
+                return {"ok": True, "status": self.status()}
             case "test_mode":
                 minutes = req.get("minutes", 30)
                 if req.get("on") is not True:
@@ -223,6 +236,7 @@ class Daemon:
             "last_alarm": self.last_alarm,
             "buttons": self.buttons.snapshot(),
             "test_mode_until": rfc3339(self.test_until) if self.test_until else None,
+            "indicator": str(self.indicators.pattern) if self.indicators else "off",
             "disk_free_mb": disk.free // 1_000_000,
             "cpu_temp_c": _cpu_temp(),
         }

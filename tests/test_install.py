@@ -109,6 +109,8 @@ def test_staged_install_layout(staged: tuple[Path, str]) -> None:
     assert script.read_text().splitlines()[0] == "#!/opt/edge-agent/venv/bin/python"
     assert str(root) not in (root / VENV / "pyvenv.cfg").read_text()
     assert os.readlink(root / "usr/local/bin/edge-agent") == "/opt/edge-agent/venv/bin/edge-agent"
+    assert (root / "opt/edge-agent/docs/hardware.md").exists()
+    assert (root / "opt/edge-agent/examples/large-school.yaml").exists()
     # Nothing happened to this machine; each step that would have is listed.
     for step in (
         "apt-get install",
