@@ -245,3 +245,66 @@ def run_receiver(broker: str, topic_prefix: str, store: Path, client_id: str | N
                 info.wait_for_publish(2)
         client.disconnect()
         client.loop_stop()
+
+
+# --- commanding a box ---------------------------------------------------------------------------
+
+
+def site_of_event(store: Path, event_id: str) -> str:
+    """Which site raised this alarm, from the receiver's store."""
+    path = store / "alarms.jsonl"
+    if path.exists():
+        for line in path.read_text(encoding="utf-8").splitlines():
+            try:
+                record = json.loads(line)
+            except ValueError:
+                continue
+            if record.get("event_id") == event_id:
+                return str(record["site_id"])
+    raise AgentError(f"no alarm {event_id} in {path}; is --store the receiver's store?")
+
+
+def send_command(broker: str, topic_prefix: str, site_id: str, key_file: Path, name: str,
+                 args: dict[str, Any], timeout_s: float = 10.0) -> dict[str, Any]:
+    """Sign a command with the centre's key, publish it, and wait for the box's result."""
+    from agent.commands import load_private_key, sign_command
+
+    url = urlparse(broker)
+    if url.scheme not in ("mqtt", "mqtts") or not url.hostname:
+        raise AgentError(f"--broker must look like mqtt://HOST:PORT, not {broker!r}")
+    payload = sign_command(load_private_key(key_file), site_id, name, args)
+    command_id = json.loads(payload)["id"]
+    topics = Topics(topic_prefix, site_id)
+    result: list[dict[str, Any]] = []
+    got = threading.Event()
+    subscribed = threading.Event()
+
+    def on_message(_c: mqtt.Client, _u: Any, msg: mqtt.MQTTMessage) -> None:
+        with contextlib.suppress(ValueError):
+            doc = json.loads(msg.payload)
+            if isinstance(doc, dict) and doc.get("id") == command_id:
+                result.append(doc)
+                got.set()
+
+    client = mqtt.Client(CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5)
+    if url.scheme == "mqtts":
+        client.tls_set()
+    client.on_message = on_message
+    client.on_subscribe = lambda *_: subscribed.set()
+    client.on_connect = lambda c, *_: c.subscribe(topics.cmd_result, qos=1)
+    try:
+        client.connect(url.hostname, url.port or 1883, keepalive=10)
+    except OSError as exc:
+        raise AgentError(f"cannot reach the broker {broker}: {exc}") from exc
+    client.loop_start()
+    try:
+        if not subscribed.wait(timeout_s):
+            raise AgentError("the broker did not confirm the subscription to results")
+        client.publish(topics.cmd, payload, qos=1)  # never retained: a reconnect never replays
+        if not got.wait(timeout_s):
+            raise AgentError(f"no result from {site_id} within {timeout_s:.0f} s: is the box "
+                             "online and does it have the centre's public key?")
+    finally:
+        client.disconnect()
+        client.loop_stop()
+    return result[0]

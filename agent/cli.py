@@ -77,12 +77,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--exit", action="store_true", help="exit after the presses (for scripts)")
     p.set_defaults(func=cmd_demo)
 
-    p = sub.add_parser("central", help="the centre's reference receiver")
-    p.add_argument("--broker", required=True, help="mqtt://HOST:PORT or mqtts://HOST:PORT")
+    p = sub.add_parser("central", help="the centre's reference receiver, and commands to boxes")
+    p.add_argument("--broker", default="mqtt://127.0.0.1:1883",
+                   help="mqtt://HOST:PORT or mqtts://HOST:PORT")
     p.add_argument("--topic-prefix", default="schools")
-    p.add_argument("--store", type=Path, required=True, help="where alarms and clips go")
+    p.add_argument("--store", type=Path, default=Path("centre"),
+                   help="where alarms and clips go (default ./centre)")
     p.add_argument("--client-id", default=None, help="persistent session id (default per host)")
+    p.add_argument("--key", type=Path, default=None,
+                   help="the centre's Ed25519 private key (default STORE/centre.key)")
     p.set_defaults(func=cmd_central)
+    actions = p.add_subparsers(dest="action", metavar="ACTION")
+    a = actions.add_parser("ack", help="acknowledge an alarm: the box shows 'help is coming'")
+    a.add_argument("event_id")
+    a = actions.add_parser("ping", help="ask a box to answer")
+    a.add_argument("site")
+    a = actions.add_parser("keygen", help="make the centre's key pair in STORE")
     return parser
 
 
@@ -216,10 +226,29 @@ def _until_signal(body: Callable[[threading.Event], None]) -> int:
 
 
 def cmd_central(args: argparse.Namespace) -> int:
-    from agent.central import run_receiver
+    from agent import central
 
-    return _until_signal(lambda stop: run_receiver(args.broker, args.topic_prefix, args.store,
-                                                   args.client_id, stop))
+    key = args.key or args.store / "centre.key"
+    match args.action:
+        case None:
+            return _until_signal(lambda stop: central.run_receiver(
+                args.broker, args.topic_prefix, args.store, args.client_id, stop))
+        case "keygen":
+            from agent.commands import generate_keypair
+
+            private, public = generate_keypair(args.store)
+            print(f"private key {private} (keep it at the centre)\npublic key  {public} "
+                  "(give it to each box: commands.public_key_file)")
+            return 0
+        case "ack":
+            site = central.site_of_event(args.store, args.event_id)
+            cmd_args: dict[str, Any] = {"event_id": args.event_id}
+        case "ping":
+            site, cmd_args = args.site, {}
+    result = central.send_command(args.broker, args.topic_prefix, site, key, args.action,
+                                  cmd_args)
+    print(json.dumps(result, ensure_ascii=False))
+    return 0 if result.get("ok") else 1
 
 
 def cmd_demo(args: argparse.Namespace) -> int:

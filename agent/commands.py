@@ -314,9 +314,9 @@ def _no_constant(_name: str) -> object:
 def _parse_document(payload: object) -> dict[str, object]:
     if not isinstance(payload, bytes | bytearray | memoryview):
         raise CommandRejected("not_json: the payload must be bytes")
-    raw = bytes(payload)
-    if len(raw) > MAX_PAYLOAD_BYTES:
+    if memoryview(payload).nbytes > MAX_PAYLOAD_BYTES:  # before any copy or parse
         raise CommandRejected(f"too_large: at most {MAX_PAYLOAD_BYTES} bytes")
+    raw = bytes(payload)
     try:
         # Decoded here, not by json.loads: given bytes, it would also guess UTF-16 and UTF-32.
         doc: object = json.loads(raw.decode("utf-8"), object_pairs_hook=_no_duplicates,
@@ -378,7 +378,7 @@ def check_args(value: object) -> dict[str, Scalar]:
         raise CommandRejected(f"bad_args: at most {MAX_ARGS} arguments")
     out: dict[str, Scalar] = {}
     for key, item in value.items():
-        if not _NAME.fullmatch(key):
+        if not isinstance(key, str) or not _NAME.fullmatch(key):
             raise CommandRejected("bad_args: argument names are [a-z][a-z0-9_], at most 32")
         if isinstance(item, str):
             if len(item) > MAX_STRING_CHARS or _UNSAFE_CHAR.search(item):
@@ -608,7 +608,11 @@ class NonceStore:
             path.parent.mkdir(parents=True, exist_ok=True)
             conn = _connect_store(path)
         except sqlite3.DatabaseError as exc:
-            aside = _move_aside(path)
+            try:
+                aside = _move_aside(path)
+            except OSError as exc2:
+                raise NonceStoreError(f"replay cache {path} is corrupt ({exc}) and cannot be"
+                                      f" moved aside: {exc2}") from exc2
             log.error("replay cache %s is corrupt (%s); moved it to %s and started a clean one:"
                       " commands captured in the last hour could be replayed once", path, exc,
                       aside)
@@ -714,9 +718,12 @@ def _connect_store(path: Path) -> sqlite3.Connection:
         if check != "ok":
             raise sqlite3.DatabaseError(f"quick_check: {check}")
         conn.executescript(_STORE_SCHEMA)
-        _horizon_ms(conn)  # a file from something else fails here, not at the first command
+        try:  # a file from something else fails here, not at the first command
+            _horizon_ms(conn)
+        except (TypeError, ValueError) as exc:
+            raise sqlite3.DatabaseError(f"not a replay cache: {exc}") from exc
         os.chmod(path, 0o600)
-    except (sqlite3.Error, OSError, TypeError):
+    except (sqlite3.Error, OSError):
         conn.close()
         raise
     return conn

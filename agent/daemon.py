@@ -30,6 +30,15 @@ from agent import __version__
 from agent.buttons import ButtonBoard, ButtonEvent, make_pin_factory
 from agent.config import Config
 from agent.control import ControlServer, socket_path
+from agent.commands import (
+    AckArgs,
+    Command,
+    CommandRouter,
+    CommandVerifier,
+    NonceStore,
+    TestModeArgs,
+    load_public_key,
+)
 from agent.errors import AgentError
 from agent.indicators import Indicators
 from agent.outbox import Outbox
@@ -37,6 +46,7 @@ from agent.protocol import (
     PROTOCOL_VERSION,
     Alarm,
     AlarmKind,
+    Priority,
     Status,
     Topics,
     clock_synced,
@@ -72,6 +82,8 @@ class Daemon:
         self.buttons: ButtonBoard | None = None
         self.control: ControlServer | None = None
         self.indicators: Indicators | None = None
+        self.router: CommandRouter | None = None
+        self._nonces: NonceStore | None = None
 
     # --- lifecycle --------------------------------------------------------------------------
 
@@ -80,8 +92,11 @@ class Daemon:
         storage.mkdir(parents=True, exist_ok=True, mode=0o750)
         self.test_until = _load_test_mode(storage)
         self.outbox = Outbox.open(storage / "outbox.db", int(self.cfg.storage.max_gb * 1e9))
+        self.router = self._command_router(storage)
         self.uplink = Uplink(self.cfg.mqtt, self.topics, self.outbox, self._status_payload,
-                             max_video_kbps=self.cfg.uplink.max_kbps)
+                             max_video_kbps=self.cfg.uplink.max_kbps,
+                             on_message=self._on_message,
+                             subscriptions=(self.topics.cmd,) if self.router else ())
         factory = make_pin_factory(self.cfg.gpio.backend)
         self.buttons = ButtonBoard(self.cfg.buttons, factory, self._on_button)
         self.indicators = Indicators(self.cfg.indicators, factory)
@@ -102,6 +117,8 @@ class Daemon:
                 part.stop()
         if self.outbox is not None:
             self.outbox.close()
+        if self._nonces is not None:
+            self._nonces.close()
         log.info("agent stopped")
 
     def request_stop(self) -> None:
@@ -175,6 +192,54 @@ class Daemon:
                     button.id, button.location, seq, event_id,
                     f" detail={event.detail!r}" if event.detail else "")
         return self.last_alarm
+
+    # --- commands from the centre (run on the uplink thread) -------------------------------
+
+    def _command_router(self, storage: Path) -> CommandRouter | None:
+        """Commands only with the centre's public key; a box that cannot verify obeys nothing."""
+        key_file = self.cfg.commands.public_key_file
+        if key_file is None:
+            log.info("commands disabled: no commands.public_key_file in the config")
+            return None
+        try:
+            self._nonces = NonceStore.open(storage / "nonces.db")
+            verifier = CommandVerifier(load_public_key(key_file), self.cfg.site.id, self._nonces)
+        except AgentError as exc:
+            log.error("commands disabled: %s", exc)
+            return None
+        return CommandRouter(verifier, {
+            "ping": self._cmd_ping,
+            "ack": self._cmd_ack,
+            "test_mode": self._cmd_test_mode,
+        })
+
+    def _on_message(self, topic: str, payload: bytes) -> None:
+        if topic != self.topics.cmd or self.router is None:
+            return
+        assert self.outbox is not None and self.uplink is not None
+        reply = self.router.respond(payload)
+        if reply.authenticated and reply.command_id is not None:
+            self.outbox.add(Priority.CONTROL, self.topics.cmd_result,
+                            f"result/{reply.command_id}", reply.payload)
+            self.uplink.wake()
+        else:
+            self.uplink.post_transient(self.topics.cmd_result, reply.payload)
+
+    def _cmd_ping(self, _cmd: Command) -> dict[str, Any]:
+        return {"pong": True, "summary": self._summary()}
+
+    def _cmd_ack(self, cmd: Command) -> dict[str, Any]:
+        assert isinstance(cmd.params, AckArgs) and self.indicators is not None
+        shown = self.indicators.acknowledged(cmd.params.event_id)
+        log.warning("the centre acknowledged alarm %s%s", cmd.params.event_id,
+                    "" if shown else " (not the one on the indicator)")
+        return {"indicator": str(self.indicators.pattern), "shown": shown}
+
+    def _cmd_test_mode(self, cmd: Command) -> dict[str, Any]:
+        assert isinstance(cmd.params, TestModeArgs)
+        minutes = cmd.params.minutes
+        self.set_test_mode(time.time() + minutes * 60 if cmd.params.on and minutes else None)
+        return {"test_mode_until": rfc3339(self.test_until) if self.test_until else None}
 
     # --- control and status -----------------------------------------------------------------
 

@@ -29,6 +29,7 @@ import ssl
 import threading
 import time
 from collections.abc import Callable
+from collections import deque
 from dataclasses import dataclass
 from typing import Any
 
@@ -158,6 +159,7 @@ class Uplink:
         # any thread, published retained by the uplink thread when online, never queued.
         self._latest_lock = threading.Lock()
         self._latest: dict[str, bytes] = {}
+        self._transient: deque[tuple[str, bytes]] = deque(maxlen=32)  # sent once if online
         # Alarms the broker acked but the centre has not confirmed: row id -> when to resend.
         self._unconfirmed: dict[int, float] = {}
         self.centre_present: bool | None = None  # from the centre's retained presence
@@ -178,6 +180,13 @@ class Uplink:
         """Publish retained when online; a newer value for the topic replaces an unsent one."""
         with self._latest_lock:
             self._latest[topic] = payload
+        self.wake()
+
+    def post_transient(self, topic: str, payload: bytes) -> None:
+        """Send once if online, never stored: for answers to unauthenticated input, which
+        anyone able to publish could otherwise use to fill the box's disk."""
+        with self._latest_lock:
+            self._transient.append((topic, payload))
         self.wake()
 
     def stop(self, timeout: float = 4.0) -> None:
@@ -371,8 +380,12 @@ class Uplink:
     def _publish_latest(self, client: mqtt.Client) -> None:
         with self._latest_lock:
             latest, self._latest = self._latest, {}
+            transient = list(self._transient)
+            self._transient.clear()
         for topic, payload in latest.items():
             client.publish(topic, payload, qos=1, retain=True)
+        for topic, payload in transient:
+            client.publish(topic, payload, qos=1)
 
     def _publish(self, client: mqtt.Client, msg: Message) -> bool:
         info = client.publish(msg.topic, msg.payload, qos=msg.qos, retain=msg.retain)

@@ -22,6 +22,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
+from agent.central import run_receiver
 from agent.mosquitto import Mosquitto
 
 REPO = Path(__file__).resolve().parent.parent
@@ -198,3 +199,36 @@ def agent_process(agent_config: Path) -> Iterator[AgentProcess]:
     a = AgentProcess(agent_config)
     yield a
     a.close()
+
+
+class Centre:
+    """The real receiver, in a thread, with a persistent session (a fixed client id)."""
+
+    def __init__(self, broker: Mosquitto, store: Path) -> None:
+        self.broker, self.store = broker, store
+        self.stop_event = threading.Event()
+        self.thread: threading.Thread | None = None
+
+    def start(self) -> Centre:
+        self.stop_event = threading.Event()
+        self.thread = threading.Thread(
+            target=run_receiver, args=(self.broker.url, "schools", self.store, "centre-test",
+                                       self.stop_event), daemon=True)
+        self.thread.start()
+        return self
+
+    def stop(self) -> None:
+        self.stop_event.set()
+        if self.thread is not None:
+            self.thread.join(5)
+
+    def alarms(self) -> list[dict[str, Any]]:
+        path = self.store / "alarms.jsonl"
+        return [json.loads(x) for x in path.read_text().splitlines()] if path.exists() else []
+
+
+@pytest.fixture
+def centre(broker: Mosquitto, tmp_path: Path) -> Iterator[Centre]:
+    c = Centre(broker, tmp_path / "centre")
+    yield c
+    c.stop()

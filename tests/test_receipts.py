@@ -2,50 +2,11 @@
 
 from __future__ import annotations
 
-import json
-import threading
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import pytest
-
-from agent.central import run_receiver
 from agent.mosquitto import Mosquitto
-from tests.conftest import AgentProcess, wait_for
-
-
-class Centre:
-    """The real receiver, in a thread, with a persistent session (a fixed client id)."""
-
-    def __init__(self, broker: Mosquitto, store: Path) -> None:
-        self.broker, self.store = broker, store
-        self.stop_event = threading.Event()
-        self.thread: threading.Thread | None = None
-
-    def start(self) -> Centre:
-        self.stop_event = threading.Event()
-        self.thread = threading.Thread(
-            target=run_receiver, args=(self.broker.url, "schools", self.store, "centre-test",
-                                       self.stop_event), daemon=True)
-        self.thread.start()
-        return self
-
-    def stop(self) -> None:
-        self.stop_event.set()
-        if self.thread is not None:
-            self.thread.join(5)
-
-    def alarms(self) -> list[dict[str, Any]]:
-        path = self.store / "alarms.jsonl"
-        return [json.loads(x) for x in path.read_text().splitlines()] if path.exists() else []
-
-
-@pytest.fixture
-def centre(broker: Mosquitto, tmp_path: Path) -> Iterator[Centre]:
-    c = Centre(broker, tmp_path / "centre")
-    yield c
-    c.stop()
+from tests.conftest import AgentProcess, Centre, wait_for
 
 
 def _outbox(agent: AgentProcess) -> dict[str, Any]:

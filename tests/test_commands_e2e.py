@@ -1,0 +1,100 @@
+"""Commands from the centre, end to end: signed at the centre, verified on the box."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import paho.mqtt.client as mqtt
+import pytest
+from paho.mqtt.enums import CallbackAPIVersion
+
+from agent.commands import load_private_key, sign_command
+from agent.mosquitto import Mosquitto
+from tests.conftest import AgentProcess, Centre, Collector, cli, wait_for, write_config
+
+
+@pytest.fixture
+def keys(tmp_path: Path) -> Path:
+    store = tmp_path / "centre"
+    r = cli("central", "--store", str(store), "keygen")
+    assert r.returncode == 0, r.stderr
+    return store
+
+
+@pytest.fixture
+def box(tmp_path: Path, broker: Mosquitto, keys: Path) -> AgentProcess:
+    cfg = write_config(tmp_path / "agent.yaml", broker.port, tmp_path / "state",
+                       commands={"public_key_file": str(keys / "centre.pub")},
+                       indicators={"led_pin": 5, "ack_timeout_s": 300})
+    return AgentProcess(cfg)
+
+
+def _central(broker: Mosquitto, store: Path, *args: str) -> tuple[int, dict[str, object]]:
+    r = cli("central", "--broker", broker.url, "--store", str(store), *args, timeout=30)
+    return r.returncode, (json.loads(r.stdout) if r.stdout.strip() else {"stderr": r.stderr})
+
+
+def test_ack_from_the_centre_turns_the_indicator_steady(box: AgentProcess, broker: Mosquitto,
+                                                        keys: Path) -> None:
+    centre = Centre(broker, keys).start()
+    try:
+        box.start()
+        out = box.press("entrance").stdout
+        event_id = re.search(r"event_id=(\S+)", out).group(1)  # type: ignore[union-attr]
+        wait_for(lambda: (box.status() or {}).get("indicator") == "waiting", 5, "blinking")
+        wait_for(lambda: len(centre.alarms()) == 1, 10, "the alarm at the centre")
+        code, result = _central(broker, keys, "ack", event_id)
+        assert code == 0 and result["ok"] is True, result
+        assert result["data"]["shown"] is True  # type: ignore[index]
+        assert (box.status() or {})["indicator"] == "acknowledged"
+    finally:
+        centre.stop()
+        box.close()
+
+
+def test_ping(box: AgentProcess, broker: Mosquitto, keys: Path) -> None:
+    box.start()
+    try:
+        code, result = _central(broker, keys, "ping", "sim-school")
+        assert code == 0 and result["data"]["pong"] is True  # type: ignore[index]
+    finally:
+        box.close()
+
+
+def test_forged_and_garbage_commands_are_refused_and_the_box_lives(
+    box: AgentProcess, broker: Mosquitto, tmp_path: Path
+) -> None:
+    box.start()
+    try:
+        impostor = tmp_path / "impostor"
+        assert cli("central", "--store", str(impostor), "keygen").returncode == 0
+        forged = sign_command(load_private_key(impostor / "centre.key"), "sim-school", "ping", {})
+        results = Collector(broker.port, ["schools/sim-school/cmd/result"],
+                            client_id="results").start()
+        attacker = mqtt.Client(CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5)
+        attacker.connect("127.0.0.1", broker.port)
+        attacker.loop_start()
+        junk = [forged, b"", b"\xff\xfe", b"{", b"[]", b'{"id": 1}', b"x" * 100_000]
+        for payload in junk:
+            attacker.publish("schools/sim-school/cmd", payload, qos=1).wait_for_publish(5)
+        wait_for(lambda: len(results.messages) >= len(junk), 10, "a refusal for each")
+        refusals = [json.loads(p) for _, p, _ in results.messages]
+        assert all(r["ok"] is False and r["id"] is None for r in refusals)
+        assert "signature" in refusals[0]["reason"]
+        attacker.disconnect()
+        attacker.loop_stop()
+        results.stop()
+        assert box.proc is not None and box.proc.poll() is None
+        box.press("gym")  # and it still does its job
+        assert (box.status() or {})["last_alarm"]["button_id"] == "gym"
+    finally:
+        box.close()
+
+
+def test_a_box_without_the_centres_key_obeys_nothing(agent_process: AgentProcess,
+                                                     broker: Mosquitto, keys: Path) -> None:
+    agent_process.start()
+    code, result = _central(broker, keys, "ping", "sim-school")
+    assert code == 1 and "no result" in str(result.get("stderr"))
