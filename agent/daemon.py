@@ -28,8 +28,6 @@ from typing import Any
 
 from agent import __version__
 from agent.buttons import ButtonBoard, ButtonEvent, make_pin_factory
-from agent.config import Config
-from agent.control import ControlServer, socket_path
 from agent.commands import (
     AckArgs,
     Command,
@@ -39,6 +37,8 @@ from agent.commands import (
     TestModeArgs,
     load_public_key,
 )
+from agent.config import Config
+from agent.control import ControlServer, socket_path
 from agent.errors import AgentError
 from agent.indicators import Indicators
 from agent.outbox import Outbox

@@ -28,8 +28,8 @@ import socket
 import ssl
 import threading
 import time
-from collections.abc import Callable
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 

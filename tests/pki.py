@@ -8,6 +8,9 @@ Two CAs, because the broker has two listeners and each must accept only its own 
 
 plus a second broker certificate for a name the boxes do not connect to (`evil.example`), signed
 by the same box CA: a valid chain with the wrong name, which only the hostname check catches.
+Two more client certificates from the box CA model mistakes and losses: `school-c` is revoked in
+the CRL (a stolen box), and `centre` signed by the box CA is a certificate the box CA should never
+have issued.
 
 EC P-256 keys, so building all of it takes milliseconds; the test module caches one per session.
 Keys are written 0600 as mosquitto and the agent's config check want them.
@@ -18,7 +21,7 @@ from __future__ import annotations
 import datetime as dt
 import ipaddress
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from cryptography import x509
@@ -26,7 +29,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-SITES = ("school-a", "school-b")
+SITES = ("school-a", "school-b", "school-c")
+REVOKED = "school-c"
 CENTRE = "centre"
 
 
@@ -39,55 +43,67 @@ class Identity:
 
 
 @dataclass(frozen=True)
-class Pki:
-    dir: Path
-    box_ca: Path  # what the boxes and the centre trust for the broker; the box listener's cafile
-    centre_ca: Path  # the centre listener's cafile
-    server: Identity  # localhost, 127.0.0.1
-    evil_server: Identity  # evil.example: valid chain, wrong name
-    clients: dict[str, Identity]  # by CN: the sites and the centre
-
-    def client(self, cn: str) -> Identity:
-        return self.clients[cn]
-
-
-@dataclass(frozen=True)
 class _Ca:
     name: x509.Name
     key: ec.EllipticCurvePrivateKey
     cert: x509.Certificate
 
 
+@dataclass(frozen=True)
+class Pki:
+    dir: Path
+    box_ca: Path  # what the boxes and the centre trust for the broker; the box listener's cafile
+    box_crl: Path  # the box CA's CRL: school-c revoked
+    centre_ca: Path  # the centre listener's cafile
+    server: Identity  # localhost, 127.0.0.1
+    evil_server: Identity  # evil.example: valid chain, wrong name
+    clients: dict[str, Identity]  # by CN: the sites and the centre (signed by the centre CA)
+    misissued_centre: Identity  # CN centre, but signed by the box CA
+    _box: _Ca = field(repr=False)
+
+    def client(self, cn: str) -> Identity:
+        return self.clients[cn]
+
+    def write_crl(self, path: Path, revoked: tuple[str, ...] = (), *, expired: bool = False
+                  ) -> Path:
+        """A CRL of the box CA revoking these site certificates; `expired`: nextUpdate passed."""
+        now = dt.datetime.now(dt.UTC)
+        last = now - dt.timedelta(days=2 if expired else 0, hours=1)
+        builder = (x509.CertificateRevocationListBuilder().issuer_name(self._box.name)
+                   .last_update(last).next_update(last + dt.timedelta(days=1)))
+        for cn in revoked:
+            cert = x509.load_pem_x509_certificate(self.clients[cn].cert.read_bytes())
+            builder = builder.add_revoked_certificate(x509.RevokedCertificateBuilder()
+                                                      .serial_number(cert.serial_number)
+                                                      .revocation_date(last).build())
+        crl = builder.sign(self._box.key, hashes.SHA256())
+        path.write_bytes(crl.public_bytes(serialization.Encoding.PEM))
+        return path
+
+
 def make_pki(directory: Path) -> Pki:
     directory.mkdir(parents=True, exist_ok=True)
     box_ca = _make_ca("Test box CA")
     centre_ca = _make_ca("Test centre CA")
-    server = _issue(
-        directory,
-        "server",
-        box_ca,
-        "localhost",
-        server=True,
-        sans=[x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))],
-    )
-    evil = _issue(
-        directory,
-        "evil-server",
-        box_ca,
-        "evil.example",
-        server=True,
-        sans=[x509.DNSName("evil.example")],
-    )
+    localhost = [x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]
+    server = _issue(directory, "server", box_ca, "localhost", server=True, sans=localhost)
+    evil = _issue(directory, "evil-server", box_ca, "evil.example", server=True,
+                  sans=[x509.DNSName("evil.example")])
     clients = {site: _issue(directory, site, box_ca, site) for site in SITES}
     clients[CENTRE] = _issue(directory, CENTRE, centre_ca, CENTRE)
-    return Pki(
-        directory,
-        _write_cert(directory / "box-ca.crt", box_ca.cert),
-        _write_cert(directory / "centre-ca.crt", centre_ca.cert),
-        server,
-        evil,
-        clients,
+    pki = Pki(
+        dir=directory,
+        box_ca=_write_cert(directory / "box-ca.crt", box_ca.cert),
+        box_crl=directory / "box-ca.crl",
+        centre_ca=_write_cert(directory / "centre-ca.crt", centre_ca.cert),
+        server=server,
+        evil_server=evil,
+        clients=clients,
+        misissued_centre=_issue(directory, "misissued-centre", box_ca, CENTRE),
+        _box=box_ca,
     )
+    pki.write_crl(pki.box_crl, (REVOKED,))
+    return pki
 
 
 def _validity(builder: x509.CertificateBuilder) -> x509.CertificateBuilder:
