@@ -1,7 +1,8 @@
 """The centre's reference receiver (``edge-agent central``): what the ЦОУ runs, kept small.
 
 It subscribes to every site under the prefix with a persistent MQTT session (the broker queues
-for it while it restarts), appends each alarm once to ``alarms.jsonl`` (dedup by event_id), and
+for it while it restarts), keeps alarms, site states and seq gaps in its ledger (SQLite, see
+agent/ledger.py), appends each alarm once to ``alarms.jsonl`` (dedup by event_id), and
 rebuilds clips from chunks that may arrive in any order and more than once: a segment is kept
 when all its chunks are in and its sha256 matches, and a clip is written, as one playable
 MPEG-TS file per camera, once every segment up to the final one is in.
@@ -17,6 +18,7 @@ import hashlib
 import json
 import logging
 import os
+import re
 import socket
 import threading
 import time
@@ -32,6 +34,7 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
 from agent.errors import AgentError, ProtocolError
+from agent.ledger import Ledger
 from agent.protocol import (
     ChunkHeader,
     Receipt,
@@ -70,30 +73,30 @@ class _Clip:
 
 class Receiver:
     def __init__(self, store: Path, topic_prefix: str = "schools",
-                 on_alarm: Callable[[dict[str, Any]], None] | None = None) -> None:
+                 on_alarm: Callable[[dict[str, Any]], None] | None = None,
+                 share: str | None = None) -> None:
         self.store = store
         self.prefix = topic_prefix
         self.on_alarm = on_alarm
-        self._seen: set[str] = set()
+        self.share = share
+        self.ledger: Ledger | None = None
         self._clips: dict[tuple[str, str, str], _Clip] = {}
-        self.site_state: dict[str, dict[str, Any]] = {}
         self.connected = threading.Event()
 
     # --- wiring -----------------------------------------------------------------------------
 
     def load(self) -> None:
-        """Remember the event ids already stored, so a redelivery after a restart is a no-op."""
-        self.store.mkdir(parents=True, exist_ok=True)
-        path = self.store / "alarms.jsonl"
-        if path.exists():
-            for line in path.read_text(encoding="utf-8").splitlines():
-                try:
-                    self._seen.add(json.loads(line)["event_id"])
-                except (ValueError, KeyError, TypeError):
-                    log.warning("skipping an unreadable line in %s", path)
+        """Open the ledger: it remembers what is stored, so a redelivery is a no-op."""
+        self.ledger = Ledger.open(self.store)
 
     def subscriptions(self) -> list[str]:
-        return [f"{self.prefix}/+/alarm", f"{self.prefix}/+/status", f"{self.prefix}/+/clip/+"]
+        """With ``share``, alarms are split among the receivers of a group (MQTT 5 shared
+        subscriptions), each handled once. Status is retained, which shared subscriptions do
+        not deliver, and a clip must be rebuilt from all its chunks, so every receiver takes
+        those."""
+        alarms = f"{self.prefix}/+/alarm"
+        return [f"$share/{self.share}/{alarms}" if self.share else alarms,
+                f"{self.prefix}/+/status", f"{self.prefix}/+/clip/+"]
 
     def handle(self, topic: str, payload: bytes) -> list[tuple[str, bytes]]:
         """Store what arrived; return the receipts to publish (topic, payload)."""
@@ -125,16 +128,22 @@ class Receiver:
         _safe_name(site)
         if alarm.site_id != site:
             raise ProtocolError(f"alarm for site {alarm.site_id} on the topic of {site}")
-        if alarm.event_id in self._seen:
+        assert self.ledger is not None
+        stored = self.ledger.add_alarm(alarm, payload)
+        if not stored.new:
             return alarm.event_id
         record = json.loads(payload)
         with open(self.store / "alarms.jsonl", "a", encoding="utf-8") as f:
             f.write(json.dumps(record, ensure_ascii=False) + "\n")
             f.flush()
             os.fsync(f.fileno())
-        self._seen.add(alarm.event_id)
-        log.warning("ALARM site=%s button=%s location=%r kind=%s seq=%d at=%s", site,
-                    alarm.button_id, alarm.location, alarm.kind, alarm.seq, alarm.pressed_at)
+        log.warning("ALARM site=%s button=%s location=%r kind=%s seq=%d at=%s%s", site,
+                    alarm.button_id, alarm.location, alarm.kind, alarm.seq, alarm.pressed_at,
+                    " (TEST)" if alarm.test else "")
+        if stored.gap_opened:
+            log.error("site %s: alarms seq %d..%d are missing so far", site, *stored.gap_opened)
+        if stored.gap_closed:
+            log.info("site %s: missing alarm seq %d arrived", site, alarm.seq)
         if self.on_alarm is not None:
             self.on_alarm(record)
         return alarm.event_id
@@ -143,8 +152,11 @@ class Receiver:
         if not payload:
             return
         state = json.loads(payload)
-        self.site_state[site] = state
-        log.info("site %s is %s (%s)", site, state.get("state"), state.get("reason", ""))
+        if not isinstance(state, dict):
+            raise ProtocolError("status is not a JSON object")
+        assert self.ledger is not None
+        if self.ledger.site_status(_safe_name(site), state):
+            log.info("site %s is %s (%s)", site, state.get("state"), state.get("reason", ""))
 
     # --- clips ------------------------------------------------------------------------------
 
@@ -193,25 +205,29 @@ class Receiver:
             os.fsync(f.fileno())
         tmp.rename(final)
         clip.written = True
+        assert self.ledger is not None
+        self.ledger.add_clip(site, event, camera, final, clip.final + 1)
         clip.segments.clear()
         log.info("clip written: %s (%d segments)", final, clip.final + 1)
 
 
 def run_receiver(broker: str, topic_prefix: str, store: Path, client_id: str | None = None,
                  stop: threading.Event | None = None,
-                 on_alarm: Callable[[dict[str, Any]], None] | None = None) -> None:
+                 on_alarm: Callable[[dict[str, Any]], None] | None = None,
+                 share: str | None = None) -> None:
     """Connect, subscribe, and hand every message to a Receiver until ``stop`` is set."""
     url = urlparse(broker)
     if url.scheme not in ("mqtt", "mqtts") or not url.hostname:
         raise AgentError(f"--broker must look like mqtt://HOST:PORT, not {broker!r}")
-    receiver = Receiver(store, topic_prefix, on_alarm)
+    receiver = Receiver(store, topic_prefix, on_alarm, share)
+    receiver_id = client_id or f"edge-central-{socket.gethostname()}"
     receiver.load()
     client = mqtt.Client(CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5,
-                         client_id=client_id or f"edge-central-{socket.gethostname()}")
+                         client_id=receiver_id)
     if url.scheme == "mqtts":
         client.tls_set()
 
-    presence = centre_presence_topic(topic_prefix)
+    presence = centre_presence_topic(topic_prefix, re.sub(r"[^A-Za-z0-9_.-]", "_", receiver_id))
     client.will_set(presence, presence_payload("offline", time.time()), qos=1, retain=True)
 
     def on_connect(c: mqtt.Client, _u: Any, _f: Any, rc: Any, _p: Any) -> None:
@@ -238,6 +254,8 @@ def run_receiver(broker: str, topic_prefix: str, store: Path, client_id: str | N
     try:
         (stop or threading.Event()).wait()
     finally:
+        if receiver.ledger is not None:
+            receiver.ledger.close()
         info = client.publish(presence, presence_payload("offline", time.time()), qos=1,
                               retain=True)
         if receiver.connected.is_set():
@@ -251,17 +269,15 @@ def run_receiver(broker: str, topic_prefix: str, store: Path, client_id: str | N
 
 
 def site_of_event(store: Path, event_id: str) -> str:
-    """Which site raised this alarm, from the receiver's store."""
-    path = store / "alarms.jsonl"
-    if path.exists():
-        for line in path.read_text(encoding="utf-8").splitlines():
-            try:
-                record = json.loads(line)
-            except ValueError:
-                continue
-            if record.get("event_id") == event_id:
-                return str(record["site_id"])
-    raise AgentError(f"no alarm {event_id} in {path}; is --store the receiver's store?")
+    """Which site raised this alarm, from the receiver's ledger."""
+    ledger = Ledger.open(store)
+    try:
+        site = ledger.site_of(event_id)
+    finally:
+        ledger.close()
+    if site is None:
+        raise AgentError(f"no alarm {event_id} in {store}; is --store the receiver's store?")
+    return site
 
 
 def send_command(broker: str, topic_prefix: str, site_id: str, key_file: Path, name: str,

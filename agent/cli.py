@@ -84,6 +84,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--store", type=Path, default=Path("centre"),
                    help="where alarms and clips go (default ./centre)")
     p.add_argument("--client-id", default=None, help="persistent session id (default per host)")
+    p.add_argument("--share", default=None, metavar="GROUP",
+                   help="split alarms among the receivers of GROUP (MQTT 5 shared subscription)")
     p.add_argument("--key", type=Path, default=None,
                    help="the centre's Ed25519 private key (default STORE/centre.key)")
     p.set_defaults(func=cmd_central)
@@ -93,6 +95,7 @@ def build_parser() -> argparse.ArgumentParser:
     a = actions.add_parser("ping", help="ask a box to answer")
     a.add_argument("site")
     a = actions.add_parser("keygen", help="make the centre's key pair in STORE")
+    a = actions.add_parser("status", help="each site's state and any missing alarms (seq gaps)")
     return parser
 
 
@@ -211,6 +214,21 @@ def cmd_test_mode(args: argparse.Namespace) -> int:
     return 0
 
 
+def _centre_status(store: Path) -> str:
+    from agent.ledger import Ledger
+
+    ledger = Ledger.open(store)
+    try:
+        lines = [f"site {site:<20} {state:<8} since {since}"
+                 for site, state, since in ledger.sites()]
+        for site, seqs in ledger.gaps().items():
+            lines.append(f"MISSING site {site}: alarm seq {', '.join(map(str, seqs[:20]))}"
+                         + (" …" if len(seqs) > 20 else ""))
+        return "\n".join(lines) or "no sites seen yet"
+    finally:
+        ledger.close()
+
+
 def cmd_reset_indicator(args: argparse.Namespace) -> int:
     _call(args, {"cmd": "indicator_reset"})
     print("indicator off")
@@ -232,7 +250,11 @@ def cmd_central(args: argparse.Namespace) -> int:
     match args.action:
         case None:
             return _until_signal(lambda stop: central.run_receiver(
-                args.broker, args.topic_prefix, args.store, args.client_id, stop))
+                args.broker, args.topic_prefix, args.store, args.client_id, stop,
+                share=args.share))
+        case "status":
+            print(_centre_status(args.store))
+            return 0
         case "keygen":
             from agent.commands import generate_keypair
 

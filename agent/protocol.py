@@ -74,15 +74,16 @@ class Topics:
 
     @property
     def presence(self) -> str:
-        """The centre's own retained presence; '_' keeps it apart from every site id."""
-        return centre_presence_topic(self.prefix)
+        """Every receiver's retained presence (a wildcard); '_' keeps it apart from site ids."""
+        return centre_presence_topic(self.prefix, "+")
 
     def clip(self, camera_id: str) -> str:
         return f"{self.base}/clip/{camera_id}"
 
 
-def centre_presence_topic(prefix: str) -> str:
-    return f"{prefix}/_centre/presence"
+def centre_presence_topic(prefix: str, receiver_id: str) -> str:
+    """One topic per receiver, so one of several stopping does not hide the others."""
+    return f"{prefix}/_centre/presence/{receiver_id}"
 
 
 def rfc3339(ts: float) -> str:

@@ -162,7 +162,8 @@ class Uplink:
         self._transient: deque[tuple[str, bytes]] = deque(maxlen=32)  # sent once if online
         # Alarms the broker acked but the centre has not confirmed: row id -> when to resend.
         self._unconfirmed: dict[int, float] = {}
-        self.centre_present: bool | None = None  # from the centre's retained presence
+        self.centre_present: bool | None = None  # any receiver's retained presence online
+        self._receivers: dict[str, bool] = {}  # presence topic -> online
         self._acked_at = 0.0
 
     # --- other threads ----------------------------------------------------------------------
@@ -488,8 +489,8 @@ class Uplink:
         if msg.topic == self._topics.receipt:
             self._on_receipt(bytes(msg.payload))
             return
-        if msg.topic == self._topics.presence:
-            self._on_presence(bytes(msg.payload))
+        if mqtt.topic_matches_sub(self._topics.presence, msg.topic):
+            self._on_presence(msg.topic, bytes(msg.payload))
             return
         if self._on_message_cb is not None:
             try:
@@ -512,11 +513,13 @@ class Uplink:
             if self._on_clip_receipt is not None:
                 self._on_clip_receipt(event_id, camera_id)
 
-    def _on_presence(self, payload: bytes) -> None:
+    def _on_presence(self, topic: str, payload: bytes) -> None:
         try:
-            present = json.loads(payload).get("state") == "online" if payload else False
+            online = json.loads(payload).get("state") == "online" if payload else False
         except (ValueError, AttributeError):
-            present = False
+            online = False
+        self._receivers[topic] = online
+        present = any(self._receivers.values())
         if present and not self.centre_present:
             now = self._clock()
             self._unconfirmed = dict.fromkeys(self._unconfirmed, now)  # resend what waits
