@@ -15,7 +15,6 @@ import pytest
 
 from agent.cameras import (
     Camera,
-    CameraError,
     CameraUnavailable,
     DemuxSource,
     Packet,
@@ -28,6 +27,7 @@ from agent.cameras import (
     open_source,
     rtsp_source,
 )
+from agent.errors import CameraError
 from agent.segmenter import Segment, Segmenter
 from tests.rtsp_server import RtspServer
 from tests.video_fixtures import (
@@ -205,11 +205,11 @@ def test_camera_thread_is_named_and_stops_within_two_seconds() -> None:
     camera.start()
     wait_until(lambda: sink.count() > 3, 5, "packets")
     assert "camera-front" in [t.name for t in threading.enumerate()]
-    assert camera.state == "streaming" and camera.last_packet_at is not None
+    assert camera.status().state == "streaming" and camera.last_packet_at is not None
     started = time.monotonic()
     camera.stop()
     assert time.monotonic() - started < 2.0
-    assert camera.state == "stopped"
+    assert camera.status().state == "stopped"
     assert "camera-front" not in [t.name for t in threading.enumerate()]
 
 
@@ -343,7 +343,7 @@ def test_rtsp_password_never_appears_in_logs_or_errors(
     for url in (good, dead):
         camera = Camera("door", rtsp_source(url), sink, stall_s=3)
         camera.start()
-        wait_until(lambda c=camera: c.state in ("streaming", "reconnecting"), 10, "a state")
+        wait_until(lambda: camera.state in ("streaming", "reconnecting"), 10, "a state")  # noqa: B023
         camera.stop()
     with pytest.raises(CameraError) as info:
         rtsp_source(dead).open(3.0)
