@@ -24,9 +24,8 @@ set -euo pipefail
 #   (lint) shellcheck             tests/test_install.py lints this script
 DEV_APT_PACKAGES="mosquitto mosquitto-clients ffmpeg iproute2 systemd python3-venv python3-pip
   python3-gi
-  gir1.2-gst-rtsp-server-1.0 gstreamer1.0-rtsp gstreamer1.0-plugins-base
-  gstreamer1.0-plugins-good gstreamer1.0-plugins-bad gstreamer1.0-plugins-ugly
-  gstreamer1.0-libav shellcheck"
+  gir1.2-gst-rtsp-server-1.0 gstreamer1.0-plugins-base
+  gstreamer1.0-plugins-good gstreamer1.0-plugins-ugly shellcheck"
 
 # Debian packages for a production install; PI_APT_PACKAGES only on a Raspberry Pi. python3-av
 # is there because PyPI has no armhf wheel of av; the venv sees it (--system-site-packages).

@@ -52,7 +52,9 @@ class ControlServer:
 
     def stop(self) -> None:
         if self._sock is not None:
-            self._sock.close()  # wakes accept() with an error; the thread exits
+            with contextlib.suppress(OSError):  # on Linux close() alone does not wake accept()
+                self._sock.shutdown(socket.SHUT_RDWR)
+            self._sock.close()
             self._sock = None
         if self._thread is not None:
             self._thread.join(timeout=2)

@@ -39,6 +39,7 @@ from agent.commands import (
 )
 from agent.config import Config
 from agent.control import ControlServer, socket_path
+from agent.clips import ClipSegment
 from agent.errors import AgentError
 from agent.indicators import Indicators
 from agent.outbox import Outbox
@@ -56,6 +57,7 @@ from agent.protocol import (
 )
 from agent.sdnotify import Notifier
 from agent.uplink import Uplink
+from agent.video import Video, clip_chunks
 
 log = logging.getLogger("agent.daemon")
 
@@ -83,6 +85,7 @@ class Daemon:
         self.control: ControlServer | None = None
         self.indicators: Indicators | None = None
         self.router: CommandRouter | None = None
+        self.video: Video | None = None
         self._nonces: NonceStore | None = None
 
     # --- lifecycle --------------------------------------------------------------------------
@@ -93,15 +96,18 @@ class Daemon:
         self.test_until = _load_test_mode(storage)
         self.outbox = Outbox.open(storage / "outbox.db", int(self.cfg.storage.max_gb * 1e9))
         self.router = self._command_router(storage)
+        self.video = Video(self.cfg, storage, self._on_clip_segment)
         self.uplink = Uplink(self.cfg.mqtt, self.topics, self.outbox, self._status_payload,
                              max_video_kbps=self.cfg.uplink.max_kbps,
                              on_message=self._on_message,
+                             on_clip_receipt=self.video.release,
                              subscriptions=(self.topics.cmd,) if self.router else ())
         factory = make_pin_factory(self.cfg.gpio.backend)
         self.buttons = ButtonBoard(self.cfg.buttons, factory, self._on_button)
         self.indicators = Indicators(self.cfg.indicators, factory)
         self.control = ControlServer(socket_path(storage), self._on_control)
         self.indicators.start()
+        self.video.start()
         self.uplink.start()
         self.buttons.start()
         self.control.start()
@@ -112,7 +118,7 @@ class Daemon:
 
     def stop(self) -> None:
         self.notifier.send(stopping="1")
-        for part in (self.control, self.buttons, self.uplink, self.indicators):
+        for part in (self.control, self.buttons, self.video, self.uplink, self.indicators):
             if part is not None:
                 part.stop()
         if self.outbox is not None:
@@ -183,8 +189,11 @@ class Daemon:
 
         seq, durable = self.outbox.add_alarm(self.topics.alarm, event_id, build)
         self.uplink.wake()
-        if event.kind is AlarmKind.PANIC and self.indicators is not None:
-            self.indicators.alarm(event_id)
+        if event.kind is AlarmKind.PANIC:
+            if self.indicators is not None:
+                self.indicators.alarm(event_id)
+            if self.video is not None:  # after the commit: video never delays an alarm
+                self.video.record_alarm(event_id, event.wall_time, button.id)
         self.last_alarm = {"event_id": event_id, "seq": seq, "button_id": button.id,
                            "kind": str(event.kind), "at": rfc3339(event.wall_time),
                            "durable": durable}
@@ -192,6 +201,38 @@ class Daemon:
                     button.id, button.location, seq, event_id,
                     f" detail={event.detail!r}" if event.detail else "")
         return self.last_alarm
+
+    # --- clips (run on the clips thread) ----------------------------------------------------
+
+    def _on_clip_segment(self, cs: ClipSegment) -> None:
+        """A clip segment is on disk: queue its chunks, below alarms, and keep the spool in
+        its budget by dropping whole clips, oldest first (never an alarm)."""
+        assert self.outbox is not None and self.uplink is not None and self.video is not None
+        self.outbox.add_many(clip_chunks(self.topics, cs))
+        self.uplink.wake()
+        while self.video.over_budget():
+            oldest = self.outbox.drop_oldest_clip(keep=cs.event_id)
+            if oldest is None:
+                break
+            self.video.release(oldest)
+            self._system_fault(f"clip of alarm {oldest} dropped: the spool is over "
+                               f"storage.max_gb={self.cfg.storage.max_gb}")
+
+    def _system_fault(self, detail: str) -> None:
+        """A fault of the box itself (not of a button), on the alarm topic like the others."""
+        assert self.outbox is not None and self.uplink is not None
+        event_id = new_event_id()
+        now = time.time()
+
+        def build(seq: int) -> bytes:
+            return Alarm(event_id=event_id, seq=seq, site_id=self.cfg.site.id,
+                         button_id="", location=self.cfg.site.name, kind=str(AlarmKind.FAULT),
+                         pressed_at=rfc3339(now), clock_synced=clock_synced(),
+                         detail=detail).to_json()
+
+        self.outbox.add_alarm(self.topics.alarm, event_id, build)
+        self.uplink.wake()
+        log.error("FAULT: %s", detail)
 
     # --- commands from the centre (run on the uplink thread) -------------------------------
 
@@ -300,6 +341,7 @@ class Daemon:
                        "disk_error": self.outbox.disk_error},
             "last_alarm": self.last_alarm,
             "buttons": self.buttons.snapshot(),
+            **(self.video.status() if self.video else {}),
             "test_mode_until": rfc3339(self.test_until) if self.test_until else None,
             "indicator": str(self.indicators.pattern) if self.indicators else "off",
             "disk_free_mb": disk.free // 1_000_000,

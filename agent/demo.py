@@ -15,10 +15,11 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
+import av
 import yaml
 
 from agent.central import run_receiver
-from agent.config import default_config_text, load_config
+from agent.config import Config, default_config_text, load_config
 from agent.daemon import Daemon
 from agent.errors import AgentError
 from agent.mosquitto import Mosquitto
@@ -62,6 +63,7 @@ def run_demo(state: Path | None, presses: int, exit_after: bool, stop: threading
         _say(f"  agent    config {cfg_path}")
         _say(f"  centre   alarms and clips in {state / 'centre'}")
         _wait_online(daemon)
+        _wait_buffers(daemon, cfg)
         for i in range(presses):
             button = cfg.buttons[i % len(cfg.buttons)]
             _say(f"\npressing '{button.id}' ({button.location}) ...")
@@ -76,7 +78,7 @@ def run_demo(state: Path | None, presses: int, exit_after: bool, stop: threading
                  f"\"{alarm['location']}\" kind={alarm['kind']} seq={alarm['seq']} "
                  f"pressed_at={alarm['pressed_at']}  ({(at - t0) * 1000:.1f} ms after the press)")
             daemon.buttons.simulate(button.id, False)
-            time.sleep(0.1)
+            _show_clips(cfg, state / "centre", alarm)
         if exit_after:
             return
         _say("\nTry, from another terminal:")
@@ -90,6 +92,44 @@ def run_demo(state: Path | None, presses: int, exit_after: bool, stop: threading
         centre.join(timeout=3)
         broker.stop()
         _say("demo stopped.")
+
+
+def _show_clips(cfg: Config, store: Path, alarm: dict[str, Any]) -> None:
+    """Wait for the pre/post-alarm clip of each linked camera and say what arrived."""
+    cameras = cfg.cameras_for(alarm["button_id"])
+    if not cameras:
+        return
+    wait_s = max(c.post_alarm_s for c in cameras) + 15
+    _say(f"  recording {max(c.post_alarm_s for c in cameras):.0f} s after the press ...")
+    folder = store / alarm["site_id"] / alarm["event_id"]
+    deadline = time.monotonic() + wait_s
+    pending = {c.id: c for c in cameras}
+    while pending and time.monotonic() < deadline:
+        for cid, cam in list(pending.items()):
+            clip = folder / f"{cid}.ts"
+            if clip.exists():
+                with av.open(str(clip)) as container:
+                    seconds = (container.duration or 0) / av.time_base
+                _say(f"  ЦОУ <- CLIP {cid}: {seconds:.1f} s of video ({cam.pre_alarm_s:.0f} s "
+                     f"before + {cam.post_alarm_s:.0f} s after the press) in {clip}")
+                del pending[cid]
+        time.sleep(0.2)
+    for cid in pending:
+        _say(f"  no clip from {cid} within {wait_s:.0f} s (see the agent's log)")
+
+
+def _wait_buffers(daemon: Daemon, cfg: Config, timeout: float = 30.0) -> None:
+    """A clip shows what happened before the press only once the ring holds that much."""
+    if daemon.video is None or not cfg.cameras:
+        return
+    need = max(c.pre_alarm_s for c in cfg.cameras)
+    _say(f"  cameras  filling the {need:.0f} s pre-alarm buffers (in memory, not on disk) ...")
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        held = [sum(s.duration for s in ring.segments()) for ring in daemon.video.rings.values()]
+        if held and min(held) >= need:
+            return
+        time.sleep(0.2)
 
 
 def _more_than(items: list[Any], n: int) -> bool:

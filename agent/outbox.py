@@ -216,27 +216,20 @@ class Outbox:
         self._write(lambda conn: conn.executemany(
             "DELETE FROM messages WHERE id = ?", [(i,) for i in message_ids]))
 
-    def evict_bulk(self, need_bytes: int) -> int:
-        """Drop the oldest clip chunks until ``need_bytes`` fit the budget; alarms never go.
+    def drop_oldest_clip(self, keep: str) -> str | None:
+        """Drop every queued chunk of the oldest clip's event (not ``keep``, the one being
+        recorded); returns its event id, or None when there is nothing else to drop."""
 
-        Returns how many messages were dropped, so the caller can raise a fault event.
-        """
-
-        def tx(conn: sqlite3.Connection) -> int:
-            (used,) = conn.execute("SELECT COALESCE(SUM(size), 0) FROM messages").fetchone()
-            excess = int(used) + need_bytes - self.budget_bytes
-            dropped = 0
-            while excess > 0:
-                row = conn.execute(
-                    "SELECT id, size FROM messages WHERE priority >= ? ORDER BY id LIMIT 1",
-                    (int(Priority.LIVE),),
-                ).fetchone()
-                if row is None:
-                    break
-                conn.execute("DELETE FROM messages WHERE id = ?", (row[0],))
-                excess -= int(row[1])
-                dropped += 1
-            return dropped
+        def tx(conn: sqlite3.Connection) -> str | None:
+            row = conn.execute(
+                "SELECT key FROM messages WHERE priority = ? AND key NOT LIKE ? "
+                "ORDER BY id LIMIT 1", (int(Priority.CLIP), f"{keep}/%")).fetchone()
+            if row is None:
+                return None
+            event_id = str(row[0]).split("/", 1)[0]
+            conn.execute("DELETE FROM messages WHERE priority = ? AND key LIKE ?",
+                         (int(Priority.CLIP), f"{event_id}/%"))
+            return event_id
 
         return self._write(tx)
 

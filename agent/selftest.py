@@ -31,10 +31,30 @@ class Check:
 
 
 def run_checks(cfg: Config, camera_timeout_s: float = 5.0) -> list[Check]:
-    checks = [_disk(cfg), _clock(), *_buttons(cfg)]
+    running = _running_status(cfg)
+    checks = [_disk(cfg), _clock(), *_buttons(cfg, running)]
     checks += [_camera(cam, camera_timeout_s) for cam in cfg.cameras]
-    checks.append(_broker(cfg))
+    checks.append(_broker_of_running(running) if running else _broker(cfg))
     return checks
+
+
+def _running_status(cfg: Config) -> dict[str, Any] | None:
+    """The running agent's own view. A second connection under the site's identity would
+    replace the agent's (the production broker pins client ids to certificates)."""
+    try:
+        reply = control.call(control.socket_path(Path(cfg.storage.path)), {"cmd": "status"}, 5)
+        status: dict[str, Any] = reply["status"]
+        return status
+    except (AgentError, KeyError):
+        return None
+
+
+def _broker_of_running(status: dict[str, Any]) -> Check:
+    up = status["uplink"]
+    if up["state"] == "online":
+        return Check("broker", True, f"{up['broker']}: the running agent is online")
+    return Check("broker", False, f"{up['broker']}: the running agent is {up['state']}: "
+                 f"{up['last_error']}", "check the network, mqtt.host/port and the TLS files")
 
 
 def format_table(checks: list[Check]) -> str:
@@ -76,13 +96,12 @@ def _clock() -> Check:
                  "check NTP: timedatectl status; the box needs a reachable time server")
 
 
-def _buttons(cfg: Config) -> list[Check]:
-    """From the running agent if there is one, else by reading the pins directly."""
-    try:
-        reply = control.call(control.socket_path(Path(cfg.storage.path)), {"cmd": "status"}, 5)
-        states = {bid: b["state"] for bid, b in reply["status"]["buttons"].items()}
+def _buttons(cfg: Config, running: dict[str, Any] | None) -> list[Check]:
+    """From the running agent if there is one (it holds the pins), else from the pins."""
+    if running is not None:
+        states = {bid: b["state"] for bid, b in running["buttons"].items()}
         source = "running agent"
-    except (AgentError, KeyError):
+    else:
         try:
             states = _read_pins(cfg)
         except AgentError as exc:

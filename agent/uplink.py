@@ -162,6 +162,7 @@ class Uplink:
         self._transient: deque[tuple[str, bytes]] = deque(maxlen=32)  # sent once if online
         # Alarms the broker acked but the centre has not confirmed: row id -> when to resend.
         self._unconfirmed: dict[int, float] = {}
+        self._socket_error = ""  # the last socket failure paho logged (a TLS alert, say)
         self.centre_present: bool | None = None  # any receiver's retained presence online
         self._receivers: dict[str, bool] = {}  # presence topic -> online
         self._acked_at = 0.0
@@ -266,6 +267,8 @@ class Uplink:
                         qos=1, retain=True)
         client.on_connect = self._on_connect
         client.on_disconnect = self._on_disconnect
+        client.on_log = self._on_log
+        self._socket_error = ""
         client.on_publish = self._on_publish
         client.on_message = self._on_message
         return client
@@ -451,9 +454,23 @@ class Uplink:
             client.subscribe(topic, qos=1)
         log.info("uplink online to %s:%d", self._cfg.host, self._cfg.port)
 
-    def _on_disconnect(self, _c: mqtt.Client, _u: Any, _f: Any, rc: ReasonCode, _p: Any) -> None:
-        if not self._stopping.is_set():
+    def _on_disconnect(self, _c: mqtt.Client, _u: Any, flags: mqtt.DisconnectFlags,
+                       rc: ReasonCode, _p: Any) -> None:
+        if self._stopping.is_set():
+            return
+        if flags.is_disconnect_packet_from_server or not self._socket_error:
             self._fail(f"disconnected: {rc}")
+        elif "alert" in self._socket_error and "certificate" in self._socket_error:
+            self._fail(f"the broker refused this box's certificate ({self._socket_error}): check "
+                       "mqtt.tls.cert_file and key_file, and that the certificate is neither "
+                       "expired nor revoked")
+        else:
+            self._fail(f"connection lost: {self._socket_error}")
+
+    def _on_log(self, _c: mqtt.Client, _u: Any, level: int, message: str) -> None:
+        """paho reports why a TLS socket died (the broker's alert) only in its log."""
+        if level == mqtt.MQTT_LOG_ERR and message.startswith("failed to receive on socket: "):
+            self._socket_error = message.removeprefix("failed to receive on socket: ")
 
     def _on_publish(self, _c: mqtt.Client, _u: Any, mid: int, rc: ReasonCode, _p: Any) -> None:
         if mid == self._offline_mid:

@@ -107,16 +107,18 @@ def test_blob_messages_read_their_bytes_at_send_time(tmp_path: Path) -> None:
     assert [m.key for m in box.next_batch([msg.id], 5, Priority.CLIP)] == []
 
 
-def test_budget_evicts_oldest_clips_never_alarms(tmp_path: Path) -> None:
-    box = Outbox.open(tmp_path / "o.db", budget_bytes=10_000)
+def test_dropping_the_oldest_clip_takes_all_its_chunks_never_alarms(tmp_path: Path) -> None:
+    box = Outbox.open(tmp_path / "o.db")
     _alarm(box, "alarm")
-    for i in range(8):
-        box.add(Priority.CLIP, "c", f"clip-{i}", b"x" * 1000)
-    dropped = box.evict_bulk(need_bytes=5000)
-    assert dropped >= 3
+    for event in ("ev-old", "ev-new"):
+        for cam in ("cam1", "cam2"):
+            for i in range(3):
+                box.add(Priority.CLIP, "c", f"{event}/{cam}/0/{i}", b"x" * 1000)
+    assert box.drop_oldest_clip(keep="ev-new") == "ev-old"
     keys = [m.key for m in box.next_batch([], 20, Priority.CLIP)]
-    assert keys[0] == "alarm"
-    assert keys[1:] == [f"clip-{i}" for i in range(dropped, 8)]
+    assert keys[0] == "alarm" and all(k.startswith("ev-new/") for k in keys[1:])
+    assert len(keys) == 7
+    assert box.drop_oldest_clip(keep="ev-new") is None  # the clip being recorded stays
 
 
 def test_disk_refusing_writes_keeps_alarms_in_memory(tmp_path: Path) -> None:

@@ -1,0 +1,536 @@
+"""The production broker configuration of docs/broker.md, run as written on Debian's Mosquitto.
+
+The mosquitto.conf and ACL blocks are read from docs/broker.md; only paths and ports change (the
+listeners bind to 127.0.0.1 on free ports). So each test here checks a statement of that file
+against the real broker: what a box may publish and read, what the centre may do, who cannot
+connect at all, and what Mosquitto 2.0.11 actually answers an MQTT 5 client it refuses.
+
+The agent itself runs in-process (agent.daemon.Daemon) for the two end-to-end cases: it connects
+with its school's certificate and an alarm reaches the centre, and it refuses a broker whose
+certificate names another host.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import ssl
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import paho.mqtt.client as mqtt
+import pytest
+from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
+from paho.mqtt.reasoncodes import ReasonCode
+
+from agent.config import load_config
+from agent.daemon import Daemon
+from agent.mosquitto import Mosquitto, free_port
+from agent.sdnotify import Notifier
+from tests.conftest import REPO, wait_for, write_config
+from tests.pki import Identity, Pki, make_pki
+
+pytestmark = pytest.mark.timeout(30)
+
+NOT_AUTHORIZED = 0x87
+DOC = REPO / "docs" / "broker.md"
+
+
+@pytest.fixture(scope="session")
+def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
+    return make_pki(tmp_path_factory.mktemp("pki"))
+
+
+# --- the broker, configured from docs/broker.md ---------------------------------------------
+
+
+def doc_blocks() -> dict[str, str]:
+    """The ```conf blocks of docs/broker.md, by the path on their first line."""
+    text = DOC.read_text(encoding="utf-8")
+    return {m[1]: m[2] for m in re.finditer(r"```conf\n# (\S+)\n(.*?)```", text, re.DOTALL)}
+
+
+@dataclass
+class Broker:
+    mosquitto: Mosquitto
+    box_port: int
+    centre_port: int
+
+    def log(self) -> str:
+        return (self.mosquitto.workdir / "mosquitto.log").read_text(errors="replace")
+
+    def reload(self) -> None:
+        """SIGHUP, as `systemctl reload mosquitto` sends; returns once the broker has reloaded."""
+        assert self.mosquitto.proc is not None
+        done = self.log().count("Reloading config.") + 1
+        os.kill(self.mosquitto.proc.pid, signal.SIGHUP)
+        wait_for(lambda: self.log().count("Reloading config.") >= done, 5, "the reload")
+
+
+def start_broker(workdir: Path, pki: Pki, *, server: Identity | None = None,
+                 crl: Path | None = None, without: tuple[str, ...] = ()) -> Broker:
+    """Mosquitto with the documented configuration; `without` drops lines, to show they matter."""
+    workdir.mkdir(parents=True)
+    blocks = doc_blocks()
+    server = server or pki.server
+    box_port, centre_port = free_port(), free_port()
+    files = {
+        "/etc/mosquitto/certs/broker.crt": server.cert,
+        "/etc/mosquitto/certs/broker.key": server.key,
+        "/etc/mosquitto/ca_certificates/box-ca.crt": pki.box_ca,
+        "/etc/mosquitto/ca_certificates/box-ca.crl": crl or pki.box_crl,
+        "/etc/mosquitto/ca_certificates/centre-ca.crt": pki.centre_ca,
+    }
+    for name in ("box.acl", "centre.acl"):
+        acl = workdir / name
+        acl.write_text(blocks[f"/etc/mosquitto/{name}"])
+        files[f"/etc/mosquitto/{name}"] = acl
+    conf = blocks["/etc/mosquitto/conf.d/schools.conf"]
+    for line in without:
+        assert f"\n{line}\n" in conf, f"docs/broker.md has no line {line!r}"
+        conf = conf.replace(f"\n{line}\n", "\n")
+    for path, local in files.items():
+        conf = conf.replace(f" {path}\n", f" {local}\n")
+    conf, boxes = re.subn(r"^listener 8883$", f"listener {box_port} 127.0.0.1", conf,
+                          flags=re.M)
+    conf, centres = re.subn(r"^listener 8884 \S+$", f"listener {centre_port} 127.0.0.1", conf,
+                            flags=re.M)
+    assert (boxes, centres) == (1, 1) and "/etc/" not in conf, "docs/broker.md changed: update me"
+    broker = Mosquitto(workdir, port=box_port, listeners=conf,
+                       extra_conf="log_type notice\nlog_type information")
+    broker.start()
+    return Broker(broker, box_port, centre_port)
+
+
+@pytest.fixture
+def broker(tmp_path: Path, pki: Pki) -> Iterator[Broker]:
+    b = start_broker(tmp_path / "broker", pki)
+    yield b
+    b.mosquitto.kill()
+
+
+# --- MQTT 5 clients that record what the broker answers ---------------------------------------
+
+
+class Peer:
+    """A paho client with a certificate (or none) that keeps every answer of the broker.
+
+    It runs its own network loop rather than paho's loop_start(), which would reconnect after
+    the broker drops it: a peer that is refused or replaced stays gone, so tests see it.
+    """
+
+    def __init__(self, port: int, pki: Pki, identity: Identity | None, *, client_id: str = "",
+                 username: str | None = None, will_topic: str | None = None,
+                 protocol: MQTTProtocolVersion = mqtt.MQTTv5, tls: bool = True) -> None:
+        self.port = port
+        c = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id, protocol=protocol)
+        if tls:
+            c.tls_set(ca_certs=str(pki.box_ca), cert_reqs=ssl.CERT_REQUIRED,
+                      certfile=str(identity.cert) if identity else None,
+                      keyfile=str(identity.key) if identity else None)
+        if username is not None:
+            c.username_pw_set(username)
+        if will_topic is not None:
+            c.will_set(will_topic, b"offline (will)", qos=1, retain=True)
+        c.on_connect = self._on_connect
+        c.on_disconnect = self._on_disconnect
+        c.on_publish = self._on_publish
+        c.on_subscribe = self._on_subscribe
+        c.on_message = self._on_message
+        self.client = c
+        self.lock = threading.Lock()
+        self.connack: ReasonCode | None = None
+        self.error = ""  # why the connection failed or ended
+        self.gone = threading.Event()
+        self._closing = threading.Event()
+        self._thread: threading.Thread | None = None
+        self.acks: dict[int, ReasonCode] = {}
+        self.subacks: dict[int, list[ReasonCode]] = {}
+        self.messages: list[tuple[str, bytes]] = []
+
+    def connect(self, timeout: float = 5.0) -> Peer:
+        try:
+            self.client.connect("localhost", self.port, keepalive=5)
+        except OSError as exc:  # ssl.SSLError included: the handshake runs inside connect()
+            self.error = str(exc)
+            self.gone.set()
+            return self
+        self._thread = threading.Thread(target=self._loop, name="peer", daemon=True)
+        self._thread.start()
+        wait_for(lambda: self.connack is not None or self.gone.is_set(), timeout, "CONNACK")
+        return self
+
+    def _loop(self) -> None:
+        while not self._closing.is_set():
+            rc = self.client.loop(timeout=0.02)
+            if rc != mqtt.MQTT_ERR_SUCCESS:
+                self.error = self.error or mqtt.error_string(rc)
+                self.gone.set()
+                return
+
+    @property
+    def online(self) -> bool:
+        return self.connack is not None and not self.connack.is_failure and not self.gone.is_set()
+
+    def publish(self, topic: str, payload: bytes = b"x", qos: int = 1) -> ReasonCode:
+        info = self.client.publish(topic, payload, qos=qos)
+        wait_for(lambda: info.mid in self.acks, 5, f"PUBACK for {topic}")
+        return self.acks[info.mid]
+
+    def subscribe(self, topic: str) -> list[ReasonCode]:
+        _rc, mid = self.client.subscribe(topic, qos=1)
+        assert mid is not None
+        wait_for(lambda: mid in self.subacks, 5, f"SUBACK for {topic}")
+        return self.subacks[mid]
+
+    def received(self, topic_filter: str = "#") -> list[tuple[str, bytes]]:
+        with self.lock:
+            return [(t, p) for t, p in self.messages if mqtt.topic_matches_sub(topic_filter, t)]
+
+    def wait_message(self, topic: str, payload: bytes | None = None, timeout: float = 5.0) -> None:
+        wait_for(lambda: any(p == payload or payload is None for _, p in self.received(topic)),
+                 timeout, f"a message on {topic}")
+
+    def drop(self) -> None:
+        """Cut the TCP connection without DISCONNECT, as a box losing power: the will fires."""
+        self._stop_loop()
+        sock = self.client.socket()
+        assert sock is not None, self.error
+        sock.close()
+        self.gone.set()
+
+    def close(self) -> None:
+        if not self.gone.is_set():
+            self.client.disconnect()
+            self.gone.wait(1.0)
+        self._stop_loop()
+
+    def _stop_loop(self) -> None:
+        self._closing.set()
+        if self._thread is not None:
+            self._thread.join(2.0)
+
+    def _on_connect(self, _c: Any, _u: Any, _f: Any, rc: ReasonCode, _p: Any) -> None:
+        self.connack = rc
+
+    def _on_disconnect(self, _c: Any, _u: Any, _f: Any, rc: ReasonCode, _p: Any) -> None:
+        self.error = self.error or str(rc)
+        self.gone.set()
+
+    def _on_publish(self, _c: Any, _u: Any, mid: int, rc: ReasonCode, _p: Any) -> None:
+        self.acks[mid] = rc
+
+    def _on_subscribe(self, _c: Any, _u: Any, mid: int, rcs: list[ReasonCode], _p: Any) -> None:
+        self.subacks[mid] = rcs
+
+    def _on_message(self, _c: Any, _u: Any, msg: mqtt.MQTTMessage) -> None:
+        with self.lock:
+            self.messages.append((msg.topic, bytes(msg.payload)))
+
+
+@pytest.fixture
+def peers(pki: Pki) -> Iterator[Callable[..., Peer]]:
+    """peers(port, identity, **options) -> a connected Peer, closed after the test."""
+    made: list[Peer] = []
+
+    def connect(port: int, identity: Identity | None, **options: Any) -> Peer:
+        peer = Peer(port, pki, identity, **options)
+        made.append(peer)
+        return peer.connect()
+
+    yield connect
+    for peer in made:
+        peer.close()
+
+
+def granted(codes: list[ReasonCode]) -> list[str]:
+    return [str(c) for c in codes]
+
+
+def fence(centre: Peer, site: str = "school-b") -> None:
+    """Publish a marker the centre reads and wait for it: everything the broker took before it
+    has been delivered (or refused) by then, so an absent message is absent, not late."""
+    marker = f"fence {time.monotonic()}".encode()
+    assert not centre.publish(f"schools/{site}/cmd", marker).is_failure
+    centre.wait_message(f"schools/{site}/cmd", marker)
+
+
+# --- the agent end to end ---------------------------------------------------------------------
+
+
+def make_daemon(tmp_path: Path, pki: Pki, port: int, site: str = "school-a") -> Daemon:
+    ident = pki.client(site)
+    path = write_config(
+        tmp_path / "agent.yaml", port, tmp_path / "state",
+        site={"id": site, "name": site},
+        mqtt={"host": "localhost", "port": port, "keepalive_s": 5,
+              "tls": {"ca_file": str(pki.box_ca), "cert_file": str(ident.cert),
+                      "key_file": str(ident.key)}},
+    )
+    return Daemon(load_config(path), notifier=Notifier(None))
+
+
+@pytest.fixture
+def daemons() -> Iterator[list[Daemon]]:
+    running: list[Daemon] = []
+    yield running
+    for d in running:
+        d.stop()
+
+
+def test_agent_publishes_an_alarm_over_mutual_tls(
+    tmp_path: Path, pki: Pki, broker: Broker, peers: Callable[..., Peer], daemons: list[Daemon]
+) -> None:
+    centre = peers(broker.centre_port, pki.client("centre"), client_id="centre-receiver")
+    assert centre.online, centre.error
+    assert not any(c.is_failure for c in centre.subscribe("schools/+/alarm"))
+    daemon = make_daemon(tmp_path, pki, broker.box_port)
+    daemons.append(daemon)
+    daemon.start()
+    assert daemon.buttons is not None and daemon.uplink is not None and daemon.outbox is not None
+    uplink, outbox = daemon.uplink, daemon.outbox
+    wait_for(lambda: uplink.state == "online", 5, f"online ({uplink.last_error})")
+
+    [result] = daemon.buttons.simulate("entrance", True)
+    centre.wait_message("schools/school-a/alarm")
+    [(_topic, payload)] = centre.received("schools/school-a/alarm")
+    alarm = json.loads(payload)
+    assert alarm["event_id"] == result["event_id"] and alarm["site_id"] == "school-a"
+    wait_for(lambda: outbox.depth()["alarm"] == 0, 5, "the PUBACK to empty the outbox")
+    daemon.buttons.simulate("entrance", False)
+
+
+def test_agent_refuses_a_broker_certificate_for_another_name(
+    tmp_path: Path, pki: Pki, peers: Callable[..., Peer], daemons: list[Daemon]
+) -> None:
+    evil = start_broker(tmp_path / "evil", pki, server=pki.evil_server)
+    try:
+        # The chain is valid (the box CA signed it): only the name is wrong. Without the
+        # hostname check a box would talk to this broker.
+        lax = Peer(evil.box_port, pki, pki.client("school-a"))
+        lax.client.tls_insecure_set(True)
+        assert lax.connect().online, lax.error
+        lax.close()
+
+        daemon = make_daemon(tmp_path, pki, evil.box_port)
+        daemons.append(daemon)
+        daemon.start()
+        assert daemon.buttons is not None and daemon.uplink is not None
+        assert daemon.outbox is not None
+        uplink = daemon.uplink
+        daemon.buttons.simulate("entrance", True)
+        states = set()
+        deadline = time.monotonic() + 2.5  # an alarm waits: the uplink retries every second
+        while time.monotonic() < deadline:
+            states.add(str(uplink.state))
+            time.sleep(0.01)
+        assert "online" not in states
+        assert "certificate verify failed" in uplink.last_error, uplink.last_error
+        assert "Hostname mismatch" in uplink.last_error, uplink.last_error
+        assert "localhost" in uplink.last_error, uplink.last_error
+        assert daemon.outbox.depth()["alarm"] == 1
+    finally:
+        evil.mosquitto.kill()
+
+
+def test_agent_says_why_the_broker_refuses_its_certificate(
+    tmp_path: Path, pki: Pki, broker: Broker, daemons: list[Daemon]
+) -> None:
+    daemon = make_daemon(tmp_path, pki, broker.box_port, site="school-c")  # revoked
+    daemons.append(daemon)
+    daemon.start()
+    assert daemon.buttons is not None and daemon.uplink is not None
+    uplink = daemon.uplink
+    daemon.buttons.simulate("entrance", True)
+    # The alert can be lost to a TCP reset when the CONNECT crosses it ("EOF occurred in
+    # violation of protocol"), so allow a few attempts (one a second while an alarm waits).
+    wait_for(lambda: "certificate revoked" in uplink.last_error, 5,
+             f"the reason in last_error (it says {uplink.last_error!r})")
+    assert uplink.state != "online"
+
+
+# --- what a box may do, and what it may not ---------------------------------------------------
+
+
+def test_a_site_cannot_publish_as_another_site(
+    pki: Pki, broker: Broker, peers: Callable[..., Peer]
+) -> None:
+    centre = peers(broker.centre_port, pki.client("centre"), client_id="centre-receiver")
+    centre.subscribe("schools/#")
+    # The CONNECT username is ignored: the certificate's CN is the username.
+    a = peers(broker.box_port, pki.client("school-a"), username="school-b",
+              will_topic="schools/school-b/status")
+    assert a.online, a.error
+
+    refused = a.publish("schools/school-b/alarm", b"spoofed alarm")
+    assert refused.value == NOT_AUTHORIZED and str(refused) == "Not authorized"
+    assert not a.publish("schools/school-a/alarm", b"own alarm").is_failure
+
+    a.drop()  # the will, on school B's status topic, is checked against the ACL too
+    time.sleep(0.5)
+    # An MQTT 3.1.1 client cannot be told: it gets an ordinary PUBACK, and the message is dropped.
+    a311 = peers(broker.box_port, pki.client("school-a"), protocol=mqtt.MQTTv311)
+    assert not a311.publish("schools/school-b/alarm", b"spoofed by 3.1.1").is_failure
+    fence(centre)
+    assert [t for t, _ in centre.received("schools/school-b/#")] == ["schools/school-b/cmd"]
+    assert centre.received("schools/school-a/alarm") == [("schools/school-a/alarm", b"own alarm")]
+
+
+def test_a_site_cannot_read_another_sites_video_or_commands(
+    pki: Pki, broker: Broker, peers: Callable[..., Peer]
+) -> None:
+    centre = peers(broker.centre_port, pki.client("centre"), client_id="centre-receiver")
+    centre.subscribe("schools/#")
+    a = peers(broker.box_port, pki.client("school-a"))
+    b = peers(broker.box_port, pki.client("school-b"))
+    b.subscribe("schools/school-b/cmd")
+    # Mosquitto 2.0's ACL file does not check SUBSCRIBE: the subscription is granted ...
+    assert granted(a.subscribe("schools/school-b/clip/#")) == ["Granted QoS 1"]
+    assert granted(a.subscribe("schools/school-b/cmd")) == ["Granted QoS 1"]
+    assert granted(a.subscribe("schools/#")) == ["Granted QoS 1"]  # covers its own cmd too
+
+    assert not b.publish("schools/school-b/clip/entrance-cam", b"video chunk").is_failure
+    assert not centre.publish("schools/school-b/cmd", b"command for B").is_failure
+    centre.wait_message("schools/school-b/clip/entrance-cam")
+    b.wait_message("schools/school-b/cmd", b"command for B")
+    # ... and `read` is checked on every message before delivery, so nothing of B's arrives.
+    assert not centre.publish("schools/school-a/cmd", b"command for A").is_failure
+    a.wait_message("schools/school-a/cmd", b"command for A")
+    assert a.received() == [("schools/school-a/cmd", b"command for A")]
+
+
+def test_only_the_centre_can_command(pki: Pki, broker: Broker, peers: Callable[..., Peer]) -> None:
+    centre = peers(broker.centre_port, pki.client("centre"), client_id="centre-dispatch")
+    centre.subscribe("schools/+/cmd")
+    a = peers(broker.box_port, pki.client("school-a"))
+    a.subscribe("schools/school-a/cmd")
+    b = peers(broker.box_port, pki.client("school-b"))
+    b.subscribe("schools/school-b/cmd")
+
+    assert a.publish("schools/school-b/cmd", b"from A").value == NOT_AUTHORIZED
+    assert a.publish("schools/school-a/cmd", b"A to itself").value == NOT_AUTHORIZED
+    # CN "centre" signed by the box CA (a mistake): on the box listener it is only a box.
+    fake = peers(broker.box_port, pki.misissued_centre)
+    assert fake.online, fake.error
+    assert fake.publish("schools/school-b/cmd", b"from a fake centre").value == NOT_AUTHORIZED
+    fake.subscribe("schools/#")
+
+    assert not centre.publish("schools/school-a/cmd", b"from the centre").is_failure
+    a.wait_message("schools/school-a/cmd", b"from the centre")
+    fence(centre, "school-b")
+    assert a.received() == [("schools/school-a/cmd", b"from the centre")]
+    assert [p for _, p in b.received()] == [p for _, p in centre.received("schools/school-b/cmd")]
+    assert fake.received() == []
+    # The centre reads and commands; it cannot raise an alarm for a school.
+    assert centre.publish("schools/school-a/alarm", b"x").value == NOT_AUTHORIZED
+
+
+def test_no_valid_certificate_no_connection(
+    pki: Pki, broker: Broker, peers: Callable[..., Peer]
+) -> None:
+    box, centre = broker.box_port, broker.centre_port
+    attempts = {
+        "no certificate, box listener": peers(box, None),
+        "no certificate, centre listener": peers(centre, None),
+        "box certificate, centre listener": peers(centre, pki.client("school-a")),
+        "centre certificate, box listener": peers(box, pki.client("centre")),
+        "revoked box certificate": peers(box, pki.client("school-c")),
+        "plain MQTT to the TLS port": peers(box, None, tls=False),
+    }
+    for what, peer in attempts.items():
+        assert peer.gone.is_set() and peer.connack is None, f"{what}: {peer.connack}"
+    assert "peer did not return a certificate" in broker.log()
+    # A valid box certificate on the same broker does connect: the refusals are the certificates.
+    assert peers(box, pki.client("school-a")).online
+
+
+# --- client ids -------------------------------------------------------------------------------
+
+
+def test_a_site_cannot_take_over_another_sites_connection(
+    pki: Pki, broker: Broker, peers: Callable[..., Peer]
+) -> None:
+    centre = peers(broker.centre_port, pki.client("centre"), client_id="centre-receiver")
+    centre.subscribe("schools/+/status")
+    b = peers(broker.box_port, pki.client("school-b"), client_id="edge-agent-school-b")
+    a = peers(broker.box_port, pki.client("school-a"), client_id="edge-agent-school-b")
+    assert a.online and b.online
+    time.sleep(0.5)
+    assert not b.gone.is_set()
+    assert not b.publish("schools/school-b/alarm").is_failure
+
+    # The other side of binding the client id to the certificate: a second connection with the
+    # same box certificate (a diagnostic run beside the agent) replaces the first one, and the
+    # broker publishes the first one's will.
+    agent = peers(broker.box_port, pki.client("school-a"), client_id="edge-agent-school-a",
+                  will_topic="schools/school-a/status")
+    second = peers(broker.box_port, pki.client("school-a"), client_id="edge-agent-school-a-test")
+    assert second.online
+    wait_for(agent.gone.is_set, 5, "the first connection to be replaced")
+    centre.wait_message("schools/school-a/status", b"offline (will)")
+
+
+def test_without_username_as_clientid_a_site_can_disconnect_another(
+    tmp_path: Path, pki: Pki, peers: Callable[..., Peer]
+) -> None:
+    """Why docs/broker.md sets use_username_as_clientid: remove it and the takeover works."""
+    lax = start_broker(tmp_path / "lax", pki, without=("use_username_as_clientid true",))
+    try:
+        b = peers(lax.box_port, pki.client("school-b"), client_id="edge-agent-school-b")
+        assert b.online
+        peers(lax.box_port, pki.client("school-a"), client_id="edge-agent-school-b")
+        wait_for(b.gone.is_set, 5, "school B to be disconnected by school A")
+    finally:
+        lax.mosquitto.kill()
+
+
+# --- revocation -------------------------------------------------------------------------------
+
+
+def test_revocation_applies_on_reload_and_an_expired_crl_locks_everyone_out(
+    tmp_path: Path, pki: Pki, peers: Callable[..., Peer]
+) -> None:
+    crl = pki.write_crl(tmp_path / "box-ca.crl")
+    broker = start_broker(tmp_path / "broker", pki, crl=crl)
+    try:
+        live = peers(broker.box_port, pki.client("school-a"))
+        assert live.online
+
+        pki.write_crl(crl, ("school-a",))
+        broker.reload()
+        assert not peers(broker.box_port, pki.client("school-a")).online
+        # A connection made before the revocation stays open until it drops.
+        assert live.online and not live.publish("schools/school-a/alarm").is_failure
+
+        assert peers(broker.box_port, pki.client("school-b")).online
+        pki.write_crl(crl, expired=True)
+        broker.reload()
+        assert not peers(broker.box_port, pki.client("school-b")).online
+    finally:
+        broker.mosquitto.kill()
+
+
+# --- shared subscriptions ---------------------------------------------------------------------
+
+
+def test_a_box_in_the_centres_share_group_makes_alarms_disappear(
+    pki: Pki, broker: Broker, peers: Callable[..., Peer]
+) -> None:
+    """Why docs/broker.md says the centre must not take alarms through a shared subscription."""
+    centre = peers(broker.centre_port, pki.client("centre"), client_id="centre-receiver")
+    centre.subscribe("$share/centre/schools/+/alarm")
+    centre.subscribe("schools/+/cmd")  # for the fence
+    intruder = peers(broker.box_port, pki.client("school-a"))
+    assert granted(intruder.subscribe("$share/centre/schools/+/alarm")) == ["Granted QoS 1"]
+    b = peers(broker.box_port, pki.client("school-b"))
+    for i in range(6):
+        assert not b.publish("schools/school-b/alarm", f"alarm {i}".encode()).is_failure
+    fence(centre)
+    assert intruder.received() == []
+    assert len(centre.received("schools/+/alarm")) == 3  # every second alarm is lost

@@ -1,0 +1,115 @@
+"""Issue 3 end to end: a press gives the centre a playable clip of what happened before and after.
+
+The agent runs as a process on the simulated school with synthetic cameras (real H.264 from
+libx264 through PyAV); the centre is the real receiver; durations are read with ffprobe.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import time
+from pathlib import Path
+from typing import Any
+
+import av
+import pytest
+import yaml
+
+from agent.config import default_config_text
+from agent.mosquitto import Mosquitto
+from tests.conftest import AgentProcess, Centre, wait_for
+
+PRE_S, POST_S, SEG_S = 3.0, 2.0, 1.0
+
+
+def _config(tmp_path: Path, port: int) -> Path:
+    data = yaml.safe_load(default_config_text())
+    data["mqtt"].update({"port": port, "keepalive_s": 5})
+    data["storage"]["path"] = str(tmp_path / "state")
+    for cam in data["cameras"]:
+        cam.update({"pre_alarm_s": PRE_S, "post_alarm_s": POST_S, "segment_s": SEG_S})
+    path = tmp_path / "agent.yaml"
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    return path
+
+
+def _probe_duration(path: Path) -> float:
+    out = subprocess.run(["ffprobe", "-v", "error", "-show_entries", "format=duration", "-of",
+                          "json", str(path)], capture_output=True, text=True, check=True)
+    return float(json.loads(out.stdout)["format"]["duration"])
+
+
+def _decode_all(path: Path) -> int:
+    frames = 0
+    with av.open(str(path)) as container:
+        for frame in container.decode(video=0):
+            assert frame.width == 320
+            frames += 1
+    return frames
+
+
+def _clips(store: Path) -> list[Path]:
+    return sorted(store.glob("sim-school/*/*.ts"))
+
+
+def _video_on_disk(state: Path) -> list[Path]:
+    return [p for p in state.rglob("*") if p.suffix in (".ts", ".tmp") and p.stat().st_size]
+
+
+def test_press_gives_a_playable_clip_covering_pre_and_post(tmp_path: Path,
+                                                           broker: Mosquitto) -> None:
+    centre = Centre(broker, tmp_path / "centre").start()
+    agent = AgentProcess(_config(tmp_path, broker.port)).start()
+    try:
+        time.sleep(PRE_S + 2 * SEG_S)  # let the in-memory pre-alarm buffer fill
+        assert _video_on_disk(tmp_path / "state") == [], "video reached the disk before an alarm"
+        agent.press("entrance")  # linked to entrance-cam only
+        wait_for(lambda: _clips(tmp_path / "centre"), 30, "the clip at the centre")
+        [clip] = _clips(tmp_path / "centre")
+        assert clip.name == "entrance-cam.ts"
+        duration = _probe_duration(clip)
+        assert PRE_S + POST_S - SEG_S <= duration <= PRE_S + POST_S + 2 * SEG_S + 0.5, duration
+        assert _decode_all(clip) >= (PRE_S + POST_S - SEG_S) * 10  # 10 fps
+        status: dict[str, Any] = agent.status() or {}
+        assert status["cameras"]["entrance-cam"]["state"] == "streaming"
+        assert status["video_bytes_written_today"] > 0
+        # the centre confirmed the clip: nothing of it stays pinned on the box
+        wait_for(lambda: (agent.status() or {})["outbox"]["clip"] == 0, 10, "chunks acked")
+    finally:
+        agent.close()
+        centre.stop()
+
+
+def test_clip_waits_out_a_dead_broker(tmp_path: Path, broker: Mosquitto) -> None:
+    agent = AgentProcess(_config(tmp_path, broker.port)).start()
+    centre = Centre(broker, tmp_path / "centre").start()
+    try:
+        time.sleep(PRE_S + SEG_S)
+        broker.kill()
+        agent.press("gym")
+        time.sleep(POST_S + 2 * SEG_S)  # the clip is complete and spooled while the link is dead
+        assert (agent.status() or {})["outbox"]["clip"] > 0
+        broker.start()
+        wait_for(lambda: _clips(tmp_path / "centre"), 30, "the clip after the outage")
+        assert _clips(tmp_path / "centre")[0].name == "gym-cam.ts"
+        assert _probe_duration(_clips(tmp_path / "centre")[0]) >= PRE_S + POST_S - SEG_S
+    finally:
+        agent.close()
+        centre.stop()
+
+
+@pytest.mark.parametrize("button, cameras", [("office", {"office-cam"})])
+def test_only_linked_cameras_send_clips(tmp_path: Path, broker: Mosquitto, button: str,
+                                        cameras: set[str]) -> None:
+    centre = Centre(broker, tmp_path / "centre").start()
+    agent = AgentProcess(_config(tmp_path, broker.port)).start()
+    try:
+        time.sleep(PRE_S)
+        agent.press(button)
+        wait_for(lambda: _clips(tmp_path / "centre"), 30, "the clip")
+        time.sleep(1)
+        assert {p.stem for p in _clips(tmp_path / "centre")} == cameras
+    finally:
+        agent.close()
+        centre.stop()
