@@ -28,6 +28,7 @@ from typing import Any
 
 from agent import __version__
 from agent.buttons import ButtonBoard, ButtonEvent, make_pin_factory
+from agent.clips import ClipSegment
 from agent.commands import (
     AckArgs,
     Command,
@@ -39,7 +40,6 @@ from agent.commands import (
 )
 from agent.config import Config
 from agent.control import ControlServer, socket_path
-from agent.clips import ClipSegment
 from agent.errors import AgentError
 from agent.indicators import Indicators
 from agent.outbox import Outbox

@@ -9,8 +9,8 @@ so video never touches MQTT.
 from __future__ import annotations
 
 import logging
-from dataclasses import asdict
 from collections.abc import Callable
+from dataclasses import asdict
 from fractions import Fraction
 from pathlib import Path
 from typing import Any
