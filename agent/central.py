@@ -33,6 +33,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
+from agent.chain import Link, chain_problem, clip_statement, load_public_pem, signature_ok
 from agent.errors import AgentError, ProtocolError
 from agent.ledger import Ledger
 from agent.protocol import (
@@ -66,6 +67,7 @@ class _Segment:
 @dataclass
 class _Clip:
     segments: dict[int, bytes] = field(default_factory=dict)  # position -> verified bytes
+    headers: dict[int, ChunkHeader] = field(default_factory=dict)
     final: int | None = None
     assembling: dict[int, _Segment] = field(default_factory=dict)
     written: bool = False
@@ -96,7 +98,7 @@ class Receiver:
         those."""
         alarms = f"{self.prefix}/+/alarm"
         return [f"$share/{self.share}/{alarms}" if self.share else alarms,
-                f"{self.prefix}/+/status", f"{self.prefix}/+/clip/+"]
+                f"{self.prefix}/+/status", f"{self.prefix}/+/clip/+", f"{self.prefix}/+/pubkey"]
 
     def handle(self, topic: str, payload: bytes) -> list[tuple[str, bytes]]:
         """Store what arrived; return the receipts to publish (topic, payload)."""
@@ -113,6 +115,8 @@ class Receiver:
                 return [self._receipt(site, Receipt(alarms=(event_id,)))]
             if kind == "status":
                 self._status(site, payload)
+            if kind == "pubkey":
+                self._pubkey(_safe_name(site), payload)
         except (ProtocolError, ValueError) as exc:
             log.warning("dropping a bad message on %s: %s", topic, exc)
         return []
@@ -147,6 +151,38 @@ class Receiver:
         if self.on_alarm is not None:
             self.on_alarm(record)
         return alarm.event_id
+
+    def _pubkey(self, site: str, pem: bytes) -> None:
+        """Pin each box's key: registered at install in keys/, or else trusted on first use."""
+        try:
+            load_public_pem(pem)
+        except ValueError as exc:
+            raise ProtocolError(f"not a public key: {exc}") from exc
+        path = self.store / "keys" / f"{site}.pub"
+        if not path.exists():
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_bytes(pem)
+            log.warning("site %s: box key trusted on first use (%s); register box keys at "
+                        "install to close that gap", site, path)
+        elif path.read_bytes().strip() != pem.strip():
+            log.error("site %s presented a DIFFERENT box key; keeping the pinned one (%s). If "
+                      "the box was replaced, put its new key there", site, path)
+
+    def _verify(self, site: str, event: str, camera: str, clip: _Clip) -> str:
+        """Why this clip cannot be trusted; "" when its chain and signature hold."""
+        assert clip.final is not None
+        headers = [clip.headers[i] for i in range(clip.final + 1)]
+        problem = chain_problem([Link(h.sha256, h.prev, h.link) for h in headers])
+        if problem:
+            return problem
+        path = self.store / "keys" / f"{site}.pub"
+        if not path.exists():
+            return f"no box key for site {site} in {path.parent}"
+        statement = clip_statement(site, event, camera, headers[0].prev, headers[-1].link,
+                                   len(headers))
+        if not signature_ok(load_public_pem(path.read_bytes()), statement, headers[-1].sig):
+            return "the box's signature does not match (forged, cut short or re-signed)"
+        return ""
 
     def _status(self, site: str, payload: bytes) -> None:
         if not payload:
@@ -187,6 +223,7 @@ class Receiver:
                       site, event, camera, header.segment)
             return None
         clip.segments[header.segment] = body
+        clip.headers[header.segment] = header
         if clip.final is not None and all(i in clip.segments for i in range(clip.final + 1)):
             self._write_clip(site, event, camera, clip)
             return event, camera
@@ -204,11 +241,18 @@ class Receiver:
             f.flush()
             os.fsync(f.fileno())
         tmp.rename(final)
+        problem = self._verify(site, event, camera, clip)
+        (folder / f"{camera}.verify.json").write_text(json.dumps(
+            {"verified": not problem, "problem": problem, "segments": clip.final + 1}))
         clip.written = True
-        assert self.ledger is not None
-        self.ledger.add_clip(site, event, camera, final, clip.final + 1)
         clip.segments.clear()
-        log.info("clip written: %s (%d segments)", final, clip.final + 1)
+        clip.headers.clear()
+        assert self.ledger is not None
+        self.ledger.add_clip(site, event, camera, final, clip.final + 1, problem)
+        if problem:
+            log.error("clip %s FAILED verification: %s", final, problem)
+        else:
+            log.info("clip written and verified: %s (%d segments)", final, clip.final + 1)
 
 
 def run_receiver(broker: str, topic_prefix: str, store: Path, client_id: str | None = None,

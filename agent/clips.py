@@ -35,6 +35,8 @@ class ClipSegment:
     final: bool
     segment: SegmentRef
     truncated: bool = False
+    prev: str = ""  # the segment's place in its camera's hash chain (agent/chain.py)
+    link: str = ""
 
 
 @dataclass(eq=False)
@@ -178,7 +180,8 @@ class ClipRecorder:
                 exc,
             )
             return
-        out = ClipSegment(clip.event_id, clip.camera_id, clip.position, final, ref, truncated)
+        out = ClipSegment(clip.event_id, clip.camera_id, clip.position, final, ref, truncated,
+                          segment.prev, segment.link)
         clip.position += 1
         try:
             self._on_segment(out)

@@ -28,6 +28,7 @@ from typing import Any
 
 from agent import __version__
 from agent.buttons import ButtonBoard, ButtonEvent, make_pin_factory
+from agent.chain import BoxKey
 from agent.clips import ClipSegment
 from agent.commands import (
     AckArgs,
@@ -57,7 +58,7 @@ from agent.protocol import (
 )
 from agent.sdnotify import Notifier
 from agent.uplink import Uplink
-from agent.video import Video, clip_chunks
+from agent.video import Video
 
 log = logging.getLogger("agent.daemon")
 
@@ -96,7 +97,8 @@ class Daemon:
         self.test_until = _load_test_mode(storage)
         self.outbox = Outbox.open(storage / "outbox.db", int(self.cfg.storage.max_gb * 1e9))
         self.router = self._command_router(storage)
-        self.video = Video(self.cfg, storage, self._on_clip_segment)
+        self.box_key = BoxKey.load_or_create(storage)
+        self.video = Video(self.cfg, storage, self._on_clip_segment, self.box_key)
         self.uplink = Uplink(self.cfg.mqtt, self.topics, self.outbox, self._status_payload,
                              max_video_kbps=self.cfg.uplink.max_kbps,
                              on_message=self._on_message,
@@ -108,6 +110,7 @@ class Daemon:
         self.control = ControlServer(socket_path(storage), self._on_control)
         self.indicators.start()
         self.video.start()
+        self.uplink.post_latest(self.topics.pubkey, self.box_key.public_pem())
         self.uplink.start()
         self.buttons.start()
         self.control.start()
@@ -208,7 +211,7 @@ class Daemon:
         """A clip segment is on disk: queue its chunks, below alarms, and keep the spool in
         its budget by dropping whole clips, oldest first (never an alarm)."""
         assert self.outbox is not None and self.uplink is not None and self.video is not None
-        self.outbox.add_many(clip_chunks(self.topics, cs))
+        self.outbox.add_many(self.video.chunks(self.topics, cs))
         self.uplink.wake()
         while self.video.over_budget():
             oldest = self.outbox.drop_oldest_clip(keep=cs.event_id)
@@ -320,7 +323,9 @@ class Daemon:
             self.uplink.post_latest(self.topics.status, self._status_payload("online", ""))
 
     def health_payload(self) -> bytes:
-        return dumps({**self.status(), "at": rfc3339(time.time()), "v": PROTOCOL_VERSION})
+        heads = self.video.chain_heads() if self.video else {}
+        return dumps({**self.status(), "chain_heads": heads, "at": rfc3339(time.time()),
+                      "v": PROTOCOL_VERSION})
 
     def status(self) -> dict[str, Any]:
         assert self.outbox is not None and self.uplink is not None and self.buttons is not None

@@ -55,6 +55,8 @@ CREATE TABLE IF NOT EXISTS clips (
     path       TEXT NOT NULL,
     segments   INTEGER NOT NULL,
     written_at TEXT NOT NULL,
+    verified   INTEGER NOT NULL,            -- the hash chain and the box's signature held
+    problem    TEXT NOT NULL,               -- why not, for the operator
     PRIMARY KEY (event_id, camera_id)
 );
 """
@@ -129,11 +131,19 @@ class Ledger:
         return changed
 
     def add_clip(self, site_id: str, event_id: str, camera_id: str, path: Path,
-                 segments: int) -> None:
+                 segments: int, problem: str) -> None:
         with self._lock, self._conn:
-            self._conn.execute("INSERT OR REPLACE INTO clips VALUES (?, ?, ?, ?, ?, ?)",
+            self._conn.execute("INSERT OR REPLACE INTO clips VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
                                (event_id, camera_id, site_id, str(path), segments,
-                                rfc3339(time.time())))
+                                rfc3339(time.time()), int(not problem), problem))
+
+    def clip_problem(self, event_id: str, camera_id: str) -> str | None:
+        """"" for a verified clip, the reason for one that failed, None if there is none."""
+        with self._lock:
+            row = self._conn.execute(
+                "SELECT problem FROM clips WHERE event_id = ? AND camera_id = ?",
+                (event_id, camera_id)).fetchone()
+        return None if row is None else str(row[0])
 
     def has_clip(self, event_id: str, camera_id: str) -> bool:
         with self._lock:

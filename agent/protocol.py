@@ -77,6 +77,10 @@ class Topics:
         """Every receiver's retained presence (a wildcard); '_' keeps it apart from site ids."""
         return centre_presence_topic(self.prefix, "+")
 
+    @property
+    def pubkey(self) -> str:
+        return f"{self.base}/pubkey"
+
     def clip(self, camera_id: str) -> str:
         return f"{self.base}/clip/{camera_id}"
 
@@ -191,6 +195,9 @@ class ChunkHeader:
     size: int  # bytes of the whole segment
     start: str  # segment start, RFC 3339
     end: str
+    prev: str = ""  # the hash chain: see agent/chain.py and docs/protocol.md
+    link: str = ""
+    sig: str = ""  # on the final segment: the box's signature over the whole clip
     v: int = PROTOCOL_VERSION
 
     @property

@@ -27,6 +27,7 @@ import av
 import av.error
 
 from agent.cameras import Packet, StreamInfo
+from agent.chain import GENESIS, next_link
 
 log = logging.getLogger("agent.segmenter")
 
@@ -50,6 +51,8 @@ class Segment:
     data: bytes
     sha256: str
     keyframes: int
+    prev: str = GENESIS  # the previous segment's link: see agent/chain.py
+    link: str = GENESIS
 
     def overlaps(self, t0: float, t1: float) -> bool:
         return self.start < t1 and self.end > t0
@@ -85,6 +88,7 @@ class Segmenter:
         self._packets: list[Packet] = []
         self._epoch: float | None = None  # stream time that maps to TS time 0
         self._index = 0
+        self._link = GENESIS  # the hash chain over this camera's segments
 
     def packet(self, pkt: Packet) -> None:
         if self._packets and self._discontinuous(pkt):
@@ -128,6 +132,8 @@ class Segmenter:
             log.warning("camera %s: segment dropped, cannot mux it: %s", self.camera_id, exc)
             return
         start = packets[0].wallclock
+        sha256 = hashlib.sha256(data).hexdigest()
+        prev, self._link = self._link, next_link(self._link, sha256)
         segment = Segment(
             camera_id=self.camera_id,
             index=self._index,
@@ -135,8 +141,10 @@ class Segmenter:
             end=start + duration,
             duration=duration,
             data=data,
-            sha256=hashlib.sha256(data).hexdigest(),
+            sha256=sha256,
             keyframes=sum(p.keyframe for p in packets),
+            prev=prev,
+            link=self._link,
         )
         self._index += 1
         for sink in self._sinks:

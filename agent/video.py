@@ -9,6 +9,7 @@ so video never touches MQTT.
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable
 from dataclasses import asdict
 from fractions import Fraction
@@ -16,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from agent.cameras import Camera, StreamInfo, open_source
+from agent.chain import BoxKey, clip_statement, head_statement
 from agent.clips import ClipRecorder, ClipSegment
 from agent.config import Config, RecordingMode
 from agent.outbox import BlobRef
@@ -32,8 +34,10 @@ ChunkRow = tuple[Priority, str, str, bytes, BlobRef | None]
 
 class Video:
     def __init__(self, cfg: Config, storage: Path,
-                 on_clip_segment: Callable[[ClipSegment], None]) -> None:
+                 on_clip_segment: Callable[[ClipSegment], None], key: BoxKey) -> None:
         self._cfg = cfg
+        self._key = key
+        self._first_prev: dict[tuple[str, str], str] = {}  # (event, camera) -> chain start
         self._storage = storage
         self._on_clip_segment = on_clip_segment
         self.rings: dict[str, RingBuffer] = {}
@@ -97,6 +101,32 @@ class Video:
         except StoreError as exc:
             log.error("cannot release the clip of %s: %s", event_id, exc)
 
+    def chunks(self, topics: Topics, cs: ClipSegment) -> list[ChunkRow]:
+        """The outbox rows of a stored clip segment; the final one signs the whole clip."""
+        clip = (cs.event_id, cs.camera_id)
+        if cs.position == 0:
+            self._first_prev[clip] = cs.prev
+        sig = ""
+        if cs.final:
+            first = self._first_prev.pop(clip, cs.prev)
+            sig = self._key.sign(clip_statement(self._cfg.site.id, cs.event_id, cs.camera_id,
+                                                first, cs.link, cs.position + 1))
+        return clip_chunks(topics, cs, sig=sig)
+
+    def chain_heads(self) -> dict[str, dict[str, Any]]:
+        """Each camera's newest link, signed: the periodic proof that history up to it is
+        the box's (recorded segments fetched later must chain up to a signed head)."""
+        heads: dict[str, dict[str, Any]] = {}
+        at = rfc3339(time.time())
+        for cid, ring in self.rings.items():
+            segments = ring.segments()
+            if segments:
+                last = segments[-1]
+                heads[cid] = {"index": last.index, "link": last.link, "at": at,
+                              "sig": self._key.sign(head_statement(self._cfg.site.id, cid,
+                                                                   last.index, last.link, at))}
+        return heads
+
     def over_budget(self) -> bool:
         return self.spool is not None and self.spool.total_bytes > self.spool.budget_bytes
 
@@ -114,7 +144,8 @@ class Video:
                 "clips_recording": self.clips.active() if self.clips else 0}
 
 
-def clip_chunks(topics: Topics, cs: ClipSegment, chunk_bytes: int = CHUNK_BYTES) -> list[ChunkRow]:
+def clip_chunks(topics: Topics, cs: ClipSegment, chunk_bytes: int = CHUNK_BYTES,
+                sig: str = "") -> list[ChunkRow]:
     """A stored clip segment as outbox rows: a JSON header each, the bytes read from the spool
     file at send time (so the outbox never holds a second copy of the video)."""
     ref = cs.segment
@@ -124,7 +155,7 @@ def clip_chunks(topics: Topics, cs: ClipSegment, chunk_bytes: int = CHUNK_BYTES)
         header = ChunkHeader(
             event_id=cs.event_id, camera_id=cs.camera_id, segment=cs.position, final=cs.final,
             chunk=i, chunks=count, sha256=ref.sha256, size=ref.bytes,
-            start=rfc3339(ref.start), end=rfc3339(ref.end))
+            start=rfc3339(ref.start), end=rfc3339(ref.end), prev=cs.prev, link=cs.link, sig=sig)
         length = min(chunk_bytes, ref.bytes - i * chunk_bytes)
         rows.append((Priority.CLIP, topics.clip(cs.camera_id), header.message_id,
                      dumps_header(header), BlobRef(ref.path, i * chunk_bytes, length)))

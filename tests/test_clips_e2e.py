@@ -68,6 +68,8 @@ def test_press_gives_a_playable_clip_covering_pre_and_post(tmp_path: Path,
         wait_for(lambda: _clips(tmp_path / "centre"), 30, "the clip at the centre")
         [clip] = _clips(tmp_path / "centre")
         assert clip.name == "entrance-cam.ts"
+        verdict = json.loads(clip.with_name("entrance-cam.verify.json").read_text())
+        assert verdict["verified"] is True, verdict  # chain and the box's signature hold
         duration = _probe_duration(clip)
         assert PRE_S + POST_S - SEG_S <= duration <= PRE_S + POST_S + 2 * SEG_S + 0.5, duration
         assert _decode_all(clip) >= (PRE_S + POST_S - SEG_S) * 10  # 10 fps
