@@ -228,6 +228,10 @@ class ButtonBoard:
                 case ("stop",):
                     return
                 case ("edge", bid, active, at):
+                    # Timers due before this edge happened fire first, whenever the thread got
+                    # round to it: a release that was stable for release_s re-arms the button,
+                    # so a late thread cannot mistake the next real press for a bounce.
+                    self._timers(collecting, at)
                     self._edge(self._buttons[bid], active, at, collecting)
                 case ("fault", bid, detail):
                     self._emit(self._buttons[bid], AlarmKind.FAULT, detail, collecting)
@@ -236,7 +240,7 @@ class ButtonBoard:
                 case ("barrier", done):
                     collecting = None
                     done.set()
-            self._timers(collecting)
+            self._timers(collecting, self._clock())
 
     def _edge(self, b: _Button, active: bool, at: float, out: list[Any] | None) -> None:
         if active == b.active:
@@ -258,8 +262,7 @@ class ButtonBoard:
         else:
             b.deadline = None  # STUCK and pressed again: stay stuck, wait for a release
 
-    def _timers(self, out: list[Any] | None) -> None:
-        now = self._clock()
+    def _timers(self, out: list[Any] | None, now: float) -> None:
         for b in self._buttons.values():
             if b.deadline is None or b.deadline > now:
                 continue

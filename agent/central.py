@@ -65,6 +65,12 @@ class _Segment:
 
 
 @dataclass
+class _Live:
+    last: int = -1  # the last segment appended
+    assembling: dict[int, _Segment] = field(default_factory=dict)
+
+
+@dataclass
 class _Clip:
     segments: dict[int, bytes] = field(default_factory=dict)  # position -> verified bytes
     headers: dict[int, ChunkHeader] = field(default_factory=dict)
@@ -83,6 +89,7 @@ class Receiver:
         self.share = share
         self.ledger: Ledger | None = None
         self._clips: dict[tuple[str, str, str], _Clip] = {}
+        self._lives: dict[tuple[str, str, str], _Live] = {}
         self.connected = threading.Event()
 
     # --- wiring -----------------------------------------------------------------------------
@@ -98,7 +105,8 @@ class Receiver:
         those."""
         alarms = f"{self.prefix}/+/alarm"
         return [f"$share/{self.share}/{alarms}" if self.share else alarms,
-                f"{self.prefix}/+/status", f"{self.prefix}/+/clip/+", f"{self.prefix}/+/pubkey"]
+                f"{self.prefix}/+/status", f"{self.prefix}/+/clip/+", f"{self.prefix}/+/live/+",
+                f"{self.prefix}/+/pubkey"]
 
     def handle(self, topic: str, payload: bytes) -> list[tuple[str, bytes]]:
         """Store what arrived; return the receipts to publish (topic, payload)."""
@@ -110,6 +118,9 @@ class Receiver:
             if len(parts) >= 4 and parts[-2] == "clip":  # before the others: a camera may be
                 clip = self._chunk(parts[-3], parts[-1], payload)  # named "alarm"
                 return [self._receipt(parts[-3], Receipt(clips=(clip,)))] if clip else []
+            if len(parts) >= 4 and parts[-2] == "live":
+                self._live_chunk(_safe_name(parts[-3]), _safe_name(parts[-1]), payload)
+                return []
             if kind == "alarm":
                 event_id = self._alarm(site, payload)
                 return [self._receipt(site, Receipt(alarms=(event_id,)))]
@@ -228,6 +239,33 @@ class Receiver:
             self._write_clip(site, event, camera, clip)
             return event, camera
         return None
+
+    def _live_chunk(self, site: str, camera: str, payload: bytes) -> None:
+        """Live segments are appended, in order, to a growing file that plays while it grows;
+        a segment the box skipped (the link was behind) is simply not there."""
+        header, data = decode_chunk(payload)
+        session = _safe_name(header.event_id)
+        live = self._lives.setdefault((site, session, camera), _Live())
+        if header.segment <= live.last:
+            return
+        seg = live.assembling.setdefault(header.segment, _Segment(header))
+        seg.chunks[header.chunk] = data
+        if len(seg.chunks) < header.chunks:
+            return
+        body = b"".join(seg.chunks[i] for i in range(header.chunks))
+        live.assembling = {k: v for k, v in live.assembling.items() if k > header.segment}
+        if hashlib.sha256(body).hexdigest() != header.sha256:
+            log.error("live %s/%s segment %d failed its sha256 check", site, camera, header.segment)
+            return
+        folder = self.store / site / "live" / session
+        folder.mkdir(parents=True, exist_ok=True)
+        with open(folder / f"{camera}.ts", "ab") as f:
+            f.write(body)
+        live.last = header.segment
+        if header.final:
+            log.info("live %s from %s/%s ended (%d segments)", session, site, camera,
+                     header.segment + 1)
+            del self._lives[(site, session, camera)]
 
     def _write_clip(self, site: str, event: str, camera: str, clip: _Clip) -> None:
         assert clip.final is not None

@@ -94,6 +94,15 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("event_id")
     a = actions.add_parser("ping", help="ask a box to answer")
     a.add_argument("site")
+    a = actions.add_parser("live", help="stream a camera live; the receiver writes a growing file")
+    a.add_argument("site")
+    a.add_argument("camera")
+    a.add_argument("--seconds", type=int, default=60, help="1 to 600 (default 60)")
+    a = actions.add_parser("fetch", help="pull recorded video from the box's buffer")
+    a.add_argument("site")
+    a.add_argument("camera")
+    a.add_argument("--from", dest="start", required=True, help="RFC 3339, e.g. 2026-11-25T08:00:00Z")
+    a.add_argument("--to", dest="end", required=True, help="RFC 3339; at most an hour after --from")
     a = actions.add_parser("keygen", help="make the centre's key pair in STORE")
     a = actions.add_parser("status", help="each site's state and any missing alarms (seq gaps)")
     return parser
@@ -214,6 +223,18 @@ def cmd_test_mode(args: argparse.Namespace) -> int:
     return 0
 
 
+def _ms(text: str) -> str:
+    """Any RFC 3339 time as the commands' exact form, UTC with milliseconds."""
+    from datetime import datetime
+
+    from agent.protocol import rfc3339
+
+    try:
+        return rfc3339(datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp())
+    except ValueError as exc:
+        raise AgentError(f"not a time: {text!r}; write it like 2026-11-25T08:00:00Z") from exc
+
+
 def _centre_status(store: Path) -> str:
     from agent.ledger import Ledger
 
@@ -267,6 +288,11 @@ def cmd_central(args: argparse.Namespace) -> int:
             cmd_args: dict[str, Any] = {"event_id": args.event_id}
         case "ping":
             site, cmd_args = args.site, {}
+        case "live":
+            site, cmd_args = args.site, {"camera_id": args.camera, "seconds": args.seconds}
+        case "fetch":
+            site, cmd_args = args.site, {"camera_id": args.camera, "from": _ms(args.start),
+                                         "to": _ms(args.end)}
     result = central.send_command(args.broker, args.topic_prefix, site, key, args.action,
                                   cmd_args)
     print(json.dumps(result, ensure_ascii=False))

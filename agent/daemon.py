@@ -26,6 +26,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from gpiozero.pins import Factory
+
 from agent import __version__
 from agent.buttons import ButtonBoard, ButtonEvent, make_pin_factory
 from agent.chain import BoxKey
@@ -33,7 +35,10 @@ from agent.clips import ClipSegment
 from agent.commands import (
     AckArgs,
     Command,
+    CommandRejected,
     CommandRouter,
+    FetchArgs,
+    LiveArgs,
     CommandVerifier,
     NonceStore,
     TestModeArgs,
@@ -58,7 +63,8 @@ from agent.protocol import (
 )
 from agent.sdnotify import Notifier
 from agent.uplink import Uplink
-from agent.video import Video
+from agent.segmenter import Segment
+from agent.video import Video, live_chunks
 
 log = logging.getLogger("agent.daemon")
 
@@ -71,8 +77,9 @@ class Daemon:
     """Build with a Config; ``start()`` opens everything, ``stop()`` closes it in reverse."""
 
     def __init__(self, cfg: Config, notifier: Notifier | None = None,
-                 health_interval_s: float = 60.0) -> None:
+                 health_interval_s: float = 60.0, pin_factory: Factory | None = None) -> None:
         self.cfg = cfg
+        self._pin_factory = pin_factory  # None: the one chosen by gpio.backend
         self.health_interval_s = health_interval_s
         self.test_until: float | None = None  # wall time; a walk test is on until then
         self.topics = Topics(cfg.mqtt.topic_prefix, cfg.site.id)
@@ -104,12 +111,13 @@ class Daemon:
                              on_message=self._on_message,
                              on_clip_receipt=self.video.release,
                              subscriptions=(self.topics.cmd,) if self.router else ())
-        factory = make_pin_factory(self.cfg.gpio.backend)
+        factory = self._pin_factory or make_pin_factory(self.cfg.gpio.backend)
         self.buttons = ButtonBoard(self.cfg.buttons, factory, self._on_button)
         self.indicators = Indicators(self.cfg.indicators, factory)
         self.control = ControlServer(socket_path(storage), self._on_control)
         self.indicators.start()
         self.video.start()
+        self.video.on_live(self._on_live_segment)
         self.uplink.post_latest(self.topics.pubkey, self.box_key.public_pem())
         self.uplink.start()
         self.buttons.start()
@@ -221,6 +229,12 @@ class Daemon:
             self._system_fault(f"clip of alarm {oldest} dropped: the spool is over "
                                f"storage.max_gb={self.cfg.storage.max_gb}")
 
+    def _on_live_segment(self, camera_id: str, session: str, segment: Segment, seq: int,
+                         final: bool) -> None:
+        assert self.uplink is not None
+        self.uplink.post_live(self.topics.live(camera_id),
+                              live_chunks(session, segment, seq, final))
+
     def _system_fault(self, detail: str) -> None:
         """A fault of the box itself (not of a button), on the alarm topic like the others."""
         assert self.outbox is not None and self.uplink is not None
@@ -255,6 +269,8 @@ class Daemon:
             "ping": self._cmd_ping,
             "ack": self._cmd_ack,
             "test_mode": self._cmd_test_mode,
+            "live": self._cmd_live,
+            "fetch": self._cmd_fetch,
         })
 
     def _on_message(self, topic: str, payload: bytes) -> None:
@@ -278,6 +294,25 @@ class Daemon:
         log.warning("the centre acknowledged alarm %s%s", cmd.params.event_id,
                     "" if shown else " (not the one on the indicator)")
         return {"indicator": str(self.indicators.pattern), "shown": shown}
+
+    def _cmd_live(self, cmd: Command) -> dict[str, Any]:
+        assert isinstance(cmd.params, LiveArgs) and self.video is not None
+        feed = self.video.live.get(cmd.params.camera_id)
+        if feed is None:
+            raise CommandRejected("unknown_camera: no such camera on this box", cmd.id)
+        session = f"live-{cmd.id}"
+        feed.watch(session, cmd.params.seconds)
+        return {"session": session, "topic": self.topics.live(cmd.params.camera_id)}
+
+    def _cmd_fetch(self, cmd: Command) -> dict[str, Any]:
+        assert isinstance(cmd.params, FetchArgs) and self.video is not None
+        if cmd.params.camera_id not in self.video.rings:
+            raise CommandRejected("unknown_camera: no such camera on this box", cmd.id)
+        clip_id = f"fetch-{cmd.id}"
+        count = self.video.fetch(cmd.params.camera_id, cmd.params.start, cmd.params.end, clip_id)
+        if not count:
+            raise CommandRejected("no_video: the box no longer holds that window", cmd.id)
+        return {"clip_id": clip_id, "segments": count}
 
     def _cmd_test_mode(self, cmd: Command) -> dict[str, Any]:
         assert isinstance(cmd.params, TestModeArgs)

@@ -83,6 +83,7 @@ class Mosquitto:
             f"persistence_location {self.workdir}/\n"
             "autosave_on_changes true\n"
             "autosave_interval 1\n"
+            "set_tcp_nodelay true\n"  # else Nagle can hold an alarm ~40 ms behind an ACK
             "log_dest stderr\n"
             "log_type error\nlog_type warning\n"
             f"{self.extra_conf}\n"

@@ -28,6 +28,7 @@ SQLite choices, each deliberate:
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import logging
 import os
@@ -209,12 +210,13 @@ class Outbox:
             with self._lock:
                 self._memory = [m for m in self._memory if m.id != message_id]
             return
-        self._write(lambda conn: conn.execute("DELETE FROM messages WHERE id = ?", (message_id,)))
+        self._write(lambda conn: conn.execute("DELETE FROM messages WHERE id = ?", (message_id,)),
+                    durable=False)
 
     def ack_many(self, message_ids: list[int]) -> None:
         """Forget many acknowledged messages in one commit (video: one fsync per batch)."""
         self._write(lambda conn: conn.executemany(
-            "DELETE FROM messages WHERE id = ?", [(i,) for i in message_ids]))
+            "DELETE FROM messages WHERE id = ?", [(i,) for i in message_ids]), durable=False)
 
     def drop_oldest_clip(self, keep: str) -> str | None:
         """Drop every queued chunk of the oldest clip's event (not ``keep``, the one being
@@ -283,7 +285,7 @@ class Outbox:
             self.ack(message_id)
             return
         self._write(lambda conn: conn.execute(
-            "UPDATE messages SET state = 1 WHERE id = ?", (message_id,)))
+            "UPDATE messages SET state = 1 WHERE id = ?", (message_id,)), durable=False)
 
     def delivered(self) -> list[int]:
         """Alarms awaiting a receipt, oldest first (after a restart, to resend them)."""
@@ -316,7 +318,7 @@ class Outbox:
                     removed.append(int(row[0]))
             return removed
 
-        return self._write(tx) if wanted else []
+        return self._write(tx, durable=False) if wanted else []
 
     def last_seq(self) -> int:
         with self._lock:
@@ -330,14 +332,23 @@ class Outbox:
 
     # --- internals --------------------------------------------------------------------------
 
-    def _write(self, tx: Callable[[sqlite3.Connection], T]) -> T:
+    def _write(self, tx: Callable[[sqlite3.Connection], T], durable: bool = True) -> T:
+        """One transaction. ``durable=False`` is for bookkeeping whose loss on power failure
+        only causes a resend (acks, receipts): it commits without an fsync of its own, so an
+        alarm's commit never waits behind one. The next durable commit syncs it anyway."""
         with self._lock:
             try:
+                if not durable:
+                    self._conn.execute("PRAGMA synchronous=NORMAL")
                 with self._conn:  # BEGIN … COMMIT (and the WAL fsync), or ROLLBACK
                     return tx(self._conn)
             except sqlite3.Error as exc:
                 raise OutboxError(
                     f"outbox write failed ({exc}); is {self.path.parent} full?") from exc
+            finally:
+                if not durable:
+                    with contextlib.suppress(sqlite3.Error):
+                        self._conn.execute("PRAGMA synchronous=FULL")
 
 
 def _connect(path: Path) -> sqlite3.Connection:

@@ -84,6 +84,9 @@ class Topics:
     def clip(self, camera_id: str) -> str:
         return f"{self.base}/clip/{camera_id}"
 
+    def live(self, camera_id: str) -> str:
+        return f"{self.base}/live/{camera_id}"
+
 
 def centre_presence_topic(prefix: str, receiver_id: str) -> str:
     """One topic per receiver, so one of several stopping does not hide the others."""

@@ -46,6 +46,7 @@ log = logging.getLogger("agent.uplink")
 
 TCP_NOTSENT_LOWAT = getattr(socket, "TCP_NOTSENT_LOWAT", 25)  # Linux
 NOTSENT_LOWAT_BYTES = 16 * 1024
+LIVE_ROW = 0  # the row id of live messages, which have no outbox row (ids start at 1)
 
 Clock = Callable[[], float]
 
@@ -160,6 +161,8 @@ class Uplink:
         self._latest_lock = threading.Lock()
         self._latest: dict[str, bytes] = {}
         self._transient: deque[tuple[str, bytes]] = deque(maxlen=32)  # sent once if online
+        self._live: dict[str, deque[Message]] = {}  # live topic -> the newest segment's chunks
+        self.live_dropped = 0  # live segments skipped because the link was behind
         # Alarms the broker acked but the centre has not confirmed: row id -> when to resend.
         self._unconfirmed: dict[int, float] = {}
         self._socket_error = ""  # the last socket failure paho logged (a TLS alert, say)
@@ -182,6 +185,18 @@ class Uplink:
         """Publish retained when online; a newer value for the topic replaces an unsent one."""
         with self._latest_lock:
             self._latest[topic] = payload
+        self.wake()
+
+    def post_live(self, topic: str, payloads: list[bytes]) -> None:
+        """A new live segment's chunks. Live video degrades rather than queues: chunks of an
+        older segment still waiting are dropped, so the viewer skips to the newest keyframe
+        instead of falling further behind. Never stored on disk."""
+        msgs = [Message(LIVE_ROW, Priority.LIVE, topic, "", 1, False, p) for p in payloads]
+        with self._latest_lock:
+            waiting = self._live.get(topic)
+            if waiting:
+                self.live_dropped += 1
+            self._live[topic] = deque(msgs)
         self.wake()
 
     def post_transient(self, topic: str, payload: bytes) -> None:
@@ -348,7 +363,8 @@ class Uplink:
             if client.want_write() or not (sock_writable or bulk_in_flight == 0):
                 self._gate = _Gate.SOCKET
                 return
-            bulk = self._outbox.next_batch(busy | {m.id for m in urgent}, 1, Priority.CLIP)
+            bulk = self._next_live() or self._outbox.next_batch(
+                busy | {m.id for m in urgent}, 1, Priority.CLIP)
         except OutboxError as exc:
             log.error("cannot read the outbox: %s", exc)
             return
@@ -360,8 +376,21 @@ class Uplink:
         if wait > 0:
             self._gate, self._bulk_due = _Gate.BUCKET, now + wait
             return
+        if bulk[0].id == LIVE_ROW:
+            with self._latest_lock:
+                waiting = self._live.get(bulk[0].topic)
+                if waiting and waiting[0] is bulk[0]:  # not replaced by a newer segment since
+                    waiting.popleft()
         self._publish(client, bulk[0])
         self._gate = _Gate.SOCKET  # the next one when the socket has room again
+
+    def _next_live(self) -> list[Message]:
+        """The oldest waiting live chunk of any camera (peeked; taken once it is published)."""
+        with self._latest_lock:
+            for topic, waiting in self._live.items():
+                if waiting:
+                    return [waiting[0]]
+        return []
 
     def _resend_unconfirmed(self, client: mqtt.Client, now: float) -> None:
         """Republish alarms the centre has not confirmed, only while a centre listens: with
@@ -480,6 +509,8 @@ class Uplink:
             return
         row, prio = entry
         self._dirty = True
+        if row == LIVE_ROW:
+            return  # live video is not stored, so there is nothing to delete
         if rc.is_failure:
             self._refused.add(row)
             log.error("broker refused message %d: %s; check the broker ACL for this site", row, rc)

@@ -9,9 +9,12 @@ so video never touches MQTT.
 from __future__ import annotations
 
 import logging
+import math
+import threading
 import time
 from collections.abc import Callable
-from dataclasses import asdict
+from dataclasses import asdict, replace
+from functools import partial
 from fractions import Fraction
 from pathlib import Path
 from typing import Any
@@ -19,10 +22,10 @@ from typing import Any
 from agent.cameras import Camera, StreamInfo, open_source
 from agent.chain import BoxKey, clip_statement, head_statement
 from agent.clips import ClipRecorder, ClipSegment
-from agent.config import Config, RecordingMode
+from agent.config import CameraConfig, Config, LiveMode, RecordingMode
 from agent.outbox import BlobRef
 from agent.protocol import ChunkHeader, Priority, Topics, dumps, rfc3339
-from agent.segmenter import RingBuffer, Segmenter, SegmentSink
+from agent.segmenter import RingBuffer, Segment, Segmenter, SegmentSink
 from agent.store import Recorder, SegmentStore, StoreError
 
 log = logging.getLogger("agent.video")
@@ -30,6 +33,80 @@ log = logging.getLogger("agent.video")
 CHUNK_BYTES = 16 * 1024  # see docs/uplink.md: what an alarm may have to wait behind
 
 ChunkRow = tuple[Priority, str, str, bytes, BlobRef | None]
+
+
+LiveSender = Callable[[str, Segment, int, bool], None]  # session, segment, seq, final
+
+
+class LiveFeed:
+    """One camera's live view: its sub-stream when ``live.source`` is set, else the main ring.
+
+    A session lasts the seconds the centre asked for; ``mode: always`` is a session that never
+    ends. A sub-stream pipeline runs only while someone watches (or always). Segments reach the
+    sender on the camera thread; the uplink keeps only the newest, so live never queues.
+    """
+
+    ALWAYS = "always"
+
+    def __init__(self, cam: CameraConfig, ring: RingBuffer, send: LiveSender) -> None:
+        self._cam = cam
+        self._ring = ring
+        self._send = send
+        # Guards _sessions and _camera: commands (uplink thread) and segments (camera thread).
+        self._lock = threading.Lock()
+        self._sessions: dict[str, list[float]] = {}  # session -> [deadline (monotonic), seq]
+        self._camera: Camera | None = None
+
+    def start(self) -> None:
+        if self._cam.live.source is None:
+            self._ring.add_listener(self._on_segment)
+        if self._cam.live.mode is LiveMode.ALWAYS:
+            self.watch(self.ALWAYS, math.inf)
+
+    def stop(self) -> None:
+        self._ring.remove_listener(self._on_segment)
+        with self._lock:
+            camera, self._camera = self._camera, None
+        if camera is not None:
+            camera.stop()
+
+    def watch(self, session: str, seconds: float) -> None:
+        with self._lock:
+            self._sessions[session] = [time.monotonic() + seconds, 0]
+            start = self._cam.live.source is not None and self._camera is None
+            if start:
+                sub = replace(self._cam, source=self._cam.live_source)
+                segmenter = Segmenter(self._cam.id, sub.segment_s, _info(sub), [self._on_segment])
+                self._camera = Camera(f"{self._cam.id}-live", open_source(sub), segmenter)
+        if start and self._camera is not None:
+            self._camera.start()
+
+    @property
+    def sessions(self) -> list[str]:
+        with self._lock:
+            return list(self._sessions)
+
+    def _on_segment(self, segment: Segment) -> None:
+        now = time.monotonic()
+        with self._lock:
+            due = [(s, int(v[1]), now >= v[0]) for s, v in self._sessions.items()]
+            for session, _seq, final in due:
+                if final:
+                    del self._sessions[session]
+                else:
+                    self._sessions[session][1] += 1
+            idle = not self._sessions and self._camera is not None
+            camera = self._camera if idle else None
+            if idle:
+                self._camera = None
+        for session, seq, final in due:
+            self._send(session, segment, seq, final)
+        if camera is not None:  # nobody watches the sub-stream any more
+            threading.Thread(target=camera.stop, name="live-stop", daemon=True).start()
+
+
+def _info(cam: CameraConfig) -> StreamInfo:
+    return StreamInfo(cam.width, cam.height, Fraction(cam.fps))
 
 
 class Video:
@@ -46,6 +123,8 @@ class Video:
         self.spool: SegmentStore | None = None
         self.recording: SegmentStore | None = None
         self.clips: ClipRecorder | None = None
+        self.live: dict[str, LiveFeed] = {}
+        self._on_live: Callable[[str, str, Segment, int, bool], None] | None = None
 
     def start(self) -> None:
         if not self._cfg.cameras:
@@ -66,13 +145,17 @@ class Video:
             sinks: list[SegmentSink] = [self.rings[cam.id].add]
             if self.recording is not None:
                 sinks.append(Recorder(self.recording))
-            segmenter = Segmenter(cam.id, cam.segment_s,
-                                  StreamInfo(cam.width, cam.height, Fraction(cam.fps)), sinks)
+            segmenter = Segmenter(cam.id, cam.segment_s, _info(cam), sinks)
             self._segmenters.append(segmenter)
             self.cameras[cam.id] = Camera(cam.id, open_source(cam), segmenter)
             self.cameras[cam.id].start()
+            self.live[cam.id] = LiveFeed(cam, self.rings[cam.id], partial(self._live_segment,
+                                                                          cam.id))
+            self.live[cam.id].start()
 
     def stop(self) -> None:
+        for feed in self.live.values():
+            feed.stop()
         for camera in self.cameras.values():
             camera.stop()
         for segmenter in self._segmenters:
@@ -89,6 +172,38 @@ class Video:
             return
         for cam in self._cfg.cameras_for(button_id):
             self.clips.start(event_id, pressed_at, [cam.id], cam.pre_alarm_s, cam.post_alarm_s)
+
+    def on_live(self, send: Callable[[str, str, Segment, int, bool], None]) -> None:
+        """Where live segments go: (camera, session, segment, seq, final)."""
+        self._on_live = send
+
+    def _live_segment(self, camera_id: str, session: str, segment: Segment, seq: int,
+                      final: bool) -> None:
+        if self._on_live is not None:
+            self._on_live(camera_id, session, segment, seq, final)
+
+    def fetch(self, camera_id: str, start: float, end: float, fetch_id: str) -> int:
+        """Recorded history from the camera's ring, sent like a clip under ``fetch_id``.
+        Returns how many segments go out (0: the ring no longer holds that window)."""
+        ring = self.rings.get(camera_id)
+        if ring is None or self.spool is None:
+            return 0
+        segments = ring.between(start, end)
+        if segments:  # the disk writes on a thread of their own: never on the caller's
+            threading.Thread(target=self._send_fetched, args=(fetch_id, camera_id, segments),
+                             name=f"fetch-{camera_id}", daemon=True).start()
+        return len(segments)
+
+    def _send_fetched(self, fetch_id: str, camera_id: str, segments: list[Segment]) -> None:
+        assert self.spool is not None
+        try:
+            for pos, segment in enumerate(segments):
+                ref = self.spool.put(segment, pins=[fetch_id])
+                self._on_clip_segment(ClipSegment(fetch_id, camera_id, pos,
+                                                  pos == len(segments) - 1, ref, False,
+                                                  segment.prev, segment.link))
+        except StoreError as exc:
+            log.error("fetch %s of camera %s stopped: %s", fetch_id, camera_id, exc)
 
     def release(self, event_id: str, camera_id: str | None = None) -> None:
         """The centre has the clip (or it was dropped): its segments may be evicted now."""
@@ -140,6 +255,8 @@ class Video:
                          "buffered_s": round(sum(s.duration for s in self.rings[cid].segments()),
                                              1)}
         written = sum(s.bytes_written_today() for s in (self.spool, self.recording) if s)
+        for cid, feed in self.live.items():
+            cams[cid]["live_sessions"] = len(feed.sessions)
         return {"cameras": cams, "video_bytes_written_today": written,
                 "clips_recording": self.clips.active() if self.clips else 0}
 
@@ -160,6 +277,18 @@ def clip_chunks(topics: Topics, cs: ClipSegment, chunk_bytes: int = CHUNK_BYTES,
         rows.append((Priority.CLIP, topics.clip(cs.camera_id), header.message_id,
                      dumps_header(header), BlobRef(ref.path, i * chunk_bytes, length)))
     return rows
+
+
+def live_chunks(session: str, segment: Segment, seq: int, final: bool,
+                chunk_bytes: int = CHUNK_BYTES) -> list[bytes]:
+    """A live segment as message payloads, built in memory: live video never touches the disk."""
+    data = segment.data
+    count = max(1, -(-len(data) // chunk_bytes))
+    return [dumps_header(ChunkHeader(
+        event_id=session, camera_id=segment.camera_id, segment=seq, final=final, chunk=i,
+        chunks=count, sha256=segment.sha256, size=len(data), start=rfc3339(segment.start),
+        end=rfc3339(segment.end), prev=segment.prev, link=segment.link))
+        + data[i * chunk_bytes:(i + 1) * chunk_bytes] for i in range(count)]
 
 
 def dumps_header(header: ChunkHeader) -> bytes:

@@ -183,3 +183,33 @@ def test_a_pin_that_fails_to_open_leaves_the_others_working(
 def test_simulate_refuses_unknown_button(board: ButtonBoard) -> None:
     with pytest.raises(ButtonError, match="no button 'nope'"):
         board.simulate("nope", True)
+
+
+class StepClock:
+    """A clock the test moves by hand: the buttons thread may run as late as it likes."""
+
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_a_late_buttons_thread_never_mistakes_a_new_press_for_a_bounce(
+    factory: MockFactory, rec: Recorder
+) -> None:
+    """Press, release, wait past release_s, press again: two alarms, even when the thread only
+    gets to both edges after the re-arm timer was due (a busy CPU, a slow SD card fsync)."""
+    clock = StepClock()
+    board = ButtonBoard([_button("entrance", 17)], factory, rec,
+                        timing=Timing(release_s=0.05), clock=clock)
+    board.start()
+    try:
+        board.simulate("entrance", True)
+        board.simulate("entrance", False)  # released at t=100.00; re-arm due at 100.05
+        clock.now = 100.2  # the thread ran no timer since: the next edge is its first news
+        factory.pin(17).drive_low()  # a finger, not simulate(): no other item goes first
+        wait_for(lambda: len(rec.kinds()) == 2, 2, "the second alarm")
+        assert rec.kinds() == [AlarmKind.PANIC, AlarmKind.PANIC]
+    finally:
+        board.stop()

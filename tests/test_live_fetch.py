@@ -1,0 +1,128 @@
+"""Live view and recorded history on request, from the centre's command line to a playable file."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+import yaml
+
+from agent.config import default_config_text
+from agent.mosquitto import Mosquitto
+from agent.outbox import Outbox
+from agent.protocol import Topics
+from agent.uplink import Uplink
+from tests.conftest import AgentProcess, Centre, Collector, cli, wait_for
+from tests.test_uplink import _mqtt
+
+
+def _duration(path: Path) -> float:
+    out = subprocess.run(["ffprobe", "-v", "error", "-show_entries", "format=duration", "-of",
+                          "json", str(path)], capture_output=True, text=True, check=True)
+    return float(json.loads(out.stdout)["format"]["duration"])
+
+
+@pytest.fixture
+def school(tmp_path: Path, broker: Mosquitto) -> tuple[AgentProcess, Path]:
+    store = tmp_path / "centre"
+    assert cli("central", "--store", str(store), "keygen").returncode == 0
+    data = yaml.safe_load(default_config_text())
+    data["mqtt"].update({"port": broker.port, "keepalive_s": 5})
+    data["storage"]["path"] = str(tmp_path / "state")
+    data["commands"] = {"public_key_file": str(store / "centre.pub")}
+    data["cameras"][1]["live"] = {"mode": "always"}  # gym-cam relays all the time
+    path = tmp_path / "agent.yaml"
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    return AgentProcess(path), store
+
+
+def _central(broker: Mosquitto, store: Path, *args: str) -> dict[str, object]:
+    r = cli("central", "--broker", broker.url, "--store", str(store), *args, timeout=30)
+    assert r.returncode == 0, r.stdout + r.stderr
+    return json.loads(r.stdout)  # type: ignore[no-any-return]
+
+
+def test_live_on_request_writes_a_growing_playable_file(school: tuple[AgentProcess, Path],
+                                                        broker: Mosquitto) -> None:
+    agent, store = school
+    centre = Centre(broker, store).start()
+    try:
+        agent.start()
+        result = _central(broker, store, "live", "sim-school", "entrance-cam", "--seconds", "3")
+        session = result["data"]["session"]  # type: ignore[index]
+        live = store / "sim-school" / "live" / str(session) / "entrance-cam.ts"
+        wait_for(lambda: live.exists() and live.stat().st_size > 0, 10, "the first live segment")
+        first = live.stat().st_size
+        wait_for(lambda: live.stat().st_size > first, 10, "the file growing")
+        time.sleep(4)  # the session ends by itself after 3 s
+        size = live.stat().st_size
+        time.sleep(2)
+        assert live.stat().st_size == size, "live kept flowing after the session ended"
+        assert _duration(live) >= 2.0
+    finally:
+        agent.close()
+        centre.stop()
+
+
+def test_always_on_live_flows_without_a_request(school: tuple[AgentProcess, Path],
+                                                broker: Mosquitto) -> None:
+    agent, store = school
+    centre = Centre(broker, store).start()
+    try:
+        agent.start()
+        live = store / "sim-school" / "live" / "always" / "gym-cam.ts"
+        wait_for(lambda: live.exists() and live.stat().st_size > 0, 15, "always-on live")
+        assert not (store / "sim-school" / "live" / "always" / "entrance-cam.ts").exists()
+    finally:
+        agent.close()
+        centre.stop()
+
+
+def test_fetch_pulls_recorded_history_as_a_verified_clip(school: tuple[AgentProcess, Path],
+                                                         broker: Mosquitto) -> None:
+    agent, store = school
+    centre = Centre(broker, store).start()
+    try:
+        agent.start()
+        time.sleep(5)
+        now = time.time()
+        stamp = lambda t: datetime.fromtimestamp(t, UTC).isoformat()  # noqa: E731
+        result = _central(broker, store, "fetch", "sim-school", "office-cam",
+                          "--from", stamp(now - 4), "--to", stamp(now - 1))
+        clip_id = result["data"]["clip_id"]  # type: ignore[index]
+        clip = store / "sim-school" / str(clip_id) / "office-cam.ts"
+        wait_for(clip.exists, 15, "the fetched clip")
+        assert _duration(clip) >= 2.0
+        assert json.loads(clip.with_name("office-cam.verify.json").read_text())["verified"]
+        r = cli("central", "--broker", broker.url, "--store", str(store), "fetch", "sim-school",
+                "office-cam", "--from", "2020-01-01T00:00:00Z", "--to", "2020-01-01T00:10:00Z")
+        assert r.returncode == 1 and "no_video" in r.stdout
+    finally:
+        agent.close()
+        centre.stop()
+
+
+def test_live_skips_to_the_newest_segment_when_the_link_is_behind(tmp_path: Path,
+                                                                  broker: Mosquitto) -> None:
+    topics = Topics("schools", "site-a")
+    box = Outbox.open(tmp_path / "o.db")
+    col = Collector(broker.port, ["schools/site-a/live/#"], client_id="live").start()
+    up = Uplink(_mqtt(broker.port), topics, box, lambda s, _r: s.encode(), max_video_kbps=160)
+    up.start()
+    try:
+        wait_for(lambda: up.state == "online", 10, "online")
+        for seq in range(10):  # 10 segments of 30 KB in 1 s, on a 20 KB/s cap
+            up.post_live(topics.live("cam"), [b"%02d" % seq + b"x" * 10_000 for _ in range(3)])
+            time.sleep(0.1)
+        wait_for(lambda: any(p[:2] == b"09" for _, p, _ in col.messages), 15, "the newest")
+        seqs = sorted({int(p[:2]) for _, p, _ in col.messages})
+        assert 9 in seqs and len(seqs) < 10, seqs  # skipped some, never fell behind for good
+        assert up.live_dropped > 0
+    finally:
+        up.stop()
+        col.stop()
+        box.close()
