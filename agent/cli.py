@@ -101,7 +101,8 @@ def build_parser() -> argparse.ArgumentParser:
     a = actions.add_parser("fetch", help="pull recorded video from the box's buffer")
     a.add_argument("site")
     a.add_argument("camera")
-    a.add_argument("--from", dest="start", required=True, help="RFC 3339, e.g. 2026-11-25T08:00:00Z")
+    a.add_argument("--from", dest="start", required=True,
+                   help="RFC 3339, e.g. 2026-11-25T08:00:00Z")
     a.add_argument("--to", dest="end", required=True, help="RFC 3339; at most an hour after --from")
     a = actions.add_parser("keygen", help="make the centre's key pair in STORE")
     a = actions.add_parser("status", help="each site's state and any missing alarms (seq gaps)")

@@ -37,9 +37,9 @@ from agent.commands import (
     Command,
     CommandRejected,
     CommandRouter,
+    CommandVerifier,
     FetchArgs,
     LiveArgs,
-    CommandVerifier,
     NonceStore,
     TestModeArgs,
     load_public_key,
@@ -62,8 +62,8 @@ from agent.protocol import (
     rfc3339,
 )
 from agent.sdnotify import Notifier
-from agent.uplink import Uplink
 from agent.segmenter import Segment
+from agent.uplink import Uplink
 from agent.video import Video, live_chunks
 
 log = logging.getLogger("agent.daemon")

@@ -387,7 +387,7 @@ class Uplink:
     def _next_live(self) -> list[Message]:
         """The oldest waiting live chunk of any camera (peeked; taken once it is published)."""
         with self._latest_lock:
-            for topic, waiting in self._live.items():
+            for waiting in self._live.values():
                 if waiting:
                     return [waiting[0]]
         return []
