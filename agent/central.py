@@ -324,7 +324,12 @@ def run_receiver(broker: str, topic_prefix: str, store: Path, client_id: str | N
 
     client.on_connect = on_connect
     def on_message(c: mqtt.Client, _u: Any, msg: mqtt.MQTTMessage) -> None:
-        for topic, payload in receiver.handle(msg.topic, bytes(msg.payload)):
+        try:
+            replies = receiver.handle(msg.topic, bytes(msg.payload))
+        except Exception:  # a failure on one message must not silence the centre for all
+            log.exception("receiver failed on a message on %s; carrying on", msg.topic)
+            return
+        for topic, payload in replies:
             c.publish(topic, payload, qos=1)
 
     client.on_message = on_message
@@ -336,15 +341,15 @@ def run_receiver(broker: str, topic_prefix: str, store: Path, client_id: str | N
     try:
         (stop or threading.Event()).wait()
     finally:
-        if receiver.ledger is not None:
-            receiver.ledger.close()
         info = client.publish(presence, presence_payload("offline", time.time()), qos=1,
                               retain=True)
         if receiver.connected.is_set():
             with contextlib.suppress(RuntimeError, ValueError):  # not connected after all
                 info.wait_for_publish(2)
         client.disconnect()
-        client.loop_stop()
+        client.loop_stop()  # no callback runs after this: the ledger may close
+        if receiver.ledger is not None:
+            receiver.ledger.close()
 
 
 # --- commanding a box ---------------------------------------------------------------------------

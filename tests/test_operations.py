@@ -11,7 +11,7 @@ from agent.config import load_config
 from agent.daemon import Daemon
 from agent.mosquitto import Mosquitto
 from agent.sdnotify import Notifier
-from tests.conftest import AgentProcess, Collector, cli, wait_for
+from tests.conftest import AgentProcess, Collector, cli, wait_for, write_config
 
 
 def test_walk_test_marks_alarms_and_the_centre_sees_it(agent_process: AgentProcess,
@@ -76,3 +76,31 @@ def test_health_telemetry_is_published_retained(agent_config: Path, broker: Mosq
         d.request_stop()
         runner.join(5)
         d.stop()
+
+
+def test_no_secret_reaches_a_log_line(tmp_path: Path, broker: Mosquitto) -> None:
+    """A camera that cannot be reached is logged by address, never with its password; nor is
+    the broker password."""
+    secret, cam_secret = "s3cr3t-broker-pw", "Cam3raP4ss"
+    (tmp_path / "pw").write_text(secret + "\n")
+    (tmp_path / "pw").chmod(0o600)
+    cfg = write_config(
+        tmp_path / "agent.yaml", broker.port, tmp_path / "state",
+        cameras=[{"id": "hall-cam", "source": f"rtsp://admin:{cam_secret}@127.0.0.1:9/stream"}],
+    )
+    text = cfg.read_text().replace("  keepalive_s: 5\n",
+                                   f"  keepalive_s: 5\n  username: box\n  password_file: "
+                                   f"{tmp_path / 'pw'}\n")
+    cfg.write_text(text)
+    agent = AgentProcess(cfg).start()
+    try:
+        wait_for(lambda: "hall-cam" in agent.output() and "rtsp://" in agent.output(), 15,
+                 "the camera failure logged")
+        status = json.dumps(agent.status())
+    finally:
+        agent.kill()
+        agent.close()
+    out = agent.output()
+    assert "admin:***@" in out, out[-2000:]
+    assert cam_secret not in out and secret not in out
+    assert cam_secret not in status and secret not in status
