@@ -219,12 +219,14 @@ class Outbox:
             "DELETE FROM messages WHERE id = ?", [(i,) for i in message_ids]), durable=False)
 
     def drop_oldest_clip(self, keep: str) -> str | None:
-        """Drop every queued chunk of the oldest clip's event (not ``keep``, the one being
-        recorded); returns its event id, or None when there is nothing else to drop."""
+        """Drop every queued chunk of the oldest clip queued before ``keep`` (the one being
+        recorded); returns its event id, or None when no older clip is left. Only older ones:
+        clips recorded at the same time must not drop each other in turn."""
 
         def tx(conn: sqlite3.Connection) -> str | None:
             row = conn.execute(
-                "SELECT key FROM messages WHERE priority = ? AND key NOT LIKE ? "
+                "SELECT key FROM messages WHERE priority = ? AND id < "
+                "(SELECT COALESCE(MIN(id), 0) FROM messages WHERE key LIKE ?) "
                 "ORDER BY id LIMIT 1", (int(Priority.CLIP), f"{keep}/%")).fetchone()
             if row is None:
                 return None

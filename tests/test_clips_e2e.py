@@ -115,3 +115,37 @@ def test_only_linked_cameras_send_clips(tmp_path: Path, broker: Mosquitto, butto
     finally:
         agent.close()
         centre.stop()
+
+
+def test_spool_over_budget_drops_the_oldest_clip_never_an_alarm(tmp_path: Path,
+                                                                broker: Mosquitto) -> None:
+    """A long outage, many alarms, a tiny spool: every alarm still arrives; the oldest clips
+    are dropped whole and the centre is told which, by a fault event."""
+    cfg = _config(tmp_path, broker.port)
+    data = yaml.safe_load(cfg.read_text())
+    data["storage"]["max_gb"] = 0.0003  # 300 KB: about two clips at 200 kbit/s
+    for cam in data["cameras"]:
+        cam["bitrate_kbps"] = 200
+    cfg.write_text(yaml.safe_dump(data, sort_keys=False))
+    centre = Centre(broker, tmp_path / "centre").start()
+    agent = AgentProcess(cfg).start()
+    try:
+        time.sleep(PRE_S + SEG_S)
+        broker.kill()
+        for button in ("entrance", "gym", "office", "entrance", "gym"):
+            agent.press(button)
+            time.sleep(1.5)
+        time.sleep(POST_S + 2 * SEG_S)
+        broker.start()
+        wait_for(lambda: len([a for a in centre.alarms() if a["kind"] == "panic"]) == 5, 20,
+                 "all five panic alarms")
+        faults = [a for a in centre.alarms() if a["kind"] == "fault"]
+        assert faults and all("dropped" in f["detail"] for f in faults)
+        dropped = {f["detail"].split()[3] for f in faults}  # "clip of alarm <id> dropped: ..."
+        panics = [a["event_id"] for a in centre.alarms() if a["kind"] == "panic"]
+        assert dropped <= set(panics[:-1]), "the newest clip must not be the one dropped"
+        wait_for(lambda: any(_clips(tmp_path / "centre")), 30, "the surviving clips")
+        assert not any(p.parent.name in dropped for p in _clips(tmp_path / "centre"))
+    finally:
+        agent.close()
+        centre.stop()

@@ -119,6 +119,8 @@ def test_dropping_the_oldest_clip_takes_all_its_chunks_never_alarms(tmp_path: Pa
     assert keys[0] == "alarm" and all(k.startswith("ev-new/") for k in keys[1:])
     assert len(keys) == 7
     assert box.drop_oldest_clip(keep="ev-new") is None  # the clip being recorded stays
+    box.add(Priority.CLIP, "c", "ev-newer/cam1/0/0", b"x")
+    assert box.drop_oldest_clip(keep="ev-new") is None  # a newer clip is never dropped for it
 
 
 def test_disk_refusing_writes_keeps_alarms_in_memory(tmp_path: Path) -> None:
