@@ -45,6 +45,7 @@ from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
+from agent.db import move_aside
 from agent.errors import AgentError
 from agent.protocol import clock_synced as kernel_clock_synced
 
@@ -242,7 +243,7 @@ def parse_fetch_args(args: Mapping[str, Scalar]) -> FetchArgs:
     start = reader.timestamp("from")
     end = reader.timestamp("to")
     reader.done()
-    if not 0 < end - start <= MAX_FETCH_SPAN_S:
+    if not 0 < round((end - start) * 1000) <= MAX_FETCH_SPAN_S * 1000:  # ms: the wire's unit
         raise CommandRejected("bad_args: to must be after from, by at most 3600 s")
     return FetchArgs(camera_id, start, end)
 
@@ -609,7 +610,7 @@ class NonceStore:
             conn = _connect_store(path)
         except sqlite3.DatabaseError as exc:
             try:
-                aside = _move_aside(path)
+                aside = move_aside(path)
             except OSError as exc2:
                 raise NonceStoreError(f"replay cache {path} is corrupt ({exc}) and cannot be"
                                       f" moved aside: {exc2}") from exc2
@@ -727,15 +728,6 @@ def _connect_store(path: Path) -> sqlite3.Connection:
         conn.close()
         raise
     return conn
-
-
-def _move_aside(path: Path) -> Path:
-    aside = path.with_name(f"{path.name}.corrupt-{time.strftime('%Y%m%dT%H%M%S')}")
-    for suffix in ("", "-wal", "-shm"):
-        src = Path(f"{path}{suffix}")
-        if src.exists():
-            src.rename(Path(f"{aside}{suffix}"))
-    return aside
 
 
 # --------------------------------------------------------------------------------------------------

@@ -34,12 +34,12 @@ import logging
 import os
 import sqlite3
 import threading
-import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar
 
+from agent.db import move_aside
 from agent.errors import OutboxError
 from agent.protocol import Priority
 
@@ -116,7 +116,7 @@ class Outbox:
         try:
             conn = _connect(path)
         except sqlite3.DatabaseError as exc:
-            aside = _move_aside(path)
+            aside = move_aside(path)
             log.error(
                 "outbox %s is corrupt (%s); moved it to %s and started a clean one",
                 path, exc, aside,
@@ -368,15 +368,6 @@ def _connect(path: Path) -> sqlite3.Connection:
         raise
     os.chmod(path, 0o600)
     return conn
-
-
-def _move_aside(path: Path) -> Path:
-    aside = path.with_name(f"{path.name}.corrupt-{time.strftime('%Y%m%dT%H%M%S')}")
-    for suffix in ("", "-wal", "-shm"):
-        src = Path(f"{path}{suffix}")
-        if src.exists():
-            src.rename(Path(f"{aside}{suffix}"))
-    return aside
 
 
 def _insert(

@@ -29,6 +29,7 @@ from agent.cameras import (
 )
 from agent.errors import CameraError
 from agent.segmenter import Segment, Segmenter
+from tests.conftest import wait_for
 from tests.rtsp_server import RtspServer
 from tests.video_fixtures import (
     camera_config,
@@ -36,8 +37,7 @@ from tests.video_fixtures import (
     h264_file_fixture,  # noqa: F401  (fixture)
     make_h264_file,
     rtsp_server_fixture,  # noqa: F401  (fixture)
-    wait_until,
-)
+    )
 
 
 class Collect:
@@ -183,7 +183,7 @@ def test_picamera2_source_without_the_library_says_how_to_install_it() -> None:
     camera = Camera("pi", Picamera2Source(0, width=64, height=64, fps=10, gop=10, bitrate_kbps=100),
                     Collect())  # fmt: skip
     camera.start()
-    wait_until(lambda: camera.state == "failed", 5, "state failed")
+    wait_for(lambda: camera.state == "failed", 5, "state failed")
     camera.stop()
     assert camera.state == "failed"
 
@@ -203,7 +203,7 @@ def test_camera_thread_is_named_and_stops_within_two_seconds() -> None:
     sink = Collect()
     camera = Camera("front", SyntheticSource(width=160, height=96, fps=15), sink)
     camera.start()
-    wait_until(lambda: sink.count() > 3, 5, "packets")
+    wait_for(lambda: sink.count() > 3, 5, "packets")
     assert "camera-front" in [t.name for t in threading.enumerate()]
     assert camera.status().state == "streaming" and camera.last_packet_at is not None
     started = time.monotonic()
@@ -220,7 +220,7 @@ def test_one_failing_camera_does_not_affect_another(tmp_path: Path) -> None:
     good.start()
     bad.start()
     try:
-        wait_until(lambda: bad.state == "reconnecting", 5, "bad camera reconnecting")
+        wait_for(lambda: bad.state == "reconnecting", 5, "bad camera reconnecting")
         before = good_sink.count()
         time.sleep(0.5)
         assert good_sink.count() > before and good.state == "streaming"
@@ -238,7 +238,7 @@ def test_a_sink_that_raises_does_not_stop_the_camera(caplog: pytest.LogCaptureFi
 
     camera = Camera("c", SyntheticSource(width=160, height=96, fps=30), broken)
     camera.start()
-    wait_until(lambda: len(calls) >= 5, 5, "several packets despite errors")
+    wait_for(lambda: len(calls) >= 5, 5, "several packets despite errors")
     camera.stop()
     assert "sink failed" in caplog.text
 
@@ -255,7 +255,7 @@ def test_corrupt_bytes_in_a_file_are_skipped_without_a_crash(tmp_path: Path) -> 
     camera = Camera("c", DemuxSource(str(path), pace="simulated", loop=True), segmenter)
     camera.start()
     try:
-        wait_until(lambda: len(segments) >= 14, 10, "segments past the corruption, twice")
+        wait_for(lambda: len(segments) >= 14, 10, "segments past the corruption, twice")
     finally:
         camera.stop()
     assert camera.state == "stopped" and camera.reconnects == 0
@@ -270,7 +270,7 @@ def test_garbage_file_keeps_the_camera_reconnecting(tmp_path: Path) -> None:
     path.write_bytes(bytes(range(256)) * 400)
     camera = Camera("g", DemuxSource(str(path)), Collect())
     camera.start()
-    wait_until(lambda: camera.state == "reconnecting", 5, "reconnecting")
+    wait_for(lambda: camera.state == "reconnecting", 5, "reconnecting")
     started = time.monotonic()
     camera.stop()
     assert time.monotonic() - started < 2.0 and camera.state == "stopped"
@@ -285,7 +285,7 @@ def test_rtsp_ingest_gives_decodable_segments(rtsp_server: RtspServer) -> None:
     camera = Camera("door", rtsp_source(rtsp_server.url), segmenter, stall_s=3)
     camera.start()
     try:
-        wait_until(lambda: len(segments) >= 2, 15, "two segments from RTSP")
+        wait_for(lambda: len(segments) >= 2, 15, "two segments from RTSP")
     finally:
         camera.stop()
     for segment in segments:
@@ -301,17 +301,17 @@ def test_rtsp_server_killed_and_restarted_reconnects_and_records_the_gap(
     camera = Camera("door", rtsp_source(rtsp_server.url), sink, stall_s=3)
     camera.start()
     try:
-        wait_until(lambda: camera.state == "streaming", 10, "streaming")
+        wait_for(lambda: camera.state == "streaming", 10, "streaming")
         killed_at = time.time()
         rtsp_server.kill()
-        wait_until(lambda: camera.state == "reconnecting", 5, "loss noticed")
+        wait_for(lambda: camera.state == "reconnecting", 5, "loss noticed")
         rtsp_server.start()
-        wait_until(lambda: camera.reconnects == 1, 15, "reconnected")
+        wait_for(lambda: camera.reconnects == 1, 15, "reconnected")
         assert camera.state == "streaming"
         [(gap_start, gap_end)] = camera.gaps
         assert gap_start <= killed_at + 0.5 and gap_end > killed_at
         count = sink.count()
-        wait_until(lambda: sink.count() > count + 10, 5, "packets after reconnect")
+        wait_for(lambda: sink.count() > count + 10, 5, "packets after reconnect")
     finally:
         camera.stop()
     pts = [p.pts for p in sink.packets]
@@ -323,11 +323,11 @@ def test_rtsp_stall_is_detected_and_recovered(rtsp_server: RtspServer) -> None:
     camera = Camera("door", rtsp_source(rtsp_server.url, io_timeout_s=1), sink, stall_s=1)
     camera.start()
     try:
-        wait_until(lambda: camera.state == "streaming", 10, "streaming")
+        wait_for(lambda: camera.state == "streaming", 10, "streaming")
         rtsp_server.pause()
-        wait_until(lambda: camera.state == "reconnecting", 5, "stall noticed")
+        wait_for(lambda: camera.state == "reconnecting", 5, "stall noticed")
         rtsp_server.resume()
-        wait_until(lambda: camera.reconnects >= 1, 15, "recovered")
+        wait_for(lambda: camera.reconnects >= 1, 15, "recovered")
     finally:
         rtsp_server.resume()
         camera.stop()
@@ -343,7 +343,7 @@ def test_rtsp_password_never_appears_in_logs_or_errors(
     for url in (good, dead):
         camera = Camera("door", rtsp_source(url), sink, stall_s=3)
         camera.start()
-        wait_until(lambda: camera.state in ("streaming", "reconnecting"), 10, "a state")  # noqa: B023
+        wait_for(lambda: camera.state in ("streaming", "reconnecting"), 10, "a state")  # noqa: B023
         camera.stop()
     with pytest.raises(CameraError) as info:
         rtsp_source(dead).open(3.0)

@@ -16,7 +16,8 @@ from agent.cameras import Camera, StreamInfo, SyntheticSource
 from agent.clips import ClipRecorder, ClipSegment
 from agent.segmenter import RingBuffer, Segment, Segmenter
 from agent.store import SegmentStore
-from tests.video_fixtures import decode, wait_until
+from tests.conftest import wait_for
+from tests.video_fixtures import decode
 
 
 def segment(index: int, start: float, duration: float = 2.0, camera: str = "cam") -> Segment:
@@ -67,7 +68,7 @@ def test_clip_covers_pre_and_post_within_one_segment(store: SegmentStore) -> Non
     clips.start("evt-1", pressed_at, ["cam"], pre_s=10.0, post_s=10.0)
     for i in range(16, 20):  # the camera goes on: post-alarm video
         ring.add(segment(i, t0 + 2 * i))
-    final = wait_until(announced.final, 5, "final segment")
+    final = wait_for(announced.final, 5, "final segment")
     clips.close()
 
     items = announced.items
@@ -91,10 +92,10 @@ def test_a_clip_from_a_real_camera_decodes_and_spans_the_window(store: SegmentSt
     camera.start()
     clips, announced = recorder({"cam": ring}, store)
     try:
-        wait_until(lambda: len(ring.segments()) >= 3, 10, "1.5 s of pre-alarm video")
+        wait_for(lambda: len(ring.segments()) >= 3, 10, "1.5 s of pre-alarm video")
         pressed_at = time.time()
         clips.start("evt-2", pressed_at, ["cam"], pre_s=1.0, post_s=1.0)
-        wait_until(announced.final, 10, "final segment")
+        wait_for(announced.final, 10, "final segment")
     finally:
         clips.close()
         camera.stop()
@@ -115,7 +116,7 @@ def test_a_camera_that_dies_gives_a_truncated_final_segment(store: SegmentStore)
     clips, announced = recorder({"cam": ring}, store, grace_s=0.3)
     clips.start("evt-3", now - 0.5, ["cam"], pre_s=4.0, post_s=1.0)  # wants video to now + 0.5
     started = time.monotonic()
-    final = wait_until(announced.final, 5, "truncated final segment")
+    final = wait_for(announced.final, 5, "truncated final segment")
     clips.close()
     assert 0.6 < time.monotonic() - started < 2.5
     assert final.truncated and final.segment.index == 2
@@ -137,7 +138,7 @@ def test_start_returns_at_once_even_when_the_disk_is_slow(tmp_path: Path) -> Non
     started = time.monotonic()
     clips.start("evt-4", now, ["cam"], pre_s=30.0, post_s=0.0)
     assert time.monotonic() - started < 0.05
-    wait_until(announced.final, 10, "the clip, eventually")
+    wait_for(announced.final, 10, "the clip, eventually")
     clips.close()
     assert len(announced.items) == 15
 
@@ -150,7 +151,7 @@ def test_two_alarms_share_segments_and_pin_them_both(store: SegmentStore) -> Non
     clips, announced = recorder({"cam": ring}, store)
     clips.start("evt-a", now - 4, ["cam"], pre_s=4.0, post_s=2.0)
     clips.start("evt-b", now - 2, ["cam"], pre_s=4.0, post_s=2.0)
-    wait_until(lambda: len([i for i in announced.items if i.final]) == 2, 5, "both clips")
+    wait_for(lambda: len([i for i in announced.items if i.final]) == 2, 5, "both clips")
     clips.close()
     shared = {i.segment.path for i in announced.items if i.event_id == "evt-a"} & {
         i.segment.path for i in announced.items if i.event_id == "evt-b"
@@ -170,7 +171,7 @@ def test_unknown_camera_is_skipped_and_others_still_record(
         ring.add(segment(i, now - 8 + 2 * i))
     clips, announced = recorder({"cam": ring}, store)
     clips.start("evt-5", now - 2, ["ghost", "cam"], pre_s=2.0, post_s=1.0)
-    wait_until(announced.final, 5, "clip from the known camera")
+    wait_for(announced.final, 5, "clip from the known camera")
     clips.close()
     assert "no camera 'ghost'" in caplog.text
 
@@ -181,7 +182,7 @@ def test_close_stores_open_clips_as_truncated(store: SegmentStore) -> None:
     ring.add(segment(0, now - 2))
     clips, announced = recorder({"cam": ring}, store)
     clips.start("evt-6", now, ["cam"], pre_s=2.0, post_s=30.0)
-    wait_until(lambda: clips.active() == 1, 2, "clip registered")
+    wait_for(lambda: clips.active() == 1, 2, "clip registered")
     clips.close()
     final = announced.final()
     assert final is not None and final.truncated and final.segment.path.exists()
@@ -204,7 +205,7 @@ def test_with_recording_off_no_video_touches_the_disk_until_an_alarm(tmp_path: P
             time.sleep(0.01)
         assert len(ring.segments()) >= 3 and seen == set()
         clips.start("evt-7", time.time(), ["cam"], pre_s=1.0, post_s=0.5)
-        wait_until(announced.final, 10, "clip")
+        wait_for(announced.final, 10, "clip")
     finally:
         clips.close()
         camera.stop()
