@@ -59,3 +59,40 @@ def test_selftest_says_what_to_do_when_the_broker_is_down(tmp_path: Path,
     broker_line = next(line for line in r.stdout.splitlines() if line.startswith("broker"))
     assert "FAIL" in broker_line
     assert "-> check mqtt.host/port" in r.stdout
+
+
+def test_demo_shows_the_alarm_and_clip_then_stops_on_ctrl_c(tmp_path: Path) -> None:
+    """The README's first command: it presses a button, shows what the centre received, and
+    stops cleanly on Ctrl-C (SIGINT), leaving no broker behind."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from tests.conftest import REPO
+
+    proc = subprocess.Popen([sys.executable, "-m", "agent.cli", "demo", "--state",
+                             str(tmp_path / "demo")], cwd=REPO, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+    lines: list[str] = []
+    try:
+        assert proc.stdout is not None
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            line = proc.stdout.readline()
+            lines.append(line)
+            if "Ctrl-C stops the demo" in line or not line:
+                break
+        text = "".join(lines)
+        assert "ЦОУ <- ALARM sim-school/entrance" in text, text
+        assert "ЦОУ <- CLIP entrance-cam" in text, text
+        proc.send_signal(signal.SIGINT)
+        out, _ = proc.communicate(timeout=15)
+        assert proc.returncode == 0 and "demo stopped." in out
+        assert "Traceback" not in text + out
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert (tmp_path / "demo" / "broker").exists()  # the demo kept its state where asked
+    assert subprocess.run(["pgrep", "-f", str(tmp_path / "demo" / "broker")],
+                          capture_output=True).returncode == 1, "a broker outlived the demo"
