@@ -1,0 +1,141 @@
+"""The link dies without a goodbye: no FIN, no RST, TCP just hangs.
+
+The broker runs in its own network namespace, reached from the agent's namespace through a veth
+pair (tests/fault/conftest.py: NetLab). A cut is either the broker's end of the cable going
+dark (``down``: the agent's end loses carrier but keeps its address) or a black hole (every
+packet dropped both ways by a ``pfifo limit 0`` qdisc, the link still up: SYNs vanish, so
+connect() itself hangs until its timeout). The agent must notice through MQTT keepalive
+(within 2 x keepalive_s), keep every press meanwhile, reconnect when the link returns and
+deliver everything, in seq order.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import wait_for
+from tests.fault.conftest import (
+    KEEPALIVE_S,
+    MQTT_PORT,
+    Centre,
+    FaultAgent,
+    NetLab,
+    Presser,
+    Tally,
+    fault_config,
+    fault_seed,
+    kill_quietly,
+)
+
+
+def _online(agent: FaultAgent, lab: NetLab, tmp_path: Path, name: str) -> Centre:
+    centre = Centre("127.0.0.1", MQTT_PORT, tmp_path / "centre", netns=lab.srv,
+                    name=f"c-{name}").start()
+    agent.start()
+    wait_for(lambda: agent.uplink_state() == "online", 15, "the agent online")
+    wait_for(lambda: (agent.status() or {})["uplink"]["centre"] == "listening", 10,
+             "the centre's presence at the agent")
+    return centre
+
+
+def _one_cut(lab: NetLab, agent: FaultAgent, presser: Presser, centre: Centre, tally: Tally,
+             mode: str, hold_s: float | None) -> dict[str, float]:
+    """Cut, press, (wait for the agent to notice, or hold_s), press, restore; the timings."""
+    lab.cut(mode)
+    t_cut = time.monotonic()
+    presser.press()  # handed to paho on a connection that is already dead
+    detect = float("nan")
+    if hold_s is None:  # hold until the agent itself declares the link dead
+        wait_for(lambda: agent.uplink_state() != "online", 3 * KEEPALIVE_S,
+                 "the agent to notice the dead link via keepalive")
+        detect = time.monotonic() - t_cut
+        presser.press()  # waits in the outbox while the agent retries
+        time.sleep(1.5)  # a few failed reconnects
+    else:
+        time.sleep(hold_s)
+        presser.press()
+    waiting = [eid for eid in tally.acked if eid not in centre.received_ids()]
+    lab.restore()
+    t_up = time.monotonic()
+    tally.wait_delivered(centre, 20)
+    arrivals = [t for t in (centre.arrival(e) for e in waiting) if t is not None]
+    first = min(arrivals) - t_up if arrivals else float("nan")
+    return {"detect_s": detect, "restore_to_first_alarm_s": first,
+            "cut_s": t_up - t_cut}
+
+
+@pytest.mark.parametrize("mode", ["down", "blackhole"])
+def test_link_cut_longer_than_keepalive(netlab: NetLab, tmp_path: Path, mode: str) -> None:
+    name = f"link_cut_{mode}"
+    storage = tmp_path / "state"
+    cfg = fault_config(tmp_path / "agent.yaml", storage, host=netlab.b_addr)
+    agent = FaultAgent(cfg, netns=netlab.box)
+    tally = Tally(name)
+    centre = _online(agent, netlab, tmp_path, name)
+    try:
+        presser = Presser(storage, tally)
+        presser.press_n(2)
+        tally.wait_delivered(centre, 10)
+        t = _one_cut(netlab, agent, presser, centre, tally, mode, hold_s=None)
+        presser.press()
+        tally.wait_delivered(centre, 15)
+        info = tally.report(centre, **{k: f"{v:.2f}" for k, v in t.items()})
+        tally.assert_ok(info)
+        assert t["detect_s"] <= 2 * KEEPALIVE_S + 1.5, "keepalive did not notice the dead link"
+        assert "connection lost" in agent.output() or "disconnected" in agent.output()
+    finally:
+        kill_quietly(agent)
+        centre.stop()
+
+
+def test_short_cut_tcp_survives(netlab: NetLab, tmp_path: Path) -> None:
+    """Shorter than keepalive: the connection survives, TCP retransmits, nothing is lost."""
+    name = "link_cut_short"
+    storage = tmp_path / "state"
+    cfg = fault_config(tmp_path / "agent.yaml", storage, host=netlab.b_addr)
+    agent = FaultAgent(cfg, netns=netlab.box)
+    tally = Tally(name)
+    centre = _online(agent, netlab, tmp_path, name)
+    try:
+        presser = Presser(storage, tally)
+        presser.press()
+        t = _one_cut(netlab, agent, presser, centre, tally, "down", hold_s=2.0)
+        info = tally.report(centre, **{k: f"{v:.2f}" for k, v in t.items()})
+        tally.assert_ok(info)
+    finally:
+        kill_quietly(agent)
+        centre.stop()
+
+
+@pytest.mark.slow
+def test_soak_link_cut_many_times(netlab: NetLab, tmp_path: Path) -> None:
+    """Many cuts of random kind and length, some shorter and some longer than keepalive."""
+    name = "soak_link_cut"
+    seed = fault_seed(name)
+    rng = random.Random(seed)
+    storage = tmp_path / "state"
+    cfg = fault_config(tmp_path / "agent.yaml", storage, host=netlab.b_addr)
+    agent = FaultAgent(cfg, netns=netlab.box)
+    tally = Tally(name)
+    centre = _online(agent, netlab, tmp_path, name)
+    worst, worst_cut = 0.0, ""
+    try:
+        presser = Presser(storage, tally)
+        for _ in range(12):
+            presser.press_n(rng.randint(0, 2))
+            mode = rng.choice(["down", "blackhole"])
+            hold = rng.choice([None, rng.uniform(0.2, 4.0)])
+            t = _one_cut(netlab, agent, presser, centre, tally, mode, hold_s=hold)
+            if t["restore_to_first_alarm_s"] > worst:
+                worst = t["restore_to_first_alarm_s"]
+                worst_cut = f"{mode}/{t['cut_s']:.1f}s"
+        info = tally.report(centre, seed=seed, cuts=12, worst_restore_s=f"{worst:.2f}",
+                            worst_cut=worst_cut)
+        tally.assert_ok(info)
+    finally:
+        kill_quietly(agent)
+        centre.stop()

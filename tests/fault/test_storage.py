@@ -1,0 +1,426 @@
+"""The agent's storage fails: full, read-only, or an outbox file found corrupt at start-up.
+
+A broken disk must never silence a button: when SQLite cannot write, the outbox holds the
+alarm in memory and sends it all the same (agent/outbox.py: add_alarm, ``durable`` in the reply
+of ``simulate``). A corrupt outbox is moved aside and a clean one started, loudly.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import random
+import signal
+import sqlite3
+import struct
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from agent.mosquitto import Mosquitto
+from tests.conftest import wait_for
+from tests.fault.conftest import (
+    Centre,
+    FaultAgent,
+    Mount,
+    Presser,
+    Tally,
+    fault_config,
+    fault_seed,
+    fill_disk,
+    kill_quietly,
+)
+
+
+def _start(tmp_path: Path, broker: Mosquitto, storage: Path, name: str,
+           centre_up: bool = True) -> tuple[FaultAgent, Centre, Presser, Tally]:
+    cfg = fault_config(tmp_path / "agent.yaml", storage, port=broker.port)
+    centre = Centre("127.0.0.1", broker.port, tmp_path / "centre", name=f"c-{name}")
+    if centre_up:
+        centre.start()
+    agent = FaultAgent(cfg).start()
+    if centre_up:
+        wait_for(lambda: (agent.status() or {})["uplink"]["centre"] == "listening", 10,
+                 "the centre's presence")
+    tally = Tally(name)
+    return agent, centre, Presser(storage, tally), tally
+
+
+# --- full -----------------------------------------------------------------------------------------
+
+
+def test_disk_full_alarm_still_reaches_the_centre(
+    tmp_path: Path, broker: Mosquitto, tmpfs: Callable[[str], Mount]
+) -> None:
+    disk = tmpfs("4m")
+    agent, centre, presser, tally = _start(tmp_path, broker, disk.path, "disk_full")
+    try:
+        before = presser.press_n(2)
+        tally.wait_delivered(centre, 10)
+        filled = fill_disk(disk.path)
+        during = presser.press_n(4)
+        tally.wait_delivered(centre, 10)
+        status = agent.status() or {}
+        for f in disk.path.glob("filler*"):
+            f.unlink()
+        after = presser.press_n(2)
+        tally.wait_delivered(centre, 10)
+        info = tally.report(centre, filled_bytes=filled,
+                            durable_while_full=sum(e["durable"] for e in during),
+                            held_in_memory=sum(not e["durable"] for e in during))
+        tally.assert_ok(info)
+        assert all(e["durable"] for e in before + after)
+        assert not all(e["durable"] for e in during), "the full disk never refused a write"
+        assert status["outbox"]["disk_error"], "status does not show the disk error"
+        assert "NOT on disk" in agent.output()
+    finally:
+        kill_quietly(agent)
+        centre.stop()
+
+
+def _full_cycles(tmp_path: Path, broker: Mosquitto, disk: Mount, name: str,
+                 cycles: int) -> None:
+    agent, centre, presser, tally = _start(tmp_path, broker, disk.path, name)
+    held = 0
+    try:
+        presser.press()
+        for _ in range(cycles):
+            fill_disk(disk.path)
+            held += sum(not e["durable"] for e in presser.press_n(2))
+            for f in disk.path.glob("filler*"):
+                f.unlink()
+            presser.press_n(2)
+        tally.wait_delivered(centre, 20)
+        info = tally.report(centre, cycles=cycles, held_in_memory=held)
+        tally.assert_ok(info)
+    finally:
+        kill_quietly(agent)
+        centre.stop()
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "agent/outbox.py Outbox._hold_in_memory re-reads the disk's seq only while _memory_seq "
+    "is 0: after a first full-disk episode, a second one continues from the first one's "
+    "counter and hands out seqs the disk already used (two alarms with the same seq)"))
+def test_disk_full_twice_seq_stays_unique(
+    tmp_path: Path, broker: Mosquitto, tmpfs: Callable[[str], Mount]
+) -> None:
+    _full_cycles(tmp_path, broker, tmpfs("4m"), "disk_full_twice", cycles=2)
+
+
+@pytest.mark.slow
+@pytest.mark.xfail(strict=True, reason="the same bug as test_disk_full_twice_seq_stays_unique")
+def test_soak_disk_full_cycles(
+    tmp_path: Path, broker: Mosquitto, tmpfs: Callable[[str], Mount]
+) -> None:
+    _full_cycles(tmp_path, broker, tmpfs("4m"), "soak_disk_full", cycles=25)
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "agent/outbox.py Outbox.next_batch puts every alarm held in memory AFTER every alarm on "
+    "disk, so an alarm committed once the disk is back (higher seq) is sent before the older "
+    "in-memory ones: 'Alarms go out in seq order' (docs/protocol.md) is broken"))
+def test_alarm_held_in_memory_keeps_its_place_in_seq_order(
+    tmp_path: Path, broker: Mosquitto, tmpfs: Callable[[str], Mount]
+) -> None:
+    disk = tmpfs("4m")
+    agent, centre, presser, tally = _start(tmp_path, broker, disk.path, "disk_full_order")
+    try:
+        presser.press()
+        tally.wait_delivered(centre, 10)
+        broker.kill()  # nothing leaves the box: the order is decided by the outbox alone
+        fill_disk(disk.path)
+        held = presser.press_n(2)
+        for f in disk.path.glob("filler*"):
+            f.unlink()
+        stored = presser.press_n(1)
+        broker.start()
+        tally.wait_delivered(centre, 15)
+        info = tally.report(centre, held_in_memory=sum(not e["durable"] for e in held),
+                            durable_after=sum(e["durable"] for e in stored))
+        assert [e["durable"] for e in held + stored] == [False, False, True]
+        tally.assert_ok(info)  # out_of_order must be 0
+    finally:
+        kill_quietly(agent)
+        centre.stop()
+
+
+# --- read-only ----------------------------------------------------------------------------------
+
+
+def _read_only_card(tmp_path: Path, broker: Mosquitto, card: Mount, name: str,
+                    rounds: int) -> None:
+    storage = card.path / "edge-agent"
+    agent, centre, presser, tally = _start(tmp_path, broker, storage, name)
+    held = 0
+    try:
+        presser.press_n(2)
+        tally.wait_delivered(centre, 10)
+        # What ext4 does on an SD card error with errors=remount-ro; unlike
+        # `mount -o remount,ro` it works while SQLite holds the outbox open for writing.
+        (card.sysfs() / "trigger_fs_error").write_text("fault test: card failing\n")
+        wait_for(lambda: _read_only(card.path), 5, "the kernel to remount the card read-only")
+        for _ in range(rounds):
+            held += sum(not e["durable"] for e in presser.press_n(2))
+            broker.kill()  # held in memory AND the broker gone: they wait for the reconnect
+            held += sum(not e["durable"] for e in presser.press_n(2))
+            broker.start()
+        tally.wait_delivered(centre, 20)
+        info = tally.report(centre, rounds=rounds, held_in_memory=held)
+        tally.assert_ok(info, in_order=False)
+        assert held == 4 * rounds, "a write to a read-only card 'succeeded'"
+        assert agent.proc is not None and agent.proc.poll() is None, "the agent died"
+    finally:
+        kill_quietly(agent)
+        centre.stop()
+
+
+def test_storage_turns_read_only_alarms_still_flow(
+    tmp_path: Path, broker: Mosquitto, ext4_loop: Callable[[str], Mount]
+) -> None:
+    _read_only_card(tmp_path, broker, ext4_loop("16M"), "read_only", rounds=1)
+
+
+@pytest.mark.slow
+def test_soak_storage_read_only(
+    tmp_path: Path, broker: Mosquitto, ext4_loop: Callable[[str], Mount]
+) -> None:
+    _read_only_card(tmp_path, broker, ext4_loop("16M"), "soak_read_only", rounds=15)
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "agent/outbox.py Outbox.mark_delivered acks an alarm held in memory on the broker's PUBACK "
+    "(the in-memory copy is dropped), so it skips the centre's receipt: a broker that then "
+    "loses its queue loses the alarm, where the same alarm on disk is resent (end to end, "
+    "docs/protocol.md)"))
+def test_alarm_held_in_memory_waits_for_the_centre_receipt(
+    tmp_path: Path, broker: Mosquitto, ext4_loop: Callable[[str], Mount]
+) -> None:
+    card = ext4_loop("16M")
+    storage = card.path / "edge-agent"
+    agent, centre, presser, tally = _start(tmp_path, broker, storage, "read_only_receipt")
+    try:
+        presser.press()
+        tally.wait_delivered(centre, 10)
+        (card.sysfs() / "trigger_fs_error").write_text("fault test: card failing\n")
+        wait_for(lambda: _read_only(card.path), 5, "the kernel to remount the card read-only")
+        centre.stop()  # the centre is away: the broker queues for its persistent session
+        wait_for(lambda: (agent.status() or {})["uplink"]["centre"] == "NOT listening", 10,
+                 "the agent to see the centre go")
+        [held] = presser.press()
+        assert not held["durable"]
+        wait_for(lambda: agent.outbox().get("alarm") == 0, 10, "the PUBACK")
+        broker.kill()  # and the broker loses its queue (a new broker, a lost volume)
+        for f in broker.workdir.glob("mosquitto.db*"):
+            f.unlink()
+        broker.start()
+        centre.start()
+        tally.wait_delivered(centre, 15)
+        info = tally.report(centre, held_in_memory=1)
+        tally.assert_ok(info)
+    finally:
+        kill_quietly(agent)
+        centre.stop()
+
+
+EXT4_IOC_SHUTDOWN = 0x8004587D  # _IOR('X', 125, __u32), include/uapi/linux/ext4.h
+EXT4_GOING_FLAGS_NOLOGFLUSH = 2
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "a read error kills the agent: agent/outbox.py reads (next_batch, depth, get, delivered) "
+    "let sqlite3.DatabaseError through untranslated, so the uplink thread dies in _pump "
+    "(it catches only OutboxError) and the main thread dies in Daemon._supervise -> "
+    "health_payload -> status -> outbox.depth; the alarms held in memory are never sent, and "
+    "_hold_in_memory restarts seq at 1 because it cannot read meta"))
+def test_failing_card_alarms_still_flow(
+    tmp_path: Path, broker: Mosquitto, ext4_loop: Callable[[str], Mount]
+) -> None:
+    """The card dies outright: every read AND write on it fails with EIO (ext4's shutdown
+    ioctl, what a card that drops off the bus looks like). Alarms must still go out."""
+    card = ext4_loop("16M")
+    storage = card.path / "edge-agent"
+    agent, centre, presser, tally = _start(tmp_path, broker, storage, "failing_card")
+    try:
+        presser.press_n(2)
+        tally.wait_delivered(centre, 10)
+        fd = os.open(card.path, os.O_RDONLY)
+        try:
+            fcntl.ioctl(fd, EXT4_IOC_SHUTDOWN, struct.pack("I", EXT4_GOING_FLAGS_NOLOGFLUSH))
+        finally:
+            os.close(fd)
+        during = presser.press_n(3)
+        tally.wait_delivered(centre, 15)
+        info = tally.report(centre, held_in_memory=sum(not e["durable"] for e in during),
+                            uplink=agent.uplink_state())
+        tally.assert_ok(info)
+        assert agent.proc is not None and agent.proc.poll() is None, "the agent died"
+    finally:
+        kill_quietly(agent)
+        centre.stop()
+
+
+def _read_only(path: Path) -> bool:
+    for line in Path("/proc/mounts").read_text().splitlines():
+        parts = line.split()
+        if parts[1] == str(path):
+            opts = parts[3].split(",")
+            return "ro" in opts or "emergency_ro" in opts
+    return False
+
+
+# --- corrupt ------------------------------------------------------------------------------------
+
+
+def _stop_cleanly(agent: FaultAgent) -> None:
+    """SIGTERM: SQLite checkpoints and removes the WAL, so the main file is the whole outbox."""
+    assert agent.kill(signal.SIGTERM) == 0
+
+
+def _root_page(db: Path, table: str) -> int:
+    conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
+    try:
+        (page,) = conn.execute("SELECT rootpage FROM sqlite_master WHERE name = ?",
+                               (table,)).fetchone()
+        (size,) = conn.execute("PRAGMA page_size").fetchone()
+    finally:
+        conn.close()
+    return (int(page) - 1) * int(size)  # the byte offset of that page
+
+
+def _garbage_header(db: Path) -> None:
+    with open(db, "r+b") as f:
+        f.write(os.urandom(100))
+
+
+def _truncated_half(db: Path) -> None:
+    os.truncate(db, db.stat().st_size // 2)
+
+
+def _truncated_mid_page(db: Path) -> None:
+    os.truncate(db, 4096 * 2 + 1000)
+
+
+def _torn_messages_page(db: Path) -> None:
+    offset = _root_page(db, "messages")
+    with open(db, "r+b") as f:
+        f.seek(offset)
+        f.write(os.urandom(4096))
+
+
+CORRUPTIONS = {
+    "garbage-header": _garbage_header,
+    "truncated-half": _truncated_half,
+    "truncated-mid-page": _truncated_mid_page,
+    "torn-page": _torn_messages_page,
+}
+
+
+def _corrupt_while_down(tmp_path: Path, broker: Mosquitto, name: str,
+                        corrupt: Callable[[Path], None]) -> tuple[FaultAgent, Centre, Tally,
+                                                                  Presser, list[int]]:
+    storage = tmp_path / "state"
+    agent, centre, presser, tally = _start(tmp_path, broker, storage, name)
+    presser.press_n(3)
+    tally.wait_delivered(centre, 10)
+    wait_for(lambda: agent.outbox().get("unconfirmed") == 0, 10, "the receipts")
+    seqs_before = [e["seq"] for e in tally.acked.values()]
+    _stop_cleanly(agent)
+    db = storage / "outbox.db"
+    corrupt(db)
+    agent.start()
+    return agent, centre, tally, presser, seqs_before
+
+
+@pytest.mark.parametrize("kind", list(CORRUPTIONS))
+def test_corrupt_outbox_is_moved_aside(tmp_path: Path, broker: Mosquitto, kind: str) -> None:
+    name = f"corrupt_{kind}"
+    agent, centre, tally, presser, _ = _corrupt_while_down(tmp_path, broker, name,
+                                                           CORRUPTIONS[kind])
+    try:
+        storage = tmp_path / "state"
+        aside = sorted(p.name for p in storage.glob("outbox.db.corrupt-*"))
+        presser.press_n(2)
+        tally.wait_delivered(centre, 10)
+        info = tally.report(centre, moved_aside=len(aside) > 0)
+        # The clean outbox restarts seq at 1: test_seq_continues_after_a_corrupt_outbox
+        tally.assert_ok(info, in_order=False, seq_increasing=False)
+        assert aside, f"no outbox.db.corrupt-* in {sorted(os.listdir(storage))}"
+        assert "is corrupt" in agent.output() and "started a clean one" in agent.output()
+        assert agent.proc is not None and agent.proc.poll() is None
+    finally:
+        kill_quietly(agent)
+        centre.stop()
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "agent/outbox.py Outbox.open: a zero-length outbox.db (what a crash or fsck can leave) is "
+    "taken for a brand-new one: no move aside, no log line, and seq silently restarts at 1"))
+def test_zero_length_outbox_is_reported(tmp_path: Path, broker: Mosquitto) -> None:
+    agent, centre, tally, presser, _ = _corrupt_while_down(
+        tmp_path, broker, "corrupt_zero-length", lambda db: os.truncate(db, 0))
+    try:
+        presser.press()
+        tally.wait_delivered(centre, 10)
+        info = tally.report(centre)
+        tally.assert_ok(info, in_order=False, seq_increasing=False)
+        assert "is corrupt" in agent.output() or "empty" in agent.output()
+    finally:
+        kill_quietly(agent)
+        centre.stop()
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "agent/outbox.py Outbox.open starts the clean outbox at seq 0, even when the corrupt one's "
+    "meta table is still readable: the centre sees seq 1 again and cannot spot a lost alarm "
+    "until the new seq passes the old one (docs/protocol.md: seq strictly increasing)"))
+def test_seq_continues_after_a_corrupt_outbox(tmp_path: Path, broker: Mosquitto) -> None:
+    agent, centre, tally, presser, seqs_before = _corrupt_while_down(
+        tmp_path, broker, "corrupt_seq", _torn_messages_page)
+    try:
+        [event] = presser.press()
+        tally.wait_delivered(centre, 10)
+        info = tally.report(centre, seq_before=max(seqs_before), seq_after=event["seq"])
+        assert event["seq"] > max(seqs_before), (seqs_before, event["seq"])
+        tally.assert_ok(info)
+    finally:
+        kill_quietly(agent)
+        centre.stop()
+
+
+@pytest.mark.slow
+def test_soak_random_corruptions(tmp_path: Path, broker: Mosquitto) -> None:
+    """Seeded random damage (garbage at a random offset, or a random truncation), restart,
+    press: the agent must come up every time and every new alarm must arrive. Damage that
+    SQLite's quick_check cannot see (free pages) is allowed to go unnoticed."""
+    name = "soak_corrupt"
+    seed = fault_seed(name)
+    rng = random.Random(seed)
+    storage = tmp_path / "state"
+    agent, centre, presser, tally = _start(tmp_path, broker, storage, name)
+    moved = 0
+    try:
+        rounds = 20
+        for _ in range(rounds):
+            presser.press_n(2)
+            tally.wait_delivered(centre, 10)
+            wait_for(lambda: agent.outbox().get("unconfirmed") == 0, 10, "the receipts")
+            _stop_cleanly(agent)
+            db = storage / "outbox.db"
+            size = db.stat().st_size
+            if rng.random() < 0.3:
+                os.truncate(db, rng.randrange(1, size))
+            else:
+                with open(db, "r+b") as f:
+                    f.seek(rng.randrange(0, size))
+                    f.write(rng.randbytes(rng.choice([1, 16, 512, 4096])))
+            agent.start()
+            moved = len(list(storage.glob("outbox.db.corrupt-*")))
+        presser.press()
+        tally.wait_delivered(centre, 10)
+        info = tally.report(centre, seed=seed, rounds=rounds, moved_aside=moved)
+        tally.assert_ok(info, in_order=False, no_gaps=False, seq_increasing=False)
+    finally:
+        kill_quietly(agent)
+        centre.stop()
