@@ -58,7 +58,8 @@ class ControlServer:
             self._sock = None
         if self._thread is not None:
             self._thread.join(timeout=2)
-        self.path.unlink(missing_ok=True)
+        with contextlib.suppress(OSError):  # a failing disk must not fail the shutdown
+            self.path.unlink(missing_ok=True)
 
     def _serve(self) -> None:
         while self._sock is not None:

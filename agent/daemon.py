@@ -81,6 +81,7 @@ class Daemon:
         self.cfg = cfg
         self._pin_factory = pin_factory  # None: the one chosen by gpio.backend
         self.health_interval_s = health_interval_s
+        self._next_health = 0.0  # monotonic time of the next health message
         self.test_until: float | None = None  # wall time; a walk test is on until then
         self.topics = Topics(cfg.mqtt.topic_prefix, cfg.site.id)
         self.notifier = notifier or Notifier.from_env()
@@ -117,6 +118,10 @@ class Daemon:
         self.control = ControlServer(socket_path(storage), self._on_control)
         self.indicators.start()
         self.video.start()
+        if self.outbox.recovered_from is not None:
+            self._system_fault(f"the outbox was corrupt and was replaced (kept as "
+                               f"{self.outbox.recovered_from.name}): alarms queued in it may "
+                               "not have been sent")
         self.video.on_live(self._on_live_segment)
         self.uplink.post_latest(self.topics.pubkey, self.box_key.public_pem())
         self.uplink.start()
@@ -157,24 +162,31 @@ class Daemon:
     def _supervise(self) -> None:
         interval = min(1.0, (self.notifier.watchdog_s or 2.0) / 2)
         last_summary = ""
-        next_health = time.monotonic()
+        self._next_health = time.monotonic()
         while not self._stop.wait(interval):
-            if self.test_until is not None and time.time() >= self.test_until:
-                self.set_test_mode(None)
-            if self.indicators is not None and self.uplink is not None:
-                self.indicators.centre(self.uplink.centre_present)
-                self.indicators.tick()
-            if time.monotonic() >= next_health and self.uplink is not None:
-                self.uplink.post_latest(self.topics.health, self.health_payload())
-                next_health = time.monotonic() + self.health_interval_s
-            if self.healthy():
-                self.notifier.send(watchdog="1")
-            else:
-                log.error("a core thread is stalled; withholding the watchdog ping")
-            summary = self._summary()
-            if summary != last_summary:
-                self.notifier.send(status=summary)
-                last_summary = summary
+            try:
+                last_summary = self._supervise_once(last_summary)
+            except Exception:  # supervision must outlive any one bad turn (a failing disk)
+                log.exception("supervisor turn failed; carrying on")
+
+    def _supervise_once(self, last_summary: str) -> str:
+        """One turn: test-mode expiry, indicators, health, the watchdog, systemd's STATUS."""
+        if self.test_until is not None and time.time() >= self.test_until:
+            self.set_test_mode(None)
+        if self.indicators is not None and self.uplink is not None:
+            self.indicators.centre(self.uplink.centre_present)
+            self.indicators.tick()
+        if time.monotonic() >= self._next_health and self.uplink is not None:
+            self.uplink.post_latest(self.topics.health, self.health_payload())
+            self._next_health = time.monotonic() + self.health_interval_s
+        if self.healthy():
+            self.notifier.send(watchdog="1")
+        else:
+            log.error("a core thread is stalled; withholding the watchdog ping")
+        summary = self._summary()
+        if summary != last_summary:
+            self.notifier.send(status=summary)
+        return summary
 
     def healthy(self) -> bool:
         now = time.monotonic()

@@ -7,13 +7,14 @@ file aside, with its WAL and shared-memory files, for forensics, and starts clea
 
 from __future__ import annotations
 
-import time
+from datetime import datetime
 from pathlib import Path
 
 
 def move_aside(path: Path) -> Path:
     """Rename ``path`` and its -wal/-shm to ``*.corrupt-<time>``; returns the new name."""
-    aside = path.with_name(f"{path.name}.corrupt-{time.strftime('%Y%m%dT%H%M%S')}")
+    stamp = datetime.now().strftime("%Y%m%dT%H%M%S.%f")  # two in one second keep both
+    aside = path.with_name(f"{path.name}.corrupt-{stamp}")
     for suffix in ("", "-wal", "-shm"):
         src = Path(f"{path}{suffix}")
         if src.exists():

@@ -37,7 +37,7 @@ import threading
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from agent.db import move_aside
 from agent.errors import OutboxError
@@ -60,7 +60,8 @@ CREATE TABLE IF NOT EXISTS messages (
     blob_off  INTEGER,
     blob_len  INTEGER,
     size      INTEGER NOT NULL,          -- bytes this row stands for, for the disk budget
-    state     INTEGER NOT NULL DEFAULT 0 -- 0 ready, 1 delivered to the broker, awaiting receipt
+    state     INTEGER NOT NULL DEFAULT 0, -- 0 ready, 1 delivered to the broker, awaiting receipt
+    seq       INTEGER                     -- alarms: their seq, the order they are sent in
 );
 CREATE INDEX IF NOT EXISTS messages_order ON messages (priority, id);
 CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value INTEGER NOT NULL);
@@ -86,22 +87,35 @@ class Message:
     qos: int
     retain: bool
     payload: bytes  # complete and ready to publish
+    seq: int | None = None  # alarms only
+
+
+@dataclass
+class _Held:
+    """An alarm the disk refused, kept in memory through the same states as a row."""
+
+    msg: Message
+    delivered: bool = False
 
 
 class Outbox:
     """Open with :meth:`open`; the constructor does no I/O so tests can pass a connection in."""
 
-    def __init__(self, conn: sqlite3.Connection, path: Path, budget_bytes: int) -> None:
+    def __init__(self, conn: sqlite3.Connection, path: Path, budget_bytes: int,
+                 last_seq: int = 0, recovered_from: Path | None = None) -> None:
         self._conn = conn
         self.path = path
         self.budget_bytes = budget_bytes
-        # Guards _conn, _memory and _memory_seq. Held for one short transaction at a time and
+        # Guards _conn, _memory and _last_seq. Held for one short transaction at a time and
         # never while calling out of this class.
         self._lock = threading.Lock()
-        self._memory: list[Message] = []  # alarms the disk refused, oldest first
-        self._memory_seq = 0
+        self._memory: list[_Held] = []  # alarms the disk refused, in seq order
         self._memory_ids = itertools.count(-1, -1)
+        # The highest seq handed out, by the disk or from memory: seq never repeats in a run,
+        # whatever the disk does, and the disk's counter resumes above it.
+        self._last_seq = last_seq
         self.disk_error = ""  # the last write failure, for status; empty when the disk is fine
+        self.recovered_from = recovered_from  # a corrupt outbox was moved here at open
 
     # --- opening ----------------------------------------------------------------------------
 
@@ -113,23 +127,30 @@ class Outbox:
         which is worse; the moved file is kept for forensics and the event is logged loudly.
         """
         path.parent.mkdir(parents=True, exist_ok=True)
+        aside: Path | None = None
         try:
+            if path.exists() and path.stat().st_size == 0:  # sqlite would take it as new
+                raise sqlite3.DatabaseError("the file is empty (truncated)")
             conn = _connect(path)
         except sqlite3.DatabaseError as exc:
             aside = move_aside(path)
             log.error(
-                "outbox %s is corrupt (%s); moved it to %s and started a clean one",
-                path, exc, aside,
+                "outbox %s is corrupt (%s); moved it to %s and started a clean one: alarms "
+                "queued in it may be lost", path, exc, aside,
             )
             try:
                 conn = _connect(path)
             except sqlite3.Error as exc2:
                 raise OutboxError(f"cannot create outbox {path}: {exc2}") from exc2
-        except sqlite3.Error as exc:
+        except (sqlite3.Error, OSError) as exc:
             raise OutboxError(
                 f"cannot open outbox {path}: {exc}; check that the storage directory is writable"
             ) from exc
-        return cls(conn, path, budget_bytes)
+        last = max(_read_seq(conn), _read_seq_of(aside) if aside else 0)
+        if aside is not None:  # seq goes on from the broken file's, so the centre sees a gap
+            with conn:
+                conn.execute("UPDATE meta SET value = ? WHERE name = 'seq'", (last,))
+        return cls(conn, path, budget_bytes, last, aside)
 
     def close(self) -> None:
         with self._lock:
@@ -149,14 +170,17 @@ class Outbox:
                 "UPDATE meta SET value = value + 1 WHERE name = 'seq' RETURNING value"
             ).fetchone()
             seq = int(row[0])
-            if seq <= self._memory_seq:  # the disk is back after alarms held in memory
-                seq = self._memory_seq + 1
+            if seq <= self._last_seq:  # the disk is back after alarms held in memory
+                seq = self._last_seq + 1
                 conn.execute("UPDATE meta SET value = ? WHERE name = 'seq'", (seq,))
-            _insert(conn, Priority.ALARM, topic, key, build(seq), qos=1, retain=False)
+            _insert(conn, Priority.ALARM, topic, key, build(seq), qos=1, retain=False, seq=seq)
             return seq
 
+        def committed(seq: int) -> None:  # under the lock: a memory hold cannot take it too
+            self._last_seq = seq
+
         try:
-            seq = self._write(tx)
+            seq = self._write(tx, committed=committed)
         except OutboxError as exc:
             return self._hold_in_memory(topic, key, build, exc), False
         self.disk_error = ""
@@ -168,17 +192,10 @@ class Outbox:
         log.critical("alarm %s NOT on disk (%s); holding it in memory and sending it", key, exc)
         self.disk_error = str(exc)
         with self._lock:
-            if self._memory_seq == 0:
-                try:
-                    (last,) = self._conn.execute(
-                        "SELECT value FROM meta WHERE name = 'seq'").fetchone()
-                    self._memory_seq = int(last)
-                except sqlite3.Error:
-                    pass
-            self._memory_seq += 1
-            seq = self._memory_seq
-            self._memory.append(
-                Message(next(self._memory_ids), Priority.ALARM, topic, key, 1, False, build(seq)))
+            self._last_seq += 1
+            seq = self._last_seq
+            self._memory.append(_Held(Message(next(self._memory_ids), Priority.ALARM, topic, key,
+                                              1, False, build(seq), seq)))
         return seq
 
     def add(
@@ -208,7 +225,7 @@ class Outbox:
         """The broker has it: forget it. A crash before this commits only causes a resend."""
         if message_id < 0:
             with self._lock:
-                self._memory = [m for m in self._memory if m.id != message_id]
+                self._memory = [h for h in self._memory if h.msg.id != message_id]
             return
         self._write(lambda conn: conn.execute("DELETE FROM messages WHERE id = ?", (message_id,)),
                     durable=False)
@@ -242,20 +259,27 @@ class Outbox:
     def next_batch(
         self, exclude: Iterable[int], limit: int, max_priority: Priority
     ) -> list[Message]:
-        """The first ``limit`` ready messages at or above ``max_priority``, in send order."""
+        """The first ``limit`` ready messages at or above ``max_priority``, in send order:
+        alarms by seq (held in memory or not), then the other classes, FIFO within each.
+
+        A disk that fails to read does not stop the alarms held in memory."""
         skip = sorted(exclude)
         marks = ",".join("?" * len(skip))
         sql = (
-            "SELECT id, priority, topic, key, qos, retain, payload, blob_path, blob_off, blob_len "
-            "FROM messages WHERE state = 0 AND priority <= ? "
+            "SELECT id, priority, topic, key, qos, retain, payload, blob_path, blob_off, blob_len, "
+            "seq FROM messages WHERE state = 0 AND priority <= ? "
             f"{f'AND id NOT IN ({marks})' if skip else ''} "
-            "ORDER BY priority, id LIMIT ?"
+            "ORDER BY priority, seq, id LIMIT ?"
         )
         with self._lock:
-            rows = self._conn.execute(sql, (int(max_priority), *skip, limit)).fetchall()
-            memory = [m for m in self._memory if m.id not in skip]
+            memory = [h.msg for h in self._memory if not h.delivered and h.msg.id not in skip]
+            try:
+                rows = self._conn.execute(sql, (int(max_priority), *skip, limit)).fetchall()
+            except sqlite3.Error as exc:
+                log.error("cannot read the outbox (%s); sending what memory holds", exc)
+                rows = []
         out: list[Message] = []
-        for mid, prio, topic, key, qos, retain, payload, bpath, boff, blen in rows:
+        for mid, prio, topic, key, qos, retain, payload, bpath, boff, blen, seq in rows:
             if bpath is not None:
                 body = _read_blob(BlobRef(Path(bpath), boff, blen))
                 if body is None:
@@ -263,28 +287,37 @@ class Outbox:
                     self.ack(mid)
                     continue
                 payload = bytes(payload) + body
-            out.append(Message(mid, Priority(prio), topic, key, qos, bool(retain), bytes(payload)))
-        alarms = sum(1 for m in out if m.priority is Priority.ALARM)
-        return (out[:alarms] + memory + out[alarms:])[:limit]
+            out.append(Message(mid, Priority(prio), topic, key, qos, bool(retain), bytes(payload),
+                               seq))
+        alarms = sorted((m for m in [*out, *memory] if m.priority is Priority.ALARM),
+                        key=lambda m: m.seq or 0)
+        return (alarms + [m for m in out if m.priority is not Priority.ALARM])[:limit]
 
     def depth(self) -> dict[str, int]:
         """Messages waiting per class, by class name, and alarms awaiting the centre's receipt."""
-        with self._lock:
-            rows = self._conn.execute(
-                "SELECT priority, state, COUNT(*) FROM messages GROUP BY priority, state"
-            ).fetchall()
         counts = {p.name.lower(): 0 for p in Priority} | {"unconfirmed": 0}
+        with self._lock:
+            for held in self._memory:
+                counts["unconfirmed" if held.delivered else "alarm"] += 1
+            try:
+                rows = self._conn.execute(
+                    "SELECT priority, state, COUNT(*) FROM messages GROUP BY priority, state"
+                ).fetchall()
+            except sqlite3.Error as exc:  # status must answer even when the card is failing
+                self.disk_error = f"cannot read the outbox: {exc}"
+                return counts
         for prio, state, n in rows:
             counts["unconfirmed" if state else Priority(prio).name.lower()] += int(n)
-        counts["alarm"] += len(self._memory)
         return counts
 
     # --- end-to-end confirmation ------------------------------------------------------------
 
     def mark_delivered(self, message_id: int) -> None:
         """The broker has the alarm; keep it until the centre confirms it."""
-        if message_id < 0:  # held in memory because the disk failed: the PUBACK must do
-            self.ack(message_id)
+        if message_id < 0:  # held in memory: it waits for the receipt there
+            with self._lock:
+                for held in self._memory:
+                    held.delivered = held.delivered or held.msg.id == message_id
             return
         self._write(lambda conn: conn.execute(
             "UPDATE messages SET state = 1 WHERE id = ?", (message_id,)), durable=False)
@@ -292,24 +325,29 @@ class Outbox:
     def delivered(self) -> list[int]:
         """Alarms awaiting a receipt, oldest first (after a restart, to resend them)."""
         with self._lock:
-            rows = self._conn.execute(
-                "SELECT id FROM messages WHERE state = 1 ORDER BY id").fetchall()
-        return [int(r[0]) for r in rows]
+            held = [h.msg.id for h in self._memory if h.delivered]
+            rows = self._read("SELECT id FROM messages WHERE state = 1 ORDER BY seq, id")
+        return [int(r[0]) for r in rows] + held
 
     def get(self, message_id: int) -> Message | None:
         """One stored message by id, whatever its state (for a resend)."""
         with self._lock:
-            row = self._conn.execute(
-                "SELECT id, priority, topic, key, qos, retain, payload FROM messages WHERE id = ?",
-                (message_id,)).fetchone()
-        if row is None:
+            for held in self._memory:
+                if held.msg.id == message_id:
+                    return held.msg
+            rows = self._read("SELECT id, priority, topic, key, qos, retain, payload, seq "
+                              "FROM messages WHERE id = ?", message_id)
+        if not rows:
             return None
-        mid, prio, topic, key, qos, retain, payload = row
-        return Message(mid, Priority(prio), topic, key, qos, bool(retain), bytes(payload))
+        mid, prio, topic, key, qos, retain, payload, seq = rows[0]
+        return Message(mid, Priority(prio), topic, key, qos, bool(retain), bytes(payload), seq)
 
     def confirm(self, keys: Iterable[str]) -> list[int]:
         """The centre has these (by event_id): forget them. Returns the ids removed."""
         wanted = list(keys)
+        with self._lock:
+            gone = [h.msg.id for h in self._memory if h.msg.key in wanted]
+            self._memory = [h for h in self._memory if h.msg.key not in wanted]
 
         def tx(conn: sqlite3.Connection) -> list[int]:
             removed = []
@@ -320,33 +358,45 @@ class Outbox:
                     removed.append(int(row[0]))
             return removed
 
-        return self._write(tx, durable=False) if wanted else []
+        return gone + (self._write(tx, durable=False) if wanted else [])
 
     def last_seq(self) -> int:
-        with self._lock:
-            (seq,) = self._conn.execute("SELECT value FROM meta WHERE name = 'seq'").fetchone()
-        return max(int(seq), self._memory_seq)
+        return self._last_seq
 
     def integrity_ok(self) -> bool:
         with self._lock:
-            (result,) = self._conn.execute("PRAGMA integrity_check").fetchone()
+            [(result,)] = self._read("PRAGMA integrity_check")
         return bool(result == "ok")
 
     # --- internals --------------------------------------------------------------------------
 
-    def _write(self, tx: Callable[[sqlite3.Connection], T], durable: bool = True) -> T:
+    def _read(self, sql: str, *args: object) -> list[tuple[Any, ...]]:
+        """A query under the caller's lock; a failing disk becomes an OutboxError."""
+        try:
+            return self._conn.execute(sql, args).fetchall()
+        except sqlite3.Error as exc:
+            raise OutboxError(f"cannot read the outbox ({exc}): the disk at "
+                              f"{self.path.parent} may be failing") from exc
+
+    def _write(self, tx: Callable[[sqlite3.Connection], T], durable: bool = True,
+               committed: Callable[[T], None] | None = None) -> T:
         """One transaction. ``durable=False`` is for bookkeeping whose loss on power failure
         only causes a resend (acks, receipts): it commits without an fsync of its own, so an
-        alarm's commit never waits behind one. The next durable commit syncs it anyway."""
+        alarm's commit never waits behind one. The next durable commit syncs it anyway.
+        ``committed`` runs after the commit, still under the lock."""
         with self._lock:
             try:
                 if not durable:
                     self._conn.execute("PRAGMA synchronous=NORMAL")
                 with self._conn:  # BEGIN … COMMIT (and the WAL fsync), or ROLLBACK
-                    return tx(self._conn)
+                    result = tx(self._conn)
+                if committed is not None:
+                    committed(result)
+                return result
             except sqlite3.Error as exc:
                 raise OutboxError(
-                    f"outbox write failed ({exc}); is {self.path.parent} full?") from exc
+                    f"outbox write failed ({exc}): the disk at {self.path.parent} may be full, "
+                    "read-only or failing") from exc
             finally:
                 if not durable:
                     with contextlib.suppress(sqlite3.Error):
@@ -379,21 +429,39 @@ def _insert(
     qos: int,
     retain: bool,
     blob: BlobRef | None = None,
+    seq: int | None = None,
 ) -> bool:
     size = len(payload) + (blob.length if blob else 0)
     cur = conn.execute(
         "INSERT OR IGNORE INTO messages "
-        "(priority, topic, key, qos, retain, payload, blob_path, blob_off, blob_len, size) "
-        "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        "(priority, topic, key, qos, retain, payload, blob_path, blob_off, blob_len, size, seq) "
+        "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
         (
             int(priority), topic, key, qos, int(retain), payload,
             str(blob.path) if blob else None,
             blob.offset if blob else None,
             blob.length if blob else None,
-            size,
+            size, seq,
         ),
     )
     return cur.rowcount == 1
+
+
+def _read_seq(conn: sqlite3.Connection) -> int:
+    row = conn.execute("SELECT value FROM meta WHERE name = 'seq'").fetchone()
+    return int(row[0]) if row else 0
+
+
+def _read_seq_of(aside: Path) -> int:
+    """The seq a corrupt outbox had reached, when that much of it is still readable."""
+    try:
+        conn = sqlite3.connect(f"file:{aside}?mode=ro", uri=True, timeout=1)
+        try:
+            return _read_seq(conn)
+        finally:
+            conn.close()
+    except sqlite3.Error:
+        return 0
 
 
 def _read_blob(ref: BlobRef) -> bytes | None:

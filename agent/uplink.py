@@ -45,7 +45,16 @@ from agent.protocol import Priority, Topics, parse_receipt
 log = logging.getLogger("agent.uplink")
 
 TCP_NOTSENT_LOWAT = getattr(socket, "TCP_NOTSENT_LOWAT", 25)  # Linux
-NOTSENT_LOWAT_BYTES = 16 * 1024
+NOTSENT_LOWAT_BYTES = 16 * 1024  # with no video cap: the link rate is unknown
+
+
+def notsent_lowat(max_video_kbps: int | None) -> int:
+    """Unsent bytes allowed in the kernel: about 30 ms of the video cap, 4-64 KB. An alarm
+    waits behind them, so on a 1 Mbit/s link 4 KB (32 ms), not 16 KB (128 ms); see
+    docs/uplink.md for the measurement."""
+    if max_video_kbps is None:
+        return NOTSENT_LOWAT_BYTES
+    return max(4096, min(65536, int(max_video_kbps * 125 * 0.03)))
 LIVE_ROW = 0  # the row id of live messages, which have no outbox row (ids start at 1)
 
 Clock = Callable[[], float]
@@ -87,23 +96,32 @@ class _Gate(enum.Enum):
 
 @dataclass
 class TokenBucket:
-    """The video bandwidth cap: ``rate_kbps`` kbit/s with a one-second burst; None = no cap."""
+    """The video bandwidth cap: ``rate_kbps`` kbit/s; None = no cap.
+
+    The burst is short (0.1 s of the rate): a long burst fills the modem's buffer above the
+    cap and an alarm then waits behind it (docs/uplink.md). A message larger than the burst
+    goes when the bucket is full and leaves it in debt, so the average rate still holds.
+    """
 
     rate_kbps: int | None
+    burst_s: float = 0.1
     tokens: float = 0.0
-    at: float = 0.0
+    at: float | None = None
 
     def wait_for(self, nbytes: int, now: float) -> float:
         """Seconds until ``nbytes`` may be sent; when 0, they are taken from the bucket."""
         if self.rate_kbps is None:
             return 0.0
         rate = self.rate_kbps * 125.0  # bytes per second
-        self.tokens = min(rate, self.tokens + (now - self.at) * rate) if self.at else rate
+        capacity = rate * self.burst_s
+        elapsed = 0.0 if self.at is None else now - self.at
+        self.tokens = capacity if self.at is None else min(capacity, self.tokens + elapsed * rate)
         self.at = now
-        if self.tokens >= nbytes or self.tokens >= rate:  # a message larger than a burst
+        need = min(nbytes, capacity)
+        if self.tokens >= need:
             self.tokens -= nbytes
             return 0.0
-        return (nbytes - self.tokens) / rate
+        return (need - self.tokens) / rate
 
 
 class Uplink:
@@ -153,6 +171,7 @@ class Uplink:
         self._dirty = True
         self._offline_mid: int | None = None
         self._bucket = TokenBucket(max_video_kbps)
+        self._lowat = notsent_lowat(max_video_kbps)
         self._gate = _Gate.IDLE  # why video is not being handed to paho right now
         self._bulk_due = 0.0
         self._acked_bulk: list[int] = []  # video rows acked but not yet deleted
@@ -262,6 +281,9 @@ class Uplink:
         self.state = LinkState.CONNECTING
         try:
             client = self._new_client()
+            # A black-holed link makes connect() wait out its timeout: shorter while an alarm
+            # waits, so the alarm goes within ~1.5 s of the link returning.
+            client.connect_timeout = 2.0 if self._alarm_waiting() else 5.0
             client.connect(self._cfg.host, self._cfg.port, keepalive=self._cfg.keepalive_s)
         except (OSError, ValueError) as exc:  # refused, unreachable, DNS, TLS (SSLError is OSError)
             self._fail(f"cannot connect to {self._cfg.host}:{self._cfg.port}: {exc}")
@@ -270,7 +292,7 @@ class Uplink:
         if isinstance(sock, socket.socket):
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             # Writable only while less than this is unsent: bounds what an alarm queues behind.
-            sock.setsockopt(socket.IPPROTO_TCP, TCP_NOTSENT_LOWAT, NOTSENT_LOWAT_BYTES)
+            sock.setsockopt(socket.IPPROTO_TCP, TCP_NOTSENT_LOWAT, self._lowat)
         self._inflight.clear()
         self._refused.clear()
         return client
@@ -340,6 +362,10 @@ class Uplink:
                 break
         self._flush_acks(force=True)
         _close_quietly(client)
+        # Presence is learnt again on the next connection (it is retained); until then the
+        # centre's state is unknown, not "listening".
+        self.centre_present = None
+        self._receivers.clear()
 
     def _pump(self, client: mqtt.Client, sock_writable: bool) -> None:
         """Hand paho every waiting alarm and control message; video only into an idle pipe.
@@ -401,7 +427,11 @@ class Uplink:
         for row, due in list(self._unconfirmed.items()):
             if due > now or row in in_flight:
                 continue
-            msg = self._outbox.get(row)
+            try:
+                msg = self._outbox.get(row)
+            except OutboxError as exc:
+                log.error("cannot read alarm %d to resend it: %s", row, exc)
+                continue
             if msg is None:  # confirmed meanwhile
                 del self._unconfirmed[row]
                 continue

@@ -12,7 +12,7 @@ from agent.config import MqttConfig
 from agent.mosquitto import Mosquitto
 from agent.outbox import Outbox
 from agent.protocol import Priority, Topics
-from agent.uplink import TokenBucket, Uplink
+from agent.uplink import TokenBucket, Uplink, notsent_lowat
 from tests.conftest import Collector, wait_for
 
 TOPICS = Topics("schools", "site-a")
@@ -108,8 +108,17 @@ def test_unacked_messages_are_resent_after_the_broker_dies(
 
 
 def test_token_bucket() -> None:
-    b = TokenBucket(8)  # 1000 bytes/s
-    assert b.wait_for(1000, 10.0) == 0  # the first second's burst
-    assert b.wait_for(500, 10.0) == pytest.approx(0.5)
-    assert b.wait_for(500, 10.5) == 0
+    b = TokenBucket(80)  # 10,000 bytes/s, a burst of 1,000
+    assert b.wait_for(1000, 10.0) == 0  # the burst
+    assert b.wait_for(500, 10.0) == pytest.approx(0.05)
+    assert b.wait_for(500, 10.05) == 0
+    assert b.wait_for(5000, 10.05) == pytest.approx(0.1)  # larger than a burst: a full bucket
+    assert b.wait_for(5000, 10.15) == 0
+    assert b.wait_for(100, 10.15) > 0.4  # ... then the debt is paid at the rate
     assert TokenBucket(None).wait_for(10**9, 0.0) == 0
+
+
+def test_notsent_lowat_follows_the_video_cap() -> None:
+    assert notsent_lowat(1000) == 4096  # 1 Mbit/s: an alarm waits ~32 ms, not ~128 ms
+    assert notsent_lowat(10_000) == 37_500
+    assert notsent_lowat(None) == 16 * 1024

@@ -99,10 +99,6 @@ def _full_cycles(tmp_path: Path, broker: Mosquitto, disk: Mount, name: str,
         centre.stop()
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "agent/outbox.py Outbox._hold_in_memory re-reads the disk's seq only while _memory_seq "
-    "is 0: after a first full-disk episode, a second one continues from the first one's "
-    "counter and hands out seqs the disk already used (two alarms with the same seq)"))
 def test_disk_full_twice_seq_stays_unique(
     tmp_path: Path, broker: Mosquitto, tmpfs: Callable[[str], Mount]
 ) -> None:
@@ -110,17 +106,12 @@ def test_disk_full_twice_seq_stays_unique(
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(strict=True, reason="the same bug as test_disk_full_twice_seq_stays_unique")
 def test_soak_disk_full_cycles(
     tmp_path: Path, broker: Mosquitto, tmpfs: Callable[[str], Mount]
 ) -> None:
     _full_cycles(tmp_path, broker, tmpfs("4m"), "soak_disk_full", cycles=25)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "agent/outbox.py Outbox.next_batch puts every alarm held in memory AFTER every alarm on "
-    "disk, so an alarm committed once the disk is back (higher seq) is sent before the older "
-    "in-memory ones: 'Alarms go out in seq order' (docs/protocol.md) is broken"))
 def test_alarm_held_in_memory_keeps_its_place_in_seq_order(
     tmp_path: Path, broker: Mosquitto, tmpfs: Callable[[str], Mount]
 ) -> None:
@@ -189,11 +180,6 @@ def test_soak_storage_read_only(
     _read_only_card(tmp_path, broker, ext4_loop("16M"), "soak_read_only", rounds=15)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "agent/outbox.py Outbox.mark_delivered acks an alarm held in memory on the broker's PUBACK "
-    "(the in-memory copy is dropped), so it skips the centre's receipt: a broker that then "
-    "loses its queue loses the alarm, where the same alarm on disk is resent (end to end, "
-    "docs/protocol.md)"))
 def test_alarm_held_in_memory_waits_for_the_centre_receipt(
     tmp_path: Path, broker: Mosquitto, ext4_loop: Callable[[str], Mount]
 ) -> None:
@@ -228,12 +214,6 @@ EXT4_IOC_SHUTDOWN = 0x8004587D  # _IOR('X', 125, __u32), include/uapi/linux/ext4
 EXT4_GOING_FLAGS_NOLOGFLUSH = 2
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "a read error kills the agent: agent/outbox.py reads (next_batch, depth, get, delivered) "
-    "let sqlite3.DatabaseError through untranslated, so the uplink thread dies in _pump "
-    "(it catches only OutboxError) and the main thread dies in Daemon._supervise -> "
-    "health_payload -> status -> outbox.depth; the alarms held in memory are never sent, and "
-    "_hold_in_memory restarts seq at 1 because it cannot read meta"))
 def test_failing_card_alarms_still_flow(
     tmp_path: Path, broker: Mosquitto, ext4_loop: Callable[[str], Mount]
 ) -> None:
@@ -354,9 +334,6 @@ def test_corrupt_outbox_is_moved_aside(tmp_path: Path, broker: Mosquitto, kind: 
         centre.stop()
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "agent/outbox.py Outbox.open: a zero-length outbox.db (what a crash or fsck can leave) is "
-    "taken for a brand-new one: no move aside, no log line, and seq silently restarts at 1"))
 def test_zero_length_outbox_is_reported(tmp_path: Path, broker: Mosquitto) -> None:
     agent, centre, tally, presser, _ = _corrupt_while_down(
         tmp_path, broker, "corrupt_zero-length", lambda db: os.truncate(db, 0))
@@ -371,10 +348,6 @@ def test_zero_length_outbox_is_reported(tmp_path: Path, broker: Mosquitto) -> No
         centre.stop()
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "agent/outbox.py Outbox.open starts the clean outbox at seq 0, even when the corrupt one's "
-    "meta table is still readable: the centre sees seq 1 again and cannot spot a lost alarm "
-    "until the new seq passes the old one (docs/protocol.md: seq strictly increasing)"))
 def test_seq_continues_after_a_corrupt_outbox(tmp_path: Path, broker: Mosquitto) -> None:
     agent, centre, tally, presser, seqs_before = _corrupt_while_down(
         tmp_path, broker, "corrupt_seq", _torn_messages_page)
