@@ -98,30 +98,26 @@ class _Gate(enum.Enum):
 class TokenBucket:
     """The video bandwidth cap: ``rate_kbps`` kbit/s; None = no cap.
 
-    The burst is short (0.1 s of the rate): a long burst fills the modem's buffer above the
-    cap and an alarm then waits behind it (docs/uplink.md). A message larger than the burst
-    goes when the bucket is full and leaves it in debt, so the average rate still holds.
+    A virtual schedule (GCRA): each message has a theoretical send time, ``nbytes / rate``
+    after the previous one's, and may go up to ``burst_s`` early. The burst is short (0.1 s):
+    a long one fills the modem's buffer above the cap and an alarm then waits behind it
+    (docs/uplink.md). Being early by design, a sender that wakes a few ms late loses nothing,
+    so the long-run rate is the cap (a full-bucket rule lost ~7% of it to wake-up lateness).
     """
 
     rate_kbps: int | None
     burst_s: float = 0.1
-    tokens: float = 0.0
-    at: float | None = None
+    due: float | None = None  # the theoretical time of the next message
 
     def wait_for(self, nbytes: int, now: float) -> float:
-        """Seconds until ``nbytes`` may be sent; when 0, they are taken from the bucket."""
+        """Seconds until ``nbytes`` may be sent; when 0, they are booked on the schedule."""
         if self.rate_kbps is None:
             return 0.0
-        rate = self.rate_kbps * 125.0  # bytes per second
-        capacity = rate * self.burst_s
-        elapsed = 0.0 if self.at is None else now - self.at
-        self.tokens = capacity if self.at is None else min(capacity, self.tokens + elapsed * rate)
-        self.at = now
-        need = min(nbytes, capacity)
-        if self.tokens >= need:
-            self.tokens -= nbytes
-            return 0.0
-        return (need - self.tokens) / rate
+        due = now if self.due is None else max(self.due, now)  # no credit for idle time
+        if due - now > self.burst_s:
+            return due - now - self.burst_s
+        self.due = due + nbytes / (self.rate_kbps * 125.0)
+        return 0.0
 
 
 class Uplink:

@@ -36,8 +36,8 @@ alive (TCP's retransmission timer decides); longer ones make the agent reconnect
 
 Percentiles are nearest-rank over few samples (one press per ~2 s): with n < 100, p99 is the
 maximum. Bounded: every wait has a timeout; namespaces and the broker are removed in
-``finally``. No agent code is edited; ``--what-if`` variants patch module constants
-(NOTSENT_LOWAT_BYTES) in this process only, to show what a different choice would give.
+``finally``. No agent code is patched: the variants differ only in the agent's config
+(``uplink.max_kbps``), as a technician would set it.
 """
 
 from __future__ import annotations
@@ -347,39 +347,14 @@ class Presser:
         return t0, str(events[0]["event_id"])
 
 
-class SmallBurstBucket(uplink_module.TokenBucket):
-    """What-if: the video cap's bucket holds BURST_S of tokens instead of one second's, so a
-    paced sender never dumps more than that into the modem's buffer at line rate."""
-
-    BURST_S = 0.1
-
-    def wait_for(self, nbytes: int, now: float) -> float:
-        if self.rate_kbps is None:
-            return 0.0
-        rate = self.rate_kbps * 125.0
-        cap = max(rate * self.BURST_S, float(nbytes))
-        self.tokens = min(cap, self.tokens + (now - self.at) * rate) if self.at else cap
-        self.at = now
-        if self.tokens >= nbytes:
-            self.tokens -= nbytes
-            return 0.0
-        return (nbytes - self.tokens) / rate
-
-
 def run_agent(topo: Topology, probe: Probe, workdir: Path, spool: Path, chunk: int,
               window_s: float, rng: random.Random, *, max_kbps: int | None = None,
-              lowat: int | None = None, small_burst: bool = False,
               restores: list[tuple[str, float]] | None = None, name: str = "") -> Run:
     run = Run(name or f"agent {chunk // 1024} KB", chunk)
-    wd = workdir / f"agent-{chunk}-{max_kbps}-{lowat}-{small_burst}"
+    wd = workdir / f"agent-{chunk}-{max_kbps}"
     wd.mkdir()
     n = prefill(wd / "state" / "outbox.db", spool, chunk, BACKLOG_BYTES)
     cfg = agent_config(wd, topo.srv_b, max_kbps)
-    saved = uplink_module.NOTSENT_LOWAT_BYTES, uplink_module.TokenBucket
-    if lowat is not None:
-        uplink_module.NOTSENT_LOWAT_BYTES = lowat
-    if small_burst:
-        uplink_module.TokenBucket = SmallBurstBucket  # type: ignore[misc]
     daemon = Daemon(cfg, notifier=Notifier(None))
     try:
         daemon.start()
@@ -415,7 +390,6 @@ def run_agent(topo: Topology, probe: Probe, workdir: Path, spool: Path, chunk: i
             run.restores.append(measure_restore(topo, probe, daemon, presser, kind, hold))
     finally:
         daemon.stop()
-        uplink_module.NOTSENT_LOWAT_BYTES, uplink_module.TokenBucket = saved  # type: ignore[misc]
         shutil.rmtree(wd, ignore_errors=True)
     return run
 
@@ -623,19 +597,15 @@ def main(argv: list[str] | None = None) -> int:
         spool = workdir / "spool.bin"
         make_spool(spool, BACKLOG_BYTES)
         plan: list[tuple[int, float, dict[str, Any]]]
+        capped = {"max_kbps": 900, "name": "agent 16 KB, max_kbps 900 (90% of the link)"}
         if args.quick:
-            plan = [(16 * 1024, args.window_s / 2, {})]
+            plan = [(16 * 1024, args.window_s / 2, {}), (16 * 1024, args.window_s / 2, capped)]
             restore_plan = [("wan-down", 12.0), ("blackhole", 12.0)]
         else:
             sweep = args.sweep_window_s
             plan = [(16 * 1024, args.window_s, {}),
                     *((kb * 1024, sweep, {}) for kb in (8, 32, 64)),
-                    (16 * 1024, sweep, {"max_kbps": 900, "name": "agent 16 KB, max_kbps 900"}),
-                    (16 * 1024, sweep, {"lowat": 4096,
-                                        "name": "agent 16 KB, what-if NOTSENT_LOWAT 4 KB"}),
-                    (16 * 1024, sweep, {"max_kbps": 900, "lowat": 4096, "small_burst": True,
-                                        "name": "agent 16 KB, max_kbps 900, what-if "
-                                                "NOTSENT_LOWAT 4 KB + 0.1 s bucket"})]
+                    (16 * 1024, args.window_s, capped)]
             restore_plan = [("wan-down", 3.0), ("wan-down", 8.0), ("wan-down", 12.0),
                             ("blackhole", 12.0)]
         for i, (chunk, window, extra) in enumerate(plan):

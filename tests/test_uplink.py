@@ -108,13 +108,21 @@ def test_unacked_messages_are_resent_after_the_broker_dies(
 
 
 def test_token_bucket() -> None:
-    b = TokenBucket(80)  # 10,000 bytes/s, a burst of 1,000
-    assert b.wait_for(1000, 10.0) == 0  # the burst
-    assert b.wait_for(500, 10.0) == pytest.approx(0.05)
-    assert b.wait_for(500, 10.05) == 0
-    assert b.wait_for(5000, 10.05) == pytest.approx(0.1)  # larger than a burst: a full bucket
-    assert b.wait_for(5000, 10.15) == 0
-    assert b.wait_for(100, 10.15) > 0.4  # ... then the debt is paid at the rate
+    b = TokenBucket(80)  # 10,000 bytes/s, 0.1 s early at most
+    assert b.wait_for(1000, 10.0) == 0  # due at 10.0; the next is due at 10.1
+    assert b.wait_for(1000, 10.0) == 0  # 0.1 s early: allowed; the next is due at 10.2
+    assert b.wait_for(1000, 10.0) == pytest.approx(0.1)  # 0.2 s early: wait until 10.1
+    assert b.wait_for(5000, 10.1) == 0  # a message larger than a burst is fine; due 10.7
+    assert b.wait_for(100, 10.1) == pytest.approx(0.5)
+    assert b.wait_for(100, 10.64) == 0  # a late wake-up loses nothing: the schedule holds
+    b2 = TokenBucket(80)
+    sent, now = 0, 0.0
+    while now < 10.0:  # a sender waking 7 ms late every time still gets the whole rate
+        wait = b2.wait_for(16_000, now)
+        if wait == 0:
+            sent += 16_000
+        now += wait + 0.007
+    assert sent / 10.0 >= 10_000 * 0.97
     assert TokenBucket(None).wait_for(10**9, 0.0) == 0
 
 
