@@ -138,6 +138,7 @@ class Uplink:
         on_clip_receipt: Callable[[str, str], None] | None = None,
         subscriptions: tuple[str, ...] = (),
         resend_s: float = 5.0,
+        alarm_ack_timeout_s: float = 5.0,
         clock: Clock = time.monotonic,
     ) -> None:
         self._cfg = cfg
@@ -151,6 +152,8 @@ class Uplink:
         self._on_clip_receipt = on_clip_receipt
         self._subscriptions = (topics.receipt, topics.presence, *subscriptions)
         self._resend_s = resend_s
+        self._alarm_ack_timeout_s = alarm_ack_timeout_s
+        self._alarm_sent: dict[int, float] = {}  # paho mid -> when an alarm was handed over
         self._clock = clock
         self._wake_r, self._wake_w = os.pipe()
         os.set_blocking(self._wake_w, False)
@@ -323,7 +326,17 @@ class Uplink:
             if self._stopping.is_set():
                 self._shutdown(client)
                 break
+            if self._alarm_sent and now - min(self._alarm_sent.values()) > \
+                    self._alarm_ack_timeout_s:
+                # A connection can die without a sound (a router's NAT state lost): keepalive
+                # would notice only after up to 2 x keepalive_s. An alarm cannot wait that long.
+                self._fail(f"no PUBACK for an alarm in {self._alarm_ack_timeout_s:.0f} s: the "
+                           "connection is dead; reconnecting")
+                break
             timeout = 1.0
+            if self._alarm_sent:
+                oldest = min(self._alarm_sent.values())
+                timeout = min(timeout, max(0.0, oldest + self._alarm_ack_timeout_s - now))
             if self.state is LinkState.ONLINE:
                 bucket_due = self._gate is _Gate.BUCKET and now >= self._bulk_due
                 if self._dirty or sock_writable or bucket_due:
@@ -357,6 +370,7 @@ class Uplink:
                     self._fail(f"connection lost: {mqtt.error_string(rc)}")
                 break
         self._flush_acks(force=True)
+        self._alarm_sent.clear()
         _close_quietly(client)
         # Presence is learnt again on the next connection (it is retained); until then the
         # centre's state is unknown, not "listening".
@@ -452,6 +466,8 @@ class Uplink:
             self._dirty = True
             return False  # the link is going down; the row stays READY
         self._inflight[info.mid] = (msg.id, msg.priority)
+        if msg.priority is Priority.ALARM:
+            self._alarm_sent[info.mid] = self._clock()
         return True
 
     def _flush_acks(self, force: bool) -> None:
@@ -530,6 +546,7 @@ class Uplink:
     def _on_publish(self, _c: mqtt.Client, _u: Any, mid: int, rc: ReasonCode, _p: Any) -> None:
         if mid == self._offline_mid:
             self._offline_mid = None
+        self._alarm_sent.pop(mid, None)
         entry = self._inflight.pop(mid, None)
         if entry is None:
             return

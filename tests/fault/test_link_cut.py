@@ -4,8 +4,8 @@ The broker runs in its own network namespace, reached from the agent's namespace
 pair (tests/fault/conftest.py: NetLab). A cut is either the broker's end of the cable going
 dark (``down``: the agent's end loses carrier but keeps its address) or a black hole (every
 packet dropped both ways by a ``pfifo limit 0`` qdisc, the link still up: SYNs vanish, so
-connect() itself hangs until its timeout). The agent must notice through MQTT keepalive
-(within 2 x keepalive_s), keep every press meanwhile, reconnect when the link returns and
+connect() itself hangs until its timeout). The agent must notice (an alarm's PUBACK overdue by
+5 s, or MQTT keepalive within 2 x keepalive_s), keep every press meanwhile, reconnect when the link returns and
 deliver everything, in seq order.
 """
 
@@ -85,8 +85,9 @@ def test_link_cut_longer_than_keepalive(netlab: NetLab, tmp_path: Path, mode: st
         tally.wait_delivered(centre, 15)
         info = tally.report(centre, **{k: f"{v:.2f}" for k, v in t.items()})
         tally.assert_ok(info)
-        assert t["detect_s"] <= 2 * KEEPALIVE_S + 1.5, "keepalive did not notice the dead link"
-        assert "connection lost" in agent.output() or "disconnected" in agent.output()
+        assert t["detect_s"] <= 2 * KEEPALIVE_S + 1.5, "the dead link went unnoticed"
+        out = agent.output()  # noticed by the alarm's overdue PUBACK, or else by keepalive
+        assert any(why in out for why in ("no PUBACK", "connection lost", "disconnected"))
     finally:
         kill_quietly(agent)
         centre.stop()
@@ -136,6 +137,39 @@ def test_soak_link_cut_many_times(netlab: NetLab, tmp_path: Path) -> None:
         info = tally.report(centre, seed=seed, cuts=12, worst_restore_s=f"{worst:.2f}",
                             worst_cut=worst_cut)
         tally.assert_ok(info)
+    finally:
+        kill_quietly(agent)
+        centre.stop()
+
+
+def test_silent_death_is_noticed_by_the_alarm_not_by_keepalive(netlab: NetLab,
+                                                               tmp_path: Path) -> None:
+    """A connection that dies without a sound, with a long keepalive (as a school router's
+    lost NAT state looks): the alarm's missing PUBACK makes the agent reconnect, long before
+    keepalive would have noticed."""
+    name = "silent_death"
+    storage = tmp_path / "state"
+    cfg = fault_config(tmp_path / "agent.yaml", storage, host=netlab.b_addr)
+    text = cfg.read_text().replace(f"keepalive_s: {KEEPALIVE_S}", "keepalive_s: 60")
+    cfg.write_text(text)
+    agent = FaultAgent(cfg, netns=netlab.box)
+    tally = Tally(name)
+    centre = _online(agent, netlab, tmp_path, name)
+    try:
+        presser = Presser(storage, tally)
+        presser.press()
+        tally.wait_delivered(centre, 10)
+        netlab.cut("blackhole")
+        t_press = time.monotonic()
+        presser.press()
+        time.sleep(7.0)  # past the 5 s PUBACK deadline, far short of 2 x 60 s keepalive
+        netlab.restore()
+        tally.wait_delivered(centre, 10)
+        delivered_s = time.monotonic() - t_press
+        info = tally.report(centre, delivered_s=f"{delivered_s:.2f}")
+        tally.assert_ok(info)
+        assert delivered_s < 15, "the alarm waited for keepalive"
+        assert "no PUBACK for an alarm" in agent.output()
     finally:
         kill_quietly(agent)
         centre.stop()
