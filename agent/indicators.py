@@ -48,6 +48,8 @@ class Indicators:
         self.event_id: str | None = None
         self._since = 0.0
         self._centre_present: bool | None = None
+        # An ack can beat the alarm to the indicator (the uplink is woken first): remember it.
+        self._early_acks: set[str] = set()
 
     def start(self) -> None:
         for pin in (self._cfg.led_pin, self._cfg.buzzer_pin):
@@ -66,12 +68,19 @@ class Indicators:
     def alarm(self, event_id: str) -> None:
         with self._lock:
             self.event_id = event_id
+            self._since = self._clock()
+            if event_id in self._early_acks:
+                self._early_acks.discard(event_id)
+                self._set(Pattern.ACKNOWLEDGED)
+                return
             self._set(Pattern.NO_CENTRE if self._centre_present is False else Pattern.WAITING)
 
     def acknowledged(self, event_id: str) -> bool:
         """The centre acknowledged this alarm; False if it is not the one shown."""
         with self._lock:
             if event_id != self.event_id:
+                if len(self._early_acks) < 64:  # bounded: a stream of stray acks is no memory leak
+                    self._early_acks.add(event_id)
                 return False
             self._set(Pattern.ACKNOWLEDGED)
             return True
@@ -79,8 +88,9 @@ class Indicators:
     def centre(self, present: bool | None) -> None:
         with self._lock:
             self._centre_present = present
-            if self.pattern in (Pattern.WAITING, Pattern.NO_CENTRE):
-                self._set(Pattern.NO_CENTRE if present is False else Pattern.WAITING)
+            wanted = Pattern.NO_CENTRE if present is False else Pattern.WAITING
+            if self.pattern in (Pattern.WAITING, Pattern.NO_CENTRE) and wanted is not self.pattern:
+                self._set(wanted)  # polled every second: only a change restarts the blink
 
     def reset(self) -> None:
         with self._lock:
@@ -98,8 +108,8 @@ class Indicators:
     def _set(self, pattern: Pattern) -> None:
         if pattern is not self.pattern:
             log.info("indicator: %s%s", pattern, f" ({self.event_id})" if self.event_id else "")
-        if pattern is not self.pattern or pattern is Pattern.WAITING:
-            self._since = self._clock()
+        if pattern is Pattern.ACKNOWLEDGED and self.pattern is not pattern:
+            self._since = self._clock()  # steady for ack_timeout_s from the acknowledgement
         self.pattern = pattern
         for dev in self._devices:
             if pattern is Pattern.OFF:

@@ -87,3 +87,20 @@ def test_no_pins_configured_is_fine(factory: MockFactory) -> None:
     i.alarm("x")
     assert i.pattern is Pattern.WAITING
     i.stop()
+
+
+def test_an_ack_that_beats_the_alarm_to_the_indicator_is_kept(ind: Indicators,
+                                                              factory: MockFactory) -> None:
+    assert not ind.acknowledged("ev-9")  # the centre was faster than the buttons thread
+    ind.alarm("ev-9")
+    assert ind.pattern is Pattern.ACKNOWLEDGED and factory.pin(5).state == 1
+
+
+def test_waiting_times_out_even_while_the_centre_is_polled(ind: Indicators,
+                                                           clock: FakeClock) -> None:
+    ind.alarm("ev-1")
+    for _ in range(61):  # the daemon reports presence and ticks every second
+        clock.now += 1
+        ind.centre(True)
+        ind.tick()
+    assert ind.pattern is Pattern.OFF
