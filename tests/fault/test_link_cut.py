@@ -5,8 +5,8 @@ pair (tests/fault/conftest.py: NetLab). A cut is either the broker's end of the 
 dark (``down``: the agent's end loses carrier but keeps its address) or a black hole (every
 packet dropped both ways by a ``pfifo limit 0`` qdisc, the link still up: SYNs vanish, so
 connect() itself hangs until its timeout). The agent must notice (an alarm's PUBACK overdue by
-5 s, or MQTT keepalive within 2 x keepalive_s), keep every press meanwhile, reconnect when the link returns and
-deliver everything, in seq order.
+5 s, or MQTT keepalive within 2 x keepalive_s), keep every press meanwhile, reconnect when
+the link returns and deliver everything, in seq order.
 """
 
 from __future__ import annotations
