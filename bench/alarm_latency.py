@@ -293,36 +293,11 @@ class StageTimer:
         assert daemon.buttons and daemon.outbox and daemon.uplink
         board, outbox, uplink = daemon.buttons, daemon.outbox, daemon.uplink
 
-        handler = board._on_event  # the daemon's _on_button, as the board holds it
-
-        def on_event(event: Any) -> Any:
-            self.mark("handler_in")
-            try:
-                return handler(event)
-            finally:
-                self.mark("handler_out")
-
-        board._on_event = on_event
-
-        add_alarm = outbox.add_alarm
-
-        def timed_add_alarm(*a: Any, **kw: Any) -> Any:
-            self.mark("add_in")
-            try:
-                return add_alarm(*a, **kw)
-            finally:
-                self.mark("add_out")
-
-        outbox.add_alarm = timed_add_alarm  # type: ignore[method-assign]
+        # the daemon's _on_button, as the board holds it
+        mark_around(board, "_on_event", self.mark, "handler_in", "handler_out")
+        mark_around(outbox, "add_alarm", self.mark, "add_in", "add_out")
         outbox._conn = _CommitTimer(outbox._conn, self)  # type: ignore[assignment]
-
-        wake = uplink.wake
-
-        def timed_wake() -> None:
-            self.mark("wake")
-            wake()
-
-        uplink.wake = timed_wake  # type: ignore[method-assign]
+        mark_around(uplink, "wake", self.mark, before="wake")
 
         pump = uplink._pump
 
@@ -373,6 +348,25 @@ class StageTimer:
             out["(after t1) uplink-thread COMMITs: delivered, receipt delete"] = describe(
                 [x / 1000 for x in self.ack_commit_ms])
         return out
+
+
+def mark_around(obj: Any, name: str, mark: Callable[..., None], before: str | None = None,
+                after: str | None = None) -> None:
+    """Shadow ``obj.name`` with a wrapper that marks ``before`` and ``after`` each call. An
+    instance attribute shadows the bound method, so the class (and the agent's code) is
+    untouched; only this process's objects are timed."""
+    original = getattr(obj, name)
+
+    def timed(*a: Any, **kw: Any) -> Any:
+        if before:
+            mark(before)
+        try:
+            return original(*a, **kw)
+        finally:
+            if after:
+                mark(after)
+
+    setattr(obj, name, timed)
 
 
 class _CommitTimer:

@@ -39,7 +39,8 @@ receiver (``agent.central.run_receiver``, with its ledger and ``alarms.jsonl`` o
    baselines run after 5 ms of quiet each, then the bench waits for the board to re-arm (50 ms
    of stable release and the button reported idle) and resets the indicator. The report also
    gives the margin of a race in the agent: how long before the ack reached the indicator the
-   buttons thread had called ``Indicators.alarm`` (an ack that comes first is not shown).
+   buttons thread had called ``Indicators.alarm`` (an ack that comes first is now remembered and
+   applied when the alarm reaches the indicator; the margin shows how often that path is used).
 
 2. Live view latency: the same box restarted (same storage, so the same box key) with one
    synthetic camera (320x180, 10 fps, 1 s segments), a signed ``live`` command for
@@ -102,6 +103,7 @@ from alarm_latency import (  # noqa: E402
     default_storage_parent,
     describe,
     machine_context,
+    mark_around,
     percentile,
 )
 from gpiozero.pins.mock import MockFactory  # noqa: E402
@@ -256,35 +258,9 @@ def install_ack_hooks(daemon: Daemon, trace: AckTrace) -> None:
 
     uplink._on_message_cb = timed_on_message
 
-    verifier = router._verifier
-    verify = verifier.verify
-
-    def timed_verify(payload: bytes) -> Any:
-        trace.mark("verify_in")
-        return verify(payload)
-
-    verifier.verify = timed_verify  # type: ignore[method-assign]
-
-    seen_or_add = nonces.seen_or_add
-
-    def timed_seen_or_add(*a: Any, **kw: Any) -> bool:
-        trace.mark("nonce_in")
-        try:
-            return seen_or_add(*a, **kw)
-        finally:
-            trace.mark("nonce_out")
-
-    nonces.seen_or_add = timed_seen_or_add  # type: ignore[method-assign]
-
-    add_alarm = outbox.add_alarm
-
-    def timed_add_alarm(*a: Any, **kw: Any) -> Any:
-        try:
-            return add_alarm(*a, **kw)
-        finally:
-            trace.mark("committed")
-
-    outbox.add_alarm = timed_add_alarm  # type: ignore[method-assign]
+    mark_around(router._verifier, "verify", trace.mark, before="verify_in")
+    mark_around(nonces, "seen_or_add", trace.mark, "nonce_in", "nonce_out")
+    mark_around(outbox, "add_alarm", trace.mark, after="committed")
 
     publish = uplink._publish
 
@@ -297,13 +273,8 @@ def install_ack_hooks(daemon: Daemon, trace: AckTrace) -> None:
 
     uplink._publish = timed_publish  # type: ignore[method-assign]
 
-    alarm = indicators.alarm
-
-    def timed_alarm(event_id: str) -> None:
-        trace.mark("to_indicator")  # the buttons thread is about to take the indicator's lock
-        alarm(event_id)
-
-    indicators.alarm = timed_alarm  # type: ignore[method-assign]
+    # the buttons thread is about to take the indicator's lock
+    mark_around(indicators, "alarm", trace.mark, before="to_indicator")
 
     acknowledged = indicators.acknowledged
 
@@ -1029,9 +1000,8 @@ def ack_stages(rows: list[dict[str, float]]) -> dict[str, dict[str, float]]:
 def ack_margin(rows: list[dict[str, float]]) -> dict[str, float] | None:
     """How long before the ack reached the indicator (``acknowledged`` called) the buttons
     thread called ``Indicators.alarm`` for the alarm. Both then take the indicator's lock; an
-    ack that gets it first finds another event there and is not shown (the race in
-    agent/daemon.py::_on_button). The minimum is how close a run came to that; a value just
-    below 0 can still be shown (the ack waited for the lock)."""
+    ack that gets it first is remembered by the indicator and applied when the alarm arrives
+    (fixed after this bench found the race). The minimum is how close a run came to it."""
     xs = sorted(r["ack_in"] - r["to_indicator"] for r in rows
                 if "ack_in" in r and "to_indicator" in r)
     if not xs:
@@ -1170,7 +1140,8 @@ def markdown(r: dict[str, Any]) -> str:
             lines += ["", "Margin: the buttons thread called Indicators.alarm "
                           f"{m['p50_ms']:.3f} ms (p50), {m['p1_ms']:.3f} ms (p1), "
                           f"{m['min_ms']:.3f} ms (min) before the ack reached the indicator; "
-                          "an ack that comes first is not shown."]
+                          "an ack that comes first is remembered and applied when the alarm "
+                          "arrives."]
     if live:
         b = live["segment_bytes"] or {"min": 0, "max": 0}
         lines += [
