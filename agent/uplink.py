@@ -314,8 +314,8 @@ class Uplink:
         started = self._clock()
         sock_writable = False
         while True:
-            sock = client.socket()
-            if sock is None:
+            if client.socket() is None:
+                self._lost("the socket was closed")
                 break
             now = self._clock()
             self.heartbeat = now
@@ -351,23 +351,20 @@ class Uplink:
             # Ask for writability only when paho has bytes to write or video waits for room:
             # under TCP_NOTSENT_LOWAT the socket is writable only when little is unsent.
             want_w = client.want_write() or self._gate is _Gate.SOCKET
-            fd = sock.fileno()
-            readable, writable, _ = select.select(
-                [fd, self._wake_r], [fd] if want_w else [], [], max(timeout, 0.001))
-            if self._wake_r in readable:
-                self._drain_wake()
-                self._dirty = True
+            ready = self._wait_socket(client, want_w, timeout)
+            if ready is None:
+                break  # paho closed the socket since the top of the loop (see _wait_socket)
+            readable, writable = ready
             rc = MQTTErrorCode.MQTT_ERR_SUCCESS
-            if fd in readable:
+            if readable:
                 rc = client.loop_read()
-            if rc == MQTTErrorCode.MQTT_ERR_SUCCESS and writable and client.socket() is not None:
-                rc = client.loop_write()
-            sock_writable = bool(writable) and not client.want_write()
+            if rc == MQTTErrorCode.MQTT_ERR_SUCCESS and writable:
+                rc = client.loop_write()  # NO_CONN if a callback in loop_read closed it
+            sock_writable = writable and not client.want_write()
             if rc == MQTTErrorCode.MQTT_ERR_SUCCESS:
                 rc = client.loop_misc()  # keepalive pings; drops a link whose PINGRESP is late
             if rc not in (MQTTErrorCode.MQTT_ERR_SUCCESS, MQTTErrorCode.MQTT_ERR_AGAIN):
-                if self.state is not LinkState.OFFLINE:
-                    self._fail(f"connection lost: {mqtt.error_string(rc)}")
+                self._lost(mqtt.error_string(rc))
                 break
         self._flush_acks(force=True)
         self._alarm_sent.clear()
@@ -376,6 +373,40 @@ class Uplink:
         # centre's state is unknown, not "listening".
         self.centre_present = None
         self._receivers.clear()
+
+    def _wait_socket(self, client: mqtt.Client, want_write: bool,
+                     timeout: float) -> tuple[bool, bool] | None:
+        """select() on paho's socket and the wake pipe: (readable, writable), or None when the
+        connection has ended.
+
+        paho closes its socket, and forgets it, wherever an I/O error surfaces: in loop_read,
+        loop_write and loop_misc, and also inside publish() and subscribe(), which write at
+        once in the external-loop mode, so in our _pump, _publish_latest, _resend_unconfirmed
+        and in the callbacks they trigger. A socket object fetched earlier in the turn may be
+        closed by now (fileno() -1: select() raises) or its number reused by another file.
+        So the socket is fetched here, after every paho call of the turn, and nothing but
+        select() runs between fetching and using it.
+        """
+        sock = client.socket()
+        if sock is None:
+            self._lost("the socket was closed")
+            return None
+        if isinstance(sock, ssl.SSLSocket) and sock.pending():
+            timeout = 0.0  # TLS bytes already decrypted in the buffer: select() cannot see them
+            pending = True
+        else:
+            pending = False
+        try:
+            fd = sock.fileno()
+            readable, writable, _ = select.select(
+                [fd, self._wake_r], [fd] if want_write else [], [], max(timeout, 0.001))
+        except (OSError, ValueError) as exc:  # closed under us after all: end the connection
+            self._lost(str(exc))
+            return None
+        if self._wake_r in readable:
+            self._drain_wake()
+            self._dirty = True
+        return pending or fd in readable, bool(writable)
 
     def _pump(self, client: mqtt.Client, sock_writable: bool) -> None:
         """Hand paho every waiting alarm and control message; video only into an idle pipe.
@@ -504,6 +535,11 @@ class Uplink:
         if reason != self.last_error:
             log.warning("uplink: %s", reason)
         self.last_error = reason
+
+    def _lost(self, why: str) -> None:
+        """The connection ended; say why once (paho's on_disconnect may have said it)."""
+        if self.state is not LinkState.OFFLINE:
+            self._fail(f"connection lost: {self._socket_error or why}")
 
     def _drain_wake(self) -> None:
         with contextlib.suppress(BlockingIOError):
