@@ -10,8 +10,10 @@ select-based). Each thread owns one thing and hands work on through one queue or
     control   the local control socket (status, simulate)
     main      signals, sd_notify READY/STATUS/WATCHDOG, health checks
 
-The watchdog ping is sent only while the buttons and uplink threads show recent heartbeats,
-so a hung thread stops the pings and systemd restarts the agent.
+Every long-lived thread runs under one Supervisor and one rule (agent/supervision.py): a
+crash is logged once and the thread restarted at once; too many crashes, or a hung thread,
+end the process with status 70 for systemd to restart. The watchdog ping is sent only while
+the core threads show recent heartbeats.
 """
 
 from __future__ import annotations
@@ -63,12 +65,14 @@ from agent.protocol import (
 )
 from agent.sdnotify import Notifier
 from agent.segmenter import Segment
+from agent.supervision import Supervisor, log_thread_exceptions
 from agent.uplink import Uplink
 from agent.video import Video, live_chunks
 
 log = logging.getLogger("agent.daemon")
 
 HEARTBEAT_STALE_S = 5.0
+CORE_THREADS = ("buttons", "uplink", "control")  # the alarm path and the technician's access
 MAX_TEST_MODE_MIN = 240
 TEST_MODE_FILE = "test-mode.json"
 
@@ -77,8 +81,10 @@ class Daemon:
     """Build with a Config; ``start()`` opens everything, ``stop()`` closes it in reverse."""
 
     def __init__(self, cfg: Config, notifier: Notifier | None = None,
-                 health_interval_s: float = 60.0, pin_factory: Factory | None = None) -> None:
+                 health_interval_s: float = 60.0, pin_factory: Factory | None = None,
+                 supervisor: Supervisor | None = None) -> None:
         self.cfg = cfg
+        self.supervisor = supervisor or Supervisor()
         self._pin_factory = pin_factory  # None: the one chosen by gpio.backend
         self.health_interval_s = health_interval_s
         self._next_health = 0.0  # monotonic time of the next health message
@@ -88,6 +94,8 @@ class Daemon:
         self.started_at = time.time()
         self.last_alarm: dict[str, Any] | None = None
         self._stop = threading.Event()
+        self._stale: list[str] = []  # core threads without a recent heartbeat, last turn
+        self._last_summary = ""  # systemd's STATUS= as last sent
         self.outbox: Outbox | None = None
         self.uplink: Uplink | None = None
         self.buttons: ButtonBoard | None = None
@@ -117,16 +125,16 @@ class Daemon:
         self.indicators = Indicators(self.cfg.indicators, factory)
         self.control = ControlServer(socket_path(storage), self._on_control)
         self.indicators.start()
-        self.video.start()
+        self.video.start(self.supervisor)
         if self.outbox.recovered_from is not None:
             self._system_fault(f"the outbox was corrupt and was replaced (kept as "
                                f"{self.outbox.recovered_from.name}): alarms queued in it may "
                                "not have been sent")
         self.video.on_live(self._on_live_segment)
         self.uplink.post_latest(self.topics.pubkey, self.box_key.public_pem())
-        self.uplink.start()
-        self.buttons.start()
-        self.control.start()
+        self.uplink.start(self.supervisor)
+        self.buttons.start(supervisor=self.supervisor)
+        self.control.start(self.supervisor)
         pending = self.outbox.depth()
         log.info("agent %s started for site %s; outbox holds %s", __version__,
                  self.cfg.site.id, pending)
@@ -152,24 +160,22 @@ class Daemon:
             signal.signal(sig, lambda *_: self.request_stop())
         signal.signal(signal.SIGHUP, lambda *_: log.warning(
             "SIGHUP ignored: restart the agent to apply configuration changes"))
+        log_thread_exceptions()
         self.start()
         try:
-            self._supervise()
+            self.supervise()
         finally:
             self.stop()
         return 0
 
-    def _supervise(self) -> None:
+    def supervise(self) -> None:
+        """The main thread until a stop is requested: one turn a second (half the watchdog
+        interval at most), itself under the supervisor's rule."""
         interval = min(1.0, (self.notifier.watchdog_s or 2.0) / 2)
-        last_summary = ""
         self._next_health = time.monotonic()
-        while not self._stop.wait(interval):
-            try:
-                last_summary = self._supervise_once(last_summary)
-            except Exception:  # supervision must outlive any one bad turn (a failing disk)
-                log.exception("supervisor turn failed; carrying on")
+        self.supervisor.run_turns(self._supervise_once, interval, self._stop)
 
-    def _supervise_once(self, last_summary: str) -> str:
+    def _supervise_once(self) -> None:
         """One turn: test-mode expiry, indicators, health, the watchdog, systemd's STATUS."""
         if self.test_until is not None and time.time() >= self.test_until:
             self.set_test_mode(None)
@@ -179,20 +185,19 @@ class Daemon:
         if time.monotonic() >= self._next_health and self.uplink is not None:
             self.uplink.post_latest(self.topics.health, self.health_payload())
             self._next_health = time.monotonic() + self.health_interval_s
-        if self.healthy():
+        stale = self.supervisor.stale(HEARTBEAT_STALE_S, CORE_THREADS)
+        if not stale:
             self.notifier.send(watchdog="1")
-        else:
-            log.error("a core thread is stalled; withholding the watchdog ping")
+        elif stale != self._stale:
+            log.error("thread(s) %s stalled; withholding the watchdog ping", ", ".join(stale))
+        self._stale = stale
         summary = self._summary()
-        if summary != last_summary:
+        if summary != self._last_summary:
             self.notifier.send(status=summary)
-        return summary
+            self._last_summary = summary
 
     def healthy(self) -> bool:
-        now = time.monotonic()
-        parts = (self.buttons, self.uplink)
-        return all(p is not None and p.alive and now - p.heartbeat < HEARTBEAT_STALE_S
-                   for p in parts)
+        return not self.supervisor.stale(HEARTBEAT_STALE_S, CORE_THREADS)
 
     # --- the alarm path (runs on the buttons thread) ----------------------------------------
 
@@ -349,6 +354,9 @@ class Daemon:
                 assert self.indicators is not None
                 self.indicators.reset()
                 return {"ok": True, "status": self.status()}
+            case "inject":
+                self._inject(req)
+                return {"ok": True, "status": self.status()}
             case "test_mode":
                 minutes = req.get("minutes", 30)
                 if req.get("on") is not True:
@@ -360,6 +368,16 @@ class Daemon:
                 return {"ok": True, "status": self.status()}
             case other:
                 raise AgentError(f"unknown control command {other!r}")
+
+    def _inject(self, req: dict[str, Any]) -> None:
+        """The test seam for crash-only threads: crash or hang a thread, like a bug would.
+        Only in the simulated school, as ``simulate``: a real box never takes it."""
+        if self.cfg.gpio.backend != "mock":
+            raise AgentError("inject works only in a simulated school (gpio.backend: mock)")
+        hang_s = req.get("hang_s", 0)
+        if not isinstance(hang_s, int | float) or not 0 <= hang_s <= 120:
+            raise AgentError("hang_s is 0 to 120 seconds")
+        self.supervisor.inject(str(req.get("thread")), hang_s=float(hang_s))
 
     def set_test_mode(self, until: float | None) -> None:
         """A walk test: alarms carry ``test: true`` until ``until``; it switches itself off."""
@@ -383,6 +401,7 @@ class Daemon:
             "version": __version__,
             "pid": os.getpid(),
             "uptime_s": round(time.time() - self.started_at, 1),
+            "thread_crashes": self.supervisor.status(),
             "clock_synced": clock_synced(),
             "uplink": {"state": str(self.uplink.state), "last_error": self.uplink.last_error,
                        "sent": self.uplink.sent,

@@ -27,6 +27,7 @@ from agent.outbox import BlobRef
 from agent.protocol import ChunkHeader, Priority, Topics, dumps, rfc3339
 from agent.segmenter import RingBuffer, Segment, Segmenter, SegmentSink
 from agent.store import Recorder, SegmentStore, StoreError
+from agent.supervision import Supervisor
 
 log = logging.getLogger("agent.video")
 
@@ -126,7 +127,7 @@ class Video:
         self.live: dict[str, LiveFeed] = {}
         self._on_live: Callable[[str, str, Segment, int, bool], None] | None = None
 
-    def start(self) -> None:
+    def start(self, supervisor: Supervisor | None = None) -> None:
         if not self._cfg.cameras:
             return
         self.spool = SegmentStore(self._storage / "spool", self._storage / "spool.db",
@@ -140,7 +141,7 @@ class Video:
         for cam in self._cfg.cameras:
             # A little more than pre_alarm_s: the clip starts a moment after the press.
             self.rings[cam.id] = RingBuffer(cam.pre_alarm_s + 2 * cam.segment_s)
-        self.clips.open()
+        self.clips.open(supervisor)
         for cam in self._cfg.cameras:
             sinks: list[SegmentSink] = [self.rings[cam.id].add]
             if self.recording is not None:

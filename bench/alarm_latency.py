@@ -567,7 +567,7 @@ def run(args: argparse.Namespace, workdir: Path, stages: StageTimer | None) -> t
         # What Daemon.run() does after start() minus the signal handlers (main thread only):
         # the supervise loop, whose once-a-second health and status reads take the outbox lock
         # as in production.
-        supervise = threading.Thread(target=daemon._supervise, name="supervise", daemon=True)
+        supervise = threading.Thread(target=daemon.supervise, name="supervise", daemon=True)
         supervise.start()
         assert daemon.buttons is not None and daemon.uplink is not None
         pin = factory.pin(BUTTON_PIN)

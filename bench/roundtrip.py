@@ -748,7 +748,7 @@ class RunningBox:
 
     def start(self) -> Daemon:
         self.daemon.start()
-        self._supervise = threading.Thread(target=self.daemon._supervise, name="supervise",
+        self._supervise = threading.Thread(target=self.daemon.supervise, name="supervise",
                                            daemon=True)
         self._supervise.start()
         uplink = self.daemon.uplink

@@ -94,7 +94,7 @@ def test_watchdog_withheld_while_the_buttons_thread_hangs(
         d = Daemon(load_config(agent_config), notifier=Notifier(str(fake.path)))
     finally:
         del os.environ["WATCHDOG_USEC"]
-    runner = threading.Thread(target=d._supervise, daemon=True)
+    runner = threading.Thread(target=d.supervise, daemon=True)
     d.start()
     runner.start()
     try:

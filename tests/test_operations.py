@@ -57,7 +57,7 @@ def test_test_mode_refuses_an_absurd_duration(agent_process: AgentProcess) -> No
 def test_health_telemetry_is_published_retained(agent_config: Path, broker: Mosquitto) -> None:
     d = Daemon(load_config(agent_config), notifier=Notifier(None), health_interval_s=0.5)
     d.start()
-    runner = threading.Thread(target=d._supervise, daemon=True)
+    runner = threading.Thread(target=d.supervise, daemon=True)
     runner.start()
     try:
         col = Collector(broker.port, ["schools/sim-school/health"], client_id="health").start()

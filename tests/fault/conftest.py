@@ -86,6 +86,12 @@ def pytest_terminal_summary(terminalreporter: Any) -> None:
             terminalreporter.write_line(line)
 
 
+def record_fault_line(line: str) -> None:
+    """One grep-able result line, printed now and repeated in the terminal summary."""
+    print(f"\n{line}", flush=True)
+    _FAULT_LINES.append(line)
+
+
 @dataclass
 class Tally:
     """What the agent acknowledged and what the centre got; prints the FAULT line."""
@@ -138,8 +144,7 @@ class Tally:
         line = (f"FAULT {self.name}: sent={self.sent} received={len(received)} "
                 f"lost={len(lost)} duplicated={duplicated}"
                 f" seq_gaps={len(gaps)} out_of_order={late}" + (f" {tail}" if tail else ""))
-        print(f"\n{line}", flush=True)
-        _FAULT_LINES.append(line)
+        record_fault_line(line)
         return info
 
     def assert_ok(self, info: dict[str, Any], *, in_order: bool = True,
