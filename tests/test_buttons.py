@@ -221,7 +221,8 @@ def test_a_crash_while_handling_a_press_still_raises_its_alarm(
     factory: MockFactory, rec: Recorder, wiring: str
 ) -> None:
     """The edge being handled when the thread crashed is gone; the restarted thread reads the
-    pins and raises the alarm for the press that is still held (crash-only, agent/supervision.py)."""
+    pins and raises the alarm for the press that is still held (crash-only: agent/supervision.py).
+    """
     failures = [1]
 
     def wall() -> float:  # read in the middle of handling the edge, after the level is taken

@@ -24,7 +24,10 @@ class Recorder:
         self.reasons.append(reason)
 
 
-def looping(runs: list[int], fail: Callable[[int], BaseException | None]) -> Callable[[Worker], None]:
+Body = Callable[[Worker], None]
+
+
+def looping(runs: list[int], fail: Callable[[int], BaseException | None]) -> Body:
     """A body that counts its starts and fails as ``fail(start number)`` says, else loops."""
 
     def body(worker: Worker) -> None:
