@@ -158,10 +158,47 @@ class Tally:
             assert info["out_of_order"] == 0, f"{self.name}: alarms arrived out of seq order"
 
 
-def fault_seed(name: str) -> int:
-    """FAULT_SEED=N reproduces a run; otherwise a fresh seed, printed with the FAULT line."""
+# --- seeds: a randomized fault test proves little on one seed ---------------------------------
+#
+# A test that takes a ``seed`` argument runs once per seed: every seed that ever failed it (a
+# regression case, kept forever, by test name below) plus ``--fault-seeds`` fresh ones (default
+# 2) drawn anew on every run. FAULT_SEED=N runs exactly seed N instead. A failure prints the
+# line that reproduces it.
+
+REGRESSION_SEEDS: dict[str, tuple[int, ...]] = {
+    # issue 9: a reset between paho closing its socket and select() killed the uplink thread
+    "test_broker_killed_while_a_clip_backlog_drains": (1989770312,),
+}
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    if "seed" not in metafunc.fixturenames:
+        return
     env = os.environ.get("FAULT_SEED")
-    seed = int(env) if env else random.SystemRandom().randrange(1, 2**31)
+    if env:
+        seeds = [int(env)]
+    else:
+        fresh = random.SystemRandom()
+        seeds = [*REGRESSION_SEEDS.get(metafunc.function.__name__, ()),
+                 *(fresh.randrange(1, 2**31)
+                   for _ in range(metafunc.config.getoption("--fault-seeds")))]
+    metafunc.parametrize("seed", seeds, ids=[f"seed={s}" for s in seeds])
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Any:
+    report = yield
+    seed = getattr(item, "callspec", None) and item.callspec.params.get("seed")
+    if seed is not None and report.failed and report.when == "call":
+        test = item.nodeid.split("[")[0]
+        line = f"reproduce: FAULT_SEED={seed} .venv/bin/pytest '{test}'"
+        report.sections.append(("fault seed", line))
+        _FAULT_LINES.append(f"FAILED {item.nodeid}: {line}")
+    return report
+
+
+def fault_seed(name: str, seed: int) -> int:
+    """Print the seed beside the test's FAULT line, so a log shows which seed ran."""
     print(f"\n{name}: seed={seed} (reproduce with FAULT_SEED={seed})", flush=True)
     return seed
 
