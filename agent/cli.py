@@ -17,7 +17,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from agent import __version__, control, logs
+from agent import __version__, control, logs, walktest
 from agent.config import Config, format_report, load_config
 from agent.errors import AgentError, ConfigError
 
@@ -62,7 +62,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("test-mode", help="walk test: alarms are marked as tests for N minutes")
     p.add_argument("state", choices=["on", "off"])
-    p.add_argument("--minutes", type=int, default=30, help="1 to 240 (default 30)")
+    p.add_argument("--minutes", type=int, default=30,
+                   help=f"1 to {walktest.MAX_MINUTES} (default 30)")
     _add_config(p)
     p.set_defaults(func=cmd_test_mode)
 

@@ -18,7 +18,6 @@ the core threads show recent heartbeats.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import shutil
@@ -68,13 +67,12 @@ from agent.segmenter import Segment
 from agent.supervision import Supervisor, log_thread_exceptions
 from agent.uplink import Uplink
 from agent.video import Video, live_chunks
+from agent.walktest import MAX_MINUTES, WalkTest
 
 log = logging.getLogger("agent.daemon")
 
 HEARTBEAT_STALE_S = 5.0
 CORE_THREADS = ("buttons", "uplink", "control")  # the alarm path and the technician's access
-MAX_TEST_MODE_MIN = 240
-TEST_MODE_FILE = "test-mode.json"
 
 
 class Daemon:
@@ -88,7 +86,7 @@ class Daemon:
         self._pin_factory = pin_factory  # None: the one chosen by gpio.backend
         self.health_interval_s = health_interval_s
         self._next_health = 0.0  # monotonic time of the next health message
-        self.test_until: float | None = None  # wall time; a walk test is on until then
+        self.walk_test = WalkTest(Path(cfg.storage.path))
         self.topics = Topics(cfg.mqtt.topic_prefix, cfg.site.id)
         self.notifier = notifier or Notifier.from_env()
         self.started_at = time.time()
@@ -110,7 +108,7 @@ class Daemon:
     def start(self) -> None:
         storage = Path(self.cfg.storage.path)
         storage.mkdir(parents=True, exist_ok=True, mode=0o750)
-        self.test_until = _load_test_mode(storage)
+        self.walk_test.load()
         self.outbox = Outbox.open(storage / "outbox.db", int(self.cfg.storage.max_gb * 1e9))
         self.router = self._command_router(storage)
         self.box_key = BoxKey.load_or_create(storage)
@@ -177,7 +175,7 @@ class Daemon:
 
     def _supervise_once(self) -> None:
         """One turn: test-mode expiry, indicators, health, the watchdog, systemd's STATUS."""
-        if self.test_until is not None and time.time() >= self.test_until:
+        if self.walk_test.expired():
             self.set_test_mode(None)
         if self.indicators is not None and self.uplink is not None:
             self.indicators.centre(self.uplink.centre_present)
@@ -212,7 +210,7 @@ class Daemon:
                 event_id=event_id, seq=seq, site_id=self.cfg.site.id, button_id=button.id,
                 location=button.location, kind=str(event.kind),
                 pressed_at=rfc3339(event.wall_time), clock_synced=synced, detail=event.detail,
-                test=self.test_until is not None and event.wall_time < self.test_until,
+                test=self.walk_test.active(),
             ).to_json()
 
         seq, durable = self.outbox.add_alarm(self.topics.alarm, event_id, build)
@@ -333,9 +331,8 @@ class Daemon:
 
     def _cmd_test_mode(self, cmd: Command) -> dict[str, Any]:
         assert isinstance(cmd.params, TestModeArgs)
-        minutes = cmd.params.minutes
-        self.set_test_mode(time.time() + minutes * 60 if cmd.params.on and minutes else None)
-        return {"test_mode_until": rfc3339(self.test_until) if self.test_until else None}
+        self.set_test_mode(cmd.params.minutes if cmd.params.on else None)
+        return {"test_mode_until": self._test_mode_until()}
 
     # --- control and status -----------------------------------------------------------------
 
@@ -361,10 +358,10 @@ class Daemon:
                 minutes = req.get("minutes", 30)
                 if req.get("on") is not True:
                     self.set_test_mode(None)
-                elif isinstance(minutes, int) and 1 <= minutes <= MAX_TEST_MODE_MIN:
-                    self.set_test_mode(time.time() + minutes * 60)
+                elif isinstance(minutes, int) and 1 <= minutes <= MAX_MINUTES:
+                    self.set_test_mode(minutes)
                 else:
-                    raise AgentError(f"test mode lasts 1 to {MAX_TEST_MODE_MIN} minutes")
+                    raise AgentError(f"test mode lasts 1 to {MAX_MINUTES} minutes")
                 return {"ok": True, "status": self.status()}
             case other:
                 raise AgentError(f"unknown control command {other!r}")
@@ -379,11 +376,15 @@ class Daemon:
             raise AgentError("hang_s is 0 to 120 seconds")
         self.supervisor.inject(str(req.get("thread")), hang_s=float(hang_s))
 
-    def set_test_mode(self, until: float | None) -> None:
-        """A walk test: alarms carry ``test: true`` until ``until``; it switches itself off."""
-        self.test_until = until
-        _save_test_mode(Path(self.cfg.storage.path), until)
-        log.warning("test mode %s", f"ON until {rfc3339(until)}" if until else "OFF")
+    def set_test_mode(self, minutes: int | None) -> None:
+        """A walk test for ``minutes`` (None: off): alarms carry ``test: true`` meanwhile; it
+        switches itself off (agent/walktest.py)."""
+        if minutes is None:
+            self.walk_test.stop()
+        else:
+            self.walk_test.start(minutes)
+        until = self._test_mode_until()
+        log.warning("test mode %s", f"ON until {until}" if until else "OFF")
         if self.uplink is not None:
             self.uplink.post_latest(self.topics.status, self._status_payload("online", ""))
 
@@ -413,7 +414,7 @@ class Daemon:
             "last_alarm": self.last_alarm,
             "buttons": self.buttons.snapshot(),
             **(self.video.status() if self.video else {}),
-            "test_mode_until": rfc3339(self.test_until) if self.test_until else None,
+            "test_mode_until": self._test_mode_until(),
             "indicator": str(self.indicators.pattern) if self.indicators else "off",
             "disk_free_mb": disk.free // 1_000_000,
             "cpu_temp_c": _cpu_temp(),
@@ -427,10 +428,14 @@ class Daemon:
                 f"clips={depth['clip']}")
 
     def _status_payload(self, state: str, reason: str) -> bytes:
-        until = self.test_until if state == "online" else None
         return Status(state=state, site_id=self.cfg.site.id, at=rfc3339(time.time()),
                       agent_version=__version__, reason=reason,
-                      test_mode_until=rfc3339(until) if until else None).to_json()
+                      test_mode_until=self._test_mode_until() if state == "online" else None
+                      ).to_json()
+
+    def _test_mode_until(self) -> str | None:
+        until = self.walk_test.until_wall()
+        return rfc3339(until) if until is not None else None
 
 
 def _cpu_temp() -> float | None:
@@ -439,22 +444,3 @@ def _cpu_temp() -> float | None:
         return int(Path("/sys/class/thermal/thermal_zone0/temp").read_text()) / 1000
     except (OSError, ValueError):
         return None
-
-
-def _load_test_mode(storage: Path) -> float | None:
-    """A walk test survives a restart of the agent, and still ends on time."""
-    try:
-        until = float(json.loads((storage / TEST_MODE_FILE).read_text())["until"])
-    except (OSError, ValueError, KeyError, TypeError):
-        return None
-    return until if time.time() < until <= time.time() + MAX_TEST_MODE_MIN * 60 else None
-
-
-def _save_test_mode(storage: Path, until: float | None) -> None:
-    path = storage / TEST_MODE_FILE
-    if until is None:
-        path.unlink(missing_ok=True)
-        return
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps({"until": until}))
-    tmp.rename(path)

@@ -11,6 +11,7 @@ from agent.config import load_config
 from agent.daemon import Daemon
 from agent.mosquitto import Mosquitto
 from agent.sdnotify import Notifier
+from agent.walktest import boot_id
 from tests.conftest import AgentProcess, Collector, cli, wait_for, write_config
 
 
@@ -35,7 +36,8 @@ def test_walk_test_survives_a_restart_and_switches_itself_off(agent_config: Path
                                                               collector: Collector) -> None:
     state = agent_config.parent / "state"
     state.mkdir()
-    (state / "test-mode.json").write_text(json.dumps({"until": time.time() + 3}))
+    (state / "test-mode.json").write_text(json.dumps(  # as a walk test 3 s from its end
+        {"until_monotonic": time.monotonic() + 3, "boot_id": boot_id()}))
     agent = AgentProcess(agent_config).start()
     try:
         assert (agent.status() or {})["test_mode_until"]
