@@ -75,6 +75,8 @@ class Worker:
         self.stopping = threading.Event()
         self.heartbeat = supervisor.clock()
         self.crashes = 0
+        self.last_crash_at: float | None = None  # supervisor.clock() time of the last crash
+        self._ready = False  # beaten since its last (re)start: its state is rebuilt
         self._crash_next = False  # test seams, taken at the next beat
         self._hang_s = 0.0
         self._crashed = threading.Condition()
@@ -101,6 +103,10 @@ class Worker:
     def beat(self) -> None:
         """The body's proof of life, and the one point where a test may make it fail."""
         self.heartbeat = self._supervisor.clock()
+        if not self._ready:
+            with self._crashed:
+                self._ready = True
+                self._crashed.notify_all()
         if self._hang_s:
             hang, self._hang_s = self._hang_s, 0.0
             time.sleep(hang)
@@ -121,7 +127,9 @@ class Worker:
                     log.warning("thread %s failed while stopping: %s", self.name, exc)
                     return
                 if not self._supervisor.crashed(self, exc):
-                    return  # over budget: the process is on its way out
+                    with self._crashed:  # over budget: the process is on its way out
+                        self._crashed.notify_all()
+                    return
 
     def arm(self, *, crash: bool, hang_s: float = 0.0) -> int:
         """Test seam: at the next :meth:`beat`, hang ``hang_s`` and/or crash; returns the
@@ -136,11 +144,16 @@ class Worker:
     def count_crash(self) -> None:
         with self._crashed:
             self.crashes += 1
+            self.last_crash_at = self._supervisor.clock()
+            self._ready = False
             self._crashed.notify_all()
 
     def wait_crash(self, past: int, timeout: float) -> bool:
+        """Until it has crashed since ``past`` and been restarted (beaten again): a test that
+        acts next meets the restarted thread, not one still rebuilding its state."""
         with self._crashed:
-            return self._crashed.wait_for(lambda: self.crashes > past, timeout)
+            return self._crashed.wait_for(lambda: self.crashes > past and (
+                self._ready or self._supervisor.gave_up is not None), timeout)
 
 
 class Supervisor:
@@ -198,6 +211,7 @@ class Supervisor:
             except Exception as exc:  # rule 4: the supervisor's turn is supervised too
                 if not self.crashed(self._main, exc):
                     return
+                self._main.beat()  # restarted: the next turn is the loop going on
 
     def check(self) -> None:
         """Rule 3, and a last line of defence: a worker thread gone without a stop."""
@@ -221,6 +235,14 @@ class Supervisor:
                 out.append(name)
         return out
 
+    def worker(self, name: str) -> Worker:
+        """A worker by name; ``supervisor`` is the main thread's turn."""
+        worker = self._main if name == "supervisor" else self._workers.get(name)
+        if worker is None:
+            known = ", ".join(["supervisor", *self._workers])
+            raise AgentError(f"no thread {name!r}; known: {known}")
+        return worker
+
     def workers(self) -> list[Worker]:
         with self._lock:
             return list(self._workers.values())
@@ -230,12 +252,10 @@ class Supervisor:
         return {w.name: w.crashes for w in [*self.workers(), self._main] if w.crashes}
 
     def inject(self, name: str, *, hang_s: float = 0.0, timeout: float = 5.0) -> None:
-        """Test seam: thread ``name`` crashes at its next beat (returns once it has), or with
-        ``hang_s`` hangs that long there instead. ``supervisor`` is the main thread's turn."""
-        worker = self._main if name == "supervisor" else self._workers.get(name)
-        if worker is None:
-            known = ", ".join(["supervisor", *self._workers])
-            raise AgentError(f"no thread {name!r}; known: {known}")
+        """Test seam: thread ``name`` crashes at its next beat (returns once it has been
+        restarted), or with ``hang_s`` hangs that long there instead. ``supervisor`` is the
+        main thread's turn."""
+        worker = self.worker(name)
         past = worker.arm(crash=not hang_s, hang_s=hang_s)
         if not hang_s and not worker.wait_crash(past, timeout):
             raise AgentError(f"thread {name} did not reach its next beat within {timeout:.0f} s")

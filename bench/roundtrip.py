@@ -98,14 +98,7 @@ for _p in (REPO, REPO / "bench"):  # the agent from this checkout; the shared be
 import av  # noqa: E402
 import paho.mqtt.client as mqtt  # noqa: E402
 import yaml  # noqa: E402
-from alarm_latency import (  # noqa: E402
-    agent_logs_to,
-    default_storage_parent,
-    describe,
-    machine_context,
-    mark_around,
-    percentile,
-)
+from alarm_latency import agent_logs_to, mark_around  # noqa: E402
 from gpiozero.pins.mock import MockFactory  # noqa: E402
 from paho.mqtt.enums import CallbackAPIVersion  # noqa: E402
 
@@ -119,6 +112,12 @@ from agent.mosquitto import Mosquitto  # noqa: E402
 from agent.protocol import Topics, decode_chunk  # noqa: E402
 from agent.sdnotify import Notifier  # noqa: E402
 from agent.segmenter import Segment  # noqa: E402
+from agent.testing.stats import (  # noqa: E402
+    default_storage_parent,
+    describe,
+    machine_context,
+    percentile,
+)
 from agent.video import CHUNK_BYTES, live_chunks  # noqa: E402
 
 TARGET_ACK_P99_MS = 50.0
