@@ -140,7 +140,9 @@ class Daemon:
 
     def stop(self) -> None:
         self.notifier.send(stopping="1")
-        for part in (self.control, self.buttons, self.video, self.uplink, self.indicators):
+        # The uplink before the video: a receipt must not reach a closed spool. Clip chunks
+        # the video stores as it stops are in the outbox, and go out after the restart.
+        for part in (self.control, self.buttons, self.uplink, self.video, self.indicators):
             if part is not None:
                 part.stop()
         if self.outbox is not None:

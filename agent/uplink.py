@@ -158,6 +158,8 @@ class Uplink:
         self._clock = clock
         self._wake_r, self._wake_w = os.pipe()
         os.set_blocking(self._wake_w, False)
+        self._pipe_lock = threading.Lock()
+        self._pipe_open = True
         self._stopping = threading.Event()
         self._worker: Worker | None = None
         self._beat: Callable[[], None] = lambda: None
@@ -198,9 +200,11 @@ class Uplink:
         self._worker = (supervisor or Supervisor()).spawn("uplink", self._run, wake=self.wake)
 
     def wake(self) -> None:
-        """Something new is in the outbox. Never blocks: a full pipe is already a wake-up."""
-        with contextlib.suppress(BlockingIOError):
-            os.write(self._wake_w, b"!")
+        """Something new is in the outbox. Never blocks: a full pipe is already a wake-up.
+        After stop() it does nothing (the pipe's numbers may belong to other files by then)."""
+        with self._pipe_lock, contextlib.suppress(BlockingIOError):
+            if self._pipe_open:
+                os.write(self._wake_w, b"!")
 
     def post_latest(self, topic: str, payload: bytes) -> None:
         """Publish retained when online; a newer value for the topic replaces an unsent one."""
@@ -232,8 +236,12 @@ class Uplink:
         self._stopping.set()
         if self._worker is not None:
             self._worker.stop(timeout)
-        os.close(self._wake_r)
-        os.close(self._wake_w)
+            if self._worker.alive:
+                return  # hung: leave it its pipe; the process is on its way out
+        with self._pipe_lock:
+            self._pipe_open = False
+            os.close(self._wake_r)
+            os.close(self._wake_w)
 
     # --- the uplink thread ------------------------------------------------------------------
 
