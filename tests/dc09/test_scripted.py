@@ -8,6 +8,7 @@ import contextlib
 import re
 import socket
 import threading
+import time
 from collections.abc import Iterator
 
 import pytest
@@ -144,3 +145,21 @@ def test_an_event_waits_while_no_receiver_answers(harness: Harness,
     assert harness.queue.depth() == 1 and not harness.queue.done
     harness.wait(lambda: harness.queue.done, timeout=15, what="sent once it answers")
     assert rx.seqs()[:4] == ["0010", "0011", "0011", "0011"]
+
+
+def test_a_receiver_that_is_down_is_not_hammered(harness: Harness) -> None:
+    """Polls and test reports to a dead receiver back off like events do: a few attempts a
+    second at most, not a busy loop (connection refused returns at once)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]  # nothing listens here once closed
+    dead = Receiver("127.0.0.1", port, Transport.TCP, "1234")
+    shift = [0.0]
+    tx = harness.start(settings(dead, test_report_s=30, retry_max_s=0.5),
+                       clock=lambda: time.monotonic() + shift[0])
+    harness.wait(lambda: tx.status().path_ok is False, what="the start-up poll failing")
+    shift[0] += 31  # the periodic test report is due too
+    before = tx.status().receivers[0].total_failures
+    time.sleep(1.5)
+    assert tx.status().receivers[0].total_failures - before <= 8  # about 5; 14 without the pause
+    assert "cannot connect" in tx.status().receivers[0].last_error

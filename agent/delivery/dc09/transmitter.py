@@ -101,8 +101,9 @@ class Transmitter:
         self._active = 0
         self._acked = self._refused = 0
         self._backoff = 0.0
-        self._next_poll = 0.0
-        self._next_test = 0.0
+        self._next_poll = 0.0  # monotonic: NULL poll due
+        self._next_test = float("inf")  # monotonic: periodic test report due
+        self._retry_at = 0.0  # monotonic: after a failed poll, neither is sent before this
 
     # --- lifecycle ---------------------------------------------------------------------------
 
@@ -138,12 +139,13 @@ class Transmitter:
                     self._deliver(item.id, item.event, worker)
                     continue
                 now = self._clock()
-                if self._settings.test_report_s is not None and now >= self._next_test:
+                due = max(self._retry_at, min(self._next_poll, self._next_test))
+                if now < due:
+                    self._wakeup.wait(min(1.0, due - now))
+                elif now >= self._next_test:
                     self._supervise(Event(EventKind.PERIODIC_TEST, 0), worker)
-                elif now >= self._next_poll:
-                    self._supervise(None, worker)
                 else:
-                    self._wakeup.wait(min(1.0, self._next_poll - now))
+                    self._supervise(None, worker)
         finally:
             for link in self._links:
                 link.close()
@@ -180,9 +182,8 @@ class Transmitter:
                 log.info("dc09: periodic test report (seq %04d) acknowledged by %s", seq, name)
         now = self._clock()
         if outcome is Outcome.FAILED:
-            self._next_poll = now + self._pause_s()
-            return
-        if event is not None:
+            self._retry_at = now + self._pause_s()
+        elif event is not None:
             assert self._settings.test_report_s is not None
             self._next_test = now + self._settings.test_report_s
 
@@ -261,7 +262,7 @@ class Transmitter:
                 last_error=error, clock_offset_s=s.clock_offset_s if offset is None else offset)
 
     def _up(self, idx: int) -> None:
-        self._backoff = 0.0
+        self._backoff = self._retry_at = 0.0
         self._next_poll = self._clock() + self._settings.supervision_s
         with self._lock:
             was, self._path_ok = self._path_ok, True
