@@ -88,7 +88,7 @@ class Settings:
     test_report_s: float | None = 86400.0
     ack_timeout_s: float = 5.0
     attempts: int = 3
-    retry_max_s: float = 30.0
+    retry_max_s: float = 10.0
 
     def __post_init__(self) -> None:
         problems = []

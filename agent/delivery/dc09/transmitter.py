@@ -60,7 +60,7 @@ class ReceiverStatus:
     last_ack_at: float | None = None  # wall time
     failures: int = 0  # failed attempts since the last ACK
     total_failures: int = 0
-    last_error: str = ""
+    last_error: str = ""  # the last failed attempt, starting with the receiver's name
     clock_offset_s: float = 0.0  # the receiver's clock minus ours, from its last NAK
     failed_round_at: float | None = None  # monotonic: when it last failed a whole round
 
@@ -204,7 +204,7 @@ class Transmitter:
             if outcome is not Outcome.FAILED:
                 self._up(idx)
                 return outcome, name, seq
-            errors.append(f"{name}: {self._states[idx].last_error}")
+            errors.append(self._states[idx].last_error)
             if worker.stopping.is_set():
                 break
         else:
@@ -231,12 +231,13 @@ class Transmitter:
                 continue
             if reply is None:
                 link.close()  # a TCP stream that lost a reply is no longer in step
-                self._failed(idx, f"no answer within {self._settings.ack_timeout_s:g} s")
+                self._failed(idx, f"{receiver.name}: no answer within "
+                                  f"{self._settings.ack_timeout_s:g} s")
                 continue
             if reply.kind is ReplyKind.NAK:
                 assert reply.timestamp is not None  # parse_reply demands it in a NAK
                 offset = reply.timestamp - self._wall()
-                self._failed(idx, f"NAK (receiver clock {offset:+.0f} s from ours)",
+                self._failed(idx, f"{receiver.name}: NAK (its clock {offset:+.0f} s from ours)",
                              offset=offset)
                 log.warning("dc09: %s sent NAK to %s %04d: resending with its clock "
                             "(offset %+.0f s)", receiver.name, message.token, seq, offset)
