@@ -10,6 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from agent.delivery.dc09.events import Event, EventKind, MessageFormat, encode
 from agent.delivery.dc09.frame import (
     Address,
     FrameError,
@@ -203,3 +204,14 @@ def test_what_we_build_a_receiver_can_take_apart(seq: int, data: str, key: bytes
     if key is not None:
         content = decrypt(key, bytes.fromhex(content)).decode("ascii").split("|", 1)[1]
     assert content == data + "]" + format_timestamp(AT)
+
+
+def test_the_largest_frame_fits_one_1024_byte_read() -> None:
+    """pysiaalarm reads a TCP frame with one recv(1024) (docs/dc09.md): the longest account,
+    receiver, line and location, encrypted, must stay under it."""
+    address = Address("0123456789ABCDEF", "FFFFFF", "FFFFFF")
+    for fmt in MessageFormat:
+        msg = encode(Event(EventKind.PATH_RESTORE, 999, "Щ" * 500), fmt, address.account)
+        raw = build(msg.token, 9999, address, msg.data, extended=msg.extended, sent_at=AT,
+                    key=bytes(32))
+        assert len(raw) < 1024

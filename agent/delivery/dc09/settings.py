@@ -84,7 +84,7 @@ class Settings:
     receivers: tuple[Receiver, ...]
     format: MessageFormat = MessageFormat.SIA_DCS
     events: frozenset[EventKind] = frozenset(EventKind)
-    supervision_s: float = 90.0
+    supervision_s: float = 60.0  # with 3 x 5 s attempts: path failure known within 75 s
     test_report_s: float | None = 86400.0
     ack_timeout_s: float = 5.0
     attempts: int = 3
