@@ -213,3 +213,20 @@ def test_decoded_time_is_utc(receivers: Callable[..., SiaReceiver], harness: Har
     harness.put(Event(EventKind.PANIC, 1, ""))
     [got] = rx.wait(1)
     assert abs((got.timestamp - datetime.now(UTC)).total_seconds()) < 5
+
+
+def test_a_kept_connection_the_receiver_closed_costs_no_attempt(
+        receivers: Callable[..., SiaReceiver], harness: Harness) -> None:
+    """TCP stays connected between messages; after a receiver restart the first message must
+    not be spent on the dead connection (with one attempt, that would be a lost round)."""
+    rx = receivers(Transport.TCP)
+    tx = harness.start(settings(rx.receiver(), attempts=1))
+    harness.put(Event(EventKind.PANIC, 1, ""))
+    rx.wait(1)
+    rx.stop()
+    back = receivers(Transport.TCP, port=rx.port)
+    time.sleep(0.2)  # the old connection's FIN has arrived
+    harness.put(Event(EventKind.PANIC, 2, ""))
+    [got] = back.wait(1)
+    assert int(got.message) == 2
+    assert tx.status().receivers[0].total_failures == 0

@@ -68,6 +68,8 @@ class Link:
         """Send ``frame`` (sequence number ``seq``) and return the receiver's reply to it, or
         None if none came within ``timeout`` seconds (or the thread is stopping)."""
         deadline = time.monotonic() + timeout
+        if self._sock is not None and self._peer_closed(self._sock):
+            self.close()  # the receiver restarted since: connect again, no attempt lost
         sock = self._sock or self._open(deadline, pulse)
         try:
             sock.sendall(frame)
@@ -127,6 +129,16 @@ class Link:
                 err = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
         if err:
             raise LinkError(f"{self.receiver.name}: cannot connect: {os.strerror(err)}")
+
+    def _peer_closed(self, sock: socket.socket) -> bool:
+        """A kept TCP connection the receiver has closed or reset (only TCP keeps one)."""
+        if self.receiver.transport is Transport.UDP:
+            return False
+        try:
+            readable, _, _ = select.select([sock], [], [], 0)
+            return bool(readable) and sock.recv(1, socket.MSG_PEEK) == b""
+        except OSError:
+            return True
 
     def _read(self, sock: socket.socket) -> None:
         try:

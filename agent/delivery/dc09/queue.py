@@ -23,7 +23,10 @@ class Queued:
 
 
 class EventQueue(Protocol):
-    """Called from the transmitter's thread only; implementations lock if others write."""
+    """Called from the transmitter's thread, except :meth:`depth` (status asks from its own);
+    implementations lock where others write. None of them may raise for one bad row: a row
+    that cannot be made into an :class:`Event` is the adapter's to set aside, or the thread
+    would crash on it at every restart."""
 
     def next_event(self) -> Queued | None:
         """The oldest event not yet acknowledged or refused (the same one until it is)."""

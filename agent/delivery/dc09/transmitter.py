@@ -227,7 +227,7 @@ class Transmitter:
             except (LinkError, FrameError) as exc:
                 link.close()
                 self._failed(idx, str(exc))
-                pulse.stopping.wait(min(0.05 * 2 ** attempt, self._settings.ack_timeout_s))
+                pulse.stopping.wait(min(0.05 * 2 ** attempt, 0.5))  # under the beat interval
                 continue
             if reply is None:
                 link.close()  # a TCP stream that lost a reply is no longer in step
