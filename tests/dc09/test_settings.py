@@ -14,7 +14,8 @@ GOOD = Receiver("10.0.0.5", 5000, Transport.TCP, "1234")
 
 def test_defaults_are_valid() -> None:
     s = Settings((GOOD,))
-    assert s.events == frozenset(EventKind) and s.supervision_s == 60
+    assert s.supervision_s == 60
+    assert s.events == frozenset(EventKind) - {EventKind.PANIC_RESTORE, EventKind.HOLDUP_RESTORE}
     assert GOOD.name == "tcp://10.0.0.5:5000"
 
 

@@ -9,8 +9,8 @@ Rules (phase 2 wires these into the config validator, each problem with its key 
   :func:`load_key` from a file holding 32, 48 or 64 hex digits (like the agent's other
   secrets, a file that others may read is refused). Hex is written in uppercase on the wire.
 - ``format``: SIA-DCS or ADM-CID.
-- ``events``: which events take this path (at least one); the default is every event.
-  ``panic_restore`` is the "restore on release" switch.
+- ``events``: which events take this path (at least one); the default is every event but
+  ``panic_restore`` and ``holdup_restore``: a restore on release is sent only where configured.
 - ``supervision_s``: a NULL poll when nothing has been acknowledged for this long, 10-86400 s.
   EN 50136-1 reporting times follow from it (docs/dc09.md).
 - ``test_report_s``: a periodic test report (RP / 602) this often, or None for none;
@@ -40,6 +40,9 @@ class SettingsError(AgentError, ValueError):
     def __init__(self, problems: list[str]) -> None:
         self.problems = problems
         super().__init__("\n".join(problems))
+
+
+DEFAULT_EVENTS = frozenset(EventKind) - {EventKind.PANIC_RESTORE, EventKind.HOLDUP_RESTORE}
 
 
 class Transport(enum.StrEnum):
@@ -83,7 +86,7 @@ class Receiver:
 class Settings:
     receivers: tuple[Receiver, ...]
     format: MessageFormat = MessageFormat.SIA_DCS
-    events: frozenset[EventKind] = frozenset(EventKind)
+    events: frozenset[EventKind] = DEFAULT_EVENTS
     supervision_s: float = 60.0  # with 3 x 5 s attempts: path failure known within 75 s
     test_report_s: float | None = 86400.0
     ack_timeout_s: float = 5.0

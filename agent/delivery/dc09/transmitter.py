@@ -237,10 +237,11 @@ class Transmitter:
             if reply.kind is ReplyKind.NAK:
                 assert reply.timestamp is not None  # parse_reply demands it in a NAK
                 offset = reply.timestamp - self._wall()
+                if abs(offset - self._states[idx].clock_offset_s) > 1.5:  # else: not the clock
+                    log.warning("dc09: %s sent NAK to %s %04d: resending with its clock "
+                                "(offset %+.0f s)", receiver.name, message.token, seq, offset)
                 self._failed(idx, f"{receiver.name}: NAK (its clock {offset:+.0f} s from ours)",
                              offset=offset)
-                log.warning("dc09: %s sent NAK to %s %04d: resending with its clock "
-                            "(offset %+.0f s)", receiver.name, message.token, seq, offset)
                 continue
             if reply.kind is ReplyKind.DUH:
                 return Outcome.REFUSED, seq
