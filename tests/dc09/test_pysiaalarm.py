@@ -10,15 +10,37 @@ from __future__ import annotations
 import secrets
 import socket
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 
 import pytest
 
+pytest.importorskip("pysiaalarm", reason="pip install -e '.[test]' (pysiaalarm, the receiver)")
+
+from pysiaalarm import SIAAccount, SIAEvent
+
 from agent.delivery.dc09.events import MAPPING, Event, EventKind, MessageFormat
 from agent.delivery.dc09.settings import Transport
 from agent.delivery.dc09.translit import location_text
-from tests.dc09.conftest import ACCOUNT, Harness, SiaReceiver, settings
+from tests.dc09.conftest import Harness, settings
+from tests.dc09.sia import ACCOUNT, SiaReceiver
+
+
+@pytest.fixture
+def receivers() -> Iterator[Callable[..., SiaReceiver]]:
+    started: list[SiaReceiver] = []
+
+    def make(transport: Transport = Transport.TCP, *, account: str = ACCOUNT,
+             key: str | None = None, port: int = 0, timeband: tuple[int, int] = (40, 20)
+             ) -> SiaReceiver:
+        rx = SiaReceiver(transport, [SIAAccount(account, key, allowed_timeband=timeband)], port)
+        started.append(rx)
+        return rx.start()
+
+    yield make
+    for rx in started:
+        rx.stop()
+
 
 LOCATION = "Главный вход, 1 этаж — Қабылдау бөлмесі [№3]"
 
@@ -31,25 +53,24 @@ def key_text(size: int) -> str:
     return secrets.token_hex(size)[:size].upper()
 
 
-def assert_decoded(got: object, sent: Event, fmt: MessageFormat) -> None:
+def assert_decoded(ev: SIAEvent, sent: Event, fmt: MessageFormat) -> None:
     """What pysiaalarm decoded is what we meant: code, zone, account, timestamp, location."""
-    ev: object = got
     code = MAPPING[sent.kind]
-    assert ev.account == ACCOUNT  # type: ignore[attr-defined]
-    assert ev.valid_message and ev.sia_code is not None  # type: ignore[attr-defined]
+    assert ev.account == ACCOUNT
+    assert ev.valid_message and ev.sia_code is not None
     if fmt is MessageFormat.SIA_DCS:
-        assert ev.code == code.sia  # type: ignore[attr-defined]
-        assert ev.message == f"{sent.zone:03d}"  # the zone after the code  # type: ignore[attr-defined]
-        assert ev.ri == "1"  # SIA DC-03 "ri": the area  # type: ignore[attr-defined]
+        assert ev.code == code.sia
+        assert ev.message == f"{sent.zone:03d}"  # the zone after the code
+        assert ev.ri == "1"  # SIA DC-03 "ri": the area
     else:
-        assert ev.event_qualifier == str(code.qualifier)  # type: ignore[attr-defined]
-        assert ev.event_type == f"{code.cid:03d}"  # type: ignore[attr-defined]
-        assert ev.partition == "01"  # type: ignore[attr-defined]
-        assert ev.ri == f"{sent.zone:03d}"  # Contact ID zone (pysiaalarm calls it ri)  # type: ignore[attr-defined]
-    stamp = ev.timestamp  # type: ignore[attr-defined]
+        assert ev.event_qualifier == str(code.qualifier)
+        assert ev.event_type == f"{code.cid:03d}"
+        assert ev.partition == "01"
+        assert ev.ri == f"{sent.zone:03d}"  # Contact ID zone (pysiaalarm calls it ri)
+    stamp = ev.timestamp
     assert isinstance(stamp, datetime) and stamp.tzinfo is not None
     assert abs(stamp.timestamp() - time.time()) < 5
-    xdata = {x.identifier: x.value for x in ev.extended_data or []}  # type: ignore[attr-defined]
+    xdata = {x.identifier: x.value for x in ev.extended_data or []}
     assert xdata == {"L": location_text(LOCATION)}
 
 
