@@ -33,7 +33,6 @@ from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
-from agent.chain import Link, chain_problem, clip_statement, load_public_pem, signature_ok
 from agent.errors import AgentError, ProtocolError
 from agent.ledger import Ledger
 from agent.protocol import (
@@ -44,6 +43,13 @@ from agent.protocol import (
     decode_chunk,
     parse_alarm,
     presence_payload,
+)
+from agent.video.chain import (
+    Link,
+    chain_problem,
+    clip_statement,
+    load_public_pem,
+    signature_ok,
 )
 
 log = logging.getLogger("agent.central")

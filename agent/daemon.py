@@ -30,9 +30,6 @@ from typing import Any
 from gpiozero.pins import Factory
 
 from agent import __version__
-from agent.buttons import ButtonBoard, ButtonEvent, make_pin_factory
-from agent.chain import BoxKey
-from agent.clips import ClipSegment
 from agent.commands import (
     AckArgs,
     Command,
@@ -47,8 +44,10 @@ from agent.commands import (
 )
 from agent.config import Config
 from agent.control import ControlServer, socket_path
+from agent.delivery.framing import clip_chunks, live_chunks
 from agent.errors import AgentError
-from agent.indicators import Indicators
+from agent.hardware.buttons import ButtonBoard, ButtonEvent, make_pin_factory
+from agent.hardware.indicators import Indicators
 from agent.outbox import Outbox
 from agent.protocol import (
     PROTOCOL_VERSION,
@@ -63,10 +62,12 @@ from agent.protocol import (
     rfc3339,
 )
 from agent.sdnotify import Notifier
-from agent.segmenter import Segment
 from agent.supervision import Supervisor, log_thread_exceptions
 from agent.uplink import Uplink
-from agent.video import Video, live_chunks
+from agent.video.chain import BoxKey
+from agent.video.clips import ClipSegment
+from agent.video.pipeline import Video
+from agent.video.segmenter import Segment
 from agent.walktest import MAX_MINUTES, WalkTest
 
 log = logging.getLogger("agent.daemon")
@@ -236,7 +237,7 @@ class Daemon:
         """A clip segment is on disk: queue its chunks, below alarms, and keep the spool in
         its budget by dropping whole clips, oldest first (never an alarm)."""
         assert self.outbox is not None and self.uplink is not None and self.video is not None
-        self.outbox.add_many(self.video.chunks(self.topics, cs))
+        self.outbox.add_many(clip_chunks(self.topics, cs, sig=self.video.signature(cs)))
         self.uplink.wake()
         while self.video.over_budget():
             oldest = self.outbox.drop_oldest_clip(keep=cs.event_id)

@@ -169,7 +169,7 @@ def _button_check(b: ButtonConfig, state: str, source: str) -> Check:
 
 
 def _read_pins(cfg: Config) -> dict[str, str]:
-    from agent.buttons import ButtonBoard, make_pin_factory
+    from agent.hardware.buttons import ButtonBoard, make_pin_factory
 
     board = ButtonBoard(cfg.buttons, make_pin_factory(cfg.gpio.backend), lambda _e: None)
     board.start()
@@ -181,7 +181,7 @@ def _read_pins(cfg: Config) -> dict[str, str]:
 
 
 def _camera(cam: CameraConfig, timeout_s: float) -> Check:
-    from agent.cameras import open_source
+    from agent.video.sources import open_source
 
     name = f"camera {cam.id}"
     result: list[Check] = []

@@ -10,8 +10,8 @@ from typing import Any
 import pytest
 from gpiozero.pins.mock import MockFactory
 
-from agent.buttons import ButtonBoard, ButtonError, ButtonEvent, Timing
 from agent.config import ButtonConfig, Wiring
+from agent.hardware.buttons import ButtonBoard, ButtonError, ButtonEvent, Timing
 from agent.protocol import AlarmKind
 from agent.supervision import Supervisor
 from tests.conftest import wait_for

@@ -14,16 +14,17 @@ from typing import Any
 
 import pytest
 
-from agent.cameras import SyntheticSource
 from agent.central import Receiver
-from agent.chain import BoxKey
-from agent.clips import ClipSegment
 from agent.config import parse_config
+from agent.delivery.framing import clip_chunks
 from agent.outbox import BlobRef
 from agent.protocol import Topics
-from agent.segmenter import Segment, Segmenter
-from agent.store import SegmentStore
-from agent.video import Video
+from agent.video.chain import BoxKey
+from agent.video.clips import ClipSegment
+from agent.video.pipeline import Video
+from agent.video.segmenter import Segment, Segmenter
+from agent.video.sources.synthetic import SyntheticSource
+from agent.video.store import SegmentStore
 from tests.conftest import write_config
 
 SITE, EVENT, CAM = "sim-school", "ev-1", "entrance-cam"
@@ -55,7 +56,8 @@ def clip(tmp_path_factory: pytest.TempPathFactory) -> tuple[list[Msg], BoxKey]:
     for pos, s in enumerate(segments):
         ref = store.put(s, pins=[EVENT])
         cs = ClipSegment(EVENT, CAM, pos, pos == len(segments) - 1, ref, False, s.prev, s.link)
-        for _prio, _topic, _key, head, blob in video.chunks(Topics("schools", SITE), cs):
+        for _prio, _topic, _key, head, blob in clip_chunks(Topics("schools", SITE), cs,
+                                                           sig=video.signature(cs)):
             assert isinstance(blob, BlobRef)
             with open(blob.path, "rb") as f:
                 f.seek(blob.offset)

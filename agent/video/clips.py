@@ -19,9 +19,10 @@ import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 
-from agent.segmenter import RingBuffer, Segment
-from agent.store import SegmentRef, SegmentStore, StoreError
 from agent.supervision import Supervisor, Worker
+from agent.video.ring import RingBuffer
+from agent.video.segmenter import Segment
+from agent.video.store import SegmentRef, SegmentStore, StoreError
 
 log = logging.getLogger("agent.clips")
 
