@@ -128,10 +128,10 @@ class Session:
 
     def run(self) -> Outcome:
         started = time.monotonic()
-        self.broker.start()
-        self.centre.start()
-        self.proxy.start()
         try:
+            self.broker.start()
+            self.centre.start()
+            self.proxy.start()
             wait_for(self.centre.listening, 10, "the centre's receiver to announce itself")
             self.daemon.start()
             self.spool.open()
@@ -249,6 +249,8 @@ class Session:
                        self.command_attempts, self.problems, self.proxy.trace(), seconds)
 
     def _clips_verified(self) -> int:
+        if not self.acked:
+            return 0  # the run failed before the first press; its problem says why
         verified = 0
         for cam, segments in self.material.segments.items():
             ts, report = (self._clip_dir() / f"{cam}{ext}" for ext in (".ts", ".verify.json"))
