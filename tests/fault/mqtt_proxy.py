@@ -40,8 +40,6 @@ from dataclasses import dataclass, field
 
 from paho.mqtt.packettypes import PacketTypes
 
-from agent.mosquitto import free_port
-
 _UNNUMBERED = frozenset({PacketTypes.PINGREQ, PacketTypes.PINGRESP})
 RST_GRACE_S = 0.05  # 5 packets queued behind a reset: 20 ms let Mosquitto read all, in 20 of 20
 
@@ -118,17 +116,17 @@ class Link:
 
 
 class MqttProxy:
-    """``start()`` listens on 127.0.0.1:``port`` (a free one by default); the box connects
-    there instead of to the broker.
+    """``start()`` listens on 127.0.0.1:``port``; the box connects there instead of to the
+    broker.
 
     ``hold_first``: the first connection is accepted (the box's CONNECT waits in the socket) but
     nothing is forwarded until :meth:`release`, so a test can act while the box is connecting.
     """
 
-    def __init__(self, broker_port: int, cut: Cut | None = None, *, port: int | None = None,
+    def __init__(self, broker_port: int, cut: Cut | None = None, *,
                  hold_first: bool = False) -> None:
         self.broker_port = broker_port
-        self.port = port or free_port()
+        self.port = 0  # known once started: a port picked and released earlier may be taken
         self.cut = cut
         self.cut_at = ""  # e.g. "rst after b2a packet 7 (PUBACK)", once the cut happened
         self.links: list[Link] = []
@@ -142,7 +140,8 @@ class MqttProxy:
         self._threads: list[threading.Thread] = []
 
     def start(self) -> MqttProxy:
-        self._listener = socket.create_server(("127.0.0.1", self.port))
+        self._listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self._listener.getsockname()[1]
         self._listener.settimeout(0.2)
         self._spawn(self._accept, "proxy-accept")
         return self

@@ -41,7 +41,7 @@ from agent.daemon import CORE_THREADS, HEARTBEAT_STALE_S, Daemon
 from agent.errors import AgentError
 from agent.indicators import Pattern
 from agent.ledger import Ledger
-from agent.mosquitto import Mosquitto, free_port
+from agent.mosquitto import Mosquitto
 from agent.sdnotify import Notifier
 from agent.segmenter import Segment
 from agent.store import SegmentStore
@@ -105,26 +105,25 @@ class Outcome:
 class Session:
     """One run: a broker, the centre's receiver (straight to the broker), the proxy, the box."""
 
-    def __init__(self, workdir: Path, cfg: Config, material: Material, cut: Cut | None) -> None:
+    def __init__(self, workdir: Path, material: Material, cut: Cut | None) -> None:
+        self.workdir = workdir
         self.material = material
         self.cut = cut
         self.broker = Mosquitto(workdir / "broker")
         self.centre = Centre("127.0.0.1", self.broker.port, workdir / "centre")
-        self.proxy = MqttProxy(self.broker.port, cut, port=cfg.mqtt.port, hold_first=True)
+        self.proxy = MqttProxy(self.broker.port, cut, hold_first=True)
+        self.daemon: Daemon | None = None  # made once the proxy's port is known
         self.gave_up: list[str] = []  # the supervisor would exit the process (pytest's, here)
-        self.daemon = Daemon(cfg, Notifier(None), pin_factory=MockFactory(),
-                             supervisor=Supervisor(give_up=self.gave_up.append))
-        state = Path(cfg.storage.path)
-        self.spool = SegmentStore(state / "spool", state / "spool.db", 10**9)
+        self.spool = SegmentStore(workdir / "state" / "spool", workdir / "state" / "spool.db",
+                                  10**9)
         self.acked: list[str] = []  # event ids of the alarms the box committed, in press order
         self.problems: list[str] = []
         self.command_attempts = 0
 
-    @classmethod
-    def prepare(cls, workdir: Path, material: Material, cut: Cut | None) -> Session:
-        """Write the box's config, pointed at the proxy's port (picked now), and build the run."""
-        workdir.mkdir(parents=True)
-        return cls(workdir, _config(workdir, free_port(), material.centre_pub), material, cut)
+    @property
+    def box(self) -> Daemon:
+        assert self.daemon is not None, "the box was not started"
+        return self.daemon
 
     def run(self) -> Outcome:
         started = time.monotonic()
@@ -133,7 +132,10 @@ class Session:
             self.centre.start()
             self.proxy.start()
             wait_for(self.centre.listening, 10, "the centre's receiver to announce itself")
-            self.daemon.start()
+            cfg = _config(self.workdir, self.proxy.port, self.material.centre_pub)
+            self.daemon = Daemon(cfg, Notifier(None), pin_factory=MockFactory(),
+                                 supervisor=Supervisor(give_up=self.gave_up.append))
+            self.box.start()
             self.spool.open()
             self._drive()
         except (AssertionError, AgentError) as exc:  # a phase timed out: check the rest anyway
@@ -157,12 +159,12 @@ class Session:
             self._settle(f"the alarm of {button}")
         self._acknowledge(self.acked[-1])
         self._settle("the command's result")
-        assert self.daemon.indicators is not None
-        if (self.daemon.indicators.pattern, self.daemon.indicators.event_id) != \
+        assert self.box.indicators is not None
+        if (self.box.indicators.pattern, self.box.indicators.event_id) != \
                 (Pattern.ACKNOWLEDGED, self.acked[-1]):
             self.problems.append(f"the ack did not take effect: indicator "
-                                 f"{self.daemon.indicators.pattern}")
-        supervisor = self.daemon.supervisor
+                                 f"{self.box.indicators.pattern}")
+        supervisor = self.box.supervisor
         if crashes := supervisor.status():  # restarted, but a crash is a bug all the same
             self.problems.append(f"thread crashes: {crashes}")
         if stale := supervisor.stale(HEARTBEAT_STALE_S, CORE_THREADS):
@@ -173,9 +175,9 @@ class Session:
             self.problems.append("the centre's receiver thread died")
 
     def _press(self, button: str) -> None:
-        assert self.daemon.buttons is not None
-        events = self.daemon.buttons.simulate(button, True)
-        self.daemon.buttons.simulate(button, False)
+        assert self.box.buttons is not None
+        events = self.box.buttons.simulate(button, True)
+        self.box.buttons.simulate(button, False)
         self.acked += [e["event_id"] for e in events if e and e["kind"] == "panic"]
 
     def _queue_clips(self, event_id: str) -> None:
@@ -184,7 +186,7 @@ class Session:
         for cam, segments in self.material.segments.items():
             for pos, s in enumerate(segments):
                 ref = self.spool.put(s, pins=[event_id])
-                self.daemon._on_clip_segment(ClipSegment(
+                self.box._on_clip_segment(ClipSegment(
                     event_id, cam, pos, pos == len(segments) - 1, ref, False, s.prev, s.link))
 
     def _acknowledge(self, event_id: str) -> None:
@@ -206,8 +208,8 @@ class Session:
         wait_for(self._quiet, SETTLE_S, f"{what} (box outbox empty, everything at the centre)")
 
     def _quiet(self) -> bool:
-        assert self.daemon.outbox is not None
-        if any(self.daemon.outbox.depth().values()):
+        assert self.box.outbox is not None
+        if any(self.box.outbox.depth().values()):
             return False
         if not set(self.acked) <= self.centre.received_ids():
             return False
@@ -220,7 +222,7 @@ class Session:
     # --- after the session --------------------------------------------------------------------
 
     def _stop(self) -> None:
-        if self.daemon.outbox is not None:  # started
+        if self.daemon is not None and self.daemon.outbox is not None:  # started
             self.daemon.stop()
         self.centre.stop()
         self.spool.close()
@@ -268,6 +270,7 @@ class Session:
 
 
 def _config(workdir: Path, port: int, centre_pub: Path) -> Config:
+    workdir.mkdir(parents=True, exist_ok=True)
     path = fault_config(workdir / "agent.yaml", workdir / "state", port=port,
                         commands={"public_key_file": str(centre_pub)})
     cfg = load_config(path)
@@ -292,13 +295,13 @@ def _failure(o: Outcome) -> str:
 def test_every_disconnect_point_loses_and_duplicates_nothing(tmp_path: Path,
                                                              material: Material) -> None:
     started = time.monotonic()
-    base = Session.prepare(tmp_path / "count", material, None).run()
+    base = Session(tmp_path / "count", material, None).run()
     assert not base.problems, f"the uncut session failed: {_failure(base)}"
     assert base.connections == 1, f"the uncut session reconnected: {base.trace}"
     plan = _plan(base.counts)
 
     def run(numbered: tuple[int, Cut]) -> Outcome:
-        return Session.prepare(tmp_path / f"r{numbered[0]}", material, numbered[1]).run()
+        return Session(tmp_path / f"r{numbered[0]}", material, numbered[1]).run()
 
     with ThreadPoolExecutor(WORKERS) as pool:
         outcomes = list(pool.map(run, enumerate(plan)))
