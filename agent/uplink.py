@@ -182,6 +182,7 @@ class Uplink:
         # any thread, published retained by the uplink thread when online, never queued.
         self._latest_lock = threading.Lock()
         self._latest: dict[str, bytes] = {}
+        self._latest_sent: dict[int, tuple[str, bytes]] = {}  # paho mid -> awaiting its PUBACK
         self._transient: deque[tuple[str, bytes]] = deque(maxlen=32)  # sent once if online
         self._live: dict[str, deque[Message]] = {}  # live topic -> the newest segment's chunks
         self.live_dropped = 0  # live segments skipped because the link was behind
@@ -207,7 +208,8 @@ class Uplink:
                 os.write(self._wake_w, b"!")
 
     def post_latest(self, topic: str, payload: bytes) -> None:
-        """Publish retained when online; a newer value for the topic replaces an unsent one."""
+        """Publish retained when online; a newer value for the topic replaces an unsent one.
+        A value is unsent until the broker's PUBACK: one lost with a connection goes again."""
         with self._latest_lock:
             self._latest[topic] = payload
         self.wake()
@@ -383,6 +385,10 @@ class Uplink:
     def _end_connection(self) -> None:
         """Forget one connection: on its normal end, and after a crash in the middle of it."""
         self._alarm_sent.clear()
+        with self._latest_lock:  # the box's pubkey is posted once: it must not die with a link
+            for topic, payload in self._latest_sent.values():
+                self._latest.setdefault(topic, payload)  # unless a newer value waits
+        self._latest_sent.clear()
         if self._client is not None:
             _close_quietly(self._client)
             self._client = None
@@ -504,7 +510,8 @@ class Uplink:
             transient = list(self._transient)
             self._transient.clear()
         for topic, payload in latest.items():
-            client.publish(topic, payload, qos=1, retain=True)
+            info = client.publish(topic, payload, qos=1, retain=True)
+            self._latest_sent[info.mid] = (topic, payload)
         for topic, payload in transient:
             client.publish(topic, payload, qos=1)
 
@@ -599,6 +606,7 @@ class Uplink:
     def _on_publish(self, _c: mqtt.Client, _u: Any, mid: int, rc: ReasonCode, _p: Any) -> None:
         if mid == self._offline_mid:
             self._offline_mid = None
+        self._latest_sent.pop(mid, None)
         self._alarm_sent.pop(mid, None)
         entry = self._inflight.pop(mid, None)
         if entry is None:

@@ -22,26 +22,12 @@ from agent.protocol import Topics
 from agent.video.chain import BoxKey
 from agent.video.clips import ClipSegment
 from agent.video.pipeline import Video
-from agent.video.segmenter import Segment, Segmenter
-from agent.video.sources.synthetic import SyntheticSource
 from agent.video.store import SegmentStore
 from tests.conftest import write_config
+from tests.video_fixtures import synthetic_segments
 
 SITE, EVENT, CAM = "sim-school", "ev-1", "entrance-cam"
 Msg = tuple[dict[str, Any], bytes]  # (chunk header, chunk bytes)
-
-
-def _segments(n: int) -> list[Segment]:
-    out: list[Segment] = []
-    source = SyntheticSource(width=160, height=96, fps=10, segment_s=1.0, realtime=False)
-    info = source.open(stall_s=5)
-    seg = Segmenter(CAM, 1.0, info, [out.append])
-    for packet in source.packets():
-        seg.packet(packet)
-        if len(out) >= n:
-            break
-    source.close()
-    return out[:n]
 
 
 @pytest.fixture(scope="module")
@@ -51,7 +37,7 @@ def clip(tmp_path_factory: pytest.TempPathFactory) -> tuple[list[Msg], BoxKey]:
     cfg = parse_config(write_config(tmp / "agent.yaml", 1883, tmp / "state").read_text())
     video = Video(cfg, tmp, lambda _cs: None, key)
     store = SegmentStore(tmp / "spool", tmp / "spool.db", 10**9).open()
-    segments = _segments(4)
+    segments = synthetic_segments(CAM, 4)
     msgs: list[Msg] = []
     for pos, s in enumerate(segments):
         ref = store.put(s, pins=[EVENT])

@@ -18,6 +18,7 @@ What is here:
 - :class:`Tally`: the bookkeeping and the FAULT line (also repeated in the terminal summary).
 - :class:`Presser`: presses buttons through the control socket, re-arming each button first.
 - :class:`Centre`: the real receiver plus the raw collector, optionally inside a namespace.
+- tests/fault/mqtt_proxy.py: a proxy that cuts the box's link right after its k-th MQTT packet.
 - :class:`NetLab` (fixture ``netlab``): two network namespaces joined by a veth pair, the broker
   in one, the agent in the other; cut, restore and shape the link. Nothing is added to the
   root namespace (no address, no route), so no test traffic can ever leave through the host's
@@ -349,7 +350,8 @@ class Centre:
 
     def start(self) -> Centre:
         self.stop_event = threading.Event()
-        self.raw = RawCollector(self.host, self.port, f"{self.name}-raw")
+        self.raw = RawCollector(self.host, self.port, f"{self.name}-raw",
+                                topics=("schools/+/alarm", "schools/_centre/presence/+"))
         url = f"mqtt://{self.host}:{self.port}"
 
         def receiver() -> None:
@@ -368,6 +370,15 @@ class Centre:
             self.thread.join(5)
         if self.raw is not None:
             self.raw.stop()
+
+    def listening(self) -> bool:
+        """The receiver announced itself (retained presence), which it does only after
+        subscribing: from now on the broker keeps every alarm for it."""
+        if self.raw is None:
+            return False
+        with self.raw.lock:
+            return any("/_centre/presence/" in topic and json.loads(p).get("state") == "online"
+                       for _, topic, p in self.raw.messages if p)
 
     def alarms(self) -> list[dict[str, Any]]:
         path = self.store / "alarms.jsonl"
