@@ -17,7 +17,8 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from agent import __version__, control, logs, walktest
+from agent import __version__, logs
+from agent.box import control, walktest
 from agent.config import Config, format_report, load_config
 from agent.errors import AgentError, ConfigError
 
@@ -133,8 +134,8 @@ def _load(args: argparse.Namespace) -> Config:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    from agent.box.daemon import Daemon
     from agent.config import config_warnings
-    from agent.daemon import Daemon
 
     cfg = _load(args)
     logs.setup("debug" if args.debug else cfg.log.level)
@@ -208,7 +209,7 @@ def cmd_simulate(args: argparse.Namespace) -> int:
 
 
 def cmd_selftest(args: argparse.Namespace) -> int:
-    from agent.selftest import format_table, run_checks
+    from agent.box.selftest import format_table, run_checks
 
     cfg = _load(args)
     logs.setup("critical")  # the table is the output; library chatter would hide it

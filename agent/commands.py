@@ -45,7 +45,7 @@ from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
-from agent import walktest
+from agent.box import walktest
 from agent.db import move_aside
 from agent.errors import AgentError
 from agent.protocol import clock_synced as kernel_clock_synced

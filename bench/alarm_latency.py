@@ -68,8 +68,8 @@ from gpiozero.pins.mock import MockFactory  # noqa: E402
 from paho.mqtt.enums import CallbackAPIVersion  # noqa: E402
 
 from agent import logs  # noqa: E402
+from agent.box.daemon import Daemon  # noqa: E402
 from agent.config import Config, default_config_text, load_config  # noqa: E402
-from agent.daemon import Daemon  # noqa: E402
 from agent.hardware.buttons import Timing  # noqa: E402
 from agent.mosquitto import Mosquitto  # noqa: E402
 from agent.protocol import Receipt, centre_presence_topic, presence_payload  # noqa: E402

@@ -103,9 +103,9 @@ from gpiozero.pins.mock import MockFactory  # noqa: E402
 from paho.mqtt.enums import CallbackAPIVersion  # noqa: E402
 
 import agent.central as central  # noqa: E402
+from agent.box.daemon import Daemon  # noqa: E402
 from agent.commands import generate_keypair, load_private_key, sign_command  # noqa: E402
 from agent.config import Config, default_config_text, load_config  # noqa: E402
-from agent.daemon import Daemon  # noqa: E402
 from agent.delivery.framing import CHUNK_BYTES, live_chunks  # noqa: E402
 from agent.hardware.buttons import Timing  # noqa: E402
 from agent.hardware.indicators import Pattern  # noqa: E402

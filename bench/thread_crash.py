@@ -34,9 +34,9 @@ from typing import Any
 
 import yaml
 
+from agent.box.daemon import Daemon
 from agent.central import run_receiver
 from agent.config import default_config_text, load_config
-from agent.daemon import Daemon
 from agent.mosquitto import Mosquitto
 from agent.sdnotify import Notifier
 from agent.supervision import Supervisor

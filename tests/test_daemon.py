@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 
+from agent.box.daemon import Daemon
 from agent.config import load_config
-from agent.daemon import Daemon
 from agent.mosquitto import Mosquitto
 from agent.sdnotify import Notifier
 from tests.conftest import REPO, Collector, wait_for

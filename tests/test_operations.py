@@ -7,11 +7,11 @@ import threading
 import time
 from pathlib import Path
 
+from agent.box.daemon import Daemon
+from agent.box.walktest import boot_id
 from agent.config import load_config
-from agent.daemon import Daemon
 from agent.mosquitto import Mosquitto
 from agent.sdnotify import Notifier
-from agent.walktest import boot_id
 from tests.conftest import AgentProcess, Collector, cli, wait_for, write_config
 
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from agent.walktest import MAX_MINUTES, WalkTest
+from agent.box.walktest import MAX_MINUTES, WalkTest
 
 
 class Clocks:

@@ -58,7 +58,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
-from agent import control
+from agent.box import control
 from agent.central import run_receiver
 from agent.errors import AgentError
 from agent.mosquitto import _die_with_parent

@@ -8,7 +8,7 @@ One deterministic session of the box, driven in phases that each wait for an obs
 3. online: two more alarms, one at a time, each until the centre's receipt;
 4. the centre acknowledges the newest alarm with a signed command (the one the indicator shows).
 
-The box runs in-process (agent.daemon.Daemon on mock GPIO, no cameras) and reaches its own real
+The box runs in-process (agent.box.daemon.Daemon on mock GPIO, no cameras) and reaches its own real
 Mosquitto through tests/fault/mqtt_proxy.py; the centre's receiver connects to the broker
 directly, so only the box's link is ever cut. A first run without a cut counts the packets of
 the box's connection in each direction (N a2b, M b2a). Then one run per packet index k and
@@ -33,10 +33,10 @@ from pathlib import Path
 import pytest
 from gpiozero.pins.mock import MockFactory
 
+from agent.box.daemon import CORE_THREADS, HEARTBEAT_STALE_S, Daemon
 from agent.central import send_command
 from agent.commands import generate_keypair
 from agent.config import Config, load_config
-from agent.daemon import CORE_THREADS, HEARTBEAT_STALE_S, Daemon
 from agent.delivery.framing import CHUNK_BYTES
 from agent.errors import AgentError
 from agent.hardware.indicators import Pattern

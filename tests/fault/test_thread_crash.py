@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from agent import control
+from agent.box import control
 from agent.errors import ControlError
 from agent.mosquitto import Mosquitto
 from agent.supervision import EXIT_SOFTWARE

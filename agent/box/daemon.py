@@ -30,6 +30,8 @@ from typing import Any
 from gpiozero.pins import Factory
 
 from agent import __version__
+from agent.box.control import ControlServer, socket_path
+from agent.box.walktest import MAX_MINUTES, WalkTest
 from agent.commands import (
     AckArgs,
     Command,
@@ -43,7 +45,6 @@ from agent.commands import (
     load_public_key,
 )
 from agent.config import Config
-from agent.control import ControlServer, socket_path
 from agent.delivery.framing import clip_chunks, live_chunks
 from agent.errors import AgentError
 from agent.hardware.buttons import ButtonBoard, ButtonEvent, make_pin_factory
@@ -68,7 +69,6 @@ from agent.video.chain import BoxKey
 from agent.video.clips import ClipSegment
 from agent.video.pipeline import Video
 from agent.video.segmenter import Segment
-from agent.walktest import MAX_MINUTES, WalkTest
 
 log = logging.getLogger("agent.daemon")
 

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from agent import control
+from agent.box import control
 from agent.config import ButtonConfig, CameraConfig, Config, redact_url
 from agent.errors import AgentError
 from agent.protocol import clock_synced
