@@ -33,9 +33,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
-from agent.errors import AgentError, ProtocolError
-from agent.ledger import Ledger
-from agent.protocol import (
+from agent.delivery.protocol import (
     ChunkHeader,
     Receipt,
     Topics,
@@ -44,6 +42,8 @@ from agent.protocol import (
     parse_alarm,
     presence_payload,
 )
+from agent.errors import AgentError, ProtocolError
+from agent.ledger import Ledger
 from agent.video.chain import (
     Link,
     chain_problem,

@@ -47,8 +47,8 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 
 from agent.box import walktest
 from agent.db import move_aside
+from agent.delivery.protocol import clock_synced as kernel_clock_synced
 from agent.errors import AgentError
-from agent.protocol import clock_synced as kernel_clock_synced
 
 log = logging.getLogger("agent.commands")
 

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from agent.protocol import Alarm, rfc3339
+from agent.delivery.protocol import Alarm, rfc3339
 
 log = logging.getLogger("agent.ledger")
 

@@ -107,10 +107,10 @@ from agent.box.daemon import Daemon  # noqa: E402
 from agent.commands import generate_keypair, load_private_key, sign_command  # noqa: E402
 from agent.config import Config, default_config_text, load_config  # noqa: E402
 from agent.delivery.framing import CHUNK_BYTES, live_chunks  # noqa: E402
+from agent.delivery.protocol import Topics, decode_chunk  # noqa: E402
 from agent.hardware.buttons import Timing  # noqa: E402
 from agent.hardware.indicators import Pattern  # noqa: E402
 from agent.mosquitto import Mosquitto  # noqa: E402
-from agent.protocol import Topics, decode_chunk  # noqa: E402
 from agent.sdnotify import Notifier  # noqa: E402
 from agent.testing.stats import (  # noqa: E402
     default_storage_parent,
@@ -870,7 +870,7 @@ def run_live(args: argparse.Namespace, box: RunningBox, centre: Centre, operator
         raise BenchError(f"the box refused the live command: {result.get('reason')}")
     session = result["data"]["session"]
     print(f"live session {session} for {args.live_seconds} s", file=sys.stderr)
-    dropped_before = daemon.uplink.live_dropped
+    dropped_before = daemon.uplink.mailbox.live_dropped
     online_since = daemon.uplink.connected_since
     deadline = started + args.live_seconds + LIVE_MARGIN_S
     final = False
@@ -900,7 +900,7 @@ def run_live(args: argparse.Namespace, box: RunningBox, centre: Centre, operator
     res.live = sorted((s for s in trace.segs.values() if s.session == session),
                       key=lambda s: s.seq)
     res.live_posted = len(res.live)
-    res.live_dropped = daemon.uplink.live_dropped - dropped_before
+    res.live_dropped = daemon.uplink.mailbox.live_dropped - dropped_before
     up = daemon.uplink
     res.live_uplink = (f"{up.state}; "
                        f"{'RECONNECTED' if up.connected_since != online_since else 'same'} "

@@ -11,8 +11,8 @@ import pytest
 from gpiozero.pins.mock import MockFactory
 
 from agent.config import ButtonConfig, Wiring
+from agent.delivery.protocol import AlarmKind
 from agent.hardware.buttons import ButtonBoard, ButtonError, ButtonEvent, Timing
-from agent.protocol import AlarmKind
 from agent.supervision import Supervisor
 from tests.conftest import wait_for
 

@@ -6,9 +6,9 @@ import threading
 from pathlib import Path
 
 from agent.central import run_receiver
+from agent.delivery.protocol import Alarm
 from agent.ledger import Ledger
 from agent.mosquitto import Mosquitto
-from agent.protocol import Alarm
 from tests.conftest import AgentProcess, Centre, cli, wait_for
 
 

@@ -13,8 +13,8 @@ import pytest
 import yaml
 
 from agent.cli import main
+from agent.delivery.protocol import clock_synced
 from agent.mosquitto import Mosquitto
-from agent.protocol import clock_synced
 from tests.conftest import cli, write_config
 
 BAD = sorted((Path(__file__).parent / "configs" / "bad").glob("*.yaml"))

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from agent.outbox import BlobRef, Outbox
-from agent.protocol import Priority
+from agent.delivery.outbox import BlobRef, Outbox
+from agent.delivery.protocol import Priority
 
 
 def _alarm(box: Outbox, key: str) -> int:
@@ -55,7 +55,8 @@ def test_alarm_survives_kill_9_right_after_commit(tmp_path: Path) -> None:
     """A child commits an alarm and is SIGKILLed at once: the row is there on reopen."""
     db = tmp_path / "o.db"
     code = (
-        "import os, signal, sys; from pathlib import Path; from agent.outbox import Outbox\n"
+        "import os, signal, sys; from pathlib import Path\n"
+        "from agent.delivery.outbox import Outbox\n"
         f"box = Outbox.open(Path({str(db)!r}))\n"
         "box.add_alarm('t', 'k', lambda s: b'payload')\n"
         "os.kill(os.getpid(), signal.SIGKILL)\n"

@@ -17,8 +17,8 @@ import pytest
 from agent.central import Receiver
 from agent.config import parse_config
 from agent.delivery.framing import clip_chunks
-from agent.outbox import BlobRef
-from agent.protocol import Topics
+from agent.delivery.outbox import BlobRef
+from agent.delivery.protocol import Topics
 from agent.video.chain import BoxKey
 from agent.video.clips import ClipSegment
 from agent.video.pipeline import Video

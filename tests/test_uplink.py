@@ -9,10 +9,11 @@ from pathlib import Path
 import pytest
 
 from agent.config import MqttConfig
+from agent.delivery.outbox import Outbox
+from agent.delivery.protocol import Priority, Topics
+from agent.delivery.uplink.link import Uplink
+from agent.delivery.uplink.pacing import TokenBucket, notsent_lowat
 from agent.mosquitto import Mosquitto
-from agent.outbox import Outbox
-from agent.protocol import Priority, Topics
-from agent.uplink import TokenBucket, Uplink, notsent_lowat
 from tests.conftest import Collector, wait_for
 from tests.fault.mqtt_proxy import Cut, CutMode, Direction, MqttProxy
 

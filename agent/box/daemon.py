@@ -46,11 +46,8 @@ from agent.commands import (
 )
 from agent.config import Config
 from agent.delivery.framing import clip_chunks, live_chunks
-from agent.errors import AgentError
-from agent.hardware.buttons import ButtonBoard, ButtonEvent, make_pin_factory
-from agent.hardware.indicators import Indicators
-from agent.outbox import Outbox
-from agent.protocol import (
+from agent.delivery.outbox import Outbox
+from agent.delivery.protocol import (
     PROTOCOL_VERSION,
     Alarm,
     AlarmKind,
@@ -62,9 +59,12 @@ from agent.protocol import (
     new_event_id,
     rfc3339,
 )
+from agent.delivery.uplink.link import Uplink
+from agent.errors import AgentError
+from agent.hardware.buttons import ButtonBoard, ButtonEvent, make_pin_factory
+from agent.hardware.indicators import Indicators
 from agent.sdnotify import Notifier
 from agent.supervision import Supervisor, log_thread_exceptions
-from agent.uplink import Uplink
 from agent.video.chain import BoxKey
 from agent.video.clips import ClipSegment
 from agent.video.pipeline import Video

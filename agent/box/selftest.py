@@ -18,8 +18,8 @@ from typing import Any
 
 from agent.box import control
 from agent.config import ButtonConfig, CameraConfig, Config, redact_url
+from agent.delivery.protocol import clock_synced
 from agent.errors import AgentError
-from agent.protocol import clock_synced
 
 
 @dataclass(frozen=True, slots=True)
@@ -209,7 +209,7 @@ def _camera(cam: CameraConfig, timeout_s: float) -> Check:
 
 
 def _broker(cfg: Config) -> Check:
-    from agent.uplink import build_client
+    from agent.delivery.uplink.client import build_client
 
     name = "broker"
     where = f"{cfg.mqtt.host}:{cfg.mqtt.port} ({'TLS' if cfg.mqtt.tls else 'plain'})"

@@ -8,8 +8,8 @@ from __future__ import annotations
 
 from dataclasses import asdict
 
-from agent.outbox import BlobRef
-from agent.protocol import ChunkHeader, Priority, Topics, dumps, rfc3339
+from agent.delivery.outbox import BlobRef
+from agent.delivery.protocol import ChunkHeader, Priority, Topics, dumps, rfc3339
 from agent.video.clips import ClipSegment
 from agent.video.segmenter import Segment
 

@@ -33,8 +33,8 @@ from gpiozero.pins import Factory
 from gpiozero.pins.mock import MockFactory
 
 from agent.config import ButtonConfig
+from agent.delivery.protocol import AlarmKind
 from agent.errors import AgentError
-from agent.protocol import AlarmKind
 from agent.supervision import Supervisor, Worker
 
 log = logging.getLogger("agent.buttons")

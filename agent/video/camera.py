@@ -16,8 +16,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal
 
-from tenacity import RetryCallState, Retrying, retry_if_exception, wait_exponential_jitter
+from tenacity import RetryCallState, Retrying, retry_if_exception
 
+from agent.backoff import equal_jitter
 from agent.errors import CameraError
 from agent.video.sources.base import CameraUnavailable, Packet, PacketSink, Source
 
@@ -126,7 +127,7 @@ class Camera:
 
     def _run(self) -> None:
         retrying = Retrying(
-            wait=wait_exponential_jitter(initial=1, max=self._backoff_max_s, jitter=1),
+            wait=equal_jitter(2.0, self._backoff_max_s),  # 1-2 s first, as the uplink's
             retry=retry_if_exception(self._retryable),
             sleep=self._sleep,
             before_sleep=self._before_retry,

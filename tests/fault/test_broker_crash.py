@@ -15,9 +15,9 @@ from pathlib import Path
 
 import pytest
 
+from agent.delivery.outbox import Outbox
+from agent.delivery.protocol import Priority
 from agent.mosquitto import Mosquitto
-from agent.outbox import Outbox
-from agent.protocol import Priority
 from tests.conftest import wait_for
 from tests.fault.conftest import (
     Centre,

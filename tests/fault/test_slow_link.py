@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from agent.outbox import Outbox
-from agent.protocol import Priority
+from agent.delivery.outbox import Outbox
+from agent.delivery.protocol import Priority
 from tests.conftest import wait_for
 from tests.fault.conftest import (
     MQTT_PORT,

@@ -1,62 +1,52 @@
-"""The MQTT uplink: drains the outbox to the broker, in priority order, deleting on PUBACK.
+"""The MQTT uplink: drains the outbox to the broker, in priority order, and receives commands.
 
 One thread, ``uplink``, owns the paho client and everything it touches: it connects, runs
 paho's external-loop API (socket / loop_read / loop_write / loop_misc) under its own select(),
-and pumps the outbox. Other threads only call :meth:`wake` (one byte on a pipe), so paho's
-callbacks and our bookkeeping never race; that is the single crossing between threads.
+and pumps the outbox. Other threads only call :meth:`Uplink.wake` (one byte on a pipe) or post
+to the mailbox, so paho's callbacks and our bookkeeping never race.
 
 Each connection gets a fresh paho client. paho keeps unacknowledged messages in memory and
 resends them on reconnect, but our outbox is the only record that survives a crash, so we make
 it the only record, full stop: after a reconnect every unacked row is simply pumped again with
-the same id and the centre drops the duplicate. No state lives in two places.
+the same id and the centre drops the duplicate. No state lives in two places. The thread runs
+under the crash-only supervisor: a crash anywhere in it, paho's callbacks included, restarts
+it with a fresh connection rebuilt from the outbox.
 
-Priorities: paho is handed only a small window of non-alarm messages at a time, so an alarm
-that arrives while megabytes of clips wait goes out in the next select() turn. Alarms are never
-held back by the window.
+Priorities: paho is handed only a small window of non-alarm messages at a time (pacing.py), so
+an alarm that arrives while megabytes of clips wait goes out in the next select() turn. Alarms
+are never held back by the window. Receipts and presence: receipts.py.
 """
 
 from __future__ import annotations
 
 import contextlib
 import enum
-import json
 import logging
 import os
-import random
 import select
 import socket
 import ssl
 import threading
 import time
-from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any
 
 import paho.mqtt.client as mqtt
-from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
+from paho.mqtt.enums import MQTTErrorCode
 from paho.mqtt.reasoncodes import ReasonCode
 
+from agent.backoff import Backoff
 from agent.config import MqttConfig
-from agent.errors import OutboxError, ProtocolError
-from agent.outbox import Message, Outbox
-from agent.protocol import Priority, Topics, parse_receipt
+from agent.delivery.outbox import Message, Outbox
+from agent.delivery.protocol import Priority, Topics
+from agent.delivery.uplink.client import build_client, close_quietly
+from agent.delivery.uplink.mailbox import LIVE_ROW, Mailbox
+from agent.delivery.uplink.pacing import TCP_NOTSENT_LOWAT, Gate, TokenBucket, notsent_lowat
+from agent.delivery.uplink.receipts import Confirmations
+from agent.errors import OutboxError
 from agent.supervision import Supervisor, Worker
 
 log = logging.getLogger("agent.uplink")
-
-TCP_NOTSENT_LOWAT = getattr(socket, "TCP_NOTSENT_LOWAT", 25)  # Linux
-NOTSENT_LOWAT_BYTES = 16 * 1024  # with no video cap: the link rate is unknown
-
-
-def notsent_lowat(max_video_kbps: int | None) -> int:
-    """Unsent bytes allowed in the kernel: about 30 ms of the video cap, 4-64 KB. An alarm
-    waits behind them, so on a 1 Mbit/s link 4 KB (32 ms), not 16 KB (128 ms); see
-    docs/uplink.md for the measurement."""
-    if max_video_kbps is None:
-        return NOTSENT_LOWAT_BYTES
-    return max(4096, min(65536, int(max_video_kbps * 125 * 0.03)))
-LIVE_ROW = 0  # the row id of live messages, which have no outbox row (ids start at 1)
 
 Clock = Callable[[], float]
 
@@ -66,59 +56,6 @@ class LinkState(enum.StrEnum):
     ONLINE = "online"
     OFFLINE = "offline"  # waiting to retry
     STOPPED = "stopped"
-
-
-@dataclass
-class Backoff:
-    """Jittered exponential backoff. A whole region's boxes lose the broker together; jitter
-    keeps them from coming back as one wave. While an alarm waits, the wait is capped at 1 s."""
-
-    base_s: float = 0.5
-    cap_s: float = 30.0
-    alarm_cap_s: float = 1.0
-    failures: int = 0
-
-    def next_delay(self, alarm_waiting: bool) -> float:
-        ceiling = min(self.cap_s, self.base_s * 2**self.failures)
-        self.failures += 1
-        delay: float = ceiling * random.uniform(0.5, 1.0)
-        return min(delay, self.alarm_cap_s) if alarm_waiting else delay
-
-    def reset(self) -> None:
-        self.failures = 0
-
-
-class _Gate(enum.Enum):
-    IDLE = "no video waiting"
-    SOCKET = "waiting for the socket to drain"
-    WINDOW = "waiting for a PUBACK"
-    BUCKET = "waiting for bandwidth tokens"
-
-
-@dataclass
-class TokenBucket:
-    """The video bandwidth cap: ``rate_kbps`` kbit/s; None = no cap.
-
-    A virtual schedule (GCRA): each message has a theoretical send time, ``nbytes / rate``
-    after the previous one's, and may go up to ``burst_s`` early. The burst is short (0.1 s):
-    a long one fills the modem's buffer above the cap and an alarm then waits behind it
-    (docs/uplink.md). Being early by design, a sender that wakes a few ms late loses nothing,
-    so the long-run rate is the cap (a full-bucket rule lost ~7% of it to wake-up lateness).
-    """
-
-    rate_kbps: int | None
-    burst_s: float = 0.1
-    due: float | None = None  # the theoretical time of the next message
-
-    def wait_for(self, nbytes: int, now: float) -> float:
-        """Seconds until ``nbytes`` may be sent; when 0, they are booked on the schedule."""
-        if self.rate_kbps is None:
-            return 0.0
-        due = now if self.due is None else max(self.due, now)  # no credit for idle time
-        if due - now > self.burst_s:
-            return due - now - self.burst_s
-        self.due = due + nbytes / (self.rate_kbps * 125.0)
-        return 0.0
 
 
 class Uplink:
@@ -150,9 +87,7 @@ class Uplink:
         self._connack_timeout_s = connack_timeout_s
         self._backoff = backoff or Backoff()
         self._on_message_cb = on_message
-        self._on_clip_receipt = on_clip_receipt
         self._subscriptions = (topics.receipt, topics.presence, *subscriptions)
-        self._resend_s = resend_s
         self._alarm_ack_timeout_s = alarm_ack_timeout_s
         self._alarm_sent: dict[int, float] = {}  # paho mid -> when an alarm was handed over
         self._clock = clock
@@ -175,23 +110,18 @@ class Uplink:
         self._offline_mid: int | None = None
         self._bucket = TokenBucket(max_video_kbps)
         self._lowat = notsent_lowat(max_video_kbps)
-        self._gate = _Gate.IDLE  # why video is not being handed to paho right now
+        self._gate = Gate.IDLE  # why video is not being handed to paho right now
         self._bulk_due = 0.0
         self._acked_bulk: list[int] = []  # video rows acked but not yet deleted
-        # State topics (health, status updates) where only the newest value matters: posted by
-        # any thread, published retained by the uplink thread when online, never queued.
-        self._latest_lock = threading.Lock()
-        self._latest: dict[str, bytes] = {}
-        self._latest_sent: dict[int, tuple[str, bytes]] = {}  # paho mid -> awaiting its PUBACK
-        self._transient: deque[tuple[str, bytes]] = deque(maxlen=32)  # sent once if online
-        self._live: dict[str, deque[Message]] = {}  # live topic -> the newest segment's chunks
-        self.live_dropped = 0  # live segments skipped because the link was behind
-        # Alarms the broker acked but the centre has not confirmed: row id -> when to resend.
-        self._unconfirmed: dict[int, float] = {}
-        self._socket_error = ""  # the last socket failure paho logged (a TLS alert, say)
-        self.centre_present: bool | None = None  # any receiver's retained presence online
-        self._receivers: dict[str, bool] = {}  # presence topic -> online
         self._acked_at = 0.0
+        self._socket_error = ""  # the last socket failure paho logged (a TLS alert, say)
+        self.mailbox = Mailbox()
+        self.centre = Confirmations(outbox, resend_s, clock, on_clip_receipt)
+
+    @property
+    def centre_present(self) -> bool | None:
+        """Whether any centre receiver is listening (None: not known on this connection)."""
+        return self.centre.present
 
     # --- other threads ----------------------------------------------------------------------
 
@@ -208,29 +138,21 @@ class Uplink:
                 os.write(self._wake_w, b"!")
 
     def post_latest(self, topic: str, payload: bytes) -> None:
-        """Publish retained when online; a newer value for the topic replaces an unsent one.
-        A value is unsent until the broker's PUBACK: one lost with a connection goes again."""
-        with self._latest_lock:
-            self._latest[topic] = payload
+        """Publish retained when online; a newer value for the topic replaces an unsent one,
+        and one lost with its connection goes again (mailbox.py)."""
+        self.mailbox.post_latest(topic, payload)
         self.wake()
 
     def post_live(self, topic: str, payloads: list[bytes]) -> None:
-        """A new live segment's chunks. Live video degrades rather than queues: chunks of an
-        older segment still waiting are dropped, so the viewer skips to the newest keyframe
-        instead of falling further behind. Never stored on disk."""
-        msgs = [Message(LIVE_ROW, Priority.LIVE, topic, "", 1, False, p) for p in payloads]
-        with self._latest_lock:
-            waiting = self._live.get(topic)
-            if waiting:
-                self.live_dropped += 1
-            self._live[topic] = deque(msgs)
+        """A new live segment's chunks; an older segment's still waiting are dropped, so the
+        viewer skips to the newest keyframe instead of falling behind. Never on disk."""
+        self.mailbox.post_live(topic, payloads)
         self.wake()
 
     def post_transient(self, topic: str, payload: bytes) -> None:
         """Send once if online, never stored: for answers to unauthenticated input, which
         anyone able to publish could otherwise use to fill the box's disk."""
-        with self._latest_lock:
-            self._transient.append((topic, payload))
+        self.mailbox.post_transient(topic, payload)
         self.wake()
 
     def stop(self, timeout: float = 4.0) -> None:
@@ -251,11 +173,7 @@ class Uplink:
         """The thread's body; after a crash it runs again from the top. Everything it needs
         is rebuilt here or in _connect from the outbox, the only record that matters."""
         self._beat = worker.beat
-        try:
-            due = self._clock() + self._resend_s
-            self._unconfirmed = dict.fromkeys(self._outbox.delivered(), due)
-        except OutboxError as exc:
-            log.error("cannot read unconfirmed alarms: %s", exc)
+        self.centre.load()
         try:
             while not self._stopping.is_set():
                 last_attempt = self._clock()
@@ -351,19 +269,20 @@ class Uplink:
                 oldest = min(self._alarm_sent.values())
                 timeout = min(timeout, max(0.0, oldest + self._alarm_ack_timeout_s - now))
             if self.state is LinkState.ONLINE:
-                bucket_due = self._gate is _Gate.BUCKET and now >= self._bulk_due
+                bucket_due = self._gate is Gate.BUCKET and now >= self._bulk_due
                 if self._dirty or sock_writable or bucket_due:
                     self._publish_latest(client)
                     self._pump(client, sock_writable)
                 self._flush_acks(force=False)
                 self._resend_unconfirmed(client, now)
-                if self._gate is _Gate.BUCKET:
+                if self._gate is Gate.BUCKET:
                     timeout = min(timeout, self._bulk_due - now)
-                if self.centre_present and self._unconfirmed:
-                    timeout = min(timeout, min(self._unconfirmed.values()) - now)
+                resend_due = self.centre.next_due()
+                if resend_due is not None:
+                    timeout = min(timeout, resend_due - now)
             # Ask for writability only when paho has bytes to write or video waits for room:
             # under TCP_NOTSENT_LOWAT the socket is writable only when little is unsent.
-            want_w = client.want_write() or self._gate is _Gate.SOCKET
+            want_w = client.want_write() or self._gate is Gate.SOCKET
             ready = self._wait_socket(client, want_w, timeout)
             if ready is None:
                 break  # paho closed the socket since the top of the loop (see _wait_socket)
@@ -385,17 +304,11 @@ class Uplink:
     def _end_connection(self) -> None:
         """Forget one connection: on its normal end, and after a crash in the middle of it."""
         self._alarm_sent.clear()
-        with self._latest_lock:  # the box's pubkey is posted once: it must not die with a link
-            for topic, payload in self._latest_sent.values():
-                self._latest.setdefault(topic, payload)  # unless a newer value waits
-        self._latest_sent.clear()
+        self.mailbox.connection_ended()
         if self._client is not None:
-            _close_quietly(self._client)
+            close_quietly(self._client)
             self._client = None
-        # Presence is learnt again on the next connection (it is retained); until then the
-        # centre's state is unknown, not "listening".
-        self.centre_present = None
-        self._receivers.clear()
+        self.centre.connection_ended()
 
     def _wait_socket(self, client: mqtt.Client, want_write: bool,
                      timeout: float) -> tuple[bool, bool] | None:
@@ -448,70 +361,40 @@ class Uplink:
                     return
             bulk_in_flight = sum(1 for _, p in self._inflight.values() if p >= Priority.LIVE)
             if bulk_in_flight >= self._window:
-                self._gate = _Gate.WINDOW  # a PUBACK sets _dirty
+                self._gate = Gate.WINDOW  # a PUBACK sets _dirty
                 return
             if client.want_write() or not (sock_writable or bulk_in_flight == 0):
-                self._gate = _Gate.SOCKET
+                self._gate = Gate.SOCKET
                 return
-            bulk = self._next_live() or self._outbox.next_batch(
+            live = self.mailbox.next_live()
+            bulk = [live] if live else self._outbox.next_batch(
                 busy | {m.id for m in urgent}, 1, Priority.CLIP)
         except OutboxError as exc:
             log.error("cannot read the outbox: %s", exc)
             return
         if not bulk or bulk[0].priority < Priority.LIVE:
-            self._gate = _Gate.IDLE
+            self._gate = Gate.IDLE
             return
         now = self._clock()
         wait = self._bucket.wait_for(len(bulk[0].payload), now)
         if wait > 0:
-            self._gate, self._bulk_due = _Gate.BUCKET, now + wait
+            self._gate, self._bulk_due = Gate.BUCKET, now + wait
             return
         if bulk[0].id == LIVE_ROW:
-            with self._latest_lock:
-                waiting = self._live.get(bulk[0].topic)
-                if waiting and waiting[0] is bulk[0]:  # not replaced by a newer segment since
-                    waiting.popleft()
+            self.mailbox.taken(bulk[0])
         self._publish(client, bulk[0])
-        self._gate = _Gate.SOCKET  # the next one when the socket has room again
-
-    def _next_live(self) -> list[Message]:
-        """The oldest waiting live chunk of any camera (peeked; taken once it is published)."""
-        with self._latest_lock:
-            for waiting in self._live.values():
-                if waiting:
-                    return [waiting[0]]
-        return []
+        self._gate = Gate.SOCKET  # the next one when the socket has room again
 
     def _resend_unconfirmed(self, client: mqtt.Client, now: float) -> None:
-        """Republish alarms the centre has not confirmed, only while a centre listens: with
-        none, the broker already queues the first copy for the centre's persistent session."""
-        if not self.centre_present:
-            return
-        in_flight = set(self._inflight_rows())
-        for row, due in list(self._unconfirmed.items()):
-            if due > now or row in in_flight:
-                continue
-            try:
-                msg = self._outbox.get(row)
-            except OutboxError as exc:
-                log.error("cannot read alarm %d to resend it: %s", row, exc)
-                continue
-            if msg is None:  # confirmed meanwhile
-                del self._unconfirmed[row]
-                continue
-            self._unconfirmed[row] = now + self._resend_s
-            log.info("alarm %s not yet confirmed by the centre; sending it again", msg.key)
+        for msg in self.centre.due(now, set(self._inflight_rows())):
             if not self._publish(client, msg):
                 return
 
     def _publish_latest(self, client: mqtt.Client) -> None:
-        with self._latest_lock:
-            latest, self._latest = self._latest, {}
-            transient = list(self._transient)
-            self._transient.clear()
+        latest, transient = self.mailbox.take()
         for topic, payload in latest.items():
             info = client.publish(topic, payload, qos=1, retain=True)
-            self._latest_sent[info.mid] = (topic, payload)
+            self.mailbox.latest_sent(info.mid, topic, payload)
         for topic, payload in transient:
             client.publish(topic, payload, qos=1)
 
@@ -606,7 +489,7 @@ class Uplink:
     def _on_publish(self, _c: mqtt.Client, _u: Any, mid: int, rc: ReasonCode, _p: Any) -> None:
         if mid == self._offline_mid:
             self._offline_mid = None
-        self._latest_sent.pop(mid, None)
+        self.mailbox.acked(mid)
         self._alarm_sent.pop(mid, None)
         entry = self._inflight.pop(mid, None)
         if entry is None:
@@ -621,11 +504,7 @@ class Uplink:
             return
         self.sent += 1
         if prio is Priority.ALARM:
-            self._unconfirmed.setdefault(row, self._clock() + self._resend_s)
-            try:
-                self._outbox.mark_delivered(row)
-            except OutboxError as exc:
-                log.error("cannot mark alarm %d delivered: %s", row, exc)
+            self.centre.delivered(row)
             return
         if prio >= Priority.LIVE:
             if not self._acked_bulk:
@@ -639,74 +518,13 @@ class Uplink:
 
     def _on_message(self, _c: mqtt.Client, _u: Any, msg: mqtt.MQTTMessage) -> None:
         if msg.topic == self._topics.receipt:
-            self._on_receipt(bytes(msg.payload))
+            self.centre.on_receipt(bytes(msg.payload))
             return
         if mqtt.topic_matches_sub(self._topics.presence, msg.topic):
-            self._on_presence(msg.topic, bytes(msg.payload))
+            self.centre.on_presence(msg.topic, bytes(msg.payload))
             return
         if self._on_message_cb is not None:
             try:
                 self._on_message_cb(msg.topic, bytes(msg.payload))
             except Exception:  # a bad command must never take the uplink down
                 log.exception("command handler failed on %s", msg.topic)
-
-
-    def _on_receipt(self, payload: bytes) -> None:
-        try:
-            receipt = parse_receipt(payload)
-            for row in self._outbox.confirm(receipt.alarms):
-                self._unconfirmed.pop(row, None)
-        except (ProtocolError, OutboxError) as exc:
-            log.warning("ignoring a receipt: %s", exc)
-            return
-        if receipt.alarms:
-            log.info("the centre confirmed alarm(s) %s", ", ".join(receipt.alarms))
-        for event_id, camera_id in receipt.clips:
-            if self._on_clip_receipt is not None:
-                self._on_clip_receipt(event_id, camera_id)
-
-    def _on_presence(self, topic: str, payload: bytes) -> None:
-        try:
-            online = json.loads(payload).get("state") == "online" if payload else False
-        except (ValueError, AttributeError):
-            online = False
-        self._receivers[topic] = online
-        present = any(self._receivers.values())
-        if present and not self.centre_present:
-            now = self._clock()
-            self._unconfirmed = dict.fromkeys(self._unconfirmed, now)  # resend what waits
-        if present != self.centre_present:
-            log.log(logging.INFO if present else logging.WARNING,
-                    "the centre is %s", "listening" if present else "NOT listening")
-        self.centre_present = present
-
-
-def build_client(cfg: MqttConfig, client_id_suffix: str = "") -> mqtt.Client:
-    """A paho client with the site's TLS and credentials: the one place they are applied."""
-    client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=cfg.client_id + client_id_suffix,
-                         protocol=mqtt.MQTTv5)
-    client.connect_timeout = 5.0
-    if cfg.tls is not None:
-        client.tls_set(
-            ca_certs=str(cfg.tls.ca_file) if cfg.tls.ca_file else None,
-            certfile=str(cfg.tls.cert_file) if cfg.tls.cert_file else None,
-            keyfile=str(cfg.tls.key_file) if cfg.tls.key_file else None,
-            cert_reqs=ssl.CERT_REQUIRED,
-        )  # paho checks the server's hostname against its certificate by default
-    if cfg.username is not None:
-        client.username_pw_set(cfg.username, _read_secret(cfg.password_file))
-    return client
-
-
-def _read_secret(path: os.PathLike[str] | None) -> str | None:
-    if path is None:
-        return None
-    with open(path, encoding="utf-8") as f:
-        return f.read().strip()
-
-
-def _close_quietly(client: mqtt.Client) -> None:
-    sock = client.socket()
-    if sock is not None:
-        with contextlib.suppress(OSError):
-            sock.close()

@@ -40,8 +40,8 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from agent.db import move_aside
+from agent.delivery.protocol import Priority
 from agent.errors import OutboxError
-from agent.protocol import Priority
 
 log = logging.getLogger("agent.outbox")
 

@@ -1,0 +1,1 @@
+"""The MQTT uplink: the one connection from the box to the broker (see link.py)."""
