@@ -29,6 +29,7 @@ from typing import TypeVar
 import yaml
 
 from agent.errors import ConfigError
+from agent.logs import redact
 
 T = TypeVar("T")
 E = TypeVar("E", bound=StrEnum)
@@ -283,18 +284,8 @@ def format_report(err: ConfigError) -> str:
     return "\n".join([*(str(p) for p in err.problems), summary])
 
 
-_USERINFO = re.compile(r"^(?P<head>[A-Za-z][A-Za-z0-9+.-]*://[^:/@]*):.*@", re.DOTALL)
-_SECRET_PARAM = re.compile(r"([?&](?:password|passwd|pass|pwd|token|key)=)[^&#]*", re.IGNORECASE)
-
-
-def redact_url(url: str) -> str:
-    """The URL with its password replaced by ***, safe for logs and error messages.
-
-    The password runs to the last '@' (cameras accept unescaped '@' and '/' in passwords), so a
-    strange URL is over-redacted rather than leaked. Password-like query parameters go too.
-    """
-    url = _USERINFO.sub(r"\g<head>:***@", url, count=1)
-    return _SECRET_PARAM.sub(r"\g<1>***", url)
+# The one redactor (agent/logs.py), under the name camera and selftest messages use.
+redact_url = redact
 
 
 def config_warnings(cfg: Config) -> list[str]:
