@@ -27,6 +27,7 @@ each segment's sha256); an identical copy is confirmed again, as the box may be 
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -244,7 +245,8 @@ class Assembler:
             return
         if live:
             path = self._store / site / "live" / h.event_id / f"{h.camera_id}.ts"
-            if self._reserve(site, state, len(body), new_file=not path.exists()):
+            new = not path.exists()
+            if self._reserve(site, state, len(body), file_charge(len(body)) if new else len(body)):
                 path.parent.mkdir(parents=True, exist_ok=True)
                 with open(path, "ab") as f:
                     f.write(body)
@@ -256,7 +258,9 @@ class Assembler:
             return
         part = self._part(site, h.event_id, h.camera_id, h.segment)
         line = dumps({**asdict(h), "chunk": 0}) + b"\n"
-        if not self._reserve(site, state, len(line) + len(body), new_file=True):
+        size = len(line) + len(body)
+        if not self._reserve(site, state, size, file_charge(size)
+                             + (file_charge(1) if h.final else 0)):  # and the FINAL marker
             return
         part.parent.mkdir(parents=True, exist_ok=True)
         write_once(part, line + body)
@@ -306,6 +310,8 @@ class Assembler:
         self._ledger.add_clip(site, event, camera, path, size, digest.hexdigest(), manifest,
                               problem)
         shutil.rmtree(parts[0].parent, ignore_errors=True)
+        with contextlib.suppress(OSError):  # the event's folder, once no camera is left in it
+            parts[0].parent.parent.rmdir()
         self._drop(state, key)
         if state.usage is not None:  # the parts went, the clip and its verdict came
             state.usage += file_charge(size) + file_charge(len(verdict)) - part_charge
@@ -406,11 +412,11 @@ class Assembler:
         state.held += n
         self._held += n
 
-    def _reserve(self, site: str, state: _Site, n: int, new_file: bool) -> bool:
-        """Room on disk for ``n`` bytes of this site's video? Else report and refuse."""
+    def _reserve(self, site: str, state: _Site, n: int, cost: int) -> bool:
+        """Room on disk for ``n`` more bytes of this site's video, counted as ``cost`` against
+        its quota? Else report and refuse."""
         if state.usage is None:
             state.usage = disk_charge(self._store / site)
-        cost = file_charge(n) if new_file else n
         if state.usage + cost > self._limits.site_quota_bytes:
             self._reporter.report(site, "over_quota", f"the site's video is over its quota of "
                                   f"{self._limits.site_quota_bytes} bytes; video refused: move "

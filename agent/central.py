@@ -12,6 +12,12 @@ broker queues for while the receiver is away) and its own worker thread:
 
 So megabytes of video, from an honest school or a hostile one, never sit in front of an alarm:
 not in the broker's queue for the connection, not on a socket, not on a thread.
+
+Sizes are bounded by the broker (``max_packet_size``, docs/broker.md) and then by each
+message's schema. The links do not advertise an MQTT 5 Maximum Packet Size of their own:
+Mosquitto 2.0.11 then holds a larger message in the session's queue, and every message after
+it waits forever (found by tests/adversarial: one 100 KB alarm from one box stopped every
+school's alarms).
 """
 
 from __future__ import annotations
@@ -31,9 +37,8 @@ from agent.commander import refuse_key_in_store
 from agent.intake import Limits, Reporter
 from agent.ledger import Ledger
 from agent.protocol import (
-    MAX_ALARM_BYTES,
-    MAX_CHUNK_DATA,
-    MAX_HEADER_BYTES,
+    SITE_ID,
+    BoxTopic,
     centre_presence_topic,
     parse_box_topic,
     presence_payload,
@@ -42,12 +47,6 @@ from agent.receiver import AlarmDesk
 from agent.schema import WireError
 
 log = logging.getLogger("agent.centre")
-
-# The largest MQTT packet each link accepts: the broker drops larger ones before we read them.
-_TOPIC_ROOM = 1024  # topic, packet id and properties
-ALARM_PACKET = MAX_ALARM_BYTES + _TOPIC_ROOM
-VIDEO_PACKET = MAX_HEADER_BYTES + 1 + MAX_CHUNK_DATA + _TOPIC_ROOM
-
 
 class Receiver:
     """Create, :meth:`start`, :meth:`stop`. ``subscribed`` once both links are up."""
@@ -64,15 +63,15 @@ class Receiver:
         self._presence = presence
         self.alarm_link = Link(
             "alarms", endpoint, client_id, [f"{topic_prefix}/+/alarm", f"{topic_prefix}/+/status"],
-            lambda topic, payload: self._route(self.desk.take, topic, payload),
-            on_change=lambda up, why: self._changed("alarms", up, why), max_packet=ALARM_PACKET,
+            self.alarm_message,
+            on_change=lambda up, why: self._changed("alarms", up, why),
             hello=lambda: self._presence_message("online"),
             will=self._presence_message("offline"))
         self.video_link = Link(
             "video", endpoint, f"{client_id}-video",
             [f"{topic_prefix}/+/clip/+", f"{topic_prefix}/+/live/+", f"{topic_prefix}/+/pubkey"],
-            lambda topic, payload: self._route(self.assembler.take, topic, payload),
-            on_change=lambda up, why: self._changed("video", up, why), max_packet=VIDEO_PACKET)
+            self.video_message,
+            on_change=lambda up, why: self._changed("video", up, why))
         self.desk = AlarmDesk(store, topic_prefix, self.ledger, reporter, limits,
                               self.alarm_link.publish, on_alarm)
         self.assembler = Assembler(store, topic_prefix, self.ledger, reporter, limits,
@@ -105,13 +104,26 @@ class Receiver:
     def _presence_message(self, state: str) -> Message:
         return Message(self._presence, presence_payload(state, time.time()), True)
 
-    def _route(self, take: Callable[[Any, bytes], None], topic: str, payload: bytes) -> None:
+    def alarm_message(self, topic: str, payload: bytes) -> None:
+        """A message on the alarm link (its thread): checked, then queued for the desk."""
+        parsed = self._topic(topic)
+        if parsed is not None:
+            self.desk.take(parsed, payload)
+
+    def video_message(self, topic: str, payload: bytes) -> None:
+        """A message on the video link (its thread): its header checked, then queued."""
+        parsed = self._topic(topic)
+        if parsed is not None:
+            self.assembler.take(parsed, payload)
+
+    def _topic(self, topic: str) -> BoxTopic | None:
         try:
-            parsed = parse_box_topic(self.prefix, topic)
-        except WireError as exc:  # only the broker's ACL could let this through
-            self._reporter.report("_broker", "refused", f"a message on an unexpected topic: {exc}")
-            return
-        take(parsed, payload)
+            return parse_box_topic(self.prefix, topic)
+        except WireError as exc:  # e.g. clip/{not a camera id}: the ACL allows clip/#
+            site = topic.removeprefix(f"{self.prefix}/").partition("/")[0]
+            self._reporter.report(site if SITE_ID.fullmatch(site) else "_broker", "refused",
+                                  f"a message on an unexpected topic: {exc}")
+            return None
 
     def _changed(self, link: str, up: bool, why: str) -> None:
         try:

@@ -80,19 +80,29 @@ def send_command(endpoint: Endpoint, topic_prefix: str, site_id: str, key_file: 
             result.append(doc)
             got.set()
 
+    refused: list[str] = []  # why the broker closed the connection before we were in
+
+    def on_disconnect(c: mqtt.Client, _u: Any, _f: Any, rc: Any, _p: Any) -> None:
+        if not subscribed.is_set():
+            refused.append(str(rc))
+            subscribed.set()
+            c.disconnect()  # no reconnect
+
     client = endpoint.client("")
     client.on_message = on_message
     client.on_subscribe = lambda *_: subscribed.set()
     client.on_connect = lambda c, *_: c.subscribe(topics.cmd_result, qos=1)
+    client.on_disconnect = on_disconnect
     try:
         client.connect(endpoint.host, endpoint.port, keepalive=10)
     except OSError as exc:
         raise AgentError(f"cannot reach the broker {endpoint}: {exc}") from exc
     client.loop_start()
     try:
-        if not subscribed.wait(timeout_s):
-            raise AgentError("the broker did not confirm the subscription to results: check "
-                             "the centre's certificate (--tls-cert) and the broker's ACL")
+        if not subscribed.wait(timeout_s) or refused:
+            raise AgentError(f"the broker {endpoint} did not let us in "
+                             f"({refused[0] if refused else 'no answer'}): check the centre's "
+                             "certificate (--tls-cert, --tls-key) and the broker's ACL")
         client.publish(topics.cmd, payload, qos=1)  # never retained: a reconnect never replays
         if not got.wait(timeout_s):
             raise AgentError(f"no result from {site_id} within {timeout_s:.0f} s: is the box "

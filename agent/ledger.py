@@ -23,11 +23,13 @@ wrong type are left there and counted in the log.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import sqlite3
 import threading
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -190,6 +192,20 @@ class Ledger:
         with self._lock:
             self._conn.close()
 
+    @contextlib.contextmanager
+    def _bookkeeping(self) -> Iterator[sqlite3.Connection]:
+        """One transaction without its own fsync (``synchronous=NORMAL``): for what is only
+        shown or soon sent again (site states, reports, the links), so a box that floods valid
+        statuses costs the alarm thread no disk flush. The next alarm's commit makes it durable.
+        """
+        with self._lock:
+            self._conn.execute("PRAGMA synchronous=NORMAL")
+            try:
+                with self._conn:
+                    yield self._conn
+            finally:
+                self._conn.execute("PRAGMA synchronous=FULL")
+
     # --- alarms ---------------------------------------------------------------------------
 
     def add_alarm(self, alarm: Alarm, payload: bytes, test: bool,
@@ -246,16 +262,16 @@ class Ledger:
         """Record a site's retained status and announced walk test; True when its state
         changed."""
         at = _at(now)
-        with self._lock, self._conn:
-            row = self._conn.execute("SELECT state FROM sites WHERE site_id = ?",
-                                     (site_id,)).fetchone()
+        with self._bookkeeping() as conn:
+            row = conn.execute("SELECT state FROM sites WHERE site_id = ?",
+                               (site_id,)).fetchone()
             changed = row is None or row[0] != state
             if changed:
-                self._conn.execute("INSERT OR REPLACE INTO sites VALUES (?, ?, ?, ?, ?)",
-                                   (site_id, state, at, status, test_until))
+                conn.execute("INSERT OR REPLACE INTO sites VALUES (?, ?, ?, ?, ?)",
+                             (site_id, state, at, status, test_until))
             else:
-                self._conn.execute("UPDATE sites SET status = ?, test_until = ? "
-                                   "WHERE site_id = ?", (status, test_until, site_id))
+                conn.execute("UPDATE sites SET status = ?, test_until = ? WHERE site_id = ?",
+                             (status, test_until, site_id))
         return changed
 
     def test_until(self, site_id: str) -> str | None:
@@ -309,10 +325,10 @@ class Ledger:
 
     def report(self, site_id: str, what: str, detail: str, now: float | None = None) -> None:
         """Record something the operator must see about a site; its newest reports are kept."""
-        with self._lock, self._conn:
-            self._conn.execute("INSERT INTO reports (site_id, at, what, detail) "
-                               "VALUES (?, ?, ?, ?)", (site_id, _at(now), what, detail))
-            self._conn.execute(
+        with self._bookkeeping() as conn:
+            conn.execute("INSERT INTO reports (site_id, at, what, detail) VALUES (?, ?, ?, ?)",
+                         (site_id, _at(now), what, detail))
+            conn.execute(
                 "DELETE FROM reports WHERE site_id = ? AND id <= (SELECT id FROM reports "
                 "WHERE site_id = ? ORDER BY id DESC LIMIT 1 OFFSET ?)",
                 (site_id, site_id, REPORTS_PER_SITE))
@@ -332,8 +348,8 @@ class Ledger:
                      now: float | None = None) -> None:
         """The receiver lost (``up`` False) or regained one of its broker connections."""
         at = _at(now)
-        with self._lock, self._conn:
-            self._conn.execute(
+        with self._bookkeeping() as conn:
+            conn.execute(
                 "INSERT INTO links VALUES (?, ?, ?, ?, ?, ?, 0, ?) ON CONFLICT DO UPDATE SET "
                 "up = excluded.up, since = excluded.since, last_error = excluded.last_error, "
                 "lost_at = CASE WHEN excluded.up THEN lost_at ELSE excluded.since END, "
