@@ -34,6 +34,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from agent.errors import AgentError
 from agent.protocol import Alarm, rfc3339
 
 log = logging.getLogger("agent.ledger")
@@ -173,19 +174,8 @@ class Ledger:
         conn = sqlite3.connect(directory / "centre.db", check_same_thread=False, timeout=5)
         conn.execute("PRAGMA journal_mode=WAL")
         conn.execute("PRAGMA synchronous=FULL")
-        conn.execute("BEGIN IMMEDIATE")  # one migration, even if two processes open at once
-        try:
-            (version,) = conn.execute("PRAGMA user_version").fetchone()
-            if version < VERSION and _has_table(conn, "alarms"):
-                _migrate(conn)
-            for statement in _SCHEMA.split(";")[:-1]:
-                conn.execute(statement)
-            conn.execute(f"PRAGMA user_version = {VERSION}")
-            conn.commit()
-        except BaseException:
-            conn.rollback()
-            conn.close()
-            raise
+        if conn.execute("PRAGMA user_version").fetchone()[0] != VERSION:
+            _create(conn)  # else open read-only: `central status` never blocks the receiver
         return cls(conn)
 
     def close(self) -> None:
@@ -247,6 +237,12 @@ class Ledger:
             rows = self._conn.execute("SELECT site_id FROM alarms WHERE event_id = ? "
                                       "ORDER BY site_id", (event_id,)).fetchall()
         return [str(r[0]) for r in rows]
+
+    def received(self) -> dict[tuple[str, str], str]:
+        """When the centre stored each alarm: (site, event id) -> received_at."""
+        with self._lock:
+            rows = self._conn.execute("SELECT site_id, event_id, received_at FROM alarms")
+            return {(str(a), str(b)): str(c) for a, b, c in rows.fetchall()}
 
     def alarms(self, site_id: str | None = None) -> list[dict[str, Any]]:
         sql = "SELECT payload FROM alarms" + (" WHERE site_id = ?" if site_id else "")
@@ -364,6 +360,26 @@ class Ledger:
                 "FROM links ORDER BY receiver, link").fetchall()
         return [LinkState(str(r[0]), str(r[1]), bool(r[2]), str(r[3]), r[4], r[5], int(r[6]),
                           str(r[7])) for r in rows]
+
+
+def _create(conn: sqlite3.Connection) -> None:
+    """Make the tables, or migrate a version 1 file, once, even if two processes open it."""
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        (version,) = conn.execute("PRAGMA user_version").fetchone()
+        if version > VERSION:
+            raise AgentError(f"the ledger is version {version}, made by a newer edge-agent "
+                             f"than this one (version {VERSION}): upgrade this one")
+        if version < VERSION and _has_table(conn, "alarms"):
+            _migrate(conn)
+        for statement in _SCHEMA.split(";")[:-1]:
+            conn.execute(statement)
+        conn.execute(f"PRAGMA user_version = {VERSION}")
+        conn.commit()
+    except BaseException:
+        conn.rollback()
+        conn.close()
+        raise
 
 
 def _has_table(conn: sqlite3.Connection, name: str) -> bool:
