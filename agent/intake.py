@@ -30,10 +30,10 @@ GiB = 1024 * MiB
 class Limits:
     """Every bound of the receiver; docs/security.md says why each default is what it is."""
 
-    alarms_per_s: float = 1.0  # per site, sustained, after a burst of
-    alarm_burst: int = 100  # (a box back from an outage sends its queue at once)
-    alarm_queue_site: int = 100  # alarms and statuses waiting to be stored, per site
-    alarm_queue_total: int = 10_000
+    alarm_bytes_per_day: int = 64 * MiB  # new alarms stored per site, after a burst of
+    alarm_burst_bytes: int = 16 * MiB  # (some 30,000 alarms: a box back from an outage)
+    alarm_queue_site: int = 1000  # alarms and statuses waiting to be stored, per site
+    alarm_queue_total: int = 20_000
     video_queue_site_bytes: int = 16 * MiB  # chunks waiting for the video thread
     video_queue_bytes: int = 192 * MiB
     assembly_site_bytes: int = 64 * MiB  # chunks of segments not yet complete, in memory
@@ -122,20 +122,20 @@ class FairQueue(Generic[T]):
 
 
 class Budget:
-    """A token bucket per site: ``take(site)`` is False once the site is over its rate."""
+    """A token bucket per site: ``take(site, n)`` is False once the site is over its rate."""
 
-    def __init__(self, per_s: float, burst: int, clock: Callable[[], float] = time.monotonic):
-        self._per_s, self._burst, self._clock = per_s, burst, clock
+    def __init__(self, per_s: float, burst: float, clock: Callable[[], float] = time.monotonic):
+        self._per_s, self._burst, self._clock = per_s, float(burst), clock
         self._lock = threading.Lock()  # guards _state
         self._state: dict[str, tuple[float, float]] = {}  # site -> (tokens, at)
 
-    def take(self, site: str) -> bool:
+    def take(self, site: str, n: float = 1.0) -> bool:
         now = self._clock()
         with self._lock:
-            tokens, at = self._state.get(site, (float(self._burst), now))
-            tokens = min(float(self._burst), tokens + (now - at) * self._per_s)
-            ok = tokens >= 1.0
-            self._state[site] = (tokens - 1.0 if ok else tokens, now)
+            tokens, at = self._state.get(site, (self._burst, now))
+            tokens = min(self._burst, tokens + (now - at) * self._per_s)
+            ok = tokens >= n
+            self._state[site] = (tokens - n if ok else tokens, now)
             return ok
 
 

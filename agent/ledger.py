@@ -231,6 +231,11 @@ class Ledger:
                  for s in range(max(first_missing, last - MAX_GAP_ROWS + 1), last + 1)])
             return Stored(new=True, gap_opened=(first_missing, last), gap_closed=closed)
 
+    def has_alarm(self, site_id: str, event_id: str) -> bool:
+        with self._lock:
+            return self._conn.execute("SELECT 1 FROM alarms WHERE site_id = ? AND event_id = ?",
+                                      (site_id, event_id)).fetchone() is not None
+
     def sites_of(self, event_id: str) -> list[str]:
         """Every site that has an alarm with this event id (one, unless a box copied it)."""
         with self._lock:

@@ -2,11 +2,13 @@
 
 Threads (docs/architecture.md): the ``link-alarms`` thread (agent/centre_link.py) calls
 :meth:`AlarmDesk.take` for each message. That does bounded work only: at most
-``MAX_ALARM_BYTES`` parsed against the schema (agent/protocol.py), the site's rate checked,
-the result queued. The ``alarms`` thread stores each alarm (one ledger commit, one fsync of
+``MAX_ALARM_BYTES`` parsed against the schema (agent/protocol.py), the result queued. The
+``alarms`` thread stores each alarm (one ledger commit, one fsync of
 ``alarms.jsonl``), then publishes the receipt through the link. The queue is per site and
 round-robin (agent/intake.py), so a flood from one box delays that box's own alarms and, for
 any other school, at most one stored alarm of each busy site. Video never reaches this thread.
+What one site's new alarms may take on disk is budgeted (``Limits.alarm_bytes_per_day``, after
+a burst); duplicates cost nothing of it.
 
 Statuses go through the same per-site queue as alarms, so a site's walk-test announcement is
 applied before the alarms the box sent after it.
@@ -62,7 +64,7 @@ class AlarmDesk:
         self._queue: FairQueue[_Item] = FairQueue(
             limits.alarm_queue_site, limits.alarm_queue_site * 8192, limits.alarm_queue_total,
             limits.alarm_queue_total * 8192)
-        self._budget = Budget(limits.alarms_per_s, limits.alarm_burst)
+        self._budget = Budget(limits.alarm_bytes_per_day / 86400, limits.alarm_burst_bytes)
         self._stopping = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -105,10 +107,6 @@ class AlarmDesk:
         except ProtocolError as exc:
             self._reporter.report(site, "refused", f"{topic.kind}: {exc}")
             return
-        if item.alarm is not None and not self._budget.take(site):
-            self._reporter.report(site, "alarm_rate", "more alarms than the centre takes from "
-                                  "one site; not confirmed, so the box sends them again later")
-            return
         if not self._queue.put(site, item, len(payload)):
             self._reporter.report(site, "queue_full", f"a {topic.kind} was not queued: too "
                                   "many wait already; not confirmed, so the box sends it again")
@@ -137,6 +135,12 @@ class AlarmDesk:
     def _alarm(self, alarm: Alarm, payload: bytes) -> None:
         """Store a new alarm; a duplicate is confirmed again (the box is still waiting)."""
         site = alarm.site_id
+        if not self._ledger.has_alarm(site, alarm.event_id) and not self._budget.take(
+                site, len(payload)):
+            self._reporter.report(site, "alarm_budget", "more new alarms than the centre stores "
+                                  "for one site in a day; not confirmed, so the box sends them "
+                                  "again later", logging.ERROR)
+            return
         test = alarm.test and self._test_announced(alarm)
         stored = self._ledger.add_alarm(alarm, payload, test)
         if stored.differs:

@@ -45,6 +45,7 @@ def test_budget_allows_a_burst_then_the_rate() -> None:
     assert budget.take("b")  # another site has its own
     now[0] = 1.0
     assert budget.take("a") and not budget.take("a")
+    assert not budget.take("b", 4) and budget.take("b", 3)  # n units at once, at most the burst
 
 
 def test_reports_are_held_back_per_site_and_kind(tmp_path: Path,

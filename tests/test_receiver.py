@@ -121,12 +121,17 @@ def test_a_walk_test_longer_than_a_box_allows_is_cut(desk: Desk) -> None:
     assert any(r.startswith("test_too_long") for r in desk.reports())
 
 
-def test_one_sites_alarm_rate_is_capped_not_anothers(tmp_path: Path) -> None:
-    desk = Desk(tmp_path, Limits(alarms_per_s=0.001, alarm_burst=5))
-    for i in range(20):
-        desk.desk.take(BoxTopic(SITE, "alarm"), alarm(i + 1).to_json())
+def test_one_sites_flood_waits_behind_itself_and_its_disk_budget_is_its_own(
+        tmp_path: Path) -> None:
+    size = len(alarm().to_json())
+    desk = Desk(tmp_path, Limits(alarm_bytes_per_day=1, alarm_burst_bytes=5 * size + 10))
+    flood = [alarm(i + 1) for i in range(20)]
+    for a in flood:
+        desk.desk.take(BoxTopic(SITE, "alarm"), a.to_json())
     honest = Alarm(**{**json.loads(alarm().to_json()), "site_id": "school-001"})
     desk.send("alarm", honest.to_json(), site="school-001")
     sites = [s["site_id"] for s in desk.stored]
     assert sites == [SITE, "school-001", SITE, SITE, SITE, SITE]  # 5 of 20; the honest 2nd
-    assert any(r.startswith("alarm_rate") for r in desk.reports())
+    assert any(r.startswith("alarm_budget") for r in desk.reports())
+    desk.send("alarm", flood[0].to_json())  # a duplicate costs nothing: still confirmed
+    assert desk.receipts().count(flood[0].event_id) == 2

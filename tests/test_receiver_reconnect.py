@@ -16,6 +16,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from functools import partial
 from pathlib import Path
 
 import pytest
@@ -79,7 +80,7 @@ def test_the_receiver_is_back_within_a_second_of_each_broker_restart(
         before = time.time()
         broker.start()
         up = time.time()  # the port accepted a connection between `before` and now
-        back = wait_for(lambda: subscribed_since(receiver, before), 30, "the receiver back")
+        back = wait_for(partial(subscribed_since, receiver, before), 30, "the receiver back")
         gaps.append(back - up)
     ledger = Ledger.open(receiver)
     try:
