@@ -8,16 +8,9 @@ segment to ``{site}/.partial/{event}/{camera}/``, and once a clip's segments are
 the clip, verifies its hash chain and the box's signature, and records it. None of this runs on
 the alarm path: alarms have their own MQTT connection and thread (agent/receiver.py).
 
-Bounds (agent/intake.py ``Limits``), each kept by eviction and reported to the operator:
-- memory: chunks of incomplete segments (and a little per verified segment), per site and in
-  total. Over the site's share, its least recently used clip or live session is dropped from
-  memory; over the total, the same is done to the site that holds the most. A clip dropped from
-  memory loses only its incomplete segments: its verified ones are on disk and are read back;
-- open clips and live sessions per site (least recently used dropped, live also when idle);
-- disk: a quota per site (clips, live files, partial segments; every file counts at least
-  64 KB, as inodes are finite too) and a free-space reserve kept for the alarms; the partial
-  segments of a clip that never completes are removed after ``partial_ttl_s``.
-Completed clips are looked up in the ledger, not remembered in memory.
+Bounds: every site's memory, open clips, live sessions and disk are held to its share by
+agent/holdings.py, which drops the least recently used and reports it. Completed clips are
+looked up in the ledger, not remembered in memory.
 
 Evidence is written once: a clip file and its verdict are linked into place only if no file of
 that name exists, and the ledger refuses a second row. A later copy of the same (site, event,
@@ -38,18 +31,26 @@ import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from agent.errors import ProtocolError
 from agent.evidence import (
-    disk_charge,
     file_charge,
     file_sha256,
     pin_box_key,
     read_part_header,
     verify_clip,
     write_once,
+)
+from agent.holdings import (
+    CHUNK_OVERHEAD,
+    FINAL,
+    PART_OVERHEAD,
+    Holdings,
+    Key,
+    Segment,
+    Stream,
 )
 from agent.intake import FairQueue, Limits, Reporter
 from agent.ledger import Ledger
@@ -65,40 +66,10 @@ from agent.protocol import (
 
 log = logging.getLogger("agent.centre")
 
-PARTIAL = ".partial"
-FINAL = "final"  # in a partial clip's folder: the number of its final segment
-CHUNK_OVERHEAD = 256  # bytes of bookkeeping charged for each chunk held in memory
-PART_OVERHEAD = 64  # and for each verified segment a clip in memory knows of
-SWEEP_S = 5.0  # idle live sessions
-EXPIRE_S = 3600.0  # partial clips past partial_ttl_s
+SWEEP_S = 5.0  # how often idle live sessions are looked for
 RECEIPT_EVERY_S = 5.0
 
 Send = Callable[[str, bytes], None]  # publish (topic, payload) on the video link
-
-
-@dataclass
-class _Segment:
-    header: ChunkHeader
-    chunks: dict[int, bytes] = field(default_factory=dict)
-
-
-@dataclass
-class _Stream:
-    """One clip (parts: verified segments on disk) or one live session (last: appended)."""
-
-    parts: set[int] = field(default_factory=set)
-    final: int | None = None
-    last: int = -1
-    assembling: dict[int, _Segment] = field(default_factory=dict)
-    held: int = 0
-    touched: float = field(default_factory=time.monotonic)
-
-
-@dataclass
-class _Site:
-    streams: OrderedDict[tuple[str, str, str], _Stream] = field(default_factory=OrderedDict)
-    held: int = 0  # bytes charged for memory
-    usage: int | None = None  # bytes charged on disk; None until scanned
 
 
 @dataclass(frozen=True, slots=True)
@@ -115,13 +86,11 @@ class Assembler:
         self._reporter, self._limits, self._send = reporter, limits, send
         self._queue: FairQueue[_Item] = FairQueue(
             1 << 30, limits.video_queue_site_bytes, 1 << 30, limits.video_queue_bytes)
-        self._sites: dict[str, _Site] = {}  # touched by the video thread only
-        self._held = 0
+        self._holdings = Holdings(store, limits, reporter)  # the video thread's only
         self._receipted: OrderedDict[tuple[str, str, str], float] = OrderedDict()
         self._stopping = threading.Event()
         self._thread: threading.Thread | None = None
         self._swept = 0.0
-        self._expired = -EXPIRE_S
 
     def start(self) -> None:
         self._thread = threading.Thread(target=self._run, name="video", daemon=True)
@@ -145,7 +114,7 @@ class Assembler:
     @property
     def held(self) -> int:
         """Bytes held in memory for incomplete segments, all sites (for status and tests)."""
-        return self._held
+        return self._holdings.held
 
     # --- on the link's thread -----------------------------------------------------------------
 
@@ -180,6 +149,11 @@ class Assembler:
             if time.monotonic() - self._swept > SWEEP_S:
                 self.sweep()
 
+    def sweep(self, now: float | None = None) -> None:
+        """Close idle live sessions; now and then, remove partial clips gone stale."""
+        self._swept = time.monotonic()
+        self._holdings.sweep(now)
+
     def process(self, site: str, item: _Item) -> None:
         """Handle one queued message; never raises (the thread must go on)."""
         try:
@@ -195,15 +169,13 @@ class Assembler:
             log.exception("site %s: failed on a %s message; carrying on", site, item.kind)
 
     def _chunk(self, site: str, live: bool, header: ChunkHeader, data: bytes) -> None:
-        state = self._sites.setdefault(site, _Site())
+        holdings = self._holdings
         key = (header.event_id, header.camera_id, "live" if live else "clip")
-        stream = state.streams.get(key)
+        stream = holdings.touch(site, key)
         if stream is None:
             if not live and self._recorded(site, header):
                 return
-            stream = self._open(site, state, key, live)
-        state.streams.move_to_end(key)
-        stream.touched = time.monotonic()
+            stream = holdings.open(site, key)
         if header.segment in stream.parts or header.segment <= stream.last:
             if not live:
                 self._check_copy(site, header, self._part_sha(site, header))
@@ -212,7 +184,7 @@ class Assembler:
                 not live and stream.final is not None and header.segment > stream.final):
             raise ProtocolError(f"clip {header.event_id}/{header.camera_id}: a segment "
                                 "disagrees with the final segment named before")
-        seg = stream.assembling.setdefault(header.segment, _Segment(header))
+        seg = stream.assembling.setdefault(header.segment, Segment(header))
         if asdict(seg.header) | {"chunk": 0} != asdict(header) | {"chunk": 0}:
             raise ProtocolError(f"chunk {header.message_id} disagrees with its segment")
         if header.chunk in seg.chunks:
@@ -220,25 +192,24 @@ class Assembler:
         if header.size > self._limits.assembly_site_bytes:
             raise ProtocolError(f"a segment of {header.size} bytes exceeds the site's "
                                 f"{self._limits.assembly_site_bytes} bytes of assembly memory")
-        self._make_room(site, state, key, len(data) + CHUNK_OVERHEAD)
-        if key not in state.streams:  # dropped to make room for itself: start it again
-            state.streams[key] = stream = self._open(site, state, key, live)
-            seg = stream.assembling.setdefault(header.segment, _Segment(header))
+        holdings.make_room(site, key, len(data) + CHUNK_OVERHEAD)
+        if holdings.touch(site, key) is None:  # dropped to make room for itself: start again
+            stream = holdings.open(site, key)
+            seg = stream.assembling.setdefault(header.segment, Segment(header))
         seg.chunks[header.chunk] = data
-        self._charge(state, stream, len(data) + CHUNK_OVERHEAD)
+        holdings.charge(site, stream, len(data) + CHUNK_OVERHEAD)
         if header.final:
             stream.final = header.segment
         if len(seg.chunks) == header.chunks:
-            self._segment_done(site, state, key, stream, seg, live)
+            self._segment_done(site, key, stream, seg)
 
-    def _segment_done(self, site: str, state: _Site, key: tuple[str, str, str],
-                      stream: _Stream, seg: _Segment, live: bool) -> None:
-        h = seg.header
+    def _segment_done(self, site: str, key: Key, stream: Stream, seg: Segment) -> None:
+        h, live, holdings = seg.header, key[2] == "live", self._holdings
         body = b"".join(seg.chunks[i] for i in range(h.chunks))
         done = [i for i in stream.assembling if (i <= h.segment if live else i == h.segment)]
         for i in done:  # live: the older ones were skipped by the box and will not complete
-            self._charge(state, stream, -sum(len(c) + CHUNK_OVERHEAD
-                                             for c in stream.assembling.pop(i).chunks.values()))
+            holdings.charge(site, stream, -sum(len(c) + CHUNK_OVERHEAD
+                                               for c in stream.assembling.pop(i).chunks.values()))
         if len(body) != h.size or hashlib.sha256(body).hexdigest() != h.sha256:
             self._reporter.report(site, "bad_segment", f"{h.event_id}/{h.camera_id} segment "
                                   f"{h.segment} failed its sha256 check; dropped")
@@ -246,7 +217,7 @@ class Assembler:
         if live:
             path = self._store / site / "live" / h.event_id / f"{h.camera_id}.ts"
             new = not path.exists()
-            if self._reserve(site, state, len(body), file_charge(len(body)) if new else len(body)):
+            if holdings.reserve(site, len(body), file_charge(len(body)) if new else len(body)):
                 path.parent.mkdir(parents=True, exist_ok=True)
                 with open(path, "ab") as f:
                     f.write(body)
@@ -254,29 +225,28 @@ class Assembler:
             if h.final:
                 log.info("live %s from %s/%s ended (%d segments)", h.event_id, site,
                          h.camera_id, h.segment + 1)
-                self._drop(state, key)
+                holdings.drop(site, key)
             return
-        part = self._part(site, h.event_id, h.camera_id, h.segment)
+        part = holdings.part(site, h.event_id, h.camera_id, h.segment)
         line = dumps({**asdict(h), "chunk": 0}) + b"\n"
         size = len(line) + len(body)
-        if not self._reserve(site, state, size, file_charge(size)
-                             + (file_charge(1) if h.final else 0)):  # and the FINAL marker
+        if not holdings.reserve(site, size, file_charge(size)
+                                + (file_charge(1) if h.final else 0)):  # and the FINAL marker
             return
         part.parent.mkdir(parents=True, exist_ok=True)
         write_once(part, line + body)
         if h.final:  # so a clip read back into memory need not open every part
             write_once(part.with_name(FINAL), str(h.segment).encode())
         stream.parts.add(h.segment)
-        self._charge(state, stream, PART_OVERHEAD)
+        holdings.charge(site, stream, PART_OVERHEAD)
         if stream.final is not None and stream.parts >= set(range(stream.final + 1)):
-            self._write_clip(site, state, key, stream.final)
+            self._write_clip(site, key, stream.final)
 
-    def _write_clip(self, site: str, state: _Site, key: tuple[str, str, str],
-                    final: int) -> None:
+    def _write_clip(self, site: str, key: Key, final: int) -> None:
         event, camera, _ = key
         folder = self._store / site / event
         folder.mkdir(parents=True, exist_ok=True)
-        parts = [self._part(site, event, camera, i) for i in range(final + 1)]
+        parts = [self._holdings.part(site, event, camera, i) for i in range(final + 1)]
         headers = [read_part_header(p) for p in parts]
         part_charge = sum(file_charge(p.stat().st_size) for p in parts) + file_charge(1)
         tmp = folder / f".{camera}.{secrets.token_hex(4)}.tmp"
@@ -312,9 +282,8 @@ class Assembler:
         shutil.rmtree(parts[0].parent, ignore_errors=True)
         with contextlib.suppress(OSError):  # the event's folder, once no camera is left in it
             parts[0].parent.parent.rmdir()
-        self._drop(state, key)
-        if state.usage is not None:  # the parts went, the clip and its verdict came
-            state.usage += file_charge(size) + file_charge(len(verdict)) - part_charge
+        self._holdings.drop(site, key)
+        self._holdings.used(site, file_charge(size) + file_charge(len(verdict)) - part_charge)
         if problem:
             log.error("clip %s FAILED verification: %s", path, problem)
         else:
@@ -362,99 +331,6 @@ class Assembler:
                                   f"keeping the pinned one ({path}). If the box was replaced, "
                                   "put its new key there", logging.ERROR)
 
-    # --- bounds -------------------------------------------------------------------------------
-
-    def _open(self, site: str, state: _Site, key: tuple[str, str, str], live: bool) -> _Stream:
-        """A stream starts (or comes back into memory, its verified parts read from disk)."""
-        same_kind = [k for k in state.streams if k[2] == key[2]]
-        cap = self._limits.live_sessions_site if live else self._limits.open_clips_site
-        if len(same_kind) >= cap:
-            self._evict(site, state, same_kind[0], f"more than {cap} open at once")
-        stream = _Stream()
-        folder = self._part(site, key[0], key[1], 0).parent
-        if not live and folder.is_dir():
-            stream.parts = {int(p.stem) for p in folder.glob("*.seg") if p.stem.isdigit()}
-            if (folder / FINAL).exists():
-                stream.final = int((folder / FINAL).read_text())
-        state.streams[key] = stream
-        self._charge(state, stream, PART_OVERHEAD * len(stream.parts))
-        return stream
-
-    def _make_room(self, site: str, state: _Site, keep: tuple[str, str, str], n: int) -> None:
-        """Evict least recently used streams until ``n`` more bytes fit, first in the site's
-        share, then in the total (taken from the site that holds the most)."""
-        limits = self._limits
-        while state.held + n > limits.assembly_site_bytes and state.streams:
-            victim = next(iter(state.streams))
-            self._evict(site, state, victim, f"its {limits.assembly_site_bytes} bytes of "
-                        "assembly memory were full")
-            if victim == keep:
-                break
-        while self._held + n > limits.assembly_bytes:
-            hog_site, hog = max(self._sites.items(), key=lambda kv: kv[1].held)
-            if not hog.streams:
-                break
-            self._evict(hog_site, hog, next(iter(hog.streams)),
-                        f"the centre's {limits.assembly_bytes} bytes of assembly memory were full")
-
-    def _evict(self, site: str, state: _Site, key: tuple[str, str, str], why: str) -> None:
-        self._reporter.report(site, "evicted", f"{key[2]} {key[0]}/{key[1]} dropped from memory "
-                              f"(incomplete segments lost): {why}")
-        self._drop(state, key)
-
-    def _drop(self, state: _Site, key: tuple[str, str, str]) -> None:
-        stream = state.streams.pop(key, None)
-        if stream is not None:
-            self._charge(state, stream, -stream.held)
-
-    def _charge(self, state: _Site, stream: _Stream, n: int) -> None:
-        stream.held += n
-        state.held += n
-        self._held += n
-
-    def _reserve(self, site: str, state: _Site, n: int, cost: int) -> bool:
-        """Room on disk for ``n`` more bytes of this site's video, counted as ``cost`` against
-        its quota? Else report and refuse."""
-        if state.usage is None:
-            state.usage = disk_charge(self._store / site)
-        if state.usage + cost > self._limits.site_quota_bytes:
-            self._reporter.report(site, "over_quota", f"the site's video is over its quota of "
-                                  f"{self._limits.site_quota_bytes} bytes; video refused: move "
-                                  "old clips to the archive or raise --site-quota-gb",
-                                  logging.ERROR)
-            return False
-        if shutil.disk_usage(self._store).free - n < self._limits.min_free_bytes:
-            self._reporter.report(site, "disk_reserve", "free space is down to the reserve kept "
-                                  "for alarms; video refused", logging.ERROR)
-            return False
-        state.usage += cost
-        return True
-
-    def sweep(self, now: float | None = None) -> None:
-        """End idle live sessions; hourly, remove partial clips older than partial_ttl_s."""
-        now = time.monotonic() if now is None else now
-        self._swept = now
-        for state in self._sites.values():
-            for key, stream in list(state.streams.items()):
-                if key[2] == "live" and now - stream.touched > self._limits.live_idle_s:
-                    self._drop(state, key)
-        if now - self._expired < EXPIRE_S:
-            return
-        self._expired = now
-        cutoff = time.time() - self._limits.partial_ttl_s
-        for folder in self._store.glob(f"*/{PARTIAL}/*/*"):
-            if folder.stat().st_mtime < cutoff:
-                site, event, camera = folder.parts[-4], folder.parts[-2], folder.parts[-1]
-                shutil.rmtree(folder, ignore_errors=True)
-                if site in self._sites:
-                    self._drop(self._sites[site], (event, camera, "clip"))
-                    self._sites[site].usage = None
-                self._reporter.report(site, "expired", f"clip {event}/{camera} never completed; "
-                                      "its partial segments were removed")
-
-    def _part(self, site: str, event: str, camera: str, segment: int) -> Path:
-        return self._store / site / PARTIAL / event / camera / f"{segment:05d}.seg"
-
     def _part_sha(self, site: str, header: ChunkHeader) -> str:
-        path = self._part(site, header.event_id, header.camera_id, header.segment)
+        path = self._holdings.part(site, header.event_id, header.camera_id, header.segment)
         return read_part_header(path).sha256 if path.exists() else header.sha256

@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import re
 import signal
+import socket
 import ssl
 import threading
 from dataclasses import dataclass
@@ -97,15 +98,19 @@ def start_broker(workdir: Path, pki: Pki, *, server: Identity | None = None,
 class Peer:
     """A paho client with a certificate (or none) that keeps every answer of the broker.
 
-    It runs its own network loop rather than paho's loop_start(), which would reconnect after
-    the broker drops it: a peer that is refused or replaced stays gone, so tests see it.
+    It runs paho's network thread (``loop_start``) without reconnecting
+    (``reconnect_on_failure=False``): a peer that is refused or replaced stays gone, so tests
+    see it. In that mode paho's publish() and subscribe() from the test's thread only queue, and
+    paho's thread alone writes the socket: two threads writing one TLS socket broke its records
+    now and then ("bad record mac", a PUBACK that never came).
     """
 
     def __init__(self, port: int, pki: Pki, identity: Identity | None, *, client_id: str = "",
                  username: str | None = None, will_topic: str | None = None,
                  protocol: MQTTProtocolVersion = mqtt.MQTTv5, tls: bool = True) -> None:
         self.port = port
-        c = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id, protocol=protocol)
+        c = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id, protocol=protocol,
+                        reconnect_on_failure=False)
         if tls:
             c.tls_set(ca_certs=str(pki.box_ca), cert_reqs=ssl.CERT_REQUIRED,
                       certfile=str(identity.cert) if identity else None,
@@ -124,8 +129,6 @@ class Peer:
         self.connack: ReasonCode | None = None
         self.error = ""  # why the connection failed or ended
         self.gone = threading.Event()
-        self._closing = threading.Event()
-        self._thread: threading.Thread | None = None
         self.acks: dict[int, ReasonCode] = {}
         self.subacks: dict[int, list[ReasonCode]] = {}
         self.messages: list[tuple[str, bytes]] = []
@@ -137,18 +140,9 @@ class Peer:
             self.error = str(exc)
             self.gone.set()
             return self
-        self._thread = threading.Thread(target=self._loop, name="peer", daemon=True)
-        self._thread.start()
+        self.client.loop_start()
         wait_for(lambda: self.connack is not None or self.gone.is_set(), timeout, "CONNACK")
         return self
-
-    def _loop(self) -> None:
-        while not self._closing.is_set():
-            rc = self.client.loop(timeout=0.02)
-            if rc != mqtt.MQTT_ERR_SUCCESS:
-                self.error = self.error or mqtt.error_string(rc)
-                self.gone.set()
-                return
 
     @property
     def online(self) -> bool:
@@ -175,22 +169,17 @@ class Peer:
 
     def drop(self) -> None:
         """Cut the TCP connection without DISCONNECT, as a box losing power: the will fires."""
-        self._stop_loop()
         sock = self.client.socket()
         assert sock is not None, self.error
-        sock.close()
-        self.gone.set()
+        sock.shutdown(socket.SHUT_RDWR)  # paho's thread sees the end and stops (no reconnect)
+        self.gone.wait(2.0)
+        self.client.loop_stop()
 
     def close(self) -> None:
         if not self.gone.is_set():
             self.client.disconnect()
             self.gone.wait(1.0)
-        self._stop_loop()
-
-    def _stop_loop(self) -> None:
-        self._closing.set()
-        if self._thread is not None:
-            self._thread.join(2.0)
+        self.client.loop_stop()
 
     def _on_connect(self, _c: Any, _u: Any, _f: Any, rc: ReasonCode, _p: Any) -> None:
         self.connack = rc

@@ -11,8 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from agent.assembler import CHUNK_OVERHEAD, Assembler
+from agent.assembler import Assembler
 from agent.chain import BoxKey
+from agent.holdings import CHUNK_OVERHEAD
 from agent.intake import Limits, MiB, Reporter
 from agent.ledger import Ledger
 from agent.protocol import BoxTopic

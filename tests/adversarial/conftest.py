@@ -145,13 +145,7 @@ def centre(tmp_path: Path, pki: Pki, broker: Broker) -> Iterator[CentreProcess]:
 
 
 class Box(Peer):
-    """A school's box as the broker sees it: its certificate, its topics, nothing else.
-
-    Unlike Peer it runs paho's own network thread (loop_start), because tests publish from
-    several threads and only in that mode does paho keep them off the socket (two threads
-    writing one TLS socket broke its records: "bad record mac"). A dropped connection is not
-    re-made: the box stays gone, so tests see it.
-    """
+    """A school's box as the broker sees it: its certificate, its topics, nothing else."""
 
     def __init__(self, pki: Pki, port: int, site: str, prefix: str = "schools") -> None:
         super().__init__(port, pki, pki.site(site), client_id=site)
@@ -161,22 +155,9 @@ class Box(Peer):
         self.arrived = threading.Condition()
 
     def start(self) -> Box:
-        self.client.connect("localhost", self.port, keepalive=5)
-        self.client.loop_start()
-        wait_for(lambda: self.connack is not None or self.gone.is_set(), 5, "CONNACK")
-        assert self.online, self.error
+        assert self.connect().online, self.error
         self.subscribe(self.topic("receipt"))
         return self
-
-    def close(self) -> None:
-        if not self.gone.is_set():
-            self.client.disconnect()
-        self.client.loop_stop()
-
-    def _on_disconnect(self, client: Any, userdata: Any, flags: Any, rc: Any,
-                       props: Any) -> None:
-        super()._on_disconnect(client, userdata, flags, rc, props)
-        client.disconnect()  # ends paho's loop instead of reconnecting
 
     def topic(self, kind: str) -> str:
         return f"{self.prefix}/{self.site}/{kind}"
