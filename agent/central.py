@@ -98,7 +98,8 @@ class Receiver:
         self.desk.stop()
         self.assembler.stop()
         for link in ("alarms", "video"):
-            self.ledger.link_changed(self.client_id, link, False, "receiver stopped")
+            self.ledger.link_changed(self.client_id, link, False, "receiver stopped",
+                                     outage=False)
         self.ledger.close()
 
     def _presence_message(self, state: str) -> Message:

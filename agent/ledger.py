@@ -346,17 +346,19 @@ class Ledger:
     # --- the receiver's own connections ---------------------------------------------------
 
     def link_changed(self, receiver: str, link: str, up: bool, error: str = "",
-                     now: float | None = None) -> None:
-        """The receiver lost (``up`` False) or regained one of its broker connections."""
+                     now: float | None = None, outage: bool = True) -> None:
+        """The receiver lost (``up`` False) or regained one of its broker connections; a clean
+        stop is no outage (``outage`` False)."""
         at = _at(now)
         with self._bookkeeping() as conn:
             conn.execute(
-                "INSERT INTO links VALUES (?, ?, ?, ?, ?, ?, 0, ?) ON CONFLICT DO UPDATE SET "
-                "up = excluded.up, since = excluded.since, last_error = excluded.last_error, "
-                "lost_at = CASE WHEN excluded.up THEN lost_at ELSE excluded.since END, "
-                "regained_at = CASE WHEN excluded.up AND NOT up THEN excluded.since "
-                "ELSE regained_at END, outages = outages + (up AND NOT excluded.up)",
-                (receiver, link, int(up), at, None if up else at, None, error))
+                "INSERT INTO links VALUES (:receiver, :link, :up, :at, :lost, NULL, 0, :error) "
+                "ON CONFLICT DO UPDATE SET up = :up, since = :at, last_error = :error, "
+                "lost_at = CASE WHEN up AND NOT :up AND :outage THEN :at ELSE lost_at END, "
+                "regained_at = CASE WHEN :up AND NOT up THEN :at ELSE regained_at END, "
+                "outages = outages + (up AND NOT :up AND :outage)",
+                {"receiver": receiver, "link": link, "up": int(up), "at": at,
+                 "lost": None if up else at, "error": error, "outage": int(outage)})
 
     def links(self) -> list[LinkState]:
         with self._lock:

@@ -120,3 +120,6 @@ def test_links_remember_when_the_broker_was_lost_and_regained(tmp_path: Path) ->
     assert (link.up, link.outages, link.last_error) == (True, 1, "")
     assert link.lost_at == "1970-01-01T00:03:20.000Z"
     assert link.regained_at == "1970-01-01T00:03:21.500Z"
+    ledger.link_changed("rx", "alarms", False, "receiver stopped", now=300.0, outage=False)
+    [link] = ledger.links()
+    assert (link.up, link.outages, link.lost_at) == (False, 1, "1970-01-01T00:03:20.000Z")
