@@ -2,12 +2,14 @@
 
     python3 bench/receiver_reconnect.py              # 10 SIGKILLs in about 30 s (~45 s)
     python3 bench/receiver_reconnect.py --kills 30 --json
+    python3 bench/receiver_reconnect.py --down 1 3   # longer outages: paho's delay doubles
 
 One private Mosquitto (the real broker, persistence on), the receiver as the centre runs it
 (``edge-agent central`` as a process, its ledger on disk), the simulated school as the agent
 runs (``edge-agent run`` as a process). The broker is SIGKILLed ``--kills`` times: up for 1 to
-2.5 s, down for 0.2 to 1 s (random, seeded), as in the issue's run that found the receiver away
-for 63 s. Throughout, a press every 0.5 s through the agent's control socket.
+2.5 s after the receiver is back, down for 0.2 to 1 s (``--down``; random, seeded), as in the
+issue's run that found the receiver away for 63 s. Throughout, a press every 0.5 s through the
+agent's control socket.
 
 Measured, all in wall-clock time on one host:
 
@@ -17,7 +19,8 @@ Measured, all in wall-clock time on one host:
                               ``edge-agent central status`` shows it);
     press -> stored           from just before the control-socket press to the centre's
                               ``received_at`` of that alarm, split by whether the broker was up
-                              or down at the press;
+                              or down at the press; for the latter also from the broker's
+                              return (the box's and the receiver's reconnects, and the store);
     baseline                  a bare paho client as the receiver was before (``loop_start``,
                               ``connect_async``, paho's own reconnect: 1 s doubling to 120 s),
                               subscribed to the same alarms in the same run.
@@ -105,7 +108,7 @@ class PahoBaseline:
         self.client.loop_stop()
 
 
-def run(kills: int, seed: int, storage: Path) -> dict[str, Any]:
+def run(kills: int, seed: int, storage: Path, down: tuple[float, float]) -> dict[str, Any]:
     rng = random.Random(seed)
     broker = Mosquitto(storage / "broker", extra_conf="set_tcp_nodelay true")
     broker.start()
@@ -151,7 +154,7 @@ def run(kills: int, seed: int, storage: Path) -> dict[str, Any]:
             time.sleep(rng.uniform(1.0, 2.5))
             up.clear()
             broker.kill()
-            time.sleep(rng.uniform(0.2, 1.0))
+            time.sleep(rng.uniform(*down))
             before = time.time()
             broker.start()  # returns once the port accepts a connection
             at_up = time.time()
@@ -180,6 +183,7 @@ def run(kills: int, seed: int, storage: Path) -> dict[str, Any]:
             baseline_gaps.append(after[0] - r["at_up"] if after else float("nan"))
         return {
             "kills": kills,
+            "down_s": list(down),
             "broker_up_to_alarms_link": describe([r["alarms_s"] for r in restarts]),
             "broker_up_to_both_links": describe([r["video_s"] for r in restarts]),
             "baseline_paho_auto_reconnect": {
@@ -190,6 +194,9 @@ def run(kills: int, seed: int, storage: Path) -> dict[str, Any]:
             "press_to_stored_broker_up": describe([by_event[e] - t for e, t, u in presses if u]),
             "press_to_stored_broker_down": describe(
                 [by_event[e] - t for e, t, u in presses if not u]),
+            "broker_up_to_stored": describe([by_event[e] - min(
+                (r["at_up"] for r in restarts if r["at_up"] > t), default=t)
+                for e, t, u in presses if not u]),
             "presses": len(presses),
             "lost": len(wanted - set(by_event)),
         }
@@ -213,7 +220,8 @@ def markdown(result: dict[str, Any], context: dict[str, Any]) -> str:
             ("baseline: paho's own reconnect (the receiver before)",
              "baseline_paho_auto_reconnect"),
             ("press (broker up) -> stored at the centre", "press_to_stored_broker_up"),
-            ("press (broker down) -> stored at the centre", "press_to_stored_broker_down")]
+            ("press (broker down) -> stored at the centre", "press_to_stored_broker_down"),
+            ("  of which: broker up -> that press stored", "broker_up_to_stored")]
     lines = ["| measure | n | p50 ms | p99 ms | max ms |", "|---|---:|---:|---:|---:|"]
     for label, key in rows:
         d = result[key]
@@ -223,7 +231,8 @@ def markdown(result: dict[str, Any], context: dict[str, Any]) -> str:
         lines.append(f"| {label} | {d['n']} | {d['p50_ms']:.0f} | {d['p99_ms']:.0f} | "
                      f"{d['max_ms']:.0f} |")
     base = result["baseline_paho_auto_reconnect"]
-    lines += ["", f"{result['kills']} broker SIGKILLs; {result['presses']} presses, "
+    lines += ["", f"{result['kills']} broker SIGKILLs, each down {result['down_s'][0]:g} to "
+              f"{result['down_s'][1]:g} s; {result['presses']} presses, "
               f"{result['lost']} lost. The paho baseline came back within the run after "
               f"{base['came_back']} of {base['of']} restarts.",
               f"Machine: {context['cpus']} CPUs, load {context['loadavg'][0]:.1f}; "
@@ -235,11 +244,13 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--kills", type=int, default=10)
     parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--down", type=float, nargs=2, default=(0.2, 1.0), metavar=("MIN", "MAX"),
+                        help="seconds the broker stays down (default 0.2 1.0)")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="reconnect-", dir=default_storage_parent()) as tmp:
         try:
-            result = run(args.kills, args.seed, Path(tmp))
+            result = run(args.kills, args.seed, Path(tmp), (args.down[0], args.down[1]))
         except BenchError as exc:
             print(f"bench failed: {exc}", file=sys.stderr)
             return 1
