@@ -96,11 +96,13 @@ class Assembler:
         self._thread = threading.Thread(target=self._run, name="video", daemon=True)
         self._thread.start()
 
-    def stop(self, timeout: float = 5.0) -> None:
+    def stop(self, timeout: float = 5.0) -> bool:
+        """False if the thread is still busy (writing a long clip) after ``timeout``."""
         self._stopping.set()
         self._queue.wake()
         if self._thread is not None:
             self._thread.join(timeout)
+        return self._thread is None or not self._thread.is_alive()
 
     def drain(self) -> int:
         """Process, on the calling thread, everything queued now (tests; the thread not

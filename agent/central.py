@@ -49,14 +49,14 @@ from agent.schema import WireError
 log = logging.getLogger("agent.centre")
 
 class Receiver:
-    """Create, :meth:`start`, :meth:`stop`. ``subscribed`` once both links are up."""
+    """:meth:`open` (or create with a ledger), :meth:`start`, :meth:`stop`. ``subscribed``
+    once both links are up. The ledger is closed by :meth:`stop`."""
 
     def __init__(self, endpoint: Endpoint, topic_prefix: str, store: Path, client_id: str,
-                 on_alarm: Callable[[dict[str, Any]], None] | None = None,
+                 ledger: Ledger, on_alarm: Callable[[dict[str, Any]], None] | None = None,
                  limits: Limits | None = None) -> None:
-        refuse_key_in_store(store)
         self.store, self.prefix, self.client_id = store, topic_prefix, client_id
-        self.ledger = Ledger.open(store)
+        self.ledger = ledger
         limits = limits or Limits()
         reporter = Reporter(self.ledger, limits.report_every_s)
         presence = centre_presence_topic(topic_prefix, re.sub(r"[^A-Za-z0-9_.-]", "_", client_id))
@@ -78,6 +78,14 @@ class Receiver:
                                    self.video_link.publish)
         self._reporter = reporter
 
+    @classmethod
+    def open(cls, endpoint: Endpoint, topic_prefix: str, store: Path, client_id: str,
+             on_alarm: Callable[[dict[str, Any]], None] | None = None,
+             limits: Limits | None = None) -> Receiver:
+        """A receiver on the store's ledger, unless the centre's signing key lies in the store."""
+        refuse_key_in_store(store)
+        return cls(endpoint, topic_prefix, store, client_id, Ledger.open(store), on_alarm, limits)
+
     @property
     def subscribed(self) -> bool:
         return self.alarm_link.subscribed.is_set() and self.video_link.subscribed.is_set()
@@ -95,12 +103,15 @@ class Receiver:
         """The links first (no new work, presence offline), then the workers; the ledger last."""
         self.alarm_link.stop(self._presence_message("offline"))
         self.video_link.stop()
-        self.desk.stop()
-        self.assembler.stop()
+        idle = [self.desk.stop(), self.assembler.stop()]  # both, whatever the first says
         for link in ("alarms", "video"):
             self.ledger.link_changed(self.client_id, link, False, "receiver stopped",
                                      outage=False)
-        self.ledger.close()
+        if all(idle):
+            self.ledger.close()
+        else:  # closing it under a busy thread would fail that thread's write
+            log.warning("receiver stopped while still writing; the ledger closes with the "
+                        "process")
 
     def _presence_message(self, state: str) -> Message:
         return Message(self._presence, presence_payload(state, time.time()), True)
@@ -139,8 +150,8 @@ def run_receiver(broker: str | Endpoint, topic_prefix: str, store: Path,
                  limits: Limits | None = None) -> None:
     """Receive until ``stop`` is set. ``broker``: an Endpoint, or a plain ``mqtt://`` URL."""
     endpoint = broker if isinstance(broker, Endpoint) else Endpoint.parse(broker)
-    receiver = Receiver(endpoint, topic_prefix, store,
-                        client_id or f"edge-central-{socket.gethostname()}", on_alarm, limits)
+    receiver = Receiver.open(endpoint, topic_prefix, store,
+                             client_id or f"edge-central-{socket.gethostname()}", on_alarm, limits)
     receiver.start()
     try:
         (stop or threading.Event()).wait()

@@ -20,6 +20,7 @@ import json
 import logging
 import os
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -66,17 +67,22 @@ class AlarmDesk:
             limits.alarm_queue_total * 8192)
         self._budget = Budget(limits.alarm_bytes_per_day / 86400, limits.alarm_burst_bytes)
         self._stopping = threading.Event()
+        self._stop_by = 0.0  # set by stop(): the queue is drained until then
         self._thread: threading.Thread | None = None
 
     def start(self) -> None:
         self._thread = threading.Thread(target=self._run, name="alarms", daemon=True)
         self._thread.start()
 
-    def stop(self, timeout: float = 5.0) -> None:
+    def stop(self, timeout: float = 5.0) -> bool:
+        """Store what is queued, for up to ``timeout``; the rest is not confirmed, so the boxes
+        send it again when a receiver is back. False if the thread is still busy."""
+        self._stop_by = time.monotonic() + timeout - 0.5
         self._stopping.set()
         self._queue.wake()
         if self._thread is not None:
             self._thread.join(timeout)
+        return self._thread is None or not self._thread.is_alive()
 
     def drain(self) -> int:
         """Process, on the calling thread, everything queued now (tests; the thread not
@@ -114,13 +120,12 @@ class AlarmDesk:
     # --- on the alarms thread -----------------------------------------------------------------
 
     def _run(self) -> None:
-        while True:
+        while not (self._stopping.is_set() and time.monotonic() > self._stop_by):
             got = self._queue.get(timeout=1.0)
-            if got is None:
-                if self._stopping.is_set():
-                    return
-                continue
-            self.process(*got)
+            if got is not None:
+                self.process(*got)
+            elif self._stopping.is_set():
+                return
 
     def process(self, site: str, item: _Item) -> None:
         """Store one queued alarm or status; never raises (the thread must go on)."""

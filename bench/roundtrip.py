@@ -116,6 +116,7 @@ from agent.commands import generate_keypair, load_private_key, sign_command  # n
 from agent.config import Config, default_config_text, load_config  # noqa: E402
 from agent.daemon import Daemon  # noqa: E402
 from agent.indicators import Pattern  # noqa: E402
+from agent.ledger import Ledger  # noqa: E402
 from agent.mosquitto import Mosquitto  # noqa: E402
 from agent.protocol import BoxTopic, Topics, decode_chunk  # noqa: E402
 from agent.sdnotify import Notifier  # noqa: E402
@@ -503,7 +504,8 @@ class Centre:
 
     def start(self) -> None:
         self.receiver = BenchReceiver(self._ack, self._live, Endpoint.parse(self._broker.url),
-                                      TOPICS.prefix, self._store, CENTRE_ID, self._on_alarm)
+                                      TOPICS.prefix, self._store, CENTRE_ID,
+                                      Ledger.open(self._store), self._on_alarm)
         self.receiver.start()
         deadline = time.monotonic() + WAIT_S
         while not self.receiver.subscribed:

@@ -63,8 +63,8 @@ class Tracebacks(logging.Handler):
 def receiver(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Receiver]:
     """A receiver whose links are never started: the tests call what their threads call."""
     limits = Limits(alarm_burst_bytes=10**12, min_free_bytes=0)
-    rx = Receiver(Endpoint.parse("mqtt://127.0.0.1:1"), "schools",
-                  tmp_path_factory.mktemp("centre"), "fuzz", limits=limits)
+    rx = Receiver.open(Endpoint.parse("mqtt://127.0.0.1:1"), "schools",
+                       tmp_path_factory.mktemp("centre"), "fuzz", limits=limits)
     yield rx
     rx.ledger.close()
 
