@@ -17,7 +17,8 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from agent import __version__, control, logs
+from agent import __version__, logs
+from agent.box import control, walktest
 from agent.config import Config, format_report, load_config
 from agent.errors import AgentError, ConfigError
 
@@ -62,7 +63,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("test-mode", help="walk test: alarms are marked as tests for N minutes")
     p.add_argument("state", choices=["on", "off"])
-    p.add_argument("--minutes", type=int, default=30, help="1 to 240 (default 30)")
+    p.add_argument("--minutes", type=int, default=30,
+                   help=f"1 to {walktest.MAX_MINUTES} (default 30)")
     _add_config(p)
     p.set_defaults(func=cmd_test_mode)
 
@@ -144,8 +146,8 @@ def _load(args: argparse.Namespace) -> Config:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    from agent.box.daemon import Daemon
     from agent.config import config_warnings
-    from agent.daemon import Daemon
 
     cfg = _load(args)
     logs.setup("debug" if args.debug else cfg.log.level)
@@ -219,7 +221,7 @@ def cmd_simulate(args: argparse.Namespace) -> int:
 
 
 def cmd_selftest(args: argparse.Namespace) -> int:
-    from agent.selftest import format_table, run_checks
+    from agent.box.selftest import format_table, run_checks
 
     cfg = _load(args)
     logs.setup("critical")  # the table is the output; library chatter would hide it

@@ -61,9 +61,11 @@ def site_of_event(store: Path, event_id: str, site: str | None = None) -> str:
     return sites[0]
 
 
-def send_command(endpoint: Endpoint, topic_prefix: str, site_id: str, key_file: Path,
+def send_command(broker: Endpoint | str, topic_prefix: str, site_id: str, key_file: Path,
                  name: str, args: dict[str, Any], timeout_s: float = 10.0) -> dict[str, Any]:
-    """Sign a command with the centre's key, publish it, and wait for the box's result."""
+    """Sign a command with the centre's key, publish it, and wait for the box's result.
+    ``broker``: an Endpoint, or a plain ``mqtt://`` URL."""
+    endpoint = broker if isinstance(broker, Endpoint) else Endpoint.parse(broker)
     payload = sign_command(load_private_key(key_file), site_id, name, args)
     command_id = json.loads(payload)["id"]
     topics = Topics(topic_prefix, site_id)

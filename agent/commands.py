@@ -45,6 +45,7 @@ from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
+from agent.box import walktest
 from agent.db import move_aside
 from agent.errors import AgentError
 from agent.protocol import SITE_ID, UUID
@@ -254,7 +255,7 @@ def parse_test_mode_args(args: Mapping[str, Scalar]) -> TestModeArgs:
     reader = _Args(args)
     on = reader.boolean("on")
     if on:
-        minutes: int | None = reader.integer("minutes", 1, 240)
+        minutes: int | None = reader.integer("minutes", 1, walktest.MAX_MINUTES)
     elif reader.present("minutes"):
         raise CommandRejected("bad_args: minutes goes only with on: true")
     else:

@@ -18,9 +18,9 @@ from typing import Any
 import av
 import yaml
 
+from agent.box.daemon import Daemon
 from agent.central import run_receiver
 from agent.config import Config, default_config_text, load_config
-from agent.daemon import Daemon
 from agent.errors import AgentError
 from agent.mosquitto import Mosquitto
 

@@ -18,9 +18,9 @@ from pathlib import Path
 
 from cryptography.exceptions import UnsupportedAlgorithm
 
-from agent.chain import Link, chain_problem, clip_statement, load_public_pem, signature_ok
 from agent.errors import ProtocolError
 from agent.protocol import ChunkHeader
+from agent.video.chain import Link, chain_problem, clip_statement, load_public_pem, signature_ok
 
 MIN_FILE_CHARGE = 64 * 1024  # a file counts at least this much: inodes are finite too
 

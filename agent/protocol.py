@@ -50,7 +50,6 @@ MAX_CHUNK_DATA = 256 * 1024  # a chunk's bytes (the box sends 16 KB)
 MAX_SEGMENT_BYTES = 64 * 1024 * 1024
 MAX_CHUNKS = 4096  # per segment
 MAX_CLIP_SEGMENTS = 10_000  # 7,200 would be an hour of 0.5 s segments
-MAX_TEST_MODE_S = 240 * 60  # the longest walk test a box runs (test-mode --minutes 240)
 
 
 class Priority(enum.IntEnum):

@@ -26,11 +26,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from agent.box.walktest import MAX_MINUTES
 from agent.errors import ProtocolError
 from agent.intake import Budget, FairQueue, Limits, Reporter
 from agent.ledger import Ledger
 from agent.protocol import (
-    MAX_TEST_MODE_S,
     Alarm,
     BoxTopic,
     Receipt,
@@ -43,6 +43,8 @@ from agent.protocol import (
 from agent.schema import parse_timestamp
 
 log = logging.getLogger("agent.centre")
+
+MAX_TEST_MODE_S = MAX_MINUTES * 60  # the longest walk test a box runs (agent/box/walktest.py)
 
 Send = Callable[[str, bytes], None]  # publish (topic, payload) on the alarm link
 

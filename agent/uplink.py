@@ -41,6 +41,7 @@ from agent.config import MqttConfig
 from agent.errors import OutboxError, ProtocolError
 from agent.outbox import Message, Outbox
 from agent.protocol import Priority, Topics, parse_receipt
+from agent.supervision import Supervisor, Worker
 
 log = logging.getLogger("agent.uplink")
 
@@ -157,14 +158,17 @@ class Uplink:
         self._clock = clock
         self._wake_r, self._wake_w = os.pipe()
         os.set_blocking(self._wake_w, False)
+        self._pipe_lock = threading.Lock()
+        self._pipe_open = True
         self._stopping = threading.Event()
-        self._thread: threading.Thread | None = None
+        self._worker: Worker | None = None
+        self._beat: Callable[[], None] = lambda: None
+        self._client: mqtt.Client | None = None  # the current connection, closed on any exit
         # Owned by the uplink thread; other threads read them only for status (racy but harmless).
         self.state = LinkState.OFFLINE
         self.last_error = ""
         self.connected_since: float | None = None
         self.sent = 0
-        self.heartbeat = clock()
         self._inflight: dict[int, tuple[int, Priority]] = {}  # paho mid -> (row id, class)
         self._refused: set[int] = set()  # rows the broker refused: retried on the next connection
         self._dirty = True
@@ -178,6 +182,7 @@ class Uplink:
         # any thread, published retained by the uplink thread when online, never queued.
         self._latest_lock = threading.Lock()
         self._latest: dict[str, bytes] = {}
+        self._latest_sent: dict[int, tuple[str, bytes]] = {}  # paho mid -> awaiting its PUBACK
         self._transient: deque[tuple[str, bytes]] = deque(maxlen=32)  # sent once if online
         self._live: dict[str, deque[Message]] = {}  # live topic -> the newest segment's chunks
         self.live_dropped = 0  # live segments skipped because the link was behind
@@ -190,17 +195,21 @@ class Uplink:
 
     # --- other threads ----------------------------------------------------------------------
 
-    def start(self) -> None:
-        self._thread = threading.Thread(target=self._run, name="uplink", daemon=True)
-        self._thread.start()
+    def start(self, supervisor: Supervisor | None = None) -> None:
+        """Run the ``uplink`` thread under ``supervisor`` (agent/supervision.py): a crash
+        anywhere in it, paho's callbacks included, restarts it with a fresh connection."""
+        self._worker = (supervisor or Supervisor()).spawn("uplink", self._run, wake=self.wake)
 
     def wake(self) -> None:
-        """Something new is in the outbox. Never blocks: a full pipe is already a wake-up."""
-        with contextlib.suppress(BlockingIOError):
-            os.write(self._wake_w, b"!")
+        """Something new is in the outbox. Never blocks: a full pipe is already a wake-up.
+        After stop() it does nothing (the pipe's numbers may belong to other files by then)."""
+        with self._pipe_lock, contextlib.suppress(BlockingIOError):
+            if self._pipe_open:
+                os.write(self._wake_w, b"!")
 
     def post_latest(self, topic: str, payload: bytes) -> None:
-        """Publish retained when online; a newer value for the topic replaces an unsent one."""
+        """Publish retained when online; a newer value for the topic replaces an unsent one.
+        A value is unsent until the broker's PUBACK: one lost with a connection goes again."""
         with self._latest_lock:
             self._latest[topic] = payload
         self.wake()
@@ -227,41 +236,45 @@ class Uplink:
     def stop(self, timeout: float = 4.0) -> None:
         """Publish offline (a clean DISCONNECT suppresses the will), then disconnect."""
         self._stopping.set()
-        self.wake()
-        if self._thread is not None:
-            self._thread.join(timeout)
-        os.close(self._wake_r)
-        os.close(self._wake_w)
-
-    @property
-    def alive(self) -> bool:
-        return self._thread is not None and self._thread.is_alive()
+        if self._worker is not None:
+            self._worker.stop(timeout)
+            if self._worker.alive:
+                return  # hung: leave it its pipe; the process is on its way out
+        with self._pipe_lock:
+            self._pipe_open = False
+            os.close(self._wake_r)
+            os.close(self._wake_w)
 
     # --- the uplink thread ------------------------------------------------------------------
 
-    def _run(self) -> None:
+    def _run(self, worker: Worker) -> None:
+        """The thread's body; after a crash it runs again from the top. Everything it needs
+        is rebuilt here or in _connect from the outbox, the only record that matters."""
+        self._beat = worker.beat
         try:
             due = self._clock() + self._resend_s
             self._unconfirmed = dict.fromkeys(self._outbox.delivered(), due)
         except OutboxError as exc:
             log.error("cannot read unconfirmed alarms: %s", exc)
-        last_attempt = 0.0
-        while not self._stopping.is_set():
-            last_attempt = self._clock()
-            client = self._connect()
-            if client is not None:
-                self._serve(client)
-            if self._stopping.is_set():
-                break
-            self.state = LinkState.OFFLINE
-            self._wait_retry(last_attempt)
-        self.state = LinkState.STOPPED
+        try:
+            while not self._stopping.is_set():
+                last_attempt = self._clock()
+                self._client = self._connect()
+                if self._client is not None:
+                    self._serve(self._client)
+                if self._stopping.is_set():
+                    break
+                self.state = LinkState.OFFLINE
+                self._wait_retry(last_attempt)
+        finally:
+            self._end_connection()
+            self.state = LinkState.STOPPED if self._stopping.is_set() else LinkState.OFFLINE
 
     def _wait_retry(self, last_attempt: float) -> None:
         deadline = last_attempt + self._backoff.next_delay(self._alarm_waiting())
         while not self._stopping.is_set():
+            self._beat()
             now = self._clock()
-            self.heartbeat = now
             if self._alarm_waiting():
                 deadline = min(deadline, last_attempt + self._backoff.alarm_cap_s)
             if now >= deadline:
@@ -317,8 +330,8 @@ class Uplink:
             if client.socket() is None:
                 self._lost("the socket was closed")
                 break
+            self._beat()
             now = self._clock()
-            self.heartbeat = now
             if self.state is LinkState.CONNECTING and now - started > self._connack_timeout_s:
                 self._fail("no CONNACK from the broker in time")
                 client.disconnect()
@@ -367,8 +380,18 @@ class Uplink:
                 self._lost(mqtt.error_string(rc))
                 break
         self._flush_acks(force=True)
+        self._end_connection()
+
+    def _end_connection(self) -> None:
+        """Forget one connection: on its normal end, and after a crash in the middle of it."""
         self._alarm_sent.clear()
-        _close_quietly(client)
+        with self._latest_lock:  # the box's pubkey is posted once: it must not die with a link
+            for topic, payload in self._latest_sent.values():
+                self._latest.setdefault(topic, payload)  # unless a newer value waits
+        self._latest_sent.clear()
+        if self._client is not None:
+            _close_quietly(self._client)
+            self._client = None
         # Presence is learnt again on the next connection (it is retained); until then the
         # centre's state is unknown, not "listening".
         self.centre_present = None
@@ -487,7 +510,8 @@ class Uplink:
             transient = list(self._transient)
             self._transient.clear()
         for topic, payload in latest.items():
-            client.publish(topic, payload, qos=1, retain=True)
+            info = client.publish(topic, payload, qos=1, retain=True)
+            self._latest_sent[info.mid] = (topic, payload)
         for topic, payload in transient:
             client.publish(topic, payload, qos=1)
 
@@ -582,6 +606,7 @@ class Uplink:
     def _on_publish(self, _c: mqtt.Client, _u: Any, mid: int, rc: ReasonCode, _p: Any) -> None:
         if mid == self._offline_mid:
             self._offline_mid = None
+        self._latest_sent.pop(mid, None)
         self._alarm_sent.pop(mid, None)
         entry = self._inflight.pop(mid, None)
         if entry is None:

@@ -44,13 +44,10 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import math
 import os
-import platform
 import shutil
 import socket
 import sqlite3
-import subprocess
 import sys
 import tempfile
 import threading
@@ -71,12 +68,13 @@ from gpiozero.pins.mock import MockFactory  # noqa: E402
 from paho.mqtt.enums import CallbackAPIVersion  # noqa: E402
 
 from agent import logs  # noqa: E402
-from agent.buttons import Timing  # noqa: E402
+from agent.box.daemon import Daemon  # noqa: E402
 from agent.config import Config, default_config_text, load_config  # noqa: E402
-from agent.daemon import Daemon  # noqa: E402
+from agent.hardware.buttons import Timing  # noqa: E402
 from agent.mosquitto import Mosquitto  # noqa: E402
 from agent.protocol import Receipt, centre_presence_topic, presence_payload  # noqa: E402
 from agent.sdnotify import Notifier  # noqa: E402
+from agent.testing.stats import default_storage_parent, describe, machine_context  # noqa: E402
 
 TARGET_P99_MS = 10.0
 SITE = "sim-school"
@@ -403,102 +401,6 @@ class _CommitTimer:
 # --- figures ----------------------------------------------------------------------------------
 
 
-def percentile(sorted_xs: list[float], p: float) -> float:
-    """Nearest-rank: the smallest sample with at least p % of the samples at or below it."""
-    return sorted_xs[max(0, math.ceil(p / 100 * len(sorted_xs)) - 1)]
-
-
-def describe(xs: list[float]) -> dict[str, float]:
-    """Seconds in, milliseconds out."""
-    s = sorted(xs)
-    return {"n": len(s), "p50_ms": percentile(s, 50) * 1e3, "p99_ms": percentile(s, 99) * 1e3,
-            "max_ms": s[-1] * 1e3, "mean_ms": sum(s) / len(s) * 1e3}
-
-
-def fs_type(path: Path) -> tuple[str, str, str]:
-    """(filesystem type, device, mount point) of the mount holding ``path``, from /proc/mounts."""
-    real = os.path.realpath(path)
-    best = ("unknown", "unknown", "")
-    try:
-        lines = Path("/proc/mounts").read_text().splitlines()
-    except OSError:
-        return best
-    for line in lines:
-        parts = line.split()
-        if len(parts) < 3:
-            continue
-        dev, mnt, kind = parts[0], parts[1].replace("\\040", " "), parts[2]
-        inside = real == mnt or real.startswith(mnt.rstrip("/") + "/")
-        if inside and len(mnt) >= len(best[2]):
-            best = (kind, dev, mnt)
-    return best
-
-
-def machine_context(storage: Path) -> dict[str, Any]:
-    kind, dev, mnt = fs_type(storage)
-    cpu_model = ""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith(("model name", "Model")):
-                cpu_model = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    try:
-        first = subprocess.run([shutil.which("mosquitto") or "/usr/sbin/mosquitto", "-h"],
-                               capture_output=True, text=True, timeout=5).stdout.splitlines()
-        broker = first[0] if first else "unknown"
-    except (OSError, subprocess.TimeoutExpired):
-        broker = "unknown"
-    return {
-        "cpus": os.cpu_count(),
-        "cpus_usable": len(os.sched_getaffinity(0)),
-        "cpu_model": cpu_model,
-        "loadavg": os.getloadavg(),
-        "python": platform.python_version(),
-        "kernel": platform.release(),
-        "sqlite": sqlite3.sqlite_version,
-        "paho": getattr(mqtt, "__version__", "") or _dist_version("paho-mqtt"),
-        "broker": broker,
-        "storage_dir": str(storage),
-        "storage_fs": kind,
-        "storage_device": dev,
-        "storage_mount": mnt,
-        "switch_interval_ms": sys.getswitchinterval() * 1e3,
-        "agent_code": _agent_revision(),
-    }
-
-
-def _agent_revision() -> str:
-    """The commit measured, and whether agent/ had uncommitted edits (read-only git)."""
-    try:
-        head = subprocess.run(["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"],
-                              capture_output=True, text=True, timeout=5).stdout.strip()
-        dirty = subprocess.run(["git", "-C", str(REPO), "status", "--porcelain", "--", "agent"],
-                               capture_output=True, text=True, timeout=5).stdout.strip()
-    except (OSError, subprocess.TimeoutExpired):
-        return "unknown"
-    return f"{head or 'unknown'}{' + uncommitted agent/ edits' if dirty else ''}"
-
-
-def _dist_version(name: str) -> str:
-    from importlib.metadata import PackageNotFoundError, version
-
-    try:
-        return version(name)
-    except PackageNotFoundError:
-        return "unknown"
-
-
-def default_storage_parent() -> Path:
-    """The temp dir if it is on a real disk, else /var/tmp: the fsync must reach a device."""
-    for cand in (Path(tempfile.gettempdir()), Path("/var/tmp"), Path.cwd()):
-        if cand.is_dir() and os.access(cand, os.W_OK) and fs_type(cand)[0] not in (
-                "tmpfs", "ramfs"):
-            return cand
-    return Path(tempfile.gettempdir())
-
-
 # --- the run ----------------------------------------------------------------------------------
 
 
@@ -567,7 +469,7 @@ def run(args: argparse.Namespace, workdir: Path, stages: StageTimer | None) -> t
         # What Daemon.run() does after start() minus the signal handlers (main thread only):
         # the supervise loop, whose once-a-second health and status reads take the outbox lock
         # as in production.
-        supervise = threading.Thread(target=daemon._supervise, name="supervise", daemon=True)
+        supervise = threading.Thread(target=daemon.supervise, name="supervise", daemon=True)
         supervise.start()
         assert daemon.buttons is not None and daemon.uplink is not None
         pin = factory.pin(BUTTON_PIN)

@@ -27,7 +27,7 @@ Measured, all in wall-clock time on one host:
 
 Bounded: each wait has a timeout (exit 1 naming the step); the broker and both processes are
 stopped in ``finally``. Run from the repository root; storage on a real disk, as in
-bench/alarm_latency.py, whose helpers this bench reuses.
+bench/alarm_latency.py (the shared helpers are agent/testing/stats.py).
 """
 
 from __future__ import annotations
@@ -52,16 +52,16 @@ for _p in (REPO, REPO / "bench"):  # the agent from this checkout; the shared be
 
 import paho.mqtt.client as mqtt  # noqa: E402
 import yaml  # noqa: E402
-from alarm_latency import default_storage_parent, describe, machine_context  # noqa: E402
 from paho.mqtt.enums import CallbackAPIVersion  # noqa: E402
 from paho.mqtt.packettypes import PacketTypes  # noqa: E402
 from paho.mqtt.properties import Properties  # noqa: E402
 
-from agent import control  # noqa: E402
+from agent.box import control  # noqa: E402
 from agent.config import default_config_text  # noqa: E402
 from agent.ledger import Ledger  # noqa: E402
 from agent.mosquitto import Mosquitto  # noqa: E402
 from agent.schema import parse_timestamp  # noqa: E402
+from agent.testing.stats import default_storage_parent, describe, machine_context  # noqa: E402
 
 WAIT_S = 30.0
 

@@ -98,30 +98,29 @@ for _p in (REPO, REPO / "bench"):  # the agent from this checkout; the shared be
 import av  # noqa: E402
 import paho.mqtt.client as mqtt  # noqa: E402
 import yaml  # noqa: E402
-from alarm_latency import (  # noqa: E402
-    agent_logs_to,
-    default_storage_parent,
-    describe,
-    machine_context,
-    mark_around,
-    percentile,
-)
+from alarm_latency import agent_logs_to, mark_around  # noqa: E402
 from gpiozero.pins.mock import MockFactory  # noqa: E402
 from paho.mqtt.enums import CallbackAPIVersion  # noqa: E402
 
 import agent.central as central  # noqa: E402
-from agent.buttons import Timing  # noqa: E402
+from agent.box.daemon import Daemon  # noqa: E402
 from agent.centre_link import Endpoint  # noqa: E402
 from agent.commands import generate_keypair, load_private_key, sign_command  # noqa: E402
 from agent.config import Config, default_config_text, load_config  # noqa: E402
-from agent.daemon import Daemon  # noqa: E402
-from agent.indicators import Pattern  # noqa: E402
+from agent.delivery.framing import CHUNK_BYTES, live_chunks  # noqa: E402
+from agent.hardware.buttons import Timing  # noqa: E402
+from agent.hardware.indicators import Pattern  # noqa: E402
 from agent.ledger import Ledger  # noqa: E402
 from agent.mosquitto import Mosquitto  # noqa: E402
 from agent.protocol import BoxTopic, Topics, decode_chunk  # noqa: E402
 from agent.sdnotify import Notifier  # noqa: E402
-from agent.segmenter import Segment  # noqa: E402
-from agent.video import CHUNK_BYTES, live_chunks  # noqa: E402
+from agent.testing.stats import (  # noqa: E402
+    default_storage_parent,
+    describe,
+    machine_context,
+    percentile,
+)
+from agent.video.segmenter import Segment  # noqa: E402
 
 TARGET_ACK_P99_MS = 50.0
 TARGET_LIVE_P99_MS = 1500.0
@@ -750,7 +749,7 @@ class RunningBox:
 
     def start(self) -> Daemon:
         self.daemon.start()
-        self._supervise = threading.Thread(target=self.daemon._supervise, name="supervise",
+        self._supervise = threading.Thread(target=self.daemon.supervise, name="supervise",
                                            daemon=True)
         self._supervise.start()
         uplink = self.daemon.uplink

@@ -74,8 +74,8 @@ from paho.mqtt.enums import CallbackAPIVersion  # noqa: E402
 
 import agent.uplink as uplink_module  # noqa: E402
 from agent import logs  # noqa: E402
+from agent.box.daemon import Daemon  # noqa: E402
 from agent.config import default_config_text, load_config  # noqa: E402
-from agent.daemon import Daemon  # noqa: E402
 from agent.outbox import BlobRef, Outbox  # noqa: E402
 from agent.protocol import Alarm, ChunkHeader, Priority, encode_chunk, rfc3339  # noqa: E402
 from agent.sdnotify import Notifier  # noqa: E402

@@ -133,9 +133,9 @@ def run_rings(src: Path, cameras: int, env: dict[str, str] | None = None) -> Usa
 
 
 def child_pipeline(src: Path, out: Path) -> None:
-    from agent.cameras import DemuxSource
-    from agent.segmenter import Segmenter
-    from agent.store import Recorder, SegmentStore
+    from agent.video.segmenter import Segmenter
+    from agent.video.sources.demux import DemuxSource
+    from agent.video.store import Recorder, SegmentStore
 
     started = time.process_time()
     store = SegmentStore(out, out.parent / "agent-index.sqlite", 10**12).open()
@@ -151,8 +151,11 @@ def child_pipeline(src: Path, out: Path) -> None:
 
 
 def child_rings(src: Path, cameras: int) -> None:
-    from agent.cameras import Camera, DemuxSource, StreamInfo
-    from agent.segmenter import RingBuffer, Segment, Segmenter
+    from agent.video.camera import Camera
+    from agent.video.ring import RingBuffer
+    from agent.video.segmenter import Segment, Segmenter
+    from agent.video.sources.base import StreamInfo
+    from agent.video.sources.demux import DemuxSource
 
     rings = [RingBuffer(keep_s=RING_S) for _ in range(cameras)]
     counts = [0] * cameras

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import hashlib
 
-from agent.chain import GENESIS, BoxKey, clip_statement, next_link
 from agent.protocol import ChunkHeader, encode_chunk
+from agent.video.chain import GENESIS, BoxKey, clip_statement, next_link
 
 
 def signed_chunks(key: BoxKey, site: str, event: str, segments: list[bytes], camera: str,

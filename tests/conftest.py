@@ -30,6 +30,9 @@ REPO = Path(__file__).resolve().parent.parent
 
 def pytest_addoption(parser: pytest.Parser) -> None:
     parser.addoption("--soak", action="store_true", help="run the long soak variants")
+    parser.addoption("--fault-seeds", type=int, default=2, metavar="N",
+                     help="fresh random seeds per randomized fault test (default 2; "
+                          "tests/fault/conftest.py)")
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

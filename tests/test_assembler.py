@@ -12,11 +12,11 @@ from pathlib import Path
 import pytest
 
 from agent.assembler import Assembler
-from agent.chain import BoxKey
 from agent.holdings import CHUNK_OVERHEAD
 from agent.intake import Limits, MiB, Reporter
 from agent.ledger import Ledger
 from agent.protocol import BoxTopic
+from agent.video.chain import BoxKey
 from tests.boxmsgs import signed_chunks
 
 SITE, CAM = "school-042", "hall-cam"

@@ -5,7 +5,7 @@ listeners bind to 127.0.0.1 on free ports). So each test here checks a statement
 against the real broker: what a box may publish and read, what the centre may do, who cannot
 connect at all, and what Mosquitto 2.0.11 actually answers an MQTT 5 client it refuses.
 
-The agent itself runs in-process (agent.daemon.Daemon) for the two end-to-end cases: it connects
+The agent itself runs in-process (agent.box.daemon.Daemon) for the two end-to-end cases: it connects
 with its school's certificate and an alarm reaches the centre, and it refuses a broker whose
 certificate names another host.
 """
@@ -22,8 +22,8 @@ import paho.mqtt.client as mqtt
 import pytest
 from paho.mqtt.reasoncodes import ReasonCode
 
+from agent.box.daemon import Daemon
 from agent.config import load_config
-from agent.daemon import Daemon
 from agent.sdnotify import Notifier
 from tests.brokerdoc import Broker, Peer, start_broker
 from tests.conftest import wait_for, write_config

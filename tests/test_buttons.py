@@ -10,9 +10,10 @@ from typing import Any
 import pytest
 from gpiozero.pins.mock import MockFactory
 
-from agent.buttons import ButtonBoard, ButtonError, ButtonEvent, Timing
 from agent.config import ButtonConfig, Wiring
+from agent.hardware.buttons import ButtonBoard, ButtonError, ButtonEvent, Timing
 from agent.protocol import AlarmKind
+from agent.supervision import Supervisor
 from tests.conftest import wait_for
 
 
@@ -211,5 +212,35 @@ def test_a_late_buttons_thread_never_mistakes_a_new_press_for_a_bounce(
         factory.pin(17).drive_low()  # a finger, not simulate(): no other item goes first
         wait_for(lambda: len(rec.kinds()) == 2, 2, "the second alarm")
         assert rec.kinds() == [AlarmKind.PANIC, AlarmKind.PANIC]
+    finally:
+        board.stop()
+
+
+@pytest.mark.parametrize("wiring", ["normally_open", "normally_closed"])
+def test_a_crash_while_handling_a_press_still_raises_its_alarm(
+    factory: MockFactory, rec: Recorder, wiring: str
+) -> None:
+    """The edge being handled when the thread crashed is gone; the restarted thread reads the
+    pins and raises the alarm for the press that is still held (crash-only: agent/supervision.py).
+    """
+    failures = [1]
+
+    def wall() -> float:  # read in the middle of handling the edge, after the level is taken
+        if failures:
+            failures.pop()
+            raise RuntimeError("a bug in the middle of a press")
+        return time.time()
+
+    sup = Supervisor(give_up=lambda reason: pytest.fail(reason))
+    board = ButtonBoard([_button("hall", 5, wiring=wiring)], factory, rec, wall=wall)
+    board.start(supervisor=sup)
+    try:
+        pin = factory.pin(5)
+        if wiring == "normally_open":
+            pin.drive_low()  # pressed: the contact closes to ground
+        else:
+            pin.drive_high()  # pressed: the loop opens
+        wait_for(lambda: rec.kinds("hall") == [AlarmKind.PANIC], 2, "the alarm after the restart")
+        assert sup.status() == {"buttons": 1} and board.alive
     finally:
         board.stop()

@@ -13,22 +13,16 @@ from pathlib import Path
 import av
 import pytest
 
-from agent.cameras import (
-    Camera,
-    CameraUnavailable,
-    DemuxSource,
-    Packet,
-    ParameterSets,
-    Picamera2Source,
-    Source,
-    StreamInfo,
-    SyntheticSource,
-    V4l2Source,
-    open_source,
-    rtsp_source,
-)
 from agent.errors import CameraError
-from agent.segmenter import Segment, Segmenter
+from agent.video.camera import Camera
+from agent.video.segmenter import Segment, Segmenter
+from agent.video.sources import open_source
+from agent.video.sources.base import CameraUnavailable, Packet, Source, StreamInfo
+from agent.video.sources.demux import DemuxSource, rtsp_source
+from agent.video.sources.h264 import ParameterSets
+from agent.video.sources.picamera2 import Picamera2Source
+from agent.video.sources.synthetic import SyntheticSource
+from agent.video.sources.v4l2 import V4l2Source
 from tests.conftest import wait_for
 from tests.rtsp_server import RtspServer
 from tests.video_fixtures import (
@@ -37,7 +31,7 @@ from tests.video_fixtures import (
     h264_file_fixture,  # noqa: F401  (fixture)
     make_h264_file,
     rtsp_server_fixture,  # noqa: F401  (fixture)
-    )
+)
 
 
 class Collect:

@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import os
+import pwd
+import shutil
+import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -59,6 +64,47 @@ def test_selftest_says_what_to_do_when_the_broker_is_down(tmp_path: Path,
     broker_line = next(line for line in r.stdout.splitlines() if line.startswith("broker"))
     assert "FAIL" in broker_line
     assert "-> check mqtt.host/port" in r.stdout
+
+
+@pytest.fixture
+def service_owned_storage() -> Iterator[Path]:
+    """A storage dir owned by an unprivileged user, as install.sh makes /var/lib/edge-agent,
+    somewhere that user can reach (pytest's own tmp dirs are root-only)."""
+    if os.geteuid() != 0:
+        pytest.skip("needs root: selftest as root in a directory another user owns")
+    top = Path(tempfile.mkdtemp(prefix="edge-selftest-"))
+    top.chmod(0o755)
+    storage = top / "state"
+    storage.mkdir(mode=0o750)
+    nobody = pwd.getpwnam("nobody")
+    os.chown(storage, nobody.pw_uid, nobody.pw_gid)
+    yield storage
+    shutil.rmtree(top)
+
+
+def _disk_row(cfg: Path) -> str:
+    r = cli("selftest", "-c", str(cfg), timeout=60)
+    assert "Traceback" not in r.stdout + r.stderr
+    return next(line for line in r.stdout.splitlines() if line.startswith("disk"))
+
+
+def test_selftest_as_root_probes_the_disk_as_the_service_user(
+        tmp_path: Path, broker: Mosquitto, service_owned_storage: Path) -> None:
+    """Root never writes in the service user's directory, and the check tells what the
+    service can do, not what root can (issue 10, item 8)."""
+    cfg = write_config(tmp_path / "agent.yaml", broker.port, service_owned_storage)
+    victim = tmp_path / "victim"
+    victim.write_text("untouched")
+    for pid in range(1, 70000, 997):  # the old probe's predictable names, planted by the service
+        (service_owned_storage / f".selftest-{pid}").symlink_to(victim)
+    assert "PASS" in _disk_row(cfg)
+    assert victim.read_text() == "untouched"
+    assert sorted(p.name for p in service_owned_storage.iterdir()
+                  if not p.is_symlink()) == []  # the probe left nothing behind
+
+    service_owned_storage.chmod(0o550)  # the service user may not write: root could
+    row = _disk_row(cfg)
+    assert "FAIL" in row and "the directory's owner" in row, row
 
 
 def test_demo_shows_the_alarm_and_clip_then_stops_on_ctrl_c(tmp_path: Path) -> None:

@@ -12,10 +12,13 @@ from pathlib import Path
 
 import pytest
 
-from agent.cameras import Camera, StreamInfo, SyntheticSource
-from agent.clips import ClipRecorder, ClipSegment
-from agent.segmenter import RingBuffer, Segment, Segmenter
-from agent.store import SegmentStore
+from agent.video.camera import Camera
+from agent.video.clips import ClipRecorder, ClipSegment
+from agent.video.ring import RingBuffer
+from agent.video.segmenter import Segment, Segmenter
+from agent.video.sources.base import StreamInfo
+from agent.video.sources.synthetic import SyntheticSource
+from agent.video.store import SegmentStore
 from tests.conftest import wait_for
 from tests.video_fixtures import decode
 

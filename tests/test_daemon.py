@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 
+from agent.box.daemon import Daemon
 from agent.config import load_config
-from agent.daemon import Daemon
 from agent.mosquitto import Mosquitto
 from agent.sdnotify import Notifier
 from tests.conftest import REPO, Collector, wait_for
@@ -94,7 +94,7 @@ def test_watchdog_withheld_while_the_buttons_thread_hangs(
         d = Daemon(load_config(agent_config), notifier=Notifier(str(fake.path)))
     finally:
         del os.environ["WATCHDOG_USEC"]
-    runner = threading.Thread(target=d._supervise, daemon=True)
+    runner = threading.Thread(target=d.supervise, daemon=True)
     d.start()
     runner.start()
     try:

@@ -9,7 +9,7 @@ import pytest
 from gpiozero.pins.mock import MockFactory
 
 from agent.config import IndicatorsConfig
-from agent.indicators import Indicators, Pattern
+from agent.hardware.indicators import Indicators, Pattern
 
 
 class FakeClock:

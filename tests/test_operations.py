@@ -7,8 +7,9 @@ import threading
 import time
 from pathlib import Path
 
+from agent.box.daemon import Daemon
+from agent.box.walktest import boot_id
 from agent.config import load_config
-from agent.daemon import Daemon
 from agent.mosquitto import Mosquitto
 from agent.sdnotify import Notifier
 from tests.conftest import AgentProcess, Collector, cli, wait_for, write_config
@@ -35,7 +36,8 @@ def test_walk_test_survives_a_restart_and_switches_itself_off(agent_config: Path
                                                               collector: Collector) -> None:
     state = agent_config.parent / "state"
     state.mkdir()
-    (state / "test-mode.json").write_text(json.dumps({"until": time.time() + 3}))
+    (state / "test-mode.json").write_text(json.dumps(  # as a walk test 3 s from its end
+        {"until_monotonic": time.monotonic() + 3, "boot_id": boot_id()}))
     agent = AgentProcess(agent_config).start()
     try:
         assert (agent.status() or {})["test_mode_until"]
@@ -57,7 +59,7 @@ def test_test_mode_refuses_an_absurd_duration(agent_process: AgentProcess) -> No
 def test_health_telemetry_is_published_retained(agent_config: Path, broker: Mosquitto) -> None:
     d = Daemon(load_config(agent_config), notifier=Notifier(None), health_interval_s=0.5)
     d.start()
-    runner = threading.Thread(target=d._supervise, daemon=True)
+    runner = threading.Thread(target=d.supervise, daemon=True)
     runner.start()
     try:
         col = Collector(broker.port, ["schools/sim-school/health"], client_id="health").start()

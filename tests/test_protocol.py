@@ -15,7 +15,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from agent import __version__
-from agent.clips import ClipSegment
+from agent.delivery.framing import clip_chunks, live_chunks
 from agent.logs import UNSAFE_CHARS
 from agent.protocol import (
     ITEM_ID,
@@ -34,9 +34,9 @@ from agent.protocol import (
     rfc3339,
 )
 from agent.schema import WireError
-from agent.segmenter import Segment
-from agent.store import SegmentRef
-from agent.video import clip_chunks, live_chunks
+from agent.video.clips import ClipSegment
+from agent.video.segmenter import Segment
+from agent.video.store import SegmentRef
 
 sites = st.from_regex(SITE_ID, fullmatch=True)
 items = st.from_regex(ITEM_ID, fullmatch=True)

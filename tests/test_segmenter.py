@@ -11,8 +11,11 @@ from pathlib import Path
 
 import pytest
 
-from agent.cameras import DemuxSource, Packet, Source, StreamInfo, SyntheticSource
-from agent.segmenter import RingBuffer, Segment, Segmenter
+from agent.video.ring import RingBuffer
+from agent.video.segmenter import Segment, Segmenter
+from agent.video.sources.base import Packet, Source, StreamInfo
+from agent.video.sources.demux import DemuxSource
+from agent.video.sources.synthetic import SyntheticSource
 from tests.video_fixtures import (
     decode,
     ffprobe,

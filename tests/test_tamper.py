@@ -15,34 +15,21 @@ from typing import Any
 import pytest
 
 from agent.assembler import Assembler
-from agent.cameras import SyntheticSource
-from agent.chain import BoxKey
-from agent.clips import ClipSegment
 from agent.config import parse_config
+from agent.delivery.framing import clip_chunks
 from agent.intake import Limits, Reporter
 from agent.ledger import Ledger
 from agent.outbox import BlobRef
 from agent.protocol import BoxTopic, Topics
-from agent.segmenter import Segment, Segmenter
-from agent.store import SegmentStore
-from agent.video import Video
+from agent.video.chain import BoxKey
+from agent.video.clips import ClipSegment
+from agent.video.pipeline import Video
+from agent.video.store import SegmentStore
 from tests.conftest import write_config
+from tests.video_fixtures import synthetic_segments
 
 SITE, EVENT, CAM = "sim-school", "f173ce1e-19ff-4a4e-ae9e-b5a1ec08ae09", "entrance-cam"
 Msg = tuple[dict[str, Any], bytes]  # (chunk header, chunk bytes)
-
-
-def _segments(n: int) -> list[Segment]:
-    out: list[Segment] = []
-    source = SyntheticSource(width=160, height=96, fps=10, segment_s=1.0, realtime=False)
-    info = source.open(stall_s=5)
-    seg = Segmenter(CAM, 1.0, info, [out.append])
-    for packet in source.packets():
-        seg.packet(packet)
-        if len(out) >= n:
-            break
-    source.close()
-    return out[:n]
 
 
 @pytest.fixture(scope="module")
@@ -52,12 +39,13 @@ def clip(tmp_path_factory: pytest.TempPathFactory) -> tuple[list[Msg], BoxKey]:
     cfg = parse_config(write_config(tmp / "agent.yaml", 1883, tmp / "state").read_text())
     video = Video(cfg, tmp, lambda _cs: None, key)
     store = SegmentStore(tmp / "spool", tmp / "spool.db", 10**9).open()
-    segments = _segments(4)
+    segments = synthetic_segments(CAM, 4)
     msgs: list[Msg] = []
     for pos, s in enumerate(segments):
         ref = store.put(s, pins=[EVENT])
         cs = ClipSegment(EVENT, CAM, pos, pos == len(segments) - 1, ref, False, s.prev, s.link)
-        for _prio, _topic, _key, head, blob in video.chunks(Topics("schools", SITE), cs):
+        for _prio, _topic, _key, head, blob in clip_chunks(Topics("schools", SITE), cs,
+                                                           sig=video.signature(cs)):
             assert isinstance(blob, BlobRef)
             with open(blob.path, "rb") as f:
                 f.seek(blob.offset)

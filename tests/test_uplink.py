@@ -14,6 +14,7 @@ from agent.outbox import Outbox
 from agent.protocol import Priority, Topics
 from agent.uplink import TokenBucket, Uplink, notsent_lowat
 from tests.conftest import Collector, wait_for
+from tests.fault.mqtt_proxy import Cut, CutMode, Direction, MqttProxy
 
 TOPICS = Topics("schools", "site-a")
 
@@ -104,6 +105,32 @@ def test_unacked_messages_are_resent_after_the_broker_dies(
         wait_for(lambda: outbox.depth()["clip"] == 0, 5, "outbox drained")
     finally:
         up.stop()
+        col.stop()
+
+
+def test_a_retained_value_lost_with_its_connection_is_sent_again(
+    broker: Mosquitto, outbox: Outbox
+) -> None:
+    """The box posts its public key once, at start. Handed to a connection that then dies
+    before the broker's PUBACK, it was gone for good, and no clip could verify at the centre
+    (found by tests/fault/test_disconnect_points.py)."""
+    col = Collector(broker.port, [TOPICS.pubkey], client_id="latest").start()
+    # Everything after the CONNACK vanishes: the first turn online hands paho the key (and the
+    # alarm, whose missing PUBACK ends the connection); the reconnect passes.
+    proxy = MqttProxy(broker.port, Cut(Direction.B2A, 1, CutMode.BLACKHOLE)).start()
+    outbox.add_alarm(TOPICS.alarm, "the-alarm", lambda seq: b'{"alarm":%d}' % seq)
+    up = Uplink(_mqtt(proxy.port), TOPICS, outbox, lambda state, _r: state.encode(),
+                alarm_ack_timeout_s=0.5)
+    up.post_latest(TOPICS.pubkey, b"the box key")
+    up.start()
+    try:
+        wait_for(lambda: len(proxy.links) >= 2, 10, "the reconnect")
+        wait_for(lambda: col.messages, 10, "the key at the broker")
+        first = proxy.first()
+        assert first is not None and "PUBLISH pubkey" not in first.packets[Direction.A2B]
+    finally:
+        up.stop()
+        proxy.close()
         col.stop()
 
 

@@ -22,6 +22,8 @@ import numpy as np
 import pytest
 
 from agent.config import CameraConfig, LiveConfig
+from agent.video.segmenter import Segment, Segmenter
+from agent.video.sources.synthetic import SyntheticSource
 from tests.rtsp_server import RtspServer, gst_available
 
 
@@ -58,6 +60,21 @@ def make_h264_file(
             out.mux(stream.encode(frame))
         out.mux(stream.encode(None))
     return path
+
+
+def synthetic_segments(camera_id: str, n: int, *, bitrate_kbps: int = 1000) -> list[Segment]:
+    """``n`` consecutive 1 s segments of a synthetic camera through the real segmenter, hash
+    chain included (the first one's ``prev`` is the chain's start), made faster than real time."""
+    out: list[Segment] = []
+    source = SyntheticSource(width=160, height=96, fps=10, segment_s=1.0,
+                             bitrate_kbps=bitrate_kbps, realtime=False)
+    seg = Segmenter(camera_id, 1.0, source.open(stall_s=5), [out.append])
+    for packet in source.packets():
+        seg.packet(packet)
+        if len(out) >= n:
+            break
+    source.close()
+    return out[:n]
 
 
 @pytest.fixture(name="h264_file", scope="session")

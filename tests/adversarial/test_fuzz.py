@@ -33,9 +33,9 @@ from hypothesis import strategies as st
 
 from agent.central import Receiver
 from agent.centre_link import Endpoint
-from agent.chain import BoxKey
 from agent.intake import Limits
 from agent.protocol import ITEM_ID, MAX_LABEL_CHARS, SITE_ID, Alarm, Status, rfc3339
+from agent.video.chain import BoxKey
 from tests.adversarial.conftest import figure
 from tests.boxmsgs import signed_chunks
 

@@ -21,9 +21,9 @@ from typing import Any
 
 import pytest
 
-from agent.chain import BoxKey
 from agent.logs import UNSAFE_CHARS
 from agent.protocol import Status, rfc3339
+from agent.video.chain import BoxKey
 from tests.adversarial.conftest import (
     HONEST,
     HOSTILE,

@@ -18,6 +18,7 @@ What is here:
 - :class:`Tally`: the bookkeeping and the FAULT line (also repeated in the terminal summary).
 - :class:`Presser`: presses buttons through the control socket, re-arming each button first.
 - :class:`Centre`: the real receiver plus the raw collector, optionally inside a namespace.
+- tests/fault/mqtt_proxy.py: a proxy that cuts the box's link right after its k-th MQTT packet.
 - :class:`NetLab` (fixture ``netlab``): two network namespaces joined by a veth pair, the broker
   in one, the agent in the other; cut, restore and shape the link. Nothing is added to the
   root namespace (no address, no route), so no test traffic can ever leave through the host's
@@ -57,7 +58,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
-from agent import control
+from agent.box import control
 from agent.central import run_receiver
 from agent.errors import AgentError
 from agent.mosquitto import _die_with_parent
@@ -84,6 +85,12 @@ def pytest_terminal_summary(terminalreporter: Any) -> None:
         terminalreporter.section("fault injection")
         for line in _FAULT_LINES:
             terminalreporter.write_line(line)
+
+
+def record_fault_line(line: str) -> None:
+    """One grep-able result line, printed now and repeated in the terminal summary."""
+    print(f"\n{line}", flush=True)
+    _FAULT_LINES.append(line)
 
 
 @dataclass
@@ -138,8 +145,7 @@ class Tally:
         line = (f"FAULT {self.name}: sent={self.sent} received={len(received)} "
                 f"lost={len(lost)} duplicated={duplicated}"
                 f" seq_gaps={len(gaps)} out_of_order={late}" + (f" {tail}" if tail else ""))
-        print(f"\n{line}", flush=True)
-        _FAULT_LINES.append(line)
+        record_fault_line(line)
         return info
 
     def assert_ok(self, info: dict[str, Any], *, in_order: bool = True,
@@ -153,10 +159,47 @@ class Tally:
             assert info["out_of_order"] == 0, f"{self.name}: alarms arrived out of seq order"
 
 
-def fault_seed(name: str) -> int:
-    """FAULT_SEED=N reproduces a run; otherwise a fresh seed, printed with the FAULT line."""
+# --- seeds: a randomized fault test proves little on one seed ---------------------------------
+#
+# A test that takes a ``seed`` argument runs once per seed: every seed that ever failed it (a
+# regression case, kept forever, by test name below) plus ``--fault-seeds`` fresh ones (default
+# 2) drawn anew on every run. FAULT_SEED=N runs exactly seed N instead. A failure prints the
+# line that reproduces it.
+
+REGRESSION_SEEDS: dict[str, tuple[int, ...]] = {
+    # issue 9: a reset between paho closing its socket and select() killed the uplink thread
+    "test_broker_killed_while_a_clip_backlog_drains": (1989770312,),
+}
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    if "seed" not in metafunc.fixturenames:
+        return
     env = os.environ.get("FAULT_SEED")
-    seed = int(env) if env else random.SystemRandom().randrange(1, 2**31)
+    if env:
+        seeds = [int(env)]
+    else:
+        fresh = random.SystemRandom()
+        seeds = [*REGRESSION_SEEDS.get(metafunc.function.__name__, ()),
+                 *(fresh.randrange(1, 2**31)
+                   for _ in range(metafunc.config.getoption("--fault-seeds")))]
+    metafunc.parametrize("seed", seeds, ids=[f"seed={s}" for s in seeds])
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Any:
+    report = yield
+    seed = getattr(item, "callspec", None) and item.callspec.params.get("seed")
+    if seed is not None and report.failed and report.when == "call":
+        test = item.nodeid.split("[")[0]
+        line = f"reproduce: FAULT_SEED={seed} .venv/bin/pytest '{test}'"
+        report.sections.append(("fault seed", line))
+        _FAULT_LINES.append(f"FAILED {item.nodeid}: {line}")
+    return report
+
+
+def fault_seed(name: str, seed: int) -> int:
+    """Print the seed beside the test's FAULT line, so a log shows which seed ran."""
     print(f"\n{name}: seed={seed} (reproduce with FAULT_SEED={seed})", flush=True)
     return seed
 
@@ -307,7 +350,8 @@ class Centre:
 
     def start(self) -> Centre:
         self.stop_event = threading.Event()
-        self.raw = RawCollector(self.host, self.port, f"{self.name}-raw")
+        self.raw = RawCollector(self.host, self.port, f"{self.name}-raw",
+                                topics=("schools/+/alarm", "schools/_centre/presence/+"))
         url = f"mqtt://{self.host}:{self.port}"
 
         def receiver() -> None:
@@ -326,6 +370,15 @@ class Centre:
             self.thread.join(5)
         if self.raw is not None:
             self.raw.stop()
+
+    def listening(self) -> bool:
+        """The receiver announced itself (retained presence), which it does only after
+        subscribing: from now on the broker keeps every alarm for it."""
+        if self.raw is None:
+            return False
+        with self.raw.lock:
+            return any("/_centre/presence/" in topic and json.loads(p).get("state") == "online"
+                       for _, topic, p in self.raw.messages if p)
 
     def alarms(self) -> list[dict[str, Any]]:
         path = self.store / "alarms.jsonl"

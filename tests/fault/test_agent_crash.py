@@ -50,8 +50,8 @@ def _hammer(presser: Presser, stop: threading.Event) -> None:
             return  # the agent is gone; that press is not acknowledged
 
 
-def _agent_kills(tmp_path: Path, broker: Mosquitto, name: str, kills: int) -> None:
-    seed = fault_seed(name)
+def _agent_kills(tmp_path: Path, broker: Mosquitto, name: str, kills: int, seed: int) -> None:
+    fault_seed(name, seed)
     rng = random.Random(seed)
     storage = tmp_path / "state"
     cfg = fault_config(tmp_path / "agent.yaml", storage, port=broker.port)
@@ -87,10 +87,11 @@ def _agent_kills(tmp_path: Path, broker: Mosquitto, name: str, kills: int) -> No
         centre.stop()
 
 
-def test_agent_killed_while_writing_alarms(tmp_path: Path, broker: Mosquitto) -> None:
-    _agent_kills(tmp_path, broker, "agent_kill", kills=10)
+def test_agent_killed_while_writing_alarms(tmp_path: Path, broker: Mosquitto, seed: int) -> None:
+    _agent_kills(tmp_path, broker, "agent_kill", kills=10, seed=seed)
 
 
 @pytest.mark.slow
-def test_soak_agent_killed_while_writing_alarms(tmp_path: Path, broker: Mosquitto) -> None:
-    _agent_kills(tmp_path, broker, "soak_agent_kill", kills=80)
+def test_soak_agent_killed_while_writing_alarms(tmp_path: Path, broker: Mosquitto,
+                                               seed: int) -> None:
+    _agent_kills(tmp_path, broker, "soak_agent_kill", kills=80, seed=seed)

@@ -113,10 +113,9 @@ def test_wall_clock_steps_back_and_forward(tmp_path: Path, broker: Mosquitto) ->
 
 
 @pytest.mark.slow
-def test_soak_wall_clock_random_steps(tmp_path: Path, broker: Mosquitto) -> None:
+def test_soak_wall_clock_random_steps(tmp_path: Path, broker: Mosquitto, seed: int) -> None:
     name = "soak_clock_steps"
-    seed = fault_seed(name)
-    rng = random.Random(seed)
+    rng = random.Random(fault_seed(name, seed))
     steps = [(rng.randint(-3 * DAY, 3 * DAY), rng.randint(1, 3), rng.random() > 0.3)
              for _ in range(60)]
     _clock_steps(tmp_path, broker, name, steps, f"60-random(seed={seed})")

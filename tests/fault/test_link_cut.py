@@ -113,10 +113,10 @@ def test_short_cut_tcp_survives(netlab: NetLab, tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
-def test_soak_link_cut_many_times(netlab: NetLab, tmp_path: Path) -> None:
+def test_soak_link_cut_many_times(netlab: NetLab, tmp_path: Path, seed: int) -> None:
     """Many cuts of random kind and length, some shorter and some longer than keepalive."""
     name = "soak_link_cut"
-    seed = fault_seed(name)
+    fault_seed(name, seed)
     rng = random.Random(seed)
     storage = tmp_path / "state"
     cfg = fault_config(tmp_path / "agent.yaml", storage, host=netlab.b_addr)

@@ -18,12 +18,14 @@ from pathlib import Path
 from typing import Any
 
 from agent.errors import AgentError, ControlError
+from agent.supervision import Supervisor, Worker
 
 log = logging.getLogger("agent.control")
 
 Handler = Callable[[dict[str, Any]], dict[str, Any]]
 
 MAX_REQUEST = 64 * 1024
+ACCEPT_TICK_S = 0.5  # the control thread beats at least this often while idle
 
 
 def socket_path(storage: Path) -> Path:
@@ -35,9 +37,15 @@ class ControlServer:
         self.path = path
         self._handler = handler
         self._sock: socket.socket | None = None
-        self._thread: threading.Thread | None = None
+        self._worker: Worker | None = None
 
-    def start(self) -> None:
+    def start(self, supervisor: Supervisor | None = None) -> None:
+        """Listen at once (``status`` works as soon as this returns); the ``control`` thread
+        runs under ``supervisor`` (agent/supervision.py)."""
+        self._sock = self._listen()
+        self._worker = (supervisor or Supervisor()).spawn("control", self._serve)
+
+    def _listen(self) -> socket.socket:
         self.path.unlink(missing_ok=True)
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         old = os.umask(0o177)  # the socket is created 0600: no window where others may connect
@@ -46,27 +54,38 @@ class ControlServer:
         finally:
             os.umask(old)
         sock.listen(8)
-        self._sock = sock
-        self._thread = threading.Thread(target=self._serve, name="control", daemon=True)
-        self._thread.start()
+        sock.settimeout(ACCEPT_TICK_S)
+        return sock
 
     def stop(self) -> None:
+        if self._worker is not None:
+            self._worker.stopping.set()
         if self._sock is not None:
             with contextlib.suppress(OSError):  # on Linux close() alone does not wake accept()
                 self._sock.shutdown(socket.SHUT_RDWR)
             self._sock.close()
-            self._sock = None
-        if self._thread is not None:
-            self._thread.join(timeout=2)
+        if self._worker is not None:
+            self._worker.stop()
         with contextlib.suppress(OSError):  # a failing disk must not fail the shutdown
             self.path.unlink(missing_ok=True)
 
-    def _serve(self) -> None:
-        while self._sock is not None:
+    def _serve(self, worker: Worker) -> None:
+        """The thread's body. After a crash it runs again, listening anew if the socket is
+        what failed (its file removed by hand, say)."""
+        if self._sock is None or self._sock.fileno() < 0 or not self.path.exists():
+            self._sock = self._listen()
+        sock = self._sock
+        while not worker.stopping.is_set():
+            worker.beat()
             try:
-                conn, _ = self._sock.accept()
+                conn, _ = sock.accept()
+            except TimeoutError:
+                continue
             except OSError:
-                return
+                if worker.stopping.is_set():
+                    return
+                raise
+            conn.settimeout(None)
             threading.Thread(target=self._one, args=(conn,), name="control-conn",
                              daemon=True).start()
 

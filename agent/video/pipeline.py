@@ -9,104 +9,27 @@ so video never touches MQTT.
 from __future__ import annotations
 
 import logging
-import math
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import asdict, replace
-from fractions import Fraction
 from functools import partial
 from pathlib import Path
 from typing import Any
 
-from agent.cameras import Camera, StreamInfo, open_source
-from agent.chain import BoxKey, clip_statement, head_statement
-from agent.clips import ClipRecorder, ClipSegment
-from agent.config import CameraConfig, Config, LiveMode, RecordingMode
-from agent.outbox import BlobRef
-from agent.protocol import ChunkHeader, Priority, Topics, dumps, rfc3339
-from agent.segmenter import RingBuffer, Segment, Segmenter, SegmentSink
-from agent.store import Recorder, SegmentStore, StoreError
+from agent.config import Config, RecordingMode
+from agent.protocol import rfc3339
+from agent.supervision import Supervisor
+from agent.video.camera import Camera
+from agent.video.chain import BoxKey, clip_statement, head_statement
+from agent.video.clips import ClipRecorder, ClipSegment
+from agent.video.live import LiveFeed
+from agent.video.ring import RingBuffer
+from agent.video.segmenter import Segment, Segmenter, SegmentSink
+from agent.video.sources import open_source
+from agent.video.sources.base import StreamInfo
+from agent.video.store import Recorder, SegmentStore, StoreError
 
 log = logging.getLogger("agent.video")
-
-CHUNK_BYTES = 16 * 1024  # see docs/uplink.md: what an alarm may have to wait behind
-
-ChunkRow = tuple[Priority, str, str, bytes, BlobRef | None]
-
-
-LiveSender = Callable[[str, Segment, int, bool], None]  # session, segment, seq, final
-
-
-class LiveFeed:
-    """One camera's live view: its sub-stream when ``live.source`` is set, else the main ring.
-
-    A session lasts the seconds the centre asked for; ``mode: always`` is a session that never
-    ends. A sub-stream pipeline runs only while someone watches (or always). Segments reach the
-    sender on the camera thread; the uplink keeps only the newest, so live never queues.
-    """
-
-    ALWAYS = "always"
-
-    def __init__(self, cam: CameraConfig, ring: RingBuffer, send: LiveSender) -> None:
-        self._cam = cam
-        self._ring = ring
-        self._send = send
-        # Guards _sessions and _camera: commands (uplink thread) and segments (camera thread).
-        self._lock = threading.Lock()
-        self._sessions: dict[str, list[float]] = {}  # session -> [deadline (monotonic), seq]
-        self._camera: Camera | None = None
-
-    def start(self) -> None:
-        if self._cam.live.source is None:
-            self._ring.add_listener(self._on_segment)
-        if self._cam.live.mode is LiveMode.ALWAYS:
-            self.watch(self.ALWAYS, math.inf)
-
-    def stop(self) -> None:
-        self._ring.remove_listener(self._on_segment)
-        with self._lock:
-            camera, self._camera = self._camera, None
-        if camera is not None:
-            camera.stop()
-
-    def watch(self, session: str, seconds: float) -> None:
-        with self._lock:
-            self._sessions[session] = [time.monotonic() + seconds, 0]
-            start = self._cam.live.source is not None and self._camera is None
-            if start:
-                sub = replace(self._cam, source=self._cam.live_source)
-                segmenter = Segmenter(self._cam.id, sub.segment_s, _info(sub), [self._on_segment])
-                self._camera = Camera(f"{self._cam.id}-live", open_source(sub), segmenter)
-        if start and self._camera is not None:
-            self._camera.start()
-
-    @property
-    def sessions(self) -> list[str]:
-        with self._lock:
-            return list(self._sessions)
-
-    def _on_segment(self, segment: Segment) -> None:
-        now = time.monotonic()
-        with self._lock:
-            due = [(s, int(v[1]), now >= v[0]) for s, v in self._sessions.items()]
-            for session, _seq, final in due:
-                if final:
-                    del self._sessions[session]
-                else:
-                    self._sessions[session][1] += 1
-            idle = not self._sessions and self._camera is not None
-            camera = self._camera if idle else None
-            if idle:
-                self._camera = None
-        for session, seq, final in due:
-            self._send(session, segment, seq, final)
-        if camera is not None:  # nobody watches the sub-stream any more
-            threading.Thread(target=camera.stop, name="live-stop", daemon=True).start()
-
-
-def _info(cam: CameraConfig) -> StreamInfo:
-    return StreamInfo(cam.width, cam.height, Fraction(cam.fps))
 
 
 class Video:
@@ -126,7 +49,7 @@ class Video:
         self.live: dict[str, LiveFeed] = {}
         self._on_live: Callable[[str, str, Segment, int, bool], None] | None = None
 
-    def start(self) -> None:
+    def start(self, supervisor: Supervisor | None = None) -> None:
         if not self._cfg.cameras:
             return
         self.spool = SegmentStore(self._storage / "spool", self._storage / "spool.db",
@@ -140,12 +63,12 @@ class Video:
         for cam in self._cfg.cameras:
             # A little more than pre_alarm_s: the clip starts a moment after the press.
             self.rings[cam.id] = RingBuffer(cam.pre_alarm_s + 2 * cam.segment_s)
-        self.clips.open()
+        self.clips.open(supervisor)
         for cam in self._cfg.cameras:
             sinks: list[SegmentSink] = [self.rings[cam.id].add]
             if self.recording is not None:
                 sinks.append(Recorder(self.recording))
-            segmenter = Segmenter(cam.id, cam.segment_s, _info(cam), sinks)
+            segmenter = Segmenter(cam.id, cam.segment_s, StreamInfo.of(cam), sinks)
             self._segmenters.append(segmenter)
             self.cameras[cam.id] = Camera(cam.id, open_source(cam), segmenter)
             self.cameras[cam.id].start()
@@ -216,17 +139,17 @@ class Video:
         except StoreError as exc:
             log.error("cannot release the clip of %s: %s", event_id, exc)
 
-    def chunks(self, topics: Topics, cs: ClipSegment) -> list[ChunkRow]:
-        """The outbox rows of a stored clip segment; the final one signs the whole clip."""
+    def signature(self, cs: ClipSegment) -> str:
+        """The box's signature over a whole clip, carried by its final segment ("" before it):
+        the centre checks the chain from the first segment's ``prev`` to the last ``link``."""
         clip = (cs.event_id, cs.camera_id)
         if cs.position == 0:
             self._first_prev[clip] = cs.prev
-        sig = ""
-        if cs.final:
-            first = self._first_prev.pop(clip, cs.prev)
-            sig = self._key.sign(clip_statement(self._cfg.site.id, cs.event_id, cs.camera_id,
-                                                first, cs.link, cs.position + 1))
-        return clip_chunks(topics, cs, sig=sig)
+        if not cs.final:
+            return ""
+        first = self._first_prev.pop(clip, cs.prev)
+        return self._key.sign(clip_statement(self._cfg.site.id, cs.event_id, cs.camera_id,
+                                             first, cs.link, cs.position + 1))
 
     def chain_heads(self) -> dict[str, dict[str, Any]]:
         """Each camera's newest link, signed: the periodic proof that history up to it is
@@ -259,37 +182,3 @@ class Video:
             cams[cid]["live_sessions"] = len(feed.sessions)
         return {"cameras": cams, "video_bytes_written_today": written,
                 "clips_recording": self.clips.active() if self.clips else 0}
-
-
-def clip_chunks(topics: Topics, cs: ClipSegment, chunk_bytes: int = CHUNK_BYTES,
-                sig: str = "") -> list[ChunkRow]:
-    """A stored clip segment as outbox rows: a JSON header each, the bytes read from the spool
-    file at send time (so the outbox never holds a second copy of the video)."""
-    ref = cs.segment
-    count = max(1, -(-ref.bytes // chunk_bytes))
-    rows: list[ChunkRow] = []
-    for i in range(count):
-        header = ChunkHeader(
-            event_id=cs.event_id, camera_id=cs.camera_id, segment=cs.position, final=cs.final,
-            chunk=i, chunks=count, sha256=ref.sha256, size=ref.bytes,
-            start=rfc3339(ref.start), end=rfc3339(ref.end), prev=cs.prev, link=cs.link, sig=sig)
-        length = min(chunk_bytes, ref.bytes - i * chunk_bytes)
-        rows.append((Priority.CLIP, topics.clip(cs.camera_id), header.message_id,
-                     dumps_header(header), BlobRef(ref.path, i * chunk_bytes, length)))
-    return rows
-
-
-def live_chunks(session: str, segment: Segment, seq: int, final: bool,
-                chunk_bytes: int = CHUNK_BYTES) -> list[bytes]:
-    """A live segment as message payloads, built in memory: live video never touches the disk."""
-    data = segment.data
-    count = max(1, -(-len(data) // chunk_bytes))
-    return [dumps_header(ChunkHeader(
-        event_id=session, camera_id=segment.camera_id, segment=seq, final=final, chunk=i,
-        chunks=count, sha256=segment.sha256, size=len(data), start=rfc3339(segment.start),
-        end=rfc3339(segment.end), prev=segment.prev, link=segment.link))
-        + data[i * chunk_bytes:(i + 1) * chunk_bytes] for i in range(count)]
-
-
-def dumps_header(header: ChunkHeader) -> bytes:
-    return dumps(asdict(header)) + b"\n"

@@ -10,13 +10,14 @@ select-based). Each thread owns one thing and hands work on through one queue or
     control   the local control socket (status, simulate)
     main      signals, sd_notify READY/STATUS/WATCHDOG, health checks
 
-The watchdog ping is sent only while the buttons and uplink threads show recent heartbeats,
-so a hung thread stops the pings and systemd restarts the agent.
+Every long-lived thread runs under one Supervisor and one rule (agent/supervision.py): a
+crash is logged once and the thread restarted at once; too many crashes, or a hung thread,
+end the process with status 70 for systemd to restart. The watchdog ping is sent only while
+the core threads show recent heartbeats.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import shutil
@@ -29,9 +30,8 @@ from typing import Any
 from gpiozero.pins import Factory
 
 from agent import __version__
-from agent.buttons import ButtonBoard, ButtonEvent, make_pin_factory
-from agent.chain import BoxKey
-from agent.clips import ClipSegment
+from agent.box.control import ControlServer, socket_path
+from agent.box.walktest import MAX_MINUTES, WalkTest
 from agent.commands import (
     AckArgs,
     Command,
@@ -45,9 +45,10 @@ from agent.commands import (
     load_public_key,
 )
 from agent.config import Config
-from agent.control import ControlServer, socket_path
+from agent.delivery.framing import clip_chunks, live_chunks
 from agent.errors import AgentError
-from agent.indicators import Indicators
+from agent.hardware.buttons import ButtonBoard, ButtonEvent, make_pin_factory
+from agent.hardware.indicators import Indicators
 from agent.outbox import Outbox
 from agent.protocol import (
     PROTOCOL_VERSION,
@@ -62,32 +63,38 @@ from agent.protocol import (
     rfc3339,
 )
 from agent.sdnotify import Notifier
-from agent.segmenter import Segment
+from agent.supervision import Supervisor, log_thread_exceptions
 from agent.uplink import Uplink
-from agent.video import Video, live_chunks
+from agent.video.chain import BoxKey
+from agent.video.clips import ClipSegment
+from agent.video.pipeline import Video
+from agent.video.segmenter import Segment
 
 log = logging.getLogger("agent.daemon")
 
 HEARTBEAT_STALE_S = 5.0
-MAX_TEST_MODE_MIN = 240
-TEST_MODE_FILE = "test-mode.json"
+CORE_THREADS = ("buttons", "uplink", "control")  # the alarm path and the technician's access
 
 
 class Daemon:
     """Build with a Config; ``start()`` opens everything, ``stop()`` closes it in reverse."""
 
     def __init__(self, cfg: Config, notifier: Notifier | None = None,
-                 health_interval_s: float = 60.0, pin_factory: Factory | None = None) -> None:
+                 health_interval_s: float = 60.0, pin_factory: Factory | None = None,
+                 supervisor: Supervisor | None = None) -> None:
         self.cfg = cfg
+        self.supervisor = supervisor or Supervisor()
         self._pin_factory = pin_factory  # None: the one chosen by gpio.backend
         self.health_interval_s = health_interval_s
         self._next_health = 0.0  # monotonic time of the next health message
-        self.test_until: float | None = None  # wall time; a walk test is on until then
+        self.walk_test = WalkTest(Path(cfg.storage.path))
         self.topics = Topics(cfg.mqtt.topic_prefix, cfg.site.id)
         self.notifier = notifier or Notifier.from_env()
         self.started_at = time.time()
         self.last_alarm: dict[str, Any] | None = None
         self._stop = threading.Event()
+        self._stale: list[str] = []  # core threads without a recent heartbeat, last turn
+        self._last_summary = ""  # systemd's STATUS= as last sent
         self.outbox: Outbox | None = None
         self.uplink: Uplink | None = None
         self.buttons: ButtonBoard | None = None
@@ -102,7 +109,7 @@ class Daemon:
     def start(self) -> None:
         storage = Path(self.cfg.storage.path)
         storage.mkdir(parents=True, exist_ok=True, mode=0o750)
-        self.test_until = _load_test_mode(storage)
+        self.walk_test.load()
         self.outbox = Outbox.open(storage / "outbox.db", int(self.cfg.storage.max_gb * 1e9))
         self.router = self._command_router(storage)
         self.box_key = BoxKey.load_or_create(storage)
@@ -117,16 +124,16 @@ class Daemon:
         self.indicators = Indicators(self.cfg.indicators, factory)
         self.control = ControlServer(socket_path(storage), self._on_control)
         self.indicators.start()
-        self.video.start()
+        self.video.start(self.supervisor)
         if self.outbox.recovered_from is not None:
             self._system_fault(f"the outbox was corrupt and was replaced (kept as "
                                f"{self.outbox.recovered_from.name}): alarms queued in it may "
                                "not have been sent")
         self.video.on_live(self._on_live_segment)
         self.uplink.post_latest(self.topics.pubkey, self.box_key.public_pem())
-        self.uplink.start()
-        self.buttons.start()
-        self.control.start()
+        self.uplink.start(self.supervisor)
+        self.buttons.start(supervisor=self.supervisor)
+        self.control.start(self.supervisor)
         pending = self.outbox.depth()
         log.info("agent %s started for site %s; outbox holds %s", __version__,
                  self.cfg.site.id, pending)
@@ -134,7 +141,9 @@ class Daemon:
 
     def stop(self) -> None:
         self.notifier.send(stopping="1")
-        for part in (self.control, self.buttons, self.video, self.uplink, self.indicators):
+        # The uplink before the video: a receipt must not reach a closed spool. Clip chunks
+        # the video stores as it stops are in the outbox, and go out after the restart.
+        for part in (self.control, self.buttons, self.uplink, self.video, self.indicators):
             if part is not None:
                 part.stop()
         if self.outbox is not None:
@@ -152,26 +161,24 @@ class Daemon:
             signal.signal(sig, lambda *_: self.request_stop())
         signal.signal(signal.SIGHUP, lambda *_: log.warning(
             "SIGHUP ignored: restart the agent to apply configuration changes"))
+        log_thread_exceptions()
         self.start()
         try:
-            self._supervise()
+            self.supervise()
         finally:
             self.stop()
         return 0
 
-    def _supervise(self) -> None:
+    def supervise(self) -> None:
+        """The main thread until a stop is requested: one turn a second (half the watchdog
+        interval at most), itself under the supervisor's rule."""
         interval = min(1.0, (self.notifier.watchdog_s or 2.0) / 2)
-        last_summary = ""
         self._next_health = time.monotonic()
-        while not self._stop.wait(interval):
-            try:
-                last_summary = self._supervise_once(last_summary)
-            except Exception:  # supervision must outlive any one bad turn (a failing disk)
-                log.exception("supervisor turn failed; carrying on")
+        self.supervisor.run_turns(self._supervise_once, interval, self._stop)
 
-    def _supervise_once(self, last_summary: str) -> str:
+    def _supervise_once(self) -> None:
         """One turn: test-mode expiry, indicators, health, the watchdog, systemd's STATUS."""
-        if self.test_until is not None and time.time() >= self.test_until:
+        if self.walk_test.expired():
             self.set_test_mode(None)
         if self.indicators is not None and self.uplink is not None:
             self.indicators.centre(self.uplink.centre_present)
@@ -179,20 +186,19 @@ class Daemon:
         if time.monotonic() >= self._next_health and self.uplink is not None:
             self.uplink.post_latest(self.topics.health, self.health_payload())
             self._next_health = time.monotonic() + self.health_interval_s
-        if self.healthy():
+        stale = self.supervisor.stale(HEARTBEAT_STALE_S, CORE_THREADS)
+        if not stale:
             self.notifier.send(watchdog="1")
-        else:
-            log.error("a core thread is stalled; withholding the watchdog ping")
+        elif stale != self._stale:
+            log.error("thread(s) %s stalled; withholding the watchdog ping", ", ".join(stale))
+        self._stale = stale
         summary = self._summary()
-        if summary != last_summary:
+        if summary != self._last_summary:
             self.notifier.send(status=summary)
-        return summary
+            self._last_summary = summary
 
     def healthy(self) -> bool:
-        now = time.monotonic()
-        parts = (self.buttons, self.uplink)
-        return all(p is not None and p.alive and now - p.heartbeat < HEARTBEAT_STALE_S
-                   for p in parts)
+        return not self.supervisor.stale(HEARTBEAT_STALE_S, CORE_THREADS)
 
     # --- the alarm path (runs on the buttons thread) ----------------------------------------
 
@@ -207,7 +213,7 @@ class Daemon:
                 event_id=event_id, seq=seq, site_id=self.cfg.site.id, button_id=button.id,
                 location=button.location, kind=str(event.kind),
                 pressed_at=rfc3339(event.wall_time), clock_synced=synced, detail=event.detail,
-                test=self.test_until is not None and event.wall_time < self.test_until,
+                test=self.walk_test.active(),
             ).to_json()
 
         seq, durable = self.outbox.add_alarm(self.topics.alarm, event_id, build)
@@ -231,7 +237,7 @@ class Daemon:
         """A clip segment is on disk: queue its chunks, below alarms, and keep the spool in
         its budget by dropping whole clips, oldest first (never an alarm)."""
         assert self.outbox is not None and self.uplink is not None and self.video is not None
-        self.outbox.add_many(self.video.chunks(self.topics, cs))
+        self.outbox.add_many(clip_chunks(self.topics, cs, sig=self.video.signature(cs)))
         self.uplink.wake()
         while self.video.over_budget():
             oldest = self.outbox.drop_oldest_clip(keep=cs.event_id)
@@ -328,9 +334,8 @@ class Daemon:
 
     def _cmd_test_mode(self, cmd: Command) -> dict[str, Any]:
         assert isinstance(cmd.params, TestModeArgs)
-        minutes = cmd.params.minutes
-        self.set_test_mode(time.time() + minutes * 60 if cmd.params.on and minutes else None)
-        return {"test_mode_until": rfc3339(self.test_until) if self.test_until else None}
+        self.set_test_mode(cmd.params.minutes if cmd.params.on else None)
+        return {"test_mode_until": self._test_mode_until()}
 
     # --- control and status -----------------------------------------------------------------
 
@@ -349,23 +354,40 @@ class Daemon:
                 assert self.indicators is not None
                 self.indicators.reset()
                 return {"ok": True, "status": self.status()}
+            case "inject":
+                self._inject(req)
+                return {"ok": True, "status": self.status()}
             case "test_mode":
                 minutes = req.get("minutes", 30)
                 if req.get("on") is not True:
                     self.set_test_mode(None)
-                elif isinstance(minutes, int) and 1 <= minutes <= MAX_TEST_MODE_MIN:
-                    self.set_test_mode(time.time() + minutes * 60)
+                elif isinstance(minutes, int) and 1 <= minutes <= MAX_MINUTES:
+                    self.set_test_mode(minutes)
                 else:
-                    raise AgentError(f"test mode lasts 1 to {MAX_TEST_MODE_MIN} minutes")
+                    raise AgentError(f"test mode lasts 1 to {MAX_MINUTES} minutes")
                 return {"ok": True, "status": self.status()}
             case other:
                 raise AgentError(f"unknown control command {other!r}")
 
-    def set_test_mode(self, until: float | None) -> None:
-        """A walk test: alarms carry ``test: true`` until ``until``; it switches itself off."""
-        self.test_until = until
-        _save_test_mode(Path(self.cfg.storage.path), until)
-        log.warning("test mode %s", f"ON until {rfc3339(until)}" if until else "OFF")
+    def _inject(self, req: dict[str, Any]) -> None:
+        """The test seam for crash-only threads: crash or hang a thread, like a bug would.
+        Only in the simulated school, as ``simulate``: a real box never takes it."""
+        if self.cfg.gpio.backend != "mock":
+            raise AgentError("inject works only in a simulated school (gpio.backend: mock)")
+        hang_s = req.get("hang_s", 0)
+        if not isinstance(hang_s, int | float) or not 0 <= hang_s <= 120:
+            raise AgentError("hang_s is 0 to 120 seconds")
+        self.supervisor.inject(str(req.get("thread")), hang_s=float(hang_s))
+
+    def set_test_mode(self, minutes: int | None) -> None:
+        """A walk test for ``minutes`` (None: off): alarms carry ``test: true`` meanwhile; it
+        switches itself off (agent/walktest.py)."""
+        if minutes is None:
+            self.walk_test.stop()
+        else:
+            self.walk_test.start(minutes)
+        until = self._test_mode_until()
+        log.warning("test mode %s", f"ON until {until}" if until else "OFF")
         if self.uplink is not None:
             self.uplink.post_latest(self.topics.status, self._status_payload("online", ""))
 
@@ -383,6 +405,7 @@ class Daemon:
             "version": __version__,
             "pid": os.getpid(),
             "uptime_s": round(time.time() - self.started_at, 1),
+            "thread_crashes": self.supervisor.status(),
             "clock_synced": clock_synced(),
             "uplink": {"state": str(self.uplink.state), "last_error": self.uplink.last_error,
                        "sent": self.uplink.sent,
@@ -394,7 +417,7 @@ class Daemon:
             "last_alarm": self.last_alarm,
             "buttons": self.buttons.snapshot(),
             **(self.video.status() if self.video else {}),
-            "test_mode_until": rfc3339(self.test_until) if self.test_until else None,
+            "test_mode_until": self._test_mode_until(),
             "indicator": str(self.indicators.pattern) if self.indicators else "off",
             "disk_free_mb": disk.free // 1_000_000,
             "cpu_temp_c": _cpu_temp(),
@@ -408,10 +431,14 @@ class Daemon:
                 f"clips={depth['clip']}")
 
     def _status_payload(self, state: str, reason: str) -> bytes:
-        until = self.test_until if state == "online" else None
         return Status(state=state, site_id=self.cfg.site.id, at=rfc3339(time.time()),
                       agent_version=__version__, reason=reason,
-                      test_mode_until=rfc3339(until) if until else None).to_json()
+                      test_mode_until=self._test_mode_until() if state == "online" else None
+                      ).to_json()
+
+    def _test_mode_until(self) -> str | None:
+        until = self.walk_test.until_wall()
+        return rfc3339(until) if until is not None else None
 
 
 def _cpu_temp() -> float | None:
@@ -420,22 +447,3 @@ def _cpu_temp() -> float | None:
         return int(Path("/sys/class/thermal/thermal_zone0/temp").read_text()) / 1000
     except (OSError, ValueError):
         return None
-
-
-def _load_test_mode(storage: Path) -> float | None:
-    """A walk test survives a restart of the agent, and still ends on time."""
-    try:
-        until = float(json.loads((storage / TEST_MODE_FILE).read_text())["until"])
-    except (OSError, ValueError, KeyError, TypeError):
-        return None
-    return until if time.time() < until <= time.time() + MAX_TEST_MODE_MIN * 60 else None
-
-
-def _save_test_mode(storage: Path, until: float | None) -> None:
-    path = storage / TEST_MODE_FILE
-    if until is None:
-        path.unlink(missing_ok=True)
-        return
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps({"until": until}))
-    tmp.rename(path)

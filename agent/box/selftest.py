@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from agent import control
+from agent.box import control
 from agent.config import ButtonConfig, CameraConfig, Config, redact_url
 from agent.errors import AgentError
 from agent.protocol import clock_synced
@@ -69,18 +69,62 @@ def format_table(checks: list[Check]) -> str:
     return "\n".join(lines)
 
 
+def _write_probe(directory: Path) -> str:
+    """Write, fsync and remove a 4 KB file; "" or why not. A fresh random name opened with
+    O_EXCL|O_NOFOLLOW: a file or symlink planted in the directory is never followed."""
+    path = directory / f".selftest-{os.urandom(8).hex()}"
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
+                     0o600)
+        try:
+            os.write(fd, b"x" * 4096)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+            path.unlink()
+    except OSError as exc:
+        return exc.strerror or str(exc)
+    return ""
+
+
+def _probe_as_owner(storage: Path) -> str:
+    """The write probe as the storage's owner (the service user); "" or why it failed.
+
+    ``sudo edge-agent selftest`` runs as root, in a directory the service user owns: root must
+    not write there (a compromised service could make it touch any file), and a check passed on
+    root's privileges says nothing about what the agent itself can do. So a forked child drops
+    to the owner first; it only makes system calls, so forking a threaded process is safe.
+    """
+    st = os.stat(storage)
+    if os.geteuid() != 0 or st.st_uid == 0:
+        return _write_probe(storage)
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: never returns
+        try:
+            os.close(read_end)
+            os.setgroups([])
+            os.setgid(st.st_gid)
+            os.setuid(st.st_uid)
+            os.write(write_end, _write_probe(storage).encode())
+        finally:
+            os._exit(0)
+    os.close(write_end)
+    with os.fdopen(read_end, "rb") as answer:
+        problem = answer.read().decode(errors="replace")
+    os.waitpid(pid, 0)
+    return f"{problem} (as uid {st.st_uid}, the directory's owner)" if problem else ""
+
+
 def _disk(cfg: Config) -> Check:
     storage = Path(cfg.storage.path)
     try:
         storage.mkdir(parents=True, exist_ok=True)
-        probe = storage / f".selftest-{os.getpid()}"
-        with open(probe, "wb") as f:
-            f.write(b"x" * 4096)
-            f.flush()
-            os.fsync(f.fileno())
-        probe.unlink()
+        problem = _probe_as_owner(storage)
     except OSError as exc:
-        return Check("disk", False, f"{storage} is not writable: {exc.strerror}",
+        problem = exc.strerror or str(exc)
+    if problem:
+        return Check("disk", False, f"{storage} is not writable: {problem}",
                      "check the mount (read-only? full?) and that the edge-agent user owns it")
     free_gb = shutil.disk_usage(storage).free / 1e9
     if free_gb < cfg.storage.max_gb:
@@ -125,7 +169,7 @@ def _button_check(b: ButtonConfig, state: str, source: str) -> Check:
 
 
 def _read_pins(cfg: Config) -> dict[str, str]:
-    from agent.buttons import ButtonBoard, make_pin_factory
+    from agent.hardware.buttons import ButtonBoard, make_pin_factory
 
     board = ButtonBoard(cfg.buttons, make_pin_factory(cfg.gpio.backend), lambda _e: None)
     board.start()
@@ -137,7 +181,7 @@ def _read_pins(cfg: Config) -> dict[str, str]:
 
 
 def _camera(cam: CameraConfig, timeout_s: float) -> Check:
-    from agent.cameras import open_source
+    from agent.video.sources import open_source
 
     name = f"camera {cam.id}"
     result: list[Check] = []

@@ -35,6 +35,7 @@ from gpiozero.pins.mock import MockFactory
 from agent.config import ButtonConfig
 from agent.errors import AgentError
 from agent.protocol import AlarmKind
+from agent.supervision import Supervisor, Worker
 
 log = logging.getLogger("agent.buttons")
 
@@ -122,14 +123,14 @@ class ButtonBoard:
         self._wall = wall
         self._queue: queue.SimpleQueue[tuple[Any, ...]] = queue.SimpleQueue()
         self._devices: dict[str, DigitalInputDevice] = {}
-        self._thread: threading.Thread | None = None
+        self._worker: Worker | None = None
         self._close_mock_loops = False
-        self.heartbeat = 0.0  # monotonic; the watchdog reads it to know the thread is alive
 
     # --- lifecycle --------------------------------------------------------------------------
 
-    def start(self, close_mock_loops: bool = True) -> None:
+    def start(self, close_mock_loops: bool = True, supervisor: Supervisor | None = None) -> None:
         """Open every pin; a pin that fails is logged and marked failed, the rest still work.
+        The ``buttons`` thread runs under ``supervisor`` (agent/supervision.py).
 
         On the mock backend, ``close_mock_loops`` wires the simulated school as installed:
         every normally-closed loop closed (its pin low). Tests pass False for a cut cable.
@@ -141,13 +142,12 @@ class ButtonBoard:
             except Exception as exc:  # gpiozero raises many types; one button must not stop all
                 b.state = ButtonState.FAILED
                 log.error("button %s (GPIO %d) failed to open: %s", b.cfg.id, b.cfg.pin, exc)
-        self._thread = threading.Thread(target=self._run, name="buttons", daemon=True)
-        self._thread.start()
+        self._worker = (supervisor or Supervisor()).spawn(
+            "buttons", self._run, wake=lambda: self._queue.put(("tick",)))
 
     def stop(self) -> None:
-        self._queue.put(("stop",))
-        if self._thread is not None:
-            self._thread.join(timeout=2)
+        if self._worker is not None:
+            self._worker.stop()
         for dev in self._devices.values():
             dev.close()
         self._devices.clear()
@@ -209,15 +209,17 @@ class ButtonBoard:
 
     @property
     def alive(self) -> bool:
-        return self._thread is not None and self._thread.is_alive()
+        return self._worker is not None and self._worker.alive
 
     # --- the buttons thread -----------------------------------------------------------------
 
-    def _run(self) -> None:
+    def _run(self, worker: Worker) -> None:
+        """The thread's body; after a crash it runs again from the top, from the pins."""
+        self._resync()
         collecting: list[Any] | None = None
-        while True:
+        while not worker.stopping.is_set():
+            worker.beat()
             now = self._clock()
-            self.heartbeat = now
             deadlines = [b.deadline for b in self._buttons.values() if b.deadline is not None]
             timeout = max(0.0, min(deadlines) - now) if deadlines else 1.0
             try:
@@ -225,8 +227,6 @@ class ButtonBoard:
             except queue.Empty:
                 item = ("tick",)
             match item:
-                case ("stop",):
-                    return
                 case ("edge", bid, active, at):
                     # Timers due before this edge happened fire first, whenever the thread got
                     # round to it: a release that was stable for release_s re-arms the button,
@@ -241,6 +241,18 @@ class ButtonBoard:
                     collecting = None
                     done.set()
             self._timers(collecting, self._clock())
+
+    def _resync(self) -> None:
+        """After a crash the pins, not the state machines, are the truth: the edge being
+        handled when the thread failed is gone, but a press lasts far longer than a restart,
+        so a pin that reads pressed on a button that raised nothing for it is a press now."""
+        now = self._clock()
+        for bid, dev in list(self._devices.items()):
+            b = self._buttons[bid]
+            if b.state in (ButtonState.IDLE, ButtonState.HOLDING):
+                b.state, b.active, b.deadline = ButtonState.IDLE, False, None
+            level = bool(dev.is_active) != (b.cfg.wiring == "normally_closed")
+            self._edge(b, level, now, None)
 
     def _edge(self, b: _Button, active: bool, at: float, out: list[Any] | None) -> None:
         if active == b.active:

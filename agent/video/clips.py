@@ -19,8 +19,10 @@ import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 
-from agent.segmenter import RingBuffer, Segment
-from agent.store import SegmentRef, SegmentStore, StoreError
+from agent.supervision import Supervisor, Worker
+from agent.video.ring import RingBuffer
+from agent.video.segmenter import Segment
+from agent.video.store import SegmentRef, SegmentStore, StoreError
 
 log = logging.getLogger("agent.clips")
 
@@ -81,17 +83,19 @@ class ClipRecorder:
         self._queue: queue.SimpleQueue[_Item] = queue.SimpleQueue()
         self._lock = threading.Lock()
         self._clips: list[_Clip] = []
-        self._thread: threading.Thread | None = None
+        self._worker: Worker | None = None
 
-    def open(self) -> None:
-        self._thread = threading.Thread(target=self._run, name="clips", daemon=True)
-        self._thread.start()
+    def open(self, supervisor: Supervisor | None = None) -> None:
+        """Start the ``clips`` thread under ``supervisor`` (agent/supervision.py)."""
+        self._worker = (supervisor or Supervisor()).spawn(
+            "clips", self._run, wake=lambda: self._queue.put(()))
 
     def close(self, timeout: float = 5.0) -> None:
         """Stores what each open clip has so far (final, truncated) and stops the worker."""
-        self._queue.put(None)
-        if self._thread is not None:
-            self._thread.join(timeout)
+        if self._worker is not None:
+            self._worker.stopping.set()
+            self._queue.put(None)
+            self._worker.stop(timeout)
 
     def active(self) -> int:
         """Clips still waiting for post-alarm video (for status)."""
@@ -121,20 +125,20 @@ class ClipRecorder:
 
     # worker thread
 
-    def _run(self) -> None:
+    def _run(self, worker: Worker) -> None:
+        """The thread's body; after a crash it goes on with the clips still open (the
+        segment being handled is lost, the clip is stored without it)."""
         while True:
+            worker.beat()
             try:
                 item = self._queue.get(timeout=0.5)  # the timeout is the deadline tick
             except queue.Empty:
                 item = ()
             if item is None:
                 break
-            try:
-                if item and item[0] in self._open_clips():
-                    self._add(*item)
-                self._expire(time.monotonic())
-            except Exception:  # a bug must not end every later clip with it
-                log.exception("clip worker: unexpected error")
+            if item and item[0] in self._open_clips():
+                self._add(*item)
+            self._expire(time.monotonic())
         for clip in self._open_clips():
             self._finish(clip, truncated=True)
 

@@ -35,7 +35,7 @@ from pathlib import Path
 from typing import Literal
 
 from agent.errors import AgentError
-from agent.segmenter import Segment
+from agent.video.segmenter import Segment
 
 log = logging.getLogger("agent.store")
 

@@ -1,0 +1,99 @@
+"""pysiaalarm, a DC-09 receiver we did not write, started by the tests on free loopback ports.
+Imported only by the tests that need it, which skip (with the reason) where it is missing."""
+
+from __future__ import annotations
+
+import contextlib
+import socket
+import threading
+from typing import Any
+
+from pysiaalarm import SIAAccount, SIAEvent
+from pysiaalarm.sync.client import SIAClient
+from pysiaalarm.utils import CommunicationsProtocol
+
+from agent.delivery.dc09.settings import Receiver, Transport
+
+ACCOUNT = "1234"
+
+
+class SiaReceiver:
+    """One pysiaalarm receiver (its threaded ``SIAClient``) on 127.0.0.1.
+
+    ``stop()`` also closes the connections it accepted: pysiaalarm's ``stop`` closes only the
+    listening socket, and a handler thread would go on answering on an open connection, which
+    is not what a receiver that went away does."""
+
+    def __init__(self, transport: Transport, accounts: list[SIAAccount], port: int = 0) -> None:
+        self.transport = transport
+        self.accounts = accounts
+        self.port = port
+        self.events: list[SIAEvent] = []
+        self._cond = threading.Condition()
+        self._conns: list[socket.socket] = []
+        self._client: SIAClient | None = None
+
+    def start(self) -> SiaReceiver:
+        proto = (CommunicationsProtocol.TCP if self.transport is Transport.TCP
+                 else CommunicationsProtocol.UDP)
+        client = SIAClient("127.0.0.1", self.port, self.accounts, self._on_event, protocol=proto)
+        server: Any = client.sia_server
+        process = server.process_request
+
+        def track(request: Any, address: Any) -> None:
+            if isinstance(request, socket.socket):
+                self._conns.append(request)
+            process(request, address)
+
+        server.process_request = track
+        self.port = server.server_address[1]
+        client.start()
+        self._client = client
+        return self
+
+    def stop(self) -> None:
+        if self._client is not None:
+            self._client.stop()
+            self._client = None
+        for conn in self._conns:
+            with contextlib.suppress(OSError):
+                conn.shutdown(socket.SHUT_RDWR)
+            conn.close()
+        self._conns.clear()
+
+    @property
+    def counts(self) -> Any:
+        assert self._client is not None
+        return self._client.counts
+
+    def receiver(self, account: str = ACCOUNT, key: bytes | None = None) -> Receiver:
+        return Receiver("127.0.0.1", self.port, self.transport, account, "1", "2", key)
+
+    def _on_event(self, event: SIAEvent) -> None:
+        with self._cond:
+            self.events.append(event)
+            self._cond.notify_all()
+
+    def messages(self, *, polls: bool = False) -> list[SIAEvent]:
+        """What it decoded, as a centre would file it: in sequence-number order, a resend of
+        the same number once (pysiaalarm calls back from one thread per message, in no fixed
+        order, and reports a resend again). Without the NULL polls unless ``polls``."""
+        with self._cond:
+            seen = {}
+            for e in self.events:
+                if polls or e.message_type.value != "NULL":
+                    seen.setdefault((e.sequence, e.receiver, e.message_type), e)
+            return sorted(seen.values(), key=lambda e: int(e.sequence))
+
+    def alarms(self) -> list[SIAEvent]:
+        return self.messages()
+
+    def wait(self, n: int, timeout: float = 10.0, *, polls: bool = False) -> list[SIAEvent]:
+        def got() -> list[SIAEvent]:
+            return self.messages(polls=polls)
+
+        with self._cond:
+            if not self._cond.wait_for(lambda: len(got()) >= n, timeout):
+                raise AssertionError(f"pysiaalarm decoded {len(got())} messages in {timeout} s, "
+                                     f"expected {n}: {[str(e) for e in got()]}")
+            return got()
