@@ -48,6 +48,7 @@ from agent.schema import WireError
 
 log = logging.getLogger("agent.centre")
 
+
 class Receiver:
     """:meth:`open` (or create with a ledger), :meth:`start`, :meth:`stop`. ``subscribed``
     once both links are up. The ledger is closed by :meth:`stop`."""
@@ -59,8 +60,8 @@ class Receiver:
         self.ledger = ledger
         limits = limits or Limits()
         reporter = Reporter(self.ledger, limits.report_every_s)
-        presence = centre_presence_topic(topic_prefix, re.sub(r"[^A-Za-z0-9_.-]", "_", client_id))
-        self._presence = presence
+        self._presence = centre_presence_topic(topic_prefix,
+                                               re.sub(r"[^A-Za-z0-9_.-]", "_", client_id))
         self.alarm_link = Link(
             "alarms", endpoint, client_id, [f"{topic_prefix}/+/alarm", f"{topic_prefix}/+/status"],
             self.alarm_message,
