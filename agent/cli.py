@@ -81,19 +81,30 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("central", help="the centre's reference receiver, and commands to boxes")
     p.add_argument("--broker", default="mqtt://127.0.0.1:1883",
-                   help="mqtt://HOST:PORT or mqtts://HOST:PORT")
+                   help="mqtts://HOST:PORT (8883 if no port) or, to a loopback broker, mqtt://")
+    p.add_argument("--tls-ca", type=Path, default=None,
+                   help="the CA that signed the broker's certificate (default: the system's)")
+    p.add_argument("--tls-cert", type=Path, default=None,
+                   help="the centre's client certificate (CN centre, docs/broker.md)")
+    p.add_argument("--tls-key", type=Path, default=None, help="its private key")
     p.add_argument("--topic-prefix", default="schools")
     p.add_argument("--store", type=Path, default=Path("centre"),
                    help="where alarms and clips go (default ./centre)")
     p.add_argument("--client-id", default=None, help="persistent session id (default per host)")
-    p.add_argument("--share", default=None, metavar="GROUP",
-                   help="split alarms among the receivers of GROUP (MQTT 5 shared subscription)")
     p.add_argument("--key", type=Path, default=None,
-                   help="the centre's Ed25519 private key (default STORE/centre.key)")
+                   help="the centre's Ed25519 signing key, for commands and keygen (default "
+                   "~/.config/edge-agent/centre.key); never in the receiver's store")
+    p.add_argument("--memory-mb", type=int, default=768,
+                   help="the receiver's memory for video in transit, all sites (default 768)")
+    p.add_argument("--site-quota-gb", type=float, default=100.0,
+                   help="disk for one site's video (default 100); beyond it, refused")
+    p.add_argument("--min-free-gb", type=float, default=10.0,
+                   help="free disk kept for alarms; video is refused below it (default 10)")
     p.set_defaults(func=cmd_central)
     actions = p.add_subparsers(dest="action", metavar="ACTION")
     a = actions.add_parser("ack", help="acknowledge an alarm: the box shows 'help is coming'")
     a.add_argument("event_id")
+    a.add_argument("--site", default=None, help="the alarm's site, if several sent that id")
     a = actions.add_parser("ping", help="ask a box to answer")
     a.add_argument("site")
     a = actions.add_parser("live", help="stream a camera live; the receiver writes a growing file")
@@ -106,8 +117,9 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--from", dest="start", required=True,
                    help="RFC 3339, e.g. 2026-11-25T08:00:00Z")
     a.add_argument("--to", dest="end", required=True, help="RFC 3339; at most an hour after --from")
-    a = actions.add_parser("keygen", help="make the centre's key pair in STORE")
-    a = actions.add_parser("status", help="each site's state and any missing alarms (seq gaps)")
+    a = actions.add_parser("keygen", help="make the centre's key pair (where --key says)")
+    a = actions.add_parser("status", help="each site's state, missing alarms (seq gaps), what "
+                           "the centre refused, and when the receiver lost the broker")
     return parser
 
 
@@ -239,7 +251,10 @@ def _ms(text: str) -> str:
 
 
 def _centre_status(store: Path) -> str:
+    """What the operator reads: every text from a box escaped (agent/logs.py), so no escape
+    sequence or control character reaches the terminal."""
     from agent.ledger import Ledger
+    from agent.logs import escape
 
     ledger = Ledger.open(store)
     try:
@@ -248,7 +263,16 @@ def _centre_status(store: Path) -> str:
         for site, seqs in ledger.gaps().items():
             lines.append(f"MISSING site {site}: alarm seq {', '.join(map(str, seqs[:20]))}"
                          + (" …" if len(seqs) > 20 else ""))
-        return "\n".join(lines) or "no sites seen yet"
+        for link in ledger.links():
+            lines.append(f"receiver {link.receiver} {link.link}: "
+                         + (f"connected since {link.since}" if link.up else
+                            f"NOT connected since {link.since} ({link.last_error})")
+                         + (f"; lost the broker {link.outages} times, last at {link.lost_at}, "
+                            f"back at {link.regained_at}" if link.outages else ""))
+        for report in ledger.reports(newest=20):
+            lines.append(f"REPORT {report.at} site {report.site_id} {report.what}: "
+                         f"{report.detail}")
+        return "\n".join(escape(line) for line in lines) or "no sites seen yet"
     finally:
         ledger.close()
 
@@ -268,26 +292,40 @@ def _until_signal(body: Callable[[threading.Event], None]) -> int:
 
 
 def cmd_central(args: argparse.Namespace) -> int:
-    from agent import central
+    from agent import central, commander
+    from agent.centre_link import Endpoint
+    from agent.intake import GiB, Limits
 
-    key = args.key or args.store / "centre.key"
+    key = args.key or commander.default_key_dir() / commander.KEY_NAME
+
+    def endpoint() -> Endpoint:
+        return Endpoint.parse(args.broker, args.tls_ca, args.tls_cert, args.tls_key)
+
     match args.action:
         case None:
+            limits = Limits.for_memory(args.memory_mb,
+                                       site_quota_bytes=int(args.site_quota_gb * GiB),
+                                       min_free_bytes=int(args.min_free_gb * GiB))
             return _until_signal(lambda stop: central.run_receiver(
-                args.broker, args.topic_prefix, args.store, args.client_id, stop,
-                share=args.share))
+                endpoint(), args.topic_prefix, args.store, args.client_id, stop, limits=limits))
         case "status":
             print(_centre_status(args.store))
             return 0
         case "keygen":
             from agent.commands import generate_keypair
 
-            private, public = generate_keypair(args.store)
-            print(f"private key {private} (keep it at the centre)\npublic key  {public} "
-                  "(give it to each box: commands.public_key_file)")
+            if key.name != commander.KEY_NAME:
+                raise AgentError(f"keygen writes {commander.KEY_NAME} and centre.pub into a "
+                                 f"folder: give --key FOLDER/{commander.KEY_NAME}")
+            if key.resolve().is_relative_to(args.store.resolve()):
+                raise AgentError(f"{key} is inside the receiver's store {args.store}: keep the "
+                                 "signing key with the commanding user (the default --key)")
+            private, public = generate_keypair(key.parent)
+            print(f"private key {private} (keep it with the commanding user, mode 0600)\n"
+                  f"public key  {public} (give it to each box: commands.public_key_file)")
             return 0
         case "ack":
-            site = central.site_of_event(args.store, args.event_id)
+            site = commander.site_of_event(args.store, args.event_id, args.site)
             cmd_args: dict[str, Any] = {"event_id": args.event_id}
         case "ping":
             site, cmd_args = args.site, {}
@@ -296,8 +334,8 @@ def cmd_central(args: argparse.Namespace) -> int:
         case "fetch":
             site, cmd_args = args.site, {"camera_id": args.camera, "from": _ms(args.start),
                                          "to": _ms(args.end)}
-    result = central.send_command(args.broker, args.topic_prefix, site, key, args.action,
-                                  cmd_args)
+    result = commander.send_command(endpoint(), args.topic_prefix, site, key, args.action,
+                                    cmd_args)
     print(json.dumps(result, ensure_ascii=False))
     return 0 if result.get("ok") else 1
 

@@ -47,8 +47,13 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 
 from agent.box import walktest
 from agent.db import move_aside
+from agent.delivery.protocol import SITE_ID, UUID
 from agent.delivery.protocol import clock_synced as kernel_clock_synced
 from agent.errors import AgentError
+from agent.schema import WireError, load_object, no_duplicates, parse_timestamp
+
+_no_duplicates = no_duplicates  # the names the tests and older callers use
+_parse_timestamp = parse_timestamp
 
 log = logging.getLogger("agent.commands")
 
@@ -71,14 +76,11 @@ T = TypeVar("T")
 Scalar = str | int | bool | None
 ArgsParser = Callable[[Mapping[str, Scalar]], object]
 
-# [0-9], never \d: \d also matches other scripts' digits, which int() then accepts.
-_UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
-_SITE_ID = re.compile(r"[a-z0-9][a-z0-9-]{0,62}")
+_UUID = UUID
+_SITE_ID = SITE_ID
 _NAME = re.compile(r"[a-z][a-z0-9_]{0,31}")
 _NONCE = re.compile(r"[0-9a-f]{32}")
 _THING_ID = re.compile(r"[a-z0-9_-]{1,64}")
-_TIMESTAMP = re.compile(r"([0-9]{4})-([0-9]{2})-([0-9]{2})T([0-9]{2}):([0-9]{2}):([0-9]{2})"
-                        r"\.([0-9]{3})Z")
 _SIG_CHARS = 88  # base64 of 64 bytes, padded
 # C0, DEL, C1 controls and lone surrogates: the characters JSON libraries escape differently
 # (or cannot encode at all), so the canonical text would not be canonical.
@@ -297,58 +299,15 @@ class _Fields:
     sig: bytes
 
 
-class _DuplicateKey(ValueError):
-    pass
-
-
-def _no_duplicates(pairs: list[tuple[str, object]]) -> dict[str, object]:
-    """Two values for one key would let two JSON parsers disagree on what was signed."""
-    out = dict(pairs)
-    if len(out) != len(pairs):
-        raise _DuplicateKey
-    return out
-
-
-def _no_constant(_name: str) -> object:
-    raise ValueError("NaN and Infinity are not JSON")
-
-
 def _parse_document(payload: object) -> dict[str, object]:
+    """Size first, strict UTF-8 and JSON, an object: the rules every untrusted message meets
+    (agent/schema.py)."""
     if not isinstance(payload, bytes | bytearray | memoryview):
         raise CommandRejected("not_json: the payload must be bytes")
-    if memoryview(payload).nbytes > MAX_PAYLOAD_BYTES:  # before any copy or parse
-        raise CommandRejected(f"too_large: at most {MAX_PAYLOAD_BYTES} bytes")
-    raw = bytes(payload)
     try:
-        # Decoded here, not by json.loads: given bytes, it would also guess UTF-16 and UTF-32.
-        doc: object = json.loads(raw.decode("utf-8"), object_pairs_hook=_no_duplicates,
-                                 parse_constant=_no_constant)
-    except UnicodeDecodeError:
-        raise CommandRejected("not_json: not UTF-8") from None
-    except _DuplicateKey:
-        raise CommandRejected("not_json: duplicate key") from None
-    except RecursionError:
-        raise CommandRejected("not_json: nested too deeply") from None
-    except ValueError:
-        raise CommandRejected("not_json") from None
-    if not isinstance(doc, dict):
-        raise CommandRejected("not_object: a command is a JSON object")
-    return doc
-
-
-def _parse_timestamp(value: object) -> float | None:
-    """Seconds since the epoch from the one format on the wire, or None."""
-    if not isinstance(value, str):
-        return None
-    match = _TIMESTAMP.fullmatch(value)
-    if match is None:
-        return None
-    year, month, day, hour, minute, second, milli = (int(part) for part in match.groups())
-    try:
-        moment = datetime(year, month, day, hour, minute, second, tzinfo=UTC)
-    except ValueError:  # month 13, 31 February, second 60
-        return None
-    return moment.timestamp() + milli / 1000
+        return load_object(payload, MAX_PAYLOAD_BYTES, "a command")
+    except WireError as exc:
+        raise CommandRejected(str(exc)) from None
 
 
 def _format_ms(ms: int) -> str:

@@ -28,7 +28,9 @@ from typing import TypeVar
 
 import yaml
 
+from agent.delivery.protocol import ITEM_ID, MAX_LABEL_CHARS, SITE_ID
 from agent.errors import ConfigError
+from agent.logs import UNSAFE_CHARS, redact
 
 T = TypeVar("T")
 E = TypeVar("E", bound=StrEnum)
@@ -283,18 +285,8 @@ def format_report(err: ConfigError) -> str:
     return "\n".join([*(str(p) for p in err.problems), summary])
 
 
-_USERINFO = re.compile(r"^(?P<head>[A-Za-z][A-Za-z0-9+.-]*://[^:/@]*):.*@", re.DOTALL)
-_SECRET_PARAM = re.compile(r"([?&](?:password|passwd|pass|pwd|token|key)=)[^&#]*", re.IGNORECASE)
-
-
-def redact_url(url: str) -> str:
-    """The URL with its password replaced by ***, safe for logs and error messages.
-
-    The password runs to the last '@' (cameras accept unescaped '@' and '/' in passwords), so a
-    strange URL is over-redacted rather than leaked. Password-like query parameters go too.
-    """
-    url = _USERINFO.sub(r"\g<head>:***@", url, count=1)
-    return _SECRET_PARAM.sub(r"\g<1>***", url)
+# The one redactor (agent/logs.py), under the name camera and selftest messages use.
+redact_url = redact
 
 
 def config_warnings(cfg: Config) -> list[str]:
@@ -706,18 +698,32 @@ def _section(build: Callable[[_Map], T | None]) -> Conv[T]:
 # The schema: one builder per section. See docs/configuration.md for the why of each rule.
 
 _ID_RULE = "lower-case letters, digits, '_' and '-', starting with a letter or digit"
-_SITE_ID = _matching(r"[a-z0-9][a-z0-9-]{0,62}", "lower-case letters, digits and '-', starting"
+_SITE_ID = _matching(SITE_ID.pattern, "lower-case letters, digits and '-', starting"
                      " with a letter or digit, at most 63 characters (it goes into MQTT topics)")
 _HOST = _matching(r"[A-Za-z0-9_.-]+|[0-9A-Fa-f:.]*:[0-9A-Fa-f:.]*", "write a host name or IP"
                   " address only, without mqtt:// or :port (the port goes in mqtt.port)")
-_ITEM_ID = _matching(r"[a-z0-9][a-z0-9_-]{0,62}", _ID_RULE)
+_ITEM_ID = _matching(ITEM_ID.pattern, _ID_RULE)
+
+
+def _label(at: _At) -> str:
+    """A location or a site's name: any script, at most MAX_LABEL_CHARS, nothing invisible. It
+    goes into every alarm, and the centre refuses an alarm that breaks these rules
+    (docs/protocol.md), so a box must never be able to send one."""
+    text = _text(at)
+    if len(text) > MAX_LABEL_CHARS:
+        raise _Invalid(f"at most {MAX_LABEL_CHARS} characters, got {len(text)}")
+    bad = UNSAFE_CHARS.search(text)
+    if bad:
+        raise _Invalid(f"contains the invisible or control character U+{ord(bad.group()):04X} "
+                       f"at position {bad.start() + 1}: retype the text")
+    return text
 _TOPIC_PREFIX = _matching(r"[a-z0-9][a-z0-9_-]*(?:/[a-z0-9_-]+)*", f"{_ID_RULE}, and single '/'"
                           " between levels such as police/schools (no '+', '#' or outer '/')")
 
 
 def _site(m: _Map) -> SiteConfig | None:
     site_id = m.req("id", _SITE_ID)
-    name = m.opt("name", _text)
+    name = m.opt("name", _label)
     return None if site_id is None else SiteConfig(site_id, name or site_id)
 
 
@@ -787,7 +793,7 @@ def _camera(m: _Map) -> CameraConfig | None:
 def _button(m: _Map) -> ButtonConfig | None:
     button_id = m.req("id", _ITEM_ID)
     pin = m.req("pin", _pin)
-    location = m.req("location", _text)
+    location = m.req("location", _label)
     wiring = m.get("wiring", _choice(Wiring), Wiring.NORMALLY_OPEN)
     hold_s = m.get("hold_s", _number(0, 10), 0.0)
     cameras = m.opt("cameras", _list_of(_camera_ref))

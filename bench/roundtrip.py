@@ -49,7 +49,7 @@ receiver (``agent.central.run_receiver``, with its ledger and ``alarms.jsonl`` o
        t0 = perf_counter() when the segment's first packet (its keyframe) is handed to the
             Segmenter (a wrapper around the Camera's sink)
        t1 = perf_counter() when the receiver has appended the segment to the growing live file
-            (a wrapper around ``Receiver._live_chunk``; the file must grow by the segment's size)
+            (a wrapper around ``Assembler.process``; the file must grow by the segment's size)
 
    Stages come from a wrapper around the Video's live sender (segment handed to the live feed
    and posted to the uplink) and from the receiver's first chunk of each segment. Baseline,
@@ -60,7 +60,7 @@ receiver (``agent.central.run_receiver``, with its ledger and ``alarms.jsonl`` o
    is the floor of this figure, and the report shows it as its own stage.
 
 Hooks wrap methods on the running objects (instance attributes shadow the class's, or, for the
-receiver, ``agent.central.Receiver`` is replaced by a subclass while ``run_receiver`` builds it);
+receiver, a subclass of ``agent.central.Receiver`` wraps its desk's and assembler's methods);
 no agent code is edited. They cost a few microseconds per press. Percentiles are nearest-rank.
 
 Bounded: every wait has a timeout (exit 1 naming the step), the presses stop after
@@ -104,12 +104,14 @@ from paho.mqtt.enums import CallbackAPIVersion  # noqa: E402
 
 import agent.central as central  # noqa: E402
 from agent.box.daemon import Daemon  # noqa: E402
+from agent.centre_link import Endpoint  # noqa: E402
 from agent.commands import generate_keypair, load_private_key, sign_command  # noqa: E402
 from agent.config import Config, default_config_text, load_config  # noqa: E402
 from agent.delivery.framing import CHUNK_BYTES, live_chunks  # noqa: E402
-from agent.delivery.protocol import Topics, decode_chunk  # noqa: E402
+from agent.delivery.protocol import BoxTopic, Topics, decode_chunk  # noqa: E402
 from agent.hardware.buttons import Timing  # noqa: E402
 from agent.hardware.indicators import Pattern  # noqa: E402
+from agent.ledger import Ledger  # noqa: E402
 from agent.mosquitto import Mosquitto  # noqa: E402
 from agent.sdnotify import Notifier  # noqa: E402
 from agent.testing.stats import (  # noqa: E402
@@ -404,28 +406,44 @@ def install_live_hooks(daemon: Daemon, trace: LiveTrace) -> None:
 
 
 class BenchReceiver(central.Receiver):
-    """The real Receiver with two timestamps: an alarm's arrival, a live segment's append."""
+    """The real Receiver with two timestamps: an alarm's arrival (its link hands it to the alarm
+    desk), a live segment's append (the video thread has processed its last chunk)."""
 
     def __init__(self, ack: AckTrace, live: LiveTrace, *a: Any, **kw: Any) -> None:
         super().__init__(*a, **kw)
         self._ack, self._live = ack, live
+        self._arrived: dict[tuple[str, int], float] = {}  # (sha256, chunk) -> at the link
+        take, video_take, process = self.desk.take, self.assembler.take, self.assembler.process
 
-    def handle(self, topic: str, payload: bytes) -> list[tuple[str, bytes]]:
-        if topic == TOPICS.alarm:
-            self._ack.mark("centre_rx")
-            if not self._ack.alarm_payload:
-                self._ack.alarm_payload = payload
-        return super().handle(topic, payload)
+        def timed_take(topic: BoxTopic, payload: bytes) -> None:
+            if topic.kind == "alarm":
+                self._ack.mark("centre_rx")
+                if not self._ack.alarm_payload:
+                    self._ack.alarm_payload = payload
+            take(topic, payload)
 
-    def _live_chunk(self, site: str, camera: str, payload: bytes) -> None:
-        t_in = time.perf_counter()
-        header, _ = decode_chunk(payload)
-        path = self.store / site / "live" / header.event_id / f"{camera}.ts"
-        before = path.stat().st_size if path.exists() else 0
-        super()._live_chunk(site, camera, payload)
-        after = path.stat().st_size if path.exists() else 0
-        t_out = time.perf_counter() if after > before else None
-        self._live.chunk_at_receiver(header.sha256, t_in, t_out, after - before == header.size)
+        def timed_video_take(topic: BoxTopic, payload: bytes) -> None:
+            if topic.kind == "live":
+                header, _ = decode_chunk(payload, live=True)
+                self._arrived[header.sha256, header.chunk] = time.perf_counter()
+            video_take(topic, payload)
+
+        def timed_process(site: str, item: Any) -> None:
+            header = item.header
+            if item.kind != "live" or header is None:
+                process(site, item)
+                return
+            path = self.store / site / "live" / header.event_id / f"{header.camera_id}.ts"
+            before = path.stat().st_size if path.exists() else 0
+            process(site, item)
+            after = path.stat().st_size if path.exists() else 0
+            t_out = time.perf_counter() if after > before else None
+            t_in = self._arrived.pop((header.sha256, header.chunk), time.perf_counter())
+            self._live.chunk_at_receiver(header.sha256, t_in, t_out, after - before == header.size)
+
+        self.desk.take = timed_take  # type: ignore[method-assign]
+        self.assembler.take = timed_video_take  # type: ignore[method-assign]
+        self.assembler.process = timed_process  # type: ignore[method-assign]
 
 
 class Operator:
@@ -471,8 +489,8 @@ class Operator:
 
 
 class Centre:
-    """``run_receiver`` on a thread, as tests/conftest.py runs it; its on_alarm is the operator
-    acknowledging the alarm at once: sign, publish. Runs on the receiver's paho thread, after
+    """The real receiver, as ``run_receiver`` builds it; its on_alarm is the operator
+    acknowledging the alarm at once: sign, publish. Runs on the receiver's alarms thread, after
     the alarm is stored (ledger commit, alarms.jsonl fsync), as a real console would learn of it."""
 
     def __init__(self, broker: Mosquitto, store: Path, key_file: Path, operator: Operator,
@@ -480,39 +498,23 @@ class Centre:
         self._broker, self._store, self._operator = broker, store, operator
         self._key = load_private_key(key_file)
         self._ack, self._live = ack, live
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
         self.receiver: BenchReceiver | None = None
         self.acks = True  # acknowledge alarms as they arrive
 
     def start(self) -> None:
-        made = threading.Event()
-        original = central.Receiver
-
-        def build(*a: Any, **kw: Any) -> BenchReceiver:
-            self.receiver = BenchReceiver(self._ack, self._live, *a, **kw)
-            made.set()
-            return self.receiver
-
-        central.Receiver = build  # type: ignore[misc,assignment]  # only while it is built
-        try:
-            self._thread = threading.Thread(
-                target=central.run_receiver, name="centre", daemon=True,
-                args=(self._broker.url, TOPICS.prefix, self._store, CENTRE_ID, self._stop,
-                      self._on_alarm))
-            self._thread.start()
-            if not made.wait(WAIT_S):
-                raise BenchError("the receiver was not built")
-        finally:
-            central.Receiver = original  # type: ignore[misc]
-        assert self.receiver is not None
-        if not self.receiver.connected.wait(WAIT_S):
-            raise BenchError("the receiver did not connect to the broker")
+        self.receiver = BenchReceiver(self._ack, self._live, Endpoint.parse(self._broker.url),
+                                      TOPICS.prefix, self._store, CENTRE_ID,
+                                      Ledger.open(self._store), self._on_alarm)
+        self.receiver.start()
+        deadline = time.monotonic() + WAIT_S
+        while not self.receiver.subscribed:
+            if time.monotonic() > deadline:
+                raise BenchError("the receiver did not connect to the broker")
+            time.sleep(0.01)
 
     def stop(self) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(WAIT_S)
+        if self.receiver is not None:
+            self.receiver.stop()
 
     def sign(self, name: str, args: dict[str, Any]) -> bytes:
         return sign_command(self._key, SITE, name, args)

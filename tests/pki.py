@@ -64,6 +64,12 @@ class Pki:
     def client(self, cn: str) -> Identity:
         return self.clients[cn]
 
+    def site(self, site_id: str) -> Identity:
+        """A box certificate for any site id, issued by the box CA on first use."""
+        if site_id not in self.clients:
+            self.clients[site_id] = _issue(self.dir, site_id, self._box, site_id)
+        return self.clients[site_id]
+
     def write_crl(self, path: Path, revoked: tuple[str, ...] = (), *, expired: bool = False
                   ) -> Path:
         """A CRL of the box CA revoking these site certificates; `expired`: nextUpdate passed."""

@@ -13,33 +13,25 @@ certificate names another host.
 from __future__ import annotations
 
 import json
-import os
-import re
-import signal
-import ssl
-import threading
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import paho.mqtt.client as mqtt
 import pytest
-from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
 from paho.mqtt.reasoncodes import ReasonCode
 
 from agent.box.daemon import Daemon
 from agent.config import load_config
-from agent.mosquitto import Mosquitto, free_port
 from agent.sdnotify import Notifier
-from tests.conftest import REPO, wait_for, write_config
+from tests.brokerdoc import Broker, Peer, start_broker
+from tests.conftest import wait_for, write_config
 from tests.pki import Identity, Pki, make_pki
 
 pytestmark = pytest.mark.timeout(30)
 
 NOT_AUTHORIZED = 0x87
-DOC = REPO / "docs" / "broker.md"
 
 
 @pytest.fixture(scope="session")
@@ -47,191 +39,11 @@ def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
     return make_pki(tmp_path_factory.mktemp("pki"))
 
 
-# --- the broker, configured from docs/broker.md ---------------------------------------------
-
-
-def doc_blocks() -> dict[str, str]:
-    """The ```conf blocks of docs/broker.md, by the path on their first line."""
-    text = DOC.read_text(encoding="utf-8")
-    return {m[1]: m[2] for m in re.finditer(r"```conf\n# (\S+)\n(.*?)```", text, re.DOTALL)}
-
-
-@dataclass
-class Broker:
-    mosquitto: Mosquitto
-    box_port: int
-    centre_port: int
-
-    def log(self) -> str:
-        return (self.mosquitto.workdir / "mosquitto.log").read_text(errors="replace")
-
-    def reload(self) -> None:
-        """SIGHUP, as `systemctl reload mosquitto` sends; returns once the broker has reloaded."""
-        assert self.mosquitto.proc is not None
-        done = self.log().count("Reloading config.") + 1
-        os.kill(self.mosquitto.proc.pid, signal.SIGHUP)
-        wait_for(lambda: self.log().count("Reloading config.") >= done, 5, "the reload")
-
-
-def start_broker(workdir: Path, pki: Pki, *, server: Identity | None = None,
-                 crl: Path | None = None, without: tuple[str, ...] = ()) -> Broker:
-    """Mosquitto with the documented configuration; `without` drops lines, to show they matter."""
-    workdir.mkdir(parents=True)
-    blocks = doc_blocks()
-    server = server or pki.server
-    box_port, centre_port = free_port(), free_port()
-    files = {
-        "/etc/mosquitto/certs/broker.crt": server.cert,
-        "/etc/mosquitto/certs/broker.key": server.key,
-        "/etc/mosquitto/ca_certificates/box-ca.crt": pki.box_ca,
-        "/etc/mosquitto/ca_certificates/box-ca.crl": crl or pki.box_crl,
-        "/etc/mosquitto/ca_certificates/centre-ca.crt": pki.centre_ca,
-    }
-    for name in ("box.acl", "centre.acl"):
-        acl = workdir / name
-        acl.write_text(blocks[f"/etc/mosquitto/{name}"])
-        files[f"/etc/mosquitto/{name}"] = acl
-    conf = blocks["/etc/mosquitto/conf.d/schools.conf"]
-    for line in without:
-        assert f"\n{line}\n" in conf, f"docs/broker.md has no line {line!r}"
-        conf = conf.replace(f"\n{line}\n", "\n")
-    for path, local in files.items():
-        conf = conf.replace(f" {path}\n", f" {local}\n")
-    conf, boxes = re.subn(r"^listener 8883$", f"listener {box_port} 127.0.0.1", conf,
-                          flags=re.M)
-    conf, centres = re.subn(r"^listener 8884 \S+$", f"listener {centre_port} 127.0.0.1", conf,
-                            flags=re.M)
-    assert (boxes, centres) == (1, 1) and "/etc/" not in conf, "docs/broker.md changed: update me"
-    broker = Mosquitto(workdir, port=box_port, listeners=conf,
-                       extra_conf="log_type notice\nlog_type information")
-    broker.start()
-    return Broker(broker, box_port, centre_port)
-
-
 @pytest.fixture
 def broker(tmp_path: Path, pki: Pki) -> Iterator[Broker]:
     b = start_broker(tmp_path / "broker", pki)
     yield b
     b.mosquitto.kill()
-
-
-# --- MQTT 5 clients that record what the broker answers ---------------------------------------
-
-
-class Peer:
-    """A paho client with a certificate (or none) that keeps every answer of the broker.
-
-    It runs its own network loop rather than paho's loop_start(), which would reconnect after
-    the broker drops it: a peer that is refused or replaced stays gone, so tests see it.
-    """
-
-    def __init__(self, port: int, pki: Pki, identity: Identity | None, *, client_id: str = "",
-                 username: str | None = None, will_topic: str | None = None,
-                 protocol: MQTTProtocolVersion = mqtt.MQTTv5, tls: bool = True) -> None:
-        self.port = port
-        c = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id, protocol=protocol)
-        if tls:
-            c.tls_set(ca_certs=str(pki.box_ca), cert_reqs=ssl.CERT_REQUIRED,
-                      certfile=str(identity.cert) if identity else None,
-                      keyfile=str(identity.key) if identity else None)
-        if username is not None:
-            c.username_pw_set(username)
-        if will_topic is not None:
-            c.will_set(will_topic, b"offline (will)", qos=1, retain=True)
-        c.on_connect = self._on_connect
-        c.on_disconnect = self._on_disconnect
-        c.on_publish = self._on_publish
-        c.on_subscribe = self._on_subscribe
-        c.on_message = self._on_message
-        self.client = c
-        self.lock = threading.Lock()
-        self.connack: ReasonCode | None = None
-        self.error = ""  # why the connection failed or ended
-        self.gone = threading.Event()
-        self._closing = threading.Event()
-        self._thread: threading.Thread | None = None
-        self.acks: dict[int, ReasonCode] = {}
-        self.subacks: dict[int, list[ReasonCode]] = {}
-        self.messages: list[tuple[str, bytes]] = []
-
-    def connect(self, timeout: float = 5.0) -> Peer:
-        try:
-            self.client.connect("localhost", self.port, keepalive=5)
-        except OSError as exc:  # ssl.SSLError included: the handshake runs inside connect()
-            self.error = str(exc)
-            self.gone.set()
-            return self
-        self._thread = threading.Thread(target=self._loop, name="peer", daemon=True)
-        self._thread.start()
-        wait_for(lambda: self.connack is not None or self.gone.is_set(), timeout, "CONNACK")
-        return self
-
-    def _loop(self) -> None:
-        while not self._closing.is_set():
-            rc = self.client.loop(timeout=0.02)
-            if rc != mqtt.MQTT_ERR_SUCCESS:
-                self.error = self.error or mqtt.error_string(rc)
-                self.gone.set()
-                return
-
-    @property
-    def online(self) -> bool:
-        return self.connack is not None and not self.connack.is_failure and not self.gone.is_set()
-
-    def publish(self, topic: str, payload: bytes = b"x", qos: int = 1) -> ReasonCode:
-        info = self.client.publish(topic, payload, qos=qos)
-        wait_for(lambda: info.mid in self.acks, 5, f"PUBACK for {topic}")
-        return self.acks[info.mid]
-
-    def subscribe(self, topic: str) -> list[ReasonCode]:
-        _rc, mid = self.client.subscribe(topic, qos=1)
-        assert mid is not None
-        wait_for(lambda: mid in self.subacks, 5, f"SUBACK for {topic}")
-        return self.subacks[mid]
-
-    def received(self, topic_filter: str = "#") -> list[tuple[str, bytes]]:
-        with self.lock:
-            return [(t, p) for t, p in self.messages if mqtt.topic_matches_sub(topic_filter, t)]
-
-    def wait_message(self, topic: str, payload: bytes | None = None, timeout: float = 5.0) -> None:
-        wait_for(lambda: any(p == payload or payload is None for _, p in self.received(topic)),
-                 timeout, f"a message on {topic}")
-
-    def drop(self) -> None:
-        """Cut the TCP connection without DISCONNECT, as a box losing power: the will fires."""
-        self._stop_loop()
-        sock = self.client.socket()
-        assert sock is not None, self.error
-        sock.close()
-        self.gone.set()
-
-    def close(self) -> None:
-        if not self.gone.is_set():
-            self.client.disconnect()
-            self.gone.wait(1.0)
-        self._stop_loop()
-
-    def _stop_loop(self) -> None:
-        self._closing.set()
-        if self._thread is not None:
-            self._thread.join(2.0)
-
-    def _on_connect(self, _c: Any, _u: Any, _f: Any, rc: ReasonCode, _p: Any) -> None:
-        self.connack = rc
-
-    def _on_disconnect(self, _c: Any, _u: Any, _f: Any, rc: ReasonCode, _p: Any) -> None:
-        self.error = self.error or str(rc)
-        self.gone.set()
-
-    def _on_publish(self, _c: Any, _u: Any, mid: int, rc: ReasonCode, _p: Any) -> None:
-        self.acks[mid] = rc
-
-    def _on_subscribe(self, _c: Any, _u: Any, mid: int, rcs: list[ReasonCode], _p: Any) -> None:
-        self.subacks[mid] = rcs
-
-    def _on_message(self, _c: Any, _u: Any, msg: mqtt.MQTTMessage) -> None:
-        with self.lock:
-            self.messages.append((msg.topic, bytes(msg.payload)))
 
 
 @pytest.fixture
@@ -534,3 +346,22 @@ def test_a_box_in_the_centres_share_group_makes_alarms_disappear(
     fence(centre)
     assert intruder.received() == []
     assert len(centre.received("schools/+/alarm")) == 3  # every second alarm is lost
+
+
+# --- sizes ------------------------------------------------------------------------------------
+
+
+def test_a_packet_over_max_packet_size_disconnects_its_sender(
+    pki: Pki, broker: Broker, peers: Callable[..., Peer]
+) -> None:
+    """The largest chunk the protocol allows passes; anything larger costs its sender the
+    connection, before the broker keeps any of it (docs/broker.md, max_packet_size)."""
+    centre = peers(broker.centre_port, pki.client("centre"), client_id="centre-receiver")
+    centre.subscribe("schools/+/clip/+")
+    box = peers(broker.box_port, pki.client("school-a"))
+    largest = b"h" * 1024 + b"\n" + b"v" * 256 * 1024
+    assert not box.publish("schools/school-a/clip/entrance-cam", largest).is_failure
+    centre.wait_message("schools/school-a/clip/entrance-cam", largest)
+    box.client.publish("schools/school-a/clip/entrance-cam", largest + b"v" * 4096, qos=1)
+    wait_for(box.gone.is_set, 5, "the broker to disconnect the sender")
+    assert len(centre.received("schools/+/clip/+")) == 1

@@ -17,10 +17,10 @@ from tests.conftest import AgentProcess, Centre, Collector, cli, wait_for, write
 
 @pytest.fixture
 def keys(tmp_path: Path) -> Path:
-    store = tmp_path / "centre"
-    r = cli("central", "--store", str(store), "keygen")
+    """The commanding user's key folder, apart from the receiver's store (docs/security.md)."""
+    r = cli("central", "--key", str(tmp_path / "keys" / "centre.key"), "keygen")
     assert r.returncode == 0, r.stderr
-    return store
+    return tmp_path / "keys"
 
 
 @pytest.fixture
@@ -31,14 +31,15 @@ def box(tmp_path: Path, broker: Mosquitto, keys: Path) -> AgentProcess:
     return AgentProcess(cfg)
 
 
-def _central(broker: Mosquitto, store: Path, *args: str) -> tuple[int, dict[str, object]]:
-    r = cli("central", "--broker", broker.url, "--store", str(store), *args, timeout=30)
+def _central(broker: Mosquitto, keys: Path, *args: str) -> tuple[int, dict[str, object]]:
+    r = cli("central", "--broker", broker.url, "--store", str(keys.parent / "centre"), "--key",
+            str(keys / "centre.key"), *args, timeout=30)
     return r.returncode, (json.loads(r.stdout) if r.stdout.strip() else {"stderr": r.stderr})
 
 
 def test_ack_from_the_centre_turns_the_indicator_steady(box: AgentProcess, broker: Mosquitto,
                                                         keys: Path) -> None:
-    centre = Centre(broker, keys).start()
+    centre = Centre(broker, keys.parent / "centre").start()
     try:
         box.start()
         out = box.press("entrance").stdout
@@ -69,7 +70,7 @@ def test_forged_and_garbage_commands_are_refused_and_the_box_lives(
     box.start()
     try:
         impostor = tmp_path / "impostor"
-        assert cli("central", "--store", str(impostor), "keygen").returncode == 0
+        assert cli("central", "--key", str(impostor / "centre.key"), "keygen").returncode == 0
         forged = sign_command(load_private_key(impostor / "centre.key"), "sim-school", "ping", {})
         results = Collector(broker.port, ["schools/sim-school/cmd/result"],
                             client_id="results").start()

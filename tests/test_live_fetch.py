@@ -29,11 +29,11 @@ def _duration(path: Path) -> float:
 @pytest.fixture
 def school(tmp_path: Path, broker: Mosquitto) -> tuple[AgentProcess, Path]:
     store = tmp_path / "centre"
-    assert cli("central", "--store", str(store), "keygen").returncode == 0
+    assert cli("central", "--key", str(tmp_path / "keys" / "centre.key"), "keygen").returncode == 0
     data = yaml.safe_load(default_config_text())
     data["mqtt"].update({"port": broker.port, "keepalive_s": 5})
     data["storage"]["path"] = str(tmp_path / "state")
-    data["commands"] = {"public_key_file": str(store / "centre.pub")}
+    data["commands"] = {"public_key_file": str(tmp_path / "keys" / "centre.pub")}
     data["cameras"][1]["live"] = {"mode": "always"}  # gym-cam relays all the time
     path = tmp_path / "agent.yaml"
     path.write_text(yaml.safe_dump(data, sort_keys=False))
@@ -41,7 +41,8 @@ def school(tmp_path: Path, broker: Mosquitto) -> tuple[AgentProcess, Path]:
 
 
 def _central(broker: Mosquitto, store: Path, *args: str) -> dict[str, object]:
-    r = cli("central", "--broker", broker.url, "--store", str(store), *args, timeout=30)
+    r = cli("central", "--broker", broker.url, "--store", str(store), "--key",
+            str(store.parent / "keys" / "centre.key"), *args, timeout=30)
     assert r.returncode == 0, r.stdout + r.stderr
     return json.loads(r.stdout)  # type: ignore[no-any-return]
 
@@ -98,7 +99,8 @@ def test_fetch_pulls_recorded_history_as_a_verified_clip(school: tuple[AgentProc
         wait_for(clip.exists, 15, "the fetched clip")
         assert _duration(clip) >= 2.0
         assert json.loads(clip.with_name("office-cam.verify.json").read_text())["verified"]
-        r = cli("central", "--broker", broker.url, "--store", str(store), "fetch", "sim-school",
+        r = cli("central", "--broker", broker.url, "--store", str(store), "--key",
+                str(store.parent / "keys" / "centre.key"), "fetch", "sim-school",
                 "office-cam", "--from", "2020-01-01T00:00:00Z", "--to", "2020-01-01T00:10:00Z")
         assert r.returncode == 1 and "no_video" in r.stdout
     finally:

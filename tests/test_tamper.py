@@ -14,11 +14,13 @@ from typing import Any
 
 import pytest
 
-from agent.central import Receiver
+from agent.assembler import Assembler
 from agent.config import parse_config
 from agent.delivery.framing import clip_chunks
 from agent.delivery.outbox import BlobRef
-from agent.delivery.protocol import Topics
+from agent.delivery.protocol import BoxTopic, Topics
+from agent.intake import Limits, Reporter
+from agent.ledger import Ledger
 from agent.video.chain import BoxKey
 from agent.video.clips import ClipSegment
 from agent.video.pipeline import Video
@@ -26,7 +28,7 @@ from agent.video.store import SegmentStore
 from tests.conftest import write_config
 from tests.video_fixtures import synthetic_segments
 
-SITE, EVENT, CAM = "sim-school", "ev-1", "entrance-cam"
+SITE, EVENT, CAM = "sim-school", "f173ce1e-19ff-4a4e-ae9e-b5a1ec08ae09", "entrance-cam"
 Msg = tuple[dict[str, Any], bytes]  # (chunk header, chunk bytes)
 
 
@@ -51,15 +53,24 @@ def clip(tmp_path_factory: pytest.TempPathFactory) -> tuple[list[Msg], BoxKey]:
     return msgs, key
 
 
+def _receiver(store: Path) -> tuple[Assembler, Ledger]:
+    """The centre's video path, run on this thread: what the receiver's video thread does."""
+    ledger = Ledger.open(store)
+    return Assembler(store, "schools", ledger, Reporter(ledger, 0.0), Limits(),
+                     lambda _topic, _payload: None), ledger
+
+
+def _send(assembler: Assembler, kind: str, payload: bytes) -> None:
+    assembler.take(BoxTopic(SITE, kind, CAM if kind == "clip" else ""), payload)
+    assembler.drain()
+
+
 def _deliver(store: Path, msgs: list[Msg], key: BoxKey) -> str | None:
-    receiver = Receiver(store)
-    receiver.load()
-    receiver.handle(f"schools/{SITE}/pubkey", key.public_pem())
+    assembler, ledger = _receiver(store)
+    _send(assembler, "pubkey", key.public_pem())
     for header, data in msgs:
-        receiver.handle(f"schools/{SITE}/clip/{CAM}",
-                        json.dumps(header).encode() + b"\n" + data)
-    assert receiver.ledger is not None
-    return receiver.ledger.clip_problem(EVENT, CAM)
+        _send(assembler, "clip", json.dumps(header).encode() + b"\n" + data)
+    return ledger.clip_problem(SITE, EVENT, CAM)
 
 
 def _by_segment(msgs: list[Msg]) -> dict[int, list[Msg]]:
@@ -127,15 +138,13 @@ def test_a_clip_signed_by_another_key_is_flagged_and_the_pinned_key_kept(
     msgs, key = clip
     (tmp_path / "impostor").mkdir()
     impostor = BoxKey.load_or_create(tmp_path / "impostor")
-    receiver = Receiver(tmp_path / "centre")
-    receiver.load()
-    receiver.handle(f"schools/{SITE}/pubkey", key.public_pem())
-    receiver.handle(f"schools/{SITE}/pubkey", impostor.public_pem())  # a swap is refused
+    assembler, ledger = _receiver(tmp_path / "centre")
+    _send(assembler, "pubkey", key.public_pem())
+    _send(assembler, "pubkey", impostor.public_pem())  # a swap is refused
     assert (tmp_path / "centre" / "keys" / f"{SITE}.pub").read_bytes() == key.public_pem()
     resigned = [({**h, "sig": impostor.sign(b"anything")}, d) if h["final"] else (h, d)
                 for h, d in msgs]
     for h, d in resigned:
-        receiver.handle(f"schools/{SITE}/clip/{CAM}", json.dumps(h).encode() + b"\n" + d)
-    assert receiver.ledger is not None
-    problem = receiver.ledger.clip_problem(EVENT, CAM)
+        _send(assembler, "clip", json.dumps(h).encode() + b"\n" + d)
+    problem = ledger.clip_problem(SITE, EVENT, CAM)
     assert problem and "signature" in problem

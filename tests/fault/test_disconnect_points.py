@@ -34,7 +34,7 @@ import pytest
 from gpiozero.pins.mock import MockFactory
 
 from agent.box.daemon import CORE_THREADS, HEARTBEAT_STALE_S, Daemon
-from agent.central import send_command
+from agent.commander import send_command
 from agent.commands import generate_keypair
 from agent.config import Config, load_config
 from agent.delivery.framing import CHUNK_BYTES
