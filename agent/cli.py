@@ -253,7 +253,7 @@ def _ms(text: str) -> str:
 def _centre_status(store: Path) -> str:
     """What the operator reads: every text from a box escaped (agent/logs.py), so no escape
     sequence or control character reaches the terminal."""
-    from agent.ledger import Ledger
+    from agent.centre.ledger import Ledger
     from agent.logs import escape
 
     ledger = Ledger.open(store)
@@ -292,9 +292,10 @@ def _until_signal(body: Callable[[threading.Event], None]) -> int:
 
 
 def cmd_central(args: argparse.Namespace) -> int:
-    from agent import central, commander
-    from agent.centre_link import Endpoint
-    from agent.intake import GiB, Limits
+    from agent.centre import commander
+    from agent.centre import service as central
+    from agent.centre.intake import GiB, Limits
+    from agent.centre.link import Endpoint
 
     key = args.key or commander.default_key_dir() / commander.KEY_NAME
 

@@ -49,8 +49,8 @@ from agent.box import walktest
 from agent.db import move_aside
 from agent.delivery.protocol import SITE_ID, UUID
 from agent.delivery.protocol import clock_synced as kernel_clock_synced
+from agent.delivery.schema import WireError, load_object, no_duplicates, parse_timestamp
 from agent.errors import AgentError
-from agent.schema import WireError, load_object, no_duplicates, parse_timestamp
 
 _no_duplicates = no_duplicates  # the names the tests and older callers use
 _parse_timestamp = parse_timestamp

@@ -19,10 +19,10 @@ import av
 import yaml
 
 from agent.box.daemon import Daemon
-from agent.central import run_receiver
+from agent.centre.service import run_receiver
 from agent.config import Config, default_config_text, load_config
 from agent.errors import AgentError
-from agent.mosquitto import Mosquitto
+from agent.testing.broker import Mosquitto
 
 
 def _say(text: str) -> None:

@@ -72,8 +72,8 @@ from agent.box.daemon import Daemon  # noqa: E402
 from agent.config import Config, default_config_text, load_config  # noqa: E402
 from agent.delivery.protocol import Receipt, centre_presence_topic, presence_payload  # noqa: E402
 from agent.hardware.buttons import Timing  # noqa: E402
-from agent.mosquitto import Mosquitto  # noqa: E402
 from agent.sdnotify import Notifier  # noqa: E402
+from agent.testing.broker import Mosquitto  # noqa: E402
 from agent.testing.stats import default_storage_parent, describe, machine_context  # noqa: E402
 
 TARGET_P99_MS = 10.0

@@ -57,10 +57,10 @@ from paho.mqtt.packettypes import PacketTypes  # noqa: E402
 from paho.mqtt.properties import Properties  # noqa: E402
 
 from agent.box import control  # noqa: E402
+from agent.centre.ledger import Ledger  # noqa: E402
 from agent.config import default_config_text  # noqa: E402
-from agent.ledger import Ledger  # noqa: E402
-from agent.mosquitto import Mosquitto  # noqa: E402
-from agent.schema import parse_timestamp  # noqa: E402
+from agent.delivery.schema import parse_timestamp  # noqa: E402
+from agent.testing.broker import Mosquitto  # noqa: E402
 from agent.testing.stats import default_storage_parent, describe, machine_context  # noqa: E402
 
 WAIT_S = 30.0

@@ -6,7 +6,7 @@
 
 Everything runs on one private Mosquitto (the real broker, free loopback port), in this process:
 the real ``Daemon`` on the simulated school (mock GPIO, storage on disk), and the centre's real
-receiver (``agent.central.run_receiver``, with its ledger and ``alarms.jsonl`` on disk).
+receiver (``agent.centre.service.run_receiver``, with its ledger and ``alarms.jsonl`` on disk).
 
 1. Acknowledgement round trip, per press:
 
@@ -60,7 +60,7 @@ receiver (``agent.central.run_receiver``, with its ledger and ``alarms.jsonl`` o
    is the floor of this figure, and the report shows it as its own stage.
 
 Hooks wrap methods on the running objects (instance attributes shadow the class's, or, for the
-receiver, a subclass of ``agent.central.Receiver`` wraps its desk's and assembler's methods);
+receiver, a subclass of ``agent.centre.service.Receiver`` wraps its desk's and assembler's methods);
 no agent code is edited. They cost a few microseconds per press. Percentiles are nearest-rank.
 
 Bounded: every wait has a timeout (exit 1 naming the step), the presses stop after
@@ -102,18 +102,18 @@ from alarm_latency import agent_logs_to, mark_around  # noqa: E402
 from gpiozero.pins.mock import MockFactory  # noqa: E402
 from paho.mqtt.enums import CallbackAPIVersion  # noqa: E402
 
-import agent.central as central  # noqa: E402
+import agent.centre.service as central  # noqa: E402
 from agent.box.daemon import Daemon  # noqa: E402
-from agent.centre_link import Endpoint  # noqa: E402
+from agent.centre.ledger import Ledger  # noqa: E402
+from agent.centre.link import Endpoint  # noqa: E402
 from agent.commands import generate_keypair, load_private_key, sign_command  # noqa: E402
 from agent.config import Config, default_config_text, load_config  # noqa: E402
 from agent.delivery.framing import CHUNK_BYTES, live_chunks  # noqa: E402
 from agent.delivery.protocol import BoxTopic, Topics, decode_chunk  # noqa: E402
 from agent.hardware.buttons import Timing  # noqa: E402
 from agent.hardware.indicators import Pattern  # noqa: E402
-from agent.ledger import Ledger  # noqa: E402
-from agent.mosquitto import Mosquitto  # noqa: E402
 from agent.sdnotify import Notifier  # noqa: E402
+from agent.testing.broker import Mosquitto  # noqa: E402
 from agent.testing.stats import (  # noqa: E402
     default_storage_parent,
     describe,

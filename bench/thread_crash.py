@@ -3,7 +3,7 @@
     .venv/bin/python bench/thread_crash.py                 # 120 samples per thread (~4 min)
     .venv/bin/python bench/thread_crash.py --samples 20 --json
 
-Per sample, on one private Mosquitto with the real receiver (agent.central.run_receiver) and
+Per sample, on one private Mosquitto with the real receiver (agent.centre.service.run_receiver) and
 the real Daemon in this process (mock GPIO, no cameras but one for the clips thread):
 
     crash      the supervisor's test seam makes thread T crash at its next heartbeat
@@ -35,11 +35,11 @@ from typing import Any
 import yaml
 
 from agent.box.daemon import Daemon
-from agent.central import run_receiver
+from agent.centre.service import run_receiver
 from agent.config import default_config_text, load_config
-from agent.mosquitto import Mosquitto
 from agent.sdnotify import Notifier
 from agent.supervision import Supervisor
+from agent.testing.broker import Mosquitto
 from agent.testing.stats import describe, machine_context
 
 THREADS = ("buttons", "uplink", "control", "clips", "supervisor")

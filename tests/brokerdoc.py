@@ -22,7 +22,7 @@ import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
 from paho.mqtt.reasoncodes import ReasonCode
 
-from agent.mosquitto import Mosquitto, free_port
+from agent.testing.broker import Mosquitto, free_port
 from tests.conftest import REPO, wait_for
 from tests.pki import Identity, Pki
 

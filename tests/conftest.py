@@ -22,8 +22,8 @@ from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
-from agent.central import run_receiver
-from agent.mosquitto import Mosquitto
+from agent.centre.service import run_receiver
+from agent.testing.broker import Mosquitto
 
 REPO = Path(__file__).resolve().parent.parent
 

@@ -12,7 +12,7 @@ import signal
 import time
 from pathlib import Path
 
-from agent.mosquitto import Mosquitto
+from agent.testing.broker import Mosquitto
 from tests.conftest import AgentProcess, Collector, cli, wait_for
 
 RFC3339_MS = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z$")

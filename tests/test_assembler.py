@@ -11,11 +11,11 @@ from pathlib import Path
 
 import pytest
 
-from agent.assembler import Assembler
+from agent.centre.assembler import Assembler
+from agent.centre.holdings import CHUNK_OVERHEAD
+from agent.centre.intake import Limits, MiB, Reporter
+from agent.centre.ledger import Ledger
 from agent.delivery.protocol import BoxTopic
-from agent.holdings import CHUNK_OVERHEAD
-from agent.intake import Limits, MiB, Reporter
-from agent.ledger import Ledger
 from agent.video.chain import BoxKey
 from tests.boxmsgs import signed_chunks
 

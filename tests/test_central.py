@@ -5,9 +5,9 @@ from __future__ import annotations
 import threading
 from pathlib import Path
 
-from agent.central import run_receiver
-from agent.ledger import Ledger
-from agent.mosquitto import Mosquitto
+from agent.centre.ledger import Ledger
+from agent.centre.service import run_receiver
+from agent.testing.broker import Mosquitto
 from tests.conftest import AgentProcess, Centre, cli, wait_for
 
 

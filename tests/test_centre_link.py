@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from agent.centre_link import Endpoint, Link, Message
+from agent.centre.link import Endpoint, Link, Message
 from agent.errors import AgentError
-from agent.mosquitto import Mosquitto
+from agent.testing.broker import Mosquitto
 from tests.conftest import Collector, wait_for
 
 

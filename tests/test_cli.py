@@ -14,7 +14,7 @@ import yaml
 
 from agent.cli import main
 from agent.delivery.protocol import clock_synced
-from agent.mosquitto import Mosquitto
+from agent.testing.broker import Mosquitto
 from tests.conftest import cli, write_config
 
 BAD = sorted((Path(__file__).parent / "configs" / "bad").glob("*.yaml"))

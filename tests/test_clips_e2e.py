@@ -17,7 +17,7 @@ import pytest
 import yaml
 
 from agent.config import default_config_text
-from agent.mosquitto import Mosquitto
+from agent.testing.broker import Mosquitto
 from tests.conftest import AgentProcess, Centre, wait_for
 
 PRE_S, POST_S, SEG_S = 3.0, 2.0, 1.0

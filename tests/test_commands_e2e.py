@@ -11,7 +11,7 @@ import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
 from agent.commands import load_private_key, sign_command
-from agent.mosquitto import Mosquitto
+from agent.testing.broker import Mosquitto
 from tests.conftest import AgentProcess, Centre, Collector, cli, wait_for, write_config
 
 

@@ -16,8 +16,8 @@ import pytest
 
 from agent.box.daemon import Daemon
 from agent.config import load_config
-from agent.mosquitto import Mosquitto
 from agent.sdnotify import Notifier
+from agent.testing.broker import Mosquitto
 from tests.conftest import REPO, Collector, wait_for
 
 

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from agent.intake import Budget, FairQueue, Limits, MiB, Reporter
-from agent.ledger import Ledger
+from agent.centre.intake import Budget, FairQueue, Limits, MiB, Reporter
+from agent.centre.ledger import Ledger
 
 
 def test_a_site_with_one_item_waits_for_one_item_of_each_busy_site() -> None:

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
+from agent.centre.ledger import REPORTS_PER_SITE, Ledger
 from agent.delivery.protocol import Alarm
-from agent.ledger import REPORTS_PER_SITE, Ledger
 
 
 def _alarm(seq: int, event: str | None = None, site: str = "s1", **kw: object) -> Alarm:

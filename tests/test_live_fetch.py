@@ -15,7 +15,7 @@ from agent.config import default_config_text
 from agent.delivery.outbox import Outbox
 from agent.delivery.protocol import Topics
 from agent.delivery.uplink.link import Uplink
-from agent.mosquitto import Mosquitto
+from agent.testing.broker import Mosquitto
 from tests.conftest import AgentProcess, Centre, Collector, cli, wait_for
 from tests.test_uplink import _mqtt
 

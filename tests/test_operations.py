@@ -10,8 +10,8 @@ from pathlib import Path
 from agent.box.daemon import Daemon
 from agent.box.walktest import boot_id
 from agent.config import load_config
-from agent.mosquitto import Mosquitto
 from agent.sdnotify import Notifier
+from agent.testing.broker import Mosquitto
 from tests.conftest import AgentProcess, Collector, cli, wait_for, write_config
 
 

@@ -32,8 +32,8 @@ from agent.delivery.protocol import (
     parse_status,
     rfc3339,
 )
+from agent.delivery.schema import WireError
 from agent.logs import UNSAFE_CHARS
-from agent.schema import WireError
 from agent.video.clips import ClipSegment
 from agent.video.segmenter import Segment
 from agent.video.store import SegmentRef

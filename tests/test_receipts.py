@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from agent.mosquitto import Mosquitto
+from agent.testing.broker import Mosquitto
 from tests.conftest import AgentProcess, Centre, wait_for
 
 

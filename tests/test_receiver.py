@@ -10,10 +10,10 @@ from typing import Any
 
 import pytest
 
+from agent.centre.intake import Limits, Reporter
+from agent.centre.ledger import Ledger
+from agent.centre.receiver import AlarmDesk
 from agent.delivery.protocol import Alarm, BoxTopic, Status
-from agent.intake import Limits, Reporter
-from agent.ledger import Ledger
-from agent.receiver import AlarmDesk
 
 SITE = "school-042"
 

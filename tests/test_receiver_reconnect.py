@@ -21,9 +21,9 @@ from pathlib import Path
 
 import pytest
 
-from agent.ledger import Ledger, LinkState
-from agent.mosquitto import Mosquitto
-from agent.schema import parse_timestamp
+from agent.centre.ledger import Ledger, LinkState
+from agent.delivery.schema import parse_timestamp
+from agent.testing.broker import Mosquitto
 from tests.conftest import REPO, AgentProcess, cli, wait_for
 
 pytestmark = pytest.mark.timeout(180)

@@ -14,13 +14,13 @@ from typing import Any
 
 import pytest
 
-from agent.assembler import Assembler
+from agent.centre.assembler import Assembler
+from agent.centre.intake import Limits, Reporter
+from agent.centre.ledger import Ledger
 from agent.config import parse_config
 from agent.delivery.framing import clip_chunks
 from agent.delivery.outbox import BlobRef
 from agent.delivery.protocol import BoxTopic, Topics
-from agent.intake import Limits, Reporter
-from agent.ledger import Ledger
 from agent.video.chain import BoxKey
 from agent.video.clips import ClipSegment
 from agent.video.pipeline import Video

@@ -13,7 +13,7 @@ from agent.delivery.outbox import Outbox
 from agent.delivery.protocol import Priority, Topics
 from agent.delivery.uplink.link import Uplink
 from agent.delivery.uplink.pacing import TokenBucket, notsent_lowat
-from agent.mosquitto import Mosquitto
+from agent.testing.broker import Mosquitto
 from tests.conftest import Collector, wait_for
 from tests.fault.mqtt_proxy import Cut, CutMode, Direction, MqttProxy
 

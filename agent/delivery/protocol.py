@@ -18,9 +18,18 @@ from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from typing import Any
 
+from agent.delivery.schema import (
+    Bool,
+    Int,
+    Nullable,
+    OneOf,
+    Schema,
+    Text,
+    Timestamp,
+    WireError,
+)
 from agent.errors import ProtocolError
 from agent.logs import escape
-from agent.schema import Bool, Int, Nullable, OneOf, Schema, Text, Timestamp, WireError
 
 PROTOCOL_VERSION = 1
 

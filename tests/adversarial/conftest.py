@@ -33,8 +33,8 @@ from typing import Any
 
 import pytest
 
+from agent.centre.ledger import Ledger, Report
 from agent.delivery.protocol import Alarm, rfc3339
-from agent.ledger import Ledger, Report
 from tests.brokerdoc import Broker, Peer, start_broker
 from tests.conftest import REPO, wait_for
 from tests.pki import Pki, make_pki

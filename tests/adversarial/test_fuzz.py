@@ -31,10 +31,10 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from agent.central import Receiver
-from agent.centre_link import Endpoint
+from agent.centre.intake import Limits
+from agent.centre.link import Endpoint
+from agent.centre.service import Receiver
 from agent.delivery.protocol import ITEM_ID, MAX_LABEL_CHARS, SITE_ID, Alarm, Status, rfc3339
-from agent.intake import Limits
 from agent.video.chain import BoxKey
 from tests.adversarial.conftest import figure
 from tests.boxmsgs import signed_chunks

@@ -59,9 +59,9 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
 from agent.box import control
-from agent.central import run_receiver
+from agent.centre.service import run_receiver
 from agent.errors import AgentError
-from agent.mosquitto import _die_with_parent
+from agent.testing.broker import _die_with_parent
 from tests.conftest import REPO, AgentProcess, wait_for, write_config
 
 # Six normally-open buttons without hold_s: a press is an alarm on the first edge, and a tight

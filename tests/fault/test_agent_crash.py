@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 
 from agent.errors import AgentError
-from agent.mosquitto import Mosquitto
+from agent.testing.broker import Mosquitto
 from tests.fault.conftest import (
     Centre,
     FaultAgent,

@@ -17,7 +17,7 @@ import pytest
 
 from agent.delivery.outbox import Outbox
 from agent.delivery.protocol import Priority
-from agent.mosquitto import Mosquitto
+from agent.testing.broker import Mosquitto
 from tests.conftest import wait_for
 from tests.fault.conftest import (
     Centre,

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 
-from agent.mosquitto import Mosquitto
+from agent.testing.broker import Mosquitto
 from tests.conftest import wait_for
 from tests.fault.conftest import (
     Centre,

@@ -34,16 +34,16 @@ import pytest
 from gpiozero.pins.mock import MockFactory
 
 from agent.box.daemon import CORE_THREADS, HEARTBEAT_STALE_S, Daemon
-from agent.commander import send_command
+from agent.centre.commander import send_command
+from agent.centre.ledger import Ledger
 from agent.commands import generate_keypair
 from agent.config import Config, load_config
 from agent.delivery.framing import CHUNK_BYTES
 from agent.errors import AgentError
 from agent.hardware.indicators import Pattern
-from agent.ledger import Ledger
-from agent.mosquitto import Mosquitto
 from agent.sdnotify import Notifier
 from agent.supervision import Supervisor
+from agent.testing.broker import Mosquitto
 from agent.video.clips import ClipSegment
 from agent.video.segmenter import Segment
 from agent.video.store import SegmentStore

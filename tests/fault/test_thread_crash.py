@@ -18,8 +18,8 @@ import pytest
 
 from agent.box import control
 from agent.errors import ControlError
-from agent.mosquitto import Mosquitto
 from agent.supervision import EXIT_SOFTWARE
+from agent.testing.broker import Mosquitto
 from tests.conftest import wait_for
 from tests.fault.conftest import (
     Centre,

@@ -24,9 +24,9 @@ from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from agent.centre.evidence import disk_charge
+from agent.centre.intake import Limits, Reporter
 from agent.delivery.protocol import ChunkHeader
-from agent.evidence import disk_charge
-from agent.intake import Limits, Reporter
 
 PARTIAL = ".partial"  # {site}/.partial/{event}/{camera}/{segment:05d}.seg: verified segments
 FINAL = "final"  # in a partial clip's folder: the number of its final segment

@@ -31,9 +31,12 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from agent.assembler import Assembler
-from agent.centre_link import Endpoint, Link, Message
-from agent.commander import refuse_key_in_store
+from agent.centre.assembler import Assembler
+from agent.centre.commander import refuse_key_in_store
+from agent.centre.intake import Limits, Reporter
+from agent.centre.ledger import Ledger
+from agent.centre.link import Endpoint, Link, Message
+from agent.centre.receiver import AlarmDesk
 from agent.delivery.protocol import (
     SITE_ID,
     BoxTopic,
@@ -41,10 +44,7 @@ from agent.delivery.protocol import (
     parse_box_topic,
     presence_payload,
 )
-from agent.intake import Limits, Reporter
-from agent.ledger import Ledger
-from agent.receiver import AlarmDesk
-from agent.schema import WireError
+from agent.delivery.schema import WireError
 
 log = logging.getLogger("agent.centre")
 

@@ -27,6 +27,8 @@ from pathlib import Path
 from typing import Any
 
 from agent.box.walktest import MAX_MINUTES
+from agent.centre.intake import Budget, FairQueue, Limits, Reporter
+from agent.centre.ledger import Ledger
 from agent.delivery.protocol import (
     Alarm,
     BoxTopic,
@@ -37,10 +39,8 @@ from agent.delivery.protocol import (
     parse_status,
     rfc3339,
 )
+from agent.delivery.schema import parse_timestamp
 from agent.errors import ProtocolError
-from agent.intake import Budget, FairQueue, Limits, Reporter
-from agent.ledger import Ledger
-from agent.schema import parse_timestamp
 
 log = logging.getLogger("agent.centre")
 

@@ -17,11 +17,11 @@ from typing import Any
 
 import paho.mqtt.client as mqtt
 
-from agent.centre_link import Endpoint
+from agent.centre.ledger import Ledger
+from agent.centre.link import Endpoint
 from agent.commands import load_private_key, sign_command
 from agent.delivery.protocol import Topics
 from agent.errors import AgentError
-from agent.ledger import Ledger
 
 KEY_NAME = "centre.key"
 

@@ -34,6 +34,25 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from agent.centre.evidence import (
+    file_charge,
+    file_sha256,
+    pin_box_key,
+    read_part_header,
+    verify_clip,
+    write_once,
+)
+from agent.centre.holdings import (
+    CHUNK_OVERHEAD,
+    FINAL,
+    PART_OVERHEAD,
+    Holdings,
+    Key,
+    Segment,
+    Stream,
+)
+from agent.centre.intake import FairQueue, Limits, Reporter
+from agent.centre.ledger import Ledger
 from agent.delivery.protocol import (
     MAX_PUBKEY_BYTES,
     BoxTopic,
@@ -44,25 +63,6 @@ from agent.delivery.protocol import (
     dumps,
 )
 from agent.errors import ProtocolError
-from agent.evidence import (
-    file_charge,
-    file_sha256,
-    pin_box_key,
-    read_part_header,
-    verify_clip,
-    write_once,
-)
-from agent.holdings import (
-    CHUNK_OVERHEAD,
-    FINAL,
-    PART_OVERHEAD,
-    Holdings,
-    Key,
-    Segment,
-    Stream,
-)
-from agent.intake import FairQueue, Limits, Reporter
-from agent.ledger import Ledger
 
 log = logging.getLogger("agent.centre")
 

@@ -17,7 +17,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Generic, TypeVar
 
-from agent.ledger import Ledger
+from agent.centre.ledger import Ledger
 
 log = logging.getLogger("agent.centre")
 
