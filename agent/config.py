@@ -183,7 +183,8 @@ class RecordingConfig:
 
 @dataclass(frozen=True, slots=True)
 class UplinkConfig:
-    max_kbps: int | None = None
+    max_kbps: int | None = None  # a ceiling on video; the rate below it is found (auto_rate)
+    auto_rate: bool = True  # false: video as fast as TCP allows, up to max_kbps
 
 
 @dataclass(frozen=True, slots=True)
@@ -824,7 +825,8 @@ def _recording(m: _Map) -> RecordingConfig:
 
 
 def _uplink(m: _Map) -> UplinkConfig:
-    return UplinkConfig(m.opt("max_kbps", _integer(1)))
+    return UplinkConfig(m.opt("max_kbps", _integer(1)),
+                        m.get("auto_rate", _boolean, UplinkConfig().auto_rate))
 
 
 def _indicators(m: _Map) -> IndicatorsConfig:

@@ -45,7 +45,7 @@ from agent.commands import (
     load_public_key,
 )
 from agent.config import Config
-from agent.delivery.framing import clip_chunks, live_chunks
+from agent.delivery.framing import CHUNK_BYTES, clip_chunks, live_chunks
 from agent.delivery.outbox import Outbox
 from agent.delivery.protocol import (
     PROTOCOL_VERSION,
@@ -60,6 +60,7 @@ from agent.delivery.protocol import (
     rfc3339,
 )
 from agent.delivery.uplink.link import Uplink
+from agent.delivery.uplink.pacing import Pacer
 from agent.errors import AgentError
 from agent.hardware.buttons import ButtonBoard, ButtonEvent, make_pin_factory
 from agent.hardware.indicators import Indicators
@@ -115,7 +116,7 @@ class Daemon:
         self.box_key = BoxKey.load_or_create(storage)
         self.video = Video(self.cfg, storage, self._on_clip_segment, self.box_key)
         self.uplink = Uplink(self.cfg.mqtt, self.topics, self.outbox, self._status_payload,
-                             max_video_kbps=self.cfg.uplink.max_kbps,
+                             pacer=Pacer(self.cfg.uplink.max_kbps, self.cfg.uplink.auto_rate),
                              on_message=self._on_message,
                              on_clip_receipt=self.video.release,
                              subscriptions=(self.topics.cmd,) if self.router else ())
@@ -237,7 +238,8 @@ class Daemon:
         """A clip segment is on disk: queue its chunks, below alarms, and keep the spool in
         its budget by dropping whole clips, oldest first (never an alarm)."""
         assert self.outbox is not None and self.uplink is not None and self.video is not None
-        self.outbox.add_many(clip_chunks(self.topics, cs, sig=self.video.signature(cs)))
+        size = self.uplink.pacer.chunk_bytes(CHUNK_BYTES)  # smaller on a slow link
+        self.outbox.add_many(clip_chunks(self.topics, cs, size, sig=self.video.signature(cs)))
         self.uplink.wake()
         while self.video.over_budget():
             oldest = self.outbox.drop_oldest_clip(keep=cs.event_id)
@@ -250,8 +252,8 @@ class Daemon:
     def _on_live_segment(self, camera_id: str, session: str, segment: Segment, seq: int,
                          final: bool) -> None:
         assert self.uplink is not None
-        self.uplink.post_live(self.topics.live(camera_id),
-                              live_chunks(session, segment, seq, final))
+        self.uplink.post_live(self.topics.live(camera_id), live_chunks(
+            session, segment, seq, final, self.uplink.pacer.chunk_bytes(CHUNK_BYTES)))
 
     def _system_fault(self, detail: str) -> None:
         """A fault of the box itself (not of a button), on the alarm topic like the others."""
@@ -411,7 +413,8 @@ class Daemon:
                        "sent": self.uplink.sent,
                        "centre": {True: "listening", False: "NOT listening",
                                   None: "unknown"}[self.uplink.centre_present],
-                       "broker": f"{self.cfg.mqtt.host}:{self.cfg.mqtt.port}"},
+                       "broker": f"{self.cfg.mqtt.host}:{self.cfg.mqtt.port}",
+                       "pacing": self.uplink.pacer.status()},
             "outbox": {**self.outbox.depth(), "last_seq": self.outbox.last_seq(),
                        "disk_error": self.outbox.disk_error},
             "last_alarm": self.last_alarm,
