@@ -1,12 +1,14 @@
 """How much video the uplink hands the network, so that an alarm never waits behind it.
 
 An alarm can only wait behind bytes we queued ahead of it: in paho's buffer, in the kernel's
-send buffer, in the modem. So video goes out only into an idle pipe: the socket is writable only
-while little is unsent (TCP_NOTSENT_LOWAT), a window bounds the chunks in flight, and a virtual
-schedule caps the video rate. The cap finds itself: :class:`RateFinder` keeps the video just
-below the school's upload rate, which it learns from what the kernel measures on our one
-connection, so the modem's buffer stays empty (measurements and choices: docs/uplink.md).
-``uplink.max_kbps`` is only a ceiling; ``uplink.auto_rate: false`` keeps the fixed cap alone.
+send buffer, in the modem. So video goes out only into an idle pipe. The pipe is measured, not
+configured: :class:`PathMeter` reads from TCP_INFO how much of ours waits in the kernel and in
+the modem and how fast the path delivers, and a video message is handed over only when at most
+a segment and 20 ms of it wait ahead; the kernel paces the socket at about the path's rate, and
+video is cut small enough on a slow link (measurements and choices: docs/uplink.md). A window
+bounds the messages in flight; ``uplink.max_kbps`` is only a ceiling (a virtual schedule).
+``uplink.auto_rate: false``, or a kernel without TCP_INFO, keeps the fixed pacing of before:
+the socket's writability (TCP_NOTSENT_LOWAT) and the cap alone.
 """
 
 from __future__ import annotations
@@ -77,8 +79,12 @@ START_BPS = 62_500.0  # 0.5 Mbit/s: the rate assumed before anything was measure
 PACING_GAIN = 1.25  # the kernel paces our socket at this multiple of the estimate ...
 START_GAIN = 2.0  # ... or this one while that pacing was what held video back
 MARGIN_SEGMENTS = 1  # video goes when at most this many segments ...
-MARGIN_S = 0.005  # ... plus this long at the upload rate wait ahead of it on the path
-MAX_WAIT_S = 0.05  # a closed path is looked at again at least this often
+MARGIN_S = 0.02  # ... plus this long at the upload rate wait ahead of it on the path
+MAX_WAIT_S = 0.02  # a closed path is looked at again at least this often ...
+EARLY = 2.0  # ... and as if it drained this much faster than the estimate: a late look
+# leaves the link idle, an early one costs a system call
+BOX_LIMITED = 0.9  # a window that delivered this share of the kernel's pacing rate was
+# held back by that pacing, not by the link
 CHUNK_S = 0.09  # video is cut into messages of about this long at the upload rate ...
 MIN_CHUNK = 4096  # ... but no smaller (each carries a ~400-byte header)
 
@@ -103,16 +109,17 @@ class PathMeter:
         self.upload_bps: float | None = None
         self.base_rtt_s: float | None = None
         self.ahead_bytes = 0
+        self.margin = 0.0  # what may wait ahead of a video message on the path, in bytes
         self.standing_bytes = 0  # the least of ours in the modem over the last RATE_S
         self.box_limited = False  # in the last window, our kernel's pacing held video back
         self._rates: deque[float] = deque(maxlen=RATE_KEEP)
-        self._window: list[tuple[float, int, int, int]] = []  # (t, acked, in modem, notsent)
+        self._window_start: tuple[float, int, float | None] | None = None  # t, acked, pacing
         self._recent: deque[tuple[float, int]] = deque()  # (t, in modem) over RATE_S
         self._last = 0.0
 
     def connected(self) -> None:
         """A new connection's counters start from zero; what we learnt of the path stays."""
-        self._window = []
+        self._window_start = None
         self._recent.clear()
 
     def sample(self, now: float, info: TcpInfo) -> None:
@@ -121,37 +128,36 @@ class PathMeter:
         on_wire = (self.upload_bps or 0.0) * info.min_rtt_s
         modem = max(0, int(info.bytes_sent - info.bytes_acked - on_wire))
         self.ahead_bytes = info.notsent_bytes + modem
+        self.margin = MARGIN_SEGMENTS * info.snd_mss + MARGIN_S * (self.upload_bps or START_BPS)
         if now - self._last > 0.2:
-            self._window = []  # video did not wait all along: not the path's pace
+            self._window_start = None  # video did not wait all along: not the path's pace
             self._recent.clear()
         self._last = now
         self._recent.append((now, modem))
         while now - self._recent[0][0] > RATE_S:
             self._recent.popleft()
         self.standing_bytes = min(m for _, m in self._recent)
-        self._window.append((now, info.bytes_acked, modem, info.notsent_bytes))
-        t0, acked0 = self._window[0][:2]
+        if self._window_start is None:
+            self._window_start = (now, info.bytes_acked, self.pacing_bps())
+            return
+        t0, acked0, paced = self._window_start
         if now - t0 >= RATE_S:
-            self._rates.append((info.bytes_acked - acked0) / (now - t0))
+            rate = (info.bytes_acked - acked0) / (now - t0)
+            self._rates.append(rate)
             self.upload_bps = max(self._rates)
-            n, mss = len(self._window), max(info.snd_mss, 536)
-            self.box_limited = sum(w[2] for w in self._window) < mss * n \
-                <= sum(w[3] for w in self._window)
-            self._window = []
+            self.box_limited = paced is not None and rate >= BOX_LIMITED * paced
+            self._window_start = (now, info.bytes_acked, self.pacing_bps())
 
     def idle(self) -> None:
         """The pacer's bucket, not the path, held video back: this window says nothing."""
-        self._window = []
+        self._window_start = None
 
-    def margin_bytes(self, mss: int) -> float:
-        return MARGIN_SEGMENTS * mss + MARGIN_S * (self.upload_bps or START_BPS)
-
-    def wait_s(self, mss: int) -> float:
+    def wait_s(self) -> float:
         """Seconds until what waits ahead has drained to the margin (0: send now)."""
-        excess = self.ahead_bytes - self.margin_bytes(mss)
+        excess = self.ahead_bytes - self.margin
         if excess <= 0:
             return 0.0
-        return min(MAX_WAIT_S, excess / (self.upload_bps or START_BPS))
+        return min(MAX_WAIT_S, excess / (EARLY * (self.upload_bps or START_BPS)))
 
     def pacing_bps(self) -> float | None:
         """What the kernel may send at: a little above the link's rate, so a chunk leaves the
@@ -209,7 +215,7 @@ class Pacer:
             return None
         self.meter.sample(now, info)
         self._apply(sock, info)
-        return self.meter.wait_s(info.snd_mss)
+        return self.meter.wait_s()
 
     def wait_for(self, nbytes: int, now: float) -> float:
         """Seconds until a video message of ``nbytes`` may go (0: it is booked)."""
@@ -232,7 +238,7 @@ class Pacer:
         pacing = 0
         if self.meter is not None and info is not None:
             pacing = int(self.meter.pacing_bps() or 0)
-            self.lowat = max(4096, int(self.meter.margin_bytes(info.snd_mss)))
+            self.lowat = max(4096, int(self.meter.margin))
         if self._applied is not None:
             lowat0, pacing0 = self._applied
             if lowat0 == self.lowat and abs(pacing - pacing0) <= pacing0 * 0.02:
@@ -266,4 +272,4 @@ class Pacer:
         trip, and at most one video message and the margin ahead of it at the upload rate."""
         if m is None or upload is None or m.base_rtt_s is None:
             return None
-        return m.base_rtt_s + (self.largest_message + self.lowat) / upload
+        return m.base_rtt_s + (self.largest_message + m.margin) / upload

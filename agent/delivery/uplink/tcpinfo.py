@@ -40,7 +40,7 @@ _NEEDED = 152  # through tcpi_min_rtt (Linux 4.6)
 @dataclass(frozen=True, slots=True)
 class TcpInfo:
     min_rtt_s: float  # the path's round trip with no queue
-    bytes_acked: int  # what the far end has acknowledged, since the connection began
+    bytes_acked: int  # what the far end has acknowledged (and the SYN, one byte)
     bytes_sent: int  # what has left this box, retransmissions counted once
     notsent_bytes: int  # written by us, not yet sent by the kernel
     snd_mss: int
