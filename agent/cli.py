@@ -20,6 +20,7 @@ from typing import Any
 from agent import __version__, logs
 from agent.box import control, walktest
 from agent.config import Config, format_report, load_config
+from agent.delivery.uplink.pacing import describe
 from agent.errors import AgentError, ConfigError
 
 DEFAULT_CONFIG = os.environ.get("EDGE_AGENT_CONFIG", "/etc/edge-agent/agent.yaml")
@@ -191,6 +192,7 @@ def format_status(s: dict[str, Any]) -> str:
         f"clock {'synced' if s['clock_synced'] else 'NOT synced'})",
         f"uplink    {up['state']} to {up['broker']}; centre {up['centre']}"
         + (f"  last error: {up['last_error']}" if up["last_error"] else ""),
+        f"pacing    {up['pacing']['mode']}: {describe(up['pacing'])}",
         f"outbox    alarms {box['alarm']}, control {box['control']}, live {box['live']}, "
         f"clips {box['clip']}; awaiting the centre's receipt {box['unconfirmed']}; "
         f"last seq {box['last_seq']}"

@@ -224,3 +224,29 @@ def test_video_is_cut_smaller_on_a_slow_link(upload_bps: float | None, expected:
     assert pacer.meter is not None
     pacer.meter.upload_bps = upload_bps
     assert pacer.chunk_bytes(16384) == expected
+
+
+def _pacing(**kw: object) -> dict[str, object]:
+    base: dict[str, object] = {"mode": "auto", "upload_kbps": 930, "ceiling_kbps": None,
+                               "base_rtt_ms": 31.0, "queue_delay_ms": 2.5,
+                               "alarm_wait_ms": 120.0, "notsent_lowat": 4096, "window": 8}
+    return {**base, **kw}
+
+
+@pytest.mark.parametrize(("pacing", "ok", "words"), [
+    (_pacing(), True, "upload about 0.9 Mbit/s; alarms will reach the centre in about 0.1 s "
+     "while video uploads (base RTT 31.0 ms, queue 2.5 ms)"),
+    (_pacing(upload_kbps=8000, alarm_wait_ms=45.0), True, "alarms will reach the centre in "
+     "under 0.1 s"),
+    (_pacing(upload_kbps=None, alarm_wait_ms=None), True, "not measured yet"),
+    (_pacing(alarm_wait_ms=2400.0), False, "about 2.4 s"),
+    (_pacing(mode="fixed", ceiling_kbps=900), True, "video capped at 900 kbit/s"),
+    (_pacing(mode="fixed"), False, "not paced"),
+])
+def test_selftest_says_what_the_running_agent_measured(pacing: dict[str, object], ok: bool,
+                                                       words: str) -> None:
+    from agent.box.selftest import _upload
+
+    check = _upload({"uplink": {"pacing": pacing}})
+    assert check.name == "upload" and check.ok is ok and words in check.detail
+    assert ok or check.fix

@@ -273,3 +273,19 @@ class Pacer:
         if m is None or upload is None or m.base_rtt_s is None:
             return None
         return m.base_rtt_s + (self.largest_message + m.margin) / upload
+
+
+def describe(status: dict[str, Any]) -> str:
+    """The pacer's status in a technician's words (``edge-agent status``, ``selftest``)."""
+    if status.get("mode") != "auto":
+        cap = status.get("ceiling_kbps")
+        return (f"not measured; video capped at {cap} kbit/s" if cap
+                else "not measured; video not paced")
+    upload = status.get("upload_kbps")
+    if upload is None:
+        return "not measured yet: it is measured while video uploads"
+    mbit = upload / 1000
+    wait = (status.get("alarm_wait_ms") or 0.0) / 1000
+    return (f"upload about {mbit:.1f} Mbit/s; alarms will reach the centre in "
+            f"{'under 0.1' if wait < 0.1 else f'about {wait:.1f}'} s while video uploads "
+            f"(base RTT {status.get('base_rtt_ms')} ms, queue {status.get('queue_delay_ms')} ms)")
