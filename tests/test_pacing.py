@@ -20,7 +20,6 @@ from agent.delivery.uplink.pacing import (
     MIN_CHUNK,
     PACING_GAIN,
     RATE_KEEP,
-    START_GAIN,
     Pacer,
     PathMeter,
 )
@@ -90,11 +89,12 @@ def _info(acked: int, in_flight: int = 0, notsent: int = 0,
 
 def _drive(meter: PathMeter, t: float, acked: int, seconds: float, rate: float,
            in_flight: int = 0) -> tuple[float, int]:
-    """Video waits all along; the path delivers ``rate`` bytes/s. Returns (t, acked)."""
+    """Video waits all along; the path delivers ``rate`` bytes/s, or what the kernel's
+    pacing lets through if less. Returns (t, acked)."""
     end = t + seconds
     while t < end:
         t += 0.05
-        acked += int(rate * 0.05)
+        acked += int(min(rate, meter.pacing_bps() or rate) * 0.05)
         meter.sample(t, _info(acked, in_flight))
     return t, acked
 
@@ -149,16 +149,19 @@ def test_the_bytes_one_round_trip_keeps_on_the_wire_are_not_a_queue() -> None:
     assert meter.ahead_bytes == 0 and meter.wait_s() == 0
 
 
-def test_the_kernel_paces_harder_while_its_own_pacing_held_video_back() -> None:
+def test_the_kernel_stops_pacing_for_a_window_when_its_pacing_held_video_back() -> None:
     meter = PathMeter()
     t, acked = _drive(meter, 0.0, 0, 1.1, 100_000)  # unpaced: the link's 100 KB/s
     t, acked = _drive(meter, t, acked, 1.1, 100_000)  # paced at 125 KB/s: the link held it
     assert not meter.box_limited
     assert meter.pacing_bps() == pytest.approx(PACING_GAIN * 100_000, rel=0.02)
     # The link grew to 400 KB/s: the path delivers all the pacing lets through, 125 KB/s.
-    t, acked = _drive(meter, t, acked, 1.1, 125_000)
+    t, acked = _drive(meter, t, acked, 1.1, 400_000)
     assert meter.box_limited and meter.upload_bps == pytest.approx(125_000, rel=0.05)
-    assert meter.pacing_bps() == START_GAIN * meter.upload_bps
+    assert meter.pacing_bps() is None  # a window unpaced: it shows the link's 400 KB/s
+    _drive(meter, t, acked, 2.2, 400_000)
+    assert not meter.box_limited and meter.upload_bps == pytest.approx(400_000, rel=0.05)
+    assert meter.pacing_bps() == PACING_GAIN * meter.upload_bps
 
 
 class _FakeKernel:
@@ -214,8 +217,8 @@ def test_the_status_shows_what_the_pacer_uses() -> None:
 
 @pytest.mark.parametrize(("upload_bps", "expected"), [
     (None, 16384),  # nothing measured: the largest
-    (62_500 * 0.955, 5 * 1024),  # 0.5 Mbit/s: about 90 ms
-    (125_000 * 0.955, 10 * 1024),  # 1 Mbit/s
+    (62_500 * 0.955, 6 * 1024),  # 0.5 Mbit/s: about 100 ms
+    (125_000 * 0.955, 12 * 1024),  # 1 Mbit/s
     (500_000, 16384),  # 4 Mbit/s: never larger than the largest
     (10_000, MIN_CHUNK),  # 80 kbit/s: never below 4 KB (each has a ~400-byte header)
 ])

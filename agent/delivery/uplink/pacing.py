@@ -76,8 +76,7 @@ class TokenBucket:
 RATE_S = 1.0  # the delivery rate is measured over windows this long ...
 RATE_KEEP = 3  # ... and the estimate is the largest of the last this many
 START_BPS = 62_500.0  # 0.5 Mbit/s: the rate assumed before anything was measured
-PACING_GAIN = 1.25  # the kernel paces our socket at this multiple of the estimate ...
-START_GAIN = 2.0  # ... or this one while that pacing was what held video back
+PACING_GAIN = 1.25  # the kernel paces our socket at this multiple of the estimate
 MARGIN_SEGMENTS = 1  # video goes when at most this many segments ...
 MARGIN_S = 0.02  # ... plus this long at the upload rate wait ahead of it on the path
 MAX_WAIT_S = 0.02  # a closed path is looked at again at least this often ...
@@ -85,8 +84,9 @@ EARLY = 2.0  # ... and as if it drained this much faster than the estimate: a la
 # leaves the link idle, an early one costs a system call
 BOX_LIMITED = 0.9  # a window that delivered this share of the kernel's pacing rate was
 # held back by that pacing, not by the link
-CHUNK_S = 0.09  # video is cut into messages of about this long at the upload rate ...
+CHUNK_S = 0.1  # video is cut into messages of about this long at the upload rate ...
 MIN_CHUNK = 4096  # ... but no smaller (each carries a ~400-byte header)
+UNPACED = 0xFFFFFFFF  # SO_MAX_PACING_RATE's "no limit"
 
 
 class PathMeter:
@@ -161,13 +161,13 @@ class PathMeter:
 
     def pacing_bps(self) -> float | None:
         """What the kernel may send at: a little above the link's rate, so a chunk leaves the
-        box at about the rate the modem passes it on, not as one burst into its buffer; more
-        while that pacing, not the link, was what held video back. Unpaced (None) until the
-        first window was measured: at most a message and the margin are on the path, and
-        the first window then shows the link's rate at once, whatever it is."""
-        if self.upload_bps is None:
+        box at about the rate the modem passes it on, not as one burst into its buffer.
+        Unpaced (None) before the first window, and for a window after the pacing itself held
+        video back (the link grew): at most a message and the margin are on the path anyway,
+        and that window then shows the link's rate at once, whatever it is."""
+        if self.upload_bps is None or self.box_limited:
             return None
-        return (START_GAIN if self.box_limited else PACING_GAIN) * self.upload_bps
+        return PACING_GAIN * self.upload_bps
 
 
 Reader = Callable[[socket.socket], TcpInfo | None]
@@ -232,12 +232,12 @@ class Pacer:
         upload = self.meter.upload_bps if self.meter is not None else None
         if upload is None:
             return largest
-        return max(MIN_CHUNK, min(largest, int(upload * CHUNK_S) // 1024 * 1024))
+        return max(MIN_CHUNK, min(largest, round(upload * CHUNK_S / 1024) * 1024))
 
     def _apply(self, sock: socket.socket, info: TcpInfo | None) -> None:
         pacing = 0
         if self.meter is not None and info is not None:
-            pacing = int(self.meter.pacing_bps() or 0)
+            pacing = int(self.meter.pacing_bps() or UNPACED)
             self.lowat = max(4096, int(self.meter.margin))
         if self._applied is not None:
             lowat0, pacing0 = self._applied

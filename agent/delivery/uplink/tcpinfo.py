@@ -71,9 +71,11 @@ def parse(raw: bytes) -> TcpInfo | None:
 
 
 def set_option(sock: socket.socket, level: int, option: int, value: int) -> bool:
-    """One socket option, quietly: False when this kernel or this socket cannot take it."""
+    """One unsigned 32-bit socket option, quietly: False when this kernel or this socket
+    cannot take it. (Packed: Python passes an int as a signed C int, and SO_MAX_PACING_RATE's
+    "no limit" is 2**32 - 1.)"""
     try:
-        sock.setsockopt(level, option, value)
+        sock.setsockopt(level, option, struct.pack("=I", value))
     except (OSError, ValueError):
         return False
     return True
