@@ -242,7 +242,7 @@ def _ms(text: str) -> str:
     """Any RFC 3339 time as the commands' exact form, UTC with milliseconds."""
     from datetime import datetime
 
-    from agent.delivery.protocol import rfc3339
+    from agent.clock import rfc3339
 
     try:
         return rfc3339(datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp())

@@ -36,7 +36,6 @@ import time
 import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from pathlib import Path
 from types import MappingProxyType
 from typing import Final, TypeVar
@@ -46,14 +45,16 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 from agent.box import walktest
+from agent.clock import clock_synced as kernel_clock_synced
+from agent.clock import parse_rfc3339, rfc3339, rfc3339_ms
 from agent.db import move_aside
 from agent.delivery.protocol import SITE_ID, UUID
-from agent.delivery.protocol import clock_synced as kernel_clock_synced
-from agent.delivery.schema import WireError, load_object, no_duplicates, parse_timestamp
+from agent.delivery.schema import WireError, load_object, no_duplicates
 from agent.errors import AgentError
 
 _no_duplicates = no_duplicates  # the names the tests and older callers use
-_parse_timestamp = parse_timestamp
+_parse_timestamp = parse_rfc3339
+_format_ms = rfc3339_ms
 
 log = logging.getLogger("agent.commands")
 
@@ -308,12 +309,6 @@ def _parse_document(payload: object) -> dict[str, object]:
         return load_object(payload, MAX_PAYLOAD_BYTES, "a command")
     except WireError as exc:
         raise CommandRejected(str(exc)) from None
-
-
-def _format_ms(ms: int) -> str:
-    """The inverse of _parse_timestamp, exact to the millisecond (no float in between)."""
-    whole = datetime.fromtimestamp(ms // 1000, UTC).strftime("%Y-%m-%dT%H:%M:%S")
-    return f"{whole}.{ms % 1000:03d}Z"
 
 
 def _text_field(doc: Mapping[str, object], key: str, pattern: re.Pattern[str], rule: str) -> str:
@@ -807,7 +802,7 @@ def result_payload(command_id: str | None, ok: bool, reason: str = "",
         "ok": bool(ok),
         "reason": str(reason)[:_REASON_MAX],
         "data": dict(data) if data else {},
-        "at": _format_ms(math.floor((time.time() if at is None else at) * 1000)),
+        "at": rfc3339(time.time() if at is None else at),
         "v": COMMAND_VERSION,
     }
     return json.dumps(body, separators=(",", ":"), ensure_ascii=False,

@@ -32,6 +32,7 @@ from gpiozero.pins import Factory
 from agent import __version__
 from agent.box.control import ControlServer, socket_path
 from agent.box.walktest import MAX_MINUTES, WalkTest
+from agent.clock import clock_synced, rfc3339
 from agent.commands import (
     AckArgs,
     Command,
@@ -54,10 +55,8 @@ from agent.delivery.protocol import (
     Priority,
     Status,
     Topics,
-    clock_synced,
     dumps,
     new_event_id,
-    rfc3339,
 )
 from agent.delivery.uplink.link import Uplink
 from agent.errors import AgentError

@@ -17,8 +17,8 @@ from pathlib import Path
 from typing import Any
 
 from agent.box import control
+from agent.clock import clock_synced
 from agent.config import ButtonConfig, CameraConfig, Config, redact_url
-from agent.delivery.protocol import clock_synced
 from agent.errors import AgentError
 
 

@@ -34,7 +34,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from agent.delivery.protocol import Alarm, rfc3339
+from agent.clock import rfc3339
+from agent.delivery.protocol import Alarm
 from agent.errors import AgentError
 
 log = logging.getLogger("agent.ledger")
