@@ -47,7 +47,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 from agent.box import walktest
 from agent.clock import clock_synced as kernel_clock_synced
 from agent.clock import parse_rfc3339, rfc3339, rfc3339_ms
-from agent.db import move_aside
+from agent.db import Sync, open_db
 from agent.delivery.protocol import SITE_ID, UUID
 from agent.delivery.schema import WireError, load_object, no_duplicates
 from agent.errors import AgentError
@@ -560,26 +560,10 @@ class NonceStore:
         """
         if max_rows < 1:
             raise ValueError("max_rows must be at least 1")
-        try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            conn = _connect_store(path)
-        except sqlite3.DatabaseError as exc:
-            try:
-                aside = move_aside(path)
-            except OSError as exc2:
-                raise NonceStoreError(f"replay cache {path} is corrupt ({exc}) and cannot be"
-                                      f" moved aside: {exc2}") from exc2
-            log.error("replay cache %s is corrupt (%s); moved it to %s and started a clean one:"
-                      " commands captured in the last hour could be replayed once", path, exc,
-                      aside)
-            try:
-                conn = _connect_store(path)
-            except (sqlite3.Error, OSError) as exc2:
-                raise NonceStoreError(f"cannot create replay cache {path}: {exc2}") from exc2
-        except (sqlite3.Error, OSError) as exc:
-            raise NonceStoreError(f"cannot open replay cache {path}: {exc}; check that the"
-                                  " storage directory is writable") from exc
-        return cls(conn, path, max_rows)
+        opened = open_db(path, _setup, what="replay cache", sync=Sync.FULL, autocommit=True,
+                         private=True, error=NonceStoreError,
+                         lost="commands captured in the last hour could be replayed once")
+        return cls(opened.conn, path, max_rows)
 
     def close(self) -> None:
         with self._lock:
@@ -665,24 +649,12 @@ def _horizon_ms(conn: sqlite3.Connection) -> int:
     return int(value)
 
 
-def _connect_store(path: Path) -> sqlite3.Connection:
-    conn = sqlite3.connect(path, check_same_thread=False, isolation_level=None, timeout=5.0)
-    try:
-        conn.execute("PRAGMA journal_mode=WAL")
-        conn.execute("PRAGMA synchronous=FULL")
-        (check,) = conn.execute("PRAGMA quick_check").fetchone()
-        if check != "ok":
-            raise sqlite3.DatabaseError(f"quick_check: {check}")
-        conn.executescript(_STORE_SCHEMA)
-        try:  # a file from something else fails here, not at the first command
-            _horizon_ms(conn)
-        except (TypeError, ValueError) as exc:
-            raise sqlite3.DatabaseError(f"not a replay cache: {exc}") from exc
-        os.chmod(path, 0o600)
-    except (sqlite3.Error, OSError):
-        conn.close()
-        raise
-    return conn
+def _setup(conn: sqlite3.Connection) -> None:
+    conn.executescript(_STORE_SCHEMA)
+    try:  # a file from something else fails here, not at the first command
+        _horizon_ms(conn)
+    except (TypeError, ValueError) as exc:
+        raise sqlite3.DatabaseError(f"not a replay cache: {exc}") from exc
 
 
 # --------------------------------------------------------------------------------------------------

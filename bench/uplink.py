@@ -290,7 +290,7 @@ def header(i: int, chunk: int) -> bytes:
 
 def prefill(db: Path, spool: Path, chunk: int, total: int) -> int:
     n = total // chunk
-    box = Outbox.open(db, budget_bytes=4 * total)
+    box = Outbox.open(db)
     try:
         box.add_many((Priority.CLIP, f"schools/{SITE}/clip/bench-cam", f"backlog-{i}",
                       header(i, chunk), BlobRef(spool, i * chunk, chunk)) for i in range(n))

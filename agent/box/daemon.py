@@ -109,7 +109,7 @@ class Daemon:
         storage = Path(self.cfg.storage.path)
         storage.mkdir(parents=True, exist_ok=True, mode=0o750)
         self.walk_test.load()
-        self.outbox = Outbox.open(storage / "outbox.db", int(self.cfg.storage.max_gb * 1e9))
+        self.outbox = Outbox.open(storage / "outbox.db")
         self.router = self._command_router(storage)
         self.box_key = BoxKey.load_or_create(storage)
         self.video = Video(self.cfg, storage, self._on_clip_segment, self.box_key)
