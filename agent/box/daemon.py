@@ -38,7 +38,7 @@ from agent.commands.keys import load_public_key
 from agent.commands.nonces import NonceStore
 from agent.commands.router import CommandRouter
 from agent.commands.verify import CommandVerifier
-from agent.config import Config
+from agent.config.model import Config
 from agent.delivery.framing import clip_chunks, live_chunks
 from agent.delivery.outbox import Outbox
 from agent.delivery.protocol import (

@@ -18,7 +18,8 @@ from typing import Any
 
 from agent.box import control
 from agent.clock import clock_synced
-from agent.config import ButtonConfig, CameraConfig, Config, redact_url
+from agent.config import redact_url
+from agent.config.model import ButtonConfig, CameraConfig, Config
 from agent.errors import AgentError
 
 

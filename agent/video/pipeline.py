@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from agent.clock import rfc3339
-from agent.config import Config, RecordingMode
+from agent.config.model import Config, RecordingMode
 from agent.supervision import Supervisor
 from agent.video.camera import Camera
 from agent.video.chain import BoxKey, clip_statement, head_statement
