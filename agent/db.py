@@ -82,7 +82,8 @@ def open_db(
     """
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        return Opened(_connect(path, setup, sync, autocommit, private, busy_timeout_s))
+        return Opened(_connect(path, setup, sync, autocommit, private, busy_timeout_s,
+                               refuse_empty=quarantine))
     except sqlite3.DatabaseError as exc:
         damaged = _is_damage(exc)
         if not damaged or not quarantine:
@@ -99,15 +100,20 @@ def open_db(
     log.error("%s %s is corrupt (%s); moved it to %s and started a clean one: %s", what, path,
               reason, aside, lost)
     try:
-        return Opened(_connect(path, setup, sync, autocommit, private, busy_timeout_s), aside)
+        return Opened(_connect(path, setup, sync, autocommit, private, busy_timeout_s,
+                               refuse_empty=True), aside)
     except (sqlite3.Error, OSError) as exc:
         raise error(f"cannot create a new {what} {path}: {exc}; check that {path.parent} is "
                     "writable and not full") from exc
 
 
 def _connect(path: Path, setup: Callable[[sqlite3.Connection], None], sync: Sync,
-             autocommit: bool, private: bool, busy_timeout_s: float) -> sqlite3.Connection:
-    if path.exists() and path.stat().st_size == 0:  # SQLite would take it for a new file
+             autocommit: bool, private: bool, busy_timeout_s: float,
+             refuse_empty: bool) -> sqlite3.Connection:
+    """``refuse_empty``: the file's owner takes an empty file for a truncated one (SQLite would
+    silently start it anew, and the loss would go unreported). A reader beside the owner must
+    not: an empty file is also what the owner's file looks like while it is being created."""
+    if refuse_empty and path.exists() and path.stat().st_size == 0:
         raise sqlite3.DatabaseError("the file is empty (truncated)")
     conn = sqlite3.connect(path, check_same_thread=False, isolation_level=None,
                            timeout=busy_timeout_s)

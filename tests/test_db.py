@@ -95,6 +95,14 @@ def test_without_quarantine_a_corrupt_file_stays_and_the_open_fails(tmp_path: Pa
     assert aside(tmp_path) == [] and db.read_bytes() == b"garbage" * 1000
 
 
+def test_a_reader_takes_an_empty_file_for_one_being_created(tmp_path: Path) -> None:
+    """Another process has just created the file and not yet written its header."""
+    db = tmp_path / "t.db"
+    db.touch()
+    assert open_test(db, quarantine=False).execute("SELECT x FROM t").fetchall() == [(1,)]
+    assert aside(tmp_path) == []
+
+
 def test_the_callers_error_type_is_raised(tmp_path: Path) -> None:
     class MineError(AgentError):
         pass
