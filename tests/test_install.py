@@ -63,8 +63,6 @@ def tree(root: Path, under: str) -> dict[str, tuple[int, bytes]]:
 @pytest.fixture(scope="module")
 def staged(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path, str]]:
     """One full staged install (real venv, real pip install of this checkout) for several tests."""
-    if not EXAMPLE.exists():
-        pytest.skip(f"{EXAMPLE.relative_to(REPO)} is missing: install.sh copies it as the config")
     root = tmp_path_factory.mktemp("staged") / "root"
     yield root, run_install(root=root).stdout
 
@@ -183,8 +181,6 @@ def test_rerun_upgrades_in_place_and_keeps_config_and_data(staged: tuple[Path, s
 
 
 def test_uninstall_keeps_config_and_data_purge_removes_them(tmp_path: Path) -> None:
-    if not EXAMPLE.exists():
-        pytest.skip(f"{EXAMPLE.relative_to(REPO)} is missing")
     root = tmp_path / "root"
     run_install("--no-venv", root=root)
     (root / STATE / "outbox.db").write_bytes(b"queued alarms")
@@ -209,8 +205,6 @@ def test_restart_backoff_dropin_only_for_systemd_254_and_newer(
     tmp_path: Path, version: str, dropin: bool
 ) -> None:
     """The target's systemd version is read from the staged root's dpkg database."""
-    if not EXAMPLE.exists():
-        pytest.skip(f"{EXAMPLE.relative_to(REPO)} is missing")
     root = tmp_path / "root"
     (root / "var/lib/dpkg").mkdir(parents=True)
     (root / "var/lib/dpkg/status").write_text(
@@ -228,8 +222,6 @@ def test_staged_install_needs_neither_root_nor_network() -> None:
     """Run as nobody, and where possible in a network namespace with no interfaces up."""
     if os.geteuid() != 0:
         pytest.skip("already not root: every other staged test shows it")
-    if not EXAMPLE.exists():
-        pytest.skip(f"{EXAMPLE.relative_to(REPO)} is missing")
     if shutil.which("runuser") is None:
         pytest.skip("runuser (util-linux) not installed")
     readable = subprocess.run(["runuser", "-u", "nobody", "--", "test", "-r", str(EXAMPLE)])
@@ -303,15 +295,22 @@ def test_unit_keeps_the_service_contract() -> None:
 
 
 def test_hardware_examples_validate(tmp_path: Path) -> None:
-    """The example configs pass the agent's own validator (with stand-ins for the key files)."""
-    config = pytest.importorskip("agent.config")
-    for example in sorted((REPO / "hardware" / "examples").glob("*.yaml")):
+    """The example configs pass the agent's own validator (with stand-ins for the key files).
+
+    A plain import: an agent that cannot be imported fails here, it is not a reason to skip.
+    """
+    from agent.config import load_config
+
+    examples = sorted((REPO / "hardware" / "examples").glob("*.yaml"))
+    # docs/install.md and hardware/README.md send technicians to these two by name.
+    assert {"small-school.yaml", "large-school.yaml"} <= {e.name for e in examples}, examples
+    for example in examples:
         site = tmp_path / example.stem
         site.mkdir()
         shutil.copy(example, site / "agent.yaml")
         for name in re.findall(r"^\s*\w+_file: (\S+)", example.read_text(), re.M):
             (site / name).write_text("stand-in\n")
-        config.load_config(site / "agent.yaml")  # raises ConfigError listing every problem
+        load_config(site / "agent.yaml")  # raises ConfigError listing every problem
 
 
 def test_install_sh_is_shellcheck_clean() -> None:
