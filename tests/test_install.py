@@ -14,10 +14,12 @@ import shutil
 import stat
 import subprocess
 import tempfile
+import tomllib
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from packaging.requirements import Requirement
 
 REPO = Path(__file__).resolve().parent.parent
 INSTALL = REPO / "install.sh"
@@ -25,6 +27,14 @@ UNIT = REPO / "systemd" / "edge-agent.service"
 EXAMPLE = REPO / "agent" / "data" / "agent.example.yaml"
 OFFLINE_PIP = "--no-deps --no-build-isolation --no-index"
 MAX_EXPOSURE = 2.5
+
+# Runtime dependencies that the production venv takes from Debian bookworm (the package and its
+# version there), because PyPI has no armv7l wheel of them (pyyaml) or of what they need (cffi,
+# under cryptography): docs/install.md, "Where each Python package comes from".
+FROM_DEBIAN = {
+    "pyyaml": ("python3-yaml", "6.0"),
+    "cryptography": ("python3-cryptography", "38.0.4"),
+}
 
 VENV = "opt/edge-agent/venv"
 CONFIG = "etc/edge-agent/agent.yaml"
@@ -119,6 +129,25 @@ def test_staged_install_layout(staged: tuple[Path, str]) -> None:
         "systemctl enable",
     ):
         assert re.search(rf"^skipped: .*{step}.*\(--root", out, re.M), f"no skip line for {step}"
+
+
+def test_debian_packages_satisfy_the_dependencies_they_stand_in_for(
+    staged: tuple[Path, str],
+) -> None:
+    """install.sh installs each of FROM_DEBIAN, and pyproject.toml accepts bookworm's version.
+
+    Raise a lower bound past bookworm's and pip replaces Debian's package with PyPI's, which on
+    armhf means compiling cffi (no compiler on the box) or a pure-Python YAML loader.
+    """
+    _, out = staged
+    [apt] = re.findall(r"^skipped: apt-get install (.*) \(--root\)$", out, re.M)
+    project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
+    deps = {(r := Requirement(d)).name.lower(): r for d in project["dependencies"]}
+    for name, (package, version) in FROM_DEBIAN.items():
+        assert package in apt.split(), f"install.sh does not install {package}"
+        assert deps[name].specifier.contains(version), (
+            f"pyproject.toml wants {deps[name]}; bookworm's {package} is {version}"
+        )
 
 
 def test_staged_venv_imports_the_installed_agent(staged: tuple[Path, str]) -> None:
