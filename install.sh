@@ -29,7 +29,7 @@ DEV_APT_PACKAGES="mosquitto mosquitto-clients ffmpeg iproute2 systemd python3-ve
   gstreamer1.0-plugins-good gstreamer1.0-plugins-ugly shellcheck faketime"
 # ... and on 32-bit ARM (armhf), where PyPI has no wheel of numpy (a test extra), cffi or pyyaml:
 # there .venv is made with Debian's python3 and --system-site-packages and takes these from Debian
-# instead of compiling them (the box has no compiler).
+# instead of compiling them (a Pi has no compiler as a rule).
 DEV_ARMHF_APT_PACKAGES="python3-numpy python3-yaml python3-cryptography"
 
 # Debian packages for a production install, on every architecture. The venv sees them
