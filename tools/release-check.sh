@@ -2,7 +2,7 @@
 # Release check: install and run the agent in fresh Raspberry Pi OS-like userlands, one per
 # architecture (arm64 and armhf, Debian bookworm, Python 3.11), under qemu-user emulation.
 #
-#   sudo tools/release-check.sh                    both architectures (about an hour, see below)
+#   sudo tools/release-check.sh                    both architectures (half an hour on 2 cores)
 #   sudo tools/release-check.sh --arch armhf       one
 #   sudo tools/release-check.sh --keep             keep the userlands for a look afterwards
 #
@@ -26,7 +26,7 @@
 # run looks like: docs/install.md, "Release check".
 #
 # Needs root, debootstrap, and for a foreign architecture qemu-user-static with binfmt_misc
-# (apt-get install debootstrap qemu-user-static binfmt-support); about 3 GB in --workdir.
+# (apt-get install debootstrap qemu-user-static binfmt-support); about 4 GB in --workdir.
 set -euo pipefail
 
 SUITE=bookworm
