@@ -26,7 +26,7 @@
 # run looks like: docs/install.md, "Release check".
 #
 # Needs root, debootstrap, and for a foreign architecture qemu-user-static with binfmt_misc
-# (apt-get install debootstrap qemu-user-static binfmt-support); about 4 GB in --workdir.
+# (apt-get install debootstrap arch-test qemu-user-static binfmt-support); about 4 GB in --workdir.
 set -euo pipefail
 
 SUITE=bookworm
