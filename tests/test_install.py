@@ -342,8 +342,11 @@ def test_hardware_examples_validate(tmp_path: Path) -> None:
         load_config(site / "agent.yaml")  # raises ConfigError listing every problem
 
 
-def test_install_sh_is_shellcheck_clean() -> None:
+@pytest.mark.parametrize(
+    "script", [INSTALL, REPO / "tools" / "release-check.sh"], ids=lambda p: p.name
+)
+def test_shell_scripts_are_shellcheck_clean(script: Path) -> None:
     if shutil.which("shellcheck") is None:
         pytest.skip("shellcheck not installed (apt-get install shellcheck)")
-    proc = subprocess.run(["shellcheck", str(INSTALL)], capture_output=True, text=True)
+    proc = subprocess.run(["shellcheck", str(script)], capture_output=True, text=True)
     assert proc.returncode == 0, proc.stdout
