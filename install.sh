@@ -88,7 +88,7 @@ Usage: install.sh [--root DIR] [--no-venv]   install or upgrade (as root unless 
                  no chown, no systemctl (each skipped step is printed).
   --no-venv      Skip the venv and pip step (tests, or images that build the venv elsewhere).
   --dev          apt-get install the tools the tests need (as root; skipped otherwise), create
-                 .venv here and pip install -e '.[test,lint]'. Fast when nothing changed.
+                 .venv here and pip install -e '.[test,lint,dc09]'. Fast when nothing changed.
 
 Details: docs/install.md
 EOF
@@ -484,14 +484,14 @@ stop_test_broker_service() {
 do_dev() {
     cd "$SRC_DIR"
     local missing="" py stamp want pkgs=() armhf_pkgs=() system_site=false venv_opts=()
-    local extras="test,lint"
+    local extras="test,lint,dc09"
     read -r -d '' -a pkgs <<<"$DEV_APT_PACKAGES" || true
     if [ "$(debian_arch)" = armhf ]; then
         read -r -d '' -a armhf_pkgs <<<"$DEV_ARMHF_APT_PACKAGES" || true
         pkgs+=("${armhf_pkgs[@]}")
         system_site=true
         venv_opts=(--system-site-packages)
-        extras="test"   # mypy needs librt, which has no armv7l wheel: lint on another machine
+        extras="test"   # no armv7l wheels of librt (mypy), pycryptodome (pysiaalarm): see pyproject
     fi
     if command -v dpkg-query >/dev/null 2>&1; then missing=$(apt_missing "${pkgs[@]}"); fi
     if ! command -v dpkg-query >/dev/null 2>&1; then
@@ -542,7 +542,8 @@ do_dev() {
         as_owner .venv/bin/python -m pip install --disable-pip-version-check --no-input --quiet \
             -e ".[$extras]" || die "pip install failed (output above); fix the cause and re-run."
         if [ "$extras" = test ]; then
-            skip "mypy, ruff (the lint extra)" "armhf: mypy needs librt, no armv7l wheel"
+            skip "the lint and dc09 extras (mypy, ruff, pysiaalarm)" \
+                "armhf: no armv7l wheel of librt or pycryptodome; lint and run tests/dc09 elsewhere"
         fi
         as_owner tee .venv/.edge-agent-dev-stamp <<<"$want" >/dev/null
         say "installed: edge-agent (editable) into .venv"
