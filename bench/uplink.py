@@ -79,10 +79,11 @@ from paho.mqtt.enums import CallbackAPIVersion  # noqa: E402
 
 from agent import logs  # noqa: E402
 from agent.box.daemon import Daemon  # noqa: E402
+from agent.clock import rfc3339  # noqa: E402
 from agent.config import default_config_text, load_config  # noqa: E402
 from agent.delivery.framing import CHUNK_BYTES, clip_chunks  # noqa: E402
 from agent.delivery.outbox import Outbox  # noqa: E402
-from agent.delivery.protocol import Alarm, Topics, rfc3339  # noqa: E402
+from agent.delivery.protocol import Alarm, Topics  # noqa: E402
 from agent.delivery.uplink.link import LinkState  # noqa: E402
 from agent.delivery.uplink.pacing import Pacer  # noqa: E402
 from agent.sdnotify import Notifier  # noqa: E402

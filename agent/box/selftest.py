@@ -17,8 +17,9 @@ from pathlib import Path
 from typing import Any
 
 from agent.box import control
-from agent.config import ButtonConfig, CameraConfig, Config, redact_url
-from agent.delivery.protocol import clock_synced
+from agent.clock import clock_synced
+from agent.config import redact_url
+from agent.config.model import ButtonConfig, CameraConfig, Config
 from agent.delivery.uplink.pacing import describe
 from agent.errors import AgentError
 

@@ -85,7 +85,8 @@ class Receiver:
              limits: Limits | None = None) -> Receiver:
         """A receiver on the store's ledger, unless the centre's signing key lies in the store."""
         refuse_key_in_store(store)
-        return cls(endpoint, topic_prefix, store, client_id, Ledger.open(store), on_alarm, limits)
+        return cls(endpoint, topic_prefix, store, client_id, Ledger.open(store, recover=True),
+                   on_alarm, limits)
 
     @property
     def subscribed(self) -> bool:
