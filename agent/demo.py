@@ -23,7 +23,7 @@ from typing import Any
 import av
 import yaml
 
-from agent.config import Config
+from agent.config.model import Config
 from agent.errors import AgentError
 from agent.testing.site import InProcessAgent, Site
 

@@ -37,7 +37,8 @@ from agent.box import control
 from agent.box.daemon import Daemon
 from agent.centre.link import Endpoint
 from agent.centre.service import Receiver
-from agent.config import Config, default_config_text, load_config
+from agent.config import default_config_text, load_config
+from agent.config.model import Config
 from agent.errors import AgentError
 from agent.sdnotify import Notifier
 from agent.supervision import Supervisor
