@@ -17,6 +17,7 @@ from agent.cli import main
 from agent.delivery.protocol import clock_synced
 from agent.testing.broker import Mosquitto
 from tests.conftest import cli, write_config
+from tests.video_fixtures import make_mpeg4_file
 
 BAD = sorted((Path(__file__).parent / "configs" / "bad").glob("*.yaml"))
 EXPECTED = yaml.safe_load((Path(__file__).parent / "configs" / "bad-expected.yaml").read_text())
@@ -156,17 +157,7 @@ def test_demo_exit_passes_when_the_alarm_and_every_clip_arrive(tmp_path: Path) -
 def test_demo_exit_fails_in_one_line_when_a_camera_sends_no_clip(tmp_path: Path) -> None:
     """A camera that cannot start (it sends MPEG-4 Part 2, not H.264): the alarm arrives, its
     clip cannot, and `demo --exit` says so and exits 1 (it used to exit 0: CI could not fail)."""
-    import av
-
-    not_h264 = tmp_path / "mpeg4.mp4"
-    with av.open(str(not_h264), "w") as out:
-        stream = out.add_stream("mpeg4", rate=10)
-        stream.width, stream.height, stream.pix_fmt = 64, 64, "yuv420p"
-        for n in range(10):
-            frame = av.VideoFrame(64, 64, "yuv420p")
-            frame.pts = n
-            out.mux(stream.encode(frame))
-        out.mux(stream.encode(None))
+    not_h264 = make_mpeg4_file(tmp_path / "mpeg4.mp4")
     school = tmp_path / "school.yaml"
     school.write_text(yaml.safe_dump({
         "site": {"id": "demo-school", "name": "A school with a broken camera"},
