@@ -120,7 +120,7 @@ class Durable:
 def run(args: argparse.Namespace, workdir: Path, stopwatch: Stopwatch | None) -> dict[str, Any]:
     samples: dict[str, list[float]] = {"agent": [], "baseline": [], "durable": []}
     rows: list[dict[str, list[float]]] = []
-    site = Site(workdir, tracer=stopwatch or no_trace)
+    site = Site(workdir, centre=False, tracer=stopwatch or no_trace)  # the probe is the centre
     clients: list[MqttClient] = []
     started = time.monotonic()
     truncated = False

@@ -43,7 +43,7 @@ from pathlib import Path
 from typing import Any
 
 from agent.centre.ledger import Ledger
-from agent.delivery.schema import parse_timestamp
+from agent.clock import parse_rfc3339
 from agent.testing import wait_for
 from agent.testing.broker import die_with_parent
 from agent.testing.mqtt import MqttClient
@@ -106,7 +106,7 @@ def run(kills: int, seed: int, workdir: Path, down: tuple[float, float]) -> dict
                 at_up = time.time()
 
                 def back(since: float = before) -> list[float] | None:
-                    times = [parse_timestamp(s.regained_at)
+                    times = [parse_rfc3339(s.regained_at)
                              for s in read_ledger(store, lambda led: led.links())]
                     ok = [t for t in times if t is not None and t >= since]
                     return ok if len(ok) == 2 else None
@@ -129,7 +129,7 @@ def run(kills: int, seed: int, workdir: Path, down: tuple[float, float]) -> dict
             baseline.close()
             central.terminate()
             central.wait(10)
-    by_event = {e: parse_timestamp(at) or 0.0 for (_s, e), at in received.items()}
+    by_event = {e: parse_rfc3339(at) or 0.0 for (_s, e), at in received.items()}
     suback = [t + wall for t in baseline.subscribed_at]
     gaps = [min((t for t in suback if t >= r["at_up"]), default=None) for r in restarts]
     back_s = [g - r["at_up"] for g, r in zip(gaps, restarts, strict=True) if g is not None]

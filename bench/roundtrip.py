@@ -60,7 +60,7 @@ from typing import Any
 
 import av
 
-from agent.commands import generate_keypair, load_private_key, sign_command
+from agent.commands.keys import generate_keypair, load_private_key, sign_command
 from agent.delivery.framing import live_chunks
 from agent.delivery.protocol import Alarm, Topics
 from agent.hardware.buttons import Timing

@@ -87,8 +87,8 @@ class Receiver:
              limits: Limits | None = None, tracer: Tracer = no_trace) -> Receiver:
         """A receiver on the store's ledger, unless the centre's signing key lies in the store."""
         refuse_key_in_store(store)
-        return cls(endpoint, topic_prefix, store, client_id, Ledger.open(store), on_alarm, limits,
-                   tracer)
+        return cls(endpoint, topic_prefix, store, client_id, Ledger.open(store, recover=True),
+                   on_alarm, limits, tracer)
 
     @property
     def subscribed(self) -> bool:

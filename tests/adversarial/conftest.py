@@ -34,7 +34,8 @@ from typing import Any
 import pytest
 
 from agent.centre.ledger import Ledger, Report
-from agent.delivery.protocol import Alarm, rfc3339
+from agent.clock import rfc3339
+from agent.delivery.protocol import Alarm
 from agent.testing.mqtt import MqttClient
 from tests.brokerdoc import Broker, peer_options, start_broker
 from tests.conftest import REPO, wait_for

@@ -21,7 +21,8 @@ from typing import Any
 
 import pytest
 
-from agent.delivery.protocol import Status, rfc3339
+from agent.clock import rfc3339
+from agent.delivery.protocol import Status
 from agent.logs import UNSAFE_CHARS
 from agent.video.chain import BoxKey
 from tests.adversarial.conftest import (
