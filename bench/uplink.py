@@ -1,8 +1,8 @@
 """Uplink under load: alarms through a slow link while a 200 MB clip backlog drains.
 
-    sudo python3 bench/uplink.py              # every link, sender and congestion control (~45 min)
-    sudo python3 bench/uplink.py --quick      # 3 links, 3 senders, reno only (~6 min)
-    sudo python3 bench/uplink.py --json       # the same figures, machine-readable
+    sudo .venv/bin/python -m bench.uplink            # every link, sender and TCP (~45 min)
+    sudo .venv/bin/python -m bench.uplink --quick    # 3 links, 3 senders, reno only (~6 min)
+    sudo .venv/bin/python -m bench.uplink --json     # the same figures, machine-readable
 
 Needs root (network namespaces, veth, tc). Three private namespaces, as in a school:
 
@@ -53,11 +53,8 @@ import json
 import logging
 import math
 import os
-import platform
 import random
 import shutil
-import sqlite3
-import subprocess
 import sys
 import tempfile
 import threading
@@ -68,28 +65,24 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-REPO = Path(__file__).resolve().parent.parent
-if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))
+import paho.mqtt.client as mqtt
+from paho.mqtt.enums import CallbackAPIVersion
 
-import paho.mqtt  # noqa: E402
-import paho.mqtt.client as mqtt  # noqa: E402
-import yaml  # noqa: E402
-from paho.mqtt.enums import CallbackAPIVersion  # noqa: E402
-
-from agent import logs  # noqa: E402
-from agent.box.daemon import Daemon  # noqa: E402
-from agent.clock import rfc3339  # noqa: E402
-from agent.config import default_config_text, load_config  # noqa: E402
-from agent.delivery.framing import CHUNK_BYTES, clip_chunks  # noqa: E402
-from agent.delivery.outbox import Outbox  # noqa: E402
-from agent.delivery.protocol import Alarm, Topics  # noqa: E402
-from agent.delivery.uplink.link import LinkState  # noqa: E402
-from agent.delivery.uplink.pacing import Pacer  # noqa: E402
-from agent.sdnotify import Notifier  # noqa: E402
-from agent.video.clips import ClipSegment  # noqa: E402
-from agent.video.store import SegmentRef  # noqa: E402
-from tests.fault.conftest import BUTTONS, NsBroker, enter_netns, run_in_netns, sh  # noqa: E402
+from agent.box.daemon import Daemon
+from agent.clock import rfc3339
+from agent.config import load_config
+from agent.config.model import Config
+from agent.delivery.framing import CHUNK_BYTES, clip_chunks
+from agent.delivery.outbox import Outbox
+from agent.delivery.protocol import Alarm, Topics
+from agent.delivery.uplink.link import LinkState
+from agent.delivery.uplink.pacing import Pacer
+from agent.sdnotify import Notifier
+from agent.testing.netns import MQTT_PORT, NsBroker, enter_netns, run_in_netns, sh
+from agent.testing.site import KEEPALIVE_S, agent_logs_to, school_config
+from agent.testing.stats import machine_context, percentile
+from agent.video.clips import ClipSegment
+from agent.video.store import SegmentRef
 
 BACKLOG_BYTES = 200 * 1024 * 1024
 SEGMENT_BYTES = 2 * 1024 * 1024  # a 2 s segment at 8 Mbit/s
@@ -99,7 +92,6 @@ TARGET_GOODPUT = 0.85
 TARGET_RECOVERY_S = 5.0  # after the step down, alarms back under ...
 RECOVERED_MS = 300.0  # ... this
 TARGET_RESTORE_S = 1.5
-KEEPALIVE_S = 5  # the agent's; the smallest the config allows (production default: 10)
 SITE = "sim-school"
 WAIT_S = 20.0
 WARM_S = 5.0  # connect, and the pacer's first measurements, before the presses
@@ -323,19 +315,13 @@ class Row:
     restores: list[dict[str, Any]] = field(default_factory=list)
 
 
-def agent_config(workdir: Path, host: str, sender: Sender, kbit: int) -> Any:
-    data = yaml.safe_load(default_config_text())
-    data["mqtt"].update({"host": host, "port": 1883, "keepalive_s": KEEPALIVE_S,
-                         "allow_plaintext": True})
-    data["storage"]["path"] = str(workdir / "state")
-    data["cameras"] = []
-    data["buttons"] = BUTTONS
-    data["uplink"] = {"auto_rate": sender.auto}
+def agent_config(workdir: Path, host: str, sender: Sender, kbit: int) -> Config:
+    """The simulated school (agent/testing/site.py), no cameras, as the sender sets its uplink."""
+    uplink: dict[str, Any] = {"auto_rate": sender.auto}
     if sender.cap_share:
-        data["uplink"]["max_kbps"] = int(kbit * sender.cap_share)
-    path = workdir / "agent.yaml"
-    path.write_text(yaml.safe_dump(data, sort_keys=False))
-    return load_config(path)
+        uplink["max_kbps"] = int(kbit * sender.cap_share)
+    return load_config(school_config(workdir / "agent.yaml", port=MQTT_PORT,
+                                     storage=workdir / "state", host=host, uplink=uplink))
 
 
 class Presses:
@@ -388,8 +374,9 @@ def run_agent(row: Row, topo: Topology, probe: Probe, workdir: Path, segment: Se
         box.add_many(backlog_rows(segment, row.chunk))
     finally:
         box.close()
-    daemon = Daemon(agent_config(wd, topo.srv_b, row.sender, row.link.kbit),
-                    notifier=Notifier(None))
+    cfg = agent_config(wd, topo.srv_b, row.sender, row.link.kbit)
+    ids = [b.id for b in cfg.buttons]
+    daemon = Daemon(cfg, notifier=Notifier(None))
     try:
         daemon.start()
         up, buttons = daemon.uplink, daemon.buttons
@@ -403,7 +390,7 @@ def run_agent(row: Row, topo: Topology, probe: Probe, workdir: Path, segment: Se
         turn = iter(range(1 << 30))
 
         def press() -> tuple[float, str]:
-            bid = str(BUTTONS[next(turn) % len(BUTTONS)]["id"])
+            bid = ids[next(turn) % len(ids)]
             t0 = time.perf_counter()
             events = [e for e in buttons.simulate(bid, True) if e]
             buttons.simulate(bid, False)
@@ -478,10 +465,6 @@ def run_fifo(row: Row, topo: Topology, probe: Probe, segment: SegmentRef,
 # --- figures ----------------------------------------------------------------------------------
 
 
-def percentile(sorted_xs: list[float], p: float) -> float:
-    return sorted_xs[max(0, math.ceil(p / 100 * len(sorted_xs)) - 1)]
-
-
 def recovery_s(row: Row, t_drop: float, t_rise: float) -> float | None:
     """From the drop to the first press after which every press of the slow phase arrived
     within RECOVERED_MS; None if the last one did not."""
@@ -528,23 +511,6 @@ def targets(rows: list[dict[str, Any]]) -> dict[str, str]:
     slow = [str(t) for t in restore if t is None or t > TARGET_RESTORE_S]
     return {"p99": verdict(p99), "goodput": verdict(good), "step": verdict(step),
             "restore": verdict(slow) if restore else "not measured"}
-
-
-def machine_context(cc: list[str]) -> dict[str, Any]:
-    cpu = ""
-    for line in Path("/proc/cpuinfo").read_text().splitlines():
-        if line.startswith(("model name", "Model")):
-            cpu = line.split(":", 1)[1].strip()
-            break
-    try:
-        mosq = subprocess.run([shutil.which("mosquitto") or "/usr/sbin/mosquitto", "-h"],
-                              capture_output=True, text=True, timeout=5).stdout.splitlines()[0]
-    except (OSError, subprocess.TimeoutExpired, IndexError):
-        mosq = "unknown"
-    return {"date": time.strftime("%Y-%m-%d %H:%M"), "cpus": os.cpu_count(), "cpu_model": cpu,
-            "kernel": platform.release(), "python": platform.python_version(),
-            "paho": paho.mqtt.__version__, "broker": mosq, "sqlite": sqlite3.sqlite_version,
-            "box_cc": cc, "keepalive_s": KEEPALIVE_S}
 
 
 def markdown(rep: dict[str, Any]) -> str:
@@ -619,26 +585,21 @@ def main(argv: list[str] | None = None) -> int:
         ccs = ccs[:1]
 
     workdir = Path(tempfile.mkdtemp(prefix="uplink-bench-", dir="/var/tmp"))
-    logs.setup("info")
-    handler = logging.getLogger().handlers[0]
-    assert isinstance(handler, logging.StreamHandler)
-    agent_log = open(workdir / "agent.log", "a", encoding="utf-8")  # noqa: SIM115
-    handler.setStream(agent_log)
     rng = random.Random(args.seed)
     rows: list[dict[str, Any]] = []
     started, load0 = time.monotonic(), os.getloadavg()[0]
     segment = make_segment(workdir / "segment.ts")
     try:
-        for cc in ccs:
-            rows += run_pass(cc, links, senders, workdir, segment, rng, args)
+        with agent_logs_to(workdir / "agent.log"):
+            for cc in ccs:
+                rows += run_pass(cc, links, senders, workdir, segment, rng, args)
     except (BenchError, RuntimeError, OSError) as exc:
         print(f"uplink: {exc} (work dir kept: {workdir})", file=sys.stderr)
         return 1
-    finally:
-        handler.setStream(sys.stderr)
-        agent_log.close()
+    context = {**machine_context(workdir), "date": time.strftime("%Y-%m-%d %H:%M"),
+               "box_cc": ccs, "keepalive_s": KEEPALIVE_S}
     rep = {"bench": "uplink", "elapsed_s": time.monotonic() - started,
-           "load": (load0, os.getloadavg()[0]), "context": machine_context(ccs), "rows": rows,
+           "load": (load0, os.getloadavg()[0]), "context": context, "rows": rows,
            "targets": targets(rows)}
     if not args.keep:
         shutil.rmtree(workdir, ignore_errors=True)
