@@ -19,13 +19,12 @@ from agent.delivery.protocol import Priority
 from tests.conftest import wait_for
 from tests.fault.conftest import (
     MQTT_PORT,
+    AgentProcess,
     Centre,
-    FaultAgent,
     NetLab,
     Presser,
     Tally,
     fault_config,
-    kill_quietly,
 )
 
 CHUNK = 16_000
@@ -33,13 +32,13 @@ FOLLOW_S = 10.0  # the estimate follows a change within this (measured: about 3 
 LATENCY_BOUND_S = 2.0  # an alarm queued behind the backlog would wait minutes
 
 
-def _estimate(agent: FaultAgent) -> float | None:
+def _estimate(agent: AgentProcess) -> float | None:
     pacing = ((agent.status() or {}).get("uplink") or {}).get("pacing") or {}
     value = pacing.get("upload_kbps")
     return float(value) if value is not None else None
 
 
-def _follows(agent: FaultAgent, kbit: int, what: str) -> float:
+def _follows(agent: AgentProcess, kbit: int, what: str) -> float:
     """Seconds until the estimate is within [0.8, 1.05] x the link's rate. Asked twice a
     second, as a technician might: not as fast as wait_for polls, which would be a load."""
     t0 = time.monotonic()
@@ -66,7 +65,7 @@ def test_the_upload_estimate_follows_the_link_down_and_up(netlab: NetLab,
     cfg = fault_config(tmp_path / "agent.yaml", storage, host=netlab.b_addr)
     centre = Centre("127.0.0.1", MQTT_PORT, tmp_path / "centre", netns=netlab.srv,
                     name="c-rate").start()
-    agent = FaultAgent(cfg, netns=netlab.box)
+    agent = AgentProcess(cfg, netns=netlab.box)
     tally = Tally("rate_change")
     try:
         agent.start()
@@ -99,5 +98,5 @@ def test_the_upload_estimate_follows_the_link_down_and_up(netlab: NetLab,
         assert agent.outbox()["clip"] > 0, "the backlog drained: nothing was paced"
         assert max(latencies) < LATENCY_BOUND_S, f"an alarm waited behind video: {latencies}"
     finally:
-        kill_quietly(agent)
+        agent.close()
         centre.stop()
