@@ -369,7 +369,7 @@ def run_agent(row: Row, topo: Topology, probe: Probe, workdir: Path, segment: Se
               presses: Presses, cuts: list[tuple[str, float]]) -> None:
     wd = workdir / f"agent-{time.monotonic_ns()}"
     wd.mkdir()
-    box = Outbox.open(wd / "state" / "outbox.db", budget_bytes=4 * BACKLOG_BYTES)
+    box = Outbox.open(wd / "state" / "outbox.db")
     try:
         box.add_many(backlog_rows(segment, row.chunk))
     finally:
