@@ -16,8 +16,9 @@ Per message, as DC-09 asks:
   ``supervision_s`` has passed since it failed.
 
 Supervision: when nothing has been acknowledged for ``supervision_s``, a NULL message polls
-the path; ``test_report_s`` sends a periodic test report the same way (neither is queued:
-a late poll is no use, and the next one comes). The path is reported down (one log line,
+the path; ``test_report_s`` sends a periodic test report the same way, when ``periodic_test``
+is among the settings' events (neither is queued: a late poll is no use, and the next one
+comes). The path is reported down (one log line,
 ``on_path(False, why)``) when a whole round of receivers fails, and up at the next ACK. The
 receiver's side detects a silent box by the missing polls.
 
@@ -131,8 +132,9 @@ class Transmitter:
     def _run(self, worker: Worker) -> None:
         now = self._clock()
         self._next_poll = now  # a restart proves the path at once
-        if self._settings.test_report_s is not None:
-            self._next_test = now + self._settings.test_report_s
+        s = self._settings
+        if s.test_report_s is not None and EventKind.PERIODIC_TEST in s.events:
+            self._next_test = now + s.test_report_s
         try:
             while not worker.stopping.is_set():
                 worker.beat()
