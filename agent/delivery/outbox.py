@@ -32,7 +32,6 @@ SQLite choices, each deliberate (the file is opened by agent/db.py, like every o
 from __future__ import annotations
 
 import contextlib
-import enum
 import itertools
 import logging
 import sqlite3
@@ -44,60 +43,23 @@ from typing import Any, TypeVar
 
 from agent.db import Sync, open_db, relaxed
 from agent.delivery.protocol import Priority
+from agent.delivery.rows import (
+    BlobRef,
+    Message,
+    RowState,
+    insert,
+    read_blob,
+    read_seq,
+    read_seq_of,
+    setup,
+)
 from agent.errors import OutboxError
+
+__all__ = ["BlobRef", "Message", "Outbox", "RowState"]
 
 log = logging.getLogger("agent.outbox")
 
 T = TypeVar("T")
-
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS messages (
-    id        INTEGER PRIMARY KEY AUTOINCREMENT,
-    priority  INTEGER NOT NULL,
-    topic     TEXT    NOT NULL,
-    key       TEXT    NOT NULL UNIQUE,   -- event_id / chunk id: enqueueing twice is a no-op
-    qos       INTEGER NOT NULL,
-    retain    INTEGER NOT NULL,
-    payload   BLOB    NOT NULL,          -- the whole message, or the header of a file chunk
-    blob_path TEXT,                      -- clip chunks: bytes are read from the spool at send time
-    blob_off  INTEGER,
-    blob_len  INTEGER,
-    state     INTEGER NOT NULL DEFAULT 0, -- a RowState
-    seq       INTEGER                     -- alarms: their seq, the order they are sent in
-);
-CREATE INDEX IF NOT EXISTS messages_order ON messages (priority, id);
-CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value INTEGER NOT NULL);
-INSERT OR IGNORE INTO meta (name, value) VALUES ('seq', 0);
-"""
-
-
-class RowState(enum.IntEnum):
-    """What a stored row waits for. IN_FLIGHT is not here: it is a mark in the uplink's
-    memory, so a crash can never leave a row in it."""
-
-    READY = 0  # to be sent
-    DELIVERED = 1  # an alarm the broker has acknowledged, kept until the centre's receipt
-
-
-@dataclass(frozen=True, slots=True)
-class BlobRef:
-    """A byte range of a spool file that becomes the body of a message when it is sent."""
-
-    path: Path
-    offset: int
-    length: int
-
-
-@dataclass(frozen=True, slots=True)
-class Message:
-    id: int
-    priority: Priority
-    topic: str
-    key: str
-    qos: int
-    retain: bool
-    payload: bytes  # complete and ready to publish
-    seq: int | None = None  # alarms only
 
 
 @dataclass
@@ -131,10 +93,10 @@ class Outbox:
     @classmethod
     def open(cls, path: Path) -> Outbox:
         """Open or create the outbox; a corrupt one is moved aside (``recovered_from``)."""
-        opened = open_db(path, _setup, what="outbox", sync=Sync.FULL, private=True,
+        opened = open_db(path, setup, what="outbox", sync=Sync.FULL, private=True,
                          lost="alarms queued in it may not have been sent", error=OutboxError)
         conn, aside = opened.conn, opened.quarantined
-        last = max(_read_seq(conn), _read_seq_of(aside) if aside else 0)
+        last = max(read_seq(conn), read_seq_of(aside) if aside else 0)
         if aside is not None:  # seq goes on from the broken file's, so the centre sees a gap
             with conn:
                 conn.execute("UPDATE meta SET value = ? WHERE name = 'seq'", (last,))
@@ -161,7 +123,7 @@ class Outbox:
             if seq <= self._last_seq:  # the disk is back after alarms held in memory
                 seq = self._last_seq + 1
                 conn.execute("UPDATE meta SET value = ? WHERE name = 'seq'", (seq,))
-            _insert(conn, Priority.ALARM, topic, key, build(seq), qos=1, retain=False, seq=seq)
+            insert(conn, Priority.ALARM, topic, key, build(seq), qos=1, retain=False, seq=seq)
             return seq
 
         def committed(seq: int) -> None:  # under the lock: a memory hold cannot take it too
@@ -199,13 +161,13 @@ class Outbox:
     ) -> bool:
         """Queue one message; False when one with this key is already queued (a retry)."""
         return self._write(
-            lambda conn: _insert(conn, priority, topic, key, payload, qos, retain, blob))
+            lambda conn: insert(conn, priority, topic, key, payload, qos, retain, blob))
 
     def add_many(self, rows: Iterable[tuple[Priority, str, str, bytes, BlobRef | None]]) -> int:
         """Queue many messages (a segment's chunks) in one transaction and one sync."""
 
         def tx(conn: sqlite3.Connection) -> int:
-            return sum(_insert(conn, p, t, k, b, 1, False, blob) for p, t, k, b, blob in rows)
+            return sum(insert(conn, p, t, k, b, 1, False, blob) for p, t, k, b, blob in rows)
 
         return self._write(tx)
 
@@ -271,7 +233,7 @@ class Outbox:
         out: list[Message] = []
         for mid, prio, topic, key, qos, retain, payload, bpath, boff, blen, seq in rows:
             if bpath is not None:
-                body = _read_blob(BlobRef(Path(bpath), boff, blen))
+                body = read_blob(BlobRef(Path(bpath), boff, blen))
                 if body is None:
                     log.error("clip chunk %s lost its spool file %s; dropping it", key, bpath)
                     self.ack(mid)
@@ -390,64 +352,3 @@ class Outbox:
                 raise OutboxError(
                     f"outbox write failed ({exc}): the disk at {self.path.parent} may be full, "
                     "read-only or failing") from exc
-
-
-def _setup(conn: sqlite3.Connection) -> None:
-    conn.executescript(_SCHEMA)
-    columns = {row[1] for row in conn.execute("PRAGMA table_info(messages)")}
-    if "size" in columns:  # made by an older agent; the column was written, never read
-        conn.execute("ALTER TABLE messages DROP COLUMN size")
-        log.info("outbox: dropped the unused size column of an older outbox; its messages stay")
-
-
-def _insert(
-    conn: sqlite3.Connection,
-    priority: Priority,
-    topic: str,
-    key: str,
-    payload: bytes,
-    qos: int,
-    retain: bool,
-    blob: BlobRef | None = None,
-    seq: int | None = None,
-) -> bool:
-    cur = conn.execute(
-        "INSERT OR IGNORE INTO messages "
-        "(priority, topic, key, qos, retain, payload, blob_path, blob_off, blob_len, seq) "
-        "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-        (
-            int(priority), topic, key, qos, int(retain), payload,
-            str(blob.path) if blob else None,
-            blob.offset if blob else None,
-            blob.length if blob else None,
-            seq,
-        ),
-    )
-    return cur.rowcount == 1
-
-
-def _read_seq(conn: sqlite3.Connection) -> int:
-    row = conn.execute("SELECT value FROM meta WHERE name = 'seq'").fetchone()
-    return int(row[0]) if row else 0
-
-
-def _read_seq_of(aside: Path) -> int:
-    """The seq a corrupt outbox had reached, when that much of it is still readable."""
-    try:
-        conn = sqlite3.connect(f"file:{aside}?mode=ro", uri=True, timeout=1)
-        try:
-            return _read_seq(conn)
-        finally:
-            conn.close()
-    except sqlite3.Error:
-        return 0
-
-
-def _read_blob(ref: BlobRef) -> bytes | None:
-    try:
-        with open(ref.path, "rb") as f:
-            f.seek(ref.offset)
-            data = f.read(ref.length)
-    except OSError:
-        return None
-    return data if len(data) == ref.length else None
