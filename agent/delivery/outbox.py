@@ -27,6 +27,12 @@ SQLite choices, each deliberate (the file is opened by agent/db.py, like every o
   and continue the seq from the last one the disk knows.
 - Rows are ordered by (priority, id): id is AUTOINCREMENT, never reused, so FIFO within a class
   holds across restarts, and nothing depends on the wall clock (which jumps on a Pi at NTP sync).
+- The DC-09 path keeps its own rows in the same file, in a table of its own (``dc09``, read
+  and written by agent/delivery/dc09_queue.py): an alarm's MQTT row and its DC-09 row are
+  inserted in the alarm's one transaction (:class:`Companion`), so kill -9 can never leave one
+  without the other, and each is acknowledged by its own path. A table rather than a ``path``
+  column: the two rows share no field, the MQTT queries stay as they were (none can pick up a
+  DC-09 row by forgetting a filter), and an outbox made before it only gains an empty table.
 """
 
 from __future__ import annotations
@@ -39,7 +45,7 @@ import threading
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 from agent.db import Sync, open_db, relaxed
 from agent.delivery.protocol import Priority
@@ -60,6 +66,20 @@ __all__ = ["BlobRef", "Message", "Outbox", "RowState"]
 log = logging.getLogger("agent.outbox")
 
 T = TypeVar("T")
+
+
+class Companion(Protocol):
+    """Another path's row for an alarm (DC-09: agent/delivery/dc09_queue.py), written in the
+    alarm's own transaction, and held in memory with it when the disk refuses."""
+
+    def insert(self, conn: sqlite3.Connection) -> None:
+        """Inside the alarm's transaction."""
+
+    def committed(self) -> None:
+        """After the commit, under the outbox's lock: keep it short."""
+
+    def hold(self) -> None:
+        """The disk refused the transaction: keep the row in memory."""
 
 
 @dataclass
@@ -108,8 +128,10 @@ class Outbox:
 
     # --- writing ----------------------------------------------------------------------------
 
-    def add_alarm(self, topic: str, key: str, build: Callable[[int], bytes]) -> tuple[int, bool]:
-        """Allocate the next ``seq``, store the alarm built from it, and sync, in one commit.
+    def add_alarm(self, topic: str, key: str, build: Callable[[int], bytes],
+                  also: Companion | None = None) -> tuple[int, bool]:
+        """Allocate the next ``seq``, store the alarm built from it (and ``also``, another
+        path's row for it), and sync, in one commit.
 
         Returns (seq, durable). When durable, the alarm survives kill -9 and power loss; when
         the disk refused it, it is held in memory and sent all the same.
@@ -124,15 +146,22 @@ class Outbox:
                 seq = self._last_seq + 1
                 conn.execute("UPDATE meta SET value = ? WHERE name = 'seq'", (seq,))
             insert(conn, Priority.ALARM, topic, key, build(seq), qos=1, retain=False, seq=seq)
+            if also is not None:
+                also.insert(conn)
             return seq
 
         def committed(seq: int) -> None:  # under the lock: a memory hold cannot take it too
             self._last_seq = seq
+            if also is not None:
+                also.committed()
 
         try:
             seq = self._write(tx, committed=committed)
         except OutboxError as exc:
-            return self._hold_in_memory(topic, key, build, exc), False
+            seq = self._hold_in_memory(topic, key, build, exc)
+            if also is not None:
+                also.hold()
+            return seq, False
         self.disk_error = ""
         return seq, True
 
@@ -318,6 +347,22 @@ class Outbox:
 
     def last_seq(self) -> int:
         return self._last_seq
+
+    # --- for another path's rows (agent/delivery/dc09_queue.py) -----------------------------
+
+    def transaction(self, tx: Callable[[sqlite3.Connection], T], *, durable: bool = True,
+                    committed: Callable[[T], None] | None = None) -> T:
+        """One transaction on the outbox's connection, under its lock (see :meth:`_write`)."""
+        return self._write(tx, durable, committed)
+
+    def query(self, read: Callable[[sqlite3.Connection], T]) -> T:
+        """Reads under the lock; a failing disk becomes an OutboxError."""
+        with self._lock:
+            try:
+                return read(self._conn)
+            except sqlite3.Error as exc:
+                raise OutboxError(f"cannot read the outbox ({exc}): the disk at "
+                                  f"{self.path.parent} may be failing") from exc
 
     def integrity_ok(self) -> bool:
         with self._lock:

@@ -34,6 +34,17 @@ CREATE TABLE IF NOT EXISTS messages (
 CREATE INDEX IF NOT EXISTS messages_order ON messages (priority, id);
 CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value INTEGER NOT NULL);
 INSERT OR IGNORE INTO meta (name, value) VALUES ('seq', 0);
+CREATE TABLE IF NOT EXISTS dc09 (
+    id        INTEGER PRIMARY KEY AUTOINCREMENT, -- the order the events happened in
+    priority  INTEGER NOT NULL,                  -- 0 alarms, 1 the rest (troubles, tests, paths)
+    kind      TEXT    NOT NULL,                  -- an agent.delivery.dc09.events.EventKind
+    zone      INTEGER NOT NULL,
+    location  TEXT    NOT NULL,                  -- as configured; transliterated when sent
+    at        REAL    NOT NULL,                  -- the event's wall time
+    event_id  TEXT    NOT NULL DEFAULT '',       -- the MQTT alarm's, when there is one
+    state     INTEGER NOT NULL DEFAULT 0,        -- a RowState: READY or REFUSED
+    reason    TEXT    NOT NULL DEFAULT ''        -- why it was refused
+);
 """
 
 
@@ -43,6 +54,8 @@ class RowState(enum.IntEnum):
 
     READY = 0  # to be sent
     DELIVERED = 1  # an alarm the broker has acknowledged, kept until the centre's receipt
+    REFUSED = 2  # DC-09: the receiver will never take it (DUH), or it cannot be made into an
+    # event; kept for status, never resent
 
 
 @dataclass(frozen=True, slots=True)
