@@ -196,8 +196,10 @@ class Daemon:
 
     # --- the alarm path (runs on the buttons thread) ----------------------------------------
 
-    def _on_button(self, event: ButtonEvent) -> dict[str, Any]:
+    def _on_button(self, event: ButtonEvent) -> dict[str, Any] | None:
         assert self.outbox is not None and self.uplink is not None
+        if event.kind is None:
+            return None  # a release: no alarm
         button = self.cfg.button(event.button_id)
         event_id = new_event_id()
         synced = clock_synced()
