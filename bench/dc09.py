@@ -1,11 +1,28 @@
-"""DC-09 transmitter alone: event -> ACK from pysiaalarm, against a bare socket in the same run.
+"""DC-09: press -> ACK through the agent beside MQTT, and the transmitter alone as the floor.
 
-    .venv/bin/python bench/dc09.py                   # 500 events per case, markdown (~20 s)
-    .venv/bin/python bench/dc09.py --events 100 --json
+    .venv/bin/python bench/dc09.py                   # both parts, markdown (~90 s)
+    .venv/bin/python bench/dc09.py --part agent --presses 500 --outages 5
+    .venv/bin/python bench/dc09.py --part transmitter --events 100 --json
 
-Phase 1 of issue 13: the transmitter without the agent (phase 2 adds press -> ACK beside the
-MQTT path's press -> receipt). Per case (TCP/UDP, plain/AES-128), on one pysiaalarm receiver
-on a free loopback port:
+**The agent** (issue 13's figure): the real ``Daemon`` in this process, on the simulated school
+(mock GPIO, no cameras, storage on a real disk), a private Mosquitto, one pysiaalarm receiver
+(TCP, the default timings), and a subscriber playing the centre (presence, a receipt per
+alarm). Per press, one at a time:
+
+    t0 = perf_counter(); MockFactory.pin(17).drive_low()
+    MQTT   t1 in the centre's on_message for that alarm (then the receipt, untimed)
+    DC-09  t1 when the transmitter hands the receiver's ACK to the outbox (the queue's
+           ``acked``, wrapped on the running object: no agent code is edited)
+
+then the release, the re-arm (50 ms) and both paths' bookkeeping settle before the next press.
+Both paths must deliver every press (pysiaalarm's decoded count is checked at the end). Then
+the outages: the receiver stops, a press is committed (its MQTT latency is kept: the other
+path must not wait), the path is seen down, the receiver restarts on the same port, and we time
+from its return to the queued event's ACK: the pause after failed rounds (agent/backoff.py from
+``ack_timeout_s`` 5 s) plus the reconnect.
+
+**The transmitter alone** (phase 1's floor), per case (TCP/UDP, plain/AES-128), on one
+pysiaalarm receiver on a free loopback port:
 
     transmitter  t0 = perf_counter(); MemoryQueue.put(event); Transmitter.wake()  ->  t1 when
                  the transmitter calls queue.acked() for it. Covers the wake-up, encoding,
@@ -28,6 +45,7 @@ import json
 import logging
 import socket
 import sys
+import tempfile
 import threading
 import time
 from pathlib import Path
@@ -35,16 +53,28 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+import paho.mqtt.client as mqtt
+import yaml
+from gpiozero.pins.mock import MockFactory
+from paho.mqtt.enums import CallbackAPIVersion
 from pysiaalarm import SIAAccount
 from pysiaalarm.sync.client import SIAClient
 from pysiaalarm.utils import CommunicationsProtocol
 
+from agent.box.daemon import Daemon
+from agent.config import default_config_text, load_config
+from agent.config.model import Config
 from agent.delivery.dc09.events import Event, EventKind, MessageFormat, encode
 from agent.delivery.dc09.frame import Address, build
 from agent.delivery.dc09.queue import MemoryQueue
 from agent.delivery.dc09.settings import Receiver, Settings, Transport
 from agent.delivery.dc09.transmitter import Transmitter
+from agent.delivery.protocol import Receipt, centre_presence_topic, presence_payload
+from agent.sdnotify import Notifier
 from agent.supervision import Supervisor
+from agent.testing.broker import Mosquitto
+from agent.testing.sia import SiaReceiver
+from agent.testing.stats import default_storage_parent, describe, machine_context
 
 KEY_TEXT = "0123456789ABCDEF"  # pysiaalarm uses the key text's ASCII bytes as the AES key
 
@@ -153,24 +183,220 @@ def run_case(transport: Transport, key: bool, n: int) -> dict[str, Any]:
             "recovery_s": recovery}
 
 
+# --- the agent: each press to the MQTT centre and to the DC-09 receiver ----------------------
+
+
+SITE = "sim-school"
+WAIT_S = 10.0  # any single wait; a press that takes this long is a failure, not a sample
+PRESENCE = centre_presence_topic("schools", "bench-centre")
+
+
+class CentreDesk:
+    """The centre's MQTT side, reduced to what the agent sees of it: presence, and a receipt
+    for each alarm. ``arrivals`` keeps t1 (perf_counter, first thing in on_message) of each
+    button alarm, in order; the box's own faults are not counted."""
+
+    def __init__(self, port: int) -> None:
+        self.port = port
+        self.cond = threading.Condition()
+        self.arrivals: list[float] = []
+        self.client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="bench-centre",
+                                  protocol=mqtt.MQTTv5)
+        self.client.on_message = self._on_message
+        self._subscribed = threading.Event()
+        self.client.on_subscribe = lambda *_: self._subscribed.set()
+
+    def start(self) -> None:
+        self.client.will_set(PRESENCE, presence_payload("offline", time.time()), qos=1,
+                             retain=True)
+        self.client.connect("127.0.0.1", self.port, keepalive=600)
+        self.client.loop_start()
+        self.client.subscribe(f"schools/{SITE}/alarm", qos=1)
+        if not self._subscribed.wait(WAIT_S):
+            sys.exit("the bench's centre got no SUBACK")
+        self.client.publish(PRESENCE, presence_payload("online", time.time()), qos=1,
+                            retain=True).wait_for_publish(WAIT_S)
+
+    def stop(self) -> None:
+        self.client.disconnect()
+        self.client.loop_stop()
+
+    def _on_message(self, _c: Any, _u: Any, msg: mqtt.MQTTMessage) -> None:
+        t1 = time.perf_counter()
+        alarm = json.loads(msg.payload)
+        self.client.publish(f"schools/{SITE}/receipt",
+                            Receipt(alarms=(alarm["event_id"],)).to_json(), qos=1)
+        if alarm["button_id"]:
+            with self.cond:
+                self.arrivals.append(t1)
+                self.cond.notify_all()
+
+    def wait(self, n: int, step: str) -> float:
+        """t1 of the n-th button alarm (from 1)."""
+        with self.cond:
+            if not self.cond.wait_for(lambda: len(self.arrivals) >= n, WAIT_S):
+                sys.exit(f"timed out after {WAIT_S} s: {step} at the MQTT centre")
+            return self.arrivals[n - 1]
+
+
+class AckClock:
+    """When the agent's DC-09 queue is told an event was acknowledged: ``acked`` shadowed on
+    the running queue object (the class and the agent's code are untouched)."""
+
+    def __init__(self, queue: Any) -> None:
+        self.cond = threading.Condition()
+        self.times: list[float] = []
+        acked = queue.acked
+
+        def timed(event_id: int) -> None:
+            t1 = time.perf_counter()
+            acked(event_id)
+            with self.cond:
+                self.times.append(t1)
+                self.cond.notify_all()
+
+        queue.acked = timed
+
+    def wait(self, n: int, step: str, timeout: float = WAIT_S) -> float:
+        with self.cond:
+            if not self.cond.wait_for(lambda: len(self.times) >= n, timeout):
+                sys.exit(f"timed out after {timeout} s: {step} acknowledged on DC-09")
+            return self.times[n - 1]
+
+
+def agent_config(storage: Path, broker_port: int, rx_port: int) -> Config:
+    data = yaml.safe_load(default_config_text())
+    data["mqtt"]["port"] = broker_port
+    data["storage"]["path"] = str(storage)
+    data["cameras"] = []
+    for zone, b in enumerate(data["buttons"], start=1):
+        b.pop("cameras", None)
+        b["number"] = zone
+    data["buttons"][0]["location"] = "Главный вход, 1 этаж"
+    data["dc09"] = {"account": "1234", "test_report_s": 0,  # else the default timings
+                    "receivers": [{"host": "127.0.0.1", "port": rx_port}]}
+    path = storage / "agent.yaml"
+    path.write_text(yaml.safe_dump(data, allow_unicode=True))
+    return load_config(path)
+
+
+def run_agent(presses: int, outages: int, storage_parent: Path) -> dict[str, Any]:
+    storage = Path(tempfile.mkdtemp(prefix="bench-dc09-", dir=storage_parent))
+    broker = Mosquitto(storage / "broker")
+    rx = SiaReceiver(Transport.TCP, [SIAAccount("1234", None)]).start()
+    broker.start()
+    desk = CentreDesk(broker.port)
+    factory = MockFactory()
+    daemon = Daemon(agent_config(storage, broker.port, rx.port), notifier=Notifier(None),
+                    pin_factory=factory)
+    serving = threading.Thread(target=daemon.supervise, name="bench-main", daemon=True)
+    mqtt_s: list[float] = []
+    dc09_s: list[float] = []
+    outage_mqtt_s: list[float] = []
+    recovery_s: list[float] = []
+    decoded = 0  # distinct messages pysiaalarm decoded, over its restarts
+    total = 0
+    try:
+        desk.start()
+        daemon.start()
+        serving.start()
+        assert daemon.dc09 is not None and daemon.buttons is not None
+        acks = AckClock(daemon.dc09.queue)
+        pin = factory.pin(17)
+        warm = 20
+        total = warm + presses + outages
+        for i in range(1, total + 1):
+            outage = i > warm + presses
+            if outage:  # the receiver away: the press waits on DC-09, never on MQTT
+                port = rx.port
+                decoded += len(rx.messages())
+                rx.stop()
+            t0 = time.perf_counter()
+            pin.drive_low()
+            t_mqtt = desk.wait(i, f"press {i}") - t0
+            if outage:
+                outage_mqtt_s.append(t_mqtt)
+                deadline = time.monotonic() + 60
+                while daemon.dc09.transmitter.status().path_ok is not False:
+                    if time.monotonic() > deadline:
+                        sys.exit("timed out: the DC-09 path seen down")
+                    time.sleep(0.005)
+                returned = time.perf_counter()
+                rx = SiaReceiver(Transport.TCP, [SIAAccount("1234", None)], port).start()
+                recovery_s.append(acks.wait(i, f"press {i} after the outage", 60) - returned)
+            else:
+                t_dc09 = acks.wait(i, f"press {i}") - t0
+                if i > warm:
+                    mqtt_s.append(t_mqtt)
+                    dc09_s.append(t_dc09)
+            pin.drive_high()
+            _settle(daemon)
+        decoded += len(rx.messages())
+    finally:
+        daemon.request_stop()
+        serving.join(5)
+        daemon.stop()
+        desk.stop()
+        rx.stop()
+        broker.kill()
+    return {"presses": presses, "mqtt": describe(mqtt_s), "dc09": describe(dc09_s),
+            "outage_mqtt": describe(outage_mqtt_s), "recovery_s": recovery_s,
+            "delivered_both": len(desk.arrivals) == len(acks.times) == decoded == total,
+            "machine": machine_context(storage)}
+
+
+def _settle(daemon: Daemon) -> None:
+    """Until the button is re-armed (50 ms of stable release) and both paths are done with
+    the press (the MQTT receipt deleted the alarm, the DC-09 row acknowledged)."""
+    assert daemon.buttons and daemon.outbox and daemon.dc09
+    time.sleep(0.06)
+    deadline = time.monotonic() + WAIT_S
+    while (daemon.buttons.snapshot()["entrance"]["state"] != "idle"
+           or any(daemon.outbox.depth().values()) or daemon.dc09.queue.depth()):
+        if time.monotonic() > deadline:
+            sys.exit("timed out: the agent did not settle after a press")
+        time.sleep(0.002)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--events", type=int, default=500)
+    ap.add_argument("--part", choices=("agent", "transmitter", "both"), default="both")
+    ap.add_argument("--presses", type=int, default=500, help="through the agent (after 20 "
+                    "warm-up presses)")
+    ap.add_argument("--outages", type=int, default=5, help="receiver away, then back")
+    ap.add_argument("--events", type=int, default=500, help="per transmitter-alone case")
+    ap.add_argument("--storage-dir", type=Path, default=default_storage_parent())
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
     logging.basicConfig(level=logging.ERROR)
     logging.getLogger("pysiaalarm").setLevel(logging.CRITICAL)
-    rows = [run_case(t, k, args.events) for t in Transport for k in (False, True)]
+    agent = run_agent(args.presses, args.outages, args.storage_dir) \
+        if args.part != "transmitter" else None
+    rows = [run_case(t, k, args.events) for t in Transport for k in (False, True)] \
+        if args.part != "agent" else []
     if args.json:
-        print(json.dumps(rows, indent=2))
+        print(json.dumps({"agent": agent, "transmitter": rows}, indent=2))
         return
-    print(f"DC-09 event -> ACK from pysiaalarm, {args.events} events per case (loopback)\n")
-    print("| case | ours p50 ms | ours p99 ms | bare socket p50 ms | bare socket p99 ms "
-          "| receiver back -> queued event ACK s |")
-    print("|---|---|---|---|---|---|")
-    for r in rows:
-        print(f"| {r['case']} | {r['p50_ms']:.2f} | {r['p99_ms']:.2f} | {r['base_p50_ms']:.2f} "
-              f"| {r['base_p99_ms']:.2f} | {r['recovery_s']:.2f} |")
+    if agent is not None:
+        print(f"Through the agent: {agent['presses']} presses (loopback, TCP, no AES, storage "
+              f"{agent['machine']['storage_fs']}, load {agent['machine']['loadavg'][0]:.2f}, "
+              f"agent {agent['machine']['agent_code']})\n")
+        print("| path | p50 ms | p99 ms | max ms |")
+        print("|---|---:|---:|---:|")
+        for name, key in (("press -> DC-09 ACK", "dc09"), ("press -> MQTT centre", "mqtt"),
+                          ("press -> MQTT centre, DC-09 receiver away", "outage_mqtt")):
+            d = agent[key]
+            print(f"| {name} | {d['p50_ms']:.2f} | {d['p99_ms']:.2f} | {d['max_ms']:.2f} |")
+        print(f"\nBoth paths delivered every press: {agent['delivered_both']}. Receiver back -> "
+              "queued event ACK: " + ", ".join(f"{s:.2f}" for s in agent["recovery_s"]) + " s\n")
+    if rows:
+        print(f"The transmitter alone: event -> ACK, {args.events} events per case (loopback)\n")
+        print("| case | ours p50 ms | ours p99 ms | bare socket p50 ms | bare socket p99 ms "
+              "| receiver back -> queued event ACK s |")
+        print("|---|---|---|---|---|---|")
+        for r in rows:
+            print(f"| {r['case']} | {r['p50_ms']:.2f} | {r['p99_ms']:.2f} | "
+                  f"{r['base_p50_ms']:.2f} | {r['base_p99_ms']:.2f} | {r['recovery_s']:.2f} |")
 
 
 if __name__ == "__main__":

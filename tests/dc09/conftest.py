@@ -66,10 +66,10 @@ class Harness:
 @pytest.fixture
 def receivers() -> Iterator[Callable[..., Any]]:
     """``receivers(transport, account=, key=, port=, timeband=)`` starts a pysiaalarm receiver
-    (tests/dc09/sia.py); each is stopped at the end of the test."""
+    (agent/testing/sia.py); each is stopped at the end of the test."""
     from pysiaalarm import SIAAccount
 
-    from tests.dc09.sia import ACCOUNT, SiaReceiver
+    from agent.testing.sia import ACCOUNT, SiaReceiver
 
     started: list[SiaReceiver] = []
 

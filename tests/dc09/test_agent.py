@@ -26,8 +26,8 @@ from agent.config import load_config
 from agent.delivery.dc09.translit import location_text
 from agent.sdnotify import Notifier
 from agent.testing.broker import Mosquitto
+from agent.testing.sia import ACCOUNT, SiaReceiver
 from tests.conftest import AgentProcess, Collector, cli, wait_for, write_config
-from tests.dc09.sia import ACCOUNT, SiaReceiver
 
 ENTRANCE = "Главный вход, 1 этаж"
 OFFICE = "Кабинет директора"

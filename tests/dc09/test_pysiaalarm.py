@@ -22,8 +22,8 @@ from pysiaalarm import SIAEvent
 from agent.delivery.dc09.events import MAPPING, Event, EventKind, MessageFormat
 from agent.delivery.dc09.settings import Transport
 from agent.delivery.dc09.translit import location_text
+from agent.testing.sia import ACCOUNT, SiaReceiver
 from tests.dc09.conftest import Harness, settings
-from tests.dc09.sia import ACCOUNT, SiaReceiver
 
 LOCATION = "Главный вход, 1 этаж — Қабылдау бөлмесі [№3]"
 

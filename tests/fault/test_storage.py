@@ -148,7 +148,7 @@ def test_disk_full_loses_no_dc09_event(
     from pysiaalarm import SIAAccount
 
     from agent.delivery.dc09.settings import Transport
-    from tests.dc09.sia import ACCOUNT, SiaReceiver
+    from agent.testing.sia import ACCOUNT, SiaReceiver
 
     rx = SiaReceiver(Transport.TCP, [SIAAccount(ACCOUNT, None)]).start()
     port = rx.port

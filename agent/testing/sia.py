@@ -1,5 +1,6 @@
-"""pysiaalarm, a DC-09 receiver we did not write, started by the tests on free loopback ports.
-Imported only by the tests that need it, which skip (with the reason) where it is missing."""
+"""pysiaalarm, a DC-09 receiver we did not write, on free loopback ports: for the tests
+(tests/dc09/) and bench/dc09.py. Imported only by those, which skip (with the reason) where
+pysiaalarm, a test dependency, is missing."""
 
 from __future__ import annotations
 
@@ -8,9 +9,10 @@ import socket
 import threading
 from typing import Any
 
-from pysiaalarm import SIAAccount, SIAEvent
+from pysiaalarm.account import SIAAccount
+from pysiaalarm.event import SIAEvent
 from pysiaalarm.sync.client import SIAClient
-from pysiaalarm.utils import CommunicationsProtocol
+from pysiaalarm.utils.enums import CommunicationsProtocol
 
 from agent.delivery.dc09.settings import Receiver, Transport
 
@@ -79,11 +81,11 @@ class SiaReceiver:
         the same number once (pysiaalarm calls back from one thread per message, in no fixed
         order, and reports a resend again). Without the NULL polls unless ``polls``."""
         with self._cond:
-            seen = {}
+            seen: dict[tuple[Any, ...], SIAEvent] = {}
             for e in self.events:
-                if polls or e.message_type.value != "NULL":
+                if polls or str(getattr(e.message_type, "value", e.message_type)) != "NULL":
                     seen.setdefault((e.sequence, e.receiver, e.message_type), e)
-            return sorted(seen.values(), key=lambda e: int(e.sequence))
+            return sorted(seen.values(), key=lambda e: int(e.sequence or 0))
 
     def alarms(self) -> list[SIAEvent]:
         return self.messages()
