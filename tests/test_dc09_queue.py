@@ -137,6 +137,17 @@ def test_held_in_memory_while_the_disk_refuses_then_written_first(box: Outbox) -
     assert box.query(lambda c: c.execute("SELECT COUNT(*) FROM dc09").fetchone()[0]) == 0
 
 
+def test_the_spools_budget_never_takes_a_dc09_row(box: Outbox) -> None:
+    """The daemon drops whole clips, oldest first, to stay within storage.max_gb: never an
+    alarm, and never a DC-09 event (its rows are not in the table clips are dropped from)."""
+    q = OutboxEventQueue(box)
+    _press(box, q, "ev-old", 1)
+    for event in ("ev-old", "ev-new"):
+        box.add(Priority.CLIP, "c", f"{event}/cam/0/0", b"x" * 1000)
+    assert box.drop_oldest_clip(keep="ev-new") == "ev-old"
+    assert _sent(q) == [("panic", 1)]
+
+
 def test_refused_is_kept_listed_never_resent(box: Outbox) -> None:
     q = OutboxEventQueue(box)
     _press(box, q, "a1", 1, EventKind.HOLDUP)

@@ -21,6 +21,7 @@ pytest.importorskip("pysiaalarm", reason="pip install -e '.[test]' (pysiaalarm, 
 from gpiozero.pins.mock import MockFactory
 from pysiaalarm import SIAEvent
 
+from agent.box import control
 from agent.box.daemon import Daemon
 from agent.config import load_config
 from agent.delivery.dc09.translit import location_text
@@ -185,6 +186,23 @@ def test_a_receiver_away_for_a_while_gets_everything_queued_and_mqtt_never_waits
     assert kinds == [("fault", ""), ("restore", "")]
 
 
+def test_the_dc09_thread_crashes_and_is_restarted_with_its_queue(
+        receivers: Receivers, broker: Mosquitto, tmp_path: Path,
+        agents: Callable[[Path], AgentProcess]) -> None:
+    """The crash-only rule (docs/architecture.md) for the dc09 thread: a crash is logged,
+    the thread restarted at once from the outbox, and the next press goes out."""
+    rx = receivers()
+    agent = agents(dc09_config(tmp_path, broker.port, entry(rx)))
+    agent.press("entrance")
+    rx.wait(1)
+    reply = control.call(control.socket_path(tmp_path / "state"),
+                         {"cmd": "inject", "thread": "dc09"}, timeout=10)
+    assert reply["status"]["thread_crashes"] == {"dc09": 1}
+    agent.press("gym")
+    assert codes(rx.wait(2)) == [("PA", "001"), ("PA", "002")]
+    assert "thread dc09 crashed" in agent.output()
+
+
 def test_the_primary_down_falls_back_to_the_backup(
         receivers: Receivers, broker: Mosquitto, collector: Collector, tmp_path: Path,
         agents: Callable[[Path], AgentProcess]) -> None:
@@ -249,6 +267,7 @@ def test_health_and_the_old_outbox_file(
     daemon.start()
     try:
         assert daemon.buttons is not None
+        assert "dc09" in daemon.core_threads  # a hung dc09 thread withholds the watchdog
         [held] = seen.wait_alarms(1)  # the one it had not sent (the other awaits a centre)
         assert (held["site_id"], held["seq"], held["button_id"]) == ("school-042", 2, "gym")
         daemon.buttons.simulate("gym", True)
