@@ -61,7 +61,6 @@ from pysiaalarm import SIAAccount
 
 from agent.box.daemon import Daemon
 from agent.config import default_config_text, load_config
-from agent.config.model import Config
 from agent.delivery.dc09.events import Event, EventKind, MessageFormat, encode
 from agent.delivery.dc09.frame import Address, build
 from agent.delivery.dc09.queue import MemoryQueue
@@ -169,20 +168,20 @@ def run_case(transport: Transport, key: bool, n: int) -> dict[str, Any]:
 # --- the agent: each press to the MQTT centre and to the DC-09 receiver ----------------------
 
 
-SITE = "sim-school"
+SITES = ("sim-school", "mqtt-only")  # the agent measured, and the baseline without DC-09
 WAIT_S = 10.0  # any single wait; a press that takes this long is a failure, not a sample
 PRESENCE = centre_presence_topic("schools", "bench-centre")
 
 
 class CentreDesk:
-    """The centre's MQTT side, reduced to what the agent sees of it: presence, and a receipt
-    for each alarm. ``arrivals`` keeps t1 (perf_counter, first thing in on_message) of each
-    button alarm, in order; the box's own faults are not counted."""
+    """The centre's MQTT side, reduced to what the agents see of it: presence, and a receipt
+    for each alarm. ``arrivals[site]`` keeps t1 (perf_counter, first thing in on_message) of
+    each button alarm, in order; the boxes' own faults are not counted."""
 
     def __init__(self, port: int) -> None:
         self.port = port
         self.cond = threading.Condition()
-        self.arrivals: list[float] = []
+        self.arrivals: dict[str, list[float]] = {site: [] for site in SITES}
         self.client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="bench-centre",
                                   protocol=mqtt.MQTTv5)
         self.client.on_message = self._on_message
@@ -194,7 +193,7 @@ class CentreDesk:
                              retain=True)
         self.client.connect("127.0.0.1", self.port, keepalive=600)
         self.client.loop_start()
-        self.client.subscribe(f"schools/{SITE}/alarm", qos=1)
+        self.client.subscribe("schools/+/alarm", qos=1)
         if not self._subscribed.wait(WAIT_S):
             sys.exit("the bench's centre got no SUBACK")
         self.client.publish(PRESENCE, presence_payload("online", time.time()), qos=1,
@@ -207,19 +206,19 @@ class CentreDesk:
     def _on_message(self, _c: Any, _u: Any, msg: mqtt.MQTTMessage) -> None:
         t1 = time.perf_counter()
         alarm = json.loads(msg.payload)
-        self.client.publish(f"schools/{SITE}/receipt",
+        self.client.publish(f"schools/{alarm['site_id']}/receipt",
                             Receipt(alarms=(alarm["event_id"],)).to_json(), qos=1)
         if alarm["button_id"]:
             with self.cond:
-                self.arrivals.append(t1)
+                self.arrivals[alarm["site_id"]].append(t1)
                 self.cond.notify_all()
 
-    def wait(self, n: int, step: str) -> float:
-        """t1 of the n-th button alarm (from 1)."""
+    def wait(self, site: str, n: int, step: str) -> float:
+        """t1 of the site's n-th button alarm (from 1)."""
         with self.cond:
-            if not self.cond.wait_for(lambda: len(self.arrivals) >= n, WAIT_S):
+            if not self.cond.wait_for(lambda: len(self.arrivals[site]) >= n, WAIT_S):
                 sys.exit(f"timed out after {WAIT_S} s: {step} at the MQTT centre")
-            return self.arrivals[n - 1]
+            return self.arrivals[site][n - 1]
 
 
 class AckClock:
@@ -247,20 +246,52 @@ class AckClock:
             return self.times[n - 1]
 
 
-def agent_config(storage: Path, broker_port: int, rx_port: int) -> Config:
-    data = yaml.safe_load(default_config_text())
-    data["mqtt"]["port"] = broker_port
-    data["storage"]["path"] = str(storage)
-    data["cameras"] = []
-    for zone, b in enumerate(data["buttons"], start=1):
-        b.pop("cameras", None)
-        b["number"] = zone
-    data["buttons"][0]["location"] = "Главный вход, 1 этаж"
-    data["dc09"] = {"account": "1234", "test_report_s": 0,  # else the default timings
-                    "receivers": [{"host": "127.0.0.1", "port": rx_port}]}
-    path = storage / "agent.yaml"
-    path.write_text(yaml.safe_dump(data, allow_unicode=True))
-    return load_config(path)
+class Box:
+    """One agent of the run: a Daemon in this process, on its own storage and mock pins."""
+
+    def __init__(self, storage: Path, site: str, broker_port: int, rx_port: int | None) -> None:
+        data = yaml.safe_load(default_config_text())
+        data["site"]["id"] = site
+        data["mqtt"]["port"] = broker_port
+        data["storage"]["path"] = str(storage)
+        data["cameras"] = []
+        for zone, b in enumerate(data["buttons"], start=1):
+            b.pop("cameras", None)
+            b["number"] = zone
+        data["buttons"][0]["location"] = "Главный вход, 1 этаж"
+        if rx_port is not None:  # else the baseline: the same agent without the DC-09 path
+            data["dc09"] = {"account": "1234", "test_report_s": 0,  # else the default timings
+                            "receivers": [{"host": "127.0.0.1", "port": rx_port}]}
+        storage.mkdir()
+        path = storage / "agent.yaml"
+        path.write_text(yaml.safe_dump(data, allow_unicode=True))
+        self.site = site
+        self.factory = MockFactory()
+        self.daemon = Daemon(load_config(path), notifier=Notifier(None),
+                             pin_factory=self.factory)
+        self._serving = threading.Thread(target=self.daemon.supervise, daemon=True)
+
+    def start(self) -> None:
+        self.daemon.start()
+        self._serving.start()
+
+    def stop(self) -> None:
+        self.daemon.request_stop()
+        self._serving.join(5)
+        self.daemon.stop()
+
+    def settle(self) -> None:
+        """Until the button is re-armed (50 ms of stable release) and every path is done with
+        the press (the MQTT receipt deleted the alarm, the DC-09 row acknowledged)."""
+        d = self.daemon
+        assert d.buttons and d.outbox
+        time.sleep(0.06)
+        deadline = time.monotonic() + WAIT_S
+        while (d.buttons.snapshot()["entrance"]["state"] != "idle"
+               or any(d.outbox.depth().values()) or (d.dc09 and d.dc09.queue.depth())):
+            if time.monotonic() > deadline:
+                sys.exit(f"timed out: {self.site} did not settle after a press")
+            time.sleep(0.002)
 
 
 def run_agent(presses: int, outages: int, storage_parent: Path) -> dict[str, Any]:
@@ -269,25 +300,19 @@ def run_agent(presses: int, outages: int, storage_parent: Path) -> dict[str, Any
     rx = SiaReceiver(Transport.TCP, [SIAAccount("1234", None)]).start()
     broker.start()
     desk = CentreDesk(broker.port)
-    factory = MockFactory()
-    daemon = Daemon(agent_config(storage, broker.port, rx.port), notifier=Notifier(None),
-                    pin_factory=factory)
-    serving = threading.Thread(target=daemon.supervise, name="bench-main", daemon=True)
-    mqtt_s: list[float] = []
-    dc09_s: list[float] = []
-    outage_mqtt_s: list[float] = []
+    box = Box(storage / SITES[0], SITES[0], broker.port, rx.port)
+    base = Box(storage / SITES[1], SITES[1], broker.port, None)
+    times: dict[str, list[float]] = {"dc09": [], "mqtt": [], "mqtt_only": [], "outage_mqtt": []}
     recovery_s: list[float] = []
     decoded = 0  # distinct messages pysiaalarm decoded, over its restarts
-    total = 0
+    warm = 20
+    total = warm + presses + outages
     try:
         desk.start()
-        daemon.start()
-        serving.start()
-        assert daemon.dc09 is not None and daemon.buttons is not None
-        acks = AckClock(daemon.dc09.queue)
-        pin = factory.pin(17)
-        warm = 20
-        total = warm + presses + outages
+        box.start()
+        base.start()
+        assert box.daemon.dc09 is not None
+        acks = AckClock(box.daemon.dc09.queue)
         for i in range(1, total + 1):
             outage = i > warm + presses
             if outage:  # the receiver away: the press waits on DC-09, never on MQTT
@@ -295,12 +320,12 @@ def run_agent(presses: int, outages: int, storage_parent: Path) -> dict[str, Any
                 decoded += len(rx.messages())
                 rx.stop()
             t0 = time.perf_counter()
-            pin.drive_low()
-            t_mqtt = desk.wait(i, f"press {i}") - t0
+            box.factory.pin(17).drive_low()
+            t_mqtt = desk.wait(SITES[0], i, f"press {i}") - t0
             if outage:
-                outage_mqtt_s.append(t_mqtt)
+                times["outage_mqtt"].append(t_mqtt)
                 deadline = time.monotonic() + 60
-                while daemon.dc09.transmitter.status().path_ok is not False:
+                while box.daemon.dc09.transmitter.status().path_ok is not False:
                     if time.monotonic() > deadline:
                         sys.exit("timed out: the DC-09 path seen down")
                     time.sleep(0.005)
@@ -310,35 +335,27 @@ def run_agent(presses: int, outages: int, storage_parent: Path) -> dict[str, Any
             else:
                 t_dc09 = acks.wait(i, f"press {i}") - t0
                 if i > warm:
-                    mqtt_s.append(t_mqtt)
-                    dc09_s.append(t_dc09)
-            pin.drive_high()
-            _settle(daemon)
+                    times["mqtt"].append(t_mqtt)
+                    times["dc09"].append(t_dc09)
+            box.factory.pin(17).drive_high()
+            box.settle()
+            if i <= warm + presses:  # the baseline, press by press: the same noise
+                t0 = time.perf_counter()
+                base.factory.pin(17).drive_low()
+                t_only = desk.wait(SITES[1], i, f"baseline press {i}") - t0
+                if i > warm:
+                    times["mqtt_only"].append(t_only)
+                base.factory.pin(17).drive_high()
+                base.settle()
         decoded += len(rx.messages())
     finally:
-        daemon.request_stop()
-        serving.join(5)
-        daemon.stop()
-        desk.stop()
-        rx.stop()
+        for part in (box, base, desk, rx):
+            part.stop()
         broker.kill()
-    return {"presses": presses, "mqtt": describe(mqtt_s), "dc09": describe(dc09_s),
-            "outage_mqtt": describe(outage_mqtt_s), "recovery_s": recovery_s,
-            "delivered_both": len(desk.arrivals) == len(acks.times) == decoded == total,
+    return {"presses": presses, **{k: describe(v) for k, v in times.items()},
+            "recovery_s": recovery_s,
+            "delivered_both": len(desk.arrivals[SITES[0]]) == len(acks.times) == decoded == total,
             "machine": machine_context(storage)}
-
-
-def _settle(daemon: Daemon) -> None:
-    """Until the button is re-armed (50 ms of stable release) and both paths are done with
-    the press (the MQTT receipt deleted the alarm, the DC-09 row acknowledged)."""
-    assert daemon.buttons and daemon.outbox and daemon.dc09
-    time.sleep(0.06)
-    deadline = time.monotonic() + WAIT_S
-    while (daemon.buttons.snapshot()["entrance"]["state"] != "idle"
-           or any(daemon.outbox.depth().values()) or daemon.dc09.queue.depth()):
-        if time.monotonic() > deadline:
-            sys.exit("timed out: the agent did not settle after a press")
-        time.sleep(0.002)
 
 
 def main() -> None:
@@ -368,7 +385,9 @@ def main() -> None:
         print("| path | p50 ms | p99 ms | max ms |")
         print("|---|---:|---:|---:|")
         for name, key in (("press -> DC-09 ACK", "dc09"), ("press -> MQTT centre", "mqtt"),
-                          ("press -> MQTT centre, DC-09 receiver away", "outage_mqtt")):
+                          ("press -> MQTT centre, DC-09 receiver away", "outage_mqtt"),
+                          ("baseline: the same agent without DC-09, press -> MQTT centre",
+                           "mqtt_only")):
             d = agent[key]
             print(f"| {name} | {d['p50_ms']:.2f} | {d['p99_ms']:.2f} | {d['max_ms']:.2f} |")
         print(f"\nBoth paths delivered every press: {agent['delivered_both']}. Receiver back -> "

@@ -37,7 +37,7 @@ from typing import Any
 
 from agent.delivery.dc09.events import Event, EventKind
 from agent.delivery.dc09.queue import Queued
-from agent.delivery.outbox import Outbox
+from agent.delivery.outbox import Companion, Outbox
 from agent.delivery.rows import RowState
 from agent.errors import OutboxError
 
@@ -121,7 +121,7 @@ class OutboxEventQueue:
 
     # --- writing (any thread) ---------------------------------------------------------------
 
-    def row(self, event: Event, at: float, event_id: str) -> _Row:
+    def row(self, event: Event, at: float, event_id: str) -> Companion:
         """The DC-09 row of an alarm, for ``Outbox.add_alarm(also=...)``."""
         return _Row(self, _stored(event, at, event_id))
 
