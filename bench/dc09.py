@@ -1,8 +1,8 @@
 """DC-09: press -> ACK through the agent beside MQTT, and the transmitter alone as the floor.
 
-    .venv/bin/python bench/dc09.py                   # both parts, markdown (~90 s)
-    .venv/bin/python bench/dc09.py --part agent --presses 500 --outages 5
-    .venv/bin/python bench/dc09.py --part transmitter --events 100 --json
+    .venv/bin/python -m bench.dc09                   # both parts, markdown (~90 s)
+    .venv/bin/python -m bench.dc09 --part agent --presses 500 --outages 5
+    .venv/bin/python -m bench.dc09 --part transmitter --events 100 --json
 
 **The agent** (issue 13's figure): the real ``Daemon`` in this process, on the simulated school
 (mock GPIO, no cameras, storage on a real disk), a private Mosquitto, one pysiaalarm receiver
@@ -51,7 +51,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import paho.mqtt.client as mqtt
 import yaml
