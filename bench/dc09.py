@@ -51,7 +51,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-
 import paho.mqtt.client as mqtt
 import yaml
 from gpiozero.pins.mock import MockFactory

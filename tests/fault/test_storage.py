@@ -172,7 +172,7 @@ def test_disk_full_loses_no_dc09_event(
             f.unlink()
         after = presser.press_n(1)  # this commit writes the held DC-09 events first
         tally.wait_delivered(centre, 15)
-        assert kill_quietly(agent) is None  # kill -9: only what is on disk survives it
+        agent.kill()  # kill -9: only what is on disk survives it
         rx = SiaReceiver(Transport.TCP, [SIAAccount(ACCOUNT, None)], port).start()
         agent.start()
         zones = [int(e.message) for e in rx.wait(4, timeout=15)]
@@ -183,7 +183,7 @@ def test_disk_full_loses_no_dc09_event(
         assert not all(e["durable"] for e in during), "the full disk never refused a write"
         assert zones == pressed, (zones, pressed)  # every one, in press order, each once
     finally:
-        kill_quietly(agent)
+        agent.close()
         centre.stop()
         rx.stop()
 
