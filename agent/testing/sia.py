@@ -1,22 +1,44 @@
-"""pysiaalarm, a DC-09 receiver we did not write, on free loopback ports: for the tests
-(tests/dc09/) and bench/dc09.py. Imported only by those, which skip (with the reason) where
-pysiaalarm, a test dependency, is missing."""
+"""pysiaalarm, a DC-09 receiver we did not write, on free loopback ports, and the simulated
+school with its buttons numbered as DC-09 zones: for the tests (tests/dc09/) and bench/dc09.py.
+Imported only by those, which skip (with the reason) where pysiaalarm, a test dependency, is
+missing."""
 
 from __future__ import annotations
 
 import contextlib
 import socket
 import threading
+from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
+import yaml
 from pysiaalarm.account import SIAAccount
 from pysiaalarm.event import SIAEvent
 from pysiaalarm.sync.client import SIAClient
 from pysiaalarm.utils.enums import CommunicationsProtocol
 
 from agent.delivery.dc09.settings import Receiver, Transport
+from agent.testing.site import school_config
 
 ACCOUNT = "1234"
+
+
+def zoned_school(path: Path, *, port: int, storage: Path,
+                 buttons: Mapping[str, Mapping[str, Any]] | None = None, **sections: Any) -> Path:
+    """The simulated school (:func:`~agent.testing.site.school_config`, without cameras,
+    ``sections`` passed on) with each button numbered, as a ``dc09`` section requires: its
+    zone is its place in the school's list (entrance 1, gym 2, ...). ``buttons`` is merged into
+    the button of that id (``{"office": {"holdup": True}}``). The ``dc09`` section is one of
+    ``sections``; without it, the same school as a box without DC-09.
+
+    The buttons are read back from what ``school_config`` wrote, so they stay the school's
+    (its cameras already taken out) and a new key reaches them through that one function."""
+    school_config(path, port=port, storage=storage, **sections)
+    extra = buttons or {}
+    zoned = [{**b, "number": zone, **extra.get(b["id"], {})}
+             for zone, b in enumerate(yaml.safe_load(path.read_text())["buttons"], start=1)]
+    return school_config(path, port=port, storage=storage, **{**sections, "buttons": zoned})
 
 
 class SiaReceiver:
