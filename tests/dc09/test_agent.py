@@ -14,27 +14,31 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
 
 pytest.importorskip("pysiaalarm", reason="pip install -e '.[test]' (pysiaalarm, the receiver)")
 
-from gpiozero.pins.mock import MockFactory
 from pysiaalarm import SIAEvent
 
 from agent.box import control
-from agent.box.daemon import Daemon
-from agent.config import load_config
 from agent.delivery.dc09.translit import location_text
-from agent.sdnotify import Notifier
 from agent.testing.broker import Mosquitto
-from agent.testing.sia import ACCOUNT, SiaReceiver
-from tests.conftest import AgentProcess, Collector, cli, wait_for, write_config
+from agent.testing.sia import ACCOUNT, SiaReceiver, zoned_school
+from tests.conftest import (
+    AgentProcess,
+    InProcessAgent,
+    MqttClient,
+    alarms,
+    cli,
+    subscriber,
+    wait_alarms,
+    wait_for,
+)
 
 ENTRANCE = "Главный вход, 1 этаж"
 OFFICE = "Кабинет директора"
-ZONES = {"entrance": 1, "gym": 2, "office": 3, "corridor": 4}
 FAST = {"ack_timeout_s": 0.5, "attempts": 1, "retry_max_s": 0.5, "supervision_s": 10,
         "test_report_s": 0}  # loopback: a lost answer costs half a second, not five
+HEALTH = "schools/+/health"
 OLD_OUTBOX = Path(__file__).parent.parent / "data" / "outbox-7ed4fb4.sql"
 
 Receivers = Callable[..., SiaReceiver]
@@ -42,18 +46,14 @@ Receivers = Callable[..., SiaReceiver]
 
 def dc09_config(tmp_path: Path, broker_port: int, *receivers: dict[str, Any],
                 **dc09: Any) -> Path:
-    """The simulated school with a dc09 section: every button numbered (its zone), the
-    office a hold-up button, locations in Russian as a school writes them."""
-    path = write_config(tmp_path / "agent.yaml", broker_port, tmp_path / "state")
-    data = yaml.safe_load(path.read_text())
-    data["site"]["name"] = "Школа №42"
-    for b in data["buttons"]:
-        b["number"] = ZONES[b["id"]]
-    data["buttons"][0]["location"] = ENTRANCE
-    data["buttons"][2].update(location=OFFICE, holdup=True)
-    data["dc09"] = {"account": ACCOUNT, "receivers": list(receivers), **FAST, **dc09}
-    path.write_text(yaml.safe_dump(data, sort_keys=False, allow_unicode=True))
-    return path
+    """The simulated school with a dc09 section: every button numbered (its zone: entrance 1,
+    gym 2, office 3, corridor 4), the office a hold-up button, locations in Russian as a school
+    writes them."""
+    return zoned_school(tmp_path / "agent.yaml", port=broker_port, storage=tmp_path / "state",
+                        site={"name": "Школа №42"},
+                        buttons={"entrance": {"location": ENTRANCE},
+                                 "office": {"location": OFFICE, "holdup": True}},
+                        dc09={"account": ACCOUNT, "receivers": list(receivers), **FAST, **dc09})
 
 
 def entry(rx: SiaReceiver) -> dict[str, Any]:
@@ -94,7 +94,7 @@ def agents() -> Iterator[Callable[[Path], AgentProcess]]:
 
 
 def test_a_press_arrives_decoded_at_pysiaalarm_and_at_the_mqtt_centre(
-        receivers: Receivers, broker: Mosquitto, collector: Collector, tmp_path: Path,
+        receivers: Receivers, broker: Mosquitto, collector: MqttClient, tmp_path: Path,
         agents: Callable[[Path], AgentProcess]) -> None:
     rx = receivers()
     agent = agents(dc09_config(tmp_path, broker.port, entry(rx)))
@@ -107,7 +107,7 @@ def test_a_press_arrives_decoded_at_pysiaalarm_and_at_the_mqtt_centre(
     assert xdata(pa) == {"L": location_text(ENTRANCE)} == {"L": "Glavnyy vkhod, 1 etazh"}
     assert xdata(ha) == {"L": "Kabinet direktora"}
     assert abs(pa.timestamp.timestamp() - before) < 5
-    alarms = collector.wait_alarms(2)
+    alarms = wait_alarms(collector, 2)
     assert [(a["button_id"], a["kind"], a["location"]) for a in alarms] == [
         ("entrance", "panic", ENTRANCE), ("office", "panic", OFFICE)]
     wait_for(lambda: dc09_status(agent).get("queue") == 0, 5, "the DC-09 queue empty")
@@ -119,7 +119,7 @@ def test_a_press_arrives_decoded_at_pysiaalarm_and_at_the_mqtt_centre(
 
 
 def test_walk_test_and_restores_on_release_as_configured(
-        receivers: Receivers, broker: Mosquitto, collector: Collector, tmp_path: Path,
+        receivers: Receivers, broker: Mosquitto, collector: MqttClient, tmp_path: Path,
         agents: Callable[[Path], AgentProcess]) -> None:
     rx = receivers()
     events = ["panic", "panic_restore", "walk_test", "test_start", "test_end"]
@@ -133,7 +133,7 @@ def test_walk_test_and_restores_on_release_as_configured(
     assert codes(got) == [("PA", "001"), ("PH", "001"), ("TS", "000"), ("TP", "002"),
                           ("TE", "000")]
     assert xdata(got[2]) == {"L": "Shkola No42"}  # the box's own events: the site's name
-    alarms = collector.wait_alarms(3)
+    alarms = wait_alarms(collector, 3)
     assert [(a["button_id"], a["test"]) for a in alarms] == [
         ("entrance", False), ("gym", True), ("office", False)]
     time.sleep(0.5)
@@ -141,7 +141,7 @@ def test_walk_test_and_restores_on_release_as_configured(
 
 
 def test_kill_9_between_commit_and_ack_loses_nothing(
-        receivers: Receivers, broker: Mosquitto, collector: Collector, tmp_path: Path,
+        receivers: Receivers, broker: Mosquitto, collector: MqttClient, tmp_path: Path,
         agents: Callable[[Path], AgentProcess]) -> None:
     port = dead_port()  # the receiver is not there yet: nothing can be acknowledged
     config = dc09_config(tmp_path, broker.port, {"host": "127.0.0.1", "port": port})
@@ -154,13 +154,13 @@ def test_kill_9_between_commit_and_ack_loses_nothing(
     agent = agents(config)
     assert codes(rx.wait(3)) == [("PA", "001"), ("PA", "002"), ("HA", "003")]
     wait_for(lambda: dc09_status(agent).get("queue") == 0, 5, "the DC-09 queue empty")
-    wait_for(lambda: len([a for a in collector.alarms() if a["button_id"]]) >= 3, 10, "MQTT")
-    presses = [a["button_id"] for a in collector.alarms() if a["button_id"]]
+    wait_for(lambda: len([a for a in alarms(collector) if a["button_id"]]) >= 3, 10, "MQTT")
+    presses = [a["button_id"] for a in alarms(collector) if a["button_id"]]
     assert presses == ["entrance", "gym", "office"]  # each once: the paths are apart
 
 
 def test_a_receiver_away_for_a_while_gets_everything_queued_and_mqtt_never_waits(
-        receivers: Receivers, broker: Mosquitto, collector: Collector, tmp_path: Path,
+        receivers: Receivers, broker: Mosquitto, collector: MqttClient, tmp_path: Path,
         agents: Callable[[Path], AgentProcess]) -> None:
     rx = receivers()
     port = rx.port
@@ -170,19 +170,19 @@ def test_a_receiver_away_for_a_while_gets_everything_queued_and_mqtt_never_waits
     rx.stop()
     for button in ("gym", "office", "entrance"):
         agent.press(button)
-    wait_for(lambda: len([a for a in collector.alarms() if a["button_id"]]) == 4, 10,
+    wait_for(lambda: len([a for a in alarms(collector) if a["button_id"]]) == 4, 10,
              "the presses at the MQTT centre")
     assert dc09_status(agent)["queue"] == 3  # MQTT delivered them while DC-09 cannot
     wait_for(lambda: dc09_status(agent).get("path") == "down", 10, "the DC-09 path down")
     status = dc09_status(agent)
     assert status["queue"] == 3 and "cannot connect" in status["receivers"][0]["last_error"]
-    wait_for(lambda: any("DC-09 path" in a["detail"] for a in collector.alarms()), 10,
+    wait_for(lambda: any("DC-09 path" in a["detail"] for a in alarms(collector)), 10,
              "the DC-09 failure on the MQTT desk")
     back = receivers(port=port)
     assert codes(back.wait(3, timeout=15)) == [("PA", "002"), ("HA", "003"), ("PA", "001")]
-    wait_for(lambda: any("DC-09 path restored" in a["detail"] for a in collector.alarms()),
+    wait_for(lambda: any("DC-09 path restored" in a["detail"] for a in alarms(collector)),
              10, "the DC-09 restore on the MQTT desk")
-    kinds = [(a["kind"], a["button_id"]) for a in collector.alarms() if not a["button_id"]]
+    kinds = [(a["kind"], a["button_id"]) for a in alarms(collector) if not a["button_id"]]
     assert kinds == [("fault", ""), ("restore", "")]
 
 
@@ -204,7 +204,7 @@ def test_the_dc09_thread_crashes_and_is_restarted_with_its_queue(
 
 
 def test_the_primary_down_falls_back_to_the_backup(
-        receivers: Receivers, broker: Mosquitto, collector: Collector, tmp_path: Path,
+        receivers: Receivers, broker: Mosquitto, collector: MqttClient, tmp_path: Path,
         agents: Callable[[Path], AgentProcess]) -> None:
     backup = receivers()
     agent = agents(dc09_config(tmp_path, broker.port, {"host": "127.0.0.1", "port": dead_port()},
@@ -262,25 +262,23 @@ def test_health_and_the_old_outbox_file(
     old = sqlite3.connect(state / "outbox.db")
     old.executescript(OLD_OUTBOX.read_text())
     old.close()
-    seen = Collector(broker.port, ["schools/+/alarm", "schools/+/health"], client_id="old").start()
-    daemon = Daemon(load_config(config), notifier=Notifier(None), pin_factory=MockFactory())
-    daemon.start()
+    seen = subscriber(broker.port, "schools/+/alarm", HEALTH, client_id="old")
+    box = InProcessAgent(config, health_interval_s=0.0)  # health at every turn (1 s)
+    daemon = box.daemon
     try:
-        assert daemon.buttons is not None
+        box.start(online_s=None)
         assert "dc09" in daemon.core_threads  # a hung dc09 thread withholds the watchdog
-        [held] = seen.wait_alarms(1)  # the one it had not sent (the other awaits a centre)
+        [held] = wait_alarms(seen, 1)  # the one it had not sent (the other awaits a centre)
         assert (held["site_id"], held["seq"], held["button_id"]) == ("school-042", 2, "gym")
-        daemon.buttons.simulate("gym", True)
+        box.press("gym")
         assert codes(rx.wait(1)) == [("PA", "002")]
-        assert seen.wait_alarms(2)[1]["seq"] == 3  # seq goes on from the old file's
+        assert wait_alarms(seen, 2)[1]["seq"] == 3  # seq goes on from the old file's
         wait_for(lambda: daemon.dc09 is not None and daemon.dc09.queue.depth() == 0, 5, "ACK")
-        daemon.health_interval_s = 0.0  # the next turn publishes health at once
-        daemon._supervise_once()
         wait_for(lambda: any((h.get("dc09") or {}).get("acked")
-                             for h in seen.payloads("/health")), 5, "health with both paths")
-        health = seen.payloads("/health")[-1]
+                             for h in seen.payloads(HEALTH)), 5, "health with both paths")
+        health = seen.payloads(HEALTH)[-1]
         assert health["dc09"]["path"] == "up" and health["dc09"]["queue"] == 0
         assert health["uplink"]["last_ack_at"] and health["uplink"]["state"] == "online"
     finally:
-        daemon.stop()
-        seen.stop()
+        box.stop()
+        seen.close()
