@@ -4,15 +4,17 @@
     .venv/bin/python -m bench.dc09 --part agent --presses 500 --outages 5
     .venv/bin/python -m bench.dc09 --part transmitter --events 100 --json
 
-**The agent** (issue 13's figure): the real ``Daemon`` in this process, on the simulated school
-(mock GPIO, no cameras, storage on a real disk), a private Mosquitto, one pysiaalarm receiver
-(TCP, the default timings), and a subscriber playing the centre (presence, a receipt per
-alarm). Per press, one at a time:
+**The agent** (issue 13's figure): the real ``Daemon`` in this process on the public harness
+(agent/testing: ``InProcessAgent`` on the simulated school's config from ``school_config``,
+buttons numbered as DC-09 zones; mock GPIO, no cameras, storage on a real disk), a private
+Mosquitto, one pysiaalarm receiver (TCP, the default timings), and the harness's MQTT client
+playing the centre (presence, a receipt per alarm). Per press, one at a time:
 
-    t0 = perf_counter(); MockFactory.pin(17).drive_low()
+    t0 = perf_counter(); the entrance's mock pin (17) driven low
     MQTT   t1 in the centre's on_message for that alarm (then the receipt, untimed)
     DC-09  t1 when the transmitter hands the receiver's ACK to the outbox (the queue's
-           ``acked``, wrapped on the running object: no agent code is edited)
+           ``acked``, wrapped on the running object: no agent code is edited; the DC-09 path
+           has no tracing point, see ``AckClock``)
 
 then the release, the re-arm (50 ms) and both paths' bookkeeping settle before the next press.
 Both paths must deliver every press (pysiaalarm's decoded count is checked at the end). Then
@@ -35,7 +37,9 @@ nearest-rank. Then the outage: the receiver is stopped, an event is queued, the 
 down, the receiver restarts on the same port, and we time from its return to the queued event's
 ACK (bounded by the pause after failed rounds, ``retry_max_s``, default 10 s).
 
-Bounded: every wait times out (exit 1 naming the step); receivers are stopped in ``finally``.
+Bounded: every wait times out (exit 1 naming the step); agents, receivers and the broker are
+stopped in ``finally``. The agent part's work dir (configs, storage) is removed after a good run
+and kept, with its path printed, after a failed one.
 """
 
 from __future__ import annotations
@@ -43,6 +47,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import shutil
 import socket
 import sys
 import tempfile
@@ -51,24 +56,20 @@ import time
 from pathlib import Path
 from typing import Any
 
-import paho.mqtt.client as mqtt
-import yaml
-from gpiozero.pins.mock import MockFactory
-from paho.mqtt.enums import CallbackAPIVersion
 from pysiaalarm import SIAAccount
 
-from agent.box.daemon import Daemon
-from agent.config import default_config_text, load_config
 from agent.delivery.dc09.events import Event, EventKind, MessageFormat, encode
 from agent.delivery.dc09.frame import Address, build
 from agent.delivery.dc09.queue import MemoryQueue
 from agent.delivery.dc09.settings import Receiver, Settings, Transport
 from agent.delivery.dc09.transmitter import Transmitter
 from agent.delivery.protocol import Receipt, centre_presence_topic, presence_payload
-from agent.sdnotify import Notifier
 from agent.supervision import Supervisor
+from agent.testing import wait_for
 from agent.testing.broker import Mosquitto
-from agent.testing.sia import SiaReceiver
+from agent.testing.mqtt import MqttClient, Received, Will
+from agent.testing.sia import SiaReceiver, zoned_school
+from agent.testing.site import InProcessAgent
 from agent.testing.stats import default_storage_parent, describe, machine_context
 
 KEY_TEXT = "0123456789ABCDEF"  # pysiaalarm uses the key text's ASCII bytes as the AES key
@@ -169,59 +170,55 @@ def run_case(transport: Transport, key: bool, n: int) -> dict[str, Any]:
 SITES = ("sim-school", "mqtt-only")  # the agent measured, and the baseline without DC-09
 WAIT_S = 10.0  # any single wait; a press that takes this long is a failure, not a sample
 PRESENCE = centre_presence_topic("schools", "bench-centre")
+BUTTON, BUTTON_PIN = "entrance", 17  # normally open, no hold_s: the first edge is the alarm
+ENTRANCE = "Главный вход, 1 этаж"  # as a school writes it: DC-09 transliterates it
+# The centre's client never pings during a run: a PINGRESP its kernel has not yet ACKed would
+# hold a receipt under Nagle (bench/alarm_latency.py).
+CENTRE_KEEPALIVE_S = 600
 
 
 class CentreDesk:
-    """The centre's MQTT side, reduced to what the agents see of it: presence, and a receipt
-    for each alarm. ``arrivals[site]`` keeps t1 (perf_counter, first thing in on_message) of
-    each button alarm, in order; the boxes' own faults are not counted."""
+    """The centre's MQTT side on the harness's client (agent/testing/mqtt.py), reduced to what
+    the agents see of it: presence (retained, and its will), and a receipt for each alarm, sent
+    from the client's ``on_message`` hook on paho's thread. ``arrivals[site]`` keeps t1 of each
+    button alarm, in order: the client's ``Received.at``, time.monotonic() taken first thing in
+    paho's on_message (on Linux the clock perf_counter reads); the boxes' own faults (the DC-09
+    path down and back during the outages) get their receipt and are not counted."""
 
     def __init__(self, port: int) -> None:
-        self.port = port
-        self.cond = threading.Condition()
         self.arrivals: dict[str, list[float]] = {site: [] for site in SITES}
-        self.client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="bench-centre",
-                                  protocol=mqtt.MQTTv5)
-        self.client.on_message = self._on_message
-        self._subscribed = threading.Event()
-        self.client.on_subscribe = lambda *_: self._subscribed.set()
+        self.client = MqttClient(port, ["schools/+/alarm"], client_id="bench-centre",
+                                 keepalive=CENTRE_KEEPALIVE_S, on_message=self._on_alarm,
+                                 will=Will(PRESENCE, presence_payload("offline", time.time())))
 
     def start(self) -> None:
-        self.client.will_set(PRESENCE, presence_payload("offline", time.time()), qos=1,
-                             retain=True)
-        self.client.connect("127.0.0.1", self.port, keepalive=600)
-        self.client.loop_start()
-        self.client.subscribe("schools/+/alarm", qos=1)
-        if not self._subscribed.wait(WAIT_S):
-            sys.exit("the bench's centre got no SUBACK")
-        self.client.publish(PRESENCE, presence_payload("online", time.time()), qos=1,
-                            retain=True).wait_for_publish(WAIT_S)
+        self.client.connect(WAIT_S)
+        self.client.publish(PRESENCE, presence_payload("online", time.time()), retain=True,
+                            timeout=WAIT_S)
 
     def stop(self) -> None:
-        self.client.disconnect()
-        self.client.loop_stop()
+        self.client.close()
 
-    def _on_message(self, _c: Any, _u: Any, msg: mqtt.MQTTMessage) -> None:
-        t1 = time.perf_counter()
-        alarm = json.loads(msg.payload)
-        self.client.publish(f"schools/{alarm['site_id']}/receipt",
-                            Receipt(alarms=(alarm["event_id"],)).to_json(), qos=1)
+    def _on_alarm(self, got: Received) -> None:
+        alarm = got.json()
+        self.client.send(f"schools/{alarm['site_id']}/receipt",
+                         Receipt(alarms=(alarm["event_id"],)).to_json())
         if alarm["button_id"]:
-            with self.cond:
-                self.arrivals[alarm["site_id"]].append(t1)
-                self.cond.notify_all()
+            self.arrivals[alarm["site_id"]].append(got.at)  # before the client wakes waiters
 
     def wait(self, site: str, n: int, step: str) -> float:
         """t1 of the site's n-th button alarm (from 1)."""
-        with self.cond:
-            if not self.cond.wait_for(lambda: len(self.arrivals[site]) >= n, WAIT_S):
-                sys.exit(f"timed out after {WAIT_S} s: {step} at the MQTT centre")
-            return self.arrivals[site][n - 1]
+        arrivals = self.arrivals[site]
+        self.client.until(lambda: len(arrivals) >= n, WAIT_S, f"{step} at the MQTT centre")
+        return arrivals[n - 1]
 
 
 class AckClock:
     """When the agent's DC-09 queue is told an event was acknowledged: ``acked`` shadowed on
-    the running queue object (the class and the agent's code are untouched)."""
+    the running queue object (``daemon.dc09.queue``; the class and the agent's code are
+    untouched). The one wrap left in the benches: agent/tracing.py has no point on the DC-09
+    path (its points are the MQTT alarm's, the commands' and the centre's), and this is the
+    moment a point there would mark, the receiver's ACK handed to the outbox."""
 
     def __init__(self, queue: Any) -> None:
         self.cond = threading.Condition()
@@ -240,77 +237,58 @@ class AckClock:
     def wait(self, n: int, step: str, timeout: float = WAIT_S) -> float:
         with self.cond:
             if not self.cond.wait_for(lambda: len(self.times) >= n, timeout):
-                sys.exit(f"timed out after {timeout} s: {step} acknowledged on DC-09")
+                raise AssertionError(f"timed out after {timeout:g} s waiting for {step} "
+                                     "to be acknowledged on DC-09")
             return self.times[n - 1]
 
 
-class Box:
-    """One agent of the run: a Daemon in this process, on its own storage and mock pins."""
-
-    def __init__(self, storage: Path, site: str, broker_port: int, rx_port: int | None) -> None:
-        data = yaml.safe_load(default_config_text())
-        data["site"]["id"] = site
-        data["mqtt"]["port"] = broker_port
-        data["storage"]["path"] = str(storage)
-        data["cameras"] = []
-        for zone, b in enumerate(data["buttons"], start=1):
-            b.pop("cameras", None)
-            b["number"] = zone
-        data["buttons"][0]["location"] = "Главный вход, 1 этаж"
-        if rx_port is not None:  # else the baseline: the same agent without the DC-09 path
-            data["dc09"] = {"account": "1234", "test_report_s": 0,  # else the default timings
-                            "receivers": [{"host": "127.0.0.1", "port": rx_port}]}
-        storage.mkdir()
-        path = storage / "agent.yaml"
-        path.write_text(yaml.safe_dump(data, allow_unicode=True))
-        self.site = site
-        self.factory = MockFactory()
-        self.daemon = Daemon(load_config(path), notifier=Notifier(None),
-                             pin_factory=self.factory)
-        self._serving = threading.Thread(target=self.daemon.supervise, daemon=True)
-
-    def start(self) -> None:
-        self.daemon.start()
-        self._serving.start()
-
-    def stop(self) -> None:
-        self.daemon.request_stop()
-        self._serving.join(5)
-        self.daemon.stop()
-
-    def settle(self) -> None:
-        """Until the button is re-armed (50 ms of stable release) and every path is done with
-        the press (the MQTT receipt deleted the alarm, the DC-09 row acknowledged)."""
-        d = self.daemon
-        assert d.buttons and d.outbox
-        time.sleep(0.06)
-        deadline = time.monotonic() + WAIT_S
-        while (d.buttons.snapshot()["entrance"]["state"] != "idle"
-               or any(d.outbox.depth().values()) or (d.dc09 and d.dc09.queue.depth())):
-            if time.monotonic() > deadline:
-                sys.exit(f"timed out: {self.site} did not settle after a press")
-            time.sleep(0.002)
+def start_box(workdir: Path, site: str, broker_port: int, rx_port: int | None) -> InProcessAgent:
+    """One agent of the run: the simulated school (buttons numbered, the entrance's location
+    in Russian) as ``site``, on its own storage and mock pins, in this process; with
+    ``rx_port`` None the baseline, the same agent without the DC-09 path."""
+    dc09 = {} if rx_port is None else {"dc09": {
+        "account": "1234", "test_report_s": 0,  # else the default timings
+        "receivers": [{"host": "127.0.0.1", "port": rx_port}]}}
+    config = zoned_school(workdir / f"{site}.yaml", port=broker_port, storage=workdir / site,
+                          site={"id": site}, buttons={BUTTON: {"location": ENTRANCE}}, **dc09)
+    return InProcessAgent(config).start(WAIT_S)
 
 
-def run_agent(presses: int, outages: int, storage_parent: Path) -> dict[str, Any]:
-    storage = Path(tempfile.mkdtemp(prefix="bench-dc09-", dir=storage_parent))
-    broker = Mosquitto(storage / "broker")
-    rx = SiaReceiver(Transport.TCP, [SIAAccount("1234", None)]).start()
-    broker.start()
+def settle(box: InProcessAgent, site: str) -> None:
+    """Until the button is re-armed (50 ms of stable release) and every path is done with
+    the press (the MQTT receipt deleted the alarm, the DC-09 row acknowledged)."""
+    d = box.daemon
+    board, outbox = d.buttons, d.outbox
+    assert board is not None and outbox is not None
+    time.sleep(0.06)
+    wait_for(lambda: (board.snapshot()[BUTTON]["state"] == "idle"
+                      and not any(outbox.depth().values())
+                      and not (d.dc09 and d.dc09.queue.depth())),
+             WAIT_S, f"{site} to settle after a press", poll_s=0.002)
+
+
+def run_agent(presses: int, outages: int, workdir: Path) -> dict[str, Any]:
+    broker = Mosquitto(workdir / "broker")
+    rx = SiaReceiver(Transport.TCP, [SIAAccount("1234", None)])
     desk = CentreDesk(broker.port)
-    box = Box(storage / SITES[0], SITES[0], broker.port, rx.port)
-    base = Box(storage / SITES[1], SITES[1], broker.port, None)
+    boxes: list[InProcessAgent] = []
     times: dict[str, list[float]] = {"dc09": [], "mqtt": [], "mqtt_only": [], "outage_mqtt": []}
     recovery_s: list[float] = []
     decoded = 0  # distinct messages pysiaalarm decoded, over its restarts
     warm = 20
     total = warm + presses + outages
     try:
+        rx.start()
+        broker.start()
         desk.start()
-        box.start()
-        base.start()
-        assert box.daemon.dc09 is not None
-        acks = AckClock(box.daemon.dc09.queue)
+        box = start_box(workdir, SITES[0], broker.port, rx.port)
+        boxes.append(box)
+        base = start_box(workdir, SITES[1], broker.port, None)
+        boxes.append(base)
+        dc09 = box.daemon.dc09
+        assert dc09 is not None
+        acks = AckClock(dc09.queue)
+        pin, base_pin = box.pins.pin(BUTTON_PIN), base.pins.pin(BUTTON_PIN)
         for i in range(1, total + 1):
             outage = i > warm + presses
             if outage:  # the receiver away: the press waits on DC-09, never on MQTT
@@ -318,15 +296,12 @@ def run_agent(presses: int, outages: int, storage_parent: Path) -> dict[str, Any
                 decoded += len(rx.messages())
                 rx.stop()
             t0 = time.perf_counter()
-            box.factory.pin(17).drive_low()
+            pin.drive_low()
             t_mqtt = desk.wait(SITES[0], i, f"press {i}") - t0
             if outage:
                 times["outage_mqtt"].append(t_mqtt)
-                deadline = time.monotonic() + 60
-                while box.daemon.dc09.transmitter.status().path_ok is not False:
-                    if time.monotonic() > deadline:
-                        sys.exit("timed out: the DC-09 path seen down")
-                    time.sleep(0.005)
+                wait_for(lambda: dc09.transmitter.status().path_ok is False, 60,
+                         "the DC-09 path seen down", poll_s=0.005)
                 returned = time.perf_counter()
                 rx = SiaReceiver(Transport.TCP, [SIAAccount("1234", None)], port).start()
                 recovery_s.append(acks.wait(i, f"press {i} after the outage", 60) - returned)
@@ -335,25 +310,30 @@ def run_agent(presses: int, outages: int, storage_parent: Path) -> dict[str, Any
                 if i > warm:
                     times["mqtt"].append(t_mqtt)
                     times["dc09"].append(t_dc09)
-            box.factory.pin(17).drive_high()
-            box.settle()
+            pin.drive_high()
+            settle(box, SITES[0])
             if i <= warm + presses:  # the baseline, press by press: the same noise
                 t0 = time.perf_counter()
-                base.factory.pin(17).drive_low()
+                base_pin.drive_low()
                 t_only = desk.wait(SITES[1], i, f"baseline press {i}") - t0
                 if i > warm:
                     times["mqtt_only"].append(t_only)
-                base.factory.pin(17).drive_high()
-                base.settle()
+                base_pin.drive_high()
+                settle(base, SITES[1])
         decoded += len(rx.messages())
     finally:
-        for part in (box, base, desk, rx):
-            part.stop()
+        for b in boxes:
+            b.stop(check=False)
+        desk.stop()
+        rx.stop()
         broker.kill()
+    gave_up = [f"{b.daemon.cfg.site.id}: {b.gave_up}" for b in boxes if b.gave_up]
+    if gave_up:
+        raise AssertionError(f"the agent's supervisor gave up ({'; '.join(gave_up)})")
     return {"presses": presses, **{k: describe(v) for k, v in times.items()},
             "recovery_s": recovery_s,
             "delivered_both": len(desk.arrivals[SITES[0]]) == len(acks.times) == decoded == total,
-            "machine": machine_context(storage)}
+            "machine": machine_context(workdir)}
 
 
 def main() -> None:
@@ -369,8 +349,14 @@ def main() -> None:
     logging.basicConfig(level=logging.ERROR)
     for noisy in ("pysiaalarm", "agent"):  # the outages are on purpose
         logging.getLogger(noisy).setLevel(logging.CRITICAL)
-    agent = run_agent(args.presses, args.outages, args.storage_dir) \
-        if args.part != "transmitter" else None
+    agent = None
+    if args.part != "transmitter":
+        workdir = Path(tempfile.mkdtemp(prefix="bench-dc09-", dir=args.storage_dir))
+        try:
+            agent = run_agent(args.presses, args.outages, workdir)
+        except AssertionError as exc:  # a wait of the harness's, or of this bench's, timed out
+            sys.exit(f"dc09: {exc} (work dir kept: {workdir})")
+        shutil.rmtree(workdir, ignore_errors=True)
     rows = [run_case(t, k, args.events) for t in Transport for k in (False, True)] \
         if args.part != "agent" else []
     if args.json:
