@@ -375,7 +375,7 @@ def run_agent(row: Row, topo: Topology, probe: Probe, workdir: Path, segment: Se
     finally:
         box.close()
     cfg = agent_config(wd, topo.srv_b, row.sender, row.link.kbit)
-    ids = [b.id for b in cfg.buttons]
+    ids = [b.id for b in cfg.buttons if not b.hold_s]  # a press, not a hold, raises the alarm
     daemon = Daemon(cfg, notifier=Notifier(None))
     try:
         daemon.start()
