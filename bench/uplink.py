@@ -505,7 +505,7 @@ def targets(rows: list[dict[str, Any]]) -> dict[str, str]:
                                               and r.get("p99_ms", math.inf) >= TARGET_P99_MS)]
     good = [f"{r['cc']} {r['link']} {min(r['goodput']):.0%}" for r in tuned
             if min(r["goodput"]) < TARGET_GOODPUT]
-    step = [f"{r['cc']} {r.get('recovered_s')} s" for r in tuned if "recovered_s" in r
+    step = [f"{r['cc']} {r.get('recovered_s') or 'never'} s" for r in tuned if "recovered_s" in r
             and (r["recovered_s"] is None or r["recovered_s"] > TARGET_RECOVERY_S)]
     restore = [x["restore_to_alarm_s"] for r in tuned for x in r["restores"]]
     slow = [str(t) for t in restore if t is None or t > TARGET_RESTORE_S]
@@ -534,8 +534,11 @@ def markdown(rep: dict[str, Any]) -> str:
         pacer = (f"{p['upload_kbps']} kbit/s, {p['notsent_lowat']} B, {p['window']}"
                  if p.get("mode") == "auto" else
                  f"fixed, {p['notsent_lowat']} B, {p['window']}" if p else "")
-        step = (f"; back under {RECOVERED_MS:.0f} ms {r['recovered_s']} s after the drop "
-                f"(slow phase max {r['slow_max_ms']} ms)" if "recovered_s" in r else "")
+        back = ("never in the slow phase" if r.get("recovered_s") is None
+                else f"{r['recovered_s']} s after the drop")
+        slowest = "no alarm arrived" if r.get("slow_max_ms") is None else f"{r['slow_max_ms']} ms"
+        step = (f"; back under {RECOVERED_MS:.0f} ms {back} (slow phase max {slowest})"
+                if "recovered_s" in r else "")
         good = " / ".join(f"{g * 100:.1f} %" for g in r["goodput"])
         lines.append(f"| {r['cc']} | {r['link']} | {r['sender']}{step} | {r['chunk_kb']:g} KB "
                      f"| {r['arrived']}/{r['presses']} | {lat} | {good} | {r['tbf_drops']} | "
@@ -565,6 +568,7 @@ def markdown(rep: dict[str, Any]) -> str:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     ap.add_argument("--json", action="store_true", help="print JSON instead of markdown")
+    ap.add_argument("--step", action="store_true", help="the step link only")
     ap.add_argument("--quick", action="store_true",
                     help="0.5 and 1 Mbit/s and the step; no capped sender; reno only")
     ap.add_argument("--cc", nargs="+", default=["reno", "bbr"],
@@ -583,6 +587,8 @@ def main(argv: list[str] | None = None) -> int:
         links = [LINKS[0], LINKS[2], STEP]
         senders = [s for s in SENDERS if not s.cap_share]
         ccs = ccs[:1]
+    if args.step:
+        links = [STEP]
 
     workdir = Path(tempfile.mkdtemp(prefix="uplink-bench-", dir="/var/tmp"))
     rng = random.Random(args.seed)

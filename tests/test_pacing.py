@@ -16,6 +16,7 @@ from agent.delivery.uplink import tcpinfo
 from agent.delivery.uplink.pacing import (
     EARLY,
     MARGIN_S,
+    MAX_CHUNK,
     MAX_WAIT_S,
     MIN_CHUNK,
     PACING_GAIN,
@@ -216,10 +217,10 @@ def test_the_status_shows_what_the_pacer_uses() -> None:
 
 
 @pytest.mark.parametrize(("upload_bps", "expected"), [
-    (None, 16384),  # nothing measured: the largest
+    (None, MAX_CHUNK),  # nothing measured: the largest a link that drops can take
     (62_500 * 0.955, 6 * 1024),  # 0.5 Mbit/s: about 100 ms
-    (125_000 * 0.955, 12 * 1024),  # 1 Mbit/s
-    (500_000, 16384),  # 4 Mbit/s: never larger than the largest
+    (125_000 * 0.955, MAX_CHUNK),  # 1 Mbit/s: 12 KB would be 100 ms; the link may drop
+    (500_000, MAX_CHUNK),  # 4 Mbit/s
     (10_000, MIN_CHUNK),  # 80 kbit/s: never below 4 KB (each has a ~400-byte header)
 ])
 def test_video_is_cut_smaller_on_a_slow_link(upload_bps: float | None, expected: int) -> None:

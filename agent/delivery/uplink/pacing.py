@@ -85,7 +85,10 @@ EARLY = 2.0  # ... and as if it drained this much faster than the estimate: a la
 BOX_LIMITED = 0.9  # a window that delivered this share of the kernel's pacing rate was
 # held back by that pacing, not by the link
 CHUNK_S = 0.1  # video is cut into messages of about this long at the upload rate ...
-MIN_CHUNK = 4096  # ... but no smaller (each carries a ~400-byte header)
+MIN_CHUNK = 4096  # ... but no smaller (each carries a ~400-byte header) ...
+MAX_CHUNK = 10 * 1024  # ... and no larger: a clip is cut when it is queued and sent whole after
+# the link drops: 10 KB is 164 ms of a 0.5 Mbit/s link, 16 KB 262 ms (bench/uplink.py's step: back
+# under 300 ms 16.9 s after the drop with 16 KB, 1.0 s with 8 KB; 8 KB cost 4 Mbit/s goodput)
 UNPACED = 0xFFFFFFFF  # SO_MAX_PACING_RATE's "no limit"
 
 
@@ -227,9 +230,12 @@ class Pacer:
 
     def chunk_bytes(self, largest: int) -> int:
         """How big to cut video for the uplink now, from any thread: about CHUNK_S at the
-        upload rate, so that an alarm never waits long behind one (docs/uplink.md), and
-        ``largest`` while nothing has been measured."""
-        upload = self.meter.upload_bps if self.meter is not None else None
+        upload rate, at most MAX_CHUNK, so that an alarm never waits long behind one, even after
+        the link drops (docs/uplink.md); ``largest`` under fixed pacing."""
+        if self.meter is None:  # fixed pacing: as before the pacer
+            return largest
+        largest = min(largest, MAX_CHUNK)
+        upload = self.meter.upload_bps
         if upload is None:
             return largest
         return max(MIN_CHUNK, min(largest, round(upload * CHUNK_S / 1024) * 1024))
