@@ -23,10 +23,12 @@ set -euo pipefail
 #   python3-gi gir1.2-gst-rtsp-server-1.0 gstreamer1.0-*   a local RTSP test camera
 #   (lint) shellcheck             tests/test_install.py lints this script
 #   faketime                      tests/fault/test_clock.py steps the agent's wall clock
+#   chromium                      tests/console: the officer's browser, driven by Playwright
+#                                 (Playwright's own browser download needs the internet)
 DEV_APT_PACKAGES="mosquitto mosquitto-clients ffmpeg iproute2 systemd python3-venv python3-pip
   python3-gi
   gir1.2-gst-rtsp-server-1.0 gstreamer1.0-plugins-base
-  gstreamer1.0-plugins-good gstreamer1.0-plugins-ugly shellcheck faketime"
+  gstreamer1.0-plugins-good gstreamer1.0-plugins-ugly shellcheck faketime chromium"
 
 # Debian packages for a production install; PI_APT_PACKAGES only on a Raspberry Pi. python3-av
 # is there because PyPI has no armhf wheel of av; the venv sees it (--system-site-packages).

@@ -120,6 +120,10 @@ def build_parser() -> argparse.ArgumentParser:
     a = actions.add_parser("keygen", help="make the centre's key pair (where --key says)")
     a = actions.add_parser("status", help="each site's state, missing alarms (seq gaps), what "
                            "the centre refused, and when the receiver lost the broker")
+
+    from agent.centre.console.cli import add_parser as add_console
+
+    add_console(sub)
     return parser
 
 

@@ -1,0 +1,103 @@
+"""The ``console-feed`` thread: turns what the receiver stores into events for every console.
+
+The receiver is another process (it must not hold the signing key), possibly on another machine
+with the ledger shared, so the console learns of a new alarm from the ledger itself: it looks
+for rows after the last one it saw every POLL_S (an index lookup on the newest rowid, well under
+a millisecond), and pushes each new alarm to every open console at once. The browser never
+polls; the officer sees an alarm within POLL_S of the receiver's commit plus the push
+(bench/console.py measures press to screen). Sites are compared every SITES_S; a box's health
+is pushed as it arrives (boxes.py).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from typing import Any
+
+from agent.centre.console.database import Database
+from agent.centre.console.hub import Hub
+from agent.centre.console.records import LedgerReader, alarm_view
+
+log = logging.getLogger("agent.console")
+
+POLL_S = 0.05
+SITES_S = 0.5
+
+
+class Feed:
+    def __init__(self, ledger: LedgerReader, db: Database, hub: Hub) -> None:
+        self._ledger, self._db, self._hub = ledger, db, hub
+        self._lock = threading.Lock()  # guards _sites and _health (feed and link threads)
+        self._sites: dict[str, dict[str, Any]] = {}
+        self._health: dict[str, dict[str, Any]] = {}
+        self._last = 0
+        self._stopping = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        self._last = self._ledger.last_alarm()
+        self._poll_sites()
+        self._thread = threading.Thread(target=self._run, name="console-feed", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stopping.set()
+        if self._thread is not None:
+            self._thread.join(5)
+
+    def snapshot(self) -> dict[str, Any]:
+        """Everything a console shows, for one that (re)connects."""
+        with self._lock:
+            sites = [self._site_view(site) for site in sorted(self._sites)]
+        return {"alarms": [alarm_view(r, self._db) for r in self._ledger.newest_alarms()],
+                "sites": sites}
+
+    def on_health(self, site: str, health: dict[str, Any]) -> None:
+        """A box's health arrived (the link's thread)."""
+        with self._lock:
+            self._health[site] = health
+            view = self._site_view(site)
+        self._hub.publish("site", view)
+
+    # --- the feed thread --------------------------------------------------------------------
+
+    def _run(self) -> None:
+        turns = 0
+        while not self._stopping.wait(POLL_S):
+            try:
+                self._poll_alarms()
+                turns += 1
+                if turns * POLL_S >= SITES_S:
+                    turns = 0
+                    for view in self._poll_sites():
+                        self._hub.publish("site", view)
+            except Exception:  # the ledger is busy or being replaced: try again next turn
+                log.exception("console feed: cannot read the ledger; retrying")
+
+    def _poll_alarms(self) -> None:
+        for row in self._ledger.alarms_after(self._last):
+            self._last = int(row[0])
+            self._hub.publish("alarm", alarm_view(row, self._db))
+
+    def _poll_sites(self) -> list[dict[str, Any]]:
+        """Refresh each site's state from the ledger; return the views that changed."""
+        changed = []
+        with self._lock:
+            for site, state, since, test_until in self._ledger.sites():
+                known = self._sites.get(site, {})
+                if (known.get("state"), known.get("since"), known.get("test_until")) != (
+                        state, since, test_until):
+                    self._sites[site] = {"site_id": site, "state": state, "since": since,
+                                         "test_until": test_until}
+                    changed.append(self._site_view(site))
+        return changed
+
+    def _site_view(self, site: str) -> dict[str, Any]:
+        """Under the lock: a site's state with its latest health."""
+        base = self._sites.get(site, {"site_id": site, "state": "unknown", "since": None,
+                                      "test_until": None})
+        view = dict(base)
+        view["health"] = self._health.get(site)
+        self._sites[site] = base
+        return view
