@@ -14,6 +14,7 @@ import pytest
 from agent.centre.console import accounts
 from agent.centre.console.app import Console, Options
 from agent.centre.console.database import Database
+from agent.centre.console.routes import Settings
 from agent.centre.link import Endpoint
 from agent.testing.broker import Mosquitto
 from tests.conftest import AgentProcess, Centre, cli, wait_for, write_config
@@ -23,6 +24,7 @@ CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networki
                  "--disable-component-update", "--disable-sync", "--no-first-run",
                  "--autoplay-policy=no-user-gesture-required"]
 HOSTILE_LOCATION = "<script>document.title='pwned'</script><img src=x onerror=alert(1)>"
+ESCALATE_S = (2, 4)  # short, so a test sees both levels
 PASSWORDS = {"chief": "chief-password-1", "ivanov": "ivanov-password-1"}
 
 
@@ -74,7 +76,8 @@ def start_console(tmp_path: Path, broker: Mosquitto, keys: Path, store: Path,
         db.close()
     console = Console(Options(store=store, data=tmp_path / name,
                               endpoint=Endpoint.parse(broker.url), key_file=keys / "centre.key",
-                              client_id=f"edge-{name}", listen=("127.0.0.1", 0)))
+                              client_id=f"edge-{name}", listen=("127.0.0.1", 0),
+                              settings=Settings(escalate_s=ESCALATE_S)))
     console.start()
     wait_for(console.boxes.link.subscribed.is_set, 10, "the console's MQTT session")
     return console
@@ -108,7 +111,8 @@ def browser() -> Iterator[Any]:
 
 def log_in(browser: Any, url: str, user: str) -> Any:
     """A new browser context (its own cookies) logged in as ``user``; returns the page."""
-    context = browser.new_context(locale="ru-RU", timezone_id="Asia/Almaty")
+    context = browser.new_context(locale="ru-RU", timezone_id="Asia/Almaty",
+                                  viewport={"width": 1440, "height": 900})
     context.set_default_timeout(10_000)
     page = context.new_page()
     page.goto(url + "/")

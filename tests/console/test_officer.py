@@ -97,6 +97,12 @@ def test_an_officers_shift(centre: Centre4Console, browser: Any) -> None:
     assert cell.text_content() == HOSTILE_LOCATION
     assert page.title() != "pwned" and not dialogs
     assert page.locator("#alarm-list img, #alarm-detail img, #alarm-list script").count() == 0
+    hostile_row = page.locator(f'tr.alarm[data-key="sim-school/{hostile}"]')
+    for level in ("escalated-1", "escalated-2"):  # unacknowledged: escalates by age
+        page.wait_for_function("([sel, cls]) => document.querySelector(sel).classList"
+                               ".contains(cls)", arg=[f'tr.alarm[data-key="sim-school/{hostile}"]',
+                                                      level])
+    assert hostile_row.locator(".badge").text_content() == "ЭСКАЛАЦИЯ"
     screenshot(page, "queue")
 
     assert page.locator(".tab[data-tab=audit]").is_hidden()
@@ -118,4 +124,39 @@ def test_an_officers_shift(centre: Centre4Console, browser: Any) -> None:
                  "login chief"]:
         assert step in actions, (step, actions)
     screenshot(chief, "audit")
+    chief.context.close()
+
+
+def test_the_schools_board_and_a_walk_test(centre: Centre4Console, browser: Any) -> None:
+    chief = log_in(browser, centre.url, "chief")
+    chief.click(".tab[data-tab=schools]")
+    row = chief.locator('tr.site-row[data-site="sim-school"]')
+    row.locator("td.site-state").wait_for()
+    chief.wait_for_function("() => document.querySelector('tr.site-row[data-site=sim-school]')"
+                            ".classList.contains('online')")
+    chief.locator('tr.site-row[data-site="sim-school"] td.health-at').wait_for()
+    assert "entrance: idle" in (row.text_content() or "")  # the box's last health
+
+    row.locator("button.test-on").click()
+    wait_for(lambda: (centre.agent.status() or {}).get("test_mode_until"), 10,
+             "the box to start the walk test")
+    chief.wait_for_function("() => document.querySelector('tr.site-row[data-site=sim-school] "
+                            "td.test-until').textContent !== '—'")
+    chief.click(".tab[data-tab=alarms]")
+    event = _press(centre, "entrance")
+    test_row = chief.locator(f'tr.alarm[data-key="sim-school/{event}"]')
+    test_row.wait_for()
+    assert "test" in (test_row.get_attribute("class") or "")
+    assert test_row.locator(".badge").text_content() == "ТЕСТ"
+
+    chief.select_option("#lang", "kk")
+    assert chief.locator(".tab[data-tab=schools]").text_content() == "Мектептер"
+    chief.select_option("#lang", "en")
+    assert chief.locator(".tab[data-tab=schools]").text_content() == "Schools"
+    chief.click(".tab[data-tab=schools]")
+    screenshot(chief, "schools")
+
+    centre.agent.kill()  # the box dies: its will turns it offline within 1.5 keepalives
+    chief.wait_for_function("() => document.querySelector('tr.site-row[data-site=sim-school]')"
+                            ".classList.contains('offline')", timeout=15_000)
     chief.context.close()

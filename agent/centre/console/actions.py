@@ -9,6 +9,7 @@ the officer.
 
 from __future__ import annotations
 
+import threading
 import time
 from typing import Any
 
@@ -53,6 +54,7 @@ def site_id(value: str) -> str:
 class Desk:
     def __init__(self, db: Database, ledger: LedgerReader, boxes: Boxes, hub: Hub) -> None:
         self._db, self._ledger, self._boxes, self._hub = db, ledger, boxes, hub
+        self._publishing = threading.Lock()
 
     def alarm(self, site: str, event: str) -> dict[str, Any]:
         row = self._ledger.alarm(site_id(site), event) if UUID.fullmatch(event) else None
@@ -61,7 +63,11 @@ class Desk:
         return alarm_view(row, self._db)
 
     def publish_alarm(self, site: str, event: str) -> None:
-        self._hub.publish("alarm", self.alarm(site, event))
+        """Tell every console. Read and published under one lock: an HTTP thread and the link's
+        thread both publish the same alarm (ack, then the box's answer), and the later read,
+        which holds both changes, must be the later event."""
+        with self._publishing:
+            self._hub.publish("alarm", self.alarm(site, event))
 
     def ack(self, who: Session, site: str, event: str, reason: object) -> dict[str, Any]:
         """Take the alarm over: recorded, audited, and a signed ``ack`` to the box, whose

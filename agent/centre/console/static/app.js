@@ -5,13 +5,14 @@
 const STATE = { alarms: new Map(), sites: new Map(), selected: null, tab: "alarms" };
 let audio = null;
 
+// The new state of an alarm comes back on the event stream, in order, to every console alike.
 const ACTIONS = {
   async ack(alarm, reason) {
-    try { upsertAlarm(await api("POST", "/api/alarms/" + keyOf(alarm) + "/ack", { reason })); }
+    try { await api("POST", "/api/alarms/" + keyOf(alarm) + "/ack", { reason }); }
     catch (e) { flash(e.message); }
   },
   async close(alarm, note) {
-    try { upsertAlarm(await api("POST", "/api/alarms/" + keyOf(alarm) + "/close", { note })); }
+    try { await api("POST", "/api/alarms/" + keyOf(alarm) + "/close", { note }); }
     catch (e) { flash(e.message); }
   },
   async command(site, name, body) {
@@ -70,8 +71,13 @@ function beep() {
 function connect() {
   const state = document.getElementById("link-state");
   const source = new EventSource("/api/events");
-  source.addEventListener("open", () => { state.className = "up"; state.textContent = t("connected"); });
-  source.addEventListener("error", () => { state.className = "down"; state.textContent = t("disconnected"); });
+  const show = (up) => {
+    state.className = up ? "up" : "down";
+    state.dataset.i18n = up ? "connected" : "disconnected";  // kept on a change of language
+    state.textContent = t(state.dataset.i18n);
+  };
+  source.addEventListener("open", () => show(true));
+  source.addEventListener("error", () => show(false));
   source.addEventListener("snapshot", (e) => {
     const doc = JSON.parse(e.data);
     STATE.alarms = new Map(doc.alarms.map((a) => [keyOf(a), a]));

@@ -82,7 +82,7 @@ function healthCells(h) {
   if (!h) return [el("td", { colspan: 7 }, "—")];
   const outbox = h.outbox || {};
   const states = (m) => Object.entries(m || {}).map(([id, s]) => id + ": " + s).join(", ");
-  return [el("td", {}, fmtTime(h.at)),
+  return [el("td", { class: "health-at" }, fmtTime(h.at)),
     el("td", {}, h.disk_free_mb === null ? "—" : Math.round(h.disk_free_mb) + " MB"),
     el("td", {}, h.cpu_temp_c === null ? "—" : h.cpu_temp_c.toFixed(1) + " °C"),
     el("td", {}, ["alarm", "unconfirmed", "clip"].map((k) => k + " " + (outbox[k] ?? "—")).join(", ")),
@@ -99,7 +99,7 @@ function renderSchools(sites, actions) {
       el("td", {}, s.site_id),
       el("td", { class: "site-state" }, t(s.state) + " " + t("since") + " " + fmtTime(s.since)),
       healthCells(s.health),
-      el("td", {}, s.test_until && Date.parse(s.test_until) > Date.now() ? t("until") + " " + fmtTime(s.test_until) : "—"),
+      el("td", { class: "test-until" }, s.test_until && Date.parse(s.test_until) > Date.now() ? t("until") + " " + fmtTime(s.test_until) : "—"),
       el("td", {}, el("button", { class: "ping", onclick: () => actions.command(s.site_id, "ping") }, t("ping")),
         ME.role === "supervisor" ? [
           el("button", { class: "test-on", onclick: () => actions.command(s.site_id, "test_mode", { on: true, minutes: 30 }) }, t("test_on")),
