@@ -219,10 +219,18 @@ class Assembler:
         if live:
             path = self._store / site / "live" / h.event_id / f"{h.camera_id}.ts"
             new = not path.exists()
-            if holdings.reserve(site, len(body), file_charge(len(body)) if new else len(body)):
+            # Beside the growing file, one line per segment: where it is and when it was
+            # filmed (the box's clock), for the console's live view and its latency.
+            line = dumps({"segment": h.segment, "start": h.start, "end": h.end,
+                          "size": len(body), "final": h.final}) + b"\n"
+            size = len(body) + len(line)
+            if holdings.reserve(site, size, file_charge(len(body)) + file_charge(len(line))
+                                if new else size):
                 path.parent.mkdir(parents=True, exist_ok=True)
                 with open(path, "ab") as f:
                     f.write(body)
+                with open(path.with_suffix(".idx"), "ab") as f:
+                    f.write(line)
             stream.last = h.segment
             if h.final:
                 log.info("live %s from %s/%s ended (%d segments)", h.event_id, site,

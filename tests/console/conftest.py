@@ -49,20 +49,25 @@ def keys(tmp_path: Path) -> Path:
     return tmp_path / "keys"
 
 
-def school_config(tmp_path: Path, broker: Mosquitto, keys: Path, **overrides: Any) -> Path:
-    """The simulated school, commanded by this centre's key, with a hostile location."""
+def school_config(tmp_path: Path, broker: Mosquitto, keys: Path, video: bool = False) -> Path:
+    """The simulated school, commanded by this centre's key, with a hostile location; with
+    ``video``, its entrance camera (short clips: 2 s before and after a press)."""
     import yaml
 
     from agent.config import default_config_text
 
-    buttons = yaml.safe_load(default_config_text())["buttons"]
+    school = yaml.safe_load(default_config_text())
+    buttons, cameras = school["buttons"], school["cameras"][:1]
     for b in buttons:
-        b.pop("cameras", None)
+        if not video or b["id"] != "entrance":
+            b.pop("cameras", None)
+    for camera in cameras:
+        camera.update({"pre_alarm_s": 2, "post_alarm_s": 2})
     buttons[1]["location"] = HOSTILE_LOCATION  # gym
     return write_config(tmp_path / "agent.yaml", broker.port, tmp_path / "state",
-                        buttons=buttons,
+                        buttons=buttons, cameras=cameras if video else [],
                         commands={"public_key_file": str(keys / "centre.pub")},
-                        indicators={"led_pin": 5, "ack_timeout_s": 300}, **overrides)
+                        indicators={"led_pin": 5, "ack_timeout_s": 300})
 
 
 def start_console(tmp_path: Path, broker: Mosquitto, keys: Path, store: Path,
@@ -84,11 +89,14 @@ def start_console(tmp_path: Path, broker: Mosquitto, keys: Path, store: Path,
 
 
 @pytest.fixture
-def centre(tmp_path: Path, broker: Mosquitto, keys: Path) -> Iterator[Centre4Console]:
+def centre(request: pytest.FixtureRequest, tmp_path: Path, broker: Mosquitto,
+           keys: Path) -> Iterator[Centre4Console]:
+    """``@pytest.mark.parametrize("centre", [True], indirect=True)`` gives the school video."""
     receiver = Centre(broker, tmp_path / "centre").start()
     wait_for(lambda: (tmp_path / "centre" / "centre.db").exists(), 10, "the receiver's ledger")
     console = start_console(tmp_path, broker, keys, tmp_path / "centre")
-    agent = AgentProcess(school_config(tmp_path, broker, keys)).start()
+    video = bool(getattr(request, "param", False))
+    agent = AgentProcess(school_config(tmp_path, broker, keys, video)).start()
     try:
         yield Centre4Console(agent, receiver, console, keys)
     finally:

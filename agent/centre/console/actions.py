@@ -60,7 +60,7 @@ class Desk:
         row = self._ledger.alarm(site_id(site), event) if UUID.fullmatch(event) else None
         if row is None:
             raise ActionError(404, "no such alarm")
-        return alarm_view(row, self._db)
+        return alarm_view(row, self._db, self._ledger)
 
     def publish_alarm(self, site: str, event: str) -> None:
         """Tell every console. Read and published under one lock: an HTTP thread and the link's

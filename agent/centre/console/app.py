@@ -23,6 +23,7 @@ from agent.centre.console.hub import Hub
 from agent.centre.console.records import LedgerReader
 from agent.centre.console.routes import Routes, Settings
 from agent.centre.console.server import ConsoleServer
+from agent.centre.console.video import Video
 from agent.centre.link import Endpoint
 from agent.errors import AgentError
 
@@ -56,6 +57,8 @@ class Console:
                            options.key_file, self.db, self._on_result, self.feed.on_health)
         self.desk = Desk(self.db, self.ledger, self.boxes, self.hub)
         self.routes = Routes(self.db, self.desk, self.feed, self.hub, options.settings)
+        self.video = Video(options.store, options.data / "cache", self.db, self.desk,
+                           self.routes)
         self.server = ConsoleServer(options.listen, self.routes, _tls(options))
         self._thread: threading.Thread | None = None
 

@@ -32,11 +32,13 @@ class Feed:
         self._sites: dict[str, dict[str, Any]] = {}
         self._health: dict[str, dict[str, Any]] = {}
         self._last = 0
+        self._last_clip = 0
         self._stopping = threading.Event()
         self._thread: threading.Thread | None = None
 
     def start(self) -> None:
         self._last = self._ledger.last_alarm()
+        self._last_clip = self._ledger.last_clip()
         self._poll_sites()
         self._thread = threading.Thread(target=self._run, name="console-feed", daemon=True)
         self._thread.start()
@@ -50,7 +52,8 @@ class Feed:
         """Everything a console shows, for one that (re)connects."""
         with self._lock:
             sites = [self._site_view(site) for site in sorted(self._sites)]
-        return {"alarms": [alarm_view(r, self._db) for r in self._ledger.newest_alarms()],
+        return {"alarms": [alarm_view(r, self._db, self._ledger)
+                           for r in self._ledger.newest_alarms()],
                 "sites": sites}
 
     def on_health(self, site: str, health: dict[str, Any]) -> None:
@@ -78,7 +81,15 @@ class Feed:
     def _poll_alarms(self) -> None:
         for row in self._ledger.alarms_after(self._last):
             self._last = int(row[0])
-            self._hub.publish("alarm", alarm_view(row, self._db))
+            self._hub.publish("alarm", alarm_view(row, self._db, self._ledger))
+        for rowid, site, event, camera in self._ledger.clips_after(self._last_clip):
+            self._last_clip = rowid
+            alarm = self._ledger.alarm(site, event)
+            if alarm is not None:  # an alarm's clip: the alarm, with its clips, again
+                self._hub.publish("alarm", alarm_view(alarm, self._db, self._ledger))
+            else:  # a fetched window of a school's video
+                self._hub.publish("clip", {"site_id": site, "event_id": event,
+                                           "camera_id": camera})
 
     def _poll_sites(self) -> list[dict[str, Any]]:
         """Refresh each site's state from the ledger; return the views that changed."""

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from agent.centre.console.database import Database
+from agent.centre.console.media import clip_views
 from agent.errors import AgentError
 
 QUEUE_ALARMS = 300  # the newest alarms the queue shows; older ones are in the ledger
@@ -27,8 +28,8 @@ _ALARM_COLUMNS = ("rowid, site_id, event_id, seq, button_id, kind, test, test_cl
 class LedgerReader:
     """A read-only view of the receiver's ledger; any thread."""
 
-    def __init__(self, conn: sqlite3.Connection) -> None:
-        self._conn = conn
+    def __init__(self, conn: sqlite3.Connection, store: Path) -> None:
+        self._conn, self.store = conn, store
         self._lock = threading.Lock()  # guards _conn
 
     @classmethod
@@ -39,7 +40,7 @@ class LedgerReader:
                              "`edge-agent central` first)")
         conn = sqlite3.connect(path, check_same_thread=False, timeout=5)
         conn.execute("PRAGMA query_only = 1")
-        return cls(conn)
+        return cls(conn, store)
 
     def close(self) -> None:
         with self._lock:
@@ -66,14 +67,31 @@ class LedgerReader:
                           "event_id = ?", (site_id, event_id))
         return rows[0] if rows else None
 
+    def clips(self, site_id: str, event_id: str) -> list[tuple[str, int, str]]:
+        """(camera, segments, problem) of each clip written for this event."""
+        return [(str(a), int(b), str(c)) for a, b, c in self._rows(
+            "SELECT camera_id, segments, problem FROM clips WHERE site_id = ? AND event_id = ? "
+            "ORDER BY camera_id", (site_id, event_id))]
+
+    def last_clip(self) -> int:
+        rows = self._rows("SELECT MAX(rowid) FROM clips")
+        return int(rows[0][0] or 0)
+
+    def clips_after(self, rowid: int) -> list[tuple[int, str, str, str]]:
+        """(rowid, site, event, camera) of the clips written since ``rowid``."""
+        return [(int(a), str(b), str(c), str(d)) for a, b, c, d in self._rows(
+            "SELECT rowid, site_id, event_id, camera_id FROM clips WHERE rowid > ? "
+            "ORDER BY rowid", (rowid,))]
+
     def sites(self) -> list[tuple[str, str, str, str | None]]:
         """(site, state, since, walk test until) of every site the receiver has heard from."""
         return [(str(a), str(b), str(c), d) for a, b, c, d in self._rows(
             "SELECT site_id, state, changed_at, test_until FROM sites ORDER BY site_id")]
 
 
-def alarm_view(row: tuple[Any, ...], db: Database) -> dict[str, Any]:
-    """One alarm as the page shows it, with its incident (acknowledgement, box, closing)."""
+def alarm_view(row: tuple[Any, ...], db: Database, ledger: LedgerReader) -> dict[str, Any]:
+    """One alarm as the page shows it, with its incident (acknowledgement, box, closing) and
+    its clips."""
     _rowid, site, event, seq, button, kind, test, claimed, pressed, received, payload = row
     sent = json.loads(payload)
     view: dict[str, Any] = {
@@ -82,6 +100,7 @@ def alarm_view(row: tuple[Any, ...], db: Database) -> dict[str, Any]:
         "pressed_at": pressed, "received_at": received,
         "clock_synced": sent.get("clock_synced") is True, "test": bool(test),
         "test_refused": bool(claimed) and not bool(test), "ack": None, "closed": None,
+        "clips": clip_views(ledger.store, site, event, ledger.clips(site, event)),
     }
     incident = db.row(
         "SELECT i.acked_by, i.acked_at, i.reason, i.command_id, i.closed_by, i.closed_at, "

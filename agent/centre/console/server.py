@@ -174,23 +174,29 @@ class _Handler(BaseHTTPRequestHandler):
         self.send_response(response.status)
         headers = {**SECURITY_HEADERS, "Content-Type": response.content_type,
                    "Cache-Control": "no-store", **response.headers}
-        if response.stream is not None or response.chunks is not None:
-            headers["Transfer-Encoding" if response.chunks is not None else "Connection"] = (
-                "chunked" if response.chunks is not None else "close")
-        else:
+        if response.chunks is not None:
+            headers["Transfer-Encoding"] = "chunked"
+        elif response.stream is None:
             headers["Content-Length"] = str(len(response.body))
+        elif "Content-Length" not in headers:  # an event stream: it ends with the connection
+            headers["Connection"] = "close"
+            self.close_connection = True
         for name, value in headers.items():
             self.send_header(name, value)
         self.end_headers()
         try:
             if response.stream is not None:
-                self.close_connection = True
                 response.stream(self._write)
             elif response.chunks is not None:
-                for chunk in response.chunks:
-                    if chunk:
-                        self._write(b"%x\r\n%s\r\n" % (len(chunk), chunk))
-                self._write(b"0\r\n\r\n")
+                try:
+                    for chunk in response.chunks:
+                        if chunk:
+                            self._write(b"%x\r\n%s\r\n" % (len(chunk), chunk))
+                    self._write(b"0\r\n\r\n")
+                finally:
+                    close = getattr(response.chunks, "close", None)
+                    if close is not None:  # a generator: its files close now
+                        close()
             else:
                 self.wfile.write(response.body)
         except (ConnectionError, TimeoutError, ssl.SSLError):

@@ -37,17 +37,15 @@ function render() {
     if (input) typing[cls] = [input.value, document.activeElement === input];
   }
   const shown = document.getElementById("alarm-detail").dataset.key;
-  if (shown !== STATE.selected || !document.activeElement.closest("#alarm-video")) {
-    renderAlarmDetail(STATE.alarms.get(STATE.selected), ACTIONS);
-    document.getElementById("alarm-detail").dataset.key = STATE.selected || "";
-    if (shown === STATE.selected) {
-      for (const [cls, [value, focused]] of Object.entries(typing)) {
-        const input = document.querySelector("#alarm-detail ." + cls);
-        if (input) { input.value = value; if (focused) input.focus(); }
-      }
+  renderAlarmDetail(STATE.alarms.get(STATE.selected), ACTIONS);
+  document.getElementById("alarm-detail").dataset.key = STATE.selected || "";
+  if (shown === STATE.selected) {
+    for (const [cls, [value, focused]] of Object.entries(typing)) {
+      const input = document.querySelector("#alarm-detail ." + cls);
+      if (input) { input.value = value; if (focused) input.focus(); }
     }
-    if (window.showAlarmVideo) window.showAlarmVideo(STATE.alarms.get(STATE.selected));
   }
+  window.showAlarmVideo(STATE.alarms.get(STATE.selected));
   renderSchools(STATE.sites, ACTIONS);
 }
 
@@ -88,7 +86,7 @@ function connect() {
   source.addEventListener("site", (e) => {
     const site = JSON.parse(e.data);
     STATE.sites.set(site.site_id, site);
-    renderSchools(STATE.sites, ACTIONS);
+    render();
   });
   source.addEventListener("command", (e) => {
     const result = JSON.parse(e.data);

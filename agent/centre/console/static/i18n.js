@@ -28,7 +28,8 @@ const MESSAGES = {
     no_alarms: "No alarms", by: "by", at: "at", sound_hint: "Click anywhere to enable sound",
     clips: "Video", download: "Original signed files", latency: "latency",
     no_clips: "No video yet", timezone: "Times in", sent: "Sent", failed: "Failed",
-    ack_first: "Acknowledge to close", zone: "zone"
+    ack_first: "Acknowledge to close", zone: "zone", segments: "segments",
+    unverified: "unverified (no key of the box)"
   },
   ru: {
     title: "ЦОУ: тревоги школ", login: "Войти", user: "Имя пользователя", password: "Пароль",
@@ -58,7 +59,8 @@ const MESSAGES = {
     by: "—", at: "в", sound_hint: "Нажмите в любом месте, чтобы включить звук",
     clips: "Видео", download: "Исходные подписанные файлы", latency: "задержка",
     no_clips: "Видео ещё нет", timezone: "Время:", sent: "Отправлено", failed: "Ошибка",
-    ack_first: "Сначала примите тревогу", zone: "пояс"
+    ack_first: "Сначала примите тревогу", zone: "пояс", segments: "сегм.",
+    unverified: "не проверено (нет ключа устройства)"
   },
   kk: {
     title: "ЖБО: мектеп дабылдары", login: "Кіру", user: "Пайдаланушы аты",
@@ -86,7 +88,8 @@ const MESSAGES = {
     no_alarms: "Дабыл жоқ", by: "—", at: "", sound_hint: "Дыбысты қосу үшін кез келген жерді басыңыз",
     clips: "Бейне", download: "Түпнұсқа қол қойылған файлдар", latency: "кідіріс",
     no_clips: "Бейне әлі жоқ", timezone: "Уақыт:", sent: "Жіберілді", failed: "Қате",
-    ack_first: "Алдымен дабылды қабылдаңыз", zone: "белдеу"
+    ack_first: "Алдымен дабылды қабылдаңыз", zone: "белдеу", segments: "сегм.",
+    unverified: "тексерілмеген (құрылғы кілті жоқ)"
   }
 };
 

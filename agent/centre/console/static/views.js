@@ -47,7 +47,7 @@ function renderAlarmList(alarms, selected, onSelect) {
 }
 
 function renderAlarmDetail(alarm, actions) {
-  const aside = document.getElementById("alarm-detail");
+  const aside = document.getElementById("alarm-info");
   if (!alarm) { aside.replaceChildren(); return; }
   const level = alarmLevel(alarm, Date.now());
   const facts = [
@@ -74,7 +74,6 @@ function renderAlarmDetail(alarm, actions) {
     body.push(el("form", { class: "close-form", onsubmit: (e) => { e.preventDefault(); actions.close(alarm, note.value); } },
       note, el("button", { class: "close-button", type: "submit" }, t("close"))));
   }
-  body.push(el("div", { id: "alarm-video" }));
   aside.replaceChildren(...body.filter(Boolean));
 }
 
