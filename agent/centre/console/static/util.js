@@ -35,15 +35,20 @@ async function api(method, path, body) {
   return doc;
 }
 
-// An RFC 3339 UTC time in the centre's zone and the officer's language.
+// An RFC 3339 UTC time in the centre's zone and the officer's language. The formatter is made
+// once per language: making one costs more than rendering a whole row.
+const FORMATS = new Map();
 function fmtTime(iso) {
   if (!iso) return "—";
   const date = new Date(iso);
   if (isNaN(date)) return "—";
-  return new Intl.DateTimeFormat(currentLang(), {
-    timeZone: ME.timezone, year: "numeric", month: "2-digit", day: "2-digit",
-    hour: "2-digit", minute: "2-digit", second: "2-digit", hour12: false
-  }).format(date);
+  const lang = currentLang();
+  if (!FORMATS.has(lang)) {
+    FORMATS.set(lang, new Intl.DateTimeFormat(lang, {
+      timeZone: ME.timezone, year: "numeric", month: "2-digit", day: "2-digit",
+      hour: "2-digit", minute: "2-digit", second: "2-digit", hour12: false }));
+  }
+  return FORMATS.get(lang).format(date);
 }
 
 function flash(message) {
