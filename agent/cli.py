@@ -96,6 +96,9 @@ def build_parser() -> argparse.ArgumentParser:
                    "~/.config/edge-agent/centre.key); never in the receiver's store")
     p.add_argument("--memory-mb", type=int, default=768,
                    help="the receiver's memory for video in transit, all sites (default 768)")
+    p.add_argument("--group-commit", type=int, default=256, metavar="N",
+                   help="store at most N alarms that arrived together in one transaction (one "
+                   "fsync); 1 = one fsync per alarm (default 256)")
     p.add_argument("--site-quota-gb", type=float, default=100.0,
                    help="disk for one site's video (default 100); beyond it, refused")
     p.add_argument("--min-free-gb", type=float, default=10.0,
@@ -311,8 +314,11 @@ def cmd_central(args: argparse.Namespace) -> int:
             limits = Limits.for_memory(args.memory_mb,
                                        site_quota_bytes=int(args.site_quota_gb * GiB),
                                        min_free_bytes=int(args.min_free_gb * GiB))
+            if args.group_commit < 1:
+                raise AgentError("--group-commit is at least 1")
             return _until_signal(lambda stop: central.run_receiver(
-                endpoint(), args.topic_prefix, args.store, args.client_id, stop, limits=limits))
+                endpoint(), args.topic_prefix, args.store, args.client_id, stop, limits=limits,
+                group_max=args.group_commit))
         case "status":
             print(_centre_status(args.store))
             return 0

@@ -36,7 +36,7 @@ from agent.centre.commander import refuse_key_in_store
 from agent.centre.intake import Limits, Reporter
 from agent.centre.ledger import Ledger
 from agent.centre.link import Endpoint, Link, Message
-from agent.centre.receiver import AlarmDesk
+from agent.centre.receiver import GROUP_MAX, AlarmDesk
 from agent.delivery.protocol import (
     SITE_ID,
     BoxTopic,
@@ -55,7 +55,7 @@ class Receiver:
 
     def __init__(self, endpoint: Endpoint, topic_prefix: str, store: Path, client_id: str,
                  ledger: Ledger, on_alarm: Callable[[dict[str, Any]], None] | None = None,
-                 limits: Limits | None = None) -> None:
+                 limits: Limits | None = None, group_max: int = GROUP_MAX) -> None:
         self.store, self.prefix, self.client_id = store, topic_prefix, client_id
         self.ledger = ledger
         limits = limits or Limits()
@@ -74,7 +74,7 @@ class Receiver:
             self.video_message,
             on_change=lambda up, why: self._changed("video", up, why))
         self.desk = AlarmDesk(store, topic_prefix, self.ledger, reporter, limits,
-                              self.alarm_link.publish, on_alarm)
+                              self.alarm_link.publish, on_alarm, group_max)
         self.assembler = Assembler(store, topic_prefix, self.ledger, reporter, limits,
                                    self.video_link.publish)
         self._reporter = reporter
@@ -82,10 +82,11 @@ class Receiver:
     @classmethod
     def open(cls, endpoint: Endpoint, topic_prefix: str, store: Path, client_id: str,
              on_alarm: Callable[[dict[str, Any]], None] | None = None,
-             limits: Limits | None = None) -> Receiver:
+             limits: Limits | None = None, group_max: int = GROUP_MAX) -> Receiver:
         """A receiver on the store's ledger, unless the centre's signing key lies in the store."""
         refuse_key_in_store(store)
-        return cls(endpoint, topic_prefix, store, client_id, Ledger.open(store), on_alarm, limits)
+        return cls(endpoint, topic_prefix, store, client_id, Ledger.open(store), on_alarm, limits,
+                   group_max)
 
     @property
     def subscribed(self) -> bool:
@@ -148,11 +149,12 @@ class Receiver:
 def run_receiver(broker: str | Endpoint, topic_prefix: str, store: Path,
                  client_id: str | None = None, stop: threading.Event | None = None,
                  on_alarm: Callable[[dict[str, Any]], None] | None = None,
-                 limits: Limits | None = None) -> None:
+                 limits: Limits | None = None, group_max: int = GROUP_MAX) -> None:
     """Receive until ``stop`` is set. ``broker``: an Endpoint, or a plain ``mqtt://`` URL."""
     endpoint = broker if isinstance(broker, Endpoint) else Endpoint.parse(broker)
     receiver = Receiver.open(endpoint, topic_prefix, store,
-                             client_id or f"edge-central-{socket.gethostname()}", on_alarm, limits)
+                             client_id or f"edge-central-{socket.gethostname()}", on_alarm, limits,
+                             group_max)
     receiver.start()
     try:
         (stop or threading.Event()).wait()
