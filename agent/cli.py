@@ -19,7 +19,8 @@ from typing import Any
 
 from agent import __version__, logs
 from agent.box import control, walktest
-from agent.config import Config, format_report, load_config
+from agent.config import format_report, load_config
+from agent.config.model import Config
 from agent.errors import AgentError, ConfigError
 
 DEFAULT_CONFIG = os.environ.get("EDGE_AGENT_CONFIG", "/etc/edge-agent/agent.yaml")

@@ -20,7 +20,8 @@ import yaml
 
 from agent.box.daemon import Daemon
 from agent.centre.service import run_receiver
-from agent.config import Config, default_config_text, load_config
+from agent.config import default_config_text, load_config
+from agent.config.model import Config
 from agent.errors import AgentError
 from agent.testing.broker import Mosquitto
 

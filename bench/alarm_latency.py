@@ -69,7 +69,8 @@ from paho.mqtt.enums import CallbackAPIVersion  # noqa: E402
 
 from agent import logs  # noqa: E402
 from agent.box.daemon import Daemon  # noqa: E402
-from agent.config import Config, default_config_text, load_config  # noqa: E402
+from agent.config import default_config_text, load_config  # noqa: E402
+from agent.config.model import Config  # noqa: E402
 from agent.delivery.protocol import Receipt, centre_presence_topic, presence_payload  # noqa: E402
 from agent.hardware.buttons import Timing  # noqa: E402
 from agent.sdnotify import Notifier  # noqa: E402

@@ -107,7 +107,8 @@ from agent.box.daemon import Daemon  # noqa: E402
 from agent.centre.ledger import Ledger  # noqa: E402
 from agent.centre.link import Endpoint  # noqa: E402
 from agent.commands import generate_keypair, load_private_key, sign_command  # noqa: E402
-from agent.config import Config, default_config_text, load_config  # noqa: E402
+from agent.config import default_config_text, load_config  # noqa: E402
+from agent.config.model import Config  # noqa: E402
 from agent.delivery.framing import CHUNK_BYTES, live_chunks  # noqa: E402
 from agent.delivery.protocol import BoxTopic, Topics, decode_chunk  # noqa: E402
 from agent.hardware.buttons import Timing  # noqa: E402

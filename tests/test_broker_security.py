@@ -162,7 +162,7 @@ def test_agent_says_why_the_broker_refuses_its_certificate(
     daemon.buttons.simulate("entrance", True)
     # The alert can be lost to a TCP reset when the CONNECT crosses it ("EOF occurred in
     # violation of protocol"), so allow a few attempts (one a second while an alarm waits).
-    wait_for(lambda: "certificate revoked" in uplink.last_error, 5,
+    wait_for(lambda: "certificate revoked" in uplink.last_error, 10,
              f"the reason in last_error (it says {uplink.last_error!r})")
     assert uplink.state != "online"
 

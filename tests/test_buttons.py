@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 from gpiozero.pins.mock import MockFactory
 
-from agent.config import ButtonConfig, Wiring
+from agent.config.model import ButtonConfig, Wiring
 from agent.delivery.protocol import AlarmKind
 from agent.hardware.buttons import ButtonBoard, ButtonError, ButtonEvent, Timing
 from agent.supervision import Supervisor

@@ -16,6 +16,14 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from agent.config import (
+    config_warnings,
+    default_config_text,
+    format_report,
+    load_config,
+    parse_config,
+    redact_url,
+)
+from agent.config.model import (
     ButtonConfig,
     Config,
     GpioBackend,
@@ -24,12 +32,6 @@ from agent.config import (
     RecordingMode,
     TlsConfig,
     Wiring,
-    config_warnings,
-    default_config_text,
-    format_report,
-    load_config,
-    parse_config,
-    redact_url,
 )
 from agent.errors import ConfigError
 

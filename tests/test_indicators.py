@@ -8,7 +8,7 @@ from collections.abc import Iterator
 import pytest
 from gpiozero.pins.mock import MockFactory
 
-from agent.config import IndicatorsConfig
+from agent.config.model import IndicatorsConfig
 from agent.hardware.indicators import Indicators, Pattern
 
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from agent.config import MqttConfig
+from agent.config.model import MqttConfig
 from agent.delivery.outbox import Outbox
 from agent.delivery.protocol import Priority, Topics
 from agent.delivery.uplink.link import Uplink

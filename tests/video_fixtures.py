@@ -21,7 +21,7 @@ import av.logging
 import numpy as np
 import pytest
 
-from agent.config import CameraConfig, LiveConfig
+from agent.config.model import CameraConfig, LiveConfig
 from agent.video.segmenter import Segment, Segmenter
 from agent.video.sources.synthetic import SyntheticSource
 from tests.rtsp_server import RtspServer, gst_available

@@ -44,7 +44,7 @@ from agent.commands import (
     TestModeArgs,
     load_public_key,
 )
-from agent.config import Config
+from agent.config.model import Config
 from agent.delivery.framing import clip_chunks, live_chunks
 from agent.delivery.outbox import Outbox
 from agent.delivery.protocol import (

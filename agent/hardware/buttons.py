@@ -32,7 +32,7 @@ from gpiozero import DigitalInputDevice
 from gpiozero.pins import Factory
 from gpiozero.pins.mock import MockFactory
 
-from agent.config import ButtonConfig
+from agent.config.model import ButtonConfig
 from agent.delivery.protocol import AlarmKind
 from agent.errors import AgentError
 from agent.supervision import Supervisor, Worker

@@ -20,7 +20,7 @@ from collections.abc import Callable
 from gpiozero import DigitalOutputDevice
 from gpiozero.pins import Factory
 
-from agent.config import IndicatorsConfig
+from agent.config.model import IndicatorsConfig
 
 log = logging.getLogger("agent.indicators")
 

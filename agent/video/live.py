@@ -13,7 +13,7 @@ import time
 from collections.abc import Callable
 from dataclasses import replace
 
-from agent.config import CameraConfig, LiveMode
+from agent.config.model import CameraConfig, LiveMode
 from agent.video.camera import Camera
 from agent.video.ring import RingBuffer
 from agent.video.segmenter import Segment, Segmenter

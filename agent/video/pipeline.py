@@ -16,7 +16,7 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
-from agent.config import Config, RecordingMode
+from agent.config.model import Config, RecordingMode
 from agent.delivery.protocol import rfc3339
 from agent.supervision import Supervisor
 from agent.video.camera import Camera

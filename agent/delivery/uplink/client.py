@@ -10,7 +10,7 @@ import ssl
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 
-from agent.config import MqttConfig
+from agent.config.model import MqttConfig
 
 
 def build_client(cfg: MqttConfig, client_id_suffix: str = "") -> mqtt.Client:

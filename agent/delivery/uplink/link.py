@@ -36,7 +36,7 @@ from paho.mqtt.enums import MQTTErrorCode
 from paho.mqtt.reasoncodes import ReasonCode
 
 from agent.backoff import Backoff
-from agent.config import MqttConfig
+from agent.config.model import MqttConfig
 from agent.delivery.outbox import Message, Outbox
 from agent.delivery.protocol import Priority, Topics
 from agent.delivery.uplink.client import build_client, close_quietly

@@ -16,7 +16,7 @@ from agent.video.sources.synthetic import SyntheticSource
 from agent.video.sources.v4l2 import V4l2Source
 
 if TYPE_CHECKING:
-    from agent.config import CameraConfig
+    from agent.config.model import CameraConfig
 
 log = logging.getLogger("agent.cameras")
 

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Protocol, runtime_checkable
 from agent.errors import CameraError
 
 if TYPE_CHECKING:
-    from agent.config import CameraConfig
+    from agent.config.model import CameraConfig
 
 log = logging.getLogger("agent.cameras")
 
