@@ -25,10 +25,13 @@ set -euo pipefail
 #   faketime                      tests/fault/test_clock.py steps the agent's wall clock
 #   chromium                      tests/console: the officer's browser, driven by Playwright
 #                                 (Playwright's own browser download needs the internet)
+#   postgresql                    tests/postgres: the centre's shared ledger (a throwaway cluster
+#                                 per test run, agent/testing/postgres.py; Debian's own unused)
 DEV_APT_PACKAGES="mosquitto mosquitto-clients ffmpeg iproute2 systemd python3-venv python3-pip
   python3-gi
   gir1.2-gst-rtsp-server-1.0 gstreamer1.0-plugins-base
-  gstreamer1.0-plugins-good gstreamer1.0-plugins-ugly shellcheck faketime chromium"
+  gstreamer1.0-plugins-good gstreamer1.0-plugins-ugly shellcheck faketime chromium
+  postgresql"
 
 # Debian packages for a production install; PI_APT_PACKAGES only on a Raspberry Pi. python3-av
 # is there because PyPI has no armhf wheel of av; the venv sees it (--system-site-packages).
@@ -74,7 +77,7 @@ Usage: install.sh [--root DIR] [--no-venv]   install or upgrade (as root unless 
                  no chown, no systemctl (each skipped step is printed).
   --no-venv      Skip the venv and pip step (tests, or images that build the venv elsewhere).
   --dev          apt-get install the tools the tests need (as root; skipped otherwise), create
-                 .venv here and pip install -e '.[test]'. Fast when nothing changed.
+                 .venv here and pip install -e '.[test,centre]'. Fast when nothing changed.
 
 Details: docs/install.md
 EOF
@@ -494,7 +497,7 @@ do_dev() {
     else
         say "installing: edge-agent (editable) and test tools into .venv"
         as_owner .venv/bin/python -m pip install --disable-pip-version-check --no-input --quiet \
-            -e '.[test]' || die "pip install failed (output above); fix the cause and re-run."
+            -e '.[test,centre]' || die "pip install failed (output above); fix the cause and re-run."
         as_owner tee .venv/.edge-agent-dev-stamp <<<"$want" >/dev/null
         say "installed: edge-agent (editable) into .venv"
     fi

@@ -97,6 +97,9 @@ def build_parser() -> argparse.ArgumentParser:
                    "~/.config/edge-agent/centre.key); never in the receiver's store")
     p.add_argument("--memory-mb", type=int, default=768,
                    help="the receiver's memory for video in transit, all sites (default 768)")
+    p.add_argument("--ledger", default=None, metavar="URL",
+                   help="postgresql://… shared by several receivers and consoles (default: "
+                   "SQLite in --store)")
     p.add_argument("--group-commit", type=int, default=256, metavar="N",
                    help="store at most N alarms that arrived together in one transaction (one "
                    "fsync); 1 = one fsync per alarm (default 256)")
@@ -258,13 +261,13 @@ def _ms(text: str) -> str:
         raise AgentError(f"not a time: {text!r}; write it like 2026-11-25T08:00:00Z") from exc
 
 
-def _centre_status(store: Path) -> str:
+def _centre_status(store: Path, ledger_url: str | None = None) -> str:
     """What the operator reads: every text from a box escaped (agent/logs.py), so no escape
     sequence or control character reaches the terminal."""
-    from agent.centre.ledger import Ledger
+    from agent.centre.ledgers import open_ledger
     from agent.logs import escape
 
-    ledger = Ledger.open(store)
+    ledger = open_ledger(store, ledger_url)
     try:
         lines = [f"site {site:<20} {state:<8} since {since}"
                  for site, state, since in ledger.sites()]
@@ -319,9 +322,9 @@ def cmd_central(args: argparse.Namespace) -> int:
                 raise AgentError("--group-commit is at least 1")
             return _until_signal(lambda stop: central.run_receiver(
                 endpoint(), args.topic_prefix, args.store, args.client_id, stop, limits=limits,
-                group_max=args.group_commit))
+                group_max=args.group_commit, ledger_url=args.ledger))
         case "status":
-            print(_centre_status(args.store))
+            print(_centre_status(args.store, args.ledger))
             return 0
         case "keygen":
             from agent.commands import generate_keypair

@@ -52,7 +52,7 @@ from agent.centre.holdings import (
     Stream,
 )
 from agent.centre.intake import FairQueue, Limits, Reporter
-from agent.centre.ledger import Ledger
+from agent.centre.ledgers import LedgerStore
 from agent.delivery.protocol import (
     MAX_PUBKEY_BYTES,
     BoxTopic,
@@ -80,7 +80,7 @@ class _Item:
 
 
 class Assembler:
-    def __init__(self, store: Path, prefix: str, ledger: Ledger, reporter: Reporter,
+    def __init__(self, store: Path, prefix: str, ledger: LedgerStore, reporter: Reporter,
                  limits: Limits, send: Send) -> None:
         self._store, self._prefix, self._ledger = store, prefix, ledger
         self._reporter, self._limits, self._send = reporter, limits, send

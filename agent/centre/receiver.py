@@ -30,7 +30,8 @@ from typing import Any
 
 from agent.box.walktest import MAX_MINUTES
 from agent.centre.intake import Budget, FairQueue, Limits, Reporter
-from agent.centre.ledger import Ledger, Stored
+from agent.centre.ledger import Stored
+from agent.centre.ledgers import LedgerStore
 from agent.delivery.protocol import (
     Alarm,
     BoxTopic,
@@ -64,7 +65,7 @@ class _Item:
 class AlarmDesk:
     """Create, :meth:`start`; feed with :meth:`take`; :meth:`stop` drains what is queued."""
 
-    def __init__(self, store: Path, prefix: str, ledger: Ledger, reporter: Reporter,
+    def __init__(self, store: Path, prefix: str, ledger: LedgerStore, reporter: Reporter,
                  limits: Limits, send: Send,
                  on_alarm: Callable[[dict[str, Any]], None] | None = None,
                  group_max: int = GROUP_MAX) -> None:

@@ -34,7 +34,7 @@ from typing import Any
 from agent.centre.assembler import Assembler
 from agent.centre.commander import refuse_key_in_store
 from agent.centre.intake import Limits, Reporter
-from agent.centre.ledger import Ledger
+from agent.centre.ledgers import LedgerStore, open_ledger
 from agent.centre.link import Endpoint, Link, Message
 from agent.centre.receiver import GROUP_MAX, AlarmDesk
 from agent.delivery.protocol import (
@@ -54,7 +54,7 @@ class Receiver:
     once both links are up. The ledger is closed by :meth:`stop`."""
 
     def __init__(self, endpoint: Endpoint, topic_prefix: str, store: Path, client_id: str,
-                 ledger: Ledger, on_alarm: Callable[[dict[str, Any]], None] | None = None,
+                 ledger: LedgerStore, on_alarm: Callable[[dict[str, Any]], None] | None = None,
                  limits: Limits | None = None, group_max: int = GROUP_MAX) -> None:
         self.store, self.prefix, self.client_id = store, topic_prefix, client_id
         self.ledger = ledger
@@ -82,11 +82,13 @@ class Receiver:
     @classmethod
     def open(cls, endpoint: Endpoint, topic_prefix: str, store: Path, client_id: str,
              on_alarm: Callable[[dict[str, Any]], None] | None = None,
-             limits: Limits | None = None, group_max: int = GROUP_MAX) -> Receiver:
-        """A receiver on the store's ledger, unless the centre's signing key lies in the store."""
+             limits: Limits | None = None, group_max: int = GROUP_MAX,
+             ledger_url: str | None = None) -> Receiver:
+        """A receiver on the store's ledger (or PostgreSQL's at ``ledger_url``), unless the
+        centre's signing key lies in the store."""
         refuse_key_in_store(store)
-        return cls(endpoint, topic_prefix, store, client_id, Ledger.open(store), on_alarm, limits,
-                   group_max)
+        return cls(endpoint, topic_prefix, store, client_id, open_ledger(store, ledger_url),
+                   on_alarm, limits, group_max)
 
     @property
     def subscribed(self) -> bool:
@@ -149,12 +151,13 @@ class Receiver:
 def run_receiver(broker: str | Endpoint, topic_prefix: str, store: Path,
                  client_id: str | None = None, stop: threading.Event | None = None,
                  on_alarm: Callable[[dict[str, Any]], None] | None = None,
-                 limits: Limits | None = None, group_max: int = GROUP_MAX) -> None:
+                 limits: Limits | None = None, group_max: int = GROUP_MAX,
+                 ledger_url: str | None = None) -> None:
     """Receive until ``stop`` is set. ``broker``: an Endpoint, or a plain ``mqtt://`` URL."""
     endpoint = broker if isinstance(broker, Endpoint) else Endpoint.parse(broker)
     receiver = Receiver.open(endpoint, topic_prefix, store,
                              client_id or f"edge-central-{socket.gethostname()}", on_alarm, limits,
-                             group_max)
+                             group_max, ledger_url)
     receiver.start()
     try:
         (stop or threading.Event()).wait()
