@@ -43,7 +43,7 @@ from agent import logs
 from agent.box import control
 from agent.centre.console import accounts
 from agent.centre.console.app import Console, Options
-from agent.centre.console.database import Database
+from agent.centre.console.database import SqliteDatabase
 from agent.centre.link import Endpoint
 from agent.centre.service import run_receiver
 from agent.commands import generate_keypair
@@ -109,7 +109,7 @@ def run(args: argparse.Namespace, work: Path) -> dict[str, Any]:
         "on_alarm": lambda record: stored.setdefault(record["event_id"], time.time())})
     receiver.start()
     wait(lambda: (work / "centre" / "centre.db").exists(), 10, "the receiver's ledger")
-    db = Database.open(work / "console")
+    db = SqliteDatabase.open(work / "console")
     accounts.add_user(db, "operator", "operator", PASSWORD, "bench")
     db.close()
     console = Console(Options(store=work / "centre", data=work / "console",

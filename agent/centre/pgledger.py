@@ -13,8 +13,9 @@ the site, rows inserted never replaced, a clip's segments kept), for a centre wi
 - **Durable before the receipt.** Alarms and clips commit with ``synchronous_commit = on`` (the
   WAL flushed); bookkeeping (site states, reports, links) with ``off``, as SQLite's
   ``synchronous=NORMAL``: it is only shown, and the next alarm's commit flushes it.
-- **The console hears of each new alarm** by ``NOTIFY edge_alarm`` (sent at commit, in commit
-  order), so it needs no polling of a table whose ids may commit out of order.
+- **The console hears of each new alarm and clip** by ``NOTIFY edge_alarm`` (``alarms:ID``,
+  ``clips:ID``, sent at commit), so it needs no polling of a table whose ids may commit out of
+  order (agent/centre/console/records.py).
 
 One connection per ledger, one lock, one short transaction at a time (the receiver's threads
 share it as they share the SQLite one).
@@ -89,7 +90,8 @@ CREATE TABLE IF NOT EXISTS links (
     PRIMARY KEY (receiver, link)
 );
 CREATE OR REPLACE FUNCTION edge_alarm_notify() RETURNS trigger AS $$
-BEGIN PERFORM pg_notify('edge_alarm', NEW.id::text); RETURN NULL; END $$ LANGUAGE plpgsql;
+BEGIN PERFORM pg_notify('edge_alarm', TG_TABLE_NAME || ':' || NEW.id); RETURN NULL; END
+$$ LANGUAGE plpgsql;
 CREATE OR REPLACE TRIGGER alarms_notify AFTER INSERT ON alarms
     FOR EACH ROW EXECUTE FUNCTION edge_alarm_notify();
 CREATE OR REPLACE TRIGGER clips_notify AFTER INSERT ON clips

@@ -13,7 +13,7 @@ import pytest
 
 from agent.centre.console import accounts
 from agent.centre.console.app import Console, Options
-from agent.centre.console.database import Database
+from agent.centre.console.database import SqliteDatabase
 from agent.centre.console.routes import Settings
 from agent.centre.link import Endpoint
 from agent.testing.broker import Mosquitto
@@ -72,7 +72,7 @@ def school_config(tmp_path: Path, broker: Mosquitto, keys: Path, video: bool = F
 
 def start_console(tmp_path: Path, broker: Mosquitto, keys: Path, store: Path,
                   name: str = "console") -> Console:
-    db = Database.open(tmp_path / name)
+    db = SqliteDatabase.open(tmp_path / name)
     try:
         if not accounts.users(db):
             accounts.add_user(db, "chief", "supervisor", PASSWORDS["chief"], "test")
@@ -105,8 +105,8 @@ def centre(request: pytest.FixtureRequest, tmp_path: Path, broker: Mosquitto,
         receiver.stop()
 
 
-@pytest.fixture(scope="session")
-def browser() -> Iterator[Any]:
+@pytest.fixture(scope="module")  # per module: tests/postgres imports it too, and two
+def browser() -> Iterator[Any]:   # sync_playwright instances must not be alive at once
     if not Path(CHROMIUM).exists():
         pytest.skip(f"{CHROMIUM} is missing: apt-get install chromium (install.sh --dev)")
     sync_api = pytest.importorskip("playwright.sync_api",

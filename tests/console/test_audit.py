@@ -8,12 +8,12 @@ from pathlib import Path
 import pytest
 
 from agent.centre.console import accounts, audit
-from agent.centre.console.database import Database
+from agent.centre.console.database import Database, SqliteDatabase
 
 
 @pytest.fixture
 def db(tmp_path: Path) -> Database:
-    return Database.open(tmp_path)
+    return SqliteDatabase.open(tmp_path)
 
 
 def test_the_chain_verifies_and_refuses_update_and_delete(db: Database, tmp_path: Path) -> None:
@@ -42,7 +42,7 @@ def test_a_change_behind_the_databases_back_is_named(db: Database, tmp_path: Pat
     raw.execute(tamper)
     raw.commit()
     raw.close()
-    verdict = audit.verify(Database.open(tmp_path))
+    verdict = audit.verify(SqliteDatabase.open(tmp_path))
     assert not verdict.ok and verdict.problem.startswith(problem), verdict
 
 

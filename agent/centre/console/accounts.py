@@ -83,7 +83,7 @@ def login(db: Database, name: str, password: str, client: str,
     row = db.row("SELECT role, password, disabled FROM users WHERE name = ?", (name,))
     ok = check_password(password, str(row[1]) if row else _DUMMY) and row is not None
     with db.tx() as conn:
-        (failures,) = conn.execute("SELECT COUNT(*) FROM logins WHERE user = ? AND at > ?",
+        (failures,) = conn.execute("SELECT COUNT(*) FROM logins WHERE officer = ? AND at > ?",
                                    (name, now - LOCK_S)).fetchone()
         who = name if row is not None else "?"
         if failures >= LOCK_AFTER:
@@ -93,7 +93,7 @@ def login(db: Database, name: str, password: str, client: str,
             conn.execute("INSERT INTO logins VALUES (?, ?)", (name, now))
             audit.append(conn, who, "login_failed", detail={"client": client}, now=now)
             return None
-        conn.execute("DELETE FROM logins WHERE user = ?", (name,))
+        conn.execute("DELETE FROM logins WHERE officer = ?", (name,))
         if needs_rehash(str(row[1])):
             conn.execute("UPDATE users SET password = ? WHERE name = ?",
                          (hash_password(password), name))
@@ -112,8 +112,8 @@ def session(db: Database, token: str, now: float | None = None) -> Session | Non
         return None
     now = time.time() if now is None else now
     digest = _digest(token)
-    row = db.row("SELECT s.user, u.role, s.csrf, s.created, s.seen, u.disabled FROM sessions s "
-                 "JOIN users u ON u.name = s.user WHERE s.token_hash = ?", (digest,))
+    row = db.row("SELECT s.officer, u.role, s.csrf, s.created, s.seen, u.disabled FROM sessions "
+                 "s JOIN users u ON u.name = s.officer WHERE s.token_hash = ?", (digest,))
     if row is None or row[5] or row[3] < now - MAX_AGE_S or row[4] < now - IDLE_S:
         return None
     if now - row[4] > 60:  # at most one write a minute per session

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from agent.centre.console.actions import Desk
 from agent.centre.console.boxes import Boxes
-from agent.centre.console.database import Database
+from agent.centre.console.database import open_database
 from agent.centre.console.feed import Feed
 from agent.centre.console.hub import Hub
 from agent.centre.console.records import LedgerReader
@@ -33,7 +33,7 @@ log = logging.getLogger("agent.console")
 @dataclass(frozen=True, slots=True)
 class Options:
     store: Path  # the receiver's store: its ledger and clips
-    data: Path  # the console's own database
+    data: Path  # the console's own database (SQLite) and its video cache
     endpoint: Endpoint
     key_file: Path
     topic_prefix: str = "schools"
@@ -42,6 +42,8 @@ class Options:
     https_cert: Path | None = None
     https_key: Path | None = None
     settings: Settings = field(default_factory=Settings)
+    ledger_url: str | None = None  # the receivers' PostgreSQL ledger, instead of the store's
+    database_url: str | None = None  # the consoles' shared PostgreSQL, instead of ``data``
 
 
 class Console:
@@ -49,8 +51,8 @@ class Console:
 
     def __init__(self, options: Options) -> None:
         self.options = options
-        self.db = Database.open(options.data)
-        self.ledger = LedgerReader.open(options.store)
+        self.db = open_database(options.data, options.database_url)
+        self.ledger = LedgerReader.open(options.store, options.ledger_url)
         self.hub = Hub()
         self.feed = Feed(self.ledger, self.db, self.hub)
         self.boxes = Boxes(options.endpoint, options.topic_prefix, options.client_id,

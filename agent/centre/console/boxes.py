@@ -69,7 +69,7 @@ class Boxes:
         that committed, so a result can never arrive for a command the database lacks."""
         payload = sign_command(self._key, site, name, args)
         command_id = str(json.loads(payload)["id"])
-        conn.execute("INSERT INTO commands (id, site_id, name, args, user, issued_at) VALUES "
+        conn.execute("INSERT INTO commands (id, site_id, name, args, officer, issued_at) VALUES "
                      "(?, ?, ?, ?, ?, ?)", (command_id, site, name,
                                             json.dumps(args, sort_keys=True), user,
                                             rfc3339(time.time())))
@@ -105,17 +105,20 @@ class Boxes:
         with self._db.tx() as conn:
             row = conn.execute("SELECT name, result_at FROM commands WHERE id = ? AND "
                                "site_id = ?", (command_id, site)).fetchone()
-            if row is None or row[1] is not None:
-                return  # not ours, or a duplicate delivery: keep the first result
-            conn.execute("UPDATE commands SET result_at = ?, ok = ?, reason = ?, data = ? "
-                         "WHERE id = ?", (rfc3339(time.time()), int(ok),
-                                          escape(reason[:MAX_TEXT]),
-                                          json.dumps(data)[:2048], command_id))
-            audit.append(conn, f"box:{site}", "command_result", site, command_id,
-                         {"command": row[0], "ok": ok, "reason": escape(reason[:MAX_TEXT])})
-        log.info("site %s answered command %s (%s): %s", site, command_id, row[0],
-                 "ok" if ok else escape(reason[:MAX_TEXT]))
-        self._on_result(site, command_id)
+            first = row is not None and row[1] is None  # else a duplicate delivery, or another
+            if first:                                   # console recorded it: the first stays
+                conn.execute("UPDATE commands SET result_at = ?, ok = ?, reason = ?, data = ? "
+                             "WHERE id = ?", (rfc3339(time.time()), int(ok),
+                                              escape(reason[:MAX_TEXT]),
+                                              json.dumps(data)[:2048], command_id))
+                audit.append(conn, f"box:{site}", "command_result", site, command_id,
+                             {"command": row[0], "ok": ok, "reason": escape(reason[:MAX_TEXT])})
+        if row is None:
+            return  # not a command of this centre's consoles to this site
+        if first:
+            log.info("site %s answered command %s (%s): %s", site, command_id, row[0],
+                     "ok" if ok else escape(reason[:MAX_TEXT]))
+        self._on_result(site, command_id)  # outside the transaction: it reads the database
 
     def _health(self, site: str, payload: bytes) -> None:
         if site not in self.health and len(self.health) >= MAX_SITES:

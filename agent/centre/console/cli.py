@@ -28,6 +28,11 @@ def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
     p.add_argument("--data", type=Path, default=None,
                    help="the console's own database: users, incidents, audit log (default "
                    "~/.local/share/edge-agent-console); not the receiver's store")
+    p.add_argument("--ledger", default=None, metavar="URL",
+                   help="the receivers' postgresql:// ledger (default: SQLite in --store)")
+    p.add_argument("--database", default=None, metavar="URL",
+                   help="postgresql:// shared by several consoles: users, incidents, audit log "
+                   "(default: SQLite in --data)")
     p.add_argument("--listen", default="127.0.0.1:8443", help="HOST:PORT (default "
                    "127.0.0.1:8443); any other address than loopback needs --https-cert")
     p.add_argument("--https-cert", type=Path, default=None, help="the console's certificate")
@@ -57,7 +62,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
 
 
 def cmd_console(args: argparse.Namespace) -> int:
-    from agent.centre.console.database import Database
+    from agent.centre.console.database import open_database
 
     data = args.data or default_data_dir()
     if args.action == "user":
@@ -69,7 +74,7 @@ def cmd_console(args: argparse.Namespace) -> int:
             password = getpass.getpass(f"password for {args.name}: ")
             if getpass.getpass("again: ") != password:
                 raise AgentError("the two passwords differ; nothing changed")
-        db = Database.open(data)
+        db = open_database(data, args.database)
         try:
             add_user(db, args.name, args.role, password, actor=f"cli:{getpass.getuser()}")
         finally:
@@ -98,7 +103,8 @@ def _serve(args: argparse.Namespace, data: Path) -> int:
         key_file=args.key or commander.default_key_dir() / commander.KEY_NAME,
         topic_prefix=args.topic_prefix, client_id=args.client_id, listen=listen,
         https_cert=args.https_cert, https_key=args.https_key,
-        settings=Settings(args.timezone, escalate)))
+        settings=Settings(args.timezone, escalate), ledger_url=args.ledger,
+        database_url=args.database))
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())

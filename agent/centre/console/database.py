@@ -2,10 +2,14 @@
 
 It is not the receiver's store: the receiver parses what boxes send, and a flaw there must not
 let anyone rewrite who acknowledged what. SQLite (WAL, ``synchronous=FULL``: an acknowledgement
-or an audit entry is on disk before the officer is told it happened) for one centre machine.
+or an audit entry is on disk before the officer is told it happened) for one centre machine;
+PostgreSQL (pgdatabase.py) for several consoles. Both take ``?`` parameters and the same SQL;
+:func:`open_database` chooses.
 
 Threads: the HTTP threads, the feed and the console's MQTT link share one connection. One lock,
-held for one short transaction at a time, never while calling out of this module.
+held for one short transaction at a time, never while calling out of this module. A write
+transaction excludes every other writer (SQLite's ``BEGIN IMMEDIATE``, PostgreSQL's advisory
+lock), so the audit chain is appended one entry after another, whichever console writes.
 """
 
 from __future__ import annotations
@@ -14,8 +18,9 @@ import contextlib
 import sqlite3
 import threading
 from collections.abc import Iterator
+from contextlib import AbstractContextManager
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from agent.errors import AgentError
 
@@ -31,16 +36,16 @@ CREATE TABLE IF NOT EXISTS users (
 ) STRICT;
 CREATE TABLE IF NOT EXISTS sessions (
     token_hash TEXT PRIMARY KEY,            -- sha256 of the cookie: the table alone logs no one in
-    user       TEXT NOT NULL REFERENCES users (name),
+    officer    TEXT NOT NULL REFERENCES users (name),
     csrf       TEXT NOT NULL,
     created    REAL NOT NULL,
     seen       REAL NOT NULL
 ) STRICT;
 CREATE TABLE IF NOT EXISTS logins (          -- failed attempts, for throttling
-    user TEXT NOT NULL,
-    at   REAL NOT NULL
+    officer TEXT NOT NULL,
+    at      REAL NOT NULL
 ) STRICT;
-CREATE INDEX IF NOT EXISTS logins_user ON logins (user, at);
+CREATE INDEX IF NOT EXISTS logins_officer ON logins (officer, at);
 CREATE TABLE IF NOT EXISTS incidents (
     site_id      TEXT NOT NULL,
     event_id     TEXT NOT NULL,
@@ -58,7 +63,7 @@ CREATE TABLE IF NOT EXISTS commands (
     site_id   TEXT NOT NULL,
     name      TEXT NOT NULL,
     args      TEXT NOT NULL,                -- JSON
-    user      TEXT NOT NULL,
+    officer   TEXT NOT NULL,
     issued_at TEXT NOT NULL,
     result_at TEXT,                         -- the box's first result (a later copy is a replay)
     ok        INTEGER,
@@ -83,15 +88,36 @@ BEGIN SELECT RAISE(ABORT, 'the audit log is append-only'); END
 """
 
 
-class Database:
-    """``tx()`` is one transaction; ``read()`` a consistent read. Any thread."""
+class Database(Protocol):
+    """``tx()`` is one write transaction (its connection's ``execute`` takes ``?``
+    parameters); ``rows()`` and ``row()`` read. Any thread."""
+
+    def tx(self) -> AbstractContextManager[Any]: ...
+    def rows(self, sql: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]: ...
+    def row(self, sql: str, params: tuple[Any, ...] = ()) -> tuple[Any, ...] | None: ...
+    def close(self) -> None: ...
+    def changes(self) -> list[tuple[str, str]]:
+        """(site, event) of alarms whose incident another console changed; feed thread."""
+
+
+def open_database(data: Path, url: str | None = None) -> Database:
+    """The console's SQLite in ``data``, or PostgreSQL at ``url`` (shared by consoles)."""
+    if url is None:
+        return SqliteDatabase.open(data)
+    from agent.centre.console.pgdatabase import PgDatabase
+
+    return PgDatabase.open(url)
+
+
+class SqliteDatabase:
+    """The console's database in one SQLite file."""
 
     def __init__(self, conn: sqlite3.Connection) -> None:
         self._conn = conn
         self._lock = threading.Lock()  # guards _conn: one transaction at a time
 
     @classmethod
-    def open(cls, directory: Path) -> Database:
+    def open(cls, directory: Path) -> SqliteDatabase:
         directory.mkdir(parents=True, exist_ok=True, mode=0o700)
         path = directory / "console.db"
         try:
@@ -117,6 +143,9 @@ class Database:
     def close(self) -> None:
         with self._lock:
             self._conn.close()
+
+    def changes(self) -> list[tuple[str, str]]:
+        return []  # one console per SQLite file: it publishes its own changes
 
     @contextlib.contextmanager
     def tx(self) -> Iterator[sqlite3.Connection]:

@@ -1,10 +1,11 @@
 """The ``console-feed`` thread: turns what the receiver stores into events for every console.
 
 The receiver is another process (it must not hold the signing key), possibly on another machine
-with the ledger shared, so the console learns of a new alarm from the ledger itself: it looks
-for rows after the last one it saw every POLL_S (an index lookup on the newest rowid, well under
-a millisecond), and pushes each new alarm to every open console at once. The browser never
-polls; the officer sees an alarm within POLL_S of the receiver's commit plus the push
+with the ledger shared, so the console learns of a new alarm from the ledger itself. In SQLite
+it looks for rows after the last one it saw every POLL_S (an index lookup on the newest rowid,
+well under a millisecond); in PostgreSQL the ledger notifies each new row at its commit
+(records.py). Each new alarm is pushed to every open console at once: the browser never polls,
+and the officer sees an alarm within POLL_S of the receiver's commit plus the push
 (bench/console.py measures press to screen). Sites are compared every SITES_S; a box's health
 is pushed as it arrives (boxes.py).
 """
@@ -13,6 +14,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from typing import Any
 
 from agent.centre.console.database import Database
@@ -31,14 +33,10 @@ class Feed:
         self._lock = threading.Lock()  # guards _sites and _health (feed and link threads)
         self._sites: dict[str, dict[str, Any]] = {}
         self._health: dict[str, dict[str, Any]] = {}
-        self._last = 0
-        self._last_clip = 0
         self._stopping = threading.Event()
         self._thread: threading.Thread | None = None
 
     def start(self) -> None:
-        self._last = self._ledger.last_alarm()
-        self._last_clip = self._ledger.last_clip()
         self._poll_sites()
         self._thread = threading.Thread(target=self._run, name="console-feed", daemon=True)
         self._thread.start()
@@ -66,24 +64,27 @@ class Feed:
     # --- the feed thread --------------------------------------------------------------------
 
     def _run(self) -> None:
-        turns = 0
-        while not self._stopping.wait(POLL_S):
+        sites_due = time.monotonic() + SITES_S
+        while not self._stopping.is_set():
             try:
-                self._poll_alarms()
-                turns += 1
-                if turns * POLL_S >= SITES_S:
-                    turns = 0
+                self._publish(*self._ledger.changes(POLL_S))
+                for site, event in self._db.changes():  # another console's acknowledgement
+                    row = self._ledger.alarm(site, event)
+                    if row is not None:
+                        self._hub.publish("alarm", alarm_view(row, self._db, self._ledger))
+                if time.monotonic() >= sites_due:
+                    sites_due = time.monotonic() + SITES_S
                     for view in self._poll_sites():
                         self._hub.publish("site", view)
             except Exception:  # the ledger is busy or being replaced: try again next turn
                 log.exception("console feed: cannot read the ledger; retrying")
+                self._stopping.wait(POLL_S)
 
-    def _poll_alarms(self) -> None:
-        for row in self._ledger.alarms_after(self._last):
-            self._last = int(row[0])
+    def _publish(self, alarms: list[tuple[Any, ...]],
+                 clips: list[tuple[int, str, str, str]]) -> None:
+        for row in alarms:
             self._hub.publish("alarm", alarm_view(row, self._db, self._ledger))
-        for rowid, site, event, camera in self._ledger.clips_after(self._last_clip):
-            self._last_clip = rowid
+        for _id, site, event, camera in clips:
             alarm = self._ledger.alarm(site, event)
             if alarm is not None:  # an alarm's clip: the alarm, with its clips, again
                 self._hub.publish("alarm", alarm_view(alarm, self._db, self._ledger))

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import sqlite3
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -21,45 +22,87 @@ from agent.errors import AgentError
 
 QUEUE_ALARMS = 300  # the newest alarms the queue shows; older ones are in the ledger
 
-_ALARM_COLUMNS = ("rowid, site_id, event_id, seq, button_id, kind, test, test_claimed, "
+_ALARM_COLUMNS = ("{id}, site_id, event_id, seq, button_id, kind, test, test_claimed, "
                   "pressed_at, received_at, payload")
+
+Changes = tuple[list[tuple[Any, ...]], list[tuple[int, str, str, str]]]  # alarms, clips
 
 
 class LedgerReader:
-    """A read-only view of the receiver's ledger; any thread."""
+    """A read-only view of the receiver's ledger, SQLite or PostgreSQL; any thread. The SQL is
+    written with ``?`` parameters and ``{id}`` for the row number (SQLite's ``rowid``, the
+    ``id`` column in PostgreSQL)."""
 
-    def __init__(self, conn: sqlite3.Connection, store: Path) -> None:
+    def __init__(self, conn: Any, store: Path, listener: Any = None) -> None:
         self._conn, self.store = conn, store
+        self._listener = listener  # PostgreSQL: a connection that LISTENs for new rows
         self._lock = threading.Lock()  # guards _conn
+        self._last = (0, 0)  # SQLite: the newest alarm and clip seen
 
     @classmethod
-    def open(cls, store: Path) -> LedgerReader:
+    def open(cls, store: Path, url: str | None = None) -> LedgerReader:
+        if url is not None:
+            from agent.centre.pgledger import CHANNEL, connect
+
+            listener = connect(url)
+            listener.execute(f"LISTEN {CHANNEL}")
+            return cls(connect(url), store, listener)
         path = store / "centre.db"
         if not path.exists():
             raise AgentError(f"no ledger at {path}: give --store the receiver's store (start "
                              "`edge-agent central` first)")
         conn = sqlite3.connect(path, check_same_thread=False, timeout=5)
         conn.execute("PRAGMA query_only = 1")
-        return cls(conn, store)
+        reader = cls(conn, store)
+        reader._last = (reader._max("alarms"), reader._max("clips"))
+        return reader
 
     def close(self) -> None:
         with self._lock:
             self._conn.close()
+            if self._listener is not None:
+                self._listener.close()
 
     def _rows(self, sql: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
+        pg = self._listener is not None
+        sql = sql.format(id="id" if pg else "rowid")
         with self._lock:
-            return self._conn.execute(sql, params).fetchall()
+            return list(self._conn.execute(sql.replace("?", "%s") if pg else sql,
+                                           params).fetchall())
 
-    def last_alarm(self) -> int:
-        rows = self._rows("SELECT MAX(rowid) FROM alarms")
-        return int(rows[0][0] or 0)
+    def _max(self, table: str) -> int:
+        return int(self._rows(f"SELECT MAX({{id}}) FROM {table}")[0][0] or 0)
 
-    def alarms_after(self, rowid: int) -> list[tuple[Any, ...]]:
-        return self._rows(f"SELECT {_ALARM_COLUMNS} FROM alarms WHERE rowid > ? ORDER BY rowid",
-                          (rowid,))
+    def changes(self, timeout: float) -> Changes:
+        """The alarms and clips stored since the last call, waiting up to ``timeout`` for one.
+
+        SQLite: one writer at a time, so row numbers commit in order; the newest seen is
+        remembered. PostgreSQL: two receivers' ids may commit out of order, so the ledger
+        NOTIFYs each new row at its commit (agent/centre/pgledger.py) and exactly those are
+        read."""
+        if self._listener is None:
+            time.sleep(timeout)
+            alarms = self._rows(f"SELECT {_ALARM_COLUMNS} FROM alarms WHERE {{id}} > ? "
+                                "ORDER BY {id}", (self._last[0],))
+            clips = self._clips("{id} > ?", self._last[1])
+            self._last = (int(alarms[-1][0]) if alarms else self._last[0],
+                          clips[-1][0] if clips else self._last[1])
+            return alarms, clips
+        ids: dict[str, list[int]] = {"alarms": [], "clips": []}
+        for note in self._listener.notifies(timeout=timeout, stop_after=1000):
+            table, _, number = note.payload.partition(":")
+            ids.setdefault(table, []).append(int(number))
+        alarms = self._rows(f"SELECT {_ALARM_COLUMNS} FROM alarms WHERE id = ANY(?) ORDER BY id",
+                            (ids["alarms"],)) if ids["alarms"] else []
+        return alarms, self._clips("id = ANY(?)", ids["clips"]) if ids["clips"] else []
+
+    def _clips(self, where: str, value: Any) -> list[tuple[int, str, str, str]]:
+        return [(int(a), str(b), str(c), str(d)) for a, b, c, d in self._rows(
+            "SELECT {id}, site_id, event_id, camera_id FROM clips WHERE " + where
+            + " ORDER BY {id}", (value,))]
 
     def newest_alarms(self, limit: int = QUEUE_ALARMS) -> list[tuple[Any, ...]]:
-        return self._rows(f"SELECT {_ALARM_COLUMNS} FROM alarms ORDER BY rowid DESC LIMIT ?",
+        return self._rows(f"SELECT {_ALARM_COLUMNS} FROM alarms ORDER BY {{id}} DESC LIMIT ?",
                           (limit,))
 
     def alarm(self, site_id: str, event_id: str) -> tuple[Any, ...] | None:
@@ -72,16 +115,6 @@ class LedgerReader:
         return [(str(a), int(b), str(c)) for a, b, c in self._rows(
             "SELECT camera_id, segments, problem FROM clips WHERE site_id = ? AND event_id = ? "
             "ORDER BY camera_id", (site_id, event_id))]
-
-    def last_clip(self) -> int:
-        rows = self._rows("SELECT MAX(rowid) FROM clips")
-        return int(rows[0][0] or 0)
-
-    def clips_after(self, rowid: int) -> list[tuple[int, str, str, str]]:
-        """(rowid, site, event, camera) of the clips written since ``rowid``."""
-        return [(int(a), str(b), str(c), str(d)) for a, b, c, d in self._rows(
-            "SELECT rowid, site_id, event_id, camera_id FROM clips WHERE rowid > ? "
-            "ORDER BY rowid", (rowid,))]
 
     def sites(self) -> list[tuple[str, str, str, str | None]]:
         """(site, state, since, walk test until) of every site the receiver has heard from."""
