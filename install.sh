@@ -32,11 +32,27 @@ DEV_APT_PACKAGES="mosquitto mosquitto-clients ffmpeg iproute2 systemd python3-ve
   gir1.2-gst-rtsp-server-1.0 gstreamer1.0-plugins-base
   gstreamer1.0-plugins-good gstreamer1.0-plugins-ugly shellcheck faketime chromium
   postgresql"
+# ... and on 32-bit ARM (armhf), where PyPI has no wheel of numpy (a test extra), cffi or pyyaml:
+# there .venv is made with Debian's python3 and --system-site-packages and takes these from Debian
+# instead of compiling them (a Pi has no compiler as a rule).
+DEV_ARMHF_APT_PACKAGES="python3-numpy python3-yaml python3-cryptography"
 
-# Debian packages for a production install; PI_APT_PACKAGES only on a Raspberry Pi. python3-av
-# is there because PyPI has no armhf wheel of av; the venv sees it (--system-site-packages).
-RUNTIME_APT_PACKAGES="python3-venv python3-pip"
-PI_APT_PACKAGES="python3-picamera2 python3-libcamera python3-lgpio python3-av"
+# Debian packages for a production install, on every architecture. The venv sees them
+# (--system-site-packages) and pip keeps each one that satisfies pyproject.toml, so nothing is
+# compiled on the box (docs/install.md, "Where each Python package comes from"):
+#   python3-venv python3-pip   the venv itself
+#   python3-yaml               PyYAML 6.0 with libyaml's C loader. PyPI has no armv7l wheel: pip
+#                              would build one from the sdist, pure Python without a compiler.
+#   python3-cryptography       cryptography 38 with its cffi backend, on the system's OpenSSL.
+#                              PyPI's armv7l wheel of cryptography needs cffi, which has no armv7l
+#                              wheel: pip would need a C compiler.
+# Not python3-av: Debian bookworm's is 10.0 and the agent needs av >= 17.1 (pyproject.toml), so
+# pip installs PyPI's wheel (FFmpeg inside; aarch64 and armv7l alike) into the venv.
+RUNTIME_APT_PACKAGES="python3-venv python3-pip python3-yaml python3-cryptography"
+# Only on a Raspberry Pi: the camera stack and lgpio exist only as Raspberry Pi OS packages.
+# python3-picamera2 brings the OS's own python3-av; unless that is >= 17.1 the venv's av shadows
+# it, and picamera2 (0.3.24 and later use only upstream PyAV's API) imports the venv's.
+PI_APT_PACKAGES="python3-picamera2 python3-libcamera python3-lgpio"
 
 SERVICE_USER=edge-agent
 UNIT_NAME=edge-agent.service
@@ -77,7 +93,8 @@ Usage: install.sh [--root DIR] [--no-venv]   install or upgrade (as root unless 
                  no chown, no systemctl (each skipped step is printed).
   --no-venv      Skip the venv and pip step (tests, or images that build the venv elsewhere).
   --dev          apt-get install the tools the tests need (as root; skipped otherwise), create
-                 .venv here and pip install -e '.[test,centre]'. Fast when nothing changed.
+                 .venv here and pip install -e '.[test,lint,dc09,centre,console]'. Fast when
+                 nothing changed.
 
 Details: docs/install.md
 EOF
@@ -96,6 +113,19 @@ workdir() {
 }
 
 is_root() { [ "$(id -u)" -eq 0 ]; }
+
+# The Debian architecture of this userland (amd64, arm64, armhf, ...; "" without dpkg). On a
+# 32-bit Raspberry Pi OS with a 64-bit kernel `uname -m` says aarch64, dpkg says armhf.
+debian_arch() { dpkg --print-architecture 2>/dev/null || true; }
+
+# "true" if the venv at $1 sees the system's site-packages (Debian's python3-* packages).
+venv_sees_system() {
+    if grep -q '^include-system-site-packages = true' "$1/pyvenv.cfg" 2>/dev/null; then
+        printf true
+    else
+        printf false
+    fi
+}
 
 # systemd is PID 1 here (not a chroot, container or image build).
 systemd_running() { [ -d /run/systemd/system ] && command -v systemctl >/dev/null 2>&1; }
@@ -217,7 +247,7 @@ install_venv() {
     local venv=$ROOT$VENV_DIR py pip_extra=()
     py=$(pick_python)
     if "$venv/bin/python" -c 'import sys' >/dev/null 2>&1 \
-        && grep -q '^include-system-site-packages = true' "$venv/pyvenv.cfg" 2>/dev/null; then
+        && [ "$(venv_sees_system "$venv")" = true ]; then
         say "ok: venv $VENV_DIR"
     else
         # Missing, or broken by a Python upgrade: build it again (the agent is reinstalled below).
@@ -459,8 +489,16 @@ stop_test_broker_service() {
 
 do_dev() {
     cd "$SRC_DIR"
-    local missing="" py stamp want pkgs=()
+    local missing="" py stamp want pkgs=() armhf_pkgs=() system_site=false venv_opts=()
+    local extras="test,lint,dc09,centre,console"
     read -r -d '' -a pkgs <<<"$DEV_APT_PACKAGES" || true
+    if [ "$(debian_arch)" = armhf ]; then
+        read -r -d '' -a armhf_pkgs <<<"$DEV_ARMHF_APT_PACKAGES" || true
+        pkgs+=("${armhf_pkgs[@]}")
+        system_site=true
+        venv_opts=(--system-site-packages)
+        extras="test"   # no armv7l wheels of librt (mypy), pycryptodome, psycopg, playwright
+    fi
     if command -v dpkg-query >/dev/null 2>&1; then missing=$(apt_missing "${pkgs[@]}"); fi
     if ! command -v dpkg-query >/dev/null 2>&1; then
         skip "apt-get install" "no dpkg here; install the equivalents of: ${pkgs[*]}"
@@ -477,17 +515,28 @@ do_dev() {
         if [ "$had_mosquitto" -eq 0 ]; then stop_test_broker_service; fi
     fi
 
-    py=$(command -v python3) || die "python3 not found on PATH."
-    if ! as_owner "$py" -c '' 2>/dev/null && [ -x /usr/bin/python3 ]; then
-        # root's python3 (a pyenv under /root, say) is not usable by the checkout's owner.
-        say "note: using /usr/bin/python3 ($py cannot be run by $(stat -c %U "$SRC_DIR"))"
+    if [ "$system_site" = true ]; then
+        # armhf: Debian's python3, whose dist-packages hold the packages PyPI has no wheel of.
         py=/usr/bin/python3
+        [ -x "$py" ] || die "$py not found; install python3-venv (apt-get install python3-venv)."
+    else
+        py=$(command -v python3) || die "python3 not found on PATH."
+        if ! as_owner "$py" -c '' 2>/dev/null && [ -x /usr/bin/python3 ]; then
+            # root's python3 (a pyenv under /root, say) is not usable by the checkout's owner.
+            say "note: using /usr/bin/python3 ($py cannot be run by $(stat -c %U "$SRC_DIR"))"
+            py=/usr/bin/python3
+        fi
     fi
     "$py" -c 'import sys; sys.exit(sys.version_info < (3, 11))' \
         || die "$py is older than Python 3.11; install 3.11 (Debian 12 has it) and re-run."
-    if ! .venv/bin/python -c 'import sys' >/dev/null 2>&1; then
-        as_owner "$py" -m venv --clear .venv
-        say "created: .venv ($(.venv/bin/python -V 2>&1))"
+    if ! .venv/bin/python -c 'import sys' >/dev/null 2>&1 \
+        || [ "$(venv_sees_system .venv)" != "$system_site" ]; then
+        as_owner "$py" -m venv --clear "${venv_opts[@]}" .venv
+        if [ "$system_site" = true ]; then
+            say "created: .venv ($(.venv/bin/python -V 2>&1); armhf: sees Debian's packages)"
+        else
+            say "created: .venv ($(.venv/bin/python -V 2>&1))"
+        fi
     fi
     # Editable install: code changes need no reinstall, only a changed pyproject.toml does.
     want="$(sha256sum pyproject.toml | cut -d' ' -f1) $(.venv/bin/python -V 2>&1)"
@@ -495,9 +544,13 @@ do_dev() {
     if [ "$stamp" = "$want" ] && [ -x .venv/bin/edge-agent ]; then
         say "ok: .venv is up to date (pyproject.toml unchanged)"
     else
-        say "installing: edge-agent (editable) and test tools into .venv"
+        say "installing: edge-agent (editable) and test tools ($extras) into .venv"
         as_owner .venv/bin/python -m pip install --disable-pip-version-check --no-input --quiet \
-            -e '.[test,centre]' || die "pip install failed (output above); fix the cause and re-run."
+            -e ".[$extras]" || die "pip install failed (output above); fix the cause and re-run."
+        if [ "$extras" = test ]; then
+            skip "the lint, dc09, centre and console extras (mypy, ruff, pysiaalarm, psycopg, playwright)" \
+                "armhf: no armv7l wheels of them; lint and run those tests elsewhere"
+        fi
         as_owner tee .venv/.edge-agent-dev-stamp <<<"$want" >/dev/null
         say "installed: edge-agent (editable) into .venv"
     fi

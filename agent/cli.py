@@ -19,6 +19,7 @@ from typing import Any
 
 from agent import __version__, logs
 from agent.box import control, walktest
+from agent.commands.args import MAX_FETCH_SPAN_S, MAX_LIVE_S
 from agent.config import format_report, load_config
 from agent.config.model import Config
 from agent.errors import AgentError, ConfigError
@@ -117,13 +118,14 @@ def build_parser() -> argparse.ArgumentParser:
     a = actions.add_parser("live", help="stream a camera live; the receiver writes a growing file")
     a.add_argument("site")
     a.add_argument("camera")
-    a.add_argument("--seconds", type=int, default=60, help="1 to 600 (default 60)")
+    a.add_argument("--seconds", type=int, default=60, help=f"1 to {MAX_LIVE_S} (default 60)")
     a = actions.add_parser("fetch", help="pull recorded video from the box's buffer")
     a.add_argument("site")
     a.add_argument("camera")
     a.add_argument("--from", dest="start", required=True,
                    help="RFC 3339, e.g. 2026-11-25T08:00:00Z")
-    a.add_argument("--to", dest="end", required=True, help="RFC 3339; at most an hour after --from")
+    a.add_argument("--to", dest="end", required=True,
+                   help=f"RFC 3339; at most {MAX_FETCH_SPAN_S} s after --from")
     a = actions.add_parser("keygen", help="make the centre's key pair (where --key says)")
     a = actions.add_parser("status", help="each site's state, missing alarms (seq gaps), what "
                            "the centre refused, and when the receiver lost the broker")
@@ -253,7 +255,7 @@ def _ms(text: str) -> str:
     """Any RFC 3339 time as the commands' exact form, UTC with milliseconds."""
     from datetime import datetime
 
-    from agent.delivery.protocol import rfc3339
+    from agent.clock import rfc3339
 
     try:
         return rfc3339(datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp())
@@ -327,7 +329,7 @@ def cmd_central(args: argparse.Namespace) -> int:
             print(_centre_status(args.store, args.ledger))
             return 0
         case "keygen":
-            from agent.commands import generate_keypair
+            from agent.commands.keys import generate_keypair
 
             if key.name != commander.KEY_NAME:
                 raise AgentError(f"keygen writes {commander.KEY_NAME} and centre.pub into a "

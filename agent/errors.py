@@ -24,10 +24,6 @@ class OutboxError(AgentError, OSError):
     """The durable outbox could not be opened or written."""
 
 
-class UplinkError(AgentError, ConnectionError):
-    """The MQTT uplink failed in a way the caller must know about."""
-
-
 class CameraError(AgentError, IOError):
     """A camera source could not be opened or read."""
 

@@ -36,8 +36,8 @@ from paho.mqtt.enums import CallbackAPIVersion
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from agent import logs
-from agent.delivery.protocol import Alarm, rfc3339
-from agent.delivery.schema import parse_timestamp
+from agent.clock import parse_rfc3339, rfc3339
+from agent.delivery.protocol import Alarm
 from agent.testing.broker import Mosquitto
 from agent.testing.postgres import Postgres
 from agent.testing.stats import default_storage_parent, machine_context
@@ -102,7 +102,7 @@ def _last_stored(store: Path, ledger_url: str | None) -> float:
             (last,) = conn.execute("SELECT MAX(received_at) FROM alarms").fetchone()
         finally:
             conn.close()
-    stored = parse_timestamp(last)
+    stored = parse_rfc3339(last)
     assert stored is not None
     return stored
 

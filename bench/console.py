@@ -46,7 +46,7 @@ from agent.centre.console.app import Console, Options
 from agent.centre.console.database import SqliteDatabase
 from agent.centre.link import Endpoint
 from agent.centre.service import run_receiver
-from agent.commands import generate_keypair
+from agent.commands.keys import generate_keypair
 from agent.config import default_config_text
 from agent.testing.broker import Mosquitto
 from agent.testing.stats import default_storage_parent, describe, machine_context

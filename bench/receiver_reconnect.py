@@ -58,8 +58,8 @@ from paho.mqtt.properties import Properties  # noqa: E402
 
 from agent.box import control  # noqa: E402
 from agent.centre.ledger import Ledger  # noqa: E402
+from agent.clock import parse_rfc3339  # noqa: E402
 from agent.config import default_config_text  # noqa: E402
-from agent.delivery.schema import parse_timestamp  # noqa: E402
 from agent.testing.broker import Mosquitto  # noqa: E402
 from agent.testing.stats import default_storage_parent, describe, machine_context  # noqa: E402
 
@@ -162,7 +162,7 @@ def run(kills: int, seed: int, storage: Path, down: tuple[float, float]) -> dict
 
             def back(since: float = before) -> list[float] | None:
                 states = read_ledger(store, lambda led: led.links())
-                times = [parse_timestamp(s.regained_at) for s in states]
+                times = [parse_rfc3339(s.regained_at) for s in states]
                 ok = [t for t in times if t is not None and t >= since]
                 return ok if len(ok) == 2 else None
 
@@ -176,7 +176,7 @@ def run(kills: int, seed: int, storage: Path, down: tuple[float, float]) -> dict
         wanted = {e for e, _, _ in presses}
         received = wait(lambda: (r := read_ledger(store, lambda led: led.received())) and {
             e for _s, e in r} >= wanted and r, "every press stored")
-        by_event = {e: parse_timestamp(at) or 0.0 for (_s, e), at in received.items()}
+        by_event = {e: parse_rfc3339(at) or 0.0 for (_s, e), at in received.items()}
         baseline_gaps = []
         for r in restarts:  # the baseline's first subscription after each restart, if any
             after = [t for t in baseline.subscribed_at if t >= r["at_up"]]

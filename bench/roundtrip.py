@@ -14,7 +14,7 @@ receiver (``agent.centre.service.run_receiver``, with its ledger and ``alarms.js
          -> the box commits the alarm and publishes it; the receiver stores it (ledger commit,
             alarms.jsonl fsync) and calls on_alarm
          -> the bench's operator, in on_alarm, signs an ``ack`` for that event_id with the
-            centre's key (``agent.commands.sign_command``, what ``edge-agent central ack``
+            centre's key (``agent.commands.keys.sign_command``, what ``edge-agent central ack``
             does) and publishes it on a connection it keeps open (no human in the loop)
          -> the box's uplink thread verifies it (Ed25519, replay cache commit) and calls
             ``Indicators.acknowledged``
@@ -106,7 +106,7 @@ import agent.centre.service as central  # noqa: E402
 from agent.box.daemon import Daemon  # noqa: E402
 from agent.centre.ledger import Ledger  # noqa: E402
 from agent.centre.link import Endpoint  # noqa: E402
-from agent.commands import generate_keypair, load_private_key, sign_command  # noqa: E402
+from agent.commands.keys import generate_keypair, load_private_key, sign_command  # noqa: E402
 from agent.config import default_config_text, load_config  # noqa: E402
 from agent.config.model import Config  # noqa: E402
 from agent.delivery.framing import CHUNK_BYTES, live_chunks  # noqa: E402

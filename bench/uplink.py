@@ -75,9 +75,10 @@ from paho.mqtt.enums import CallbackAPIVersion  # noqa: E402
 import agent.delivery.uplink.pacing as uplink_module  # noqa: E402
 from agent import logs  # noqa: E402
 from agent.box.daemon import Daemon  # noqa: E402
+from agent.clock import rfc3339  # noqa: E402
 from agent.config import default_config_text, load_config  # noqa: E402
 from agent.delivery.outbox import BlobRef, Outbox  # noqa: E402
-from agent.delivery.protocol import Alarm, ChunkHeader, Priority, encode_chunk, rfc3339  # noqa: E402
+from agent.delivery.protocol import Alarm, ChunkHeader, Priority, encode_chunk  # noqa: E402
 from agent.delivery.uplink.link import LinkState  # noqa: E402
 from agent.sdnotify import Notifier  # noqa: E402
 from tests.fault.conftest import BUTTONS, NsBroker, enter_netns, run_in_netns, sh  # noqa: E402
@@ -289,7 +290,7 @@ def header(i: int, chunk: int) -> bytes:
 
 def prefill(db: Path, spool: Path, chunk: int, total: int) -> int:
     n = total // chunk
-    box = Outbox.open(db, budget_bytes=4 * total)
+    box = Outbox.open(db)
     try:
         box.add_many((Priority.CLIP, f"schools/{SITE}/clip/bench-cam", f"backlog-{i}",
                       header(i, chunk), BlobRef(spool, i * chunk, chunk)) for i in range(n))

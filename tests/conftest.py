@@ -26,6 +26,9 @@ from agent.centre.service import run_receiver
 from agent.testing.broker import Mosquitto
 
 REPO = Path(__file__).resolve().parent.parent
+# How long AgentProcess.start() waits for the agent's control socket. A workstation needs about a
+# second; a Pi 3, or a Pi userland under emulation (tools/release-check.sh: 13 s cold), far more.
+START_TIMEOUT_S = float(os.environ.get("EDGE_AGENT_TEST_START_S", "30"))
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -158,10 +161,15 @@ class AgentProcess:
     proc: subprocess.Popen[str] | None = None
     log_path: Path | None = None
 
-    def start(self) -> AgentProcess:
+    def start(self, timeout: float = START_TIMEOUT_S) -> AgentProcess:
+        """Runs the agent; returns once its control socket answers (EDGE_AGENT_TEST_START_S).
+
+        If it does not (the agent exited, or is too slow), the agent is killed before the error
+        is raised, with its log in the message: a failed start never leaves an agent running.
+        """
         self.log_path = self.config.with_suffix(".log")
         with open(self.log_path, "a") as log:
-            self.proc = subprocess.Popen(
+            proc = self.proc = subprocess.Popen(
                 [sys.executable, "-m", "agent.cli", "run", "-c", str(self.config)],
                 stdout=log,
                 stderr=subprocess.STDOUT,
@@ -169,7 +177,17 @@ class AgentProcess:
                 cwd=REPO,
                 env={**os.environ, "PYTHONUNBUFFERED": "1"},
             )
-        wait_for(lambda: self.status() is not None, 10, "the agent's control socket")
+        try:
+            what = "the agent's control socket (EDGE_AGENT_TEST_START_S)"
+            wait_for(lambda: proc.poll() is not None or self.status() is not None, timeout, what)
+            if proc.poll() is not None:
+                raise AssertionError(f"the agent exited ({proc.returncode}) before it answered")
+        except AssertionError as exc:
+            self.close()
+            raise AssertionError(f"{exc}; the agent's log:\n{self.output()[-4000:]}") from None
+        except BaseException:
+            self.close()
+            raise
         return self
 
     def status(self) -> dict[str, Any] | None:

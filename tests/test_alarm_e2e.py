@@ -12,6 +12,8 @@ import signal
 import time
 from pathlib import Path
 
+import pytest
+
 from agent.testing.broker import Mosquitto
 from tests.conftest import AgentProcess, Collector, cli, wait_for
 
@@ -66,8 +68,9 @@ def test_alarm_committed_then_agent_killed_arrives_after_restart(
     agent_config: Path, broker: Mosquitto, collector: Collector
 ) -> None:
     broker.kill()  # nothing can be sent: the alarm exists only on the box's disk
-    agent = AgentProcess(agent_config).start()
+    agent = AgentProcess(agent_config)
     try:
+        agent.start()
         press = cli("simulate", "press", "office", "-c", str(agent_config))
         assert press.returncode == 0, press.stderr
         event_id = re.search(r"event_id=(\S+)", press.stdout).group(1)  # type: ignore[union-attr]
@@ -75,8 +78,9 @@ def test_alarm_committed_then_agent_killed_arrives_after_restart(
     finally:
         agent.close()
     broker.start()
-    agent = AgentProcess(agent_config).start()
+    agent = AgentProcess(agent_config)
     try:
+        agent.start()
         [alarm] = collector.wait_alarms(1, timeout=15)
         assert alarm["event_id"] == event_id and alarm["button_id"] == "office"
         agent.press("gym")
@@ -144,3 +148,20 @@ def test_control_socket_is_owner_only(agent_process: AgentProcess) -> None:
         and agent_process.config.parent / "state" / "control.sock"
     )
     assert sock.stat().st_mode & 0o777 == 0o600
+
+
+def test_a_start_that_times_out_leaves_no_agent_running(agent_config: Path) -> None:
+    agent = AgentProcess(agent_config)
+    with pytest.raises(AssertionError, match="control socket"):
+        agent.start(timeout=0.01)
+    assert agent.proc is not None and agent.proc.poll() is not None, "the agent was left running"
+
+
+def test_a_start_whose_agent_exits_fails_at_once_with_its_log(tmp_path: Path) -> None:
+    config = tmp_path / "agent.yaml"
+    config.write_text("site: {id: Not Valid}\n")
+    agent = AgentProcess(config)
+    t0 = time.monotonic()
+    with pytest.raises(AssertionError, match=r"(?s)exited \(2\).*site\.id"):
+        agent.start(timeout=60)
+    assert time.monotonic() - t0 < 30, "start() waited for an agent that had already exited"

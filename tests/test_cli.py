@@ -13,7 +13,7 @@ import pytest
 import yaml
 
 from agent.cli import main
-from agent.delivery.protocol import clock_synced
+from agent.clock import clock_synced
 from agent.testing.broker import Mosquitto
 from tests.conftest import cli, write_config
 

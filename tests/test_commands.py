@@ -21,27 +21,38 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
-from agent import commands as cmds
-from agent.commands import (
-    MAX_PAYLOAD_BYTES,
-    SIGNED_FIELDS,
+from agent.clock import parse_rfc3339, rfc3339_ms
+from agent.commands.args import (
+    PING,
+    STANDARD,
     AckArgs,
-    Command,
-    CommandRejected,
-    CommandRouter,
-    CommandVerifier,
+    CommandType,
     FetchArgs,
-    KeyFileError,
     LiveArgs,
     NoArgs,
-    NonceStore,
+    TestModeArgs,
+)
+from agent.commands.keys import (
+    KeyFileError,
     generate_keypair,
     load_private_key,
     load_public_key,
-    result_payload,
     sign_command,
+)
+from agent.commands.nonces import NonceStore
+from agent.commands.router import CommandRouter, CommandSpec, Data
+from agent.commands.verify import Command, CommandVerifier
+from agent.commands.wire import (
+    MAX_INT,
+    MAX_PAYLOAD_BYTES,
+    SIGNED_FIELDS,
+    SIGNING_CONTEXT,
+    CommandRejected,
+    result_payload,
     signing_bytes,
 )
+from agent.delivery.protocol import UUID
+from agent.delivery.schema import no_duplicates
 from agent.errors import AgentError
 
 SITE = "school-042"
@@ -120,7 +131,7 @@ def rejected(verifier: CommandVerifier, payload: bytes) -> CommandRejected:
 
 
 def ts(offset_s: float) -> str:
-    return cmds._format_ms(round((NOW + offset_s) * 1000))
+    return rfc3339_ms(round((NOW + offset_s) * 1000))
 
 
 # --------------------------------------------------------------------------------------------------
@@ -261,7 +272,7 @@ def test_forged_signature(verifier: CommandVerifier) -> None:
 
 def test_signature_without_the_context_prefix_is_refused(verifier: CommandVerifier) -> None:
     doc = doc_of(sign())
-    bare = signing_bytes(doc)[len(cmds.SIGNING_CONTEXT):]
+    bare = signing_bytes(doc)[len(SIGNING_CONTEXT):]
     doc["sig"] = base64.b64encode(KEY.sign(bare)).decode()
     assert rejected(verifier, json.dumps(doc).encode()).rule == "bad_signature"
 
@@ -304,7 +315,7 @@ def test_wrong_site(verifier: CommandVerifier) -> None:
 
 
 def test_name_outside_the_allow_list(store: NonceStore, clock: FakeClock) -> None:
-    verifier = make_verifier(store, clock, commands={"ping": cmds.parse_ping_args})
+    verifier = make_verifier(store, clock, commands=[PING])
     assert rejected(verifier, sign("live")).rule == "unknown_command"
     assert rejected(verifier, forge(name="reboot", args={})).rule == "unknown_command"
     assert verifier.verify(sign("ping")).name == "ping"
@@ -478,8 +489,8 @@ def test_unwritable_store_fails_closed(verifier: CommandVerifier, store: NonceSt
     ("live", {"camera_id": "c" * 64, "seconds": 600}, LiveArgs("c" * 64, 600)),
     ("fetch", {"camera_id": CAM, "from": ts(-3600), "to": ts(0)},
      FetchArgs(CAM, NOW - 3600, NOW)),
-    ("test_mode", {"on": True, "minutes": 240}, cmds.TestModeArgs(True, 240)),
-    ("test_mode", {"on": False}, cmds.TestModeArgs(False, None)),
+    ("test_mode", {"on": True, "minutes": 240}, TestModeArgs(True, 240)),
+    ("test_mode", {"on": False}, TestModeArgs(False, None)),
 ])
 def test_valid_args(verifier: CommandVerifier, name: str, args: dict[str, Any],
                     params: object) -> None:
@@ -582,10 +593,10 @@ RESULT_KEYS = {"id", "ok", "reason", "data", "at", "v"}
 def check_result(raw: bytes) -> dict[str, Any]:
     result = json.loads(raw.decode("utf-8"))
     assert isinstance(result, dict) and set(result) == RESULT_KEYS
-    assert result["id"] is None or cmds._UUID.fullmatch(result["id"])
+    assert result["id"] is None or UUID.fullmatch(result["id"])
     assert isinstance(result["ok"], bool) and isinstance(result["reason"], str)
     assert isinstance(result["data"], dict) and result["v"] == 1
-    assert cmds._parse_timestamp(result["at"]) is not None
+    assert parse_rfc3339(result["at"]) is not None
     assert result["ok"] == (result["reason"] == "")
     return result
 
@@ -597,14 +608,16 @@ def test_result_payload_never_echoes_an_unvalidated_id() -> None:
     assert check_result(result_payload(EVENT, True, data={"n": 1}))["id"] == EVENT
 
 
-def make_router(verifier: CommandVerifier, **handlers: Callable[[Command], Any]) -> CommandRouter:
-    return CommandRouter(verifier, handlers)
+def make_router(verifier: CommandVerifier,
+                **handlers: Callable[[Command[Any]], Any]) -> CommandRouter:
+    return CommandRouter(verifier, [CommandSpec(STANDARD[name], handler)
+                                    for name, handler in handlers.items()])
 
 
 def test_router_runs_the_handler(verifier: CommandVerifier) -> None:
-    seen: list[Command] = []
+    seen: list[Command[LiveArgs]] = []
 
-    def live(command: Command) -> dict[str, object]:
+    def live(command: Command[LiveArgs]) -> Data:
         seen.append(command)
         return {"streaming": True}
 
@@ -619,7 +632,7 @@ def test_router_runs_the_handler(verifier: CommandVerifier) -> None:
 
 def test_router_hides_handler_crashes(verifier: CommandVerifier,
                                       caplog: pytest.LogCaptureFixture) -> None:
-    def boom(command: Command) -> None:
+    def boom(command: Command[LiveArgs]) -> None:
         raise RuntimeError("SECRET at /etc/edge-agent/agent.yaml")
 
     router = make_router(verifier, live=boom, ping=lambda c: ["not", "a", "mapping"],
@@ -635,7 +648,7 @@ def test_router_hides_handler_crashes(verifier: CommandVerifier,
 
 
 def test_router_passes_on_a_handlers_own_refusal(verifier: CommandVerifier) -> None:
-    def live(command: Command) -> None:
+    def live(command: Command[LiveArgs]) -> None:
         raise CommandRejected("unknown_camera: no such camera on this box")
 
     result = check_result(make_router(verifier, live=live).handle(sign()))
@@ -645,8 +658,21 @@ def test_router_passes_on_a_handlers_own_refusal(verifier: CommandVerifier) -> N
 def test_router_unsupported_and_unknown_handlers(verifier: CommandVerifier) -> None:
     router = make_router(verifier, ping=lambda c: None)
     assert check_result(router.handle(sign()))["reason"].startswith("unsupported")
+    reboot = CommandType("reboot", PING.parse)
     with pytest.raises(ValueError, match="does not allow"):
-        make_router(verifier, reboot=lambda c: None)
+        CommandRouter(verifier, [CommandSpec(reboot, lambda c: None)])
+
+
+def test_router_refuses_a_handler_whose_parser_the_verifier_does_not_use(
+        verifier: CommandVerifier) -> None:
+    """A handler typed for its own parser's arguments must never get another parser's: the
+    verifier parses ``live`` with STANDARD's parser, so a spec with another one is refused."""
+    lax_live = CommandType("live", dict)
+    with pytest.raises(ValueError, match="does not allow"):
+        CommandRouter(verifier, [CommandSpec(lax_live, lambda c: None)])
+    with pytest.raises(ValueError, match="two handlers"):
+        CommandRouter(verifier, [CommandSpec(PING, lambda c: None),
+                                 CommandSpec(PING, lambda c: None)])
 
 
 def test_router_reports_an_unsynced_clock(verifier: CommandVerifier, clock: FakeClock) -> None:
@@ -688,8 +714,8 @@ FUZZ = settings(max_examples=300, deadline=None,
 def fuzz_router(tmp_path_factory: pytest.TempPathFactory) -> Iterator[CommandRouter]:
     store = NonceStore.open(tmp_path_factory.mktemp("fuzz") / "nonces.db")
     clock = FakeClock()
-    handlers = {name: (lambda c: {"name": c.name}) for name in cmds.STANDARD_COMMANDS}
-    yield CommandRouter(make_verifier(store, clock), handlers)
+    specs = [CommandSpec(kind, lambda c: {"name": c.name}) for kind in STANDARD.values()]
+    yield CommandRouter(make_verifier(store, clock), specs)
     store.close()
 
 
@@ -747,7 +773,7 @@ def test_fuzz_mutated_valid_commands(fuzz_router: CommandRouter, data: st.DataOb
     elif kind == "cut":
         mutated = payload[: data.draw(st.integers(0, len(payload) - 1))]
     try:  # compared as canonical text: in Python 1.0 == 1 == True, on the wire they differ
-        after = json.loads(mutated.decode("utf-8"), object_pairs_hook=cmds._no_duplicates)
+        after = json.loads(mutated.decode("utf-8"), object_pairs_hook=no_duplicates)
         unchanged = canonical(after) == canonical(doc_of(payload))
     except ValueError:
         unchanged = False
@@ -762,8 +788,8 @@ valid_commands = st.one_of(
     st.builds(lambda e: ("ack", {"event_id": str(e)}), st.uuids()),
     st.builds(lambda c, s: ("live", {"camera_id": c, "seconds": s}), camera_ids,
               st.integers(1, 600)),
-    st.builds(lambda c, t, span: ("fetch", {"camera_id": c, "from": cmds._format_ms(t),
-                                            "to": cmds._format_ms(t + span)}),
+    st.builds(lambda c, t, span: ("fetch", {"camera_id": c, "from": rfc3339_ms(t),
+                                            "to": rfc3339_ms(t + span)}),
               camera_ids, stamps, st.integers(1, 3_600_000)),
     st.builds(lambda m: ("test_mode", {"on": True, "minutes": m}), st.integers(1, 240)),
     st.just(("test_mode", {"on": False})),
@@ -771,7 +797,7 @@ valid_commands = st.one_of(
 safe_text = st.text(st.characters(blacklist_categories=("Cc", "Cs")), max_size=256)
 generic_args = st.dictionaries(
     st.from_regex(r"[a-z][a-z0-9_]{0,31}", fullmatch=True),
-    st.none() | st.booleans() | st.integers(-cmds.MAX_INT, cmds.MAX_INT) | safe_text,
+    st.none() | st.booleans() | st.integers(-MAX_INT, MAX_INT) | safe_text,
     max_size=16,
 )
 
@@ -788,7 +814,7 @@ def test_property_verify_sign_round_trips(tmp_path: Path, command: tuple[str, di
     store.close()
     assert (verified.name, verified.args) == (name, args)
     assert round((verified.expires_at - verified.issued_at) * 1000) == ttl * 1000
-    assert verified.params == cmds.STANDARD_COMMANDS[name](args)
+    assert verified.params == STANDARD[name].parse(args)
 
 
 @settings(max_examples=150, deadline=None,
@@ -803,6 +829,6 @@ def test_property_canonical_form_survives_any_valid_args(tmp_path: Path,
         assume(exc.rule != "too_large")
         raise
     store = NonceStore.open(tmp_path / f"{uuid.uuid4()}.db")
-    verifier = make_verifier(store, FakeClock(), commands={"custom": lambda a: dict(a)})
+    verifier = make_verifier(store, FakeClock(), commands=[CommandType("custom", dict)])
     assert verifier.verify(payload).args == args
     store.close()

@@ -5,12 +5,15 @@ from __future__ import annotations
 import json
 import re
 from pathlib import Path
+from typing import Any
 
 import paho.mqtt.client as mqtt
 import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
-from agent.commands import load_private_key, sign_command
+from agent.centre.commander import send_command
+from agent.commands.keys import load_private_key, sign_command
+from agent.commands.wire import CommandRejected
 from agent.testing.broker import Mosquitto
 from tests.conftest import AgentProcess, Centre, Collector, cli, wait_for, write_config
 
@@ -99,3 +102,24 @@ def test_a_box_without_the_centres_key_obeys_nothing(agent_process: AgentProcess
     agent_process.start()
     code, result = _central(broker, keys, "ping", "sim-school")
     assert code == 1 and "no result" in str(result.get("stderr"))
+
+
+def test_walk_test_and_a_handlers_refusal_as_the_centre_sends_them(
+        box: AgentProcess, broker: Mosquitto, keys: Path) -> None:
+    def send(name: str, args: dict[str, object]) -> dict[str, Any]:
+        return send_command(broker.url, "schools", "sim-school", keys / "centre.key", name, args)
+
+    box.start()
+    try:
+        on = send("test_mode", {"on": True, "minutes": 5})
+        assert on["ok"] is True and on["data"]["test_mode_until"], on
+        assert (box.status() or {})["test_mode_until"]
+        off = send("test_mode", {"on": False})
+        assert off["ok"] is True and off["data"]["test_mode_until"] is None, off
+        assert (box.status() or {})["test_mode_until"] is None
+        live = send("live", {"camera_id": "entrance-cam", "seconds": 5})  # no cameras here
+        assert (live["ok"], live["reason"]) == (False, "unknown_camera: no such camera on this box")
+        with pytest.raises(CommandRejected, match="from 1 to 240"):  # refused before signing
+            send("test_mode", {"on": True, "minutes": 241})
+    finally:
+        box.close()

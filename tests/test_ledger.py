@@ -10,6 +10,7 @@ import pytest
 
 from agent.centre.ledger import REPORTS_PER_SITE, Ledger
 from agent.delivery.protocol import Alarm
+from agent.errors import AgentError
 
 
 def _alarm(seq: int, event: str | None = None, site: str = "s1", **kw: object) -> Alarm:
@@ -123,3 +124,17 @@ def test_links_remember_when_the_broker_was_lost_and_regained(tmp_path: Path) ->
     ledger.link_changed("rx", "alarms", False, "receiver stopped", now=300.0, outage=False)
     [link] = ledger.links()
     assert (link.up, link.outages, link.lost_at) == (False, 1, "1970-01-01T00:03:20.000Z")
+
+
+def test_a_corrupt_ledger_is_reported_by_a_reader_and_moved_aside_by_the_receiver(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """``central status`` beside a running receiver must not pull the file from under it; the
+    receiver, its one writer, starts a clean one rather than refusing every school's alarms."""
+    (tmp_path / "centre.db").write_bytes(b"torn" * 2000)
+    with pytest.raises(AgentError, match=r"ledger .* is corrupt"):
+        Ledger.open(tmp_path)
+    assert not list(tmp_path.glob("centre.db.corrupt-*"))
+    ledger = Ledger.open(tmp_path, recover=True)
+    assert _add(ledger, _alarm(1))
+    assert [p.read_bytes() for p in tmp_path.glob("centre.db.corrupt-*")] == [b"torn" * 2000]
+    assert "alarms.jsonl" in caplog.text

@@ -1,4 +1,5 @@
-"""The durable outbox on a real file system: order, seq, durability, corruption, budget."""
+"""The durable outbox on a real file system: order, seq, durability, corruption, and a file
+made by an older agent."""
 
 from __future__ import annotations
 
@@ -11,7 +12,11 @@ from pathlib import Path
 import pytest
 
 from agent.delivery.outbox import BlobRef, Outbox
-from agent.delivery.protocol import Priority
+from agent.delivery.protocol import Priority, Topics
+from agent.delivery.uplink.link import Uplink
+from agent.testing.broker import Mosquitto
+from tests.conftest import Collector, wait_for
+from tests.test_uplink import _mqtt
 
 
 def _alarm(box: Outbox, key: str) -> int:
@@ -151,3 +156,77 @@ def test_disk_refusing_writes_keeps_alarms_in_memory(tmp_path: Path) -> None:
     mem = next(m for m in box.next_batch([], 10, Priority.ALARM) if m.key == "during")
     box.ack(mem.id)
     assert [m.key for m in box.next_batch([], 10, Priority.CLIP)] == ["before"]
+
+
+# The outbox as agents before the size column's removal made it, verbatim: boxes in the field
+# hold files like this across an upgrade.
+OLD_SCHEMA = """
+CREATE TABLE IF NOT EXISTS messages (
+    id        INTEGER PRIMARY KEY AUTOINCREMENT,
+    priority  INTEGER NOT NULL,
+    topic     TEXT    NOT NULL,
+    key       TEXT    NOT NULL UNIQUE,   -- event_id / chunk id: enqueueing twice is a no-op
+    qos       INTEGER NOT NULL,
+    retain    INTEGER NOT NULL,
+    payload   BLOB    NOT NULL,          -- the whole message, or the header of a file chunk
+    blob_path TEXT,                      -- clip chunks: bytes are read from the spool at send time
+    blob_off  INTEGER,
+    blob_len  INTEGER,
+    size      INTEGER NOT NULL,          -- bytes this row stands for, for the disk budget
+    state     INTEGER NOT NULL DEFAULT 0, -- 0 ready, 1 delivered to the broker, awaiting receipt
+    seq       INTEGER                     -- alarms: their seq, the order they are sent in
+);
+CREATE INDEX IF NOT EXISTS messages_order ON messages (priority, id);
+CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value INTEGER NOT NULL);
+INSERT OR IGNORE INTO meta (name, value) VALUES ('seq', 0);
+"""
+
+
+def test_an_outbox_made_by_the_old_schema_opens_and_sends_what_it_holds(
+        tmp_path: Path, broker: Mosquitto) -> None:
+    db, spool = tmp_path / "outbox.db", tmp_path / "seg.ts"
+    spool.write_bytes(b"0123456789")
+    old = sqlite3.connect(db)
+    old.execute("PRAGMA journal_mode=WAL")
+    old.executescript(OLD_SCHEMA)
+    rows = [  # priority, topic, key, payload, blob, size, state, seq
+        (0, "schools/site-a/alarm", "waiting", b'{"seq":1}', None, 9, 0, 1),
+        (0, "schools/site-a/alarm", "unconfirmed", b'{"seq":2}', None, 9, 1, 2),
+        (3, "schools/site-a/clip/cam", "ev/cam/0/0", b"HEAD\n", (2, 5), 10, 0, None),
+    ]
+    for prio, topic, key, payload, blob, size, state, seq in rows:
+        old.execute("INSERT INTO messages (priority, topic, key, qos, retain, payload, blob_path,"
+                    " blob_off, blob_len, size, state, seq) VALUES (?, ?, ?, 1, 0, ?, ?, ?, ?,"
+                    " ?, ?, ?)", (prio, topic, key, payload, str(spool) if blob else None,
+                                  *(blob or (None, None)), size, state, seq))
+    old.execute("UPDATE meta SET value = 2 WHERE name = 'seq'")
+    old.commit()
+    old.close()
+
+    box = Outbox.open(db)
+    assert box.recovered_from is None and not list(tmp_path.glob("*.corrupt-*"))
+    assert box.depth() == {"alarm": 1, "control": 0, "live": 0, "clip": 1, "unconfirmed": 1}
+    [unconfirmed] = box.delivered()
+    assert box.get(unconfirmed).payload == b'{"seq":2}'  # resent until the centre's receipt
+    seq, durable = box.add_alarm("schools/site-a/alarm", "after-upgrade",
+                                 lambda s: f'{{"seq":{s}}}'.encode())
+    assert (seq, durable) == (3, True)  # seq goes on
+
+    col = Collector(broker.port, ["schools/site-a/#"], client_id="old-outbox").start()
+    up = Uplink(_mqtt(broker.port), Topics("schools", "site-a"), box,
+                lambda state, _r: state.encode())
+    up.start()
+    try:
+        wait_for(lambda: len([t for t, _, _ in col.messages if "/status" not in t]) >= 3, 10,
+                 "the old outbox's messages on the broker")
+        sent = [(t, p) for t, p, _ in col.messages if "/status" not in t]
+        assert sent == [("schools/site-a/alarm", b'{"seq":1}'),
+                        ("schools/site-a/alarm", b'{"seq":3}'),
+                        ("schools/site-a/clip/cam", b"HEAD\n23456")]
+    finally:
+        up.stop()
+        col.stop()
+    box.close()
+    conn = sqlite3.connect(db)
+    assert "size" not in {row[1] for row in conn.execute("PRAGMA table_info(messages)")}
+    conn.close()

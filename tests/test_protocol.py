@@ -15,6 +15,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from agent import __version__
+from agent.clock import rfc3339
 from agent.delivery.framing import clip_chunks, live_chunks
 from agent.delivery.protocol import (
     ITEM_ID,
@@ -30,7 +31,6 @@ from agent.delivery.protocol import (
     parse_alarm,
     parse_box_topic,
     parse_status,
-    rfc3339,
 )
 from agent.delivery.schema import WireError
 from agent.logs import UNSAFE_CHARS

@@ -22,7 +22,7 @@ from pathlib import Path
 import pytest
 
 from agent.centre.ledger import Ledger, LinkState
-from agent.delivery.schema import parse_timestamp
+from agent.clock import parse_rfc3339
 from agent.testing.broker import Mosquitto
 from tests.conftest import REPO, AgentProcess, cli, wait_for
 
@@ -43,7 +43,7 @@ def links(store: Path) -> list[LinkState]:
 def subscribed_since(store: Path, after: float) -> float | None:
     """When both links were subscribed again after ``after`` (wall clock), else None."""
     states = links(store)
-    times = [parse_timestamp(s.regained_at) for s in states if s.up]
+    times = [parse_rfc3339(s.regained_at) for s in states if s.up]
     if len(states) != 2 or len(times) != 2 or any(t is None or t < after for t in times):
         return None
     return max(t for t in times if t is not None)
@@ -86,7 +86,7 @@ def test_the_receiver_is_back_within_a_second_of_each_broker_restart(
     try:
         wait_for(lambda: {e for _s, e in ledger.received()} >= set(presses), 30,
                  "every press stored")
-        stored = {e: parse_timestamp(at) or 0.0 for (_s, e), at in ledger.received().items()}
+        stored = {e: parse_rfc3339(at) or 0.0 for (_s, e), at in ledger.received().items()}
     finally:
         ledger.close()
     print(f"broker up -> receiver subscribed: {', '.join(f'{g * 1000:.0f}' for g in gaps)} ms; "

@@ -106,6 +106,26 @@ def test_open_removes_rows_whose_file_is_gone_and_files_without_a_row(
     assert "1 index row(s) whose file was gone and 1 file(s) with no index row" in caplog.text
 
 
+def test_a_corrupt_index_is_moved_aside_and_the_store_starts_clean(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The promise above: a store that cannot open would stop every alarm clip after it."""
+    store = open_store(tmp_path)
+    store.put(segment(1))
+    store.close()
+    for suffix in ("-wal", "-shm"):
+        Path(f"{tmp_path / 'index.sqlite'}{suffix}").unlink(missing_ok=True)
+    (tmp_path / "index.sqlite").write_bytes(b"\x00" * 100 + b"torn" * 1000)
+
+    store = open_store(tmp_path)
+    assert list(tmp_path.glob("index.sqlite.corrupt-*"))
+    assert "segment index" in caplog.text and "is corrupt" in caplog.text
+    assert store.refs() == [] and video_files(tmp_path / "video") == []  # said so, in the log
+    ref = store.put(segment(2), pins=["evt"])
+    assert store.refs() == [ref] and store.pins(ref.path) == {"evt"}
+    store.close()
+
+
 def test_eviction_takes_the_oldest_unpinned_and_never_a_pinned_one(tmp_path: Path) -> None:
     store = open_store(tmp_path, budget=5000)
     refs = [store.put(segment(i), pins=["evt"] if i in (0, 3) else ()) for i in range(12)]

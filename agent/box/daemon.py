@@ -31,19 +31,13 @@ from gpiozero.pins import Factory
 
 from agent import __version__
 from agent.box.control import ControlServer, socket_path
-from agent.box.walktest import MAX_MINUTES, WalkTest
-from agent.commands import (
-    AckArgs,
-    Command,
-    CommandRejected,
-    CommandRouter,
-    CommandVerifier,
-    FetchArgs,
-    LiveArgs,
-    NonceStore,
-    TestModeArgs,
-    load_public_key,
-)
+from agent.box.handlers import BoxCommands
+from agent.box.walktest import WalkTest
+from agent.clock import clock_synced, rfc3339
+from agent.commands.keys import load_public_key
+from agent.commands.nonces import NonceStore
+from agent.commands.router import CommandRouter
+from agent.commands.verify import CommandVerifier
 from agent.config.model import Config
 from agent.delivery.framing import clip_chunks, live_chunks
 from agent.delivery.outbox import Outbox
@@ -54,10 +48,8 @@ from agent.delivery.protocol import (
     Priority,
     Status,
     Topics,
-    clock_synced,
     dumps,
     new_event_id,
-    rfc3339,
 )
 from agent.delivery.uplink.link import Uplink
 from agent.errors import AgentError
@@ -110,18 +102,20 @@ class Daemon:
         storage = Path(self.cfg.storage.path)
         storage.mkdir(parents=True, exist_ok=True, mode=0o750)
         self.walk_test.load()
-        self.outbox = Outbox.open(storage / "outbox.db", int(self.cfg.storage.max_gb * 1e9))
-        self.router = self._command_router(storage)
+        self.outbox = Outbox.open(storage / "outbox.db")
         self.box_key = BoxKey.load_or_create(storage)
         self.video = Video(self.cfg, storage, self._on_clip_segment, self.box_key)
+        factory = self._pin_factory or make_pin_factory(self.cfg.gpio.backend)
+        self.indicators = Indicators(self.cfg.indicators, factory)
+        self.router = self._command_router(storage, BoxCommands(
+            indicators=self.indicators, video=self.video, topics=self.topics,
+            summary=self._summary, set_test_mode=self.set_test_mode))
         self.uplink = Uplink(self.cfg.mqtt, self.topics, self.outbox, self._status_payload,
                              max_video_kbps=self.cfg.uplink.max_kbps,
                              on_message=self._on_message,
                              on_clip_receipt=self.video.release,
                              subscriptions=(self.topics.cmd,) if self.router else ())
-        factory = self._pin_factory or make_pin_factory(self.cfg.gpio.backend)
         self.buttons = ButtonBoard(self.cfg.buttons, factory, self._on_button)
-        self.indicators = Indicators(self.cfg.indicators, factory)
         self.control = ControlServer(socket_path(storage), self._on_control)
         self.indicators.start()
         self.video.start(self.supervisor)
@@ -271,7 +265,7 @@ class Daemon:
 
     # --- commands from the centre (run on the uplink thread) -------------------------------
 
-    def _command_router(self, storage: Path) -> CommandRouter | None:
+    def _command_router(self, storage: Path, handlers: BoxCommands) -> CommandRouter | None:
         """Commands only with the centre's public key; a box that cannot verify obeys nothing."""
         key_file = self.cfg.commands.public_key_file
         if key_file is None:
@@ -283,13 +277,7 @@ class Daemon:
         except AgentError as exc:
             log.error("commands disabled: %s", exc)
             return None
-        return CommandRouter(verifier, {
-            "ping": self._cmd_ping,
-            "ack": self._cmd_ack,
-            "test_mode": self._cmd_test_mode,
-            "live": self._cmd_live,
-            "fetch": self._cmd_fetch,
-        })
+        return CommandRouter(verifier, handlers.specs())
 
     def _on_message(self, topic: str, payload: bytes) -> None:
         if topic != self.topics.cmd or self.router is None:
@@ -302,40 +290,6 @@ class Daemon:
             self.uplink.wake()
         else:
             self.uplink.post_transient(self.topics.cmd_result, reply.payload)
-
-    def _cmd_ping(self, _cmd: Command) -> dict[str, Any]:
-        return {"pong": True, "summary": self._summary()}
-
-    def _cmd_ack(self, cmd: Command) -> dict[str, Any]:
-        assert isinstance(cmd.params, AckArgs) and self.indicators is not None
-        shown = self.indicators.acknowledged(cmd.params.event_id)
-        log.warning("the centre acknowledged alarm %s%s", cmd.params.event_id,
-                    "" if shown else " (not the one on the indicator)")
-        return {"indicator": str(self.indicators.pattern), "shown": shown}
-
-    def _cmd_live(self, cmd: Command) -> dict[str, Any]:
-        assert isinstance(cmd.params, LiveArgs) and self.video is not None
-        feed = self.video.live.get(cmd.params.camera_id)
-        if feed is None:
-            raise CommandRejected("unknown_camera: no such camera on this box", cmd.id)
-        session = f"live-{cmd.id}"
-        feed.watch(session, cmd.params.seconds)
-        return {"session": session, "topic": self.topics.live(cmd.params.camera_id)}
-
-    def _cmd_fetch(self, cmd: Command) -> dict[str, Any]:
-        assert isinstance(cmd.params, FetchArgs) and self.video is not None
-        if cmd.params.camera_id not in self.video.rings:
-            raise CommandRejected("unknown_camera: no such camera on this box", cmd.id)
-        clip_id = f"fetch-{cmd.id}"
-        count = self.video.fetch(cmd.params.camera_id, cmd.params.start, cmd.params.end, clip_id)
-        if not count:
-            raise CommandRejected("no_video: the box no longer holds that window", cmd.id)
-        return {"clip_id": clip_id, "segments": count}
-
-    def _cmd_test_mode(self, cmd: Command) -> dict[str, Any]:
-        assert isinstance(cmd.params, TestModeArgs)
-        self.set_test_mode(cmd.params.minutes if cmd.params.on else None)
-        return {"test_mode_until": self._test_mode_until()}
 
     # --- control and status -----------------------------------------------------------------
 
@@ -361,10 +315,13 @@ class Daemon:
                 minutes = req.get("minutes", 30)
                 if req.get("on") is not True:
                     self.set_test_mode(None)
-                elif isinstance(minutes, int) and 1 <= minutes <= MAX_MINUTES:
-                    self.set_test_mode(minutes)
+                elif not isinstance(minutes, int):
+                    raise AgentError("test mode needs a whole number of minutes")
                 else:
-                    raise AgentError(f"test mode lasts 1 to {MAX_MINUTES} minutes")
+                    try:
+                        self.set_test_mode(minutes)
+                    except ValueError as exc:  # the walk test's own limit
+                        raise AgentError(str(exc)) from exc
                 return {"ok": True, "status": self.status()}
             case other:
                 raise AgentError(f"unknown control command {other!r}")
@@ -379,9 +336,9 @@ class Daemon:
             raise AgentError("hang_s is 0 to 120 seconds")
         self.supervisor.inject(str(req.get("thread")), hang_s=float(hang_s))
 
-    def set_test_mode(self, minutes: int | None) -> None:
+    def set_test_mode(self, minutes: int | None) -> str | None:
         """A walk test for ``minutes`` (None: off): alarms carry ``test: true`` meanwhile; it
-        switches itself off (agent/walktest.py)."""
+        switches itself off (agent/box/walktest.py). Returns when it ends, or None."""
         if minutes is None:
             self.walk_test.stop()
         else:
@@ -390,6 +347,7 @@ class Daemon:
         log.warning("test mode %s", f"ON until {until}" if until else "OFF")
         if self.uplink is not None:
             self.uplink.post_latest(self.topics.status, self._status_payload("online", ""))
+        return until
 
     def health_payload(self) -> bytes:
         heads = self.video.chain_heads() if self.video else {}

@@ -17,9 +17,9 @@ from pathlib import Path
 from typing import Any
 
 from agent.box import control
+from agent.clock import clock_synced
 from agent.config import redact_url
 from agent.config.model import ButtonConfig, CameraConfig, Config
-from agent.delivery.protocol import clock_synced
 from agent.errors import AgentError
 
 

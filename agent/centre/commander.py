@@ -3,7 +3,7 @@
 The centre's Ed25519 key signs commands for every school, so it lives with the operator who
 commands, not with the receiver: the receiver parses what 7,600 boxes send, and a flaw there must
 not hand out the key. By default it is ``~/.config/edge-agent/centre.key`` of the commanding user
-(directory 0700, key 0600, refused by agent/commands.py if others can read it), never in the
+(directory 0700, key 0600, refused by agent/commands/keys.py if others can read it), never in the
 receiver's store; the receiver refuses to start while a ``centre.key`` lies in its store.
 """
 
@@ -19,7 +19,7 @@ import paho.mqtt.client as mqtt
 
 from agent.centre.ledger import Ledger
 from agent.centre.link import Endpoint
-from agent.commands import load_private_key, sign_command
+from agent.commands.keys import load_private_key, sign_command
 from agent.delivery.protocol import Topics
 from agent.errors import AgentError
 

@@ -1,9 +1,11 @@
 """The centre's ledger: every alarm once, each site's state, gaps in its seq, clips, reports.
 
-SQLite (WAL, synchronous=FULL) in the receiver's store directory, shared by the receiver and the
-``edge-agent central`` commands. The ledger is how the centre knows it has missed something: a
-box numbers its alarms 1, 2, 3 … across restarts, so a jump in ``seq`` is an alarm that has not
-arrived (yet: a resend may fill it, and then the gap closes).
+SQLite (WAL, synchronous=FULL, opened by agent/db.py) in the receiver's store directory, shared
+by the receiver and the ``edge-agent central`` commands. The ledger is how the centre knows it
+has missed something: a box numbers its alarms 1, 2, 3 … across restarts, so a jump in ``seq``
+is an alarm that has not arrived (yet: a resend may fill it, and then the gap closes). A
+corrupt ledger is moved aside by the receiver when it starts (every alarm is also in
+``alarms.jsonl``); the commands beside it only report it.
 
 What a hostile box must not be able to do to it (docs/security.md):
 
@@ -34,7 +36,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from agent.delivery.protocol import Alarm, rfc3339
+from agent.clock import rfc3339
+from agent.db import Sync, open_db, relaxed
+from agent.delivery.protocol import Alarm
 from agent.errors import AgentError
 
 log = logging.getLogger("agent.ledger")
@@ -169,14 +173,14 @@ class Ledger:
         self._lock = threading.Lock()
 
     @classmethod
-    def open(cls, directory: Path) -> Ledger:
-        directory.mkdir(parents=True, exist_ok=True)
-        conn = sqlite3.connect(directory / "centre.db", check_same_thread=False, timeout=5)
-        conn.execute("PRAGMA journal_mode=WAL")
-        conn.execute("PRAGMA synchronous=FULL")
-        if conn.execute("PRAGMA user_version").fetchone()[0] != VERSION:
-            _create(conn)  # else open read-only: `central status` never blocks the receiver
-        return cls(conn)
+    def open(cls, directory: Path, *, recover: bool = False) -> Ledger:
+        """The ledger in ``directory``. Only the receiver, its one writer, passes ``recover``
+        to move a corrupt file aside; a command beside it must not pull the file from under
+        it, so it fails with the reason instead."""
+        opened = open_db(directory / "centre.db", _setup, what="ledger", sync=Sync.FULL,
+                         quarantine=recover, lost="the seq gaps, clip records and reports "
+                         "before now are forgotten; every alarm is still in alarms.jsonl")
+        return cls(opened.conn)
 
     def close(self) -> None:
         with self._lock:
@@ -188,13 +192,8 @@ class Ledger:
         shown or soon sent again (site states, reports, the links), so a box that floods valid
         statuses costs the alarm thread no disk flush. The next alarm's commit makes it durable.
         """
-        with self._lock:
-            self._conn.execute("PRAGMA synchronous=NORMAL")
-            try:
-                with self._conn:
-                    yield self._conn
-            finally:
-                self._conn.execute("PRAGMA synchronous=FULL")
+        with self._lock, relaxed(self._conn), self._conn:
+            yield self._conn
 
     # --- alarms ---------------------------------------------------------------------------
 
@@ -378,6 +377,11 @@ class Ledger:
                           str(r[7])) for r in rows]
 
 
+def _setup(conn: sqlite3.Connection) -> None:
+    if conn.execute("PRAGMA user_version").fetchone()[0] != VERSION:
+        _create(conn)  # else read only: `central status` never blocks the receiver
+
+
 def _create(conn: sqlite3.Connection) -> None:
     """Make the tables, or migrate a version 1 file, once, even if two processes open it."""
     conn.execute("BEGIN IMMEDIATE")
@@ -394,7 +398,6 @@ def _create(conn: sqlite3.Connection) -> None:
         conn.commit()
     except BaseException:
         conn.rollback()
-        conn.close()
         raise
 
 

@@ -41,12 +41,12 @@ class LedgerStore(Protocol):
     def links(self) -> list[LinkState]: ...
 
 
-def open_ledger(store: Path, url: str | None = None) -> LedgerStore:
+def open_ledger(store: Path, url: str | None = None, *, recover: bool = False) -> LedgerStore:
     """The store's SQLite ledger, or the PostgreSQL one at ``url``; the store (alarms.jsonl,
     clips) is made either way."""
     store.mkdir(parents=True, exist_ok=True)
     if url is None:
-        return Ledger.open(store)
+        return Ledger.open(store, recover=recover)
     if not url.startswith(("postgresql://", "postgres://")):
         raise AgentError(f"--ledger must be a postgresql:// URL, not {url.split(':')[0]}:…")
     try:

@@ -41,7 +41,8 @@ from agent.centre.ledger import (
     Report,
     Stored,
 )
-from agent.delivery.protocol import Alarm, rfc3339
+from agent.clock import rfc3339
+from agent.delivery.protocol import Alarm
 from agent.errors import AgentError
 
 CHANNEL = "edge_alarm"

@@ -32,6 +32,7 @@ from agent.box.walktest import MAX_MINUTES
 from agent.centre.intake import Budget, FairQueue, Limits, Reporter
 from agent.centre.ledger import Stored
 from agent.centre.ledgers import LedgerStore
+from agent.clock import parse_rfc3339, rfc3339
 from agent.delivery.protocol import (
     Alarm,
     BoxTopic,
@@ -40,9 +41,7 @@ from agent.delivery.protocol import (
     Topics,
     parse_alarm,
     parse_status,
-    rfc3339,
 )
-from agent.delivery.schema import parse_timestamp
 from agent.errors import ProtocolError
 
 log = logging.getLogger("agent.centre")
@@ -233,8 +232,8 @@ class AlarmDesk:
     def _test_announced(self, alarm: Alarm) -> bool:
         """A box may flag an alarm as a walk test only inside the test window its retained
         status announced (``test_mode_until``, the box's clock like ``pressed_at``)."""
-        until = parse_timestamp(self._ledger.test_until(alarm.site_id))
-        pressed = parse_timestamp(alarm.pressed_at)
+        until = parse_rfc3339(self._ledger.test_until(alarm.site_id))
+        pressed = parse_rfc3339(alarm.pressed_at)
         return until is not None and pressed is not None and pressed <= until
 
     def _status(self, site: str, status: Status, payload: bytes) -> None:
@@ -243,16 +242,16 @@ class AlarmDesk:
         test alarms the box queued during the window still count as tests."""
         until = self._ledger.test_until(site)
         if status.state == "online":
-            at = parse_timestamp(status.at)
+            at = parse_rfc3339(status.at)
             assert at is not None  # checked by the schema
             if status.test_mode_until is not None:
                 until = status.test_mode_until
-                if (parse_timestamp(until) or 0.0) > at + MAX_TEST_MODE_S:
+                if (parse_rfc3339(until) or 0.0) > at + MAX_TEST_MODE_S:
                     until = rfc3339(at + MAX_TEST_MODE_S)
                     self._reporter.report(site, "test_too_long", "announced a walk test longer "
                                           f"than {MAX_TEST_MODE_S // 60} minutes; cut to "
                                           f"{until}")
-            elif until is not None and (parse_timestamp(until) or 0.0) > at:
+            elif until is not None and (parse_rfc3339(until) or 0.0) > at:
                 until = status.at
         testing = status.state == "online" and status.test_mode_until is not None
         if self._ledger.site_status(site, status.state, payload.decode(), until) or testing:

@@ -87,8 +87,8 @@ class Receiver:
         """A receiver on the store's ledger (or PostgreSQL's at ``ledger_url``), unless the
         centre's signing key lies in the store."""
         refuse_key_in_store(store)
-        return cls(endpoint, topic_prefix, store, client_id, open_ledger(store, ledger_url),
-                   on_alarm, limits, group_max)
+        ledger = open_ledger(store, ledger_url, recover=True)
+        return cls(endpoint, topic_prefix, store, client_id, ledger, on_alarm, limits, group_max)
 
     @property
     def subscribed(self) -> bool:

@@ -8,8 +8,9 @@ from __future__ import annotations
 
 from dataclasses import asdict
 
+from agent.clock import rfc3339
 from agent.delivery.outbox import BlobRef
-from agent.delivery.protocol import ChunkHeader, Priority, Topics, dumps, rfc3339
+from agent.delivery.protocol import ChunkHeader, Priority, Topics, dumps
 from agent.video.clips import ClipSegment
 from agent.video.segmenter import Segment
 

@@ -9,12 +9,15 @@ leave it in a wrong state:
 
 Alarms take one more step, because a PUBACK proves only that the broker has them:
 
-    IN_FLIGHT  --PUBACK-->  DELIVERED (state=1: resent at intervals while a centre listens)
+    IN_FLIGHT  --PUBACK-->  DELIVERED (a row in RowState.DELIVERED: resent at intervals while
+                                        a centre listens)
     DELIVERED  --the centre's receipt-->  DONE (row deleted)
 
-SQLite choices, each deliberate:
+SQLite choices, each deliberate (the file is opened by agent/db.py, like every other):
 - WAL with ``synchronous=FULL``: a committed alarm survives power loss (NORMAL may drop the
   last commits). One alarm costs one WAL fsync; the bench shows it fits the 10 ms budget.
+- A corrupt file is moved aside and a clean one started: losing what it held is bad, but an
+  agent that cannot start loses every future alarm. The seq goes on from the broken file's.
 - One connection shared by the button thread (writes alarms) and the uplink thread (reads,
   deletes), serialised by ``_lock``; sqlite3 objects are not safe to use concurrently.
 - ``seq`` is allocated in the same transaction as the alarm row, so the persisted counter and
@@ -29,9 +32,9 @@ SQLite choices, each deliberate:
 from __future__ import annotations
 
 import contextlib
+import enum
 import itertools
 import logging
-import os
 import sqlite3
 import threading
 from collections.abc import Callable, Iterable
@@ -39,7 +42,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
-from agent.db import move_aside
+from agent.db import Sync, open_db, relaxed
 from agent.delivery.protocol import Priority
 from agent.errors import OutboxError
 
@@ -59,14 +62,21 @@ CREATE TABLE IF NOT EXISTS messages (
     blob_path TEXT,                      -- clip chunks: bytes are read from the spool at send time
     blob_off  INTEGER,
     blob_len  INTEGER,
-    size      INTEGER NOT NULL,          -- bytes this row stands for, for the disk budget
-    state     INTEGER NOT NULL DEFAULT 0, -- 0 ready, 1 delivered to the broker, awaiting receipt
+    state     INTEGER NOT NULL DEFAULT 0, -- a RowState
     seq       INTEGER                     -- alarms: their seq, the order they are sent in
 );
 CREATE INDEX IF NOT EXISTS messages_order ON messages (priority, id);
 CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value INTEGER NOT NULL);
 INSERT OR IGNORE INTO meta (name, value) VALUES ('seq', 0);
 """
+
+
+class RowState(enum.IntEnum):
+    """What a stored row waits for. IN_FLIGHT is not here: it is a mark in the uplink's
+    memory, so a crash can never leave a row in it."""
+
+    READY = 0  # to be sent
+    DELIVERED = 1  # an alarm the broker has acknowledged, kept until the centre's receipt
 
 
 @dataclass(frozen=True, slots=True)
@@ -95,17 +105,16 @@ class _Held:
     """An alarm the disk refused, kept in memory through the same states as a row."""
 
     msg: Message
-    delivered: bool = False
+    state: RowState = RowState.READY
 
 
 class Outbox:
     """Open with :meth:`open`; the constructor does no I/O so tests can pass a connection in."""
 
-    def __init__(self, conn: sqlite3.Connection, path: Path, budget_bytes: int,
-                 last_seq: int = 0, recovered_from: Path | None = None) -> None:
+    def __init__(self, conn: sqlite3.Connection, path: Path, last_seq: int = 0,
+                 recovered_from: Path | None = None) -> None:
         self._conn = conn
         self.path = path
-        self.budget_bytes = budget_bytes
         # Guards _conn, _memory and _last_seq. Held for one short transaction at a time and
         # never while calling out of this class.
         self._lock = threading.Lock()
@@ -120,37 +129,16 @@ class Outbox:
     # --- opening ----------------------------------------------------------------------------
 
     @classmethod
-    def open(cls, path: Path, budget_bytes: int = 1 << 30) -> Outbox:
-        """Open or create the outbox; a corrupt file is moved aside and a clean one started.
-
-        Losing a corrupt outbox is bad, but an agent that cannot start loses every future alarm,
-        which is worse; the moved file is kept for forensics and the event is logged loudly.
-        """
-        path.parent.mkdir(parents=True, exist_ok=True)
-        aside: Path | None = None
-        try:
-            if path.exists() and path.stat().st_size == 0:  # sqlite would take it as new
-                raise sqlite3.DatabaseError("the file is empty (truncated)")
-            conn = _connect(path)
-        except sqlite3.DatabaseError as exc:
-            aside = move_aside(path)
-            log.error(
-                "outbox %s is corrupt (%s); moved it to %s and started a clean one: alarms "
-                "queued in it may be lost", path, exc, aside,
-            )
-            try:
-                conn = _connect(path)
-            except sqlite3.Error as exc2:
-                raise OutboxError(f"cannot create outbox {path}: {exc2}") from exc2
-        except (sqlite3.Error, OSError) as exc:
-            raise OutboxError(
-                f"cannot open outbox {path}: {exc}; check that the storage directory is writable"
-            ) from exc
+    def open(cls, path: Path) -> Outbox:
+        """Open or create the outbox; a corrupt one is moved aside (``recovered_from``)."""
+        opened = open_db(path, _setup, what="outbox", sync=Sync.FULL, private=True,
+                         lost="alarms queued in it may not have been sent", error=OutboxError)
+        conn, aside = opened.conn, opened.quarantined
         last = max(_read_seq(conn), _read_seq_of(aside) if aside else 0)
         if aside is not None:  # seq goes on from the broken file's, so the centre sees a gap
             with conn:
                 conn.execute("UPDATE meta SET value = ? WHERE name = 'seq'", (last,))
-        return cls(conn, path, budget_bytes, last, aside)
+        return cls(conn, path, last, aside)
 
     def close(self) -> None:
         with self._lock:
@@ -267,14 +255,16 @@ class Outbox:
         marks = ",".join("?" * len(skip))
         sql = (
             "SELECT id, priority, topic, key, qos, retain, payload, blob_path, blob_off, blob_len, "
-            "seq FROM messages WHERE state = 0 AND priority <= ? "
+            "seq FROM messages WHERE state = ? AND priority <= ? "
             f"{f'AND id NOT IN ({marks})' if skip else ''} "
             "ORDER BY priority, seq, id LIMIT ?"
         )
         with self._lock:
-            memory = [h.msg for h in self._memory if not h.delivered and h.msg.id not in skip]
+            memory = [h.msg for h in self._memory
+                      if h.state is RowState.READY and h.msg.id not in skip]
             try:
-                rows = self._conn.execute(sql, (int(max_priority), *skip, limit)).fetchall()
+                rows = self._conn.execute(
+                    sql, (RowState.READY, int(max_priority), *skip, limit)).fetchall()
             except sqlite3.Error as exc:
                 log.error("cannot read the outbox (%s); sending what memory holds", exc)
                 rows = []
@@ -298,7 +288,7 @@ class Outbox:
         counts = {p.name.lower(): 0 for p in Priority} | {"unconfirmed": 0}
         with self._lock:
             for held in self._memory:
-                counts["unconfirmed" if held.delivered else "alarm"] += 1
+                counts["alarm" if held.state is RowState.READY else "unconfirmed"] += 1
             try:
                 rows = self._conn.execute(
                     "SELECT priority, state, COUNT(*) FROM messages GROUP BY priority, state"
@@ -307,7 +297,8 @@ class Outbox:
                 self.disk_error = f"cannot read the outbox: {exc}"
                 return counts
         for prio, state, n in rows:
-            counts["unconfirmed" if state else Priority(prio).name.lower()] += int(n)
+            ready = RowState(state) is RowState.READY
+            counts[Priority(prio).name.lower() if ready else "unconfirmed"] += int(n)
         return counts
 
     # --- end-to-end confirmation ------------------------------------------------------------
@@ -317,16 +308,19 @@ class Outbox:
         if message_id < 0:  # held in memory: it waits for the receipt there
             with self._lock:
                 for held in self._memory:
-                    held.delivered = held.delivered or held.msg.id == message_id
+                    if held.msg.id == message_id:
+                        held.state = RowState.DELIVERED
             return
         self._write(lambda conn: conn.execute(
-            "UPDATE messages SET state = 1 WHERE id = ?", (message_id,)), durable=False)
+            "UPDATE messages SET state = ? WHERE id = ?", (RowState.DELIVERED, message_id)),
+            durable=False)
 
     def delivered(self) -> list[int]:
         """Alarms awaiting a receipt, oldest first (after a restart, to resend them)."""
         with self._lock:
-            held = [h.msg.id for h in self._memory if h.delivered]
-            rows = self._read("SELECT id FROM messages WHERE state = 1 ORDER BY seq, id")
+            held = [h.msg.id for h in self._memory if h.state is RowState.DELIVERED]
+            rows = self._read("SELECT id FROM messages WHERE state = ? ORDER BY seq, id",
+                              RowState.DELIVERED)
         return [int(r[0]) for r in rows] + held
 
     def get(self, message_id: int) -> Message | None:
@@ -386,9 +380,8 @@ class Outbox:
         ``committed`` runs after the commit, still under the lock."""
         with self._lock:
             try:
-                if not durable:
-                    self._conn.execute("PRAGMA synchronous=NORMAL")
-                with self._conn:  # BEGIN … COMMIT (and the WAL fsync), or ROLLBACK
+                level = contextlib.nullcontext() if durable else relaxed(self._conn)
+                with level, self._conn:  # BEGIN … COMMIT (and the WAL fsync), or ROLLBACK
                     result = tx(self._conn)
                 if committed is not None:
                     committed(result)
@@ -397,27 +390,14 @@ class Outbox:
                 raise OutboxError(
                     f"outbox write failed ({exc}): the disk at {self.path.parent} may be full, "
                     "read-only or failing") from exc
-            finally:
-                if not durable:
-                    with contextlib.suppress(sqlite3.Error):
-                        self._conn.execute("PRAGMA synchronous=FULL")
 
 
-def _connect(path: Path) -> sqlite3.Connection:
-    conn = sqlite3.connect(path, check_same_thread=False, isolation_level=None, timeout=5.0)
-    try:
-        conn.isolation_level = "DEFERRED"
-        conn.execute("PRAGMA journal_mode=WAL")
-        conn.execute("PRAGMA synchronous=FULL")
-        (check,) = conn.execute("PRAGMA quick_check").fetchone()
-        if check != "ok":
-            raise sqlite3.DatabaseError(f"quick_check: {check}")
-        conn.executescript(_SCHEMA)
-    except sqlite3.Error:
-        conn.close()
-        raise
-    os.chmod(path, 0o600)
-    return conn
+def _setup(conn: sqlite3.Connection) -> None:
+    conn.executescript(_SCHEMA)
+    columns = {row[1] for row in conn.execute("PRAGMA table_info(messages)")}
+    if "size" in columns:  # made by an older agent; the column was written, never read
+        conn.execute("ALTER TABLE messages DROP COLUMN size")
+        log.info("outbox: dropped the unused size column of an older outbox; its messages stay")
 
 
 def _insert(
@@ -431,17 +411,16 @@ def _insert(
     blob: BlobRef | None = None,
     seq: int | None = None,
 ) -> bool:
-    size = len(payload) + (blob.length if blob else 0)
     cur = conn.execute(
         "INSERT OR IGNORE INTO messages "
-        "(priority, topic, key, qos, retain, payload, blob_path, blob_off, blob_len, size, seq) "
-        "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        "(priority, topic, key, qos, retain, payload, blob_path, blob_off, blob_len, seq) "
+        "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
         (
             int(priority), topic, key, qos, int(retain), payload,
             str(blob.path) if blob else None,
             blob.offset if blob else None,
             blob.length if blob else None,
-            size, seq,
+            seq,
         ),
     )
     return cur.rowcount == 1

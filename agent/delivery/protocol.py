@@ -7,17 +7,14 @@ raw bytes, so it needs no base64 (a third more bytes on a 1 Mbit/s uplink) and n
 
 from __future__ import annotations
 
-import ctypes
-import ctypes.util
 import enum
-import functools
 import json
 import re
 import uuid
 from dataclasses import asdict, dataclass
-from datetime import UTC, datetime
 from typing import Any
 
+from agent.clock import rfc3339
 from agent.delivery.schema import (
     Bool,
     Int,
@@ -159,11 +156,6 @@ def parse_box_topic(prefix: str, topic: str) -> BoxTopic:
 def centre_presence_topic(prefix: str, receiver_id: str) -> str:
     """One topic per receiver, so one of several stopping does not hide the others."""
     return f"{prefix}/_centre/presence/{receiver_id}"
-
-
-def rfc3339(ts: float) -> str:
-    """UTC with milliseconds and a Z, the one timestamp format on the wire."""
-    return datetime.fromtimestamp(ts, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 def new_event_id() -> str:
@@ -356,30 +348,3 @@ def decode_chunk(payload: bytes, live: bool = False) -> tuple[ChunkHeader, bytes
     if not 1 <= len(data) <= min(MAX_CHUNK_DATA, header.size):
         raise WireError("bad_chunk", f"a chunk carries 1 to {MAX_CHUNK_DATA} bytes, at most size")
     return header, data
-
-
-# --- the clock ----------------------------------------------------------------------------------
-
-_TIME_ERROR = 5  # adjtimex(2): the clock is not synchronised
-
-
-def clock_synced() -> bool:
-    """True once the kernel says NTP (any daemon) has synchronised the clock.
-
-    A Pi has no RTC: until then the wall clock may be days off, and the centre must know not to
-    trust ``pressed_at``. adjtimex() with modes=0 only reads, so it needs no privilege.
-    """
-    libc = _libc()
-    if libc is None:
-        return False
-    buf = ctypes.create_string_buffer(1024)  # larger than struct timex on every ABI; modes=0
-    return libc.adjtimex(buf) not in (-1, _TIME_ERROR)
-
-
-@functools.cache
-def _libc() -> ctypes.CDLL | None:
-    name = ctypes.util.find_library("c")
-    try:
-        return ctypes.CDLL(name, use_errno=True) if name else None
-    except OSError:
-        return None

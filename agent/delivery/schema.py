@@ -25,15 +25,11 @@ import json
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from typing import Protocol
 
+from agent.clock import parse_rfc3339
 from agent.errors import ProtocolError
 from agent.logs import UNSAFE_CHARS
-
-# [0-9], never \d: \d also matches other scripts' digits, which int() then accepts.
-_TIMESTAMP = re.compile(r"([0-9]{4})-([0-9]{2})-([0-9]{2})T([0-9]{2}):([0-9]{2}):([0-9]{2})"
-                        r"\.([0-9]{3})Z")
 
 
 class WireError(ProtocolError):
@@ -42,22 +38,6 @@ class WireError(ProtocolError):
     def __init__(self, rule: str, detail: str = "") -> None:
         self.rule = rule
         super().__init__(f"{rule}: {detail}" if detail else rule)
-
-
-def parse_timestamp(value: object) -> float | None:
-    """Seconds since the epoch from the one time format on the wire
-    (``2026-11-25T08:00:00.000Z``), or None."""
-    if not isinstance(value, str):
-        return None
-    match = _TIMESTAMP.fullmatch(value)
-    if match is None:
-        return None
-    year, month, day, hour, minute, second, milli = (int(part) for part in match.groups())
-    try:
-        moment = datetime(year, month, day, hour, minute, second, tzinfo=UTC)
-    except ValueError:  # month 13, 31 February, second 60
-        return None
-    return moment.timestamp() + milli / 1000
 
 
 class _DuplicateKey(ValueError):
@@ -161,7 +141,7 @@ class Timestamp:
     rule: str = "RFC 3339 UTC with milliseconds such as 2026-11-25T08:00:00.000Z"
 
     def valid(self, value: object) -> bool:
-        return parse_timestamp(value) is not None
+        return parse_rfc3339(value) is not None
 
 
 @dataclass(frozen=True, slots=True)

@@ -16,8 +16,8 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
+from agent.clock import rfc3339
 from agent.config.model import Config, RecordingMode
-from agent.delivery.protocol import rfc3339
 from agent.supervision import Supervisor
 from agent.video.camera import Camera
 from agent.video.chain import BoxKey, clip_statement, head_statement

@@ -9,7 +9,10 @@ Choices, each deliberate:
   directory fsynced, before its index row is committed: a crash never leaves a half file under a
   final name, and a row always points to a whole file. Leftovers (temp files, files without a
   row, rows without a file) are cleaned up by ``open`` and logged.
-- SQLite in WAL with ``synchronous=FULL``: a pin committed for an alarm survives power loss.
+- SQLite in WAL with ``synchronous=FULL`` (opened by agent/db.py): a pin committed for an
+  alarm survives power loss. A corrupt index is moved aside and a clean one started; the files
+  it indexed then have no row, so ``open`` removes them (and says so): a store that cannot
+  start would stop every alarm clip after it.
 - "Oldest" is the insertion order (AUTOINCREMENT id), not the wall clock, which jumps on a Pi at
   NTP sync; only retention (recording) has to use wall-clock time.
 - A pinned segment is never evicted, even over budget: alarm video matters more than the budget.
@@ -34,6 +37,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
+from agent.db import Sync, open_db
 from agent.errors import AgentError
 from agent.video.segmenter import Segment
 
@@ -42,6 +46,7 @@ log = logging.getLogger("agent.store")
 Kind = Literal["spool", "recording"]
 
 _SCHEMA = """
+PRAGMA foreign_keys=ON;
 CREATE TABLE IF NOT EXISTS segments (
     id      INTEGER PRIMARY KEY AUTOINCREMENT,  -- insertion order = eviction order
     camera  TEXT    NOT NULL,
@@ -112,13 +117,11 @@ class SegmentStore:
     def open(self) -> SegmentStore:
         try:
             self.dir.mkdir(parents=True, exist_ok=True)
-            conn = sqlite3.connect(self.db_path, check_same_thread=False)
-            conn.execute("PRAGMA journal_mode=WAL")
-            conn.execute("PRAGMA synchronous=FULL")
-            conn.execute("PRAGMA foreign_keys=ON")
-            conn.executescript(_SCHEMA)
-        except (OSError, sqlite3.Error) as exc:
+        except OSError as exc:
             raise _translate(exc, f"open the segment store in {self.dir}") from exc
+        conn = open_db(self.db_path, _setup, what="segment index", sync=Sync.FULL,
+                       lost=f"the video files in {self.dir} it indexed are removed",
+                       error=StoreError).conn
         with self._lock:
             self._conn = conn
             self._recover()
@@ -420,6 +423,10 @@ class Recorder:
         if self._failing:
             log.info("camera %s: recording resumed", segment.camera_id)
         self._failing = False
+
+
+def _setup(conn: sqlite3.Connection) -> None:
+    conn.executescript(_SCHEMA)
 
 
 def _file_name(segment: Segment) -> str:

@@ -34,7 +34,8 @@ from hypothesis import strategies as st
 from agent.centre.intake import Limits
 from agent.centre.link import Endpoint
 from agent.centre.service import Receiver
-from agent.delivery.protocol import ITEM_ID, MAX_LABEL_CHARS, SITE_ID, Alarm, Status, rfc3339
+from agent.clock import rfc3339
+from agent.delivery.protocol import ITEM_ID, MAX_LABEL_CHARS, SITE_ID, Alarm, Status
 from agent.video.chain import BoxKey
 from tests.adversarial.conftest import figure
 from tests.boxmsgs import signed_chunks

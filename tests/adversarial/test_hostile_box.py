@@ -21,7 +21,8 @@ from typing import Any
 
 import pytest
 
-from agent.delivery.protocol import Status, rfc3339
+from agent.clock import rfc3339
+from agent.delivery.protocol import Status
 from agent.logs import UNSAFE_CHARS
 from agent.video.chain import BoxKey
 from tests.adversarial.conftest import (
@@ -192,8 +193,11 @@ def test_forged_log_lines_stay_inside_their_line(centre: CentreProcess, boxes: B
                                        "0.1.0").to_json())
             hostile.flood(hostile.topic("status"), [
                 json.dumps(status | {"reason": f}).encode() for f in forged])
-            hostile.flood(f"schools/{HOSTILE}/clip/\x1b[2J", [b"{}\nx"])
             hostile.flood(hostile.topic("pubkey"), [b"-----BEGIN\x00<2>ALARM\n"])
+        # Last, as it ends the attack: Mosquitto closes a box that puts a control character in
+        # a topic (MQTT 5 section 1.5.4), so none reaches the receiver.
+        hostile.client.publish(f"schools/{HOSTILE}/clip/\x1b[2J", b"{}\nx", qos=1)
+        wait_for(hostile.gone.is_set, 10, "the broker to close a box with ESC in a topic")
     probe.check("10.5 control characters in every field", centre)
     assert centre.alarms(HOSTILE) == [] and centre.reports(HOSTILE, "refused")
     assert_clean(centre)

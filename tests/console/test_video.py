@@ -14,7 +14,8 @@ import paho.mqtt.client as mqtt
 import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
-from agent.delivery.protocol import Alarm, rfc3339
+from agent.clock import rfc3339
+from agent.delivery.protocol import Alarm
 from agent.video.chain import BoxKey
 from tests.boxmsgs import signed_chunks
 from tests.console.conftest import Centre4Console, log_in, screenshot

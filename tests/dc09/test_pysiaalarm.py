@@ -15,7 +15,7 @@ from datetime import UTC, datetime
 
 import pytest
 
-pytest.importorskip("pysiaalarm", reason="pip install -e '.[test]' (pysiaalarm, the receiver)")
+pytest.importorskip("pysiaalarm", reason="pip install -e '.[dc09]' (pysiaalarm, the receiver)")
 
 from pysiaalarm import SIAAccount, SIAEvent
 

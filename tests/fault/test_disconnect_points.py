@@ -36,7 +36,7 @@ from gpiozero.pins.mock import MockFactory
 from agent.box.daemon import CORE_THREADS, HEARTBEAT_STALE_S, Daemon
 from agent.centre.commander import send_command
 from agent.centre.ledger import Ledger
-from agent.commands import generate_keypair
+from agent.commands.keys import generate_keypair
 from agent.config import load_config
 from agent.config.model import Config
 from agent.delivery.framing import CHUNK_BYTES

@@ -363,13 +363,12 @@ def test_seq_continues_after_a_corrupt_outbox(tmp_path: Path, broker: Mosquitto)
 
 
 @pytest.mark.slow
-def test_soak_random_corruptions(tmp_path: Path, broker: Mosquitto) -> None:
+def test_soak_random_corruptions(tmp_path: Path, broker: Mosquitto, seed: int) -> None:
     """Seeded random damage (garbage at a random offset, or a random truncation), restart,
     press: the agent must come up every time and every new alarm must arrive. Damage that
     SQLite's quick_check cannot see (free pages) is allowed to go unnoticed."""
     name = "soak_corrupt"
-    seed = fault_seed(name)
-    rng = random.Random(seed)
+    rng = random.Random(fault_seed(name, seed))
     storage = tmp_path / "state"
     agent, centre, presser, tally = _start(tmp_path, broker, storage, name)
     moved = 0

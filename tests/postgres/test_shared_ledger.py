@@ -18,7 +18,8 @@ import psycopg
 from paho.mqtt.enums import CallbackAPIVersion
 
 from agent.centre.pgledger import PgLedger
-from agent.delivery.protocol import Alarm, rfc3339
+from agent.clock import rfc3339
+from agent.delivery.protocol import Alarm
 from agent.testing.broker import Mosquitto
 from tests.conftest import REPO, wait_for
 

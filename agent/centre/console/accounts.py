@@ -25,7 +25,7 @@ from agent.centre.console.passwords import (
     hash_password,
     needs_rehash,
 )
-from agent.delivery.protocol import rfc3339
+from agent.clock import rfc3339
 from agent.errors import AgentError
 
 ROLES = ("operator", "supervisor")

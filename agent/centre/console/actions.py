@@ -20,7 +20,8 @@ from agent.centre.console.boxes import Boxes
 from agent.centre.console.database import Database
 from agent.centre.console.hub import Hub
 from agent.centre.console.records import LedgerReader, alarm_view
-from agent.delivery.protocol import SITE_ID, UUID, rfc3339
+from agent.clock import rfc3339
+from agent.delivery.protocol import SITE_ID, UUID
 from agent.errors import AgentError
 from agent.logs import UNSAFE_CHARS
 

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from agent.centre.console.database import Database
-from agent.delivery.protocol import rfc3339
+from agent.clock import rfc3339
 
 GENESIS = "0" * 64
 

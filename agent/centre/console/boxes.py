@@ -23,9 +23,10 @@ from typing import Any
 from agent.centre.console import audit
 from agent.centre.console.database import Database
 from agent.centre.link import Endpoint, Link
-from agent.commands import load_private_key, sign_command
-from agent.delivery.protocol import SITE_ID, UUID, Topics, rfc3339
-from agent.delivery.schema import WireError, load_object, parse_timestamp
+from agent.clock import parse_rfc3339, rfc3339
+from agent.commands.keys import load_private_key, sign_command
+from agent.delivery.protocol import SITE_ID, UUID, Topics
+from agent.delivery.schema import WireError, load_object
 from agent.logs import escape
 
 log = logging.getLogger("agent.console")
@@ -147,7 +148,7 @@ def parse_health(doc: dict[str, object]) -> dict[str, Any]:
     outbox = doc.get("outbox")
     at = doc.get("at")
     return {
-        "at": at if parse_timestamp(at) is not None else None,
+        "at": at if parse_rfc3339(at) is not None else None,
         "version": text(doc.get("version")),
         "uptime_s": number(doc.get("uptime_s")),
         "clock_synced": doc.get("clock_synced") is True,
@@ -159,5 +160,5 @@ def parse_health(doc: dict[str, object]) -> dict[str, Any]:
         "buttons": states(doc.get("buttons")),
         "indicator": text(doc.get("indicator")),
         "test_mode_until": doc.get("test_mode_until")
-        if parse_timestamp(doc.get("test_mode_until")) is not None else None,
+        if parse_rfc3339(doc.get("test_mode_until")) is not None else None,
     }

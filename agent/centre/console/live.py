@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import BinaryIO
 
 from agent.centre.console.remux import RemuxError, codec_of, segment_to_fmp4
-from agent.delivery.schema import parse_timestamp
+from agent.clock import parse_rfc3339
 
 log = logging.getLogger("agent.console")
 
@@ -103,7 +103,7 @@ class _Segments:
         out = []
         for raw in lines:
             line = json.loads(raw)
-            start = parse_timestamp(line["start"])
+            start = parse_rfc3339(line["start"])
             out.append(_Segment(self._offset, int(line["size"]), int(line["segment"]),
                                 None if start is None else start * 1000, bool(line["final"])))
             self._offset += int(line["size"])

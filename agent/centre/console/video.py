@@ -25,7 +25,8 @@ from agent.centre.console.media import file_response, mp4
 from agent.centre.console.remux import RemuxError
 from agent.centre.console.routes import OPERATOR, SUPERVISOR, Routes
 from agent.centre.console.server import Request, Response
-from agent.delivery.protocol import ITEM_ID, rfc3339
+from agent.clock import rfc3339
+from agent.delivery.protocol import ITEM_ID
 
 MAX_LIVE_S = 600
 MAX_FETCH_S = 3600
