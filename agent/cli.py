@@ -78,7 +78,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--state", type=Path, default=None,
                    help="where the demo keeps its state (default: a temporary directory)")
     p.add_argument("--presses", type=int, default=1, help="how many presses to show")
-    p.add_argument("--exit", action="store_true", help="exit after the presses (for scripts)")
+    p.add_argument("--exit", action="store_true",
+                   help="exit after the presses (for scripts): 0 only if every alarm and clip "
+                        "arrived")
+    p.add_argument("-c", "--config", type=Path, default=None,
+                   help="a school of your own to run (default: the embedded simulated school); "
+                        "its mqtt and storage are the demo's")
     p.set_defaults(func=cmd_demo)
 
     p = sub.add_parser("central", help="the centre's reference receiver, and commands to boxes")
@@ -362,7 +367,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
     if not args.debug:
         logs.setup("error")  # the demo prints its own narrative; logs only for trouble
-    return _until_signal(lambda stop: run_demo(args.state, args.presses, args.exit, stop))
+    return _until_signal(lambda stop: run_demo(args.state, args.presses, args.exit, stop,
+                                               args.config))
 
 
 if __name__ == "__main__":

@@ -1,7 +1,7 @@
 """DC-09 transmitter alone: event -> ACK from pysiaalarm, against a bare socket in the same run.
 
-    .venv/bin/python bench/dc09.py                   # 500 events per case, markdown (~20 s)
-    .venv/bin/python bench/dc09.py --events 100 --json
+    .venv/bin/python -m bench.dc09                   # 500 events per case, markdown (~20 s)
+    .venv/bin/python -m bench.dc09 --events 100 --json
 
 Phase 1 of issue 13: the transmitter without the agent (phase 2 adds press -> ACK beside the
 MQTT path's press -> receipt). Per case (TCP/UDP, plain/AES-128), on one pysiaalarm receiver
@@ -30,10 +30,7 @@ import socket
 import sys
 import threading
 import time
-from pathlib import Path
 from typing import Any
-
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from pysiaalarm import SIAAccount
 from pysiaalarm.sync.client import SIAClient
@@ -45,6 +42,7 @@ from agent.delivery.dc09.queue import MemoryQueue
 from agent.delivery.dc09.settings import Receiver, Settings, Transport
 from agent.delivery.dc09.transmitter import Transmitter
 from agent.supervision import Supervisor
+from agent.testing.stats import percentile
 
 KEY_TEXT = "0123456789ABCDEF"  # pysiaalarm uses the key text's ASCII bytes as the AES key
 
@@ -91,11 +89,6 @@ def baseline(sock: socket.socket, frame: bytes, transport: Transport) -> float:
             sys.exit("baseline: the receiver closed the connection")
         buf = data if transport is Transport.UDP else buf + data
     return time.perf_counter() - t0
-
-
-def pct(xs: list[float], p: float) -> float:
-    s = sorted(xs)
-    return s[max(0, min(len(s) - 1, round(p / 100 * len(s) + 0.5) - 1))]
 
 
 def run_case(transport: Transport, key: bool, n: int) -> dict[str, Any]:
@@ -146,10 +139,11 @@ def run_case(transport: Transport, key: bool, n: int) -> dict[str, Any]:
         sock.close()
         if rx is not None:
             rx.stop()
-    ms = 1000.0
+    ours.sort()
+    base.sort()
     return {"case": f"{transport}{' AES-128' if key else ''}", "events": n,
-            "p50_ms": pct(ours, 50) * ms, "p99_ms": pct(ours, 99) * ms,
-            "base_p50_ms": pct(base, 50) * ms, "base_p99_ms": pct(base, 99) * ms,
+            "p50_ms": percentile(ours, 50) * 1e3, "p99_ms": percentile(ours, 99) * 1e3,
+            "base_p50_ms": percentile(base, 50) * 1e3, "base_p99_ms": percentile(base, 99) * 1e3,
             "recovery_s": recovery}
 
 

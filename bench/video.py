@@ -1,19 +1,19 @@
 """Video path cost: CPU and memory to ingest, segment and store H.264, against ffmpeg.
 
-    python3 bench/video.py                  # markdown on stdout (~1 min, +30 s the first time)
-    python3 bench/video.py --runs 5 --json
+    .venv/bin/python -m bench.video             # markdown on stdout (~1 min, +30 s the first time)
+    .venv/bin/python -m bench.video --runs 5 --json
 
 What is measured, each in its own child process, its CPU (user + sys) and peak RSS read from
 ``os.wait4`` (that child alone, not the bench):
 
-    agent     python3 bench/video.py --child pipeline: the file source (demux, AVCC -> Annex-B,
+    agent     python -m bench.video --child pipeline: the file source (demux, AVCC -> Annex-B,
               access units), the Segmenter (MPEG-TS mux per segment, SHA-256) and a SegmentStore
               (temp file, fsync, rename, directory fsync, SQLite index with synchronous=FULL),
               unpaced. Interpreter start-up and imports are included; the pipeline alone is
               also reported (process_time around the loop).
     ffmpeg    ffmpeg -c copy -f segment -segment_format mpegts on the same input, same run: the
               floor for "copy packets into 2 s TS files".
-    memory    python3 bench/video.py --child rings N: N cameras (Camera threads on the same
+    memory    python -m bench.video --child rings N: N cameras (Camera threads on the same
               file, looped and unpaced), each Segmenter feeding a 30 s RingBuffer, run until
               every ring is full and has turned over; the peak RSS of that process.
 
@@ -22,7 +22,8 @@ set up per docs/video.md sends), made once with ffmpeg's libx264 into ``bench/ou
 git). Noise is added to the test pattern so the encoder really spends its 4 Mbit/s.
 
 Runs are interleaved (agent, ffmpeg, agent, ...) so both see the same machine noise; the table
-gives medians and the CPU ratio. Bounded: every child has a timeout. Run from the repo root.
+gives medians and the CPU ratio. Bounded: every child has a timeout. Run from the repo root
+(the children are ``python -m bench.video`` too).
 """
 
 from __future__ import annotations
@@ -41,11 +42,7 @@ from dataclasses import asdict, dataclass
 from fractions import Fraction
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parent.parent
-if str(REPO) not in sys.path:  # run as a script from anywhere: import the agent from this checkout
-    sys.path.insert(0, str(REPO))
-
-CACHE = REPO / "bench" / "out"
+CACHE = Path(__file__).resolve().parent / "out"
 INPUT = "1080p25-4M-60s.mp4"
 CHILD_TIMEOUT_S = 300
 RING_S = 30.0
@@ -109,7 +106,8 @@ def measure(cmd: list[str], env: dict[str, str] | None = None) -> Usage:
 def run_agent(src: Path, work: Path) -> Usage:
     out = work / "agent"
     shutil.rmtree(out, ignore_errors=True)
-    return measure([sys.executable, __file__, "--child", "pipeline", str(src), str(out)])
+    return measure([sys.executable, "-m", "bench.video", "--child", "pipeline", str(src),
+                    str(out)])
 
 
 def run_ffmpeg(src: Path, work: Path) -> Usage:
@@ -126,7 +124,8 @@ def run_ffmpeg(src: Path, work: Path) -> Usage:
 
 
 def run_rings(src: Path, cameras: int, env: dict[str, str] | None = None) -> Usage:
-    return measure([sys.executable, __file__, "--child", "rings", str(src), str(cameras)], env)
+    return measure([sys.executable, "-m", "bench.video", "--child", "rings", str(src),
+                    str(cameras)], env)
 
 
 # --- children -----------------------------------------------------------------------------------

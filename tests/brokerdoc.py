@@ -11,18 +11,15 @@ from __future__ import annotations
 import os
 import re
 import signal
-import socket
-import ssl
-import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import paho.mqtt.client as mqtt
-from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
-from paho.mqtt.reasoncodes import ReasonCode
+from paho.mqtt.enums import MQTTProtocolVersion
 
 from agent.testing.broker import Mosquitto, free_port
+from agent.testing.mqtt import MqttClient, Received, Tls, Will
 from tests.conftest import REPO, wait_for
 from tests.pki import Identity, Pki
 
@@ -95,107 +92,24 @@ def start_broker(workdir: Path, pki: Pki, *, server: Identity | None = None,
 # --- MQTT 5 clients that record what the broker answers ---------------------------------------
 
 
-class Peer:
-    """A paho client with a certificate (or none) that keeps every answer of the broker.
-
-    It runs paho's network thread (``loop_start``) without reconnecting
-    (``reconnect_on_failure=False``): a peer that is refused or replaced stays gone, so tests
-    see it. In that mode paho's publish() and subscribe() from the test's thread only queue, and
-    paho's thread alone writes the socket: two threads writing one TLS socket broke its records
-    now and then ("bad record mac", a PUBACK that never came).
-    """
-
-    def __init__(self, port: int, pki: Pki, identity: Identity | None, *, client_id: str = "",
-                 username: str | None = None, will_topic: str | None = None,
-                 protocol: MQTTProtocolVersion = mqtt.MQTTv5, tls: bool = True) -> None:
-        self.port = port
-        c = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id, protocol=protocol,
-                        reconnect_on_failure=False)
-        if tls:
-            c.tls_set(ca_certs=str(pki.box_ca), cert_reqs=ssl.CERT_REQUIRED,
-                      certfile=str(identity.cert) if identity else None,
-                      keyfile=str(identity.key) if identity else None)
-        if username is not None:
-            c.username_pw_set(username)
-        if will_topic is not None:
-            c.will_set(will_topic, b"offline (will)", qos=1, retain=True)
-        c.on_connect = self._on_connect
-        c.on_disconnect = self._on_disconnect
-        c.on_publish = self._on_publish
-        c.on_subscribe = self._on_subscribe
-        c.on_message = self._on_message
-        self.client = c
-        self.lock = threading.Lock()
-        self.connack: ReasonCode | None = None
-        self.error = ""  # why the connection failed or ended
-        self.gone = threading.Event()
-        self.acks: dict[int, ReasonCode] = {}
-        self.subacks: dict[int, list[ReasonCode]] = {}
-        self.messages: list[tuple[str, bytes]] = []
-
-    def connect(self, timeout: float = 5.0) -> Peer:
-        try:
-            self.client.connect("localhost", self.port, keepalive=5)
-        except OSError as exc:  # ssl.SSLError included: the handshake runs inside connect()
-            self.error = str(exc)
-            self.gone.set()
-            return self
-        self.client.loop_start()
-        wait_for(lambda: self.connack is not None or self.gone.is_set(), timeout, "CONNACK")
-        return self
-
-    @property
-    def online(self) -> bool:
-        return self.connack is not None and not self.connack.is_failure and not self.gone.is_set()
-
-    def publish(self, topic: str, payload: bytes = b"x", qos: int = 1) -> ReasonCode:
-        info = self.client.publish(topic, payload, qos=qos)
-        wait_for(lambda: info.mid in self.acks, 5, f"PUBACK for {topic}")
-        return self.acks[info.mid]
-
-    def subscribe(self, topic: str) -> list[ReasonCode]:
-        _rc, mid = self.client.subscribe(topic, qos=1)
-        assert mid is not None
-        wait_for(lambda: mid in self.subacks, 5, f"SUBACK for {topic}")
-        return self.subacks[mid]
-
-    def received(self, topic_filter: str = "#") -> list[tuple[str, bytes]]:
-        with self.lock:
-            return [(t, p) for t, p in self.messages if mqtt.topic_matches_sub(topic_filter, t)]
-
-    def wait_message(self, topic: str, payload: bytes | None = None, timeout: float = 5.0) -> None:
-        wait_for(lambda: any(p == payload or payload is None for _, p in self.received(topic)),
-                 timeout, f"a message on {topic}")
-
-    def drop(self) -> None:
-        """Cut the TCP connection without DISCONNECT, as a box losing power: the will fires."""
-        sock = self.client.socket()
-        assert sock is not None, self.error
-        sock.shutdown(socket.SHUT_RDWR)  # paho's thread sees the end and stops (no reconnect)
-        self.gone.wait(2.0)
-        self.client.loop_stop()
-
-    def close(self) -> None:
-        if not self.gone.is_set():
-            self.client.disconnect()
-            self.gone.wait(1.0)
-        self.client.loop_stop()
-
-    def _on_connect(self, _c: Any, _u: Any, _f: Any, rc: ReasonCode, _p: Any) -> None:
-        self.connack = rc
-
-    def _on_disconnect(self, _c: Any, _u: Any, _f: Any, rc: ReasonCode, _p: Any) -> None:
-        self.error = self.error or str(rc)
-        self.gone.set()
-
-    def _on_publish(self, _c: Any, _u: Any, mid: int, rc: ReasonCode, _p: Any) -> None:
-        self.acks[mid] = rc
-
-    def _on_subscribe(self, _c: Any, _u: Any, mid: int, rcs: list[ReasonCode], _p: Any) -> None:
-        self.subacks[mid] = rcs
-
-    def _on_message(self, _c: Any, _u: Any, msg: mqtt.MQTTMessage) -> None:
-        with self.lock:
-            self.messages.append((msg.topic, bytes(msg.payload)))
+def peer_options(pki: Pki, identity: Identity | None, *, will_topic: str | None = None,
+                 tls: bool = True) -> dict[str, Any]:
+    """MqttClient options for a client with a certificate (or none) that keeps every answer of
+    the broker, and does not reconnect: a peer that is refused or replaced stays gone, so tests
+    see it (``connack``, ``error``, ``gone``)."""
+    return {"host": "localhost", "keepalive": 5, "reconnect": None,
+            "tls": Tls(pki.box_ca, identity.cert if identity else None,
+                       identity.key if identity else None) if tls else None,
+            "will": Will(will_topic, b"offline (will)") if will_topic else None}
 
 
+def peer(port: int, pki: Pki, identity: Identity | None, *, client_id: str = "",
+         username: str | None = None, will_topic: str | None = None,
+         protocol: MQTTProtocolVersion = mqtt.MQTTv5, tls: bool = True) -> MqttClient:
+    """Such a client (see peer_options), not connected yet."""
+    return MqttClient(port, client_id=client_id, username=username, protocol=protocol,
+                      **peer_options(pki, identity, will_topic=will_topic, tls=tls))
+
+
+def pairs(messages: list[Received]) -> list[tuple[str, bytes]]:
+    return [(m.topic, m.payload) for m in messages]

@@ -15,18 +15,18 @@ from pathlib import Path
 import pytest
 
 from agent.testing.broker import Mosquitto
-from tests.conftest import AgentProcess, Collector, cli, wait_for
+from tests.conftest import STATUS, AgentProcess, MqttClient, cli, wait_alarms, wait_for
 
 RFC3339_MS = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z$")
 
 
 def test_press_delivers_an_alarm_with_every_field(
-    agent_process: AgentProcess, collector: Collector
+    agent_process: AgentProcess, collector: MqttClient
 ) -> None:
     agent_process.start()
     before = time.time()
-    out = agent_process.press("entrance").stdout
-    [alarm] = collector.wait_alarms(1)
+    out = cli("simulate", "press", "entrance", "-c", str(agent_process.config)).stdout
+    [alarm] = wait_alarms(collector, 1)
     assert alarm["event_id"] in out
     assert alarm["site_id"] == "sim-school"
     assert alarm["button_id"] == "entrance"
@@ -37,12 +37,12 @@ def test_press_delivers_an_alarm_with_every_field(
     assert RFC3339_MS.match(alarm["pressed_at"])
     stamp = time.mktime(time.strptime(alarm["pressed_at"][:19], "%Y-%m-%dT%H:%M:%S"))
     assert abs(stamp - time.timezone - before) < 5
-    status = collector.payloads("/status")
+    status = collector.payloads(STATUS)
     assert status and status[-1]["state"] == "online"
 
 
 def test_broker_dead_for_three_presses_then_all_arrive_in_order(
-    agent_process: AgentProcess, collector: Collector, broker: Mosquitto
+    agent_process: AgentProcess, collector: MqttClient, broker: Mosquitto
 ) -> None:
     agent_process.start()
     wait_for(
@@ -57,7 +57,7 @@ def test_broker_dead_for_three_presses_then_all_arrive_in_order(
     assert status is not None and status["outbox"]["alarm"] == 3
     assert status["uplink"]["state"] != "online"
     broker.start()
-    alarms = collector.wait_alarms(3, timeout=15)
+    alarms = wait_alarms(collector, 3, timeout=15)
     assert [a["seq"] for a in alarms] == [1, 2, 3]
     assert [a["button_id"] for a in alarms] == ["entrance", "gym", "entrance"]
     assert len({a["event_id"] for a in alarms}) == 3
@@ -65,7 +65,7 @@ def test_broker_dead_for_three_presses_then_all_arrive_in_order(
 
 
 def test_alarm_committed_then_agent_killed_arrives_after_restart(
-    agent_config: Path, broker: Mosquitto, collector: Collector
+    agent_config: Path, broker: Mosquitto, collector: MqttClient
 ) -> None:
     broker.kill()  # nothing can be sent: the alarm exists only on the box's disk
     agent = AgentProcess(agent_config)
@@ -81,52 +81,50 @@ def test_alarm_committed_then_agent_killed_arrives_after_restart(
     agent = AgentProcess(agent_config)
     try:
         agent.start()
-        [alarm] = collector.wait_alarms(1, timeout=15)
+        [alarm] = wait_alarms(collector, 1, timeout=15)
         assert alarm["event_id"] == event_id and alarm["button_id"] == "office"
         agent.press("gym")
-        alarms = collector.wait_alarms(2)
+        alarms = wait_alarms(collector, 2)
         assert [a["seq"] for a in alarms] == [1, 2]  # seq survived the crash
     finally:
         agent.close()
 
 
 def test_killed_agent_turns_retained_status_offline_via_the_will(
-    agent_process: AgentProcess, collector: Collector, broker: Mosquitto
+    agent_process: AgentProcess, collector: MqttClient, broker: Mosquitto
 ) -> None:
     agent_process.start()
     wait_for(
-        lambda: any(s["state"] == "online" for s in collector.payloads("/status")), 10, "online"
+        lambda: any(s["state"] == "online" for s in collector.payloads(STATUS)), 10, "online"
     )
     agent_process.kill(signal.SIGKILL)
-    wait_for(lambda: collector.payloads("/status")[-1]["state"] == "offline", 15, "the will")
-    late = Collector(broker.port, ["schools/sim-school/status"], client_id="late").start()
-    try:  # a centre that connects later sees the retained offline state
-        wait_for(lambda: late.payloads("/status"), 5, "the retained status")
-        assert late.payloads("/status")[-1]["state"] == "offline"
-    finally:
-        late.stop()
+    wait_for(lambda: collector.payloads(STATUS)[-1]["state"] == "offline", 15, "the will")
+    with MqttClient(broker.port, [STATUS], client_id="late") as late:
+        # a centre that connects later sees the retained offline state
+        [retained] = late.wait(STATUS, 1, timeout=5)
+        assert retained.retain and retained.json()["state"] == "offline"
 
 
 def test_sigterm_publishes_offline_and_exits_0_within_5s(
-    agent_process: AgentProcess, collector: Collector
+    agent_process: AgentProcess, collector: MqttClient
 ) -> None:
     agent_process.start()
     wait_for(
-        lambda: any(s["state"] == "online" for s in collector.payloads("/status")), 10, "online"
+        lambda: any(s["state"] == "online" for s in collector.payloads(STATUS)), 10, "online"
     )
     t0 = time.monotonic()
     assert agent_process.kill(signal.SIGTERM) == 0
     assert time.monotonic() - t0 < 5
-    wait_for(lambda: collector.payloads("/status")[-1]["state"] == "offline", 5, "offline")
-    assert collector.payloads("/status")[-1]["reason"] == "agent stopped"
+    wait_for(lambda: collector.payloads(STATUS)[-1]["state"] == "offline", 5, "offline")
+    assert collector.payloads(STATUS)[-1]["reason"] == "agent stopped"
 
 
 def test_status_command_reports_buttons_and_outbox(
-    agent_process: AgentProcess, collector: Collector
+    agent_process: AgentProcess, collector: MqttClient
 ) -> None:
     agent_process.start()
     agent_process.press("gym")
-    collector.wait_alarms(1)
+    wait_alarms(collector, 1)
     r = cli("status", "-c", str(agent_process.config))
     assert r.returncode == 0, r.stderr
     assert "gym" in r.stdout and "last alarm panic gym" in r.stdout

@@ -23,10 +23,8 @@ import pytest
 from paho.mqtt.reasoncodes import ReasonCode
 
 from agent.box.daemon import Daemon
-from agent.config import load_config
-from agent.sdnotify import Notifier
-from tests.brokerdoc import Broker, Peer, start_broker
-from tests.conftest import wait_for, write_config
+from tests.brokerdoc import Broker, pairs, peer, start_broker
+from tests.conftest import InProcessAgent, MqttClient, wait_for, write_config
 from tests.pki import Identity, Pki, make_pki
 
 pytestmark = pytest.mark.timeout(30)
@@ -47,36 +45,38 @@ def broker(tmp_path: Path, pki: Pki) -> Iterator[Broker]:
 
 
 @pytest.fixture
-def peers(pki: Pki) -> Iterator[Callable[..., Peer]]:
-    """peers(port, identity, **options) -> a connected Peer, closed after the test."""
-    made: list[Peer] = []
+def peers(pki: Pki) -> Iterator[Callable[..., MqttClient]]:
+    """peers(port, identity, **options) -> a connected peer, closed after the test."""
+    made: list[MqttClient] = []
 
-    def connect(port: int, identity: Identity | None, **options: Any) -> Peer:
-        peer = Peer(port, pki, identity, **options)
-        made.append(peer)
-        return peer.connect()
+    def connect(port: int, identity: Identity | None, **options: Any) -> MqttClient:
+        client = peer(port, pki, identity, **options)
+        made.append(client)
+        return client.connect()
 
     yield connect
-    for peer in made:
-        peer.close()
+    for client in made:
+        client.close()
 
 
 def granted(codes: list[ReasonCode]) -> list[str]:
     return [str(c) for c in codes]
 
 
-def fence(centre: Peer, site: str = "school-b") -> None:
+def fence(centre: MqttClient, site: str = "school-b") -> None:
     """Publish a marker the centre reads and wait for it: everything the broker took before it
     has been delivered (or refused) by then, so an absent message is absent, not late."""
     marker = f"fence {time.monotonic()}".encode()
     assert not centre.publish(f"schools/{site}/cmd", marker).is_failure
-    centre.wait_message(f"schools/{site}/cmd", marker)
+    centre.wait(f"schools/{site}/cmd", payload=marker)
 
 
 # --- the agent end to end ---------------------------------------------------------------------
 
 
-def make_daemon(tmp_path: Path, pki: Pki, port: int, site: str = "school-a") -> Daemon:
+def start_agent(agents: list[InProcessAgent], tmp_path: Path, pki: Pki, port: int,
+                site: str = "school-a") -> Daemon:
+    """The agent with its school's certificate, in this process (stopped by ``agents``)."""
     ident = pki.client(site)
     path = write_config(
         tmp_path / "agent.yaml", port, tmp_path / "state",
@@ -85,33 +85,33 @@ def make_daemon(tmp_path: Path, pki: Pki, port: int, site: str = "school-a") -> 
               "tls": {"ca_file": str(pki.box_ca), "cert_file": str(ident.cert),
                       "key_file": str(ident.key)}},
     )
-    return Daemon(load_config(path), notifier=Notifier(None))
+    agents.append(InProcessAgent(path))
+    return agents[-1].start(online_s=None).daemon
 
 
 @pytest.fixture
-def daemons() -> Iterator[list[Daemon]]:
-    running: list[Daemon] = []
+def agents() -> Iterator[list[InProcessAgent]]:
+    running: list[InProcessAgent] = []
     yield running
-    for d in running:
-        d.stop()
+    for agent in running:
+        agent.stop()
 
 
 def test_agent_publishes_an_alarm_over_mutual_tls(
-    tmp_path: Path, pki: Pki, broker: Broker, peers: Callable[..., Peer], daemons: list[Daemon]
+    tmp_path: Path, pki: Pki, broker: Broker, peers: Callable[..., MqttClient],
+    agents: list[InProcessAgent]
 ) -> None:
     centre = peers(broker.centre_port, pki.client("centre"), client_id="centre-receiver")
     assert centre.online, centre.error
     assert not any(c.is_failure for c in centre.subscribe("schools/+/alarm"))
-    daemon = make_daemon(tmp_path, pki, broker.box_port)
-    daemons.append(daemon)
-    daemon.start()
+    daemon = start_agent(agents, tmp_path, pki, broker.box_port)
     assert daemon.buttons is not None and daemon.uplink is not None and daemon.outbox is not None
     uplink, outbox = daemon.uplink, daemon.outbox
     wait_for(lambda: uplink.state == "online", 5, f"online ({uplink.last_error})")
 
     [result] = daemon.buttons.simulate("entrance", True)
-    centre.wait_message("schools/school-a/alarm")
-    [(_topic, payload)] = centre.received("schools/school-a/alarm")
+    centre.wait("schools/school-a/alarm")
+    [(_topic, payload)] = pairs(centre.received("schools/school-a/alarm"))
     alarm = json.loads(payload)
     assert alarm["event_id"] == result["event_id"] and alarm["site_id"] == "school-a"
     wait_for(lambda: outbox.depth()["alarm"] == 0, 5, "the PUBACK to empty the outbox")
@@ -119,20 +119,18 @@ def test_agent_publishes_an_alarm_over_mutual_tls(
 
 
 def test_agent_refuses_a_broker_certificate_for_another_name(
-    tmp_path: Path, pki: Pki, peers: Callable[..., Peer], daemons: list[Daemon]
+    tmp_path: Path, pki: Pki, peers: Callable[..., MqttClient], agents: list[InProcessAgent]
 ) -> None:
     evil = start_broker(tmp_path / "evil", pki, server=pki.evil_server)
     try:
         # The chain is valid (the box CA signed it): only the name is wrong. Without the
         # hostname check a box would talk to this broker.
-        lax = Peer(evil.box_port, pki, pki.client("school-a"))
+        lax = peer(evil.box_port, pki, pki.client("school-a"))
         lax.client.tls_insecure_set(True)
         assert lax.connect().online, lax.error
         lax.close()
 
-        daemon = make_daemon(tmp_path, pki, evil.box_port)
-        daemons.append(daemon)
-        daemon.start()
+        daemon = start_agent(agents, tmp_path, pki, evil.box_port)
         assert daemon.buttons is not None and daemon.uplink is not None
         assert daemon.outbox is not None
         uplink = daemon.uplink
@@ -152,11 +150,9 @@ def test_agent_refuses_a_broker_certificate_for_another_name(
 
 
 def test_agent_says_why_the_broker_refuses_its_certificate(
-    tmp_path: Path, pki: Pki, broker: Broker, daemons: list[Daemon]
+    tmp_path: Path, pki: Pki, broker: Broker, agents: list[InProcessAgent]
 ) -> None:
-    daemon = make_daemon(tmp_path, pki, broker.box_port, site="school-c")  # revoked
-    daemons.append(daemon)
-    daemon.start()
+    daemon = start_agent(agents, tmp_path, pki, broker.box_port, site="school-c")  # revoked
     assert daemon.buttons is not None and daemon.uplink is not None
     uplink = daemon.uplink
     daemon.buttons.simulate("entrance", True)
@@ -171,7 +167,7 @@ def test_agent_says_why_the_broker_refuses_its_certificate(
 
 
 def test_a_site_cannot_publish_as_another_site(
-    pki: Pki, broker: Broker, peers: Callable[..., Peer]
+    pki: Pki, broker: Broker, peers: Callable[..., MqttClient]
 ) -> None:
     centre = peers(broker.centre_port, pki.client("centre"), client_id="centre-receiver")
     centre.subscribe("schools/#")
@@ -190,12 +186,13 @@ def test_a_site_cannot_publish_as_another_site(
     a311 = peers(broker.box_port, pki.client("school-a"), protocol=mqtt.MQTTv311)
     assert not a311.publish("schools/school-b/alarm", b"spoofed by 3.1.1").is_failure
     fence(centre)
-    assert [t for t, _ in centre.received("schools/school-b/#")] == ["schools/school-b/cmd"]
-    assert centre.received("schools/school-a/alarm") == [("schools/school-a/alarm", b"own alarm")]
+    assert [m.topic for m in centre.received("schools/school-b/#")] == ["schools/school-b/cmd"]
+    assert pairs(centre.received("schools/school-a/alarm")) == [
+        ("schools/school-a/alarm", b"own alarm")]
 
 
 def test_a_site_cannot_read_another_sites_video_or_commands(
-    pki: Pki, broker: Broker, peers: Callable[..., Peer]
+    pki: Pki, broker: Broker, peers: Callable[..., MqttClient]
 ) -> None:
     centre = peers(broker.centre_port, pki.client("centre"), client_id="centre-receiver")
     centre.subscribe("schools/#")
@@ -209,15 +206,16 @@ def test_a_site_cannot_read_another_sites_video_or_commands(
 
     assert not b.publish("schools/school-b/clip/entrance-cam", b"video chunk").is_failure
     assert not centre.publish("schools/school-b/cmd", b"command for B").is_failure
-    centre.wait_message("schools/school-b/clip/entrance-cam")
-    b.wait_message("schools/school-b/cmd", b"command for B")
+    centre.wait("schools/school-b/clip/entrance-cam")
+    b.wait("schools/school-b/cmd", payload=b"command for B")
     # ... and `read` is checked on every message before delivery, so nothing of B's arrives.
     assert not centre.publish("schools/school-a/cmd", b"command for A").is_failure
-    a.wait_message("schools/school-a/cmd", b"command for A")
-    assert a.received() == [("schools/school-a/cmd", b"command for A")]
+    a.wait("schools/school-a/cmd", payload=b"command for A")
+    assert pairs(a.received()) == [("schools/school-a/cmd", b"command for A")]
 
 
-def test_only_the_centre_can_command(pki: Pki, broker: Broker, peers: Callable[..., Peer]) -> None:
+def test_only_the_centre_can_command(pki: Pki, broker: Broker,
+                                     peers: Callable[..., MqttClient]) -> None:
     centre = peers(broker.centre_port, pki.client("centre"), client_id="centre-dispatch")
     centre.subscribe("schools/+/cmd")
     a = peers(broker.box_port, pki.client("school-a"))
@@ -234,17 +232,17 @@ def test_only_the_centre_can_command(pki: Pki, broker: Broker, peers: Callable[.
     fake.subscribe("schools/#")
 
     assert not centre.publish("schools/school-a/cmd", b"from the centre").is_failure
-    a.wait_message("schools/school-a/cmd", b"from the centre")
+    a.wait("schools/school-a/cmd", payload=b"from the centre")
     fence(centre, "school-b")
-    assert a.received() == [("schools/school-a/cmd", b"from the centre")]
-    assert [p for _, p in b.received()] == [p for _, p in centre.received("schools/school-b/cmd")]
+    assert pairs(a.received()) == [("schools/school-a/cmd", b"from the centre")]
+    assert pairs(b.received()) == pairs(centre.received("schools/school-b/cmd"))
     assert fake.received() == []
     # The centre reads and commands; it cannot raise an alarm for a school.
     assert centre.publish("schools/school-a/alarm", b"x").value == NOT_AUTHORIZED
 
 
 def test_no_valid_certificate_no_connection(
-    pki: Pki, broker: Broker, peers: Callable[..., Peer]
+    pki: Pki, broker: Broker, peers: Callable[..., MqttClient]
 ) -> None:
     box, centre = broker.box_port, broker.centre_port
     attempts = {
@@ -255,8 +253,8 @@ def test_no_valid_certificate_no_connection(
         "revoked box certificate": peers(box, pki.client("school-c")),
         "plain MQTT to the TLS port": peers(box, None, tls=False),
     }
-    for what, peer in attempts.items():
-        assert peer.gone.is_set() and peer.connack is None, f"{what}: {peer.connack}"
+    for what, client in attempts.items():
+        assert client.gone.is_set() and client.connack is None, f"{what}: {client.connack}"
     assert "peer did not return a certificate" in broker.log()
     # A valid box certificate on the same broker does connect: the refusals are the certificates.
     assert peers(box, pki.client("school-a")).online
@@ -266,7 +264,7 @@ def test_no_valid_certificate_no_connection(
 
 
 def test_a_site_cannot_take_over_another_sites_connection(
-    pki: Pki, broker: Broker, peers: Callable[..., Peer]
+    pki: Pki, broker: Broker, peers: Callable[..., MqttClient]
 ) -> None:
     centre = peers(broker.centre_port, pki.client("centre"), client_id="centre-receiver")
     centre.subscribe("schools/+/status")
@@ -285,11 +283,11 @@ def test_a_site_cannot_take_over_another_sites_connection(
     second = peers(broker.box_port, pki.client("school-a"), client_id="edge-agent-school-a-test")
     assert second.online
     wait_for(agent.gone.is_set, 5, "the first connection to be replaced")
-    centre.wait_message("schools/school-a/status", b"offline (will)")
+    centre.wait("schools/school-a/status", payload=b"offline (will)")
 
 
 def test_without_username_as_clientid_a_site_can_disconnect_another(
-    tmp_path: Path, pki: Pki, peers: Callable[..., Peer]
+    tmp_path: Path, pki: Pki, peers: Callable[..., MqttClient]
 ) -> None:
     """Why docs/broker.md sets use_username_as_clientid: remove it and the takeover works."""
     lax = start_broker(tmp_path / "lax", pki, without=("use_username_as_clientid true",))
@@ -306,7 +304,7 @@ def test_without_username_as_clientid_a_site_can_disconnect_another(
 
 
 def test_revocation_applies_on_reload_and_an_expired_crl_locks_everyone_out(
-    tmp_path: Path, pki: Pki, peers: Callable[..., Peer]
+    tmp_path: Path, pki: Pki, peers: Callable[..., MqttClient]
 ) -> None:
     crl = pki.write_crl(tmp_path / "box-ca.crl")
     broker = start_broker(tmp_path / "broker", pki, crl=crl)
@@ -332,7 +330,7 @@ def test_revocation_applies_on_reload_and_an_expired_crl_locks_everyone_out(
 
 
 def test_a_box_in_the_centres_share_group_makes_alarms_disappear(
-    pki: Pki, broker: Broker, peers: Callable[..., Peer]
+    pki: Pki, broker: Broker, peers: Callable[..., MqttClient]
 ) -> None:
     """Why docs/broker.md says the centre must not take alarms through a shared subscription."""
     centre = peers(broker.centre_port, pki.client("centre"), client_id="centre-receiver")
@@ -352,7 +350,7 @@ def test_a_box_in_the_centres_share_group_makes_alarms_disappear(
 
 
 def test_a_packet_over_max_packet_size_disconnects_its_sender(
-    pki: Pki, broker: Broker, peers: Callable[..., Peer]
+    pki: Pki, broker: Broker, peers: Callable[..., MqttClient]
 ) -> None:
     """The largest chunk the protocol allows passes; anything larger costs its sender the
     connection, before the broker keeps any of it (docs/broker.md, max_packet_size)."""
@@ -361,7 +359,7 @@ def test_a_packet_over_max_packet_size_disconnects_its_sender(
     box = peers(broker.box_port, pki.client("school-a"))
     largest = b"h" * 1024 + b"\n" + b"v" * 256 * 1024
     assert not box.publish("schools/school-a/clip/entrance-cam", largest).is_failure
-    centre.wait_message("schools/school-a/clip/entrance-cam", largest)
+    centre.wait("schools/school-a/clip/entrance-cam", payload=largest)
     box.client.publish("schools/school-a/clip/entrance-cam", largest + b"v" * 4096, qos=1)
     wait_for(box.gone.is_set, 5, "the broker to disconnect the sender")
     assert len(centre.received("schools/+/clip/+")) == 1

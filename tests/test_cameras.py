@@ -30,6 +30,7 @@ from tests.video_fixtures import (
     decode,
     h264_file_fixture,  # noqa: F401  (fixture)
     make_h264_file,
+    make_mpeg4_file,
     rtsp_server_fixture,  # noqa: F401  (fixture)
 )
 
@@ -137,15 +138,7 @@ def test_parameter_sets_from_extradata_make_each_keyframe_decodable(tmp_path: Pa
 
 
 def test_non_h264_stream_is_reported_as_unavailable(tmp_path: Path) -> None:
-    path = tmp_path / "mpeg4.mp4"
-    with av.open(str(path), "w") as out:
-        stream = out.add_stream("mpeg4", rate=10)
-        stream.width, stream.height, stream.pix_fmt = 64, 64, "yuv420p"
-        for n in range(5):
-            frame = av.VideoFrame(64, 64, "yuv420p")
-            frame.pts = n
-            out.mux(stream.encode(frame))
-        out.mux(stream.encode(None))
+    path = make_mpeg4_file(tmp_path / "mpeg4.mp4")
     with pytest.raises(CameraUnavailable, match=r"H\.264"):
         DemuxSource(str(path)).open(5.0)
 

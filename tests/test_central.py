@@ -2,18 +2,16 @@
 
 from __future__ import annotations
 
-import threading
 from pathlib import Path
 
 from agent.centre.ledger import Ledger
-from agent.centre.service import run_receiver
 from agent.testing.broker import Mosquitto
 from tests.conftest import AgentProcess, Centre, cli, wait_for
 
 
 def test_centre_status_shows_a_site_going_offline(agent_process: AgentProcess,
                                                   broker: Mosquitto, tmp_path: Path) -> None:
-    centre = Centre(broker, tmp_path / "centre").start()
+    centre = Centre(broker.url, tmp_path / "centre").start()
     try:
         agent_process.start()
         status = lambda: cli("central", "--store", str(tmp_path / "centre"), "status").stdout  # noqa: E731
@@ -29,16 +27,12 @@ def test_two_receivers_each_store_every_alarm(agent_process: AgentProcess, broke
     """No shared subscription (a box could join the group and absorb alarms, docs/broker.md):
     each receiver has its own session and store, and the box counts the centre present while
     any receiver is."""
-    stops = [threading.Event(), threading.Event()]
-    threads = [threading.Thread(target=run_receiver, daemon=True, kwargs={
-        "broker": broker.url, "topic_prefix": "schools", "store": tmp_path / f"centre{i}",
-        "client_id": f"centre-{i}", "stop": stops[i]}) for i in range(2)]
-    for t in threads:
-        t.start()
+    centres = [Centre(broker.url, tmp_path / f"centre{i}", client_id=f"centre-{i}")
+               for i in range(2)]
     try:
+        for centre in centres:
+            centre.start()
         agent_process.start()
-        wait_for(lambda: all((tmp_path / f"centre{i}" / "centre.db").exists() for i in range(2)),
-                 5, "both receivers up")
         for i in range(6):
             agent_process.press(("entrance", "gym")[i % 2])
 
@@ -53,14 +47,11 @@ def test_two_receivers_each_store_every_alarm(agent_process: AgentProcess, broke
         wait_for(lambda: stored() == [list(range(1, 7))] * 2, 15, "all 6 alarms in both")
         wait_for(lambda: (agent_process.status() or {})["outbox"]["unconfirmed"] == 0, 10,
                  "every alarm confirmed")
-        stops[0].set()  # one receiver leaves: the box must still see a centre listening
-        threads[0].join(5)
+        centres[0].stop()  # one receiver leaves: the box must still see a centre listening
         agent_process.press("entrance")
         wait_for(lambda: (agent_process.status() or {})["outbox"]["unconfirmed"] == 0
                  and len(stored()[1]) == 7, 10, "the other receiver took it")
         assert (agent_process.status() or {})["uplink"]["centre"] == "listening"
     finally:
-        for s in stops:
-            s.set()
-        for t in threads:
-            t.join(5)
+        for centre in centres:
+            centre.stop()

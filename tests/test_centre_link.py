@@ -10,7 +10,7 @@ import pytest
 from agent.centre.link import Endpoint, Link, Message
 from agent.errors import AgentError
 from agent.testing.broker import Mosquitto
-from tests.conftest import Collector, wait_for
+from tests.conftest import subscriber, wait_for
 
 
 @pytest.mark.parametrize(("url", "host", "port", "tls"), [
@@ -35,7 +35,7 @@ def test_endpoint_mistakes_are_explained(url: str, files: dict[str, Path], messa
 
 
 def test_a_link_sends_what_other_threads_publish_and_its_hello(broker: Mosquitto) -> None:
-    seen = Collector(broker.port, ["centre/#"], client_id="watcher").start()
+    seen = subscriber(broker.port, "centre/#", client_id="watcher")
     changes: list[bool] = []
     link = Link("test", Endpoint.parse(broker.url), "link-test", ["schools/+/alarm"],
                 lambda _t, _p: None, on_change=lambda up, _why: changes.append(up),
@@ -50,11 +50,10 @@ def test_a_link_sends_what_other_threads_publish_and_its_hello(broker: Mosquitto
             t.start()
         for t in threads:
             t.join()
-        wait_for(lambda: len(seen.messages) >= 22, 10, "every message")
-        topics = [t for t, _, _ in seen.messages]
+        topics = [m.topic for m in seen.wait("#", 22, timeout=10)]
         assert topics[:2] == ["centre/hello", "centre/early"] and topics.count("centre/n") == 20
         broker.kill()
         wait_for(lambda: changes == [True, False], 10, "the loss reported")
     finally:
         link.stop()
-        seen.stop()
+        seen.close()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import pwd
 import shutil
+import subprocess
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -16,6 +17,7 @@ from agent.cli import main
 from agent.clock import clock_synced
 from agent.testing.broker import Mosquitto
 from tests.conftest import cli, write_config
+from tests.video_fixtures import make_mpeg4_file
 
 BAD = sorted((Path(__file__).parent / "configs" / "bad").glob("*.yaml"))
 EXPECTED = yaml.safe_load((Path(__file__).parent / "configs" / "bad-expected.yaml").read_text())
@@ -140,5 +142,34 @@ def test_demo_shows_the_alarm_and_clip_then_stops_on_ctrl_c(tmp_path: Path) -> N
         if proc.poll() is None:
             proc.kill()
     assert (tmp_path / "demo" / "broker").exists()  # the demo kept its state where asked
+    assert subprocess.run(["pgrep", "-f", str(tmp_path / "demo" / "broker")],
+                          capture_output=True).returncode == 1, "a broker outlived the demo"
+
+
+def test_demo_exit_passes_when_the_alarm_and_every_clip_arrive(tmp_path: Path) -> None:
+    """CI's check (.ci/run): `demo --exit` is 0 only once the centre has the alarm and the clip."""
+    r = cli("demo", "--exit", "--state", str(tmp_path / "demo"), timeout=90)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "ЦОУ <- ALARM sim-school/entrance" in r.stdout
+    assert "ЦОУ <- CLIP entrance-cam" in r.stdout and "demo stopped." in r.stdout
+
+
+def test_demo_exit_fails_in_one_line_when_a_camera_sends_no_clip(tmp_path: Path) -> None:
+    """A camera that cannot start (it sends MPEG-4 Part 2, not H.264): the alarm arrives, its
+    clip cannot, and `demo --exit` says so and exits 1 (it used to exit 0: CI could not fail)."""
+    not_h264 = make_mpeg4_file(tmp_path / "mpeg4.mp4")
+    school = tmp_path / "school.yaml"
+    school.write_text(yaml.safe_dump({
+        "site": {"id": "demo-school", "name": "A school with a broken camera"},
+        "buttons": [{"id": "hall", "pin": 17, "location": "Hall", "wiring": "normally_open",
+                     "cameras": ["hall-cam"]}],
+        "cameras": [{"id": "hall-cam", "source": f"file://{not_h264}", "segment_s": 1,
+                     "pre_alarm_s": 2, "post_alarm_s": 2}]}))
+    r = cli("demo", "--exit", "--state", str(tmp_path / "demo"), "-c", str(school), timeout=90)
+    assert r.returncode == 1, r.stdout + r.stderr
+    assert "ЦОУ <- ALARM demo-school/hall" in r.stdout, r.stdout
+    last = r.stderr.strip().splitlines()[-1]
+    assert last == "edge-agent: no clip from hall-cam (see the log above)", r.stderr
+    assert "Traceback" not in r.stderr and "demo stopped." in r.stdout
     assert subprocess.run(["pgrep", "-f", str(tmp_path / "demo" / "broker")],
                           capture_output=True).returncode == 1, "a broker outlived the demo"

@@ -59,7 +59,7 @@ def _video_on_disk(state: Path) -> list[Path]:
 
 def test_press_gives_a_playable_clip_covering_pre_and_post(tmp_path: Path,
                                                            broker: Mosquitto) -> None:
-    centre = Centre(broker, tmp_path / "centre").start()
+    centre = Centre(broker.url, tmp_path / "centre").start()
     agent = AgentProcess(_config(tmp_path, broker.port)).start()
     try:
         time.sleep(PRE_S + 2 * SEG_S)  # let the in-memory pre-alarm buffer fill
@@ -85,7 +85,7 @@ def test_press_gives_a_playable_clip_covering_pre_and_post(tmp_path: Path,
 
 def test_clip_waits_out_a_dead_broker(tmp_path: Path, broker: Mosquitto) -> None:
     agent = AgentProcess(_config(tmp_path, broker.port)).start()
-    centre = Centre(broker, tmp_path / "centre").start()
+    centre = Centre(broker.url, tmp_path / "centre").start()
     try:
         time.sleep(PRE_S + SEG_S)
         broker.kill()
@@ -104,7 +104,7 @@ def test_clip_waits_out_a_dead_broker(tmp_path: Path, broker: Mosquitto) -> None
 @pytest.mark.parametrize("button, cameras", [("office", {"office-cam"})])
 def test_only_linked_cameras_send_clips(tmp_path: Path, broker: Mosquitto, button: str,
                                         cameras: set[str]) -> None:
-    centre = Centre(broker, tmp_path / "centre").start()
+    centre = Centre(broker.url, tmp_path / "centre").start()
     agent = AgentProcess(_config(tmp_path, broker.port)).start()
     try:
         time.sleep(PRE_S)
@@ -127,7 +127,7 @@ def test_spool_over_budget_drops_the_oldest_clip_never_an_alarm(tmp_path: Path,
     for cam in data["cameras"]:
         cam["bitrate_kbps"] = 200
     cfg.write_text(yaml.safe_dump(data, sort_keys=False))
-    centre = Centre(broker, tmp_path / "centre").start()
+    centre = Centre(broker.url, tmp_path / "centre").start()
     agent = AgentProcess(cfg).start()
     try:
         time.sleep(PRE_S + SEG_S)

@@ -9,16 +9,11 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
-import pytest
-
-from agent.box.daemon import Daemon
-from agent.config import load_config
 from agent.sdnotify import Notifier
 from agent.testing.broker import Mosquitto
-from tests.conftest import REPO, Collector, wait_for
+from tests.conftest import REPO, InProcessAgent, MqttClient, wait_alarms, wait_for
 
 
 class FakeSystemd:
@@ -55,33 +50,25 @@ class FakeSystemd:
         self.sock.close()
 
 
-@pytest.fixture
-def daemon(agent_config: Path) -> Iterator[Daemon]:
-    d = Daemon(load_config(agent_config), notifier=Notifier(None))
-    d.start()
-    yield d
-    d.stop()
-
-
-def test_in_process_press_reaches_the_centre(daemon: Daemon, collector: Collector) -> None:
-    assert daemon.buttons is not None
-    [result] = daemon.buttons.simulate("entrance", True)
-    [alarm] = collector.wait_alarms(1)
+def test_in_process_press_reaches_the_centre(in_process_agent: InProcessAgent,
+                                             collector: MqttClient) -> None:
+    [result] = in_process_agent.press("entrance")
+    [alarm] = wait_alarms(collector, 1)
     assert alarm["event_id"] == result["event_id"] and result["durable"]
 
 
 def test_press_during_outage_is_taken_at_once(
-    daemon: Daemon, broker: Mosquitto, collector: Collector
+    in_process_agent: InProcessAgent, broker: Mosquitto, collector: MqttClient
 ) -> None:
-    assert daemon.buttons is not None and daemon.uplink is not None
-    wait_for(lambda: daemon.uplink.state == "online", 10, "online")  # type: ignore[union-attr]
+    box = in_process_agent
+    wait_for(lambda: box.state == "online", 10, "online")
     broker.kill()
-    wait_for(lambda: daemon.uplink.state != "online", 10, "the outage noticed")  # type: ignore[union-attr]
+    wait_for(lambda: box.state != "online", 10, "the outage noticed")
     t0 = time.monotonic()
-    [result] = daemon.buttons.simulate("gym", True)
+    [result] = box.press("gym")
     assert time.monotonic() - t0 < 0.5 and result["durable"]
     broker.start()
-    [alarm] = collector.wait_alarms(1, timeout=10)
+    [alarm] = wait_alarms(collector, 1, timeout=10)
     assert alarm["event_id"] == result["event_id"]
 
 
@@ -91,12 +78,11 @@ def test_watchdog_withheld_while_the_buttons_thread_hangs(
     fake = FakeSystemd(tmp_path / "notify.sock")
     os.environ["WATCHDOG_USEC"] = "1000000"
     try:
-        d = Daemon(load_config(agent_config), notifier=Notifier(str(fake.path)))
+        box = InProcessAgent(agent_config, notifier=Notifier(str(fake.path)))
     finally:
         del os.environ["WATCHDOG_USEC"]
-    runner = threading.Thread(target=d.supervise, daemon=True)
-    d.start()
-    runner.start()
+    d = box.daemon
+    box.start(online_s=None)
     try:
         wait_for(lambda: fake.has("READY=1") and fake.has("WATCHDOG=1"), 5, "READY and pings")
         assert d.outbox is not None and d.buttons is not None
@@ -112,9 +98,7 @@ def test_watchdog_withheld_while_the_buttons_thread_hangs(
         resumed = time.monotonic()
         wait_for(lambda: any(t > resumed for t in fake.times("WATCHDOG=1")), 5, "pings resume")
     finally:
-        d.request_stop()
-        runner.join(5)
-        d.stop()
+        box.stop()
         fake.close()
 
 

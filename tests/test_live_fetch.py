@@ -16,7 +16,7 @@ from agent.delivery.outbox import Outbox
 from agent.delivery.protocol import Topics
 from agent.delivery.uplink.link import Uplink
 from agent.testing.broker import Mosquitto
-from tests.conftest import AgentProcess, Centre, Collector, cli, wait_for
+from tests.conftest import AgentProcess, Centre, cli, subscriber, wait_for
 from tests.test_uplink import _mqtt
 
 
@@ -50,7 +50,7 @@ def _central(broker: Mosquitto, store: Path, *args: str) -> dict[str, object]:
 def test_live_on_request_writes_a_growing_playable_file(school: tuple[AgentProcess, Path],
                                                         broker: Mosquitto) -> None:
     agent, store = school
-    centre = Centre(broker, store).start()
+    centre = Centre(broker.url, store).start()
     try:
         agent.start()
         result = _central(broker, store, "live", "sim-school", "entrance-cam", "--seconds", "3")
@@ -72,7 +72,7 @@ def test_live_on_request_writes_a_growing_playable_file(school: tuple[AgentProce
 def test_always_on_live_flows_without_a_request(school: tuple[AgentProcess, Path],
                                                 broker: Mosquitto) -> None:
     agent, store = school
-    centre = Centre(broker, store).start()
+    centre = Centre(broker.url, store).start()
     try:
         agent.start()
         live = store / "sim-school" / "live" / "always" / "gym-cam.ts"
@@ -86,7 +86,7 @@ def test_always_on_live_flows_without_a_request(school: tuple[AgentProcess, Path
 def test_fetch_pulls_recorded_history_as_a_verified_clip(school: tuple[AgentProcess, Path],
                                                          broker: Mosquitto) -> None:
     agent, store = school
-    centre = Centre(broker, store).start()
+    centre = Centre(broker.url, store).start()
     try:
         agent.start()
         time.sleep(5)
@@ -112,7 +112,7 @@ def test_live_skips_to_the_newest_segment_when_the_link_is_behind(tmp_path: Path
                                                                   broker: Mosquitto) -> None:
     topics = Topics("schools", "site-a")
     box = Outbox.open(tmp_path / "o.db")
-    col = Collector(broker.port, ["schools/site-a/live/#"], client_id="live").start()
+    col = subscriber(broker.port, "schools/site-a/live/#", client_id="live")
     up = Uplink(_mqtt(broker.port), topics, box, lambda s, _r: s.encode(), max_video_kbps=160)
     up.start()
     try:
@@ -120,11 +120,11 @@ def test_live_skips_to_the_newest_segment_when_the_link_is_behind(tmp_path: Path
         for seq in range(10):  # 10 segments of 30 KB in 1 s, on a 20 KB/s cap
             up.post_live(topics.live("cam"), [b"%02d" % seq + b"x" * 10_000 for _ in range(3)])
             time.sleep(0.1)
-        wait_for(lambda: any(p[:2] == b"09" for _, p, _ in col.messages), 15, "the newest")
-        seqs = sorted({int(p[:2]) for _, p, _ in col.messages})
+        wait_for(lambda: any(m.payload[:2] == b"09" for m in col.received()), 15, "the newest")
+        seqs = sorted({int(m.payload[:2]) for m in col.received()})
         assert 9 in seqs and len(seqs) < 10, seqs  # skipped some, never fell behind for good
         assert up.mailbox.live_dropped > 0
     finally:
         up.stop()
-        col.stop()
+        col.close()
         box.close()

@@ -3,37 +3,43 @@
 from __future__ import annotations
 
 import json
-import threading
 import time
 from pathlib import Path
 
-from agent.box.daemon import Daemon
 from agent.box.walktest import boot_id
-from agent.config import load_config
-from agent.sdnotify import Notifier
 from agent.testing.broker import Mosquitto
-from tests.conftest import AgentProcess, Collector, cli, wait_for, write_config
+from tests.conftest import (
+    STATUS,
+    AgentProcess,
+    InProcessAgent,
+    MqttClient,
+    cli,
+    subscriber,
+    wait_alarms,
+    wait_for,
+    write_config,
+)
 
 
 def test_walk_test_marks_alarms_and_the_centre_sees_it(agent_process: AgentProcess,
-                                                       collector: Collector) -> None:
+                                                       collector: MqttClient) -> None:
     agent_process.start()
     on = cli("test-mode", "on", "--minutes", "30", "-c", str(agent_process.config))
     assert on.returncode == 0 and "test mode ON" in on.stdout
-    wait_for(lambda: collector.payloads("/status")[-1].get("test_mode_until"), 5,
+    wait_for(lambda: collector.payloads(STATUS)[-1].get("test_mode_until"), 5,
              "test mode in the retained status")
     agent_process.press("entrance")
-    assert collector.wait_alarms(1)[0]["test"] is True
+    assert wait_alarms(collector, 1)[0]["test"] is True
     assert "TEST MODE" in cli("status", "-c", str(agent_process.config)).stdout
     off = cli("test-mode", "off", "-c", str(agent_process.config))
     assert off.returncode == 0 and "OFF" in off.stdout
     agent_process.press("entrance")
-    assert collector.wait_alarms(2)[1]["test"] is False
-    assert collector.payloads("/status")[-1]["test_mode_until"] is None
+    assert wait_alarms(collector, 2)[1]["test"] is False
+    assert collector.payloads(STATUS)[-1]["test_mode_until"] is None
 
 
 def test_walk_test_survives_a_restart_and_switches_itself_off(agent_config: Path,
-                                                              collector: Collector) -> None:
+                                                              collector: MqttClient) -> None:
     state = agent_config.parent / "state"
     state.mkdir()
     (state / "test-mode.json").write_text(json.dumps(  # as a walk test 3 s from its end
@@ -43,7 +49,7 @@ def test_walk_test_survives_a_restart_and_switches_itself_off(agent_config: Path
         assert (agent.status() or {})["test_mode_until"]
         wait_for(lambda: (agent.status() or {}).get("test_mode_until") is None, 8,
                  "test mode to end by itself")
-        wait_for(lambda: collector.payloads("/status")[-1]["test_mode_until"] is None, 5,
+        wait_for(lambda: collector.payloads(STATUS)[-1]["test_mode_until"] is None, 5,
                  "the centre told")
         assert not (state / "test-mode.json").exists()
     finally:
@@ -57,27 +63,21 @@ def test_test_mode_refuses_an_absurd_duration(agent_process: AgentProcess) -> No
 
 
 def test_health_telemetry_is_published_retained(agent_config: Path, broker: Mosquitto) -> None:
-    d = Daemon(load_config(agent_config), notifier=Notifier(None), health_interval_s=0.5)
-    d.start()
-    runner = threading.Thread(target=d.supervise, daemon=True)
-    runner.start()
+    box = InProcessAgent(agent_config, health_interval_s=0.5).start(online_s=None)
     try:
-        col = Collector(broker.port, ["schools/sim-school/health"], client_id="health").start()
-        wait_for(lambda: col.payloads("/health"), 10, "a health message")
-        health = col.payloads("/health")[-1]
+        col = subscriber(broker.port, "schools/sim-school/health", client_id="health")
+        health = col.wait("#", 1, timeout=10)[-1].json()
         assert health["version"] and health["uptime_s"] >= 0
         assert set(health["buttons"]) == {"entrance", "gym", "office", "corridor"}
         assert health["outbox"]["alarm"] == 0 and health["disk_free_mb"] > 0
         assert "clock_synced" in health and "cpu_temp_c" in health
-        col.stop()
-        late = Collector(broker.port, ["schools/sim-school/health"], client_id="late").start()
-        wait_for(lambda: late.messages, 5, "the retained health")
-        assert late.messages[0][2] is True  # a centre that connects later sees it at once
-        late.stop()
+        col.close()
+        late = subscriber(broker.port, "schools/sim-school/health", client_id="late")
+        # a centre that connects later sees it at once
+        assert late.wait("#", 1, timeout=5)[0].retain
+        late.close()
     finally:
-        d.request_stop()
-        runner.join(5)
-        d.stop()
+        box.stop()
 
 
 def test_no_secret_reaches_a_log_line(tmp_path: Path, broker: Mosquitto) -> None:
@@ -89,11 +89,8 @@ def test_no_secret_reaches_a_log_line(tmp_path: Path, broker: Mosquitto) -> None
     cfg = write_config(
         tmp_path / "agent.yaml", broker.port, tmp_path / "state",
         cameras=[{"id": "hall-cam", "source": f"rtsp://admin:{cam_secret}@127.0.0.1:9/stream"}],
+        mqtt={"username": "box", "password_file": str(tmp_path / "pw")},
     )
-    text = cfg.read_text().replace("  keepalive_s: 5\n",
-                                   f"  keepalive_s: 5\n  username: box\n  password_file: "
-                                   f"{tmp_path / 'pw'}\n")
-    cfg.write_text(text)
     agent = AgentProcess(cfg).start()
     try:
         wait_for(lambda: "hall-cam" in agent.output() and "rtsp://" in agent.output(), 15,

@@ -15,7 +15,7 @@ from agent.delivery.outbox import BlobRef, Outbox
 from agent.delivery.protocol import Priority, Topics
 from agent.delivery.uplink.link import Uplink
 from agent.testing.broker import Mosquitto
-from tests.conftest import Collector, wait_for
+from tests.conftest import subscriber, wait_for
 from tests.test_uplink import _mqtt
 
 
@@ -212,20 +212,21 @@ def test_an_outbox_made_by_the_old_schema_opens_and_sends_what_it_holds(
                                  lambda s: f'{{"seq":{s}}}'.encode())
     assert (seq, durable) == (3, True)  # seq goes on
 
-    col = Collector(broker.port, ["schools/site-a/#"], client_id="old-outbox").start()
+    col = subscriber(broker.port, "schools/site-a/#", client_id="old-outbox")
     up = Uplink(_mqtt(broker.port), Topics("schools", "site-a"), box,
                 lambda state, _r: state.encode())
     up.start()
     try:
-        wait_for(lambda: len([t for t, _, _ in col.messages if "/status" not in t]) >= 3, 10,
-                 "the old outbox's messages on the broker")
-        sent = [(t, p) for t, p, _ in col.messages if "/status" not in t]
-        assert sent == [("schools/site-a/alarm", b'{"seq":1}'),
+        def sent() -> list[tuple[str, bytes]]:
+            return [(m.topic, m.payload) for m in col.received() if "/status" not in m.topic]
+
+        wait_for(lambda: len(sent()) >= 3, 10, "the old outbox's messages on the broker")
+        assert sent() == [("schools/site-a/alarm", b'{"seq":1}'),
                         ("schools/site-a/alarm", b'{"seq":3}'),
                         ("schools/site-a/clip/cam", b"HEAD\n23456")]
     finally:
         up.stop()
-        col.stop()
+        col.close()
     box.close()
     conn = sqlite3.connect(db)
     assert "size" not in {row[1] for row in conn.execute("PRAGMA table_info(messages)")}

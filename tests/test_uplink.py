@@ -14,7 +14,8 @@ from agent.delivery.protocol import Priority, Topics
 from agent.delivery.uplink.link import Uplink
 from agent.delivery.uplink.pacing import TokenBucket, notsent_lowat
 from agent.testing.broker import Mosquitto
-from tests.conftest import Collector, wait_for
+from agent.testing.mqtt import MqttClient
+from tests.conftest import subscriber, wait_for
 from tests.fault.mqtt_proxy import Cut, CutMode, Direction, MqttProxy
 
 TOPICS = Topics("schools", "site-a")
@@ -47,66 +48,70 @@ def _uplink(broker: Mosquitto, box: Outbox, **kw: object) -> Uplink:
     return up
 
 
+def _topics(col: MqttClient) -> list[str]:
+    return [m.topic for m in col.received()]
+
+
 def _clips(box: Outbox, n: int, size: int) -> None:
     for i in range(n):
         box.add(Priority.CLIP, "schools/site-a/clip/cam", f"clip-{i}", b"%06d" % i + b"x" * size)
 
 
 def test_alarm_overtakes_a_queued_clip_backlog(broker: Mosquitto, outbox: Outbox) -> None:
-    col = Collector(broker.port, ["schools/site-a/#"], client_id="prio").start()
+    col = subscriber(broker.port, "schools/site-a/#", client_id="prio")
     _clips(outbox, 300, 16_000)
     up = _uplink(broker, outbox, max_video_kbps=4000)  # a slow link: the backlog takes seconds
     try:
         wait_for(
-            lambda: sum(t.endswith("/clip/cam") for t, _, _ in col.messages) >= 5,
+            lambda: sum(t.endswith("/clip/cam") for t in _topics(col)) >= 5,
             10,
             "the backlog to start draining",
         )
-        received_at_press = sum(t.endswith("/clip/cam") for t, _, _ in col.messages)
+        received_at_press = sum(t.endswith("/clip/cam") for t in _topics(col))
         outbox.add_alarm(TOPICS.alarm, "the-alarm", lambda seq: b'{"alarm":%d}' % seq)
         up.wake()
-        wait_for(lambda: any(t.endswith("/alarm") for t, _, _ in col.messages), 5, "the alarm")
-        topics = [t for t, _, _ in col.messages if not t.endswith("/status")]
+        wait_for(lambda: any(t.endswith("/alarm") for t in _topics(col)), 5, "the alarm")
+        topics = [t for t in _topics(col) if not t.endswith("/status")]
         clips_before = topics.index(TOPICS.alarm)
         # Only what was already handed to paho or the kernel may precede it: the in-flight
         # window (8) at most, never the 250-odd chunks still queued.
         assert clips_before <= received_at_press + 8, (clips_before, received_at_press)
     finally:
         up.stop()
-        col.stop()
+        col.close()
 
 
 def test_video_cap_holds_and_everything_arrives_in_order(broker: Mosquitto, outbox: Outbox) -> None:
-    col = Collector(broker.port, ["schools/site-a/clip/#"], client_id="cap").start()
+    col = subscriber(broker.port, "schools/site-a/clip/#", client_id="cap")
     _clips(outbox, 40, 10_000)  # 400 KB
     t0 = time.monotonic()
     up = _uplink(broker, outbox, max_video_kbps=800)  # 100 KB/s with a 1 s burst
     try:
-        wait_for(lambda: len(col.messages) >= 40, 15, "every clip chunk")
+        wait_for(lambda: col.count() >= 40, 15, "every clip chunk")
         elapsed = time.monotonic() - t0
         assert elapsed >= (400_000 - 100_000) / 100_000 * 0.9
-        assert [p[:6] for _, p, _ in col.messages] == [b"%06d" % i for i in range(40)]
+        assert [m.payload[:6] for m in col.received()] == [b"%06d" % i for i in range(40)]
         wait_for(lambda: outbox.depth()["clip"] == 0, 3, "acked chunks deleted")
     finally:
         up.stop()
-        col.stop()
+        col.close()
 
 
 def test_unacked_messages_are_resent_after_the_broker_dies(
     broker: Mosquitto, outbox: Outbox
 ) -> None:
-    col = Collector(broker.port, ["schools/site-a/clip/#"], client_id="resend").start()
+    col = subscriber(broker.port, "schools/site-a/clip/#", client_id="resend")
     _clips(outbox, 60, 20_000)
     up = _uplink(broker, outbox, max_video_kbps=2000)
     try:
-        wait_for(lambda: len(col.messages) >= 10, 10, "some chunks")
+        wait_for(lambda: col.count() >= 10, 10, "some chunks")
         broker.kill()
         broker.start()
-        wait_for(lambda: len({p[:6] for _, p, _ in col.messages}) == 60, 20, "all 60 chunks")
+        wait_for(lambda: len({m.payload[:6] for m in col.received()}) == 60, 20, "all 60 chunks")
         wait_for(lambda: outbox.depth()["clip"] == 0, 5, "outbox drained")
     finally:
         up.stop()
-        col.stop()
+        col.close()
 
 
 def test_a_retained_value_lost_with_its_connection_is_sent_again(
@@ -115,7 +120,7 @@ def test_a_retained_value_lost_with_its_connection_is_sent_again(
     """The box posts its public key once, at start. Handed to a connection that then dies
     before the broker's PUBACK, it was gone for good, and no clip could verify at the centre
     (found by tests/fault/test_disconnect_points.py)."""
-    col = Collector(broker.port, [TOPICS.pubkey], client_id="latest").start()
+    col = subscriber(broker.port, TOPICS.pubkey, client_id="latest")
     # Everything after the CONNACK vanishes: the first turn online hands paho the key (and the
     # alarm, whose missing PUBACK ends the connection); the reconnect passes.
     proxy = MqttProxy(broker.port, Cut(Direction.B2A, 1, CutMode.BLACKHOLE)).start()
@@ -126,13 +131,13 @@ def test_a_retained_value_lost_with_its_connection_is_sent_again(
     up.start()
     try:
         wait_for(lambda: len(proxy.links) >= 2, 10, "the reconnect")
-        wait_for(lambda: col.messages, 10, "the key at the broker")
+        wait_for(col.count, 10, "the key at the broker")
         first = proxy.first()
         assert first is not None and "PUBLISH pubkey" not in first.packets[Direction.A2B]
     finally:
         up.stop()
         proxy.close()
-        col.stop()
+        col.close()
 
 
 def test_token_bucket() -> None:

@@ -27,6 +27,20 @@ from agent.video.sources.synthetic import SyntheticSource
 from tests.rtsp_server import RtspServer, gst_available
 
 
+def make_mpeg4_file(path: Path) -> Path:
+    """Half a second of MPEG-4 Part 2: what a camera left on its default codec sends (the
+    agent takes H.264 only)."""
+    with av.open(str(path), "w") as out:
+        stream = out.add_stream("mpeg4", rate=10)
+        stream.width, stream.height, stream.pix_fmt = 64, 64, "yuv420p"
+        for n in range(5):
+            frame = av.VideoFrame(64, 64, "yuv420p")
+            frame.pts = n
+            out.mux(stream.encode(frame))
+        out.mux(stream.encode(None))
+    return path
+
+
 def make_h264_file(
     path: Path,
     *,

@@ -57,6 +57,7 @@ from agent.hardware.buttons import ButtonBoard, ButtonEvent, make_pin_factory
 from agent.hardware.indicators import Indicators
 from agent.sdnotify import Notifier
 from agent.supervision import Supervisor, log_thread_exceptions
+from agent.tracing import Point, Tracer, no_trace
 from agent.video.chain import BoxKey
 from agent.video.clips import ClipSegment
 from agent.video.pipeline import Video
@@ -73,8 +74,9 @@ class Daemon:
 
     def __init__(self, cfg: Config, notifier: Notifier | None = None,
                  health_interval_s: float = 60.0, pin_factory: Factory | None = None,
-                 supervisor: Supervisor | None = None) -> None:
+                 supervisor: Supervisor | None = None, tracer: Tracer = no_trace) -> None:
         self.cfg = cfg
+        self.trace = tracer  # the benches' points on the alarm path (agent/tracing.py)
         self.supervisor = supervisor or Supervisor()
         self._pin_factory = pin_factory  # None: the one chosen by gpio.backend
         self.health_interval_s = health_interval_s
@@ -84,7 +86,6 @@ class Daemon:
         self.notifier = notifier or Notifier.from_env()
         self.started_at = time.time()
         self.last_alarm: dict[str, Any] | None = None
-        self._stop = threading.Event()
         self._stale: list[str] = []  # core threads without a recent heartbeat, last turn
         self._last_summary = ""  # systemd's STATUS= as last sent
         self.outbox: Outbox | None = None
@@ -114,7 +115,8 @@ class Daemon:
                              max_video_kbps=self.cfg.uplink.max_kbps,
                              on_message=self._on_message,
                              on_clip_receipt=self.video.release,
-                             subscriptions=(self.topics.cmd,) if self.router else ())
+                             subscriptions=(self.topics.cmd,) if self.router else (),
+                             tracer=self.trace)
         self.buttons = ButtonBoard(self.cfg.buttons, factory, self._on_button)
         self.control = ControlServer(socket_path(storage), self._on_control)
         self.indicators.start()
@@ -146,29 +148,31 @@ class Daemon:
             self._nonces.close()
         log.info("agent stopped")
 
-    def request_stop(self) -> None:
-        self._stop.set()
-
     def run(self) -> int:
         """Start, serve until SIGTERM/SIGINT, stop. Returns the process exit code."""
+        stop = threading.Event()
         for sig in (signal.SIGTERM, signal.SIGINT):
-            signal.signal(sig, lambda *_: self.request_stop())
+            signal.signal(sig, lambda *_: stop.set())
         signal.signal(signal.SIGHUP, lambda *_: log.warning(
             "SIGHUP ignored: restart the agent to apply configuration changes"))
         log_thread_exceptions()
         self.start()
         try:
-            self.supervise()
+            self.serve(stop)
         finally:
             self.stop()
         return 0
 
-    def supervise(self) -> None:
-        """The main thread until a stop is requested: one turn a second (half the watchdog
-        interval at most), itself under the supervisor's rule."""
+    def serve(self, stop: threading.Event) -> None:
+        """The main thread's part of a running agent, until ``stop`` is set: one turn a
+        second (half the watchdog interval at most), itself under the supervisor's rule.
+
+        What :meth:`run` does between start and stop, without the signal handlers (which only
+        the main thread may set), so that a test, a bench or the demo runs the daemon in its
+        own process, on any thread, exactly as systemd's agent runs."""
         interval = min(1.0, (self.notifier.watchdog_s or 2.0) / 2)
         self._next_health = time.monotonic()
-        self.supervisor.run_turns(self._supervise_once, interval, self._stop)
+        self.supervisor.run_turns(self._supervise_once, interval, stop)
 
     def _supervise_once(self) -> None:
         """One turn: test-mode expiry, indicators, health, the watchdog, systemd's STATUS."""
@@ -198,6 +202,7 @@ class Daemon:
 
     def _on_button(self, event: ButtonEvent) -> dict[str, Any]:
         assert self.outbox is not None and self.uplink is not None
+        self.trace(Point.EDGE, event.button_id)
         button = self.cfg.button(event.button_id)
         event_id = new_event_id()
         synced = clock_synced()
@@ -211,6 +216,7 @@ class Daemon:
             ).to_json()
 
         seq, durable = self.outbox.add_alarm(self.topics.alarm, event_id, build)
+        self.trace(Point.COMMITTED, event_id)
         self.uplink.wake()
         if event.kind is AlarmKind.PANIC:
             if self.indicators is not None:
@@ -223,6 +229,7 @@ class Daemon:
         log.warning("%s: button=%s location=%r seq=%d event_id=%s%s", str(event.kind).upper(),
                     button.id, button.location, seq, event_id,
                     f" detail={event.detail!r}" if event.detail else "")
+        self.trace(Point.HANDLED, event_id)
         return self.last_alarm
 
     # --- clips (run on the clips thread) ----------------------------------------------------
@@ -244,8 +251,10 @@ class Daemon:
     def _on_live_segment(self, camera_id: str, session: str, segment: Segment, seq: int,
                          final: bool) -> None:
         assert self.uplink is not None
+        self.trace(Point.LIVE_SEGMENT, segment.sha256)
         self.uplink.post_live(self.topics.live(camera_id),
                               live_chunks(session, segment, seq, final))
+        self.trace(Point.LIVE_POSTED, segment.sha256)
 
     def _system_fault(self, detail: str) -> None:
         """A fault of the box itself (not of a button), on the alarm topic like the others."""
@@ -283,7 +292,9 @@ class Daemon:
         if topic != self.topics.cmd or self.router is None:
             return
         assert self.outbox is not None and self.uplink is not None
+        self.trace(Point.COMMAND, "")
         reply = self.router.respond(payload)
+        self.trace(Point.APPLIED, reply.command_id or "")
         if reply.authenticated and reply.command_id is not None:
             self.outbox.add(Priority.CONTROL, self.topics.cmd_result,
                             f"result/{reply.command_id}", reply.payload)

@@ -63,6 +63,7 @@ from agent.delivery.protocol import (
     dumps,
 )
 from agent.errors import ProtocolError
+from agent.tracing import Point, Tracer, no_trace
 
 log = logging.getLogger("agent.centre")
 
@@ -81,8 +82,9 @@ class _Item:
 
 class Assembler:
     def __init__(self, store: Path, prefix: str, ledger: LedgerStore, reporter: Reporter,
-                 limits: Limits, send: Send) -> None:
+                 limits: Limits, send: Send, tracer: Tracer = no_trace) -> None:
         self._store, self._prefix, self._ledger = store, prefix, ledger
+        self._trace = tracer  # the benches' points (agent/tracing.py)
         self._reporter, self._limits, self._send = reporter, limits, send
         self._queue: FairQueue[_Item] = FairQueue(
             1 << 30, limits.video_queue_site_bytes, 1 << 30, limits.video_queue_bytes)
@@ -132,6 +134,7 @@ class Assembler:
                     raise ProtocolError(f"a chunk of camera {header.camera_id} on the topic of "
                                         f"{topic.camera}")
                 item = _Item(topic.kind, data, header)
+                self._trace(Point.CENTRE_CHUNK, header.sha256)
             else:
                 return
         except ProtocolError as exc:
@@ -231,6 +234,7 @@ class Assembler:
                     f.write(body)
                 with open(path.with_suffix(".idx"), "ab") as f:
                     f.write(line)
+                self._trace(Point.CENTRE_LIVE, h.sha256)
             stream.last = h.segment
             if h.final:
                 log.info("live %s from %s/%s ended (%d segments)", h.event_id, site,

@@ -45,6 +45,7 @@ from agent.delivery.protocol import (
     presence_payload,
 )
 from agent.delivery.schema import WireError
+from agent.tracing import Point, Tracer, no_trace
 
 log = logging.getLogger("agent.centre")
 
@@ -55,8 +56,10 @@ class Receiver:
 
     def __init__(self, endpoint: Endpoint, topic_prefix: str, store: Path, client_id: str,
                  ledger: LedgerStore, on_alarm: Callable[[dict[str, Any]], None] | None = None,
-                 limits: Limits | None = None, group_max: int = GROUP_MAX) -> None:
+                 limits: Limits | None = None, group_max: int = GROUP_MAX,
+                 tracer: Tracer = no_trace) -> None:
         self.store, self.prefix, self.client_id = store, topic_prefix, client_id
+        self._trace = tracer  # the benches' points (agent/tracing.py)
         self.ledger = ledger
         limits = limits or Limits()
         reporter = Reporter(self.ledger, limits.report_every_s)
@@ -76,19 +79,20 @@ class Receiver:
         self.desk = AlarmDesk(store, topic_prefix, self.ledger, reporter, limits,
                               self.alarm_link.publish, on_alarm, group_max)
         self.assembler = Assembler(store, topic_prefix, self.ledger, reporter, limits,
-                                   self.video_link.publish)
+                                   self.video_link.publish, tracer)
         self._reporter = reporter
 
     @classmethod
     def open(cls, endpoint: Endpoint, topic_prefix: str, store: Path, client_id: str,
              on_alarm: Callable[[dict[str, Any]], None] | None = None,
              limits: Limits | None = None, group_max: int = GROUP_MAX,
-             ledger_url: str | None = None) -> Receiver:
+             ledger_url: str | None = None, tracer: Tracer = no_trace) -> Receiver:
         """A receiver on the store's ledger (or PostgreSQL's at ``ledger_url``), unless the
         centre's signing key lies in the store."""
         refuse_key_in_store(store)
         ledger = open_ledger(store, ledger_url, recover=True)
-        return cls(endpoint, topic_prefix, store, client_id, ledger, on_alarm, limits, group_max)
+        return cls(endpoint, topic_prefix, store, client_id, ledger, on_alarm, limits, group_max,
+                   tracer)
 
     @property
     def subscribed(self) -> bool:
@@ -122,6 +126,7 @@ class Receiver:
 
     def alarm_message(self, topic: str, payload: bytes) -> None:
         """A message on the alarm link (its thread): checked, then queued for the desk."""
+        self._trace(Point.CENTRE_ALARM, "")
         parsed = self._topic(topic)
         if parsed is not None:
             self.desk.take(parsed, payload)

@@ -36,7 +36,9 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def _die_with_parent() -> None:
+def die_with_parent() -> None:
+    """For ``preexec_fn``: the child is SIGKILLed when the process that started it dies, so a
+    crashed test run or demo leaves no broker or agent behind."""
     libc = ctypes.CDLL(None, use_errno=True)
     libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
 
@@ -58,6 +60,7 @@ class Mosquitto:
     extra_conf: str = ""
     proc: subprocess.Popen[bytes] | None = None
     listeners: str | None = None
+    bind: str = "127.0.0.1"
 
     @property
     def url(self) -> str:
@@ -72,7 +75,7 @@ class Mosquitto:
         conf = self.workdir / "mosquitto.conf"
         listeners = self.listeners
         if listeners is None:
-            listeners = f"listener {self.port} 127.0.0.1\nallow_anonymous true\n"
+            listeners = f"listener {self.port} {self.bind}\nallow_anonymous true\n"
         text = (
             f"{listeners.rstrip()}\n"
             # Started as root, mosquitto would switch to the `mosquitto` user, which cannot read
@@ -92,22 +95,30 @@ class Mosquitto:
         ports = [int(p) for p in re.findall(r"^listener\s+(\d+)", text, re.MULTILINE)]
         with open(self.workdir / "mosquitto.log", "ab") as log:
             self.proc = subprocess.Popen(
-                [exe, "-c", str(conf)], stdout=log, stderr=log, stdin=subprocess.DEVNULL,
-                preexec_fn=_die_with_parent,
+                self.command(exe, conf), stdout=log, stderr=log, stdin=subprocess.DEVNULL,
+                preexec_fn=die_with_parent,
             )
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
                 raise BrokerError(f"mosquitto exited at start; see {self.workdir}/mosquitto.log")
-            try:
-                for port in ports:
-                    socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+            if all(self.accepts(port) for port in ports):
                 return
-            except OSError:
-                time.sleep(0.02)
+            time.sleep(0.02)
         self.kill()
         raise BrokerError(f"mosquitto did not listen on port(s) {ports} within {timeout} s;"
                           f" see {self.workdir}/mosquitto.log")
+
+    def command(self, exe: str, conf: Path) -> list[str]:
+        return [exe, "-c", str(conf)]
+
+    def accepts(self, port: int) -> bool:
+        """Whether the broker takes a TCP connection on ``port`` (it listens)."""
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+        except OSError:
+            return False
+        return True
 
     def kill(self) -> None:
         """SIGKILL: no clean shutdown, as when the broker host dies."""

@@ -1,8 +1,9 @@
-"""Figures for the benches and the fault tests: percentiles and the machine they came from.
+"""Figures for the benches and the fault tests: percentiles, stages, the machine they came from.
 
 Benchmarks here are ratios against a baseline measured in the same run on a shared, noisy
 machine, so every report carries the context that makes it comparable: the CPU, the load, the
-filesystem the fsync went to, and the commit measured.
+filesystem the fsync went to, and the commit measured. Where the time goes inside the agent
+comes from its tracing points (agent/tracing.py) through a :class:`Stopwatch`.
 """
 
 from __future__ import annotations
@@ -15,10 +16,15 @@ import sqlite3
 import subprocess
 import sys
 import tempfile
+import threading
+import time
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import paho.mqtt.client as mqtt
+
+from agent.tracing import Point
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -33,6 +39,93 @@ def describe(xs: list[float]) -> dict[str, float]:
     s = sorted(xs)
     return {"n": len(s), "p50_ms": percentile(s, 50) * 1e3, "p99_ms": percentile(s, 99) * 1e3,
             "max_ms": s[-1] * 1e3, "mean_ms": sum(s) / len(s) * 1e3}
+
+
+def ratios(a: Mapping[str, float], b: Mapping[str, float]) -> dict[str, float]:
+    """``a`` over ``b`` at p50 and p99 (two ``describe`` results)."""
+    return {"p50": a["p50_ms"] / b["p50_ms"], "p99": a["p99_ms"] / b["p99_ms"]}
+
+
+def table(rows: Mapping[str, Mapping[str, float]], head: str = "path", mean: bool = True,
+          digits: int = 3) -> list[str]:
+    """A markdown table of ``describe`` results, one row each: p50, p99, max (and mean)."""
+    cols = ["p50_ms", "p99_ms", "max_ms", *(["mean_ms"] if mean else [])]
+    out = [f"| {head} | n | " + " | ".join(c.replace("_", " ") for c in cols) + " |",
+           "|---|---:|" + "---:|" * len(cols)]
+    for label, f in rows.items():
+        cells = " | ".join(f"{f[c]:.{digits}f}" for c in cols)
+        out.append(f"| {label} | {f['n']:.0f} | {cells} |")
+    return out
+
+
+def machine_line(ctx: Mapping[str, Any]) -> str:
+    la = ctx["loadavg"]
+    end = ctx.get("loadavg_end")
+    return (f"Machine: {ctx['cpus']} CPUs ({ctx['cpus_usable']} usable) {ctx['cpu_model']}; "
+            f"Linux {ctx['kernel']}; Python {ctx['python']}; SQLite {ctx['sqlite']}; paho "
+            f"{ctx['paho']}; {ctx['broker']}. Agent code: {ctx['agent_code']}. Storage: "
+            f"{ctx['storage_dir']} on {ctx['storage_fs']} ({ctx['storage_device']}). Load "
+            f"average {la[0]:.2f} at start" + (f", {end[0]:.2f} at end." if end else "."))
+
+
+class Stopwatch:
+    """A tracer (agent/tracing.py) for one measurement at a time.
+
+    :meth:`arm` starts a row at t0; every point crossed (and every :meth:`mark` of the bench's
+    own) until :meth:`take` is kept with its perf_counter() times. A span is from a point's
+    first crossing to the next crossing of another (:func:`span`), so a point that fires for
+    other reasons too (the uplink wakes for a status as well) does not shift the figure.
+    """
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()  # guards _row; held only to copy or append
+        self._row: dict[str, list[float]] | None = None
+
+    def arm(self, t0: float) -> None:
+        with self._cond:
+            self._row = {"t0": [t0]}
+
+    def __call__(self, point: Point, key: str) -> None:
+        self.mark(point)
+
+    def mark(self, name: str, at: float | None = None) -> None:
+        at = time.perf_counter() if at is None else at
+        with self._cond:
+            if self._row is not None:
+                self._row.setdefault(name, []).append(at)
+                self._cond.notify_all()
+
+    def wait(self, name: str, timeout: float) -> bool:
+        """Until ``name`` has been crossed in this row."""
+        with self._cond:
+            return self._cond.wait_for(lambda: name in (self._row or {}), timeout)
+
+    def take(self) -> dict[str, list[float]]:
+        with self._cond:
+            row, self._row = self._row or {}, None
+            return row
+
+
+def span(row: Mapping[str, list[float]], a: str, b: str) -> float | None:
+    """From ``a``'s first time to ``b``'s first time at or after it; if ``b`` came only
+    before, to its first time (negative: a subscriber can have a message before paho's
+    publish() has returned on the sender's thread). None if either is missing."""
+    if not row.get(a) or not row.get(b):
+        return None
+    start = row[a][0]
+    later = [t for t in row[b] if t >= start]
+    return (later[0] if later else row[b][0]) - start
+
+
+def stages(rows: list[dict[str, list[float]]],
+           spans: Mapping[str, tuple[str, str]]) -> dict[str, dict[str, float]]:
+    """``describe`` of each labelled span over the rows that have it."""
+    out = {}
+    for label, (a, b) in spans.items():
+        xs = [x for r in rows if (x := span(r, a, b)) is not None]
+        if xs:
+            out[label] = describe(xs)
+    return out
 
 
 def fs_type(path: Path) -> tuple[str, str, str]:

@@ -36,7 +36,8 @@ import pytest
 from agent.centre.ledger import Ledger, Report
 from agent.clock import rfc3339
 from agent.delivery.protocol import Alarm
-from tests.brokerdoc import Broker, Peer, start_broker
+from agent.testing.mqtt import MqttClient
+from tests.brokerdoc import Broker, peer_options, start_broker
 from tests.conftest import REPO, wait_for
 from tests.pki import Pki, make_pki
 
@@ -145,15 +146,14 @@ def centre(tmp_path: Path, pki: Pki, broker: Broker) -> Iterator[CentreProcess]:
     c.stop()
 
 
-class Box(Peer):
+class Box(MqttClient):
     """A school's box as the broker sees it: its certificate, its topics, nothing else."""
 
     def __init__(self, pki: Pki, port: int, site: str, prefix: str = "schools") -> None:
-        super().__init__(port, pki, pki.site(site), client_id=site)
+        super().__init__(port, client_id=site, **peer_options(pki, pki.site(site)))
         self.site, self.prefix = site, prefix
         self.seq = 0
         self.sent = 0  # messages flooded
-        self.arrived = threading.Condition()
 
     def start(self) -> Box:
         assert self.connect().online, self.error
@@ -187,21 +187,15 @@ class Box(Peer):
         self.sent += sum(i.is_published() for i in infos)
 
     def receipted(self, event_id: str) -> bool:
-        return any(event_id in p.decode() for _, p in self.received(self.topic("receipt")))
-
-    def _on_message(self, client: Any, userdata: Any, msg: Any) -> None:
-        super()._on_message(client, userdata, msg)
-        with self.arrived:
-            self.arrived.notify_all()
+        return any(event_id in m.payload.decode() for m in self.received(self.topic("receipt")))
 
     def time_alarm(self, timeout: float = 10.0) -> tuple[str, float]:
         """Publish one alarm; seconds until the centre's receipt names it."""
         alarm = self.alarm()
         start = time.monotonic()
         self.client.publish(self.topic("alarm"), alarm.to_json(), qos=1)
-        with self.arrived:
-            if not self.arrived.wait_for(lambda: self.receipted(alarm.event_id), timeout):
-                raise AssertionError(f"{self.site}: no receipt for {alarm.event_id} in {timeout} s")
+        self.until(lambda: self.receipted(alarm.event_id), timeout,
+                   f"{self.site}: the receipt for {alarm.event_id}")
         return alarm.event_id, time.monotonic() - start
 
 

@@ -36,7 +36,7 @@ from tests.adversarial.conftest import (
     rounds,
 )
 from tests.boxmsgs import signed_chunks
-from tests.brokerdoc import Broker, start_broker
+from tests.brokerdoc import Broker, pairs, start_broker
 from tests.conftest import REPO, cli, wait_for
 from tests.pki import Pki
 
@@ -311,7 +311,7 @@ def test_the_centres_key_and_certificates(tmp_path: Path, pki: Pki, broker: Brok
 def answer_one_command(box: Box) -> None:
     """The box's side of a command, enough for the command tool to get its result."""
     wait_for(lambda: box.received(box.topic("cmd")), 20, "a command")
-    [(_topic, payload)] = box.received(box.topic("cmd"))
+    [(_topic, payload)] = pairs(box.received(box.topic("cmd")))
     command = json.loads(payload)
     box.publish(box.topic("cmd/result"), json.dumps(
         {"id": command["id"], "ok": True, "reason": "", "data": {"pong": True},

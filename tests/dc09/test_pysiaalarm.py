@@ -201,8 +201,9 @@ def test_supervision_polls_and_detects_path_failure(receivers: Callable[..., Sia
     harness.wait(lambda: harness.paths == [(True, rx.receiver().name)], what="path up")
     rx.stop()
     shift[0] += 31
-    harness.wait(lambda: tx.status().path_ok is False, what="the failed poll noticed")
-    assert harness.paths[-1][0] is False
+    # The status changes first, then on_path is called: wait for both, not one then the other.
+    harness.wait(lambda: tx.status().path_ok is False and harness.paths[-1][0] is False,
+                 what="the failed poll noticed and reported")
     back = receivers(Transport.TCP, port=rx.port)
     back.wait(1, polls=True)
     harness.wait(lambda: tx.status().path_ok is True, what="the path back up")

@@ -17,13 +17,12 @@ failure, and prints one line that a person or CI can grep:
 What is here:
 - :class:`Tally`: the bookkeeping and the FAULT line (also repeated in the terminal summary).
 - :class:`Presser`: presses buttons through the control socket, re-arming each button first.
-- :class:`Centre`: the real receiver plus the raw collector, optionally inside a namespace.
+- :class:`Centre`: the harness's receiver (agent/testing/site.py) plus the raw collector,
+  optionally inside a namespace.
 - tests/fault/mqtt_proxy.py: a proxy that cuts the box's link right after its k-th MQTT packet.
-- :class:`NetLab` (fixture ``netlab``): two network namespaces joined by a veth pair, the broker
-  in one, the agent in the other; cut, restore and shape the link. Nothing is added to the
-  root namespace (no address, no route), so no test traffic can ever leave through the host's
-  default route, whatever state a cut leaves the link in.
-- :class:`FaultAgent`: ``tests.conftest.AgentProcess`` that can run in a namespace and with
+- fixture ``netlab``: agent/testing/netns.py's NetLab, two network namespaces joined by a veth
+  pair, the broker in one, the agent in the other; cut, restore and shape the link.
+- the agent is agent/testing/site.py's ``AgentProcess``, which can run in a namespace and with
   extra environment (libfaketime).
 - fixtures ``tmpfs`` and ``ext4_loop`` for the storage faults; everything is torn down in
   finalizers even when a test fails.
@@ -32,18 +31,10 @@ What is here:
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import itertools
-import json
 import os
-import pwd
 import random
-import re
 import shutil
-import signal
-import socket
-import subprocess
-import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -51,18 +42,20 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import paho.mqtt.client as mqtt
 import pytest
-import yaml
-from paho.mqtt.enums import CallbackAPIVersion
-from paho.mqtt.packettypes import PacketTypes
-from paho.mqtt.properties import Properties
 
 from agent.box import control
-from agent.centre.service import run_receiver
 from agent.errors import AgentError
-from agent.testing.broker import _die_with_parent
-from tests.conftest import REPO, AgentProcess, wait_for, write_config
+from agent.testing import wait_for
+from agent.testing.mqtt import MqttClient
+from agent.testing.netns import MQTT_PORT, NetLab, NsBroker, enter_netns, run_in_netns, sh
+from agent.testing.site import AgentProcess, school_config
+from agent.testing.site import Centre as Receiver
+
+# Re-exported: the fault tests take the agent from here; bench/uplink.py takes the namespace
+# helpers from here until it moves onto agent.testing.netns.
+__all__ = ["MQTT_PORT", "AgentProcess", "NetLab", "NsBroker", "enter_netns", "run_in_netns",
+           "sh", "wait_for"]
 
 # Six normally-open buttons without hold_s: a press is an alarm on the first edge, and a tight
 # loop can rotate through them while each one re-arms (release_s = 50 ms, agent/buttons.py).
@@ -72,7 +65,6 @@ BUTTONS = [
 ]
 REARM_S = 0.06  # release_s (50 ms) plus a margin
 KEEPALIVE_S = 5  # the smallest the config allows; a dead link is noticed within 2 x this
-MQTT_PORT = 1883  # inside a private namespace the port is always free
 
 _FAULT_LINES: list[str] = []
 
@@ -210,44 +202,8 @@ def fault_seed(name: str, seed: int) -> int:
 def fault_config(path: Path, storage: Path, host: str = "127.0.0.1", port: int = MQTT_PORT,
                  **sections: Any) -> Path:
     """The simulated school with six plain buttons, pointed at ``host:port``."""
-    write_config(path, port, storage)
-    data = yaml.safe_load(path.read_text())
-    data["mqtt"].update({"host": host, "port": port, "keepalive_s": KEEPALIVE_S})
-    if not host.startswith("127."):
-        data["mqtt"]["allow_plaintext"] = True  # a private test namespace, not the internet
-    data["buttons"] = BUTTONS
-    data.update(sections)
-    path.write_text(yaml.safe_dump(data, sort_keys=False))
-    return path
-
-
-@dataclass
-class FaultAgent(AgentProcess):
-    """The agent as a process, optionally inside a network namespace and with extra env."""
-
-    netns: str | None = None
-    env: dict[str, str] = field(default_factory=dict)
-
-    def start(self, ready_timeout: float = 15.0) -> FaultAgent:
-        self.log_path = self.config.with_suffix(".log")
-        prefix = ["ip", "netns", "exec", self.netns] if self.netns else []
-        with open(self.log_path, "a") as log:
-            log.write(f"--- start {time.strftime('%H:%M:%S')} ---\n")
-            log.flush()
-            self.proc = subprocess.Popen(
-                [*prefix, sys.executable, "-m", "agent.cli", "run", "-c", str(self.config)],
-                stdout=log, stderr=subprocess.STDOUT, text=True, cwd=REPO,
-                env={**os.environ, "PYTHONUNBUFFERED": "1", **self.env},
-                preexec_fn=_die_with_parent,
-            )
-        wait_for(lambda: self.status() is not None, ready_timeout, "the agent's control socket")
-        return self
-
-    def uplink_state(self) -> str:
-        return str(((self.status() or {}).get("uplink") or {}).get("state", ""))
-
-    def outbox(self) -> dict[str, Any]:
-        return dict((self.status() or {}).get("outbox") or {})
+    return school_config(path, port=port, storage=storage, host=host,
+                         **{"buttons": BUTTONS, **sections})
 
 
 class Presser:
@@ -292,306 +248,52 @@ class Presser:
 # --- the centre ---------------------------------------------------------------------------------
 
 
-class RawCollector:
-    """Every copy of every alarm, with its arrival time: duplicates are counted here."""
+class Centre(Receiver):
+    """The real receiver (receipts, presence, dedup into alarms.jsonl) and a raw collector that
+    keeps every copy of every alarm with its arrival time: duplicates are counted there.
 
-    def __init__(self, host: str, port: int, client_id: str,
-                 topics: tuple[str, ...] = ("schools/+/alarm",)) -> None:
-        self.host, self.port, self.topics = host, port, topics
-        self.client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id,
-                                  protocol=mqtt.MQTTv5)
-        self.lock = threading.Lock()
-        self.messages: list[tuple[float, str, bytes]] = []
-        self.subscribed = threading.Event()
-
-    def start(self) -> None:
-        c = self.client
-
-        def on_connect(cl: mqtt.Client, *_: Any) -> None:
-            for t in self.topics:
-                cl.subscribe(t, qos=1)
-
-        def on_message(_c: Any, _u: Any, msg: mqtt.MQTTMessage) -> None:
-            with self.lock:
-                self.messages.append((time.monotonic(), msg.topic, bytes(msg.payload)))
-
-        c.on_connect = on_connect
-        c.on_message = on_message
-        c.on_subscribe = lambda *_: self.subscribed.set()
-        props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
-        props.SessionExpiryInterval = 3600
-        c.reconnect_delay_set(0.05, 0.5)  # type: ignore[arg-type]  # floats work
-        c.connect_async(self.host, self.port, keepalive=5, clean_start=False, properties=props)
-        c.loop_start()
-
-    def stop(self) -> None:
-        self.client.disconnect()
-        self.client.loop_stop()
-
-    def alarms(self) -> list[tuple[float, dict[str, Any]]]:
-        with self.lock:
-            return [(t, json.loads(p)) for t, topic, p in self.messages
-                    if topic.endswith("/alarm") and p]
-
-
-class Centre:
-    """The real receiver (receipts, presence, dedup into alarms.jsonl) and a raw collector.
-
-    With ``netns``, both run on threads that entered that namespace first, so the centre's
-    path to the broker (127.0.0.1 inside the broker's namespace) is never cut or shaped.
+    With ``netns``, both connect from inside that namespace, so the centre's path to the
+    broker (127.0.0.1 inside the broker's namespace) is never cut or shaped.
     """
 
     def __init__(self, host: str, port: int, store: Path, netns: str | None = None,
                  name: str = "centre") -> None:
-        self.host, self.port, self.store, self.netns, self.name = host, port, store, netns, name
-        self.stop_event = threading.Event()
-        self.thread: threading.Thread | None = None
-        self.raw: RawCollector | None = None
+        super().__init__(f"mqtt://{host}:{port}", store, client_id=f"{name}-rx", netns=netns)
+        self.raw = MqttClient(port, ["schools/+/alarm", "schools/_centre/presence/+"],
+                              host=host, client_id=f"{name}-raw", persistent=True, keepalive=5)
 
-    def start(self) -> Centre:
-        self.stop_event = threading.Event()
-        self.raw = RawCollector(self.host, self.port, f"{self.name}-raw",
-                                topics=("schools/+/alarm", "schools/_centre/presence/+"))
-        url = f"mqtt://{self.host}:{self.port}"
-
-        def receiver() -> None:
-            enter_netns(self.netns)
-            run_receiver(url, "schools", self.store, f"{self.name}-rx", self.stop_event)
-
-        self.thread = threading.Thread(target=receiver, name="centre", daemon=True)
-        self.thread.start()
-        run_in_netns(self.netns, self.raw.start)
-        wait_for(self.raw.subscribed.is_set, 10, "the raw collector to subscribe")
+    def start(self, subscribed_s: float | None = 10.0) -> Centre:
+        super().start(subscribed_s)
+        run_in_netns(self.netns, lambda: self.raw.connect(10))
         return self
 
     def stop(self) -> None:
-        self.stop_event.set()
-        if self.thread is not None:
-            self.thread.join(5)
-        if self.raw is not None:
-            self.raw.stop()
+        super().stop()
+        self.raw.close()
 
     def listening(self) -> bool:
         """The receiver announced itself (retained presence), which it does only after
         subscribing: from now on the broker keeps every alarm for it."""
-        if self.raw is None:
-            return False
-        with self.raw.lock:
-            return any("/_centre/presence/" in topic and json.loads(p).get("state") == "online"
-                       for _, topic, p in self.raw.messages if p)
-
-    def alarms(self) -> list[dict[str, Any]]:
-        path = self.store / "alarms.jsonl"
-        if not path.exists():
-            return []
-        return [json.loads(x) for x in path.read_text().splitlines() if x.strip()]
+        return any(p.get("state") == "online"
+                   for p in self.raw.payloads("schools/_centre/presence/+"))
 
     def raw_alarms(self) -> list[dict[str, Any]]:
-        return [a for _, a in self.raw.alarms()] if self.raw else []
-
-    def received_ids(self) -> set[str]:
-        """What the receiver stored: the end-to-end truth (the agent forgets an alarm only
-        when the receiver's receipt names it). The raw collector only counts copies."""
-        return {a["event_id"] for a in self.alarms()}
+        return self.raw.payloads("schools/+/alarm")
 
     def arrival(self, event_id: str) -> float | None:
         """Monotonic time of the first copy of an alarm at the raw collector."""
-        for t, a in self.raw.alarms() if self.raw else []:
-            if a["event_id"] == event_id:
-                return t
+        for m in self.raw.received("schools/+/alarm"):
+            if m.payload and m.json()["event_id"] == event_id:
+                return m.at
         return None
 
 
-# --- privileges, namespaces, the broker inside one -----------------------------------------------
+# --- privileges, namespaces -----------------------------------------------------------------------
 
 
 def need_root(what: str) -> None:
     if os.geteuid() != 0:
         pytest.skip(f"{what} needs root (run the suite as root, e.g. in CI)")
-
-
-def sh(*cmd: str, check: bool = True, timeout: float = 20) -> subprocess.CompletedProcess[str]:
-    r = subprocess.run(list(cmd), capture_output=True, text=True, timeout=timeout)
-    if check and r.returncode != 0:
-        raise RuntimeError(f"{' '.join(cmd)} failed ({r.returncode}): {r.stderr.strip()}")
-    return r
-
-
-_CLONE_NEWNET = 0x40000000
-_libc = ctypes.CDLL(None, use_errno=True)
-
-
-def enter_netns(name: str | None) -> None:
-    """Move the CALLING THREAD into a named network namespace (setns(2) is per thread).
-
-    Threads started afterwards from this thread inherit it, so a paho loop_start() called here
-    opens its socket inside the namespace. Python 3.11 has no os.setns, hence ctypes.
-    """
-    if name is None:
-        return
-    fd = os.open(f"/run/netns/{name}", os.O_RDONLY)
-    try:
-        if _libc.setns(fd, _CLONE_NEWNET) != 0:
-            err = ctypes.get_errno()
-            raise OSError(err, f"setns({name}): {os.strerror(err)}")
-    finally:
-        os.close(fd)
-
-
-def run_in_netns(name: str | None, fn: Callable[[], Any]) -> Any:
-    """Run ``fn`` on a short-lived thread inside the namespace; threads it starts stay there."""
-    if name is None:
-        return fn()
-    box: dict[str, Any] = {}
-
-    def body() -> None:
-        try:
-            enter_netns(name)
-            box["value"] = fn()
-        except BaseException as exc:  # re-raised on the caller's thread
-            box["error"] = exc
-
-    t = threading.Thread(target=body, name=f"in-{name}")
-    t.start()
-    t.join()
-    if "error" in box:
-        raise box["error"]
-    return box.get("value")
-
-
-@dataclass
-class NsBroker:
-    """A real Mosquitto inside a namespace (same config as agent/mosquitto.py): SIGKILL-able
-    and restartable on the same port, dying with the test process (PR_SET_PDEATHSIG)."""
-
-    netns: str
-    workdir: Path
-    port: int = MQTT_PORT
-    proc: subprocess.Popen[bytes] | None = None
-
-    def start(self, timeout: float = 5.0) -> None:
-        self.workdir.mkdir(parents=True, exist_ok=True)
-        conf = self.workdir / "mosquitto.conf"
-        conf.write_text(
-            f"listener {self.port} 0.0.0.0\nallow_anonymous true\n"
-            f"user {pwd.getpwuid(os.geteuid()).pw_name}\n"
-            f"persistence true\npersistence_location {self.workdir}/\n"
-            "autosave_on_changes true\nautosave_interval 1\n"
-            "log_dest stderr\nlog_type error\nlog_type warning\n")
-        exe = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
-        with open(self.workdir / "mosquitto.log", "ab") as log:
-            self.proc = subprocess.Popen(
-                ["ip", "netns", "exec", self.netns, exe, "-c", str(conf)],
-                stdout=log, stderr=log, stdin=subprocess.DEVNULL, preexec_fn=_die_with_parent)
-
-        def ready() -> bool:
-            try:
-                socket.create_connection(("127.0.0.1", self.port), timeout=0.2).close()
-                return True
-            except OSError:
-                return False
-
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"mosquitto exited; see {self.workdir}/mosquitto.log")
-            if run_in_netns(self.netns, ready):
-                return
-            time.sleep(0.02)
-        self.kill()
-        raise RuntimeError(f"mosquitto in {self.netns} did not listen within {timeout} s")
-
-    def kill(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait()
-        self.proc = None
-
-
-_lab_counter = iter(range(1, 1 << 30))
-
-
-def _reap_stale_namespaces() -> None:
-    """Namespaces left by a test process that was itself SIGKILLed (finalizers never ran)."""
-    r = sh("ip", "netns", "list", check=False)
-    for line in r.stdout.splitlines():
-        m = re.match(r"(fault-(\d+)-\d+-\w+)", line)
-        if m and not Path(f"/proc/{m.group(2)}").exists():
-            sh("ip", "netns", "del", m.group(1), check=False)
-
-
-class NetLab:
-    """box (the agent) --veth-- srv (the broker, the centre), both private namespaces.
-
-        box: lo, <a-dev> 10.213.K.1/30          srv: lo, <b-dev> 10.213.K.2/30, mosquitto :1883
-
-    The agent's MQTT host is 10.213.K.2, an address that exists only inside ``srv``. Neither
-    namespace has a default route, so a cut link can only make packets fail, never leave.
-    """
-
-    def __init__(self, workdir: Path) -> None:
-        n = next(_lab_counter)
-        pid = os.getpid()
-        self.box, self.srv = f"fault-{pid}-{n}-box", f"fault-{pid}-{n}-srv"
-        tag = f"{pid % 100000}x{n}"
-        self.a_dev, self.b_dev = f"fa{tag}", f"fb{tag}"  # <= 15 characters
-        k = (pid + n) % 250 + 1
-        self.a_addr, self.b_addr = f"10.213.{k}.1", f"10.213.{k}.2"
-        self.broker = NsBroker(self.srv, workdir / "broker")
-        self._shape_args: tuple[str, str, str] | None = None
-
-    # set-up and tear-down
-    def up(self) -> NetLab:
-        _reap_stale_namespaces()
-        sh("ip", "netns", "add", self.box)
-        sh("ip", "netns", "add", self.srv)
-        sh("ip", "link", "add", self.a_dev, "netns", self.box, "type", "veth",
-           "peer", "name", self.b_dev, "netns", self.srv)
-        for ns, dev, addr in ((self.box, self.a_dev, self.a_addr),
-                              (self.srv, self.b_dev, self.b_addr)):
-            sh("ip", "-n", ns, "addr", "add", f"{addr}/30", "dev", dev)
-            sh("ip", "-n", ns, "link", "set", dev, "up")
-            sh("ip", "-n", ns, "link", "set", "lo", "up")
-        self.broker.start()
-        return self
-
-    def close(self) -> None:
-        self.broker.kill()
-        for ns in (self.box, self.srv):  # deleting a namespace deletes its veth end, qdiscs
-            sh("ip", "netns", "del", ns, check=False)
-
-    # faults
-    def cut(self, mode: str = "down") -> None:
-        """``down``: the broker's side of the cable goes dark (the agent's end loses carrier,
-        its address and route stay, so TCP just hangs). ``blackhole``: the link stays up, with
-        carrier, but every packet is dropped both ways (a ``pfifo limit 0`` qdisc: it accepts
-        nothing; used instead of ``netem loss 100%`` because kernels without sch_netem, such
-        as this CI's, still have pfifo). SYNs vanish too, so connect() hangs to its timeout."""
-        if mode == "down":
-            sh("ip", "-n", self.srv, "link", "set", self.b_dev, "down")
-        elif mode == "blackhole":
-            for ns, dev in ((self.box, self.a_dev), (self.srv, self.b_dev)):
-                sh("ip", "netns", "exec", ns, "tc", "qdisc", "replace", "dev", dev, "root",
-                   "pfifo", "limit", "0")
-        else:
-            raise ValueError(mode)
-
-    def restore(self) -> None:
-        sh("ip", "-n", self.srv, "link", "set", self.b_dev, "up")
-        for ns, dev in ((self.box, self.a_dev), (self.srv, self.b_dev)):
-            sh("ip", "netns", "exec", ns, "tc", "qdisc", "del", "dev", dev, "root", check=False)
-        if self._shape_args is not None:
-            self.shape(*self._shape_args)
-
-    def shape(self, rate: str = "1mbit", burst: str = "16kb", latency: str = "100ms") -> None:
-        """tbf on the agent's egress: the uplink is ``rate``; the broker's replies are not."""
-        sh("ip", "netns", "exec", self.box, "tc", "qdisc", "replace", "dev", self.a_dev, "root",
-           "tbf", "rate", rate, "burst", burst, "latency", latency)
-        self._shape_args = (rate, burst, latency)
-
-    def qdisc(self) -> str:
-        return sh("ip", "netns", "exec", self.box, "tc", "qdisc", "show", "dev",
-                  self.a_dev).stdout.strip()
 
 
 @pytest.fixture
@@ -603,7 +305,6 @@ def netlab(tmp_path: Path) -> Iterator[NetLab]:
     try:
         lab.up()
     except (RuntimeError, OSError) as exc:
-        lab.close()
         pytest.skip(f"cannot build network namespaces here: {exc}")
     yield lab
     lab.close()
@@ -688,10 +389,3 @@ def fill_disk(path: Path) -> int:
             f.write(b"\0" * 512)
             f.flush()
     return total
-
-
-def kill_quietly(agent: AgentProcess) -> None:
-    if agent.proc is not None and agent.proc.poll() is None:
-        with contextlib.suppress(ProcessLookupError):
-            agent.proc.send_signal(signal.SIGKILL)
-        agent.proc.wait(10)

@@ -21,13 +21,12 @@ import pytest
 from agent.errors import AgentError
 from agent.testing.broker import Mosquitto
 from tests.fault.conftest import (
+    AgentProcess,
     Centre,
-    FaultAgent,
     Presser,
     Tally,
     fault_config,
     fault_seed,
-    kill_quietly,
 )
 
 
@@ -57,7 +56,7 @@ def _agent_kills(tmp_path: Path, broker: Mosquitto, name: str, kills: int, seed:
     cfg = fault_config(tmp_path / "agent.yaml", storage, port=broker.port)
     centre = Centre("127.0.0.1", broker.port, tmp_path / "centre", name=f"c-{name}").start()
     tally = Tally(name)
-    agent = FaultAgent(cfg)
+    agent = AgentProcess(cfg)
     checks: list[str] = []
     try:
         for _ in range(kills):
@@ -67,7 +66,7 @@ def _agent_kills(tmp_path: Path, broker: Mosquitto, name: str, kills: int, seed:
             hammer = threading.Thread(target=_hammer, args=(presser, stop), daemon=True)
             hammer.start()
             time.sleep(rng.uniform(0.05, 0.8))
-            kill_quietly(agent)  # SIGKILL, mid-commit as often as not
+            agent.close()  # SIGKILL, mid-commit as often as not
             stop.set()
             hammer.join(15)
             result, _ = integrity(storage / "outbox.db")
@@ -83,7 +82,7 @@ def _agent_kills(tmp_path: Path, broker: Mosquitto, name: str, kills: int, seed:
         tally.assert_ok(info, in_order=False)
         assert tally.sent >= kills, "the hammer pressed (almost) nothing"
     finally:
-        kill_quietly(agent)
+        agent.close()
         centre.stop()
 
 

@@ -18,16 +18,15 @@ import pytest
 from agent.delivery.outbox import Outbox
 from agent.delivery.protocol import Priority
 from agent.testing.broker import Mosquitto
+from agent.testing.mqtt import MqttClient
 from tests.conftest import wait_for
 from tests.fault.conftest import (
+    AgentProcess,
     Centre,
-    FaultAgent,
     Presser,
-    RawCollector,
     Tally,
     fault_config,
     fault_seed,
-    kill_quietly,
 )
 
 CHUNK = 16_000
@@ -54,10 +53,9 @@ def _broker_kills(tmp_path: Path, broker: Mosquitto, name: str, kills: int,
     cfg = fault_config(tmp_path / "agent.yaml", storage, port=broker.port,
                        uplink={"max_kbps": 8000})
     centre = Centre("127.0.0.1", broker.port, tmp_path / "centre", name=f"c-{name}").start()
-    clips = RawCollector("127.0.0.1", broker.port, f"clips-{name}",
-                         topics=("schools/+/clip/#",))
-    clips.start()
-    agent = FaultAgent(cfg)
+    clips = MqttClient(broker.port, ["schools/+/clip/#"], client_id=f"clips-{name}",
+                       persistent=True, keepalive=5).connect()
+    agent = AgentProcess(cfg)
     tally = Tally(name)
     try:
         agent.start()
@@ -76,8 +74,7 @@ def _broker_kills(tmp_path: Path, broker: Mosquitto, name: str, kills: int,
         tally.wait_delivered(centre, 30)
         delivered_s = time.monotonic() - last_start
         depth = agent.outbox()
-        with clips.lock:
-            chunk_ids = [p[:6] for _, _, p in clips.messages]
+        chunk_ids = [m.payload[:6] for m in clips.received()]
         info = tally.report(centre, seed=seed, kills=kills, backlog_chunks=backlog,
                             chunks_received=len(set(chunk_ids)),
                             chunk_copies=len(chunk_ids), outbox_clips_left=depth.get("clip"),
@@ -88,8 +85,8 @@ def _broker_kills(tmp_path: Path, broker: Mosquitto, name: str, kills: int,
         wait_for(lambda: agent.uplink_state() == "online", 10, "the uplink online")
         assert "Traceback" not in agent.output(), "a thread crashed (see the agent's log)"
     finally:
-        kill_quietly(agent)
-        clips.stop()
+        agent.close()
+        clips.close()
         centre.stop()
 
 

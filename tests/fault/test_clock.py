@@ -24,13 +24,12 @@ import pytest
 from agent.testing.broker import Mosquitto
 from tests.conftest import wait_for
 from tests.fault.conftest import (
+    AgentProcess,
     Centre,
-    FaultAgent,
     Presser,
     Tally,
     fault_config,
     fault_seed,
-    kill_quietly,
 )
 
 LIBFAKETIME = [
@@ -62,7 +61,7 @@ def _clock_steps(tmp_path: Path, broker: Mosquitto, name: str,
     offset_file.write_text("+0\n")
     storage = tmp_path / "state"
     cfg = fault_config(tmp_path / "agent.yaml", storage, port=broker.port)
-    agent = FaultAgent(cfg, env={
+    agent = AgentProcess(cfg, env={
         "LD_PRELOAD": lib, "FAKETIME_TIMESTAMP_FILE": str(offset_file),
         "FAKETIME_NO_CACHE": "1", "FAKETIME_DONT_FAKE_MONOTONIC": "1"})
     centre = Centre("127.0.0.1", broker.port, tmp_path / "centre", name=f"c-{name}").start()
@@ -100,7 +99,7 @@ def _clock_steps(tmp_path: Path, broker: Mosquitto, name: str,
         assert skew < SLACK_S, "pressed_at does not follow the agent's wall clock"
         assert agent.proc is not None and agent.proc.poll() is None
     finally:
-        kill_quietly(agent)
+        agent.close()
         centre.stop()
 
 

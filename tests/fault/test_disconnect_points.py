@@ -172,8 +172,8 @@ class Session:
             self.problems.append(f"thread(s) dead or stuck: {stale}")
         if self.gave_up:
             self.problems.append(f"the supervisor gave up: {self.gave_up}")
-        if self.centre.thread is None or not self.centre.thread.is_alive():
-            self.problems.append("the centre's receiver thread died")
+        if self.centre.receiver is None or not self.centre.receiver.subscribed:
+            self.problems.append("the centre's receiver lost the broker")
 
     def _press(self, button: str) -> None:
         assert self.box.buttons is not None

@@ -21,18 +21,17 @@ from tests.conftest import wait_for
 from tests.fault.conftest import (
     KEEPALIVE_S,
     MQTT_PORT,
+    AgentProcess,
     Centre,
-    FaultAgent,
     NetLab,
     Presser,
     Tally,
     fault_config,
     fault_seed,
-    kill_quietly,
 )
 
 
-def _online(agent: FaultAgent, lab: NetLab, tmp_path: Path, name: str) -> Centre:
+def _online(agent: AgentProcess, lab: NetLab, tmp_path: Path, name: str) -> Centre:
     centre = Centre("127.0.0.1", MQTT_PORT, tmp_path / "centre", netns=lab.srv,
                     name=f"c-{name}").start()
     agent.start()
@@ -42,7 +41,7 @@ def _online(agent: FaultAgent, lab: NetLab, tmp_path: Path, name: str) -> Centre
     return centre
 
 
-def _one_cut(lab: NetLab, agent: FaultAgent, presser: Presser, centre: Centre, tally: Tally,
+def _one_cut(lab: NetLab, agent: AgentProcess, presser: Presser, centre: Centre, tally: Tally,
              mode: str, hold_s: float | None) -> dict[str, float]:
     """Cut, press, (wait for the agent to notice, or hold_s), press, restore; the timings."""
     lab.cut(mode)
@@ -73,7 +72,7 @@ def test_link_cut_longer_than_keepalive(netlab: NetLab, tmp_path: Path, mode: st
     name = f"link_cut_{mode}"
     storage = tmp_path / "state"
     cfg = fault_config(tmp_path / "agent.yaml", storage, host=netlab.b_addr)
-    agent = FaultAgent(cfg, netns=netlab.box)
+    agent = AgentProcess(cfg, netns=netlab.box)
     tally = Tally(name)
     centre = _online(agent, netlab, tmp_path, name)
     try:
@@ -89,7 +88,7 @@ def test_link_cut_longer_than_keepalive(netlab: NetLab, tmp_path: Path, mode: st
         out = agent.output()  # noticed by the alarm's overdue PUBACK, or else by keepalive
         assert any(why in out for why in ("no PUBACK", "connection lost", "disconnected"))
     finally:
-        kill_quietly(agent)
+        agent.close()
         centre.stop()
 
 
@@ -98,7 +97,7 @@ def test_short_cut_tcp_survives(netlab: NetLab, tmp_path: Path) -> None:
     name = "link_cut_short"
     storage = tmp_path / "state"
     cfg = fault_config(tmp_path / "agent.yaml", storage, host=netlab.b_addr)
-    agent = FaultAgent(cfg, netns=netlab.box)
+    agent = AgentProcess(cfg, netns=netlab.box)
     tally = Tally(name)
     centre = _online(agent, netlab, tmp_path, name)
     try:
@@ -108,7 +107,7 @@ def test_short_cut_tcp_survives(netlab: NetLab, tmp_path: Path) -> None:
         info = tally.report(centre, **{k: f"{v:.2f}" for k, v in t.items()})
         tally.assert_ok(info)
     finally:
-        kill_quietly(agent)
+        agent.close()
         centre.stop()
 
 
@@ -120,7 +119,7 @@ def test_soak_link_cut_many_times(netlab: NetLab, tmp_path: Path, seed: int) -> 
     rng = random.Random(seed)
     storage = tmp_path / "state"
     cfg = fault_config(tmp_path / "agent.yaml", storage, host=netlab.b_addr)
-    agent = FaultAgent(cfg, netns=netlab.box)
+    agent = AgentProcess(cfg, netns=netlab.box)
     tally = Tally(name)
     centre = _online(agent, netlab, tmp_path, name)
     worst, worst_cut = 0.0, ""
@@ -138,7 +137,7 @@ def test_soak_link_cut_many_times(netlab: NetLab, tmp_path: Path, seed: int) -> 
                             worst_cut=worst_cut)
         tally.assert_ok(info)
     finally:
-        kill_quietly(agent)
+        agent.close()
         centre.stop()
 
 
@@ -152,7 +151,7 @@ def test_silent_death_is_noticed_by_the_alarm_not_by_keepalive(netlab: NetLab,
     cfg = fault_config(tmp_path / "agent.yaml", storage, host=netlab.b_addr)
     text = cfg.read_text().replace(f"keepalive_s: {KEEPALIVE_S}", "keepalive_s: 60")
     cfg.write_text(text)
-    agent = FaultAgent(cfg, netns=netlab.box)
+    agent = AgentProcess(cfg, netns=netlab.box)
     tally = Tally(name)
     centre = _online(agent, netlab, tmp_path, name)
     try:
@@ -171,5 +170,5 @@ def test_silent_death_is_noticed_by_the_alarm_not_by_keepalive(netlab: NetLab,
         assert delivered_s < 15, "the alarm waited for keepalive"
         assert "no PUBACK for an alarm" in agent.output()
     finally:
-        kill_quietly(agent)
+        agent.close()
         centre.stop()

@@ -19,13 +19,12 @@ from agent.delivery.protocol import Priority
 from tests.conftest import wait_for
 from tests.fault.conftest import (
     MQTT_PORT,
+    AgentProcess,
     Centre,
-    FaultAgent,
     NetLab,
     Presser,
     Tally,
     fault_config,
-    kill_quietly,
 )
 
 CHUNK = 16_000
@@ -44,7 +43,7 @@ def _slow_link(netlab: NetLab, tmp_path: Path, name: str, presses: int, backlog:
     cfg = fault_config(tmp_path / "agent.yaml", storage, host=netlab.b_addr)
     centre = Centre("127.0.0.1", MQTT_PORT, tmp_path / "centre", netns=netlab.srv,
                     name=f"c-{name}").start()
-    agent = FaultAgent(cfg, netns=netlab.box)
+    agent = AgentProcess(cfg, netns=netlab.box)
     tally = Tally(name)
     try:
         agent.start()
@@ -72,7 +71,7 @@ def _slow_link(netlab: NetLab, tmp_path: Path, name: str, presses: int, backlog:
         assert clips_left > 0, "the backlog drained before the presses: nothing was measured"
         assert max(latencies) < LATENCY_BOUND_S, f"an alarm waited behind video: {latencies}"
     finally:
-        kill_quietly(agent)
+        agent.close()
         centre.stop()
 
 

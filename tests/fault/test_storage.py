@@ -21,25 +21,24 @@ import pytest
 from agent.testing.broker import Mosquitto
 from tests.conftest import wait_for
 from tests.fault.conftest import (
+    AgentProcess,
     Centre,
-    FaultAgent,
     Mount,
     Presser,
     Tally,
     fault_config,
     fault_seed,
     fill_disk,
-    kill_quietly,
 )
 
 
 def _start(tmp_path: Path, broker: Mosquitto, storage: Path, name: str,
-           centre_up: bool = True) -> tuple[FaultAgent, Centre, Presser, Tally]:
+           centre_up: bool = True) -> tuple[AgentProcess, Centre, Presser, Tally]:
     cfg = fault_config(tmp_path / "agent.yaml", storage, port=broker.port)
     centre = Centre("127.0.0.1", broker.port, tmp_path / "centre", name=f"c-{name}")
     if centre_up:
         centre.start()
-    agent = FaultAgent(cfg).start()
+    agent = AgentProcess(cfg).start()
     if centre_up:
         wait_for(lambda: (agent.status() or {})["uplink"]["centre"] == "listening", 10,
                  "the centre's presence")
@@ -75,7 +74,7 @@ def test_disk_full_alarm_still_reaches_the_centre(
         assert status["outbox"]["disk_error"], "status does not show the disk error"
         assert "NOT on disk" in agent.output()
     finally:
-        kill_quietly(agent)
+        agent.close()
         centre.stop()
 
 
@@ -95,7 +94,7 @@ def _full_cycles(tmp_path: Path, broker: Mosquitto, disk: Mount, name: str,
         info = tally.report(centre, cycles=cycles, held_in_memory=held)
         tally.assert_ok(info)
     finally:
-        kill_quietly(agent)
+        agent.close()
         centre.stop()
 
 
@@ -133,7 +132,7 @@ def test_alarm_held_in_memory_keeps_its_place_in_seq_order(
         assert [e["durable"] for e in held + stored] == [False, False, True]
         tally.assert_ok(info)  # out_of_order must be 0
     finally:
-        kill_quietly(agent)
+        agent.close()
         centre.stop()
 
 
@@ -163,7 +162,7 @@ def _read_only_card(tmp_path: Path, broker: Mosquitto, card: Mount, name: str,
         assert held == 4 * rounds, "a write to a read-only card 'succeeded'"
         assert agent.proc is not None and agent.proc.poll() is None, "the agent died"
     finally:
-        kill_quietly(agent)
+        agent.close()
         centre.stop()
 
 
@@ -206,7 +205,7 @@ def test_alarm_held_in_memory_waits_for_the_centre_receipt(
         info = tally.report(centre, held_in_memory=1)
         tally.assert_ok(info)
     finally:
-        kill_quietly(agent)
+        agent.close()
         centre.stop()
 
 
@@ -237,7 +236,7 @@ def test_failing_card_alarms_still_flow(
         tally.assert_ok(info)
         assert agent.proc is not None and agent.proc.poll() is None, "the agent died"
     finally:
-        kill_quietly(agent)
+        agent.close()
         centre.stop()
 
 
@@ -253,7 +252,7 @@ def _read_only(path: Path) -> bool:
 # --- corrupt ------------------------------------------------------------------------------------
 
 
-def _stop_cleanly(agent: FaultAgent) -> None:
+def _stop_cleanly(agent: AgentProcess) -> None:
     """SIGTERM: SQLite checkpoints and removes the WAL, so the main file is the whole outbox."""
     assert agent.kill(signal.SIGTERM) == 0
 
@@ -298,7 +297,7 @@ CORRUPTIONS = {
 
 
 def _corrupt_while_down(tmp_path: Path, broker: Mosquitto, name: str,
-                        corrupt: Callable[[Path], None]) -> tuple[FaultAgent, Centre, Tally,
+                        corrupt: Callable[[Path], None]) -> tuple[AgentProcess, Centre, Tally,
                                                                   Presser, list[int]]:
     storage = tmp_path / "state"
     agent, centre, presser, tally = _start(tmp_path, broker, storage, name)
@@ -330,7 +329,7 @@ def test_corrupt_outbox_is_moved_aside(tmp_path: Path, broker: Mosquitto, kind: 
         assert "is corrupt" in agent.output() and "started a clean one" in agent.output()
         assert agent.proc is not None and agent.proc.poll() is None
     finally:
-        kill_quietly(agent)
+        agent.close()
         centre.stop()
 
 
@@ -344,7 +343,7 @@ def test_zero_length_outbox_is_reported(tmp_path: Path, broker: Mosquitto) -> No
         tally.assert_ok(info, in_order=False, seq_increasing=False)
         assert "is corrupt" in agent.output() or "empty" in agent.output()
     finally:
-        kill_quietly(agent)
+        agent.close()
         centre.stop()
 
 
@@ -358,7 +357,7 @@ def test_seq_continues_after_a_corrupt_outbox(tmp_path: Path, broker: Mosquitto)
         assert event["seq"] > max(seqs_before), (seqs_before, event["seq"])
         tally.assert_ok(info)
     finally:
-        kill_quietly(agent)
+        agent.close()
         centre.stop()
 
 
@@ -394,5 +393,5 @@ def test_soak_random_corruptions(tmp_path: Path, broker: Mosquitto, seed: int) -
         info = tally.report(centre, seed=seed, rounds=rounds, moved_aside=moved)
         tally.assert_ok(info, in_order=False, no_gaps=False, seq_increasing=False)
     finally:
-        kill_quietly(agent)
+        agent.close()
         centre.stop()

@@ -22,12 +22,11 @@ from agent.supervision import EXIT_SOFTWARE
 from agent.testing.broker import Mosquitto
 from tests.conftest import wait_for
 from tests.fault.conftest import (
+    AgentProcess,
     Centre,
-    FaultAgent,
     Presser,
     Tally,
     fault_config,
-    kill_quietly,
     record_fault_line,
 )
 
@@ -35,12 +34,12 @@ CAMERA = {"id": "hall-cam", "source": "synthetic:hall", "size": "160x90", "fps":
           "segment_s": 1, "pre_alarm_s": 2, "post_alarm_s": 1}
 
 
-def _start(tmp_path: Path, broker: Mosquitto, name: str) -> tuple[FaultAgent, Centre, Presser,
+def _start(tmp_path: Path, broker: Mosquitto, name: str) -> tuple[AgentProcess, Centre, Presser,
                                                                    Tally]:
     storage = tmp_path / "state"
     cfg = fault_config(tmp_path / "agent.yaml", storage, port=broker.port, cameras=[CAMERA])
     centre = Centre("127.0.0.1", broker.port, tmp_path / "centre", name=f"c-{name}").start()
-    agent = FaultAgent(cfg).start()
+    agent = AgentProcess(cfg).start()
     wait_for(lambda: (agent.status() or {})["uplink"]["centre"] == "listening", 10,
              "the centre's presence at the agent")
     tally = Tally(name)
@@ -79,7 +78,7 @@ def test_a_crashed_thread_is_restarted_and_the_next_press_arrives(
                           f"inject_to_stored_ms={total_s * 1000:.0f} "
                           f"press_to_stored_ms={press_s * 1000:.0f}")
     finally:
-        kill_quietly(agent)
+        agent.close()
         centre.stop()
 
 
@@ -103,5 +102,5 @@ def test_a_spent_restart_budget_ends_the_process_and_a_restart_delivers(
         record_fault_line(f"FAULT thread_crash_budget: exit_ms={exit_s * 1000:.0f} "
                           f"press_after_restart_to_stored_ms={press_s * 1000:.0f}")
     finally:
-        kill_quietly(agent)
+        agent.close()
         centre.stop()

@@ -45,6 +45,7 @@ from agent.delivery.uplink.pacing import TCP_NOTSENT_LOWAT, Gate, TokenBucket, n
 from agent.delivery.uplink.receipts import Confirmations
 from agent.errors import OutboxError
 from agent.supervision import Supervisor, Worker
+from agent.tracing import Point, Tracer, no_trace
 
 log = logging.getLogger("agent.uplink")
 
@@ -78,6 +79,7 @@ class Uplink:
         resend_s: float = 5.0,
         alarm_ack_timeout_s: float = 5.0,
         clock: Clock = time.monotonic,
+        tracer: Tracer = no_trace,
     ) -> None:
         self._cfg = cfg
         self._topics = topics
@@ -91,6 +93,7 @@ class Uplink:
         self._alarm_ack_timeout_s = alarm_ack_timeout_s
         self._alarm_sent: dict[int, float] = {}  # paho mid -> when an alarm was handed over
         self._clock = clock
+        self._trace = tracer  # the benches' points (agent/tracing.py)
         self._wake_r, self._wake_w = os.pipe()
         os.set_blocking(self._wake_w, False)
         self._pipe_lock = threading.Lock()
@@ -406,6 +409,7 @@ class Uplink:
         self._inflight[info.mid] = (msg.id, msg.priority)
         if msg.priority is Priority.ALARM:
             self._alarm_sent[info.mid] = self._clock()
+            self._trace(Point.PUBLISHED, msg.key)
         return True
 
     def _flush_acks(self, force: bool) -> None:
@@ -451,6 +455,7 @@ class Uplink:
     def _drain_wake(self) -> None:
         with contextlib.suppress(BlockingIOError):
             os.read(self._wake_r, 4096)
+        self._trace(Point.WOKE, "")
 
     # --- paho callbacks (run on the uplink thread, inside loop_read/loop_write) -------------
 
@@ -505,6 +510,7 @@ class Uplink:
         self.sent += 1
         if prio is Priority.ALARM:
             self.centre.delivered(row)
+            self._trace(Point.ACKED, "")
             return
         if prio >= Priority.LIVE:
             if not self._acked_bulk:
@@ -519,6 +525,7 @@ class Uplink:
     def _on_message(self, _c: mqtt.Client, _u: Any, msg: mqtt.MQTTMessage) -> None:
         if msg.topic == self._topics.receipt:
             self.centre.on_receipt(bytes(msg.payload))
+            self._trace(Point.RECEIPT, "")
             return
         if mqtt.topic_matches_sub(self._topics.presence, msg.topic):
             self.centre.on_presence(msg.topic, bytes(msg.payload))
