@@ -107,6 +107,16 @@ def connect(url: str) -> psycopg.Connection[Any]:
         raise AgentError(f"cannot reach the ledger's PostgreSQL ({exc}): check --ledger") from exc
 
 
+def connect_with_schema(url: str, schema: str, lock: str) -> psycopg.Connection[Any]:
+    """A connection, once ``schema`` stands: it is made under the advisory lock ``lock``, so
+    processes starting together do not race on its ``CREATE ... IF NOT EXISTS``."""
+    conn = connect(url)
+    with conn.transaction():
+        conn.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", (lock,))
+        conn.execute(schema)
+    return conn
+
+
 class PgLedger:
     """The methods of agent.centre.ledger.Ledger, on PostgreSQL."""
 
@@ -116,11 +126,7 @@ class PgLedger:
 
     @classmethod
     def open(cls, url: str) -> PgLedger:
-        conn = connect(url)
-        with conn.transaction():
-            conn.execute("SELECT pg_advisory_xact_lock(hashtext('edge_ledger_schema'))")
-            conn.execute(SCHEMA)
-        return cls(conn)
+        return cls(connect_with_schema(url, SCHEMA, "edge_ledger_schema"))
 
     def close(self) -> None:
         with self._lock:

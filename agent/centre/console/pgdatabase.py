@@ -17,7 +17,7 @@ from typing import Any
 
 import psycopg
 
-from agent.centre.pgledger import connect
+from agent.centre.pgledger import connect, connect_with_schema
 
 WRITE_LOCK = "edge_console_write"
 CHANNEL = "edge_console"  # site/event of an incident changed by any console
@@ -83,10 +83,7 @@ class PgDatabase:
 
     @classmethod
     def open(cls, url: str) -> PgDatabase:
-        conn = connect(url)
-        with conn.transaction():
-            conn.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", (WRITE_LOCK,))
-            conn.execute(SCHEMA)
+        conn = connect_with_schema(url, SCHEMA, WRITE_LOCK)
         listener = connect(url)
         listener.execute(f"LISTEN {CHANNEL}")
         return cls(conn, listener)
