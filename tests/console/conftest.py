@@ -1,6 +1,6 @@
-"""An operations centre on one machine for the console's tests: a real Mosquitto, the real
-receiver, a running agent on the simulated school (its own process), the console, and headless
-Chromium (Debian's, driven by Playwright) as the officer's browser."""
+"""An operations centre on one machine for the console's tests: a simulated site (agent/testing: a
+real Mosquitto, the real receiver, the simulated school's agent as its own process), the console,
+and headless Chromium (Debian's, driven by Playwright) as the officer's browser."""
 
 from __future__ import annotations
 
@@ -13,11 +13,10 @@ import pytest
 
 from agent.centre.console import accounts
 from agent.centre.console.app import Console, Options
-from agent.centre.console.database import SqliteDatabase
 from agent.centre.console.routes import Settings
 from agent.centre.link import Endpoint
-from agent.testing.broker import Mosquitto
-from tests.conftest import AgentProcess, Centre, cli, wait_for, write_config
+from agent.testing.site import AgentProcess, Centre, Site
+from tests.conftest import wait_for
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking",
@@ -26,14 +25,14 @@ CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networki
 HOSTILE_LOCATION = "<script>document.title='pwned'</script><img src=x onerror=alert(1)>"
 ESCALATE_S = (2, 4)  # short, so a test sees both levels
 PASSWORDS = {"chief": "chief-password-1", "ivanov": "ivanov-password-1"}
+SHORT_CLIPS = {"entrance-cam": {"pre_alarm_s": 2, "post_alarm_s": 2}}
 
 
 @dataclass
 class Centre4Console:
-    """What a console test drives: the school's agent, the receiver, the console."""
+    """What a console test drives: the site (the school's agent, the receiver), the console."""
 
-    agent: AgentProcess
-    receiver: Centre
+    site: Site
     console: Console
     keys: Path
 
@@ -41,68 +40,64 @@ class Centre4Console:
     def url(self) -> str:
         return self.console.url
 
+    @property
+    def agent(self) -> AgentProcess:
+        assert isinstance(self.site.agent, AgentProcess)
+        return self.site.agent
 
-@pytest.fixture
-def keys(tmp_path: Path) -> Path:
-    r = cli("central", "--key", str(tmp_path / "keys" / "centre.key"), "keygen")
-    assert r.returncode == 0, r.stderr
-    return tmp_path / "keys"
-
-
-def school_config(tmp_path: Path, broker: Mosquitto, keys: Path, video: bool = False) -> Path:
-    """The simulated school, commanded by this centre's key, with a hostile location; with
-    ``video``, its entrance camera (short clips: 2 s before and after a press)."""
-    import yaml
-
-    from agent.config import default_config_text
-
-    school = yaml.safe_load(default_config_text())
-    buttons, cameras = school["buttons"], school["cameras"][:1]
-    for b in buttons:
-        if not video or b["id"] != "entrance":
-            b.pop("cameras", None)
-    for camera in cameras:
-        camera.update({"pre_alarm_s": 2, "post_alarm_s": 2})
-    buttons[1]["location"] = HOSTILE_LOCATION  # gym
-    return write_config(tmp_path / "agent.yaml", broker.port, tmp_path / "state",
-                        buttons=buttons, cameras=cameras if video else [],
-                        commands={"public_key_file": str(keys / "centre.pub")},
-                        indicators={"led_pin": 5, "ack_timeout_s": 300})
+    @property
+    def receiver(self) -> Centre:
+        assert self.site.centre is not None
+        return self.site.centre
 
 
-def start_console(tmp_path: Path, broker: Mosquitto, keys: Path, store: Path,
-                  name: str = "console") -> Console:
-    db = SqliteDatabase.open(tmp_path / name)
-    try:
-        if not accounts.users(db):
-            accounts.add_user(db, "chief", "supervisor", PASSWORDS["chief"], "test")
-            accounts.add_user(db, "ivanov", "operator", PASSWORDS["ivanov"], "test")
-    finally:
-        db.close()
+def school(tmp_path: Path, keys: Path, video: bool = False, centre: bool = True) -> Site:
+    """The simulated school (its agent a process, once ``start_agent``), commanded by this
+    centre's key, with a hostile location; with ``video``, its entrance camera with short clips
+    (2 s before and after a press)."""
+    return Site(tmp_path, agent=None, centre=centre, cameras=SHORT_CLIPS if video else False,
+                buttons={"gym": {"location": HOSTILE_LOCATION}},
+                commands={"public_key_file": str(keys / "centre.pub")},
+                indicators={"led_pin": 5, "ack_timeout_s": 300})
+
+
+def start_console(tmp_path: Path, broker_url: str, keys: Path, store: Path,
+                  name: str = "console", ledger_url: str | None = None) -> Console:
+    """A console on the receiver's ``store`` (or the shared ``ledger_url``, which then holds
+    the consoles' tables too), with the two officers of PASSWORDS."""
     console = Console(Options(store=store, data=tmp_path / name,
-                              endpoint=Endpoint.parse(broker.url), key_file=keys / "centre.key",
+                              endpoint=Endpoint.parse(broker_url), key_file=keys / "centre.key",
                               client_id=f"edge-{name}", listen=("127.0.0.1", 0),
-                              settings=Settings(escalate_s=ESCALATE_S)))
+                              settings=Settings(escalate_s=ESCALATE_S), ledger_url=ledger_url,
+                              database_url=ledger_url))
+    if not accounts.users(console.db):
+        accounts.add_user(console.db, "chief", "supervisor", PASSWORDS["chief"], "test")
+        accounts.add_user(console.db, "ivanov", "operator", PASSWORDS["ivanov"], "test")
     console.start()
     wait_for(console.boxes.link.subscribed.is_set, 10, "the console's MQTT session")
     return console
 
 
+def press(box: AgentProcess, button: str) -> str:
+    """Press and release ``button`` on the box; the alarm's event id."""
+    return str(box.press(button)[0]["event_id"])
+
+
 @pytest.fixture
-def centre(request: pytest.FixtureRequest, tmp_path: Path, broker: Mosquitto,
+def centre(request: pytest.FixtureRequest, tmp_path: Path,
            keys: Path) -> Iterator[Centre4Console]:
     """``@pytest.mark.parametrize("centre", [True], indirect=True)`` gives the school video."""
-    receiver = Centre(broker, tmp_path / "centre").start()
-    wait_for(lambda: (tmp_path / "centre" / "centre.db").exists(), 10, "the receiver's ledger")
-    console = start_console(tmp_path, broker, keys, tmp_path / "centre")
-    video = bool(getattr(request, "param", False))
-    agent = AgentProcess(school_config(tmp_path, broker, keys, video)).start()
+    site = school(tmp_path, keys, video=bool(getattr(request, "param", False))).start()
     try:
-        yield Centre4Console(agent, receiver, console, keys)
+        console = start_console(tmp_path, site.broker.url, keys, tmp_path / "centre")
+        try:
+            site.start_agent(process=True)
+            yield Centre4Console(site, console, keys)
+        finally:
+            site.stop_agent()
+            console.stop()
     finally:
-        agent.close()
-        console.stop()
-        receiver.stop()
+        site.stop()
 
 
 @pytest.fixture(scope="module")  # per module: tests/postgres imports it too, and two
@@ -141,4 +136,3 @@ def screenshot(page: Any, name: str) -> None:
     if folder:
         Path(folder).mkdir(parents=True, exist_ok=True)
         page.screenshot(path=str(Path(folder) / f"{name}.png"), full_page=True)
-

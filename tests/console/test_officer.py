@@ -4,13 +4,12 @@ supervisor's action, and find every step in an audit log that verifies."""
 
 from __future__ import annotations
 
-import re
 import urllib.error
 import urllib.request
 from typing import Any
 
 from tests.conftest import wait_for
-from tests.console.conftest import HOSTILE_LOCATION, Centre4Console, log_in, screenshot
+from tests.console.conftest import HOSTILE_LOCATION, Centre4Console, log_in, press, screenshot
 
 
 def _status(url: str, method: str = "GET", headers: dict[str, str] | None = None) -> int:
@@ -31,16 +30,9 @@ def _fetch_status(page: Any, method: str, path: str, body: dict[str, Any]) -> in
         [method, path, body]))
 
 
-def _press(centre: Centre4Console, button: str) -> str:
-    out = centre.agent.press(button).stdout
-    found = re.search(r"event_id=(\S+)", out)
-    assert found, out
-    return found.group(1)
-
-
 def test_nobody_unauthenticated_reaches_anything(centre: Centre4Console) -> None:
     url = centre.url
-    event = _press(centre, "entrance")
+    event = press(centre.agent, "entrance")
     wait_for(lambda: len(centre.receiver.alarms()) == 1, 10, "the alarm at the receiver")
     assert _status(url + "/login") == 200
     for path in ["/api/me", "/api/events", "/api/audit", "/api/users",
@@ -73,7 +65,7 @@ def test_an_officers_shift(centre: Centre4Console, browser: Any) -> None:
     page.on("dialog", lambda d: (dialogs.append(d.message), d.dismiss()))
     page.evaluate("window.notReloaded = true")
 
-    event = _press(centre, "entrance")
+    event = press(centre.agent, "entrance")
     row = page.locator(f'tr.alarm[data-key="sim-school/{event}"]')
     row.wait_for()
     assert "new" in (row.get_attribute("class") or "")
@@ -91,7 +83,7 @@ def test_an_officers_shift(centre: Centre4Console, browser: Any) -> None:
     page.click("#alarm-detail .close-button")
     page.locator("#alarm-detail .closed-by").wait_for()
 
-    hostile = _press(centre, "gym")
+    hostile = press(centre.agent, "gym")
     cell = page.locator(f'tr.alarm[data-key="sim-school/{hostile}"] td.location')
     cell.wait_for()
     assert cell.text_content() == HOSTILE_LOCATION
@@ -143,7 +135,7 @@ def test_the_schools_board_and_a_walk_test(centre: Centre4Console, browser: Any)
     chief.wait_for_function("() => document.querySelector('tr.site-row[data-site=sim-school] "
                             "td.test-until').textContent !== '—'")
     chief.click(".tab[data-tab=alarms]")
-    event = _press(centre, "entrance")
+    event = press(centre.agent, "entrance")
     test_row = chief.locator(f'tr.alarm[data-key="sim-school/{event}"]')
     test_row.wait_for()
     assert "test" in (test_row.get_attribute("class") or "")

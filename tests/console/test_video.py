@@ -4,30 +4,22 @@ live view shows advancing frames with the picture's age."""
 
 from __future__ import annotations
 
-import re
 import time
 import uuid
 from pathlib import Path
 from typing import Any
 
-import paho.mqtt.client as mqtt
 import pytest
-from paho.mqtt.enums import CallbackAPIVersion
 
 from agent.clock import rfc3339
 from agent.delivery.protocol import Alarm
+from agent.testing.mqtt import MqttClient
 from agent.video.chain import BoxKey
 from tests.boxmsgs import signed_chunks
-from tests.console.conftest import Centre4Console, log_in, screenshot
+from tests.console.conftest import Centre4Console, log_in, press, screenshot
 
 PLAYING = """([sel, min]) => { const v = document.querySelector(sel);
   return v && !v.error && v.currentTime > min; }"""
-
-
-def _press(centre: Centre4Console, button: str) -> str:
-    found = re.search(r"event_id=(\S+)", centre.agent.press(button).stdout)
-    assert found
-    return found.group(1)
 
 
 def _forge(port: int, store: Path, tmp_path: Path) -> str:
@@ -40,17 +32,10 @@ def _forge(port: int, store: Path, tmp_path: Path) -> str:
     (tmp_path / "impostor").mkdir()
     chunks = signed_chunks(BoxKey.load_or_create(tmp_path / "impostor"), "sim-school", event,
                            [real], "entrance-cam")
-    client = mqtt.Client(CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5)
-    client.connect("127.0.0.1", port)
-    client.loop_start()
-    try:
-        client.publish("schools/sim-school/alarm", alarm.to_json(), qos=1).wait_for_publish(5)
+    with MqttClient(port) as client:
+        client.publish("schools/sim-school/alarm", alarm.to_json())
         for chunk in chunks:
-            client.publish("schools/sim-school/clip/entrance-cam", chunk,
-                           qos=1).wait_for_publish(5)
-    finally:
-        client.disconnect()
-        client.loop_stop()
+            client.publish("schools/sim-school/clip/entrance-cam", chunk)
     return event
 
 
@@ -59,7 +44,7 @@ def test_clips_play_verified_or_show_altered_and_live_advances(
         centre: Centre4Console, browser: Any, tmp_path: Path) -> None:
     page = log_in(browser, centre.url, "ivanov")
     time.sleep(3)  # the pre-alarm buffer fills
-    event = _press(centre, "entrance")
+    event = press(centre.agent, "entrance")
     page.locator(f'tr.alarm[data-key="sim-school/{event}"]').click()
     clip = page.locator('#alarm-video .clip[data-camera="entrance-cam"][data-state="verified"]')
     clip.wait_for(timeout=30_000)  # 2 s after the press, then the upload
@@ -81,7 +66,7 @@ def test_clips_play_verified_or_show_altered_and_live_advances(
                          ".getVideoPlaybackQuality().totalVideoFrames") > 10
     screenshot(page, "live")
 
-    forged = _forge(centre.receiver.broker.port, centre.receiver.store, tmp_path)
+    forged = _forge(centre.site.broker.port, centre.receiver.store, tmp_path)
     page.locator(f'tr.alarm[data-key="sim-school/{forged}"]').click()
     altered = page.locator('#alarm-video .clip[data-camera="entrance-cam"][data-state="altered"]')
     altered.wait_for(timeout=15_000)
