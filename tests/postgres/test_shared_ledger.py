@@ -3,7 +3,6 @@ they race, and a receiver killed during a burst loses none of it."""
 
 from __future__ import annotations
 
-import json
 import random
 import signal
 import subprocess
@@ -13,14 +12,13 @@ import time
 import uuid
 from pathlib import Path
 
-import paho.mqtt.client as mqtt
 import psycopg
-from paho.mqtt.enums import CallbackAPIVersion
 
 from agent.centre.pgledger import PgLedger
 from agent.clock import rfc3339
 from agent.delivery.protocol import Alarm
 from agent.testing.broker import Mosquitto
+from agent.testing.mqtt import MqttClient, Receipts
 from tests.conftest import REPO, wait_for
 
 
@@ -71,39 +69,23 @@ def _receiver(broker: Mosquitto, url: str, store: Path, name: str) -> subprocess
 
 def test_a_receiver_killed_during_a_burst_loses_none(tmp_path: Path, broker: Mosquitto,
                                                      ledger_url: str) -> None:
-    present: set[str] = set()
-    confirmed: set[str] = set()
-    # mosquitto_sub keeps up with 1,200 receipts (a Python client's loop fell behind and the
-    # broker dropped what exceeded its queue): it stands for the schools' many connections.
-    listener = subprocess.Popen(
-        ["mosquitto_sub", "-p", str(broker.port), "-V", "mqttv5", "-q", "1", "-t",
-         "schools/+/receipt", "-t", "schools/_centre/presence/+", "-F", "%t %p"],
-        stdout=subprocess.PIPE, text=True)
-
-    def listen() -> None:
-        assert listener.stdout is not None
-        for line in listener.stdout:
-            topic, payload = line.split(" ", 1)
-            doc = json.loads(payload)
-            if "/_centre/presence/" in topic and doc.get("state") == "online":
-                present.add(topic.rsplit("/", 1)[1])
-            confirmed.update(doc.get("alarms", []))
-
-    threading.Thread(target=listen, daemon=True).start()
-    schools = mqtt.Client(CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5)
-    schools.connect("127.0.0.1", broker.port)
-    schools.loop_start()
+    # The receipts are read by mosquitto_sub (Receipts): it keeps up with 1,200 of them, and it
+    # stands for the schools' many connections.
+    receipts = Receipts(broker.port).start()
+    schools = MqttClient(broker.port).connect()
     one = _receiver(broker, ledger_url, tmp_path / "one", "receiver-one")
     two = _receiver(broker, ledger_url, tmp_path / "two", "receiver-two")
     try:
-        wait_for(lambda: {"receiver-one", "receiver-two"} <= present, 20, "both receivers")
+        wait_for(lambda: {"receiver-one", "receiver-two"} <= receipts.online, 20,
+                 "both receivers")
         alarms = _alarms(600, 60)
         for i, alarm in enumerate(alarms):
-            schools.publish(f"schools/{alarm.site_id}/alarm", alarm.to_json(), qos=1)
+            schools.send(f"schools/{alarm.site_id}/alarm", alarm.to_json())
             if i == 200:
                 one.send_signal(signal.SIGKILL)  # in the middle of the burst
         wait_for(lambda: _count(ledger_url)[0] >= 600, 30, "every alarm in the shared ledger")
-        wait_for(lambda: {a.event_id for a in alarms} <= confirmed, 30, "a receipt for each")
+        wait_for(lambda: {a.event_id for a in alarms} <= receipts.confirmed.keys(), 30,
+                 "a receipt for each")
         one = _receiver(broker, ledger_url, tmp_path / "one", "receiver-one")  # back: its
         time.sleep(3)  # session's queue is replayed, and finds every alarm stored already
         assert _count(ledger_url) == (600, 600)
@@ -111,7 +93,5 @@ def test_a_receiver_killed_during_a_burst_loses_none(tmp_path: Path, broker: Mos
         for process in (one, two):
             process.kill()
             process.wait(10)
-        schools.disconnect()
-        schools.loop_stop()
-        listener.terminate()
-        listener.wait(5)
+        schools.close()
+        receipts.stop()
