@@ -2,8 +2,10 @@
 receipt; the receiver storing them one fsync at a time (as before group commit) against group
 commit (one fsync for the alarms that arrived together, before any of their receipts).
 
-    .venv/bin/python bench/alarm_storm.py              # 1,000 alarms, 200 schools, 5 runs each
-    .venv/bin/python bench/alarm_storm.py --json
+    .venv/bin/python -m bench.alarm_storm              # 1,000 alarms, 200 schools, 5 runs each
+    .venv/bin/python -m bench.alarm_storm --json
+    .venv/bin/python -m bench.alarm_storm --postgres   # also on PostgreSQL, one and two receivers
+    .venv/bin/python -m bench.alarm_storm --alarms 200 --sites 40 --runs 1   # a quick look
 
 One machine, loopback: a private Mosquitto and the real receiver (agent/centre/service.py) in
 another process, on a ledger on a real disk (the fsync is the point). The "schools" publish valid
@@ -11,7 +13,7 @@ alarms of 200 sites (QoS 1) through ``--connections`` MQTT connections as fast a
 ``mosquitto_sub`` reads the receipts: the time to the last receipt is what the last school
 waits to know its alarm is stored. The receiver is ``edge-agent central`` in its own process
 (``--group-commit 1`` stores one alarm per transaction, as before). Each case runs ``--runs``
-times on a fresh store; the median run is reported.
+times on a fresh store; the median run is reported (of an even number, the lower middle one).
 """
 
 from __future__ import annotations
@@ -24,23 +26,19 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 import uuid
 from pathlib import Path
 from typing import Any
 
-import paho.mqtt.client as mqtt
-from paho.mqtt.enums import CallbackAPIVersion
-
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
 from agent import logs
 from agent.clock import parse_rfc3339, rfc3339
 from agent.delivery.protocol import Alarm
-from agent.testing.broker import Mosquitto
+from agent.testing import wait_for
+from agent.testing.broker import Mosquitto, die_with_parent
+from agent.testing.mqtt import MqttClient, Receipts
 from agent.testing.postgres import Postgres
-from agent.testing.stats import default_storage_parent, machine_context
+from agent.testing.stats import REPO, default_storage_parent, machine_context, machine_line
 
 # name: (--group-commit, on PostgreSQL, receivers)
 CASES = {"SQLite, one fsync per alarm": (1, False, 1), "SQLite, group commit": (256, False, 1),
@@ -49,26 +47,13 @@ CASES = {"SQLite, one fsync per alarm": (1, False, 1), "SQLite, group commit": (
          "PostgreSQL, group commit, two receivers": (256, True, 2)}
 
 
-def wait(predicate: Any, timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise SystemExit(f"bench/alarm_storm.py: timed out after {timeout} s: {what}")
-        time.sleep(0.005)
-
-
 def publish(port: int, connections: int, alarms: int, sites: int) -> None:
     """The schools (``--publish``, a child process, so their threads share no interpreter
     with the measuring client): ``connections`` MQTT connections, each with its own in-flight
     window at the broker as 200 boxes would have; on a line on stdin they publish every alarm
     at once and print how long that took and when they started (the wall clock, which the
     receipts' reader and the receiver's ledger use too: one machine)."""
-    clients = []
-    for _ in range(connections):
-        client = mqtt.Client(CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5)
-        client.connect("127.0.0.1", port)
-        client.loop_start()
-        clients.append(client)
+    clients = [MqttClient(port).connect() for _ in range(connections)]
     payloads = []
     for i in range(alarms):
         site = f"school-{i % sites:03d}"
@@ -78,14 +63,13 @@ def publish(port: int, connections: int, alarms: int, sites: int) -> None:
     print("ready", flush=True)
     sys.stdin.readline()
     t0, wall = time.monotonic(), time.time()
-    sent = [clients[i % connections].publish(f"schools/{site}/alarm", payload, qos=1)
+    sent = [clients[i % connections].send(f"schools/{site}/alarm", payload)
             for i, (site, payload) in enumerate(payloads)]
-    for info in sent:
-        info.wait_for_publish(60)
+    for i, mid in enumerate(sent):
+        clients[i % connections].wait_ack(mid, 60)
     print(time.monotonic() - t0, wall, flush=True)
     for client in clients:
-        client.disconnect()
-        client.loop_stop()
+        client.close()
 
 
 def _last_stored(store: Path, ledger_url: str | None) -> float:
@@ -113,30 +97,12 @@ def storm(broker: Mosquitto, store: Path, args: argparse.Namespace, group_max: i
     several only on a shared PostgreSQL ledger. An alarm counts as confirmed at its first
     receipt, from whichever receiver."""
     names = {f"storm-{store.name}-{n}" for n in range(1, receivers + 1)}
-    confirmed: dict[str, float] = {}
-    online: set[str] = set()
-    # The receipts are read by mosquitto_sub (C, wall-clock time of each message, %U), at QoS 0:
-    # a Python client's own loop was the slowest part here (one select turn per message), and
-    # one QoS 1 reader has one in-flight window of 20 at the broker, which 200 boxes do not
+    # The receipts are read by mosquitto_sub (Receipts: C, the wall-clock time of each), at
+    # QoS 0: a Python client's own loop was the slowest part here (one select turn per message),
+    # and one QoS 1 reader has one in-flight window of 20 at the broker, which 200 boxes do not
     # share: it measured the reader (2 to 6 s more) instead of the receiver.
-    receipts = subprocess.Popen(
-        ["mosquitto_sub", "-p", str(broker.port), "-V", "mqttv5", "-q", "0", "-t",
-         "schools/+/receipt", "-t", "schools/_centre/presence/+", "-F", "%U %t %p"],
-        stdout=subprocess.PIPE, text=True)
-
-    def read() -> None:
-        assert receipts.stdout is not None
-        for line in receipts.stdout:
-            at, topic, payload = line.split(" ", 2)
-            if "/_centre/presence/" in topic:
-                if json.loads(payload).get("state") == "online":
-                    online.add(topic.rsplit("/", 1)[1])
-                continue
-            for event in json.loads(payload).get("alarms", []):
-                confirmed.setdefault(event, float(at))
-
-    reader = threading.Thread(target=read, daemon=True)
-    reader.start()
+    receipts = Receipts(broker.port, qos=0).start()
+    confirmed = receipts.confirmed
     store.mkdir(parents=True)
     started = []
     for name in sorted(names):
@@ -146,29 +112,32 @@ def storm(broker: Mosquitto, store: Path, args: argparse.Namespace, group_max: i
              str(store / f"centre-{name.rsplit('-', 1)[1]}"), "--client-id", name,
              "--min-free-gb", "0", "--group-commit", str(group_max),
              *(["--ledger", ledger_url] if ledger_url else [])],
-            stdout=subprocess.DEVNULL, stderr=log))
+            cwd=REPO, stdout=subprocess.DEVNULL, stderr=log, preexec_fn=die_with_parent))
     schools = subprocess.Popen(
-        [sys.executable, __file__, "--publish", str(broker.port), str(args.connections),
-         str(args.alarms), str(args.sites)], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-        text=True)
+        [sys.executable, "-m", "bench.alarm_storm", "--publish", str(broker.port),
+         str(args.connections), str(args.alarms), str(args.sites)], cwd=REPO,
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, preexec_fn=die_with_parent)
     assert schools.stdin is not None and schools.stdout is not None
     try:
-        wait(lambda: names <= online, 20, "the receivers to come online")
+        wait_for(lambda: names <= receipts.online, 20, "the receivers to come online")
         if schools.stdout.readline().strip() != "ready":
-            raise SystemExit("bench/alarm_storm.py: the schools did not connect")
+            raise AssertionError("the schools did not connect")
         time.sleep(1.0)  # the receiver's video link too, and the machine quiet again
         schools.stdin.write("go\n")
         schools.stdin.flush()
         published, wall = (float(x) for x in schools.stdout.readline().split())
-        wait(lambda: len(confirmed) >= args.alarms, 60, "every receipt")
+        wait_for(lambda: len(confirmed) >= args.alarms, 60, "every receipt", poll_s=0.005)
         last = max(confirmed.values()) - wall
         return {"published_s": published,
                 "last_stored_s": _last_stored(store, ledger_url) - wall,
                 "last_receipt_s": last, "alarms_per_s": args.alarms / last}
     finally:
-        schools.wait(30)
-        receipts.terminate()
-        receipts.wait(5)
+        try:
+            schools.wait(30)
+        except subprocess.TimeoutExpired:  # a step failed before "go": it still waits for it
+            schools.kill()
+            schools.wait()
+        receipts.stop()
         for receiver in started:
             receiver.send_signal(signal.SIGTERM)
         for receiver in started:
@@ -212,10 +181,13 @@ def main() -> int:
                     url = cluster.create(f"storm{len(results)}x{run}") if cluster and pg else None
                     runs.append(storm(broker, work / f"{len(results)}-{run}", args, group_max,
                                       url, receivers))
-                median = statistics.median(r["last_receipt_s"] for r in runs)
+                median = statistics.median_low(r["last_receipt_s"] for r in runs)
                 results[case] = next(r for r in runs if r["last_receipt_s"] == median)
                 results[case]["runs_last_receipt_s"] = [r["last_receipt_s"] for r in runs]
             results["machine"] = machine_context(work)
+        except AssertionError as exc:  # a wait that timed out, named
+            print(f"bench.alarm_storm: {exc}", file=sys.stderr)
+            return 1
         finally:
             if cluster is not None:
                 cluster.stop()
@@ -233,9 +205,7 @@ def main() -> int:
         print(f"| {name} | {r['published_s'] * 1e3:.0f} ms | {r['last_stored_s'] * 1e3:.0f} ms "
               f"| {r['last_receipt_s'] * 1e3:.0f} ms | {r['alarms_per_s']:.0f} | "
               f"{', '.join(f'{x:.2f}' for x in r['runs_last_receipt_s'])} |")
-    m = results["machine"]
-    print(f"\n{m['cpus']} CPUs ({m['cpu_model']}), load {m['loadavg']}, {m['storage_fs']} at "
-          f"{m['storage_dir']}, code {m['agent_code']}")
+    print("\n" + machine_line(results["machine"]))
     return 0
 
 
