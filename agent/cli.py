@@ -207,13 +207,15 @@ def format_status(s: dict[str, Any]) -> str:
     lines = [
         f"site      {s['site_id']}  (agent {s['version']}, up {s['uptime_s']:.0f} s, "
         f"clock {'synced' if s['clock_synced'] else 'NOT synced'})",
-        f"uplink    {up['state']} to {up['broker']}; centre {up['centre']}"
+        f"uplink    {up['state']} to {up['broker']}; centre {up['centre']}; last ACK "
+        f"{up['last_ack_at'] or 'never'}, failures {up['failures']}"
         + (f"  last error: {up['last_error']}" if up["last_error"] else ""),
         f"outbox    alarms {box['alarm']}, control {box['control']}, live {box['live']}, "
         f"clips {box['clip']}; awaiting the centre's receipt {box['unconfirmed']}; "
         f"last seq {box['last_seq']}"
         + (f"  DISK ERROR: {box['disk_error']}" if box["disk_error"] else ""),
     ]
+    lines += _dc09_lines(s.get("dc09"))
     last = s.get("last_alarm")
     lines.append("last alarm " + (f"{last['kind']} {last['button_id']} at {last['at']} "
                                   f"(seq {last['seq']})" if last else "none"))
@@ -224,6 +226,21 @@ def format_status(s: dict[str, Any]) -> str:
     for cid, c in s.get("cameras", {}).items():
         lines.append(f"camera    {cid:<12} {c['state']}")
     return "\n".join(lines)
+
+
+def _dc09_lines(d: dict[str, Any] | None) -> list[str]:
+    """The second path beside the first: its state, queue, refusals and each receiver."""
+    if d is None:
+        return []
+    lines = [f"dc09      {d['path']} via {d['active']}; queue {d['queue']}, acknowledged "
+             f"{d['acked']}, refused {d['refused']}; MQTT path reported {d['mqtt_path_reported']}"]
+    for r in d["receivers"]:
+        lines.append(f"receiver  {r['name']}  last ACK {r['last_ack_at'] or 'never'}, "
+                     f"failures {r['failures']} ({r['total_failures']} in all)"
+                     + (f"  last error: {r['last_error']}" if r["failures"] else ""))
+    for r in d["refused_recent"]:
+        lines.append(f"REFUSED   {r['kind']} zone {r['zone']} at {r['at']}: {r['reason']}")
+    return lines
 
 
 def cmd_simulate(args: argparse.Namespace) -> int:

@@ -31,6 +31,11 @@ def rfc3339(seconds: float) -> str:
     return rfc3339_ms(round(seconds * 1_000_000) // 1000)
 
 
+def rfc3339_or_none(seconds: float | None) -> str | None:
+    """For status fields that say "never" with null (a last ACK that has not come)."""
+    return None if seconds is None else rfc3339(seconds)
+
+
 def rfc3339_ms(ms: int) -> str:
     """Milliseconds since the epoch on the wire, exactly (a signed command's times are
     computed in whole milliseconds, with no float in between)."""

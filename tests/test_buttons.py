@@ -12,7 +12,7 @@ from gpiozero.pins.mock import MockFactory
 
 from agent.config.model import ButtonConfig, Wiring
 from agent.delivery.protocol import AlarmKind
-from agent.hardware.buttons import ButtonBoard, ButtonError, ButtonEvent, Timing
+from agent.hardware.buttons import ButtonBoard, ButtonError, ButtonEvent, Change, Timing
 from agent.supervision import Supervisor
 from tests.conftest import wait_for
 
@@ -28,8 +28,13 @@ class Recorder:
         return {"kind": str(event.kind), "button_id": event.button_id}
 
     def kinds(self, button: str | None = None) -> list[AlarmKind]:
+        """The MQTT alarms the events make (a release makes none)."""
         with self.lock:
-            return [e.kind for e in self.events if button in (None, e.button_id)]
+            return [e.kind for e in self.events if button in (None, e.button_id) and e.kind]
+
+    def changes(self, button: str | None = None) -> list[Change]:
+        with self.lock:
+            return [e.change for e in self.events if button in (None, e.button_id)]
 
 
 def _button(bid: str, pin: int, wiring: str = "normally_open", hold_s: float = 0.0) -> ButtonConfig:
@@ -133,9 +138,22 @@ def test_stuck_button_gives_one_alarm_one_fault_then_restore(
         assert board.snapshot()["gym"]["state"] == "stuck"
         board.simulate("gym", False)
         wait_for(lambda: rec.kinds()[-1:] == [AlarmKind.RESTORE], 2, "the restore")
-        assert len(rec.kinds()) == 3
+        assert rec.changes() == [Change.PRESSED, Change.STUCK, Change.STUCK_CLEARED]
     finally:
         board.stop()
+
+
+def test_a_release_is_reported_once_it_is_stable_and_is_no_alarm(
+    board: ButtonBoard, factory: MockFactory, rec: Recorder
+) -> None:
+    board.simulate("entrance", True)
+    pin = factory.pin(17)
+    pin.drive_high()  # a bounce on release: the press has not ended yet
+    pin.drive_low()
+    assert rec.changes() == [Change.PRESSED]
+    board.simulate("entrance", False)
+    wait_for(lambda: rec.changes() == [Change.PRESSED, Change.RELEASED], 2, "the release")
+    assert rec.kinds() == [AlarmKind.PANIC]  # the centre gets no alarm for a release
 
 
 def test_cut_loop_at_start_is_a_fault_not_a_press(factory: MockFactory, rec: Recorder) -> None:
@@ -143,6 +161,11 @@ def test_cut_loop_at_start_is_a_fault_not_a_press(factory: MockFactory, rec: Rec
     board.start(close_mock_loops=False)  # the NC loop is open at power-up: a cut cable
     try:
         wait_for(lambda: rec.kinds() == [AlarmKind.FAULT], 2, "the start-up fault")
+        assert rec.changes() == [Change.OPEN_AT_START]
+        factory.pin(25).drive_low()  # the cable mended: the loop closes
+        wait_for(lambda: rec.changes() == [Change.OPEN_AT_START, Change.OPEN_CLEARED], 2,
+                 "the fault cleared, as a cable fault (not a stuck button)")
+        assert rec.kinds() == [AlarmKind.FAULT, AlarmKind.RESTORE]
     finally:
         board.stop()
 

@@ -6,6 +6,7 @@ select-based). Each thread owns one thing and hands work on through one queue or
 
     buttons   button state machines; commits each alarm to the outbox (the alarm path)
     uplink    the paho client; drains the outbox by priority; deletes on PUBACK
+    dc09      with a dc09 section: the DC-09 transmitter; drains its own rows (agent/box/dc09.py)
     camera-*  one per camera: source -> segmenter -> in-memory ring (see agent/cameras.py)
     control   the local control socket (status, simulate)
     main      signals, sd_notify READY/STATUS/WATCHDOG, health checks
@@ -31,9 +32,10 @@ from gpiozero.pins import Factory
 
 from agent import __version__
 from agent.box.control import ControlServer, socket_path
+from agent.box.dc09 import Dc09Path
 from agent.box.handlers import BoxCommands
 from agent.box.walktest import WalkTest
-from agent.clock import clock_synced, rfc3339
+from agent.clock import clock_synced, rfc3339, rfc3339_or_none
 from agent.commands.keys import load_public_key
 from agent.commands.nonces import NonceStore
 from agent.commands.router import CommandRouter
@@ -51,7 +53,7 @@ from agent.delivery.protocol import (
     dumps,
     new_event_id,
 )
-from agent.delivery.uplink.link import Uplink
+from agent.delivery.uplink.link import LinkState, Uplink
 from agent.errors import AgentError
 from agent.hardware.buttons import ButtonBoard, ButtonEvent, make_pin_factory
 from agent.hardware.indicators import Indicators
@@ -95,6 +97,9 @@ class Daemon:
         self.indicators: Indicators | None = None
         self.router: CommandRouter | None = None
         self.video: Video | None = None
+        self.dc09: Dc09Path | None = None
+        # The alarm paths and the technician's access: the watchdog ping needs them all alive.
+        self.core_threads = CORE_THREADS + (("dc09",) if cfg.dc09 else ())
         self._nonces: NonceStore | None = None
 
     # --- lifecycle --------------------------------------------------------------------------
@@ -119,6 +124,8 @@ class Daemon:
                              tracer=self.trace)
         self.buttons = ButtonBoard(self.cfg.buttons, factory, self._on_button)
         self.control = ControlServer(socket_path(storage), self._on_control)
+        if self.cfg.dc09 is not None:
+            self.dc09 = Dc09Path(self.cfg, self.cfg.dc09.settings, self.outbox, self._box_alarm)
         self.indicators.start()
         self.video.start(self.supervisor)
         if self.outbox.recovered_from is not None:
@@ -128,6 +135,8 @@ class Daemon:
         self.video.on_live(self._on_live_segment)
         self.uplink.post_latest(self.topics.pubkey, self.box_key.public_pem())
         self.uplink.start(self.supervisor)
+        if self.dc09 is not None:
+            self.dc09.start(self.supervisor)
         self.buttons.start(supervisor=self.supervisor)
         self.control.start(self.supervisor)
         pending = self.outbox.depth()
@@ -139,7 +148,8 @@ class Daemon:
         self.notifier.send(stopping="1")
         # The uplink before the video: a receipt must not reach a closed spool. Clip chunks
         # the video stores as it stops are in the outbox, and go out after the restart.
-        for part in (self.control, self.buttons, self.uplink, self.video, self.indicators):
+        for part in (self.control, self.buttons, self.uplink, self.dc09, self.video,
+                     self.indicators):
             if part is not None:
                 part.stop()
         if self.outbox is not None:
@@ -181,10 +191,12 @@ class Daemon:
         if self.indicators is not None and self.uplink is not None:
             self.indicators.centre(self.uplink.centre_present)
             self.indicators.tick()
+        if self.dc09 is not None and self.uplink is not None:
+            self.dc09.mqtt_path(self.uplink.state is LinkState.ONLINE)
         if time.monotonic() >= self._next_health and self.uplink is not None:
             self.uplink.post_latest(self.topics.health, self.health_payload())
             self._next_health = time.monotonic() + self.health_interval_s
-        stale = self.supervisor.stale(HEARTBEAT_STALE_S, CORE_THREADS)
+        stale = self.supervisor.stale(HEARTBEAT_STALE_S, self.core_threads)
         if not stale:
             self.notifier.send(watchdog="1")
         elif stale != self._stale:
@@ -196,14 +208,21 @@ class Daemon:
             self._last_summary = summary
 
     def healthy(self) -> bool:
-        return not self.supervisor.stale(HEARTBEAT_STALE_S, CORE_THREADS)
+        return not self.supervisor.stale(HEARTBEAT_STALE_S, self.core_threads)
 
     # --- the alarm path (runs on the buttons thread) ----------------------------------------
 
-    def _on_button(self, event: ButtonEvent) -> dict[str, Any]:
+    def _on_button(self, event: ButtonEvent) -> dict[str, Any] | None:
         assert self.outbox is not None and self.uplink is not None
         self.trace(Point.EDGE, event.button_id)
         button = self.cfg.button(event.button_id)
+        test = self.walk_test.active()
+        path = self.dc09
+        dc09 = path.for_button(button, event.change, test) if path else None
+        if event.kind is None:  # a release: no alarm on MQTT, a restore on DC-09 if wanted
+            if path is not None and dc09 is not None:
+                path.add(dc09, event.wall_time)
+            return None
         event_id = new_event_id()
         synced = clock_synced()
 
@@ -212,12 +231,15 @@ class Daemon:
                 event_id=event_id, seq=seq, site_id=self.cfg.site.id, button_id=button.id,
                 location=button.location, kind=str(event.kind),
                 pressed_at=rfc3339(event.wall_time), clock_synced=synced, detail=event.detail,
-                test=self.walk_test.active(),
+                test=test,
             ).to_json()
 
-        seq, durable = self.outbox.add_alarm(self.topics.alarm, event_id, build)
+        also = path.row(dc09, event.wall_time, event_id) if path and dc09 else None
+        seq, durable = self.outbox.add_alarm(self.topics.alarm, event_id, build, also=also)
         self.trace(Point.COMMITTED, event_id)
         self.uplink.wake()
+        if path is not None and also is not None:
+            path.wake()
         if event.kind is AlarmKind.PANIC:
             if self.indicators is not None:
                 self.indicators.alarm(event_id)
@@ -226,9 +248,10 @@ class Daemon:
         self.last_alarm = {"event_id": event_id, "seq": seq, "button_id": button.id,
                            "kind": str(event.kind), "at": rfc3339(event.wall_time),
                            "durable": durable}
-        log.warning("%s: button=%s location=%r seq=%d event_id=%s%s", str(event.kind).upper(),
+        log.warning("%s: button=%s location=%r seq=%d event_id=%s%s%s", str(event.kind).upper(),
                     button.id, button.location, seq, event_id,
-                    f" detail={event.detail!r}" if event.detail else "")
+                    f" detail={event.detail!r}" if event.detail else "",
+                    f" dc09={dc09.kind}/{dc09.zone:03d}" if dc09 else "")
         self.trace(Point.HANDLED, event_id)
         return self.last_alarm
 
@@ -258,19 +281,24 @@ class Daemon:
 
     def _system_fault(self, detail: str) -> None:
         """A fault of the box itself (not of a button), on the alarm topic like the others."""
+        self._box_alarm(AlarmKind.FAULT, detail)
+        log.error("FAULT: %s", detail)
+
+    def _box_alarm(self, kind: AlarmKind, detail: str) -> None:
+        """An alarm about the box itself (any thread), logged by the caller."""
         assert self.outbox is not None and self.uplink is not None
         event_id = new_event_id()
         now = time.time()
 
         def build(seq: int) -> bytes:
             return Alarm(event_id=event_id, seq=seq, site_id=self.cfg.site.id,
-                         button_id="", location=self.cfg.site.name, kind=str(AlarmKind.FAULT),
+                         button_id="", location=self.cfg.site.name, kind=str(kind),
                          pressed_at=rfc3339(now), clock_synced=clock_synced(),
                          detail=detail).to_json()
 
         self.outbox.add_alarm(self.topics.alarm, event_id, build)
         self.uplink.wake()
-        log.error("FAULT: %s", detail)
+
 
     # --- commands from the centre (run on the uplink thread) -------------------------------
 
@@ -350,10 +378,13 @@ class Daemon:
     def set_test_mode(self, minutes: int | None) -> str | None:
         """A walk test for ``minutes`` (None: off): alarms carry ``test: true`` meanwhile; it
         switches itself off (agent/box/walktest.py). Returns when it ends, or None."""
+        was_on = self.walk_test.until_wall() is not None  # also when it has just expired
         if minutes is None:
             self.walk_test.stop()
         else:
             self.walk_test.start(minutes)
+        if self.dc09 is not None and was_on != self.walk_test.active():
+            self.dc09.test_mode(not was_on)
         until = self._test_mode_until()
         log.warning("test mode %s", f"ON until {until}" if until else "OFF")
         if self.uplink is not None:
@@ -377,12 +408,14 @@ class Daemon:
             "thread_crashes": self.supervisor.status(),
             "clock_synced": clock_synced(),
             "uplink": {"state": str(self.uplink.state), "last_error": self.uplink.last_error,
-                       "sent": self.uplink.sent,
+                       "sent": self.uplink.sent, "failures": self.uplink.failures,
+                       "last_ack_at": rfc3339_or_none(self.uplink.last_ack_at),
                        "centre": {True: "listening", False: "NOT listening",
                                   None: "unknown"}[self.uplink.centre_present],
                        "broker": f"{self.cfg.mqtt.host}:{self.cfg.mqtt.port}"},
             "outbox": {**self.outbox.depth(), "last_seq": self.outbox.last_seq(),
                        "disk_error": self.outbox.disk_error},
+            "dc09": self.dc09.status() if self.dc09 else None,
             "last_alarm": self.last_alarm,
             "buttons": self.buttons.snapshot(),
             **(self.video.status() if self.video else {}),

@@ -2,12 +2,14 @@
 
 Each check says PASS or FAIL and, when it fails, what to do. It is safe to run while the agent
 is running: the buttons are then read from the running agent rather than by opening the pins
-(which the agent holds).
+(which the agent holds). With a dc09 section, each DC-09 receiver gets one periodic test report
+(RP / 602, zone 0) on a connection of the selftest's own, outside the agent's queue.
 """
 
 from __future__ import annotations
 
 import os
+import secrets
 import shutil
 import threading
 import time
@@ -20,6 +22,10 @@ from agent.box import control
 from agent.clock import clock_synced
 from agent.config import redact_url
 from agent.config.model import ButtonConfig, CameraConfig, Config
+from agent.delivery.dc09.events import BOX_ZONE, Event, EventKind, encode
+from agent.delivery.dc09.frame import Address, FrameError, ReplyKind, build
+from agent.delivery.dc09.link import Link, LinkError
+from agent.delivery.dc09.settings import Receiver, Settings
 from agent.errors import AgentError
 
 
@@ -36,6 +42,8 @@ def run_checks(cfg: Config, camera_timeout_s: float = 5.0) -> list[Check]:
     checks = [_disk(cfg), _clock(), *_buttons(cfg, running)]
     checks += [_camera(cam, camera_timeout_s) for cam in cfg.cameras]
     checks.append(_broker_of_running(running) if running else _broker(cfg))
+    if cfg.dc09 is not None:
+        checks += [_dc09(cfg.dc09.settings, r, cfg.site.name) for r in cfg.dc09.settings.receivers]
     return checks
 
 
@@ -240,6 +248,50 @@ def _broker(cfg: Config) -> Check:
         return Check(name, False, f"{where}: {outcome[0]}",
                      "check the username/password or the client certificate with the centre")
     return Check(name, True, f"{where}: connected")
+
+
+class _Waiting:
+    """What a DC-09 link's wait needs from its thread (agent/delivery/dc09/link.py: Pulse)."""
+
+    stopping = threading.Event()
+
+    def beat(self) -> None:
+        pass
+
+
+def _dc09(s: Settings, r: Receiver, site: str) -> Check:
+    """One periodic test report, as the agent sends it; a NAK is answered once with the
+    receiver's clock, as the agent does, so a box whose clock is off still passes."""
+    name = f"dc09 {r.name}"
+    where = f"account {r.account}, {s.format}{', AES' if r.key else ''}"
+    message = encode(Event(EventKind.PERIODIC_TEST, BOX_ZONE, site), s.format, r.account)
+    seq, offset, link = secrets.randbelow(9999) + 1, 0.0, Link(r)
+    try:
+        for _ in range(2):
+            frame = build(message.token, seq, Address(r.account, r.receiver, r.line),
+                          message.data, extended=message.extended,
+                          sent_at=time.time() + offset, key=r.key)
+            reply = link.exchange(frame, seq, s.ack_timeout_s, _Waiting())
+            if reply is None:
+                return Check(name, False, f"no answer within {s.ack_timeout_s:g} s ({where})",
+                             "check host, port and tcp/udp with the centre, the firewall, and "
+                             "that the receiver runs")
+            if reply.kind is ReplyKind.NAK and reply.timestamp is not None:
+                offset = reply.timestamp - time.time()
+                continue
+            if reply.kind is ReplyKind.DUH:
+                return Check(name, False, f"answered DUH: it does not take a test report "
+                             f"({where})", "ask the centre to accept periodic test reports "
+                             "(RP / 602) on the account, or check dc09.format")
+            clock = f"; its clock is {offset:+.0f} s from ours" if abs(offset) > 1 else ""
+            return Check(name, True, f"test report acknowledged ({where}){clock}")
+        return Check(name, False, f"refused the test report twice (NAK; {where})",
+                     "check dc09.account, the AES key file and dc09.format with the centre")
+    except (LinkError, FrameError) as exc:
+        return Check(name, False, str(exc), "check host, port and tcp/udp with the centre, "
+                     "the network path to the receiver, and dc09.account")
+    finally:
+        link.close()
 
 
 def _limited(packets: Iterator[Any], seconds: float) -> Iterator[Any]:

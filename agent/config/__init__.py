@@ -73,8 +73,9 @@ def config_warnings(cfg: Config) -> list[str]:
     and the CA are public, so for them only write access by others matters.
     """
     tls = cfg.mqtt.tls or TlsConfig()
+    dc09_keys = cfg.dc09.key_files if cfg.dc09 else ()
     checks = [(p, 0o006, "holds secrets", "640") for p in
-              (cfg.source, cfg.mqtt.password_file, tls.key_file)]
+              (cfg.source, cfg.mqtt.password_file, tls.key_file, *dc09_keys)]
     checks += [(p, 0o002, "is trusted to verify the centre", "644") for p in
                (tls.ca_file, cfg.commands.public_key_file)]
     warnings = []

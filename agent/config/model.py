@@ -11,6 +11,8 @@ from enum import StrEnum
 from pathlib import Path
 from typing import TypeVar
 
+from agent.delivery.dc09.settings import Settings as Dc09Settings
+
 Item = TypeVar("Item", "ButtonConfig", "CameraConfig")
 
 # --------------------------------------------------------------------------------------------------
@@ -101,7 +103,9 @@ class GpioConfig:
 
 @dataclass(frozen=True, slots=True)
 class ButtonConfig:
-    """`cameras` None means every camera: a new camera then needs no edit of each button."""
+    """`cameras` None means every camera: a new camera then needs no edit of each button.
+    `number` is the button's zone on DC-09 (1-999, unique; required with a dc09 section);
+    `holdup` marks a hold-up (duress) button, which DC-09 reports as such."""
 
     id: str
     pin: int
@@ -109,6 +113,8 @@ class ButtonConfig:
     wiring: Wiring
     hold_s: float
     cameras: tuple[str, ...] | None
+    number: int | None = None
+    holdup: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -176,6 +182,15 @@ class CommandsConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class Dc09Config:
+    """The DC-09 path: its settings, valid by construction (agent/delivery/dc09/settings.py),
+    and the AES key files they were read from (config_warnings checks who may read them)."""
+
+    settings: Dc09Settings
+    key_files: tuple[Path, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
 class LogConfig:
     level: LogLevel = LogLevel.INFO
 
@@ -195,6 +210,7 @@ class Config:
     indicators: IndicatorsConfig
     commands: CommandsConfig
     log: LogConfig
+    dc09: Dc09Config | None = None  # None: no DC-09 path
     source: Path | None = None
 
     def button(self, button_id: str) -> ButtonConfig:

@@ -36,6 +36,9 @@ NULL = "tag:yaml.org,2002:null"
 BOOL = "tag:yaml.org,2002:bool"
 INT = "tag:yaml.org,2002:int"
 FLOAT = "tag:yaml.org,2002:float"
+# A host name, an IPv4 address or an IPv6 one (two colons at least: "10.0.0.5:5000" is a host
+# with a port, refused).
+HOST_PATTERN = r"[A-Za-z0-9_.-]+|[0-9A-Fa-f.]*:[0-9A-Fa-f.]*:[0-9A-Fa-f:.]*"
 YAML = yaml.SafeLoader("")  # only its scalar constructors are used, so YAML 1.1 means what it says
 
 
@@ -211,15 +214,18 @@ def matching(pattern: str, rule: str) -> Conv[str]:
 
 
 def as_choice(kind: type[E]) -> Conv[E]:
-    """One of an enum's values, case-insensitive; YAML 1.1's `off` (a bool) still reads as 'off'."""
+    """One of an enum's values, case-insensitive (`sia-dcs` is SIA-DCS); YAML 1.1's `off` (a
+    bool) still reads as 'off'."""
+    by_lower = {member.value.lower(): member for member in kind}
     allowed = [member.value for member in kind]
 
     def convert(at: At) -> E:
-        text = as_text(at).lower()
-        if text not in allowed:
-            hint = did_you_mean(text, allowed) or f"; expected one of {', '.join(allowed)}"
+        text = as_text(at)
+        if text.lower() not in by_lower:
+            hint = (did_you_mean(text.lower(), list(by_lower))
+                    or f"; expected one of {', '.join(allowed)}")
             raise Invalid(f"{show(text)} is not allowed here{hint}")
-        return kind(text)
+        return by_lower[text.lower()]
 
     return convert
 

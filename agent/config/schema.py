@@ -8,6 +8,7 @@ import ipaddress
 import re
 from pathlib import Path
 
+from agent.config.dc09 import dc09_section
 from agent.config.model import (
     ButtonConfig,
     CameraConfig,
@@ -30,6 +31,7 @@ from agent.config.model import (
     Wiring,
 )
 from agent.config.reader import (
+    HOST_PATTERN,
     At,
     Ctx,
     Invalid,
@@ -49,6 +51,7 @@ from agent.config.reader import (
     matching,
     show,
 )
+from agent.delivery.dc09.events import MAX_ZONE
 from agent.delivery.protocol import ITEM_ID, MAX_LABEL_CHARS, SITE_ID
 from agent.errors import ConfigError
 from agent.logs import UNSAFE_CHARS
@@ -153,8 +156,8 @@ def _is_loopback(host: str) -> bool:
 _ID_RULE = "lower-case letters, digits, '_' and '-', starting with a letter or digit"
 _SITE_ID = matching(SITE_ID.pattern, "lower-case letters, digits and '-', starting"
                      " with a letter or digit, at most 63 characters (it goes into MQTT topics)")
-_HOST = matching(r"[A-Za-z0-9_.-]+|[0-9A-Fa-f:.]*:[0-9A-Fa-f:.]*", "write a host name or IP"
-                  " address only, without mqtt:// or :port (the port goes in mqtt.port)")
+_HOST = matching(HOST_PATTERN, "write a host name or IP address only, without mqtt:// or :port"
+                 " (the port goes in mqtt.port)")
 _ITEM_ID = matching(ITEM_ID.pattern, _ID_RULE)
 
 
@@ -243,20 +246,28 @@ def _camera(m: Map) -> CameraConfig | None:
                         fps, bitrate_kbps, live)
 
 
-def _button(m: Map) -> ButtonConfig | None:
+def _button(m: Map, zones: bool) -> ButtonConfig | None:
+    """``zones``: the config has a dc09 section, so each button needs its zone number."""
     button_id = m.req("id", _ITEM_ID)
     pin = m.req("pin", _pin)
     location = m.req("location", _label)
     wiring = m.get("wiring", as_choice(Wiring), Wiring.NORMALLY_OPEN)
     hold_s = m.get("hold_s", as_number(0, 10), 0.0)
     cameras = m.opt("cameras", as_list_of(_camera_ref))
+    number = m.opt("number", as_integer(1, MAX_ZONE))
+    holdup = m.get("holdup", as_boolean, False)
     if button_id is not None:
         m.claim("id", f"button id {button_id!r}", m.at.path)
     if pin is not None:
         m.claim("pin", f"GPIO {pin}", f"{m.at.path} ({button_id or 'no id'})")
+    if number is not None:
+        m.claim("number", f"zone number {number}", f"{m.at.path} ({button_id or 'no id'})")
+    elif zones and not m.present("number"):
+        m.problem("number", f"required with a dc09 section: the button's zone (1-{MAX_ZONE}) "
+                  "as the centre's receiver knows it")
     if button_id is None or pin is None or location is None:
         return None
-    return ButtonConfig(button_id, pin, location, wiring, hold_s, cameras)
+    return ButtonConfig(button_id, pin, location, wiring, hold_s, cameras, number, holdup)
 
 
 def _storage(m: Map) -> StorageConfig:
@@ -306,7 +317,8 @@ def _root(m: Map, origin: Path | None) -> Config | None:
     mqtt = m.req("mqtt", as_section(lambda mm: _mqtt(mm, site.id if site else "unknown")))
     gpio = m.get("gpio", as_section(_gpio), GpioConfig())
     cameras = m.opt("cameras", as_list_of(as_section(_camera))) or ()
-    buttons = m.req("buttons", as_list_of(as_section(_button)))
+    zones = m.present("dc09")
+    buttons = m.req("buttons", as_list_of(as_section(lambda mm: _button(mm, zones))))
     if buttons == ():
         m.problem("buttons", "at least one button is required: without one no alarm can be raised")
     storage = m.get("storage", as_section(_storage), StorageConfig())
@@ -315,10 +327,11 @@ def _root(m: Map, origin: Path | None) -> Config | None:
     indicators = m.get("indicators", as_section(_indicators), IndicatorsConfig())
     commands = m.get("commands", as_section(_commands), CommandsConfig())
     log = m.get("log", as_section(_log), LogConfig())
+    dc09 = m.opt("dc09", as_section(dc09_section))
     if site is None or mqtt is None or buttons is None:
         return None
     return Config(site, mqtt, gpio, buttons, cameras, storage, recording, uplink, indicators,
-                  commands, log, origin)
+                  commands, log, dc09=dc09, source=origin)
 
 
 

@@ -27,12 +27,17 @@ SQLite choices, each deliberate (the file is opened by agent/db.py, like every o
   and continue the seq from the last one the disk knows.
 - Rows are ordered by (priority, id): id is AUTOINCREMENT, never reused, so FIFO within a class
   holds across restarts, and nothing depends on the wall clock (which jumps on a Pi at NTP sync).
+- The DC-09 path keeps its own rows in the same file, in a table of its own (``dc09``, read
+  and written by agent/delivery/dc09_queue.py): an alarm's MQTT row and its DC-09 row are
+  inserted in the alarm's one transaction (:class:`Companion`), so kill -9 can never leave one
+  without the other, and each is acknowledged by its own path. A table rather than a ``path``
+  column: the two rows share no field, the MQTT queries stay as they were (none can pick up a
+  DC-09 row by forgetting a filter), and an outbox made before it only gains an empty table.
 """
 
 from __future__ import annotations
 
 import contextlib
-import enum
 import itertools
 import logging
 import sqlite3
@@ -40,64 +45,41 @@ import threading
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 from agent.db import Sync, open_db, relaxed
 from agent.delivery.protocol import Priority
+from agent.delivery.rows import (
+    BlobRef,
+    Message,
+    RowState,
+    insert,
+    read_blob,
+    read_seq,
+    read_seq_of,
+    setup,
+)
 from agent.errors import OutboxError
+
+__all__ = ["BlobRef", "Message", "Outbox", "RowState"]
 
 log = logging.getLogger("agent.outbox")
 
 T = TypeVar("T")
 
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS messages (
-    id        INTEGER PRIMARY KEY AUTOINCREMENT,
-    priority  INTEGER NOT NULL,
-    topic     TEXT    NOT NULL,
-    key       TEXT    NOT NULL UNIQUE,   -- event_id / chunk id: enqueueing twice is a no-op
-    qos       INTEGER NOT NULL,
-    retain    INTEGER NOT NULL,
-    payload   BLOB    NOT NULL,          -- the whole message, or the header of a file chunk
-    blob_path TEXT,                      -- clip chunks: bytes are read from the spool at send time
-    blob_off  INTEGER,
-    blob_len  INTEGER,
-    state     INTEGER NOT NULL DEFAULT 0, -- a RowState
-    seq       INTEGER                     -- alarms: their seq, the order they are sent in
-);
-CREATE INDEX IF NOT EXISTS messages_order ON messages (priority, id);
-CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value INTEGER NOT NULL);
-INSERT OR IGNORE INTO meta (name, value) VALUES ('seq', 0);
-"""
 
+class Companion(Protocol):
+    """Another path's row for an alarm (DC-09: agent/delivery/dc09_queue.py), written in the
+    alarm's own transaction, and held in memory with it when the disk refuses."""
 
-class RowState(enum.IntEnum):
-    """What a stored row waits for. IN_FLIGHT is not here: it is a mark in the uplink's
-    memory, so a crash can never leave a row in it."""
+    def insert(self, conn: sqlite3.Connection) -> None:
+        """Inside the alarm's transaction."""
 
-    READY = 0  # to be sent
-    DELIVERED = 1  # an alarm the broker has acknowledged, kept until the centre's receipt
+    def committed(self) -> None:
+        """After the commit, under the outbox's lock: keep it short."""
 
-
-@dataclass(frozen=True, slots=True)
-class BlobRef:
-    """A byte range of a spool file that becomes the body of a message when it is sent."""
-
-    path: Path
-    offset: int
-    length: int
-
-
-@dataclass(frozen=True, slots=True)
-class Message:
-    id: int
-    priority: Priority
-    topic: str
-    key: str
-    qos: int
-    retain: bool
-    payload: bytes  # complete and ready to publish
-    seq: int | None = None  # alarms only
+    def hold(self) -> None:
+        """The disk refused the transaction: keep the row in memory."""
 
 
 @dataclass
@@ -131,10 +113,10 @@ class Outbox:
     @classmethod
     def open(cls, path: Path) -> Outbox:
         """Open or create the outbox; a corrupt one is moved aside (``recovered_from``)."""
-        opened = open_db(path, _setup, what="outbox", sync=Sync.FULL, private=True,
+        opened = open_db(path, setup, what="outbox", sync=Sync.FULL, private=True,
                          lost="alarms queued in it may not have been sent", error=OutboxError)
         conn, aside = opened.conn, opened.quarantined
-        last = max(_read_seq(conn), _read_seq_of(aside) if aside else 0)
+        last = max(read_seq(conn), read_seq_of(aside) if aside else 0)
         if aside is not None:  # seq goes on from the broken file's, so the centre sees a gap
             with conn:
                 conn.execute("UPDATE meta SET value = ? WHERE name = 'seq'", (last,))
@@ -146,8 +128,10 @@ class Outbox:
 
     # --- writing ----------------------------------------------------------------------------
 
-    def add_alarm(self, topic: str, key: str, build: Callable[[int], bytes]) -> tuple[int, bool]:
-        """Allocate the next ``seq``, store the alarm built from it, and sync, in one commit.
+    def add_alarm(self, topic: str, key: str, build: Callable[[int], bytes],
+                  also: Companion | None = None) -> tuple[int, bool]:
+        """Allocate the next ``seq``, store the alarm built from it (and ``also``, another
+        path's row for it), and sync, in one commit.
 
         Returns (seq, durable). When durable, the alarm survives kill -9 and power loss; when
         the disk refused it, it is held in memory and sent all the same.
@@ -161,16 +145,23 @@ class Outbox:
             if seq <= self._last_seq:  # the disk is back after alarms held in memory
                 seq = self._last_seq + 1
                 conn.execute("UPDATE meta SET value = ? WHERE name = 'seq'", (seq,))
-            _insert(conn, Priority.ALARM, topic, key, build(seq), qos=1, retain=False, seq=seq)
+            insert(conn, Priority.ALARM, topic, key, build(seq), qos=1, retain=False, seq=seq)
+            if also is not None:
+                also.insert(conn)
             return seq
 
         def committed(seq: int) -> None:  # under the lock: a memory hold cannot take it too
             self._last_seq = seq
+            if also is not None:
+                also.committed()
 
         try:
             seq = self._write(tx, committed=committed)
         except OutboxError as exc:
-            return self._hold_in_memory(topic, key, build, exc), False
+            seq = self._hold_in_memory(topic, key, build, exc)
+            if also is not None:
+                also.hold()
+            return seq, False
         self.disk_error = ""
         return seq, True
 
@@ -199,13 +190,13 @@ class Outbox:
     ) -> bool:
         """Queue one message; False when one with this key is already queued (a retry)."""
         return self._write(
-            lambda conn: _insert(conn, priority, topic, key, payload, qos, retain, blob))
+            lambda conn: insert(conn, priority, topic, key, payload, qos, retain, blob))
 
     def add_many(self, rows: Iterable[tuple[Priority, str, str, bytes, BlobRef | None]]) -> int:
         """Queue many messages (a segment's chunks) in one transaction and one sync."""
 
         def tx(conn: sqlite3.Connection) -> int:
-            return sum(_insert(conn, p, t, k, b, 1, False, blob) for p, t, k, b, blob in rows)
+            return sum(insert(conn, p, t, k, b, 1, False, blob) for p, t, k, b, blob in rows)
 
         return self._write(tx)
 
@@ -271,7 +262,7 @@ class Outbox:
         out: list[Message] = []
         for mid, prio, topic, key, qos, retain, payload, bpath, boff, blen, seq in rows:
             if bpath is not None:
-                body = _read_blob(BlobRef(Path(bpath), boff, blen))
+                body = read_blob(BlobRef(Path(bpath), boff, blen))
                 if body is None:
                     log.error("clip chunk %s lost its spool file %s; dropping it", key, bpath)
                     self.ack(mid)
@@ -357,6 +348,22 @@ class Outbox:
     def last_seq(self) -> int:
         return self._last_seq
 
+    # --- for another path's rows (agent/delivery/dc09_queue.py) -----------------------------
+
+    def transaction(self, tx: Callable[[sqlite3.Connection], T], *, durable: bool = True,
+                    committed: Callable[[T], None] | None = None) -> T:
+        """One transaction on the outbox's connection, under its lock (see :meth:`_write`)."""
+        return self._write(tx, durable, committed)
+
+    def query(self, read: Callable[[sqlite3.Connection], T]) -> T:
+        """Reads under the lock; a failing disk becomes an OutboxError."""
+        with self._lock:
+            try:
+                return read(self._conn)
+            except sqlite3.Error as exc:
+                raise OutboxError(f"cannot read the outbox ({exc}): the disk at "
+                                  f"{self.path.parent} may be failing") from exc
+
     def integrity_ok(self) -> bool:
         with self._lock:
             [(result,)] = self._read("PRAGMA integrity_check")
@@ -390,64 +397,3 @@ class Outbox:
                 raise OutboxError(
                     f"outbox write failed ({exc}): the disk at {self.path.parent} may be full, "
                     "read-only or failing") from exc
-
-
-def _setup(conn: sqlite3.Connection) -> None:
-    conn.executescript(_SCHEMA)
-    columns = {row[1] for row in conn.execute("PRAGMA table_info(messages)")}
-    if "size" in columns:  # made by an older agent; the column was written, never read
-        conn.execute("ALTER TABLE messages DROP COLUMN size")
-        log.info("outbox: dropped the unused size column of an older outbox; its messages stay")
-
-
-def _insert(
-    conn: sqlite3.Connection,
-    priority: Priority,
-    topic: str,
-    key: str,
-    payload: bytes,
-    qos: int,
-    retain: bool,
-    blob: BlobRef | None = None,
-    seq: int | None = None,
-) -> bool:
-    cur = conn.execute(
-        "INSERT OR IGNORE INTO messages "
-        "(priority, topic, key, qos, retain, payload, blob_path, blob_off, blob_len, seq) "
-        "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-        (
-            int(priority), topic, key, qos, int(retain), payload,
-            str(blob.path) if blob else None,
-            blob.offset if blob else None,
-            blob.length if blob else None,
-            seq,
-        ),
-    )
-    return cur.rowcount == 1
-
-
-def _read_seq(conn: sqlite3.Connection) -> int:
-    row = conn.execute("SELECT value FROM meta WHERE name = 'seq'").fetchone()
-    return int(row[0]) if row else 0
-
-
-def _read_seq_of(aside: Path) -> int:
-    """The seq a corrupt outbox had reached, when that much of it is still readable."""
-    try:
-        conn = sqlite3.connect(f"file:{aside}?mode=ro", uri=True, timeout=1)
-        try:
-            return _read_seq(conn)
-        finally:
-            conn.close()
-    except sqlite3.Error:
-        return 0
-
-
-def _read_blob(ref: BlobRef) -> bytes | None:
-    try:
-        with open(ref.path, "rb") as f:
-            f.seek(ref.offset)
-            data = f.read(ref.length)
-    except OSError:
-        return None
-    return data if len(data) == ref.length else None

@@ -8,6 +8,11 @@ drops edges instead of settling them. We trigger on the FIRST edge of a press (t
 possible alarm; a contact bounces only after it has closed) and re-arm only after the button
 has been released and stayed released for ``release_s``. A bounce storm therefore gives one
 alarm, and a press that stays down for ``stuck_s`` gives that one alarm plus one fault.
+
+The board reports what a button did (:class:`Change`), not what to send: the daemon decides
+what each path makes of it (an MQTT alarm for a press, none for a release; on DC-09 a restore
+where configured). A fault says whether the button was held too long or was already active
+at start-up, and its clearing says the same, since DC-09 reports the two differently.
 ``hold_s`` > 0 asks for the press to be held that long first: a filter for long cable runs.
 
 Threading: pin callbacks (gpiozero's or lgpio's threads, or the caller of MockPin.drive_low)
@@ -54,14 +59,33 @@ class ButtonState(enum.StrEnum):
     FAILED = "failed"  # the pin could not be opened
 
 
+class Change(enum.StrEnum):
+    PRESSED = "pressed"  # a press (after hold_s): an alarm
+    RELEASED = "released"  # that press ended, stably released
+    STUCK = "stuck"  # pressed far longer than a press: a fault
+    STUCK_CLEARED = "stuck_cleared"  # the stuck button released
+    OPEN_AT_START = "open_at_start"  # active at start-up: a stuck button or a cut loop
+    OPEN_CLEARED = "open_cleared"  # that cleared
+
+
+_ALARM_KINDS = {Change.PRESSED: AlarmKind.PANIC, Change.STUCK: AlarmKind.FAULT,
+                Change.OPEN_AT_START: AlarmKind.FAULT, Change.STUCK_CLEARED: AlarmKind.RESTORE,
+                Change.OPEN_CLEARED: AlarmKind.RESTORE}
+
+
 @dataclass(frozen=True, slots=True)
 class ButtonEvent:
     """What the buttons thread reports to the daemon; times are taken at the edge."""
 
     button_id: str
-    kind: AlarmKind
+    change: Change
     wall_time: float
     detail: str = ""
+
+    @property
+    def kind(self) -> AlarmKind | None:
+        """The MQTT alarm it makes (docs/protocol.md), or None: a release is not one."""
+        return _ALARM_KINDS.get(self.change)
 
 
 @dataclass(frozen=True, slots=True)
@@ -100,6 +124,7 @@ class _Button:
         self.pressed_at_wall = 0.0
         self.deadline: float | None = None  # next timer for this button
         self.presses = 0
+        self.open_at_start = False  # its fault was raised at start-up, not by a long press
 
 
 class ButtonBoard:
@@ -167,7 +192,7 @@ class ButtonBoard:
         b.changed_at = self._clock()
         if b.active:
             # Active at start-up: a stuck button or a cut loop. Say so once; do not call it a press.
-            b.state = ButtonState.STUCK
+            b.state, b.open_at_start = ButtonState.STUCK, True
             self._queue.put(("fault", bid, "active at start-up: stuck button or open loop"))
         log.info("button %s on GPIO %d (%s) ready", bid, b.cfg.pin, b.cfg.wiring)
 
@@ -234,7 +259,7 @@ class ButtonBoard:
                     self._timers(collecting, at)
                     self._edge(self._buttons[bid], active, at, collecting)
                 case ("fault", bid, detail):
-                    self._emit(self._buttons[bid], AlarmKind.FAULT, detail, collecting)
+                    self._emit(self._buttons[bid], Change.OPEN_AT_START, detail, collecting)
                 case ("collect", events):
                     collecting = events
                 case ("barrier", done):
@@ -283,24 +308,28 @@ class ButtonBoard:
                 self._press(b, out)
             elif b.state is ButtonState.PRESSED and b.active:
                 b.state = ButtonState.STUCK
-                self._emit(b, AlarmKind.FAULT, f"pressed for over {self._timing.stuck_s:.0f} s: "
+                self._emit(b, Change.STUCK, f"pressed for over {self._timing.stuck_s:.0f} s: "
                            "stuck button or open loop", out)
-            elif not b.active and b.state in (ButtonState.PRESSED, ButtonState.STUCK):
-                if b.state is ButtonState.STUCK:
-                    self._emit(b, AlarmKind.RESTORE, "released", out)
+            elif not b.active and b.state is ButtonState.STUCK:
                 b.state = ButtonState.IDLE
+                cleared = Change.OPEN_CLEARED if b.open_at_start else Change.STUCK_CLEARED
+                b.open_at_start = False
+                self._emit(b, cleared, "released", out)
+            elif not b.active and b.state is ButtonState.PRESSED:
+                b.state = ButtonState.IDLE
+                self._emit(b, Change.RELEASED, "", out)
 
     def _press(self, b: _Button, out: list[Any] | None) -> None:
         b.state = ButtonState.PRESSED
         b.presses += 1
         b.deadline = b.changed_at + self._timing.stuck_s
-        self._emit(b, AlarmKind.PANIC, "", out, wall=b.pressed_at_wall)
+        self._emit(b, Change.PRESSED, "", out, wall=b.pressed_at_wall)
 
     def _emit(
-        self, b: _Button, kind: AlarmKind, detail: str, out: list[Any] | None,
+        self, b: _Button, change: Change, detail: str, out: list[Any] | None,
         wall: float | None = None,
     ) -> None:
-        event = ButtonEvent(b.cfg.id, kind, wall if wall is not None else self._wall(), detail)
+        event = ButtonEvent(b.cfg.id, change, wall if wall is not None else self._wall(), detail)
         try:
             result = self._on_event(event)
         except Exception:  # the handler must never kill the thread that watches every button

@@ -10,7 +10,7 @@ import pytest
 
 from agent.delivery.dc09.events import MessageFormat
 from agent.delivery.dc09.queue import MemoryQueue
-from agent.delivery.dc09.settings import Receiver, Settings
+from agent.delivery.dc09.settings import Receiver, Settings, Transport
 from agent.delivery.dc09.transmitter import Transmitter
 from agent.supervision import Supervisor
 
@@ -61,6 +61,28 @@ class Harness:
         assert not self.gave_up, self.gave_up
         for w in self.supervisor.workers():
             assert w.crashes == 0, f"thread {w.name} crashed"
+
+
+@pytest.fixture
+def receivers() -> Iterator[Callable[..., Any]]:
+    """``receivers(transport, account=, key=, port=, timeband=)`` starts a pysiaalarm receiver
+    (agent/testing/sia.py); each is stopped at the end of the test."""
+    from pysiaalarm import SIAAccount
+
+    from agent.testing.sia import ACCOUNT, SiaReceiver
+
+    started: list[SiaReceiver] = []
+
+    def make(transport: Transport = Transport.TCP, *, account: str = ACCOUNT,
+             key: str | None = None, port: int = 0, timeband: tuple[int, int] = (40, 20)
+             ) -> SiaReceiver:
+        rx = SiaReceiver(transport, [SIAAccount(account, key, allowed_timeband=timeband)], port)
+        started.append(rx)
+        return rx.start()
+
+    yield make
+    for rx in started:
+        rx.stop()
 
 
 @pytest.fixture

@@ -10,37 +10,20 @@ from __future__ import annotations
 import secrets
 import socket
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from datetime import UTC, datetime
 
 import pytest
 
 pytest.importorskip("pysiaalarm", reason="pip install -e '.[dc09]' (pysiaalarm, the receiver)")
 
-from pysiaalarm import SIAAccount, SIAEvent
+from pysiaalarm import SIAEvent
 
 from agent.delivery.dc09.events import MAPPING, Event, EventKind, MessageFormat
 from agent.delivery.dc09.settings import Transport
 from agent.delivery.dc09.translit import location_text
+from agent.testing.sia import ACCOUNT, SiaReceiver
 from tests.dc09.conftest import Harness, settings
-from tests.dc09.sia import ACCOUNT, SiaReceiver
-
-
-@pytest.fixture
-def receivers() -> Iterator[Callable[..., SiaReceiver]]:
-    started: list[SiaReceiver] = []
-
-    def make(transport: Transport = Transport.TCP, *, account: str = ACCOUNT,
-             key: str | None = None, port: int = 0, timeband: tuple[int, int] = (40, 20)
-             ) -> SiaReceiver:
-        rx = SiaReceiver(transport, [SIAAccount(account, key, allowed_timeband=timeband)], port)
-        started.append(rx)
-        return rx.start()
-
-    yield make
-    for rx in started:
-        rx.stop()
-
 
 LOCATION = "Главный вход, 1 этаж — Қабылдау бөлмесі [№3]"
 

@@ -21,6 +21,7 @@ import pytest
 from agent.testing.broker import Mosquitto
 from tests.conftest import wait_for
 from tests.fault.conftest import (
+    BUTTONS,
     AgentProcess,
     Centre,
     Mount,
@@ -134,6 +135,57 @@ def test_alarm_held_in_memory_keeps_its_place_in_seq_order(
     finally:
         agent.close()
         centre.stop()
+
+
+def test_disk_full_loses_no_dc09_event(
+    tmp_path: Path, broker: Mosquitto, tmpfs: Callable[[str], Mount]
+) -> None:
+    """The DC-09 path through a full disk: its events are held in memory with the alarms and
+    sent all the same; the first write after the disk returns puts the held ones on disk, so
+    from then on kill -9 loses none of them either."""
+    pytest.importorskip("pysiaalarm", reason="pip install -e '.[test]' (pysiaalarm)")
+    from pysiaalarm import SIAAccount
+
+    from agent.delivery.dc09.settings import Transport
+    from agent.testing.sia import ACCOUNT, SiaReceiver
+
+    rx = SiaReceiver(Transport.TCP, [SIAAccount(ACCOUNT, None)]).start()
+    port = rx.port
+    disk = tmpfs("4m")
+    buttons = [{**b, "number": i} for i, b in enumerate(BUTTONS, start=1)]
+    dc09 = {"account": ACCOUNT, "receivers": [{"host": "127.0.0.1", "port": port}],
+            "ack_timeout_s": 0.5, "attempts": 1, "retry_max_s": 0.5, "supervision_s": 10,
+            "test_report_s": 0}
+    cfg = fault_config(tmp_path / "agent.yaml", disk.path, port=broker.port, dc09=dc09,
+                       buttons=buttons)
+    centre = Centre("127.0.0.1", broker.port, tmp_path / "centre", name="c-dc09-full").start()
+    agent = AgentProcess(cfg).start()
+    tally = Tally("dc09_disk_full")
+    presser = Presser(disk.path, tally)
+    try:
+        presser.press_n(2)
+        rx.wait(2)
+        rx.stop()  # the receiver away too: what the full disk refuses waits in memory
+        fill_disk(disk.path)
+        during = presser.press_n(3)
+        for f in disk.path.glob("filler*"):
+            f.unlink()
+        after = presser.press_n(1)  # this commit writes the held DC-09 events first
+        tally.wait_delivered(centre, 15)
+        agent.kill()  # kill -9: only what is on disk survives it
+        rx = SiaReceiver(Transport.TCP, [SIAAccount(ACCOUNT, None)], port).start()
+        agent.start()
+        zones = [int(e.message) for e in rx.wait(4, timeout=15)]
+        pressed = [int(e["button_id"][1:]) for e in during + after]
+        info = tally.report(centre, held_in_memory=sum(not e["durable"] for e in during),
+                            dc09_received=len(zones))
+        tally.assert_ok(info)
+        assert not all(e["durable"] for e in during), "the full disk never refused a write"
+        assert zones == pressed, (zones, pressed)  # every one, in press order, each once
+    finally:
+        agent.close()
+        centre.stop()
+        rx.stop()
 
 
 # --- read-only ----------------------------------------------------------------------------------

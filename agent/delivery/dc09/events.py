@@ -39,6 +39,8 @@ from agent.delivery.dc09.translit import location_text
 from agent.errors import AgentError
 
 AREA = 1
+BOX_ZONE = 0  # the box itself: test reports, test mode
+MAX_ZONE = 999  # Contact ID has three digits; a button's number is 1 to this
 MQTT_PATH = 1  # the zone of path_fail / path_restore for the MQTT path
 
 
@@ -107,8 +109,9 @@ class Event:
     location: str = ""
 
     def __post_init__(self) -> None:
-        if not 0 <= self.zone <= 999:
-            raise EventError(f"DC-09 zone {self.zone}: Contact ID has three digits, 0-999")
+        if not BOX_ZONE <= self.zone <= MAX_ZONE:
+            raise EventError(f"DC-09 zone {self.zone}: Contact ID has three digits, "
+                             f"{BOX_ZONE}-{MAX_ZONE}")
 
 
 @dataclass(frozen=True, slots=True)

@@ -9,14 +9,16 @@ Per message, as DC-09 asks:
   this message; it is refused (kept visible, not resent) and the queue moves on.
 - No answer, a broken connection or an invalid reply: resend, ``attempts`` times per receiver,
   then the next receiver (primary, then backups). When every receiver has failed, the path is
-  down: pause (doubling, jittered, at most ``retry_max_s``; a new event cuts the pause short)
-  and start again with the primary. Nothing is dropped: the event stays first in the queue.
+  down: pause (the code base's one backoff, agent/backoff.py: doubling from ``ack_timeout_s``
+  up to ``retry_max_s``, equal jitter; a new event cuts the pause short) and start again with
+  the primary. Nothing is dropped: the event stays first in the queue.
 - After a fallback the backup stays in use, and the primary is tried first again once
   ``supervision_s`` has passed since it failed.
 
 Supervision: when nothing has been acknowledged for ``supervision_s``, a NULL message polls
-the path; ``test_report_s`` sends a periodic test report the same way (neither is queued:
-a late poll is no use, and the next one comes). The path is reported down (one log line,
+the path; ``test_report_s`` sends a periodic test report the same way, when ``periodic_test``
+is among the settings' events (neither is queued: a late poll is no use, and the next one
+comes). The path is reported down (one log line,
 ``on_path(False, why)``) when a whole round of receivers fails, and up at the next ACK. The
 receiver's side detects a silent box by the missing polls.
 
@@ -29,13 +31,13 @@ from __future__ import annotations
 
 import enum
 import logging
-import random
 import secrets
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 
+from agent.backoff import Backoff
 from agent.delivery.dc09.events import NULL, Event, EventKind, Message, encode
 from agent.delivery.dc09.frame import Address, FrameError, ReplyKind, build, next_seq
 from agent.delivery.dc09.link import Link, LinkError, Pulse
@@ -100,7 +102,9 @@ class Transmitter:
         self._path_ok: bool | None = None
         self._active = 0
         self._acked = self._refused = 0
-        self._backoff = 0.0
+        # After a failed round: doubling from one ACK timeout up to retry_max_s, jittered so
+        # that a region's boxes do not come back to a restarted receiver as one wave.
+        self._backoff = Backoff(base_s=settings.ack_timeout_s, cap_s=settings.retry_max_s)
         self._next_poll = 0.0  # monotonic: NULL poll due
         self._next_test = float("inf")  # monotonic: periodic test report due
         self._retry_at = 0.0  # monotonic: after a failed poll, neither is sent before this
@@ -128,8 +132,9 @@ class Transmitter:
     def _run(self, worker: Worker) -> None:
         now = self._clock()
         self._next_poll = now  # a restart proves the path at once
-        if self._settings.test_report_s is not None:
-            self._next_test = now + self._settings.test_report_s
+        s = self._settings
+        if s.test_report_s is not None and EventKind.PERIODIC_TEST in s.events:
+            self._next_test = now + s.test_report_s
         try:
             while not worker.stopping.is_set():
                 worker.beat()
@@ -182,7 +187,7 @@ class Transmitter:
                 log.info("dc09: periodic test report (seq %04d) acknowledged by %s", seq, name)
         now = self._clock()
         if outcome is Outcome.FAILED:
-            self._retry_at = now + self._pause_s()
+            self._retry_at = now + self._backoff.next_delay()
         elif event is not None:
             assert self._settings.test_report_s is not None
             self._next_test = now + self._settings.test_report_s
@@ -215,7 +220,10 @@ class Transmitter:
         receiver, link = self._settings.receivers[idx], self._links[idx]
         address = Address(receiver.account, receiver.receiver, receiver.line)
         self._seq = seq = next_seq(self._seq)
-        for attempt in range(self._settings.attempts):
+        # Between attempts after a refused or broken connection (which fail at once): short,
+        # under the beat interval, so a round is not a busy loop.
+        between = Backoff(base_s=0.1, cap_s=0.5)
+        for _ in range(self._settings.attempts):
             if pulse.stopping.is_set():
                 break
             pulse.beat()
@@ -227,7 +235,7 @@ class Transmitter:
             except (LinkError, FrameError) as exc:
                 link.close()
                 self._failed(idx, str(exc))
-                pulse.stopping.wait(min(0.05 * 2 ** attempt, 0.5))  # under the beat interval
+                pulse.stopping.wait(between.next_delay())
                 continue
             if reply is None:
                 link.close()  # a TCP stream that lost a reply is no longer in step
@@ -264,7 +272,8 @@ class Transmitter:
                 last_error=error, clock_offset_s=s.clock_offset_s if offset is None else offset)
 
     def _up(self, idx: int) -> None:
-        self._backoff = self._retry_at = 0.0
+        self._backoff.reset()
+        self._retry_at = 0.0
         self._next_poll = self._clock() + self._settings.supervision_s
         with self._lock:
             was, self._path_ok = self._path_ok, True
@@ -287,14 +296,9 @@ class Transmitter:
             if self._on_path is not None:
                 self._on_path(False, why)
 
-    def _pause_s(self) -> float:
-        s = self._settings
-        self._backoff = min(s.retry_max_s, max(s.ack_timeout_s, self._backoff * 2))
-        return self._backoff * random.uniform(0.8, 1.0)
-
     def _pause(self, pulse: Pulse) -> None:
         """After a failed round with events waiting: until the pause ends or a new event."""
-        deadline = self._clock() + self._pause_s()
+        deadline = self._clock() + self._backoff.next_delay()
         while not pulse.stopping.is_set() and (left := deadline - self._clock()) > 0:
             pulse.beat()
             if self._wakeup.wait(min(left, 1.0)):

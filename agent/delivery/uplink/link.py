@@ -107,6 +107,8 @@ class Uplink:
         self.last_error = ""
         self.connected_since: float | None = None
         self.sent = 0
+        self.last_ack_at: float | None = None  # wall time of the broker's last PUBACK
+        self.failures = 0  # connections failed or lost since the start
         self._inflight: dict[int, tuple[int, Priority]] = {}  # paho mid -> (row id, class)
         self._refused: set[int] = set()  # rows the broker refused: retried on the next connection
         self._dirty = True
@@ -441,6 +443,7 @@ class Uplink:
         log.info("uplink stopped; published offline")
 
     def _fail(self, reason: str) -> None:
+        self.failures += 1
         self.state = LinkState.OFFLINE
         self.connected_since = None
         if reason != self.last_error:
@@ -508,6 +511,7 @@ class Uplink:
             log.error("broker refused message %d: %s; check the broker ACL for this site", row, rc)
             return
         self.sent += 1
+        self.last_ack_at = time.time()
         if prio is Priority.ALARM:
             self.centre.delivered(row)
             self._trace(Point.ACKED, "")

@@ -1,20 +1,44 @@
-"""pysiaalarm, a DC-09 receiver we did not write, started by the tests on free loopback ports.
-Imported only by the tests that need it, which skip (with the reason) where it is missing."""
+"""pysiaalarm, a DC-09 receiver we did not write, on free loopback ports, and the simulated
+school with its buttons numbered as DC-09 zones: for the tests (tests/dc09/) and bench/dc09.py.
+Imported only by those, which skip (with the reason) where pysiaalarm, a test dependency, is
+missing."""
 
 from __future__ import annotations
 
 import contextlib
 import socket
 import threading
+from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
-from pysiaalarm import SIAAccount, SIAEvent
+import yaml
+from pysiaalarm.account import SIAAccount
+from pysiaalarm.event import SIAEvent
 from pysiaalarm.sync.client import SIAClient
-from pysiaalarm.utils import CommunicationsProtocol
+from pysiaalarm.utils.enums import CommunicationsProtocol
 
 from agent.delivery.dc09.settings import Receiver, Transport
+from agent.testing.site import school_config
 
 ACCOUNT = "1234"
+
+
+def zoned_school(path: Path, *, port: int, storage: Path,
+                 buttons: Mapping[str, Mapping[str, Any]] | None = None, **sections: Any) -> Path:
+    """The simulated school (:func:`~agent.testing.site.school_config`, without cameras,
+    ``sections`` passed on) with each button numbered, as a ``dc09`` section requires: its
+    zone is its place in the school's list (entrance 1, gym 2, ...). ``buttons`` is merged into
+    the button of that id (``{"office": {"holdup": True}}``). The ``dc09`` section is one of
+    ``sections``; without it, the same school as a box without DC-09.
+
+    The buttons are read back from what ``school_config`` wrote, so they stay the school's
+    (its cameras already taken out) and a new key reaches them through that one function."""
+    school_config(path, port=port, storage=storage, **sections)
+    extra = buttons or {}
+    zoned = [{**b, "number": zone, **extra.get(b["id"], {})}
+             for zone, b in enumerate(yaml.safe_load(path.read_text())["buttons"], start=1)]
+    return school_config(path, port=port, storage=storage, **{**sections, "buttons": zoned})
 
 
 class SiaReceiver:
@@ -79,11 +103,11 @@ class SiaReceiver:
         the same number once (pysiaalarm calls back from one thread per message, in no fixed
         order, and reports a resend again). Without the NULL polls unless ``polls``."""
         with self._cond:
-            seen = {}
+            seen: dict[tuple[Any, ...], SIAEvent] = {}
             for e in self.events:
-                if polls or e.message_type.value != "NULL":
+                if polls or str(getattr(e.message_type, "value", e.message_type)) != "NULL":
                     seen.setdefault((e.sequence, e.receiver, e.message_type), e)
-            return sorted(seen.values(), key=lambda e: int(e.sequence))
+            return sorted(seen.values(), key=lambda e: int(e.sequence or 0))
 
     def alarms(self) -> list[SIAEvent]:
         return self.messages()
