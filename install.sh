@@ -23,10 +23,15 @@ set -euo pipefail
 #   python3-gi gir1.2-gst-rtsp-server-1.0 gstreamer1.0-*   a local RTSP test camera
 #   (lint) shellcheck             tests/test_install.py lints this script
 #   faketime                      tests/fault/test_clock.py steps the agent's wall clock
+#   chromium                      tests/console: the officer's browser, driven by Playwright
+#                                 (Playwright's own browser download needs the internet)
+#   postgresql                    tests/postgres: the centre's shared ledger (a throwaway cluster
+#                                 per test run, agent/testing/postgres.py; Debian's own unused)
 DEV_APT_PACKAGES="mosquitto mosquitto-clients ffmpeg iproute2 systemd python3-venv python3-pip
   python3-gi
   gir1.2-gst-rtsp-server-1.0 gstreamer1.0-plugins-base
-  gstreamer1.0-plugins-good gstreamer1.0-plugins-ugly shellcheck faketime"
+  gstreamer1.0-plugins-good gstreamer1.0-plugins-ugly shellcheck faketime chromium
+  postgresql"
 # ... and on 32-bit ARM (armhf), where PyPI has no wheel of numpy (a test extra), cffi or pyyaml:
 # there .venv is made with Debian's python3 and --system-site-packages and takes these from Debian
 # instead of compiling them (a Pi has no compiler as a rule).
@@ -88,7 +93,8 @@ Usage: install.sh [--root DIR] [--no-venv]   install or upgrade (as root unless 
                  no chown, no systemctl (each skipped step is printed).
   --no-venv      Skip the venv and pip step (tests, or images that build the venv elsewhere).
   --dev          apt-get install the tools the tests need (as root; skipped otherwise), create
-                 .venv here and pip install -e '.[test,lint,dc09]'. Fast when nothing changed.
+                 .venv here and pip install -e '.[test,lint,dc09,centre,console]'. Fast when
+                 nothing changed.
 
 Details: docs/install.md
 EOF
@@ -484,14 +490,14 @@ stop_test_broker_service() {
 do_dev() {
     cd "$SRC_DIR"
     local missing="" py stamp want pkgs=() armhf_pkgs=() system_site=false venv_opts=()
-    local extras="test,lint,dc09"
+    local extras="test,lint,dc09,centre,console"
     read -r -d '' -a pkgs <<<"$DEV_APT_PACKAGES" || true
     if [ "$(debian_arch)" = armhf ]; then
         read -r -d '' -a armhf_pkgs <<<"$DEV_ARMHF_APT_PACKAGES" || true
         pkgs+=("${armhf_pkgs[@]}")
         system_site=true
         venv_opts=(--system-site-packages)
-        extras="test"   # no armv7l wheels of librt (mypy), pycryptodome (pysiaalarm): see pyproject
+        extras="test"   # no armv7l wheels of librt (mypy), pycryptodome, psycopg, playwright
     fi
     if command -v dpkg-query >/dev/null 2>&1; then missing=$(apt_missing "${pkgs[@]}"); fi
     if ! command -v dpkg-query >/dev/null 2>&1; then
@@ -542,8 +548,8 @@ do_dev() {
         as_owner .venv/bin/python -m pip install --disable-pip-version-check --no-input --quiet \
             -e ".[$extras]" || die "pip install failed (output above); fix the cause and re-run."
         if [ "$extras" = test ]; then
-            skip "the lint and dc09 extras (mypy, ruff, pysiaalarm)" \
-                "armhf: no armv7l wheel of librt or pycryptodome; lint and run tests/dc09 elsewhere"
+            skip "the lint, dc09, centre and console extras (mypy, ruff, pysiaalarm, psycopg, playwright)" \
+                "armhf: no armv7l wheels of them; lint and run those tests elsewhere"
         fi
         as_owner tee .venv/.edge-agent-dev-stamp <<<"$want" >/dev/null
         say "installed: edge-agent (editable) into .venv"

@@ -104,6 +104,12 @@ def build_parser() -> argparse.ArgumentParser:
                    "~/.config/edge-agent/centre.key); never in the receiver's store")
     p.add_argument("--memory-mb", type=int, default=768,
                    help="the receiver's memory for video in transit, all sites (default 768)")
+    p.add_argument("--ledger", default=None, metavar="URL",
+                   help="postgresql://… shared by several receivers and consoles (default: "
+                   "SQLite in --store)")
+    p.add_argument("--group-commit", type=int, default=256, metavar="N",
+                   help="store at most N alarms that arrived together in one transaction (one "
+                   "fsync); 1 = one fsync per alarm (default 256)")
     p.add_argument("--site-quota-gb", type=float, default=100.0,
                    help="disk for one site's video (default 100); beyond it, refused")
     p.add_argument("--min-free-gb", type=float, default=10.0,
@@ -129,6 +135,10 @@ def build_parser() -> argparse.ArgumentParser:
     a = actions.add_parser("keygen", help="make the centre's key pair (where --key says)")
     a = actions.add_parser("status", help="each site's state, missing alarms (seq gaps), what "
                            "the centre refused, and when the receiver lost the broker")
+
+    from agent.centre.console.cli import add_parser as add_console
+
+    add_console(sub)
     return parser
 
 
@@ -277,13 +287,13 @@ def _ms(text: str) -> str:
         raise AgentError(f"not a time: {text!r}; write it like 2026-11-25T08:00:00Z") from exc
 
 
-def _centre_status(store: Path) -> str:
+def _centre_status(store: Path, ledger_url: str | None = None) -> str:
     """What the operator reads: every text from a box escaped (agent/logs.py), so no escape
     sequence or control character reaches the terminal."""
-    from agent.centre.ledger import Ledger
+    from agent.centre.ledgers import open_ledger
     from agent.logs import escape
 
-    ledger = Ledger.open(store)
+    ledger = open_ledger(store, ledger_url)
     try:
         lines = [f"site {site:<20} {state:<8} since {since}"
                  for site, state, since in ledger.sites()]
@@ -334,10 +344,13 @@ def cmd_central(args: argparse.Namespace) -> int:
             limits = Limits.for_memory(args.memory_mb,
                                        site_quota_bytes=int(args.site_quota_gb * GiB),
                                        min_free_bytes=int(args.min_free_gb * GiB))
+            if args.group_commit < 1:
+                raise AgentError("--group-commit is at least 1")
             return _until_signal(lambda stop: central.run_receiver(
-                endpoint(), args.topic_prefix, args.store, args.client_id, stop, limits=limits))
+                endpoint(), args.topic_prefix, args.store, args.client_id, stop, limits=limits,
+                group_max=args.group_commit, ledger_url=args.ledger))
         case "status":
-            print(_centre_status(args.store))
+            print(_centre_status(args.store, args.ledger))
             return 0
         case "keygen":
             from agent.commands.keys import generate_keypair

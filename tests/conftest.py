@@ -86,6 +86,15 @@ def cli(*args: str, timeout: float = 20) -> subprocess.CompletedProcess[str]:
 
 
 @pytest.fixture
+def keys(tmp_path: Path) -> Path:
+    """The commanding user's key folder (``edge-agent central keygen``), apart from the
+    receiver's store (docs/security.md): ``centre.key`` and ``centre.pub``."""
+    r = cli("central", "--key", str(tmp_path / "keys" / "centre.key"), "keygen")
+    assert r.returncode == 0, r.stderr
+    return tmp_path / "keys"
+
+
+@pytest.fixture
 def agent_process(agent_config: Path) -> Iterator[AgentProcess]:
     a = AgentProcess(agent_config)
     yield a

@@ -17,14 +17,6 @@ from tests.conftest import AgentProcess, Centre, MqttClient, cli, subscriber, wa
 
 
 @pytest.fixture
-def keys(tmp_path: Path) -> Path:
-    """The commanding user's key folder, apart from the receiver's store (docs/security.md)."""
-    r = cli("central", "--key", str(tmp_path / "keys" / "centre.key"), "keygen")
-    assert r.returncode == 0, r.stderr
-    return tmp_path / "keys"
-
-
-@pytest.fixture
 def box(tmp_path: Path, broker: Mosquitto, keys: Path) -> AgentProcess:
     cfg = write_config(tmp_path / "agent.yaml", broker.port, tmp_path / "state",
                        commands={"public_key_file": str(keys / "centre.pub")},

@@ -9,8 +9,9 @@ from pathlib import Path
 
 import pytest
 
+from agent.config import load_config
 from agent.errors import ConfigError
-from agent.testing.site import Site
+from agent.testing.site import Site, school_config
 from tests.conftest import InProcessAgent, MqttClient, wait_alarms, wait_for
 
 
@@ -49,3 +50,21 @@ def test_a_site_runs_the_school_end_to_end(tmp_path: Path) -> None:
         wait_for(lambda: stored == [event["event_id"]], 10, "the alarm stored at the centre")
         assert site.centre.received_ids() == {event["event_id"]}
     assert not _running(tmp_path / "broker")
+
+
+def test_school_config_changes_one_item_of_a_list_by_its_id(tmp_path: Path) -> None:
+    path = school_config(tmp_path / "agent.yaml", port=1883, storage=tmp_path / "state",
+                         buttons={"gym": {"location": "Спортзал"}})
+    buttons = {b.id: b for b in load_config(path).buttons}
+    assert buttons["gym"].location == "Спортзал"
+    assert buttons["entrance"].location == "Main entrance, ground floor"  # the others as they were
+    assert len(buttons) == 4
+    path = school_config(tmp_path / "video.yaml", port=1883, storage=tmp_path / "state",
+                         cameras={"entrance-cam": {"post_alarm_s": 2}})
+    config = load_config(path)
+    assert [(c.id, c.pre_alarm_s, c.post_alarm_s) for c in config.cameras] == [
+        ("entrance-cam", 5, 2)]
+    assert config.cameras_for("entrance") == config.cameras
+    with pytest.raises(KeyError, match="pool"):
+        school_config(tmp_path / "other.yaml", port=1883, storage=tmp_path / "state",
+                      buttons={"pool": {"location": "?"}})

@@ -135,3 +135,32 @@ def test_one_sites_flood_waits_behind_itself_and_its_disk_budget_is_its_own(
     assert any(r.startswith("alarm_budget") for r in desk.reports())
     desk.send("alarm", flood[0].to_json())  # a duplicate costs nothing: still confirmed
     assert desk.receipts().count(flood[0].event_id) == 2
+
+
+def test_alarms_that_arrived_together_are_stored_in_one_commit_before_any_receipt(
+        desk: Desk) -> None:
+    """Group commit: one ledger transaction (one fsync) for the alarms that wait together, and
+    their receipts only after it; a status between them still applies to the later ones only."""
+    commits: list[int] = []
+    add_alarms = desk.ledger.add_alarms
+
+    def counting(entries: list[Any], now: float | None = None) -> Any:
+        waiting = {a.event_id for a, _payload, _test in entries}
+        assert not waiting & set(desk.receipts()), "a receipt went out before its alarm's commit"
+        commits.append(len(entries))
+        return add_alarms(entries, now)
+
+    desk.ledger.add_alarms = counting  # type: ignore[method-assign]
+    before = [alarm(seq=i, test=True) for i in (1, 2, 3)]
+    after = alarm(seq=4, test=True)
+    for a in before:
+        desk.desk.take(BoxTopic(SITE, "alarm"), a.to_json())
+    desk.desk.take(BoxTopic(SITE, "status"),
+                   status("2026-11-25T08:00:00.000Z", "2026-11-25T09:00:00.000Z"))
+    desk.desk.take(BoxTopic(SITE, "alarm"), after.to_json())
+    assert desk.desk.drain() == 5
+    assert commits == [3, 1]
+    assert desk.receipts() == [a.event_id for a in [*before, after]]
+    assert [r["test"] for r in desk.stored] == [False, False, False, True]  # announced after 3
+    lines = (desk.store / "alarms.jsonl").read_text().splitlines()
+    assert [json.loads(x)["seq"] for x in lines] == [1, 2, 3, 4]

@@ -52,7 +52,7 @@ from agent.centre.holdings import (
     Stream,
 )
 from agent.centre.intake import FairQueue, Limits, Reporter
-from agent.centre.ledger import Ledger
+from agent.centre.ledgers import LedgerStore
 from agent.delivery.protocol import (
     MAX_PUBKEY_BYTES,
     BoxTopic,
@@ -81,7 +81,7 @@ class _Item:
 
 
 class Assembler:
-    def __init__(self, store: Path, prefix: str, ledger: Ledger, reporter: Reporter,
+    def __init__(self, store: Path, prefix: str, ledger: LedgerStore, reporter: Reporter,
                  limits: Limits, send: Send, tracer: Tracer = no_trace) -> None:
         self._store, self._prefix, self._ledger = store, prefix, ledger
         self._trace = tracer  # the benches' points (agent/tracing.py)
@@ -222,10 +222,18 @@ class Assembler:
         if live:
             path = self._store / site / "live" / h.event_id / f"{h.camera_id}.ts"
             new = not path.exists()
-            if holdings.reserve(site, len(body), file_charge(len(body)) if new else len(body)):
+            # Beside the growing file, one line per segment: where it is and when it was
+            # filmed (the box's clock), for the console's live view and its latency.
+            line = dumps({"segment": h.segment, "start": h.start, "end": h.end,
+                          "size": len(body), "final": h.final}) + b"\n"
+            size = len(body) + len(line)
+            if holdings.reserve(site, size, file_charge(len(body)) + file_charge(len(line))
+                                if new else size):
                 path.parent.mkdir(parents=True, exist_ok=True)
                 with open(path, "ab") as f:
                     f.write(body)
+                with open(path.with_suffix(".idx"), "ab") as f:
+                    f.write(line)
                 self._trace(Point.CENTRE_LIVE, h.sha256)
             stream.last = h.segment
             if h.final:

@@ -17,7 +17,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Generic, TypeVar
 
-from agent.centre.ledger import Ledger
+from agent.centre.ledgers import LedgerStore
 
 log = logging.getLogger("agent.centre")
 
@@ -145,7 +145,7 @@ class Reporter:
     held back. A box repeating a refused message ten thousand times a second makes one line per
     interval, not a flood that journald's rate limit would cut together with honest alarms."""
 
-    def __init__(self, ledger: Ledger, every_s: float,
+    def __init__(self, ledger: LedgerStore, every_s: float,
                  clock: Callable[[], float] = time.monotonic) -> None:
         self._ledger, self._every_s, self._clock = ledger, every_s, clock
         self._lock = threading.Lock()  # guards _last; the ledger has its own

@@ -201,34 +201,43 @@ class Ledger:
                   now: float | None = None) -> Stored:
         """Store an alarm once per (site, event), with the centre's ``test`` decision; find
         the gap it opens in its site's seq, or the gap it fills."""
+        return self.add_alarms([(alarm, payload, test)], now)[0]
+
+    def add_alarms(self, alarms: list[tuple[Alarm, bytes, bool]],
+                   now: float | None = None) -> list[Stored]:
+        """:meth:`add_alarm` for alarms that arrived together, in one transaction: one fsync
+        for all of them (group commit: agent/centre/receiver.py)."""
         received = _at(now)
-        text = payload.decode()
         with self._lock, self._conn:
-            cur = self._conn.execute(
-                "INSERT OR IGNORE INTO alarms VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                (alarm.site_id, alarm.event_id, alarm.seq, alarm.button_id, alarm.kind,
-                 int(test), int(alarm.test), alarm.pressed_at, received, text))
-            if cur.rowcount == 0:
-                (first,) = self._conn.execute(
-                    "SELECT payload FROM alarms WHERE site_id = ? AND event_id = ?",
-                    (alarm.site_id, alarm.event_id)).fetchone()
-                return Stored(new=False, differs=first != text)
-            closed = self._conn.execute("DELETE FROM gaps WHERE site_id = ? AND seq = ?",
-                                        (alarm.site_id, alarm.seq)).rowcount > 0
-            (top,) = self._conn.execute(
-                "SELECT MAX(seq) FROM alarms WHERE site_id = ? AND event_id != ?",
+            return [self._add(alarm, payload, test, received) for alarm, payload, test in alarms]
+
+    def _add(self, alarm: Alarm, payload: bytes, test: bool, received: str) -> Stored:
+        text = payload.decode()
+        cur = self._conn.execute(
+            "INSERT OR IGNORE INTO alarms VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (alarm.site_id, alarm.event_id, alarm.seq, alarm.button_id, alarm.kind,
+             int(test), int(alarm.test), alarm.pressed_at, received, text))
+        if cur.rowcount == 0:
+            (first,) = self._conn.execute(
+                "SELECT payload FROM alarms WHERE site_id = ? AND event_id = ?",
                 (alarm.site_id, alarm.event_id)).fetchone()
-            if top is None or alarm.seq <= top + 1:
-                if top is not None and alarm.seq <= top and not closed:
-                    log.warning("site %s: seq %d after %d: was the box's outbox reset?",
-                                alarm.site_id, alarm.seq, top)
-                return Stored(new=True, gap_closed=closed)
-            first_missing, last = top + 1, alarm.seq - 1
-            self._conn.executemany(
-                "INSERT OR IGNORE INTO gaps VALUES (?, ?, ?)",
-                [(alarm.site_id, s, received)
-                 for s in range(max(first_missing, last - MAX_GAP_ROWS + 1), last + 1)])
-            return Stored(new=True, gap_opened=(first_missing, last), gap_closed=closed)
+            return Stored(new=False, differs=first != text)
+        closed = self._conn.execute("DELETE FROM gaps WHERE site_id = ? AND seq = ?",
+                                    (alarm.site_id, alarm.seq)).rowcount > 0
+        (top,) = self._conn.execute(
+            "SELECT MAX(seq) FROM alarms WHERE site_id = ? AND event_id != ?",
+            (alarm.site_id, alarm.event_id)).fetchone()
+        if top is None or alarm.seq <= top + 1:
+            if top is not None and alarm.seq <= top and not closed:
+                log.warning("site %s: seq %d after %d: was the box's outbox reset?",
+                            alarm.site_id, alarm.seq, top)
+            return Stored(new=True, gap_closed=closed)
+        first_missing, last = top + 1, alarm.seq - 1
+        self._conn.executemany(
+            "INSERT OR IGNORE INTO gaps VALUES (?, ?, ?)",
+            [(alarm.site_id, s, received)
+             for s in range(max(first_missing, last - MAX_GAP_ROWS + 1), last + 1)])
+        return Stored(new=True, gap_opened=(first_missing, last), gap_closed=closed)
 
     def has_alarm(self, site_id: str, event_id: str) -> bool:
         with self._lock:

@@ -34,9 +34,9 @@ from typing import Any
 from agent.centre.assembler import Assembler
 from agent.centre.commander import refuse_key_in_store
 from agent.centre.intake import Limits, Reporter
-from agent.centre.ledger import Ledger
+from agent.centre.ledgers import LedgerStore, open_ledger
 from agent.centre.link import Endpoint, Link, Message
-from agent.centre.receiver import AlarmDesk
+from agent.centre.receiver import GROUP_MAX, AlarmDesk
 from agent.delivery.protocol import (
     SITE_ID,
     BoxTopic,
@@ -55,8 +55,9 @@ class Receiver:
     once both links are up. The ledger is closed by :meth:`stop`."""
 
     def __init__(self, endpoint: Endpoint, topic_prefix: str, store: Path, client_id: str,
-                 ledger: Ledger, on_alarm: Callable[[dict[str, Any]], None] | None = None,
-                 limits: Limits | None = None, tracer: Tracer = no_trace) -> None:
+                 ledger: LedgerStore, on_alarm: Callable[[dict[str, Any]], None] | None = None,
+                 limits: Limits | None = None, group_max: int = GROUP_MAX,
+                 tracer: Tracer = no_trace) -> None:
         self.store, self.prefix, self.client_id = store, topic_prefix, client_id
         self._trace = tracer  # the benches' points (agent/tracing.py)
         self.ledger = ledger
@@ -76,7 +77,7 @@ class Receiver:
             self.video_message,
             on_change=lambda up, why: self._changed("video", up, why))
         self.desk = AlarmDesk(store, topic_prefix, self.ledger, reporter, limits,
-                              self.alarm_link.publish, on_alarm)
+                              self.alarm_link.publish, on_alarm, group_max)
         self.assembler = Assembler(store, topic_prefix, self.ledger, reporter, limits,
                                    self.video_link.publish, tracer)
         self._reporter = reporter
@@ -84,11 +85,14 @@ class Receiver:
     @classmethod
     def open(cls, endpoint: Endpoint, topic_prefix: str, store: Path, client_id: str,
              on_alarm: Callable[[dict[str, Any]], None] | None = None,
-             limits: Limits | None = None, tracer: Tracer = no_trace) -> Receiver:
-        """A receiver on the store's ledger, unless the centre's signing key lies in the store."""
+             limits: Limits | None = None, group_max: int = GROUP_MAX,
+             ledger_url: str | None = None, tracer: Tracer = no_trace) -> Receiver:
+        """A receiver on the store's ledger (or PostgreSQL's at ``ledger_url``), unless the
+        centre's signing key lies in the store."""
         refuse_key_in_store(store)
-        return cls(endpoint, topic_prefix, store, client_id, Ledger.open(store, recover=True),
-                   on_alarm, limits, tracer)
+        ledger = open_ledger(store, ledger_url, recover=True)
+        return cls(endpoint, topic_prefix, store, client_id, ledger, on_alarm, limits, group_max,
+                   tracer)
 
     @property
     def subscribed(self) -> bool:
@@ -152,11 +156,13 @@ class Receiver:
 def run_receiver(broker: str | Endpoint, topic_prefix: str, store: Path,
                  client_id: str | None = None, stop: threading.Event | None = None,
                  on_alarm: Callable[[dict[str, Any]], None] | None = None,
-                 limits: Limits | None = None) -> None:
+                 limits: Limits | None = None, group_max: int = GROUP_MAX,
+                 ledger_url: str | None = None) -> None:
     """Receive until ``stop`` is set. ``broker``: an Endpoint, or a plain ``mqtt://`` URL."""
     endpoint = broker if isinstance(broker, Endpoint) else Endpoint.parse(broker)
     receiver = Receiver.open(endpoint, topic_prefix, store,
-                             client_id or f"edge-central-{socket.gethostname()}", on_alarm, limits)
+                             client_id or f"edge-central-{socket.gethostname()}", on_alarm, limits,
+                             group_max, ledger_url)
     receiver.start()
     try:
         (stop or threading.Event()).wait()

@@ -57,16 +57,19 @@ START_TIMEOUT_S = float(os.environ.get("EDGE_AGENT_TEST_START_S", "30"))
 _AGENT_ROOT = str(Path(agent.__file__).resolve().parents[1])  # where `-m agent.cli` is found
 
 
-Cameras = bool | list[dict[str, Any]]
+Cameras = bool | list[dict[str, Any]] | Mapping[str, Mapping[str, Any]]
 
 
 def school_config(path: Path, *, port: int, storage: Path, host: str = "127.0.0.1",
                   cameras: Cameras = False, **sections: Any) -> Path:
     """Write the simulated school (agent/data/simulated-school.yaml) for a private broker.
 
-    ``cameras``: False for none (quicker), True for the school's four synthetic ones, or a
-    list of camera sections; buttons keep their links to the cameras that remain. ``sections``
-    are merged in: a mapping key by key (``mqtt={"keepalive_s": 10}``), anything else replaced
+    ``cameras``: False for none (quicker), True for the school's four synthetic ones, a mapping
+    of some of them by id to the keys to change in each (``{"entrance-cam": {"post_alarm_s":
+    2}}``; ``{}`` keeps one as it is), or a list of camera sections; buttons keep their links to
+    the cameras that remain. ``sections`` are merged in: a mapping key by key (``mqtt=
+    {"keepalive_s": 10}``); for a list of items with ids, a mapping of id to the keys to change
+    in that item (``buttons={"gym": {"location": "..."}}``); anything else replaced
     (``buttons=[...]``).
     """
     data = yaml.safe_load(default_config_text())
@@ -74,8 +77,12 @@ def school_config(path: Path, *, port: int, storage: Path, host: str = "127.0.0.
     if not host.startswith("127.") and host != "localhost":
         data["mqtt"]["allow_plaintext"] = True  # a private test namespace, not the internet
     data["storage"]["path"] = str(storage)
-    if cameras is not True:
+    if isinstance(cameras, Mapping):
+        _change_by_id("cameras", data["cameras"], cameras)
+        data["cameras"] = [c for c in data["cameras"] if c["id"] in cameras]
+    elif cameras is not True:
         data["cameras"] = cameras or []
+    if cameras is not True:
         ids = {c["id"] for c in data["cameras"]}
         for button in data["buttons"]:
             button["cameras"] = [c for c in button.get("cameras", []) if c in ids]
@@ -84,11 +91,22 @@ def school_config(path: Path, *, port: int, storage: Path, host: str = "127.0.0.
     for key, value in sections.items():
         if isinstance(value, Mapping) and isinstance(data.get(key), dict):
             data[key].update(value)
+        elif isinstance(value, Mapping) and isinstance(data.get(key), list):
+            _change_by_id(key, data[key], value)
         else:
             data[key] = value
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(yaml.safe_dump(data, sort_keys=False, allow_unicode=True))
     return path
+
+
+def _change_by_id(section: str, items: list[dict[str, Any]],
+                  changes: Mapping[str, Mapping[str, Any]]) -> None:
+    by_id = {item["id"]: item for item in items}
+    for item_id, change in changes.items():
+        if item_id not in by_id:
+            raise KeyError(f"the simulated school has no {section} item {item_id!r}")
+        by_id[item_id].update(change)
 
 
 class InProcessAgent:
@@ -246,20 +264,22 @@ class AgentProcess:
 class Centre:
     """The centre's real receiver (agent/centre/service.py) in this process, on its own
     threads, with a persistent session (a fixed client id), so the broker keeps alarms for it
-    while it is away. With ``netns`` its connections are made inside that namespace."""
+    while it is away. With ``netns`` its connections are made inside that namespace; with
+    ``ledger_url`` its ledger is the centre's shared PostgreSQL (``--ledger``)."""
 
     def __init__(self, broker_url: str, store: Path, *, client_id: str = "centre-test",
                  netns: str | None = None,
                  on_alarm: Callable[[dict[str, Any]], None] | None = None,
-                 tracer: Tracer = no_trace) -> None:
+                 tracer: Tracer = no_trace, ledger_url: str | None = None) -> None:
         self.url, self.store, self.client_id, self.netns = broker_url, store, client_id, netns
-        self._on_alarm, self._tracer = on_alarm, tracer
+        self._on_alarm, self._tracer, self._ledger_url = on_alarm, tracer, ledger_url
         self.receiver: Receiver | None = None
 
     def start(self, subscribed_s: float | None = 10.0) -> Centre:
         """Start; with ``subscribed_s``, return once both of its sessions are subscribed."""
         self.receiver = Receiver.open(Endpoint.parse(self.url), PREFIX, self.store,
-                                      self.client_id, self._on_alarm, tracer=self._tracer)
+                                      self.client_id, self._on_alarm,
+                                      ledger_url=self._ledger_url, tracer=self._tracer)
         run_in_netns(self.netns, self.receiver.start)  # its link threads inherit the namespace
         if subscribed_s is not None:
             receiver = self.receiver

@@ -1,0 +1,300 @@
+"""The centre's ledger in PostgreSQL: several receivers (and consoles) on several machines share
+it, each taking every alarm, and each alarm is stored once by (site, event).
+
+The same records and rules as the SQLite ledger (agent/centre/ledger.py: alarms once, keys with
+the site, rows inserted never replaced, a clip's segments kept), for a centre with failover:
+
+- **Once under concurrency.** Two receivers store the same alarm at the same moment: the
+  primary key (site, event) lets one insert win and the other sees a duplicate (``ON CONFLICT
+  DO NOTHING``), compared with the stored payload as in SQLite. A site's alarms are stored under
+  a transaction-scoped advisory lock per site, so the seq gap bookkeeping of two receivers
+  cannot interleave; a group takes its sites' locks in sorted order (no deadlock between two
+  receivers with overlapping groups).
+- **Durable before the receipt.** Alarms and clips commit with ``synchronous_commit = on`` (the
+  WAL flushed); bookkeeping (site states, reports, links) with ``off``, as SQLite's
+  ``synchronous=NORMAL``: it is only shown, and the next alarm's commit flushes it.
+- **The console hears of each new alarm and clip** by ``NOTIFY edge_alarm`` (``alarms:ID``,
+  ``clips:ID``, sent at commit), so it needs no polling of a table whose ids may commit out of
+  order (agent/centre/console/records.py).
+
+One connection per ledger, one lock, one short transaction at a time (the receiver's threads
+share it as they share the SQLite one).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import psycopg
+
+from agent.centre.ledger import (
+    MAX_GAP_ROWS,
+    REPORTS_PER_SITE,
+    ClipRecord,
+    LinkState,
+    Report,
+    Stored,
+)
+from agent.clock import rfc3339
+from agent.delivery.protocol import Alarm
+from agent.errors import AgentError
+
+CHANNEL = "edge_alarm"
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS alarms (
+    id           BIGINT GENERATED ALWAYS AS IDENTITY UNIQUE,
+    site_id      TEXT NOT NULL,
+    event_id     TEXT NOT NULL,
+    seq          BIGINT NOT NULL,
+    button_id    TEXT NOT NULL,
+    kind         TEXT NOT NULL,
+    test         INTEGER NOT NULL,
+    test_claimed INTEGER NOT NULL,
+    pressed_at   TEXT NOT NULL,
+    received_at  TEXT NOT NULL,
+    payload      TEXT NOT NULL,
+    PRIMARY KEY (site_id, event_id)
+);
+CREATE INDEX IF NOT EXISTS alarms_site_seq ON alarms (site_id, seq);
+CREATE INDEX IF NOT EXISTS alarms_event ON alarms (event_id);
+CREATE TABLE IF NOT EXISTS sites (
+    site_id TEXT PRIMARY KEY, state TEXT NOT NULL, changed_at TEXT NOT NULL,
+    status TEXT NOT NULL, test_until TEXT
+);
+CREATE TABLE IF NOT EXISTS gaps (
+    site_id TEXT NOT NULL, seq BIGINT NOT NULL, detected_at TEXT NOT NULL,
+    PRIMARY KEY (site_id, seq)
+);
+CREATE TABLE IF NOT EXISTS clips (
+    id BIGINT GENERATED ALWAYS AS IDENTITY UNIQUE,
+    site_id TEXT NOT NULL, event_id TEXT NOT NULL, camera_id TEXT NOT NULL, path TEXT NOT NULL,
+    segments INTEGER NOT NULL, bytes BIGINT NOT NULL, sha256 TEXT NOT NULL,
+    manifest TEXT NOT NULL, written_at TEXT NOT NULL, verified INTEGER NOT NULL,
+    problem TEXT NOT NULL,
+    PRIMARY KEY (site_id, event_id, camera_id)
+);
+CREATE TABLE IF NOT EXISTS reports (
+    id BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    site_id TEXT NOT NULL, at TEXT NOT NULL, what TEXT NOT NULL, detail TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS reports_site ON reports (site_id, id);
+CREATE TABLE IF NOT EXISTS links (
+    receiver TEXT NOT NULL, link TEXT NOT NULL, up INTEGER NOT NULL, since TEXT NOT NULL,
+    lost_at TEXT, regained_at TEXT, outages INTEGER NOT NULL, last_error TEXT NOT NULL,
+    PRIMARY KEY (receiver, link)
+);
+CREATE OR REPLACE FUNCTION edge_alarm_notify() RETURNS trigger AS $$
+BEGIN PERFORM pg_notify('edge_alarm', TG_TABLE_NAME || ':' || NEW.id); RETURN NULL; END
+$$ LANGUAGE plpgsql;
+CREATE OR REPLACE TRIGGER alarms_notify AFTER INSERT ON alarms
+    FOR EACH ROW EXECUTE FUNCTION edge_alarm_notify();
+CREATE OR REPLACE TRIGGER clips_notify AFTER INSERT ON clips
+    FOR EACH ROW EXECUTE FUNCTION edge_alarm_notify()
+"""
+
+
+def connect(url: str) -> psycopg.Connection[Any]:
+    try:
+        return psycopg.connect(url, autocommit=True, connect_timeout=10)
+    except psycopg.Error as exc:
+        raise AgentError(f"cannot reach the ledger's PostgreSQL ({exc}): check --ledger") from exc
+
+
+def connect_with_schema(url: str, schema: str, lock: str) -> psycopg.Connection[Any]:
+    """A connection, once ``schema`` stands: it is made under the advisory lock ``lock``, so
+    processes starting together do not race on its ``CREATE ... IF NOT EXISTS``."""
+    conn = connect(url)
+    with conn.transaction():
+        conn.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", (lock,))
+        conn.execute(schema)
+    return conn
+
+
+class PgLedger:
+    """The methods of agent.centre.ledger.Ledger, on PostgreSQL."""
+
+    def __init__(self, conn: psycopg.Connection[Any]) -> None:
+        self._conn = conn
+        self._lock = threading.Lock()  # guards _conn: one transaction at a time
+
+    @classmethod
+    def open(cls, url: str) -> PgLedger:
+        return cls(connect_with_schema(url, SCHEMA, "edge_ledger_schema"))
+
+    def close(self) -> None:
+        with self._lock:
+            self._conn.close()
+
+    @contextlib.contextmanager
+    def _tx(self, durable: bool = True) -> Iterator[psycopg.Connection[Any]]:
+        with self._lock, self._conn.transaction():
+            if not durable:
+                self._conn.execute("SET LOCAL synchronous_commit = off")
+            yield self._conn
+
+    def _rows(self, sql: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
+        with self._lock:
+            return self._conn.execute(sql, params).fetchall()
+
+    # --- alarms ---------------------------------------------------------------------------
+
+    def add_alarm(self, alarm: Alarm, payload: bytes, test: bool,
+                  now: float | None = None) -> Stored:
+        return self.add_alarms([(alarm, payload, test)], now)[0]
+
+    def add_alarms(self, alarms: list[tuple[Alarm, bytes, bool]],
+                   now: float | None = None) -> list[Stored]:
+        received = rfc3339(time.time() if now is None else now)
+        with self._tx() as conn:
+            for site in sorted({a.site_id for a, _, _ in alarms}):
+                conn.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", (site,))
+            return [self._add(conn, a, p, t, received) for a, p, t in alarms]
+
+    @staticmethod
+    def _add(conn: psycopg.Connection[Any], alarm: Alarm, payload: bytes, test: bool,
+             received: str) -> Stored:
+        text, site = payload.decode(), alarm.site_id
+        row = conn.execute(
+            "INSERT INTO alarms (site_id, event_id, seq, button_id, kind, test, test_claimed, "
+            "pressed_at, received_at, payload) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s) "
+            "ON CONFLICT DO NOTHING RETURNING id",
+            (site, alarm.event_id, alarm.seq, alarm.button_id, alarm.kind, int(test),
+             int(alarm.test), alarm.pressed_at, received, text)).fetchone()
+        if row is None:
+            (first,) = conn.execute("SELECT payload FROM alarms WHERE site_id = %s AND "
+                                    "event_id = %s", (site, alarm.event_id)).fetchone() or ("",)
+            return Stored(new=False, differs=first != text)
+        closed = conn.execute("DELETE FROM gaps WHERE site_id = %s AND seq = %s",
+                              (site, alarm.seq)).rowcount > 0
+        (top,) = conn.execute("SELECT MAX(seq) FROM alarms WHERE site_id = %s AND event_id <> %s",
+                              (site, alarm.event_id)).fetchone() or (None,)
+        if top is None or alarm.seq <= top + 1:
+            return Stored(new=True, gap_closed=closed)
+        first_missing, last = top + 1, alarm.seq - 1
+        with conn.cursor() as cur:
+            cur.executemany("INSERT INTO gaps VALUES (%s, %s, %s) ON CONFLICT DO NOTHING",
+                            [(site, s, received) for s in
+                             range(max(first_missing, last - MAX_GAP_ROWS + 1), last + 1)])
+        return Stored(new=True, gap_opened=(first_missing, last), gap_closed=closed)
+
+    def has_alarm(self, site_id: str, event_id: str) -> bool:
+        return bool(self._rows("SELECT 1 FROM alarms WHERE site_id = %s AND event_id = %s",
+                               (site_id, event_id)))
+
+    def sites_of(self, event_id: str) -> list[str]:
+        return [str(r[0]) for r in self._rows(
+            "SELECT site_id FROM alarms WHERE event_id = %s ORDER BY site_id", (event_id,))]
+
+    def received(self) -> dict[tuple[str, str], str]:
+        return {(str(a), str(b)): str(c) for a, b, c in self._rows(
+            "SELECT site_id, event_id, received_at FROM alarms")}
+
+    def alarms(self, site_id: str | None = None) -> list[dict[str, Any]]:
+        rows = self._rows("SELECT payload FROM alarms" + (" WHERE site_id = %s" if site_id
+                                                          else "") + " ORDER BY site_id, seq",
+                          (site_id,) if site_id else ())
+        return [json.loads(r[0]) for r in rows]
+
+    # --- sites ----------------------------------------------------------------------------
+
+    def site_status(self, site_id: str, state: str, status: str, test_until: str | None,
+                    now: float | None = None) -> bool:
+        at = rfc3339(time.time() if now is None else now)
+        with self._tx(durable=False) as conn:
+            row = conn.execute("SELECT state FROM sites WHERE site_id = %s FOR UPDATE",
+                               (site_id,)).fetchone()
+            changed = row is None or row[0] != state
+            conn.execute(
+                "INSERT INTO sites VALUES (%s, %s, %s, %s, %s) ON CONFLICT (site_id) DO UPDATE "
+                "SET state = EXCLUDED.state, status = EXCLUDED.status, test_until = "
+                "EXCLUDED.test_until, changed_at = CASE WHEN sites.state = EXCLUDED.state THEN "
+                "sites.changed_at ELSE EXCLUDED.changed_at END",
+                (site_id, state, at, status, test_until))
+        return changed
+
+    def test_until(self, site_id: str) -> str | None:
+        rows = self._rows("SELECT test_until FROM sites WHERE site_id = %s", (site_id,))
+        return None if not rows or rows[0][0] is None else str(rows[0][0])
+
+    def sites(self) -> list[tuple[str, str, str]]:
+        return [(str(a), str(b), str(c)) for a, b, c in self._rows(
+            "SELECT site_id, state, changed_at FROM sites ORDER BY site_id")]
+
+    def gaps(self) -> dict[str, list[int]]:
+        out: dict[str, list[int]] = {}
+        for site, seq in self._rows("SELECT site_id, seq FROM gaps ORDER BY site_id, seq"):
+            out.setdefault(str(site), []).append(int(seq))
+        return out
+
+    # --- clips ----------------------------------------------------------------------------
+
+    def add_clip(self, site_id: str, event_id: str, camera_id: str, path: Path, size: int,
+                 sha256: str, manifest: list[str], problem: str) -> bool:
+        with self._tx() as conn:
+            return conn.execute(
+                "INSERT INTO clips (site_id, event_id, camera_id, path, segments, bytes, sha256, "
+                "manifest, written_at, verified, problem) VALUES (%s, %s, %s, %s, %s, %s, %s, "
+                "%s, %s, %s, %s) ON CONFLICT DO NOTHING",
+                (site_id, event_id, camera_id, str(path), len(manifest), size, sha256,
+                 json.dumps(manifest), rfc3339(time.time()), int(not problem),
+                 problem)).rowcount == 1
+
+    def clip(self, site_id: str, event_id: str, camera_id: str) -> ClipRecord | None:
+        rows = self._rows("SELECT path, sha256, manifest, problem FROM clips WHERE site_id = %s "
+                          "AND event_id = %s AND camera_id = %s", (site_id, event_id, camera_id))
+        if not rows:
+            return None
+        path, sha, manifest, problem = rows[0]
+        return ClipRecord(str(path), str(sha), tuple(json.loads(manifest)), str(problem))
+
+    def clip_problem(self, site_id: str, event_id: str, camera_id: str) -> str | None:
+        record = self.clip(site_id, event_id, camera_id)
+        return None if record is None else record.problem
+
+    # --- what the centre noticed ----------------------------------------------------------
+
+    def report(self, site_id: str, what: str, detail: str, now: float | None = None) -> None:
+        with self._tx(durable=False) as conn:
+            conn.execute("INSERT INTO reports (site_id, at, what, detail) VALUES (%s, %s, %s, %s)",
+                         (site_id, rfc3339(time.time() if now is None else now), what, detail))
+            conn.execute("DELETE FROM reports WHERE site_id = %s AND id <= (SELECT id FROM "
+                         "reports WHERE site_id = %s ORDER BY id DESC LIMIT 1 OFFSET %s)",
+                         (site_id, site_id, REPORTS_PER_SITE))
+
+    def reports(self, site_id: str | None = None, newest: int = 50) -> list[Report]:
+        rows = self._rows("SELECT site_id, at, what, detail FROM reports"
+                          + (" WHERE site_id = %s" if site_id else "") + " ORDER BY id DESC "
+                          "LIMIT %s", (site_id, newest) if site_id else (newest,))
+        return [Report(*map(str, row)) for row in reversed(rows)]
+
+    # --- the receivers' own connections ---------------------------------------------------
+
+    def link_changed(self, receiver: str, link: str, up: bool, error: str = "",
+                     now: float | None = None, outage: bool = True) -> None:
+        at = rfc3339(time.time() if now is None else now)
+        with self._tx(durable=False) as conn:
+            conn.execute(
+                "INSERT INTO links AS l VALUES (%(receiver)s, %(link)s, %(up)s, %(at)s, %(lost)s, "
+                "NULL, 0, %(error)s) ON CONFLICT (receiver, link) DO UPDATE SET up = %(up)s, "
+                "since = %(at)s, last_error = %(error)s, "
+                "lost_at = CASE WHEN l.up = 1 AND %(up)s = 0 AND %(outage)s THEN %(at)s "
+                "ELSE l.lost_at END, "
+                "regained_at = CASE WHEN %(up)s = 1 AND l.up = 0 THEN %(at)s "
+                "ELSE l.regained_at END, "
+                "outages = l.outages + CASE WHEN l.up = 1 AND %(up)s = 0 AND %(outage)s "
+                "THEN 1 ELSE 0 END",
+                {"receiver": receiver, "link": link, "up": int(up), "at": at,
+                 "lost": None if up else at, "error": error, "outage": outage})
+
+    def links(self) -> list[LinkState]:
+        rows = self._rows("SELECT receiver, link, up, since, lost_at, regained_at, outages, "
+                          "last_error FROM links ORDER BY receiver, link")
+        return [LinkState(str(r[0]), str(r[1]), bool(r[2]), str(r[3]), r[4], r[5], int(r[6]),
+                          str(r[7])) for r in rows]
