@@ -22,6 +22,7 @@ from agent.box import control, walktest
 from agent.commands.args import MAX_FETCH_SPAN_S, MAX_LIVE_S
 from agent.config import format_report, load_config
 from agent.config.model import Config
+from agent.delivery.uplink.pacing import describe
 from agent.errors import AgentError, ConfigError
 
 DEFAULT_CONFIG = os.environ.get("EDGE_AGENT_CONFIG", "/etc/edge-agent/agent.yaml")
@@ -210,6 +211,7 @@ def format_status(s: dict[str, Any]) -> str:
         f"uplink    {up['state']} to {up['broker']}; centre {up['centre']}; last ACK "
         f"{up['last_ack_at'] or 'never'}, failures {up['failures']}"
         + (f"  last error: {up['last_error']}" if up["last_error"] else ""),
+        f"pacing    {up['pacing']['mode']}: {describe(up['pacing'])}",
         f"outbox    alarms {box['alarm']}, control {box['control']}, live {box['live']}, "
         f"clips {box['clip']}; awaiting the centre's receipt {box['unconfirmed']}; "
         f"last seq {box['last_seq']}"

@@ -1,58 +1,60 @@
-"""Uplink under load: alarms through a 1 Mbit/s link while a 200 MB clip backlog drains.
+"""Uplink under load: alarms through a slow link while a 200 MB clip backlog drains.
 
-    sudo python3 bench/uplink.py              # the full run, markdown on stdout (~5 min)
-    sudo python3 bench/uplink.py --json       # the same figures, machine-readable
-    sudo python3 bench/uplink.py --quick      # 16 KB chunks only, short windows (~1.5 min)
+    sudo .venv/bin/python -m bench.uplink            # every link, sender and TCP (~45 min)
+    sudo .venv/bin/python -m bench.uplink --quick    # 3 links, 3 senders, reno only (~6 min)
+    sudo .venv/bin/python -m bench.uplink --json     # the same figures, machine-readable
 
 Needs root (network namespaces, veth, tc). Three private namespaces, as in a school:
 
-    box (the agent)  --veth--  rt (the modem: tbf 1 Mbit/s)  --veth--  srv (Mosquitto, probe)
+    box (the agent)  --veth--  rt (the modem: tbf)  --veth--  srv (Mosquitto, probe)
       10.214.K.1/30        10.214.K.2/30  10.214.K.5/30              10.214.K.6/30
 
 The bottleneck and its buffer are in the router, not on the box's own interface: a school's
-box has a fast NIC and the slow link is the modem's. (A tbf on the sender's own interface is
-kind to every sender alike: TCP Small Queues then keeps the qdisc nearly empty.) The box runs
-TCP cubic (``--cc``), the Debian / Raspberry Pi OS default, whatever the host uses. Only
-addresses inside these namespaces are ever used; none of them has a default route.
+box has a fast NIC and the slow link is the modem's. Only addresses inside these namespaces
+are ever used; none of them has a default route.
 
-What is measured, each with the same 200 MB backlog pre-filled before the sender starts:
+Links (every row of one run): tbf at 0.5, 1 and 4 Mbit/s, ``burst 4kb``, with the modem's
+buffer modest (``latency 200ms``) or bloated like a 4G modem's (``latency 1000ms``); and a
+step: 4 Mbit/s, down to 0.5 Mbit/s, back to 4 (buffer 1000 ms). The box's TCP is reno (the
+loss-based stand-in for cubic, which a namespace may not pick here) and then bbr.
 
-    agent      the real Daemon, in this process, inside ``box``; the outbox holds the backlog
-               as clip chunk rows (chunk header + a byte range of a 200 MB spool file, as
-               agent/clips.py queues them). Every ~2 s a mock button is pressed: t0 before
-               ``simulate()`` (which returns once the alarm is committed), t1 when the probe
-               (a subscriber inside ``srv``, on the broker's loopback) receives that alarm.
-    fifo       a plain paho client (loop_start, QoS 1, defaults) publishes the whole backlog,
-               then an alarm every ~2 s: everything in one FIFO, as a naive publisher does.
-    two-conn   at the same time, alarms on a SECOND paho connection while the fifo client
-               keeps the link full: the usual alternative to an in-connection priority.
+Senders, each with the same 200 MB backlog before it starts:
 
-Goodput: clip bytes (chunk data, not headers) that reached the probe per second over the
-measuring window, as a share of the link's 125,000 bytes/s. "Link restored -> alarm": cut the
-router's link to the broker (``wan-down``, the router answers ICMP unreachable) or drop every
-packet in both directions (``blackhole``, silence), press during the cut, restore, and time
-the first queued alarm at the probe. Cuts shorter than 2 x keepalive leave the TCP connection
-alive (TCP's retransmission timer decides); longer ones make the agent reconnect.
+    self-tuning   the real Daemon, in this process, inside ``box``, with no configuration:
+                  the pacer measures the path (agent/delivery/uplink/pacing.py). The backlog
+                  is cut as this agent cuts clips on that link (about 90 ms of its rate).
+    today         the same Daemon with ``uplink.auto_rate: false``: the fixed pacing of before
+                  the pacer, no cap; 16 KB chunks, as it cuts them.
+    today, cap    the same with ``uplink.max_kbps`` at 90 % of the link, the setting the
+                  technician had to get right (for the step: 90 % of the 4 Mbit/s it starts at).
+    fifo          a plain paho client (loop_start, QoS 1, defaults) that publishes the backlog,
+                  then its alarms: everything in one FIFO, as a naive publisher does.
 
-Percentiles are nearest-rank over few samples (one press per ~2 s): with n < 100, p99 is the
-maximum. Bounded: every wait has a timeout; namespaces and the broker are removed in
-``finally``. No agent code is patched: the variants differ only in the agent's config
-(``uplink.max_kbps``), as a technician would set it.
+Every ~0.5 s a mock button is pressed (at least 50 presses a row, so p99 is not the maximum):
+t0 before ``simulate()`` (which returns once the alarm is committed), t1 when the probe (a
+subscriber inside ``srv``, on the broker's loopback) receives it. Goodput: clip bytes (chunk
+data, not headers) reaching the probe per second, as a share of the link's rate. In the step
+rows, "back under 300 ms" is the time from the drop to the first press after which every press
+of the slow phase arrived within 300 ms. "Link restored -> alarm": the self-tuning agent on the
+1 Mbit/s link, cut (``wan-down``: the router answers ICMP unreachable; ``blackhole``: silence),
+a press during the cut, the first queued alarm at the probe after the restore.
+
+Percentiles are nearest-rank. Bounded: every wait has a timeout; namespaces and the broker are
+removed in ``finally``. No agent code is patched: the variants differ only in the agent's
+config, as a technician would set it.
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import hashlib
 import json
 import logging
 import math
 import os
-import platform
 import random
 import shutil
-import sqlite3
-import subprocess
 import sys
 import tempfile
 import threading
@@ -63,34 +65,36 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-REPO = Path(__file__).resolve().parent.parent
-if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))
+import paho.mqtt.client as mqtt
+from paho.mqtt.enums import CallbackAPIVersion
 
-import paho.mqtt  # noqa: E402
-import paho.mqtt.client as mqtt  # noqa: E402
-import yaml  # noqa: E402
-from paho.mqtt.enums import CallbackAPIVersion  # noqa: E402
+from agent.box.daemon import Daemon
+from agent.clock import rfc3339
+from agent.config import load_config
+from agent.config.model import Config
+from agent.delivery.framing import CHUNK_BYTES, clip_chunks
+from agent.delivery.outbox import Outbox
+from agent.delivery.protocol import Alarm, Topics
+from agent.delivery.uplink.link import LinkState
+from agent.delivery.uplink.pacing import Pacer
+from agent.sdnotify import Notifier
+from agent.testing.netns import MQTT_PORT, NsBroker, enter_netns, run_in_netns, sh
+from agent.testing.site import KEEPALIVE_S, agent_logs_to, school_config
+from agent.testing.stats import machine_context, percentile
+from agent.video.clips import ClipSegment
+from agent.video.store import SegmentRef
 
-import agent.delivery.uplink.pacing as uplink_module  # noqa: E402
-from agent import logs  # noqa: E402
-from agent.box.daemon import Daemon  # noqa: E402
-from agent.clock import rfc3339  # noqa: E402
-from agent.config import default_config_text, load_config  # noqa: E402
-from agent.delivery.outbox import BlobRef, Outbox  # noqa: E402
-from agent.delivery.protocol import Alarm, ChunkHeader, Priority, encode_chunk  # noqa: E402
-from agent.delivery.uplink.link import LinkState  # noqa: E402
-from agent.sdnotify import Notifier  # noqa: E402
-from tests.fault.conftest import BUTTONS, NsBroker, enter_netns, run_in_netns, sh  # noqa: E402
-
-LINK_BYTES_S = 125_000  # 1 Mbit/s
 BACKLOG_BYTES = 200 * 1024 * 1024
-TARGET_P99_MS = 300.0
+SEGMENT_BYTES = 2 * 1024 * 1024  # a 2 s segment at 8 Mbit/s
+PAYLOAD_SHARE = 1448 / 1514  # of a tbf's rate, what TCP delivers (Ethernet, IP, TCP headers)
+TARGET_P99_MS = 150.0
 TARGET_GOODPUT = 0.85
+TARGET_RECOVERY_S = 5.0  # after the step down, alarms back under ...
+RECOVERED_MS = 300.0  # ... this
 TARGET_RESTORE_S = 1.5
-KEEPALIVE_S = 5  # the agent's; the smallest the config allows (production default: 10)
 SITE = "sim-school"
 WAIT_S = 20.0
+WARM_S = 5.0  # connect, and the pacer's first measurements, before the presses
 
 log = logging.getLogger("bench")
 
@@ -99,13 +103,36 @@ class BenchError(RuntimeError):
     """The bench could not complete: says which step and what to check."""
 
 
+@dataclass(frozen=True)
+class Link:
+    name: str
+    kbit: int
+    queue_ms: int
+    steps: tuple[tuple[float, int], ...] = ()  # (seconds into the presses, new kbit)
+
+
+@dataclass(frozen=True)
+class Sender:
+    name: str
+    auto: bool = True
+    cap_share: float | None = None  # max_kbps as a share of the link's starting rate
+    fifo: bool = False
+
+
+SENDERS = (Sender("self-tuning"), Sender("today", auto=False),
+           Sender("today, cap 90 %", auto=False, cap_share=0.9), Sender("fifo", fifo=True))
+LINKS = tuple(Link(f"{kbit / 1000:g} Mbit/s, {q} ms", kbit, q)
+              for kbit in (500, 1000, 4000) for q in (200, 1000))
+STEP = Link("4 -> 0.5 -> 4 Mbit/s, 1000 ms", 4000, 1000, ((10.0, 500), (30.0, 4000)))
+
+
 # --- the network ------------------------------------------------------------------------------
 
 
 class Topology:
     """box -- rt (tbf) -- srv, three namespaces; see the module docstring."""
 
-    def __init__(self, workdir: Path, queue_ms: int, cc: str) -> None:
+    def __init__(self, workdir: Path, cc: str) -> None:
         pid = os.getpid()
         self.box, self.rt, self.srv = (f"ubench-{pid}-{n}" for n in ("box", "rt", "srv"))
         k = pid % 250 + 1
@@ -113,8 +140,8 @@ class Topology:
         tag = pid % 100000
         self.dev_box, self.dev_rt_a, self.dev_rt_b, self.dev_srv = (
             f"u{x}{tag}" for x in ("a", "r", "s", "t"))
-        self.queue_ms, self.cc = queue_ms, cc
-        self.host_cc = Path("/proc/sys/net/ipv4/tcp_congestion_control").read_text().strip()
+        self.cc = cc
+        self.kbit, self.queue_ms = 1000, 200
         self.broker = NsBroker(self.srv, workdir / "broker")
 
     def up(self) -> None:
@@ -135,22 +162,20 @@ class Topology:
         sh("ip", "-n", self.box, "route", "add", f"{net}.4/30", "via", self.rt_a)
         sh("ip", "-n", self.srv, "route", "add", f"{net}.0/30", "via", self.rt_b)
         sh("ip", "netns", "exec", self.rt, "sysctl", "-qw", "net.ipv4.ip_forward=1")
-        for cc in dict.fromkeys((self.cc, "reno")):
-            # A namespace may only pick from the host's tcp_allowed_congestion_control; when
-            # cubic is not in it, reno is the loss-based stand-in (both fill a FIFO buffer).
-            if sh("ip", "netns", "exec", self.box, "sysctl", "-qw",
-                  f"net.ipv4.tcp_congestion_control={cc}", check=False).returncode == 0:
-                self.cc = cc
-                break
-        else:
-            self.cc = f"host default ({self.host_cc})"
-        self.shape()
+        # A namespace may only pick from the host's tcp_allowed_congestion_control.
+        if sh("ip", "netns", "exec", self.box, "sysctl", "-qw",
+              f"net.ipv4.tcp_congestion_control={self.cc}", check=False).returncode != 0:
+            raise BenchError(f"the box cannot use TCP {self.cc}: see "
+                             "/proc/sys/net/ipv4/tcp_allowed_congestion_control")
+        self.shape(self.kbit, self.queue_ms)
         self.broker.start()
 
-    def shape(self) -> None:
-        """1 Mbit/s from the school to the centre, with the modem's buffer (--queue-ms)."""
+    def shape(self, kbit: int, queue_ms: int) -> None:
+        """The school's upload: ``kbit`` from the school to the centre, the modem's buffer
+        ``queue_ms`` deep at that rate."""
+        self.kbit, self.queue_ms = kbit, queue_ms
         sh("ip", "netns", "exec", self.rt, "tc", "qdisc", "replace", "dev", self.dev_rt_b,
-           "root", "tbf", "rate", "1mbit", "burst", "4kb", "latency", f"{self.queue_ms}ms")
+           "root", "tbf", "rate", f"{kbit}kbit", "burst", "4kb", "latency", f"{queue_ms}ms")
 
     def down(self) -> None:
         self.broker.kill()
@@ -171,20 +196,13 @@ class Topology:
         sh("ip", "-n", self.rt, "link", "set", self.dev_rt_b, "up")
         sh("ip", "netns", "exec", self.rt, "tc", "qdisc", "del", "dev", self.dev_rt_a, "root",
            check=False)
-        self.shape()
+        self.shape(self.kbit, self.queue_ms)
 
-    def qdisc_stats(self) -> dict[str, int]:
+    def drops(self) -> int:
         out = sh("ip", "netns", "exec", self.rt, "tc", "-s", "qdisc", "show", "dev",
                  self.dev_rt_b).stdout
-        stats: dict[str, int] = {}
         words = out.replace(",", " ").replace("(", " ").replace(")", " ").split()
-        for key in ("dropped", "overlimits"):
-            if key in words:
-                with_num = words[words.index(key) + 1]
-                stats[key] = int(with_num) if with_num.isdigit() else 0
-        if "Sent" in words:
-            stats["sent_bytes"] = int(words[words.index("Sent") + 1])
-        return stats
+        return int(words[words.index("dropped") + 1]) if "dropped" in words else 0
 
 
 # --- the centre's side ------------------------------------------------------------------------
@@ -198,7 +216,6 @@ class Probe:
         self.port = port
         self.lock = threading.Lock()
         self.alarms: dict[str, float] = {}  # event_id -> t1
-        self.copies = 0
         self.clip_t: list[float] = []
         self.clip_cum: list[int] = []
         self._total = 0
@@ -226,7 +243,6 @@ class Probe:
         payload = bytes(msg.payload)
         with self.lock:
             if msg.topic.endswith("/alarm"):
-                self.copies += 1
                 with contextlib.suppress(ValueError, KeyError):
                     self.alarms.setdefault(json.loads(payload)["event_id"], t1)
                 return
@@ -241,320 +257,308 @@ class Probe:
                 return self.clip_cum[i - 1] if i > 0 else 0
             return at(t_b) - at(t_a)
 
-    def arrival(self, event_id: str) -> float | None:
-        with self.lock:
-            return self.alarms.get(event_id)
-
-
-def wait_arrival(probe: Probe, event_id: str, timeout: float) -> float | None:
-    deadline = time.monotonic() + timeout
-    while True:
-        t = probe.arrival(event_id)
-        if t is not None or time.monotonic() >= deadline:
-            return t
-        time.sleep(0.002)
-
-
-# --- figures ----------------------------------------------------------------------------------
-
-
-def percentile(sorted_xs: list[float], p: float) -> float:
-    return sorted_xs[max(0, math.ceil(p / 100 * len(sorted_xs)) - 1)]
-
-
-def describe(xs: list[float]) -> dict[str, float]:
-    if not xs:
-        return {"n": 0}
-    s = sorted(xs)
-    return {"n": len(s), "p50_ms": round(percentile(s, 50) * 1e3, 1),
-            "p99_ms": round(percentile(s, 99) * 1e3, 1), "max_ms": round(s[-1] * 1e3, 1)}
+    def arrival(self, event_id: str, timeout: float) -> float | None:
+        deadline = time.monotonic() + timeout
+        while True:
+            with self.lock:
+                t = self.alarms.get(event_id)
+            if t is not None or time.monotonic() >= deadline:
+                return t
+            time.sleep(0.002)
 
 
 # --- the backlog ------------------------------------------------------------------------------
 
 
-def make_spool(path: Path, size: int) -> None:
-    """200 MB of incompressible bytes (a random 1 MiB block repeated: nothing compresses)."""
-    block = os.urandom(1 << 20)
-    with open(path, "wb") as f:
-        for _ in range(size // len(block)):
-            f.write(block)
+def make_segment(path: Path) -> SegmentRef:
+    """One 2 MB segment of incompressible bytes; the backlog is 100 clips of it (the uplink
+    reads each chunk's byte range from the file at send time)."""
+    data = os.urandom(SEGMENT_BYTES)
+    path.write_bytes(data)
+    now = time.time()
+    return SegmentRef(path, hashlib.sha256(data).hexdigest(), len(data), now - 2, now, 0)
 
 
-def header(i: int, chunk: int) -> bytes:
-    now = rfc3339(time.time())
-    h = ChunkHeader(event_id="bench-backlog", camera_id="bench-cam", segment=i, final=False,
-                    chunk=0, chunks=1, sha256="0" * 64, size=chunk, start=now, end=now)
-    return encode_chunk(h, b"")  # the JSON line and its "\n"; the bytes follow at send time
+def backlog_rows(segment: SegmentRef, chunk: int) -> list[Any]:
+    """200 MB of clip chunks, cut and framed exactly as the agent queues a clip (framing.py):
+    one clip per segment, with a hash-chain link and a signature as real clips carry."""
+    topics = Topics("schools", SITE)
+    rows: list[Any] = []
+    for i in range(BACKLOG_BYTES // SEGMENT_BYTES):
+        cs = ClipSegment(str(uuid.UUID(int=i + 1)), "bench-cam", 0, True, segment,
+                         prev="0" * 64, link=hashlib.sha256(b"%d" % i).hexdigest())
+        rows += clip_chunks(topics, cs, chunk, sig="A" * 86 + "==")
+    return rows
 
 
-def prefill(db: Path, spool: Path, chunk: int, total: int) -> int:
-    n = total // chunk
-    box = Outbox.open(db)
-    try:
-        box.add_many((Priority.CLIP, f"schools/{SITE}/clip/bench-cam", f"backlog-{i}",
-                      header(i, chunk), BlobRef(spool, i * chunk, chunk)) for i in range(n))
-    finally:
-        box.close()
-    return n
+def agent_chunk(link: Link) -> int:
+    """What the self-tuning agent cuts clips to on this link, once it has measured it."""
+    pacer = Pacer()
+    assert pacer.meter is not None
+    pacer.meter.upload_bps = link.kbit * 125 * PAYLOAD_SHARE
+    return pacer.chunk_bytes(CHUNK_BYTES)
 
 
-# --- the agent --------------------------------------------------------------------------------
-
-
-def agent_config(workdir: Path, host: str, max_kbps: int | None) -> Any:
-    data = yaml.safe_load(default_config_text())
-    data["mqtt"].update({"host": host, "port": 1883, "keepalive_s": KEEPALIVE_S,
-                         "allow_plaintext": True})
-    data["storage"]["path"] = str(workdir / "state")
-    data["cameras"] = []
-    data["buttons"] = BUTTONS
-    if max_kbps:
-        data["uplink"] = {"max_kbps": max_kbps}
-    path = workdir / "agent.yaml"
-    path.write_text(yaml.safe_dump(data, sort_keys=False))
-    return load_config(path)
+# --- one row ----------------------------------------------------------------------------------
 
 
 @dataclass
-class Run:
-    name: str
+class Row:
+    cc: str
+    link: Link
+    sender: Sender
     chunk: int
-    latencies: list[float] = field(default_factory=list)
-    lost: int = 0
-    goodput: float = 0.0
-    window_s: float = 0.0
+    presses: list[tuple[float, float | None]] = field(default_factory=list)  # (t0, latency)
+    goodput: list[float] = field(default_factory=list)  # per phase of the link
+    drops: int = 0
+    pacing: dict[str, Any] = field(default_factory=dict)
     restores: list[dict[str, Any]] = field(default_factory=list)
-    qdisc: dict[str, int] = field(default_factory=dict)
-    note: str = ""
 
 
-class Presser:
-    """Presses the six bench buttons in turn, each re-armed (released > 50 ms) first."""
-
-    def __init__(self, daemon: Daemon) -> None:
-        self.daemon = daemon
-        self.i = 0
-
-    def press(self) -> tuple[float, str]:
-        assert self.daemon.buttons is not None
-        bid = str(BUTTONS[self.i % len(BUTTONS)]["id"])
-        self.i += 1
-        t0 = time.perf_counter()
-        events = [e for e in self.daemon.buttons.simulate(bid, True) if e]
-        self.daemon.buttons.simulate(bid, False)
-        if not events:
-            raise BenchError(f"pressing {bid} raised no alarm")
-        return t0, str(events[0]["event_id"])
+def agent_config(workdir: Path, host: str, sender: Sender, kbit: int) -> Config:
+    """The simulated school (agent/testing/site.py), no cameras, as the sender sets its uplink."""
+    uplink: dict[str, Any] = {"auto_rate": sender.auto}
+    if sender.cap_share:
+        uplink["max_kbps"] = int(kbit * sender.cap_share)
+    return load_config(school_config(workdir / "agent.yaml", port=MQTT_PORT,
+                                     storage=workdir / "state", host=host, uplink=uplink))
 
 
-def run_agent(topo: Topology, probe: Probe, workdir: Path, spool: Path, chunk: int,
-              window_s: float, rng: random.Random, *, max_kbps: int | None = None,
-              restores: list[tuple[str, float]] | None = None, name: str = "") -> Run:
-    run = Run(name or f"agent {chunk // 1024} KB", chunk)
-    wd = workdir / f"agent-{chunk}-{max_kbps}"
+class Presses:
+    """Presses every ~0.5 s and applies the link's steps on time; the phases' windows."""
+
+    def __init__(self, topo: Topology, link: Link, rng: random.Random, count: int,
+                 gap_s: float) -> None:
+        self.topo, self.link, self.rng, self.count, self.gap_s = topo, link, rng, count, gap_s
+        self.phases: list[tuple[float, float, int]] = []  # (t_start, t_end, kbit)
+        self.t_steps: list[float] = []
+
+    def run(self, press: Any) -> list[tuple[float, str]]:
+        sent: list[tuple[float, str]] = []
+        steps = list(self.link.steps)
+        t_start = phase_start = time.perf_counter()
+        kbit = self.link.kbit
+        end = steps[-1][0] + 10.0 if steps else 0.0
+        while len(sent) < self.count or time.perf_counter() - t_start < end:
+            time.sleep(self.gap_s * self.rng.uniform(0.5, 1.5))
+            now = time.perf_counter()
+            if steps and now - t_start >= steps[0][0]:
+                self.phases.append((phase_start, now, kbit))
+                kbit = steps.pop(0)[1]
+                self.topo.shape(kbit, self.link.queue_ms)
+                phase_start = now
+                self.t_steps.append(now)
+            sent.append(press())
+        self.phases.append((phase_start, time.perf_counter(), kbit))
+        return sent
+
+
+def measure(row: Row, topo: Topology, probe: Probe, presses: Presses, press: Any) -> None:
+    drops0 = topo.drops()
+    sent = presses.run(press)
+    deadline = time.monotonic() + (WAIT_S if not row.sender.fifo else 3.0)
+    for t0, eid in sent:
+        t1 = probe.arrival(eid, max(0.0, deadline - time.monotonic()))
+        row.presses.append((t0, None if t1 is None else t1 - t0))
+    row.goodput = [probe.clip_bytes_between(a, b) / (b - a) / (kbit * 125)
+                   for a, b, kbit in presses.phases]
+    row.drops = topo.drops() - drops0
+
+
+def run_agent(row: Row, topo: Topology, probe: Probe, workdir: Path, segment: SegmentRef,
+              presses: Presses, cuts: list[tuple[str, float]]) -> None:
+    wd = workdir / f"agent-{time.monotonic_ns()}"
     wd.mkdir()
-    n = prefill(wd / "state" / "outbox.db", spool, chunk, BACKLOG_BYTES)
-    cfg = agent_config(wd, topo.srv_b, max_kbps)
+    box = Outbox.open(wd / "state" / "outbox.db")
+    try:
+        box.add_many(backlog_rows(segment, row.chunk))
+    finally:
+        box.close()
+    cfg = agent_config(wd, topo.srv_b, row.sender, row.link.kbit)
+    ids = [b.id for b in cfg.buttons if not b.hold_s]  # a press, not a hold, raises the alarm
     daemon = Daemon(cfg, notifier=Notifier(None))
     try:
         daemon.start()
-        up = daemon.uplink
-        assert up is not None
+        up, buttons = daemon.uplink, daemon.buttons
+        assert up is not None and buttons is not None
         deadline = time.monotonic() + WAIT_S
         while up.state is not LinkState.ONLINE:
             if time.monotonic() > deadline:
                 raise BenchError(f"the agent did not connect to {topo.srv_b}: {up.last_error}")
             time.sleep(0.05)
-        time.sleep(3.0)  # TCP out of slow start, the window full
-        presser = Presser(daemon)
-        stats0 = topo.qdisc_stats()
-        t_start = time.perf_counter()
-        pending: list[tuple[float, str]] = []
-        while time.perf_counter() - t_start < window_s:
-            time.sleep(max(0.0, 2.0 + rng.uniform(-0.4, 0.4)))
-            pending.append(presser.press())
-        t_end = time.perf_counter()
-        deadline = time.monotonic() + WAIT_S
-        for t0, eid in pending:
-            t1 = wait_arrival(probe, eid, max(0.0, deadline - time.monotonic()))
-            if t1 is None:
-                run.lost += 1
-            else:
-                run.latencies.append(t1 - t0)
-        run.window_s = t_end - t_start
-        run.goodput = probe.clip_bytes_between(t_start, t_end) / run.window_s / LINK_BYTES_S
-        stats1 = topo.qdisc_stats()
-        run.qdisc = {k: stats1.get(k, 0) - stats0.get(k, 0) for k in stats1}
-        run.note = f"{n} chunks queued"
-        for kind, hold in restores or []:
-            run.restores.append(measure_restore(topo, probe, daemon, presser, kind, hold))
+        time.sleep(WARM_S)
+        turn = iter(range(1 << 30))
+
+        def press() -> tuple[float, str]:
+            bid = ids[next(turn) % len(ids)]
+            t0 = time.perf_counter()
+            events = [e for e in buttons.simulate(bid, True) if e]
+            buttons.simulate(bid, False)
+            if not events:
+                raise BenchError(f"pressing {bid} raised no alarm")
+            return t0, str(events[0]["event_id"])
+
+        measure(row, topo, probe, presses, press)
+        row.pacing = up.pacer.status()
+        for kind, hold in cuts:
+            row.restores.append(measure_restore(topo, probe, up, press, kind, hold))
     finally:
         daemon.stop()
         shutil.rmtree(wd, ignore_errors=True)
-    return run
 
 
-def measure_restore(topo: Topology, probe: Probe, daemon: Daemon, presser: Presser,
-                    kind: str, hold_s: float) -> dict[str, Any]:
+def measure_restore(topo: Topology, probe: Probe, up: Any, press: Any, kind: str,
+                    hold_s: float) -> dict[str, Any]:
     """Cut, press, (hold), restore: seconds from the restore to that alarm at the probe."""
-    up = daemon.uplink
-    assert up is not None
     topo.cut(kind)
     t_cut = time.perf_counter()
     time.sleep(0.3)
-    _, eid = presser.press()
+    _, eid = press()
     reconnecting = False
     while time.perf_counter() - t_cut < hold_s:
         reconnecting |= up.state is not LinkState.ONLINE
         time.sleep(0.05)
     topo.restore()
     t_up = time.perf_counter()
-    t1 = wait_arrival(probe, eid, WAIT_S)
-    # back to a full pipe before the next cut
-    deadline = time.monotonic() + WAIT_S
+    t1 = probe.arrival(eid, WAIT_S)
+    deadline = time.monotonic() + WAIT_S  # back to a full pipe before the next cut
     while up.state is not LinkState.ONLINE and time.monotonic() < deadline:
         time.sleep(0.05)
     time.sleep(2.0)
-    return {"kind": kind, "cut_s": round(t_up - t_cut, 1),
-            "agent_reconnected": reconnecting,
+    return {"kind": kind, "cut_s": round(t_up - t_cut, 1), "agent_reconnected": reconnecting,
             "restore_to_alarm_s": round(t1 - t_up, 3) if t1 is not None else None}
 
 
-# --- the baselines ----------------------------------------------------------------------------
-
-
-def run_baselines(topo: Topology, probe: Probe, chunk: int, window_s: float,
-                  rng: random.Random) -> tuple[Run, Run]:
-    """One run, two baselines: the fifo client carries the backlog and its own alarms; a second
-    connection carries other alarms. Both through the same shaped link."""
-    fifo, two = Run("fifo (one paho client)", chunk), Run("two connections", chunk)
-    data = os.urandom(chunk)
-    host = topo.srv_b
-    clients: list[mqtt.Client] = []
-    connected = [threading.Event(), threading.Event()]
-    for i, cid in enumerate(("bench-fifo", "bench-alarm-conn")):
-        c = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=cid, protocol=mqtt.MQTTv5)
-        c.on_connect = lambda *_a, ev=connected[i]: ev.set()
-        c.connect(host, 1883, keepalive=60)
-        c.loop_start()
-        clients.append(c)
-    bulk, alarm_conn = clients
+def run_fifo(row: Row, topo: Topology, probe: Probe, segment: SegmentRef,
+             presses: Presses) -> None:
+    """The backlog, then the alarms, on one plain paho client."""
+    connected = threading.Event()
+    c = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="bench-fifo", protocol=mqtt.MQTTv5)
+    c.on_connect = lambda *_: connected.set()
+    c.connect(topo.srv_b, 1883, keepalive=60)
+    c.loop_start()
     try:
-        for ev in connected:
-            if not ev.wait(WAIT_S):
-                raise BenchError(f"a baseline client could not connect to {host}")
-        n = BACKLOG_BYTES // chunk
-        for i in range(n):
-            bulk.publish("schools/bas-school/clip/bench-cam", header(i, chunk) + data, qos=1)
-        time.sleep(3.0)
-        stats0 = topo.qdisc_stats()
-        t_start = time.perf_counter()
-        sent: list[tuple[str, float, str]] = []  # which, t0, event_id
-        k = 0
-        while time.perf_counter() - t_start < window_s:
-            time.sleep(max(0.0, 1.0 + rng.uniform(-0.2, 0.2)))
-            which = "fifo" if k % 2 == 0 else "two"
-            k += 1
+        if not connected.wait(WAIT_S):
+            raise BenchError(f"the fifo client could not connect to {topo.srv_b}")
+        data = segment.path.read_bytes()
+        for _prio, topic, _key, header, ref in backlog_rows(segment, row.chunk):
+            c.publish(topic.replace(SITE, "bas-school"),
+                      header + data[ref.offset:ref.offset + ref.length], qos=1)
+        time.sleep(WARM_S)
+        seq = iter(range(1, 1 << 30))
+
+        def press() -> tuple[float, str]:
             eid = str(uuid.uuid4())
-            payload = Alarm(event_id=eid, seq=k, site_id="bas-school", button_id="b1",
+            payload = Alarm(event_id=eid, seq=next(seq), site_id="bas-school", button_id="b1",
                             location="bench", kind="panic", pressed_at=rfc3339(time.time()),
                             clock_synced=True).to_json()
             t0 = time.perf_counter()
-            (bulk if which == "fifo" else alarm_conn).publish(
-                f"schools/{'bas' if which == 'fifo' else 'two'}-school/alarm", payload, qos=1)
-            sent.append((which, t0, eid))
-        t_end = time.perf_counter()
-        deadline = time.monotonic() + 5.0  # the fifo's alarms would need many minutes
-        for which, t0, eid in sent:
-            run = fifo if which == "fifo" else two
-            t1 = wait_arrival(probe, eid, max(0.0, deadline - time.monotonic()))
-            if t1 is None:
-                run.lost += 1  # not arrived: queued behind the backlog
-            else:
-                run.latencies.append(t1 - t0)
-        stats1 = topo.qdisc_stats()
-        for run in (fifo, two):
-            run.window_s = t_end - t_start
-            run.goodput = probe.clip_bytes_between(t_start, t_end) / run.window_s / LINK_BYTES_S
-            run.qdisc = {key: stats1.get(key, 0) - stats0.get(key, 0) for key in stats1}
-        ahead = BACKLOG_BYTES / max(fifo.goodput * LINK_BYTES_S, 1)
-        fifo.note = (f"{fifo.lost} of {fifo.lost + len(fifo.latencies)} alarms not delivered "
-                     f"in the window: each waits behind the whole backlog, "
-                     f"~{ahead / 60:.0f} min at this goodput")
+            c.publish("schools/bas-school/alarm", payload, qos=1)
+            return t0, eid
+
+        measure(row, topo, probe, presses, press)
     finally:
-        for c in clients:
-            c.disconnect()
-            c.loop_stop()
-    return fifo, two
+        c.disconnect()
+        c.loop_stop()
 
 
-# --- report -----------------------------------------------------------------------------------
+# --- figures ----------------------------------------------------------------------------------
 
 
-def machine_context(workdir: Path, topo: Topology) -> dict[str, Any]:
-    cpu = ""
-    for line in Path("/proc/cpuinfo").read_text().splitlines():
-        if line.startswith(("model name", "Model")):
-            cpu = line.split(":", 1)[1].strip()
-            break
-    try:
-        mosq = subprocess.run([shutil.which("mosquitto") or "/usr/sbin/mosquitto", "-h"],
-                              capture_output=True, text=True, timeout=5).stdout.splitlines()[0]
-    except (OSError, subprocess.TimeoutExpired, IndexError):
-        mosq = "unknown"
-    return {"date": time.strftime("%Y-%m-%d"), "cpus": os.cpu_count(), "cpu_model": cpu,
-            "kernel": platform.release(), "python": platform.python_version(),
-            "paho": paho.mqtt.__version__, "broker": mosq,
-            "sqlite": sqlite3.sqlite_version, "loadavg": os.getloadavg(),
-            "box_cc": topo.cc, "host_cc": topo.host_cc,
-            "link": f"tbf rate 1mbit burst 4kb latency {topo.queue_ms}ms, in the router",
-            "notsent_lowat": uplink_module.NOTSENT_LOWAT_BYTES, "window": 8,
-            "keepalive_s": KEEPALIVE_S, "workdir": str(workdir)}
+def recovery_s(row: Row, t_drop: float, t_rise: float) -> float | None:
+    """From the drop to the first press after which every press of the slow phase arrived
+    within RECOVERED_MS; None if the last one did not."""
+    slow = [(t0, lat) for t0, lat in row.presses if t_drop <= t0 < t_rise]
+    for i, (t0, _) in enumerate(slow):
+        if all(lat is not None and lat * 1e3 < RECOVERED_MS for _, lat in slow[i:]):
+            return t0 - t_drop
+    return None
 
 
-def summarise(r: Run) -> dict[str, Any]:
-    d = describe(r.latencies)
-    return {"name": r.name, "chunk_kb": r.chunk // 1024, **d, "not_arrived": r.lost,
-            "goodput": round(r.goodput, 3), "window_s": round(r.window_s, 1),
-            "qdisc": r.qdisc, "restores": r.restores, "note": r.note}
+def summarise(row: Row, t_steps: list[float]) -> dict[str, Any]:
+    lat = sorted(x for _, x in row.presses if x is not None)
+    out: dict[str, Any] = {
+        "cc": row.cc, "link": row.link.name, "sender": row.sender.name,
+        "chunk_kb": round(row.chunk / 1024, 1), "presses": len(row.presses),
+        "arrived": len(lat), "goodput": [round(g, 3) for g in row.goodput],
+        "tbf_drops": row.drops, "pacing": row.pacing, "restores": row.restores}
+    if lat:
+        out.update(p50_ms=round(percentile(lat, 50) * 1e3, 1),
+                   p95_ms=round(percentile(lat, 95) * 1e3, 1),
+                   p99_ms=round(percentile(lat, 99) * 1e3, 1), max_ms=round(lat[-1] * 1e3, 1))
+    if len(t_steps) == 2:
+        rec = recovery_s(row, *t_steps)
+        out["recovered_s"] = None if rec is None else round(rec, 1)
+        slow = [x for t0, x in row.presses if t_steps[0] <= t0 < t_steps[1] and x is not None]
+        out["slow_max_ms"] = round(max(slow) * 1e3) if slow else None
+    return out
+
+
+def targets(rows: list[dict[str, Any]]) -> dict[str, str]:
+    tuned = [r for r in rows if r["sender"] == "self-tuning"]
+
+    def verdict(bad: list[str]) -> str:
+        return "met" if not bad else "MISSED: " + "; ".join(bad)
+
+    p99 = [f"{r['cc']} {r['link']} {r.get('p99_ms')} ms" for r in tuned
+           if r["arrived"] < r["presses"] or ("recovered_s" not in r
+                                              and r.get("p99_ms", math.inf) >= TARGET_P99_MS)]
+    good = [f"{r['cc']} {r['link']} {min(r['goodput']):.0%}" for r in tuned
+            if min(r["goodput"]) < TARGET_GOODPUT]
+    step = [f"{r['cc']} {r.get('recovered_s') or 'never'} s" for r in tuned if "recovered_s" in r
+            and (r["recovered_s"] is None or r["recovered_s"] > TARGET_RECOVERY_S)]
+    restore = [x["restore_to_alarm_s"] for r in tuned for x in r["restores"]]
+    slow = [str(t) for t in restore if t is None or t > TARGET_RESTORE_S]
+    return {"p99": verdict(p99), "goodput": verdict(good), "step": verdict(step),
+            "restore": verdict(slow) if restore else "not measured"}
 
 
 def markdown(rep: dict[str, Any]) -> str:
     c = rep["context"]
     lines = [
-        f"Uplink under load, {c['date']}: 1 Mbit/s link (tbf in a router namespace, "
-        f"{c['link'].split('latency ')[1]}), 200 MB clip backlog, box TCP {c['box_cc']}; "
-        f"{c['cpus']} x {c['cpu_model']}, Linux {c['kernel']}, {c['broker']}, "
-        f"paho {c['paho']}",
+        f"Uplink under load, {c['date']}: 200 MB clip backlog, tbf in a router namespace; "
+        f"{c['cpus']} x {c['cpu_model']}, Linux {c['kernel']}, {c['broker']}, paho {c['paho']}; "
+        f"load average {rep['load'][0]:.2f} at the start, {rep['load'][1]:.2f} at the end; "
+        f"{rep['elapsed_s'] / 60:.0f} min.",
         "",
-        "| sender | chunk | alarms | alarm p50 | alarm p99 | max | goodput | tbf drops |",
-        "|---|---|---|---|---|---|---|---|",
+        "| TCP | link, buffer | sender | chunk | alarms | p50 | p95 | p99 | max | goodput | "
+        "drops | pacer: upload, lowat, window |",
+        "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---|",
     ]
-    for r in rep["runs"]:
-        if r.get("n"):
-            lat = f"{r['p50_ms']:.0f} ms | {r['p99_ms']:.0f} ms | {r['max_ms']:.0f} ms"
+    for r in rep["rows"]:
+        if r["arrived"]:
+            lat = " | ".join(f"{r[k]:,.0f} ms" for k in ("p50_ms", "p95_ms", "p99_ms", "max_ms"))
         else:
-            lat = "— | — | —"
-        arrived = f"{r.get('n', 0)}/{r.get('n', 0) + r['not_arrived']}"
-        lines.append(f"| {r['name']} | {r['chunk_kb']} KB | {arrived} | {lat} | "
-                     f"{r['goodput'] * 100:.1f} % | {r['qdisc'].get('dropped', 0)} |")
-    for r in rep["runs"]:
-        if r["note"] and "not delivered" in r["note"]:
-            lines += ["", f"{r['name']}: {r['note']}"]
-    restores = [x for r in rep["runs"] for x in r["restores"]]
+            lat = "— | — | — | —"
+        p = r["pacing"]
+        pacer = (f"{p['upload_kbps']} kbit/s, {p['notsent_lowat']} B, {p['window']}"
+                 if p.get("mode") == "auto" else
+                 f"fixed, {p['notsent_lowat']} B, {p['window']}" if p else "")
+        back = ("never in the slow phase" if r.get("recovered_s") is None
+                else f"{r['recovered_s']} s after the drop")
+        slowest = "no alarm arrived" if r.get("slow_max_ms") is None else f"{r['slow_max_ms']} ms"
+        step = (f"; back under {RECOVERED_MS:.0f} ms {back} (slow phase max {slowest})"
+                if "recovered_s" in r else "")
+        good = " / ".join(f"{g * 100:.1f} %" for g in r["goodput"])
+        lines.append(f"| {r['cc']} | {r['link']} | {r['sender']}{step} | {r['chunk_kb']:g} KB "
+                     f"| {r['arrived']}/{r['presses']} | {lat} | {good} | {r['tbf_drops']} | "
+                     f"{pacer} |")
+    restores = [x for r in rep["rows"] for x in r["restores"]]
     if restores:
-        lines += ["", "| cut | length | agent reconnected | link restored -> alarm |",
-                  "|---|---|---|---|"]
+        lines += ["", "| cut (self-tuning, reno, 1 Mbit/s, 200 ms) | length | agent "
+                  "reconnected | link restored -> alarm |", "|---|---|---|---|"]
         for x in restores:
             t = x["restore_to_alarm_s"]
-            again = "yes" if x["agent_reconnected"] else "no"
-            lines.append(f"| {x['kind']} | {x['cut_s']} s | {again} | "
+            lines.append(f"| {x['kind']} | {x['cut_s']} s | "
+                         f"{'yes' if x['agent_reconnected'] else 'no'} | "
                          f"{f'{t:.2f} s' if t is not None else 'not within 20 s'} |")
     t = rep["targets"]
-    lines += ["", f"Targets: agent p99 < {TARGET_P99_MS:.0f} ms: {t['p99']}; goodput >= "
-              f"{TARGET_GOODPUT:.0%}: {t['goodput']}; alarm within {TARGET_RESTORE_S} s of "
-              f"the link returning: {t['restore']}. Elapsed {rep['elapsed_s']:.0f} s."]
+    lines += ["", f"Targets for the self-tuning agent: p99 < {TARGET_P99_MS:.0f} ms (every "
+              f"fixed link; every alarm arrived on the step): {t['p99']}; "
+              f"goodput >= {TARGET_GOODPUT:.0%}: {t['goodput']}; back under "
+              f"{RECOVERED_MS:.0f} ms within {TARGET_RECOVERY_S:.0f} s of the step down: "
+              f"{t['step']}; alarm within {TARGET_RESTORE_S} s of the link returning: "
+              f"{t['restore']}."]
     return "\n".join(lines)
 
 
@@ -564,87 +568,87 @@ def markdown(rep: dict[str, Any]) -> str:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     ap.add_argument("--json", action="store_true", help="print JSON instead of markdown")
-    ap.add_argument("--quick", action="store_true", help="16 KB chunks only, short windows")
-    ap.add_argument("--window-s", type=float, default=50.0,
-                    help="the headline (16 KB) measuring window (default 50)")
-    ap.add_argument("--sweep-window-s", type=float, default=20.0,
-                    help="the window of each other variant (default 20)")
-    ap.add_argument("--queue-ms", type=int, default=200,
-                    help="the router's buffer, as tbf latency (default 200 ms)")
-    ap.add_argument("--cc", default="cubic", help="TCP congestion control in the box")
+    ap.add_argument("--step", action="store_true", help="the step link only")
+    ap.add_argument("--quick", action="store_true",
+                    help="0.5 and 1 Mbit/s and the step; no capped sender; reno only")
+    ap.add_argument("--cc", nargs="+", default=["reno", "bbr"],
+                    help="the box's TCP congestion controls, one pass each")
+    ap.add_argument("--presses", type=int, default=50, help="presses a row (at least)")
+    ap.add_argument("--gap-s", type=float, default=0.5, help="mean time between presses")
+    ap.add_argument("--no-cuts", action="store_true", help="skip the link-cut rows")
     ap.add_argument("--seed", type=int, default=1, help="press-timing jitter seed")
     ap.add_argument("--keep", action="store_true", help="keep the work dir")
     args = ap.parse_args(argv)
     if os.geteuid() != 0:
         print("uplink: needs root (ip netns, veth, tc)", file=sys.stderr)
         return 2
+    links, senders, ccs = [*LINKS, STEP], list(SENDERS), args.cc
+    if args.quick:
+        links = [LINKS[0], LINKS[2], STEP]
+        senders = [s for s in SENDERS if not s.cap_share]
+        ccs = ccs[:1]
+    if args.step:
+        links = [STEP]
 
     workdir = Path(tempfile.mkdtemp(prefix="uplink-bench-", dir="/var/tmp"))
-    logs.setup("info")
-    handler = logging.getLogger().handlers[0]
-    assert isinstance(handler, logging.StreamHandler)
-    agent_log = open(workdir / "agent.log", "a", encoding="utf-8")  # noqa: SIM115
-    handler.setStream(agent_log)
-    topo = Topology(workdir, args.queue_ms, args.cc)
     rng = random.Random(args.seed)
-    runs: list[Run] = []
-    started = time.monotonic()
+    rows: list[dict[str, Any]] = []
+    started, load0 = time.monotonic(), os.getloadavg()[0]
+    segment = make_segment(workdir / "segment.ts")
+    try:
+        with agent_logs_to(workdir / "agent.log"):
+            for cc in ccs:
+                rows += run_pass(cc, links, senders, workdir, segment, rng, args)
+    except (BenchError, RuntimeError, OSError) as exc:
+        print(f"uplink: {exc} (work dir kept: {workdir})", file=sys.stderr)
+        return 1
+    context = {**machine_context(workdir), "date": time.strftime("%Y-%m-%d %H:%M"),
+               "box_cc": ccs, "keepalive_s": KEEPALIVE_S}
+    rep = {"bench": "uplink", "elapsed_s": time.monotonic() - started,
+           "load": (load0, os.getloadavg()[0]), "context": context, "rows": rows,
+           "targets": targets(rows)}
+    if not args.keep:
+        shutil.rmtree(workdir, ignore_errors=True)
+    print(json.dumps(rep, indent=2) if args.json else markdown(rep))
+    return 0
+
+
+def run_pass(cc: str, links: list[Link], senders: list[Sender], workdir: Path,
+             segment: SegmentRef, rng: random.Random, args: argparse.Namespace
+             ) -> list[dict[str, Any]]:
+    """Every link and sender on one topology whose box uses TCP ``cc``."""
+    topo = Topology(workdir, cc)
     probe: Probe | None = None
+    out: list[dict[str, Any]] = []
     try:
         topo.up()
         enter_netns(topo.box)  # this thread and every thread it starts: the agent's side
         probe = Probe(topo.broker.port)
         run_in_netns(topo.srv, probe.start)  # the probe's loop thread lives in srv
-        spool = workdir / "spool.bin"
-        make_spool(spool, BACKLOG_BYTES)
-        plan: list[tuple[int, float, dict[str, Any]]]
-        capped = {"max_kbps": 900, "name": "agent 16 KB, max_kbps 900 (90% of the link)"}
-        if args.quick:
-            plan = [(16 * 1024, args.window_s / 2, {}), (16 * 1024, args.window_s / 2, capped)]
-            restore_plan = [("wan-down", 12.0), ("blackhole", 12.0)]
-        else:
-            sweep = args.sweep_window_s
-            plan = [(16 * 1024, args.window_s, {}),
-                    *((kb * 1024, sweep, {}) for kb in (8, 32, 64)),
-                    (16 * 1024, args.window_s, capped)]
-            restore_plan = [("wan-down", 3.0), ("wan-down", 8.0), ("wan-down", 12.0),
-                            ("blackhole", 12.0)]
-        for i, (chunk, window, extra) in enumerate(plan):
-            runs.append(run_agent(topo, probe, workdir, spool, chunk, window, rng,
-                                  restores=restore_plan if i == 0 else None, **extra))
-            print(f"uplink: {runs[-1].name}: {describe(runs[-1].latencies)} "
-                  f"goodput {runs[-1].goodput:.3f}", file=sys.stderr, flush=True)
-        fifo, two = run_baselines(topo, probe, 16 * 1024,
-                                  args.sweep_window_s if not args.quick else 10.0, rng)
-        runs += [fifo, two]
-    except (BenchError, RuntimeError, OSError) as exc:
-        print(f"uplink: {exc} (work dir kept: {workdir})", file=sys.stderr)
-        return 1
+        for link in links:
+            for sender in senders:
+                topo.shape(link.kbit, link.queue_ms)
+                chunk = agent_chunk(link) if sender.auto and not sender.fifo else CHUNK_BYTES
+                row = Row(cc, link, sender, chunk)
+                presses = Presses(topo, link, rng, args.presses,
+                                  args.gap_s / 2 if link.steps else args.gap_s)
+                cuts = ([("wan-down", 3.0), ("wan-down", 8.0), ("wan-down", 12.0),
+                         ("blackhole", 12.0)]
+                        if not args.no_cuts and cc == "reno" and sender.auto
+                        and not sender.fifo and link == LINKS[2] else [])
+                if sender.fifo:
+                    run_fifo(row, topo, probe, segment, presses)
+                else:
+                    run_agent(row, topo, probe, workdir, segment, presses, cuts)
+                out.append(summarise(row, presses.t_steps))
+                print(f"uplink: {cc} {link.name} {sender.name}: "
+                      f"{json.dumps({k: v for k, v in out[-1].items() if k != 'pacing'})}",
+                      file=sys.stderr, flush=True)
     finally:
         if probe is not None:
             probe.stop()
         topo.down()
-        handler.setStream(sys.stderr)
-        agent_log.close()
-    agent_runs = [r for r in runs if r.name.startswith("agent")]
-    head = agent_runs[0]
-    restores = [x["restore_to_alarm_s"] for x in head.restores]
-    rep = {
-        "bench": "uplink", "elapsed_s": time.monotonic() - started,
-        "context": machine_context(workdir, topo),
-        "runs": [summarise(r) for r in runs],
-        "targets": {
-            "p99": "met" if head.latencies and percentile(sorted(head.latencies), 99) * 1e3
-            < TARGET_P99_MS and not head.lost else "MISSED",
-            "goodput": "met" if head.goodput >= TARGET_GOODPUT else "MISSED",
-            "restore": "met" if restores and all(t is not None and t <= TARGET_RESTORE_S
-                                                 for t in restores) else "MISSED",
-        },
-    }
-    if not args.keep:
-        shutil.rmtree(workdir, ignore_errors=True)
-    print(json.dumps(rep, indent=2) if args.json else markdown(rep))
-    return 0
+    return out
 
 
 if __name__ == "__main__":

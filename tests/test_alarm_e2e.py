@@ -131,6 +131,11 @@ def test_status_command_reports_buttons_and_outbox(
     status = json.loads(cli("status", "--json", "-c", str(agent_process.config)).stdout)
     assert set(status["buttons"]) == {"entrance", "gym", "office", "corridor"}
     assert status["last_alarm"]["button_id"] == "gym"
+    # What the pacer uses, measured (TCP_INFO on Linux) or fixed: the same keys either way.
+    assert set(status["uplink"]["pacing"]) == {
+        "mode", "upload_kbps", "ceiling_kbps", "base_rtt_ms", "queue_delay_ms",
+        "alarm_wait_ms", "notsent_lowat", "window"}
+    assert "pacing    " in r.stdout
 
 
 def test_status_without_a_running_agent_says_so(agent_config: Path) -> None:

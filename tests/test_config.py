@@ -31,6 +31,7 @@ from agent.config.model import (
     Problem,
     RecordingMode,
     TlsConfig,
+    UplinkConfig,
     Wiring,
 )
 from agent.errors import ConfigError
@@ -296,7 +297,7 @@ def test_minimal_config_gets_the_documented_defaults(tmp_path: Path) -> None:
     assert config.storage.path == Path("/var/lib/edge-agent")
     assert config.storage.max_gb == 2.0
     assert config.recording.mode is RecordingMode.OFF
-    assert config.uplink.max_kbps is None
+    assert config.uplink.max_kbps is None and config.uplink.auto_rate
     assert config.indicators.ack_timeout_s == 300.0
     assert config.commands.public_key_file is None
     assert config.source is None
@@ -371,7 +372,7 @@ cameras:
   - {{id: hall, source: "file:clips/hall.mp4", size: 1280x720, fps: 25, bitrate_kbps: 2500}}
 storage: {{path: state, max_gb: 0.5}}
 recording: {{mode: continuous, path: /srv/rec, max_gb: 50}}
-uplink: {{max_kbps: 800}}
+uplink: {{max_kbps: 800, auto_rate: false}}
 indicators: {{led_pin: 24, buzzer_pin: 25, ack_timeout_s: 60}}
 commands: {{public_key_file: centre.pub}}
 log: {{level: debug}}
@@ -397,6 +398,7 @@ log: {{level: debug}}
         24,
     )
     assert config.indicators.led_pin == 24
+    assert config.uplink == UplinkConfig(800, auto_rate=False)
     assert config.commands.public_key_file == tmp_path / "centre.pub"
 
 

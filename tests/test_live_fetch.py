@@ -15,6 +15,7 @@ from agent.config import default_config_text
 from agent.delivery.outbox import Outbox
 from agent.delivery.protocol import Topics
 from agent.delivery.uplink.link import Uplink
+from agent.delivery.uplink.pacing import Pacer
 from agent.testing.broker import Mosquitto
 from tests.conftest import AgentProcess, Centre, cli, subscriber, wait_for
 from tests.test_uplink import _mqtt
@@ -113,7 +114,8 @@ def test_live_skips_to_the_newest_segment_when_the_link_is_behind(tmp_path: Path
     topics = Topics("schools", "site-a")
     box = Outbox.open(tmp_path / "o.db")
     col = subscriber(broker.port, "schools/site-a/live/#", client_id="live")
-    up = Uplink(_mqtt(broker.port), topics, box, lambda s, _r: s.encode(), max_video_kbps=160)
+    up = Uplink(_mqtt(broker.port), topics, box, lambda s, _r: s.encode(),
+                pacer=Pacer(160, auto=False))
     up.start()
     try:
         wait_for(lambda: up.state == "online", 10, "online")

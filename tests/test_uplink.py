@@ -12,7 +12,7 @@ from agent.config.model import MqttConfig
 from agent.delivery.outbox import Outbox
 from agent.delivery.protocol import Priority, Topics
 from agent.delivery.uplink.link import Uplink
-from agent.delivery.uplink.pacing import TokenBucket, notsent_lowat
+from agent.delivery.uplink.pacing import Pacer, TokenBucket, notsent_lowat
 from agent.testing.broker import Mosquitto
 from agent.testing.mqtt import MqttClient
 from tests.conftest import subscriber, wait_for
@@ -60,7 +60,7 @@ def _clips(box: Outbox, n: int, size: int) -> None:
 def test_alarm_overtakes_a_queued_clip_backlog(broker: Mosquitto, outbox: Outbox) -> None:
     col = subscriber(broker.port, "schools/site-a/#", client_id="prio")
     _clips(outbox, 300, 16_000)
-    up = _uplink(broker, outbox, max_video_kbps=4000)  # a slow link: the backlog takes seconds
+    up = _uplink(broker, outbox, pacer=Pacer(4000, auto=False))  # slow: the backlog takes s
     try:
         wait_for(
             lambda: sum(t.endswith("/clip/cam") for t in _topics(col)) >= 5,
@@ -85,7 +85,7 @@ def test_video_cap_holds_and_everything_arrives_in_order(broker: Mosquitto, outb
     col = subscriber(broker.port, "schools/site-a/clip/#", client_id="cap")
     _clips(outbox, 40, 10_000)  # 400 KB
     t0 = time.monotonic()
-    up = _uplink(broker, outbox, max_video_kbps=800)  # 100 KB/s with a 1 s burst
+    up = _uplink(broker, outbox, pacer=Pacer(800, auto=False))  # 100 KB/s
     try:
         wait_for(lambda: col.count() >= 40, 15, "every clip chunk")
         elapsed = time.monotonic() - t0
@@ -102,7 +102,7 @@ def test_unacked_messages_are_resent_after_the_broker_dies(
 ) -> None:
     col = subscriber(broker.port, "schools/site-a/clip/#", client_id="resend")
     _clips(outbox, 60, 20_000)
-    up = _uplink(broker, outbox, max_video_kbps=2000)
+    up = _uplink(broker, outbox, pacer=Pacer(2000, auto=False))
     try:
         wait_for(lambda: col.count() >= 10, 10, "some chunks")
         broker.kill()

@@ -41,7 +41,7 @@ from agent.commands.nonces import NonceStore
 from agent.commands.router import CommandRouter
 from agent.commands.verify import CommandVerifier
 from agent.config.model import Config
-from agent.delivery.framing import clip_chunks, live_chunks
+from agent.delivery.framing import CHUNK_BYTES, clip_chunks, live_chunks
 from agent.delivery.outbox import Outbox
 from agent.delivery.protocol import (
     PROTOCOL_VERSION,
@@ -54,6 +54,7 @@ from agent.delivery.protocol import (
     new_event_id,
 )
 from agent.delivery.uplink.link import LinkState, Uplink
+from agent.delivery.uplink.pacing import Pacer
 from agent.errors import AgentError
 from agent.hardware.buttons import ButtonBoard, ButtonEvent, make_pin_factory
 from agent.hardware.indicators import Indicators
@@ -117,7 +118,7 @@ class Daemon:
             indicators=self.indicators, video=self.video, topics=self.topics,
             summary=self._summary, set_test_mode=self.set_test_mode))
         self.uplink = Uplink(self.cfg.mqtt, self.topics, self.outbox, self._status_payload,
-                             max_video_kbps=self.cfg.uplink.max_kbps,
+                             pacer=Pacer(self.cfg.uplink.max_kbps, self.cfg.uplink.auto_rate),
                              on_message=self._on_message,
                              on_clip_receipt=self.video.release,
                              subscriptions=(self.topics.cmd,) if self.router else (),
@@ -261,7 +262,8 @@ class Daemon:
         """A clip segment is on disk: queue its chunks, below alarms, and keep the spool in
         its budget by dropping whole clips, oldest first (never an alarm)."""
         assert self.outbox is not None and self.uplink is not None and self.video is not None
-        self.outbox.add_many(clip_chunks(self.topics, cs, sig=self.video.signature(cs)))
+        size = self.uplink.pacer.chunk_bytes(CHUNK_BYTES)  # smaller on a slow link
+        self.outbox.add_many(clip_chunks(self.topics, cs, size, sig=self.video.signature(cs)))
         self.uplink.wake()
         while self.video.over_budget():
             oldest = self.outbox.drop_oldest_clip(keep=cs.event_id)
@@ -275,8 +277,8 @@ class Daemon:
                          final: bool) -> None:
         assert self.uplink is not None
         self.trace(Point.LIVE_SEGMENT, segment.sha256)
-        self.uplink.post_live(self.topics.live(camera_id),
-                              live_chunks(session, segment, seq, final))
+        self.uplink.post_live(self.topics.live(camera_id), live_chunks(
+            session, segment, seq, final, self.uplink.pacer.chunk_bytes(CHUNK_BYTES)))
         self.trace(Point.LIVE_POSTED, segment.sha256)
 
     def _system_fault(self, detail: str) -> None:
@@ -412,7 +414,8 @@ class Daemon:
                        "last_ack_at": rfc3339_or_none(self.uplink.last_ack_at),
                        "centre": {True: "listening", False: "NOT listening",
                                   None: "unknown"}[self.uplink.centre_present],
-                       "broker": f"{self.cfg.mqtt.host}:{self.cfg.mqtt.port}"},
+                       "broker": f"{self.cfg.mqtt.host}:{self.cfg.mqtt.port}",
+                       "pacing": self.uplink.pacer.status()},
             "outbox": {**self.outbox.depth(), "last_seq": self.outbox.last_seq(),
                        "disk_error": self.outbox.disk_error},
             "dc09": self.dc09.status() if self.dc09 else None,

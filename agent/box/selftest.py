@@ -26,6 +26,7 @@ from agent.delivery.dc09.events import BOX_ZONE, Event, EventKind, encode
 from agent.delivery.dc09.frame import Address, FrameError, ReplyKind, build
 from agent.delivery.dc09.link import Link, LinkError
 from agent.delivery.dc09.settings import Receiver, Settings
+from agent.delivery.uplink.pacing import describe
 from agent.errors import AgentError
 
 
@@ -42,6 +43,8 @@ def run_checks(cfg: Config, camera_timeout_s: float = 5.0) -> list[Check]:
     checks = [_disk(cfg), _clock(), *_buttons(cfg, running)]
     checks += [_camera(cam, camera_timeout_s) for cam in cfg.cameras]
     checks.append(_broker_of_running(running) if running else _broker(cfg))
+    if running:
+        checks.append(_upload(running))
     if cfg.dc09 is not None:
         checks += [_dc09(cfg.dc09.settings, r, cfg.site.name) for r in cfg.dc09.settings.receivers]
     return checks
@@ -64,6 +67,21 @@ def _broker_of_running(status: dict[str, Any]) -> Check:
         return Check("broker", True, f"{up['broker']}: the running agent is online")
     return Check("broker", False, f"{up['broker']}: the running agent is {up['state']}: "
                  f"{up['last_error']}", "check the network, mqtt.host/port and the TLS files")
+
+
+def _upload(status: dict[str, Any]) -> Check:
+    """What the running agent measured of the school's upload: only it can, while video
+    uploads (a second connection would replace the agent's, see _running_status)."""
+    pacing = status["uplink"].get("pacing") or {}
+    detail = describe(pacing)
+    if pacing.get("mode") != "auto" and not pacing.get("ceiling_kbps"):
+        return Check("upload", False, f"{detail}: an alarm can wait behind our own video in "
+                     "the modem's buffer, 0.5 s or more",
+                     "remove uplink.auto_rate: false from the config")
+    if (pacing.get("alarm_wait_ms") or 0) > 1000:
+        return Check("upload", False, detail, "the upload is very slow or something else at "
+                     "the school fills it: check the router; uplink.max_kbps caps our video")
+    return Check("upload", True, detail)
 
 
 def format_table(checks: list[Check]) -> str:

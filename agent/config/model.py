@@ -166,7 +166,8 @@ class RecordingConfig:
 
 @dataclass(frozen=True, slots=True)
 class UplinkConfig:
-    max_kbps: int | None = None
+    max_kbps: int | None = None  # a ceiling on video; the rate below it is found (auto_rate)
+    auto_rate: bool = True  # false: video as fast as TCP allows, up to max_kbps
 
 
 @dataclass(frozen=True, slots=True)

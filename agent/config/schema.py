@@ -288,7 +288,8 @@ def _recording(m: Map) -> RecordingConfig:
 
 
 def _uplink(m: Map) -> UplinkConfig:
-    return UplinkConfig(m.opt("max_kbps", as_integer(1)))
+    return UplinkConfig(m.opt("max_kbps", as_integer(1)),
+                        m.get("auto_rate", as_boolean, UplinkConfig().auto_rate))
 
 
 def _indicators(m: Map) -> IndicatorsConfig:

@@ -1,7 +1,8 @@
 """Clip and live segments as MQTT messages: a JSON header line, then a slice of the video.
 
 The one place video becomes outbox rows and live payloads (docs/protocol.md, "clip" and "live").
-Chunks are small (``CHUNK_BYTES``) because an alarm may have to wait behind one on the wire.
+Chunks are small (``CHUNK_BYTES`` at most; on a slow link the uplink's pacer asks for smaller)
+because an alarm may have to wait behind one on the wire.
 """
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ from dataclasses import asdict
 
 from agent.clock import rfc3339
 from agent.delivery.outbox import BlobRef
-from agent.delivery.protocol import ChunkHeader, Priority, Topics, dumps
+from agent.delivery.protocol import MAX_CHUNKS, ChunkHeader, Priority, Topics, dumps
 from agent.video.clips import ClipSegment
 from agent.video.segmenter import Segment
 
@@ -24,6 +25,7 @@ def clip_chunks(topics: Topics, cs: ClipSegment, chunk_bytes: int = CHUNK_BYTES,
     """A stored clip segment as outbox rows: a JSON header each, the bytes read from the spool
     file at send time (so the outbox never holds a second copy of the video)."""
     ref = cs.segment
+    chunk_bytes = max(chunk_bytes, -(-ref.bytes // MAX_CHUNKS))
     count = max(1, -(-ref.bytes // chunk_bytes))
     rows: list[ChunkRow] = []
     for i in range(count):
@@ -41,6 +43,7 @@ def live_chunks(session: str, segment: Segment, seq: int, final: bool,
                 chunk_bytes: int = CHUNK_BYTES) -> list[bytes]:
     """A live segment as message payloads, built in memory: live video never touches the disk."""
     data = segment.data
+    chunk_bytes = max(chunk_bytes, -(-len(data) // MAX_CHUNKS))
     count = max(1, -(-len(data) // chunk_bytes))
     return [dumps_header(ChunkHeader(
         event_id=session, camera_id=segment.camera_id, segment=seq, final=final, chunk=i,

@@ -41,7 +41,7 @@ from agent.delivery.outbox import Message, Outbox
 from agent.delivery.protocol import Priority, Topics
 from agent.delivery.uplink.client import build_client, close_quietly
 from agent.delivery.uplink.mailbox import LIVE_ROW, Mailbox
-from agent.delivery.uplink.pacing import TCP_NOTSENT_LOWAT, Gate, TokenBucket, notsent_lowat
+from agent.delivery.uplink.pacing import MAX_WAIT_S, Gate, Pacer
 from agent.delivery.uplink.receipts import Confirmations
 from agent.errors import OutboxError
 from agent.supervision import Supervisor, Worker
@@ -69,8 +69,7 @@ class Uplink:
         outbox: Outbox,
         status_payload: Callable[[str, str], bytes],
         *,
-        window: int = 8,
-        max_video_kbps: int | None = None,
+        pacer: Pacer | None = None,
         connack_timeout_s: float = 10.0,
         backoff: Backoff | None = None,
         on_message: Callable[[str, bytes], None] | None = None,
@@ -85,7 +84,6 @@ class Uplink:
         self._topics = topics
         self._outbox = outbox
         self._status_payload = status_payload
-        self._window = window
         self._connack_timeout_s = connack_timeout_s
         self._backoff = backoff or Backoff()
         self._on_message_cb = on_message
@@ -113,8 +111,7 @@ class Uplink:
         self._refused: set[int] = set()  # rows the broker refused: retried on the next connection
         self._dirty = True
         self._offline_mid: int | None = None
-        self._bucket = TokenBucket(max_video_kbps)
-        self._lowat = notsent_lowat(max_video_kbps)
+        self.pacer = pacer or Pacer()
         self._gate = Gate.IDLE  # why video is not being handed to paho right now
         self._bulk_due = 0.0
         self._acked_bulk: list[int] = []  # video rows acked but not yet deleted
@@ -226,8 +223,9 @@ class Uplink:
         sock = client.socket()
         if isinstance(sock, socket.socket):
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            # Writable only while less than this is unsent: bounds what an alarm queues behind.
-            sock.setsockopt(socket.IPPROTO_TCP, TCP_NOTSENT_LOWAT, self._lowat)
+            # Writable only while little is unsent (the pacer's low-water mark, and its pacing):
+            # bounds what an alarm queues behind.
+            self.pacer.attach(sock)
         self._inflight.clear()
         self._refused.clear()
         return client
@@ -274,14 +272,18 @@ class Uplink:
                 oldest = min(self._alarm_sent.values())
                 timeout = min(timeout, max(0.0, oldest + self._alarm_ack_timeout_s - now))
             if self.state is LinkState.ONLINE:
-                bucket_due = self._gate is Gate.BUCKET and now >= self._bulk_due
-                if self._dirty or sock_writable or bucket_due:
+                due = self._gate in (Gate.BUCKET, Gate.PATH) and now >= self._bulk_due
+                # While video waits, the path is watched at least every MAX_WAIT_S.
+                watch = self.pacer.auto and self._gate is not Gate.IDLE
+                if self._dirty or sock_writable or due or watch:
                     self._publish_latest(client)
                     self._pump(client, sock_writable)
                 self._flush_acks(force=False)
                 self._resend_unconfirmed(client, now)
-                if self._gate is Gate.BUCKET:
+                if self._gate in (Gate.BUCKET, Gate.PATH):
                     timeout = min(timeout, self._bulk_due - now)
+                if watch:
+                    timeout = min(timeout, MAX_WAIT_S)
                 resend_due = self.centre.next_due()
                 if resend_due is not None:
                     timeout = min(timeout, resend_due - now)
@@ -364,12 +366,18 @@ class Uplink:
             for msg in urgent:
                 if not self._publish(client, msg):
                     return
+            now = self._clock()
+            path = self.pacer.path_wait(client.socket(), now)  # None: no path measure
             bulk_in_flight = sum(1 for _, p in self._inflight.values() if p >= Priority.LIVE)
-            if bulk_in_flight >= self._window:
+            if bulk_in_flight >= self.pacer.window:
                 self._gate = Gate.WINDOW  # a PUBACK sets _dirty
                 return
-            if client.want_write() or not (sock_writable or bulk_in_flight == 0):
+            if client.want_write() or \
+                    (path is None and not (sock_writable or bulk_in_flight == 0)):
                 self._gate = Gate.SOCKET
+                return
+            if path:
+                self._gate, self._bulk_due = Gate.PATH, now + path
                 return
             live = self.mailbox.next_live()
             bulk = [live] if live else self._outbox.next_batch(
@@ -380,15 +388,15 @@ class Uplink:
         if not bulk or bulk[0].priority < Priority.LIVE:
             self._gate = Gate.IDLE
             return
-        now = self._clock()
-        wait = self._bucket.wait_for(len(bulk[0].payload), now)
+        wait = self.pacer.wait_for(len(bulk[0].payload), now)
         if wait > 0:
             self._gate, self._bulk_due = Gate.BUCKET, now + wait
             return
         if bulk[0].id == LIVE_ROW:
             self.mailbox.taken(bulk[0])
         self._publish(client, bulk[0])
-        self._gate = Gate.SOCKET  # the next one when the socket has room again
+        # The next one when the socket has room again, or (measured) the path has drained.
+        self._gate, self._bulk_due = (Gate.PATH, now) if self.pacer.auto else (Gate.SOCKET, 0.0)
 
     def _resend_unconfirmed(self, client: mqtt.Client, now: float) -> None:
         for msg in self.centre.due(now, set(self._inflight_rows())):
