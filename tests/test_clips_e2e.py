@@ -50,7 +50,10 @@ def _decode_all(path: Path) -> int:
 
 
 def _clips(store: Path) -> list[Path]:
-    return sorted(store.glob("sim-school/*/*.ts"))
+    """The clips the receiver has finished: linked into place, then verified (the
+    ``.verify.json`` beside each comes last)."""
+    return sorted(p for p in store.glob("sim-school/*/*.ts")
+                  if p.with_suffix(".verify.json").exists())
 
 
 def _video_on_disk(state: Path) -> list[Path]:

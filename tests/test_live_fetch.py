@@ -97,7 +97,7 @@ def test_fetch_pulls_recorded_history_as_a_verified_clip(school: tuple[AgentProc
                           "--from", stamp(now - 4), "--to", stamp(now - 1))
         clip_id = result["data"]["clip_id"]  # type: ignore[index]
         clip = store / "sim-school" / str(clip_id) / "office-cam.ts"
-        wait_for(clip.exists, 15, "the fetched clip")
+        wait_for(clip.with_name("office-cam.verify.json").exists, 15, "the fetched clip, verified")
         assert _duration(clip) >= 2.0
         assert json.loads(clip.with_name("office-cam.verify.json").read_text())["verified"]
         r = cli("central", "--broker", broker.url, "--store", str(store), "--key",

@@ -23,6 +23,7 @@ from agent.delivery.uplink.pacing import (
     RATE_KEEP,
     Pacer,
     PathMeter,
+    describe,
 )
 from agent.delivery.uplink.tcpinfo import TcpInfo
 
@@ -254,3 +255,29 @@ def test_selftest_says_what_the_running_agent_measured(pacing: dict[str, object]
     check = _upload({"uplink": {"pacing": pacing}})
     assert check.name == "upload" and check.ok is ok and words in check.detail
     assert ok or check.fix
+
+
+def test_status_while_the_path_delivers_nothing() -> None:
+    """A black-holed link delivers nothing while video waits: the estimate falls to 0, and the
+    status (status --json, health, selftest) must still answer. It divided by zero, the
+    control socket's thread died, and `edge-agent status` got no answer while the link was
+    dead, which is when a technician asks (tests/fault/test_link_cut.py found it)."""
+    kernel = _FakeKernel(_info(0, min_rtt_s=0.03))
+    pacer = Pacer(read=kernel)
+    with socket.socket() as sock:
+        pacer.attach(sock)
+        t, acked = 0.0, 0
+        while t < 1.2:  # a working link first
+            t += 0.05
+            acked += 6_000
+            kernel.info = _info(acked, in_flight=3_600, min_rtt_s=0.03)
+            pacer.path_wait(sock, t)
+        pacer.wait_for(16_000, t)
+        while t < 6.0:  # then nothing is acknowledged any more, and video waits all along
+            t += 0.05
+            kernel.info = _info(acked, in_flight=60_000, min_rtt_s=0.03)
+            pacer.path_wait(sock, t)
+    status = pacer.status()
+    assert status["mode"] == "auto" and status["upload_kbps"] == 0
+    assert status["alarm_wait_ms"] is None and status["queue_delay_ms"] is None
+    assert "link down" in describe(status)

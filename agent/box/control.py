@@ -98,6 +98,9 @@ class ControlServer:
                 reply = {"ok": False, "error": str(exc)}
             except (ValueError, OSError) as exc:
                 reply = {"ok": False, "error": f"bad request: {exc}"}
+            except Exception as exc:  # a bug in one answer: say so, log it once, keep serving
+                log.exception("control request failed")
+                reply = {"ok": False, "error": f"the agent failed to answer: {exc!r} (see its log)"}
             with contextlib.suppress(OSError):  # the client went away; nothing to tell
                 conn.sendall(json.dumps(reply).encode() + b"\n")
 

@@ -78,6 +78,9 @@ def _upload(status: dict[str, Any]) -> Check:
         return Check("upload", False, f"{detail}: an alarm can wait behind our own video in "
                      "the modem's buffer, 0.5 s or more",
                      "remove uplink.auto_rate: false from the config")
+    if pacing.get("upload_kbps") == 0:
+        return Check("upload", False, detail, "check the school's router and its uplink; the "
+                     "broker line above says whether the connection is up")
     if (pacing.get("alarm_wait_ms") or 0) > 1000:
         return Check("upload", False, detail, "the upload is very slow or something else at "
                      "the school fills it: check the router; uplink.max_kbps caps our video")

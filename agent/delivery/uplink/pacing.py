@@ -276,7 +276,7 @@ class Pacer:
     def _alarm_wait(self, m: PathMeter | None, upload: float | None) -> float | None:
         """How long an alarm pressed now would take while video uploads: the path's round
         trip, and at most one video message and the margin ahead of it at the upload rate."""
-        if m is None or upload is None or m.base_rtt_s is None:
+        if m is None or not upload or m.base_rtt_s is None:  # 0: nothing delivered (a dead link)
             return None
         return m.base_rtt_s + (self.largest_message + m.margin) / upload
 
@@ -290,6 +290,8 @@ def describe(status: dict[str, Any]) -> str:
     upload = status.get("upload_kbps")
     if upload is None:
         return "not measured yet: it is measured while video uploads"
+    if upload == 0:
+        return "nothing delivered in the last seconds while video waited: is the link down?"
     mbit = upload / 1000
     wait = (status.get("alarm_wait_ms") or 0.0) / 1000
     return (f"upload about {mbit:.1f} Mbit/s; alarms will reach the centre in "
