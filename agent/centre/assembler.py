@@ -51,7 +51,7 @@ from agent.centre.holdings import (
     Segment,
     Stream,
 )
-from agent.centre.intake import FairQueue, Limits, Reporter
+from agent.centre.intake import FairQueue, Limits, Reporter, end_worker
 from agent.centre.ledgers import LedgerStore
 from agent.delivery.protocol import (
     MAX_PUBKEY_BYTES,
@@ -100,11 +100,7 @@ class Assembler:
 
     def stop(self, timeout: float = 5.0) -> bool:
         """False if the thread is still busy (writing a long clip) after ``timeout``."""
-        self._stopping.set()
-        self._queue.wake()
-        if self._thread is not None:
-            self._thread.join(timeout)
-        return self._thread is None or not self._thread.is_alive()
+        return end_worker(self._thread, self._stopping, self._queue, timeout)
 
     def drain(self) -> int:
         """Process, on the calling thread, everything queued now (tests; the thread not

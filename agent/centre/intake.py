@@ -121,6 +121,17 @@ class FairQueue(Generic[T]):
             self._cond.notify_all()
 
 
+def end_worker(thread: threading.Thread | None, stopping: threading.Event,
+               queue: FairQueue[T], timeout: float) -> bool:
+    """Tell a queue's worker to stop, wake it, and wait up to ``timeout`` for it to finish
+    what it is doing; False if it is still busy then."""
+    stopping.set()
+    queue.wake()
+    if thread is not None:
+        thread.join(timeout)
+    return thread is None or not thread.is_alive()
+
+
 class Budget:
     """A token bucket per site: ``take(site, n)`` is False once the site is over its rate."""
 

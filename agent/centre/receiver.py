@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from agent.box.walktest import MAX_MINUTES
-from agent.centre.intake import Budget, FairQueue, Limits, Reporter
+from agent.centre.intake import Budget, FairQueue, Limits, Reporter, end_worker
 from agent.centre.ledger import Stored
 from agent.centre.ledgers import LedgerStore
 from agent.clock import parse_rfc3339, rfc3339
@@ -87,11 +87,7 @@ class AlarmDesk:
         """Store what is queued, for up to ``timeout``; the rest is not confirmed, so the boxes
         send it again when a receiver is back. False if the thread is still busy."""
         self._stop_by = time.monotonic() + timeout - 0.5
-        self._stopping.set()
-        self._queue.wake()
-        if self._thread is not None:
-            self._thread.join(timeout)
-        return self._thread is None or not self._thread.is_alive()
+        return end_worker(self._thread, self._stopping, self._queue, timeout)
 
     def drain(self) -> int:
         """Process, on the calling thread, everything queued now (tests; the thread not
