@@ -11,7 +11,7 @@ from importlib import resources
 from pathlib import Path
 
 from agent.config.model import Config, Problem, TlsConfig
-from agent.config.reader import stat_mode, unreadable
+from agent.config.reader import read_text, stat_mode
 from agent.config.schema import parse
 from agent.errors import ConfigError
 from agent.logs import redact
@@ -25,22 +25,9 @@ _MAX_BYTES = 1 << 20  # a config file is a few KB; more means the wrong file was
 
 def load_config(path: str | Path) -> Config:
     """Read and validate a config file; every way it can fail becomes a ConfigError."""
-    source = str(path)
-    try:
-        with open(path, "rb") as file:
-            raw = file.read(_MAX_BYTES + 1)
-    except (OSError, ValueError) as err:
-        raise ConfigError([Problem(source, None, "", unreadable(err))]) from None
-    if len(raw) > _MAX_BYTES:
-        raise ConfigError([Problem(source, None, "", "larger than 1 MiB: is this the right file?")])
-    try:
-        text = raw.decode("utf-8-sig")  # a BOM from a Windows editor is harmless
-    except UnicodeDecodeError as err:
-        line = raw.count(b"\n", 0, err.start) + 1
-        message = f"not UTF-8 text (byte 0x{raw[err.start]:02x}): save the file as UTF-8"
-        raise ConfigError([Problem(source, line, "", message)]) from None
+    text = read_text(path, _MAX_BYTES, "start from agent.example.yaml")
     origin = Path(path).absolute()
-    return parse(text, source, origin.parent, origin)
+    return parse(text, str(path), origin.parent, origin)
 
 
 def parse_config(text: str, source: str = "<string>", *, base_dir: Path | None = None) -> Config:

@@ -23,6 +23,7 @@ from typing import TypeVar
 import yaml
 
 from agent.config.model import Problem
+from agent.errors import ConfigError
 from agent.logs import redact as redact_url
 
 T = TypeVar("T")
@@ -331,8 +332,10 @@ def as_section(build: Callable[[Map], T | None]) -> Conv[T]:
 # From text to Config.
 
 
-def compose(text: str, ctx: Ctx) -> yaml.Node | None:
-    """The node tree, or None with the reason reported (syntax, empty, not a mapping)."""
+def compose(text: str, ctx: Ctx, *, start: str = "start from agent.example.yaml",
+            sections: str = "site:, mqtt: and buttons:") -> yaml.Node | None:
+    """The node tree, or None with the reason reported (syntax, empty, not a mapping); ``start``
+    and ``sections`` name, for the file being read, where to begin and what its top level holds."""
     def fail(line: int | None, message: str) -> None:
         ctx.problems.append(Problem(ctx.source, line, "", message))
 
@@ -350,10 +353,10 @@ def compose(text: str, ctx: Ctx) -> yaml.Node | None:
         fail(None, "nested too deeply to be a configuration file")
         return None
     if root is None or is_null(root):
-        fail(None, "the file is empty: start from agent.example.yaml")
+        fail(None, f"the file is empty: {start}")
     elif not isinstance(root, yaml.MappingNode):
-        fail(line(root), "the top level must be sections such as site:, mqtt: and buttons:,"
-             f" got {describe(root)}")
+        fail(line(root), f"the top level must be sections such as {sections}, got "
+             f"{describe(root)}")
     else:
         return root
     return None
@@ -367,9 +370,29 @@ def syntax_message(err: yaml.MarkedYAMLError) -> str:
     return words
 
 
-def unreadable(err: OSError | ValueError) -> str:
+def read_text(path: str | Path, max_bytes: int, start: str) -> str:
+    """A YAML file's text; every way reading it can fail is a ConfigError naming the file (and
+    the line, for bytes that are not UTF-8). ``start``: what to begin from when it is missing."""
+    source = str(path)
+    try:
+        with open(path, "rb") as file:
+            raw = file.read(max_bytes + 1)
+    except (OSError, ValueError) as err:
+        raise ConfigError([Problem(source, None, "", unreadable(err, start))]) from None
+    if len(raw) > max_bytes:
+        raise ConfigError([Problem(source, None, "", f"larger than {max_bytes >> 20} MiB: is "
+                                   "this the right file?")])
+    try:
+        return raw.decode("utf-8-sig")  # a BOM from a Windows editor is harmless
+    except UnicodeDecodeError as err:
+        line = raw.count(b"\n", 0, err.start) + 1
+        message = f"not UTF-8 text (byte 0x{raw[err.start]:02x}): save the file as UTF-8"
+        raise ConfigError([Problem(source, line, "", message)]) from None
+
+
+def unreadable(err: OSError | ValueError, start: str = "start from agent.example.yaml") -> str:
     if isinstance(err, FileNotFoundError):
-        return "file not found (start from agent.example.yaml)"
+        return f"file not found ({start})"
     if isinstance(err, PermissionError):
         return "permission denied: run as the agent's user, or with sudo"
     if isinstance(err, OSError) and err.strerror:

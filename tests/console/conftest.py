@@ -62,14 +62,15 @@ def school(tmp_path: Path, keys: Path, video: bool = False, centre: bool = True)
 
 
 def start_console(tmp_path: Path, broker_url: str, keys: Path, store: Path,
-                  name: str = "console", ledger_url: str | None = None) -> Console:
+                  name: str = "console", ledger_url: str | None = None,
+                  settings: Settings | None = None) -> Console:
     """A console on the receiver's ``store`` (or the shared ``ledger_url``, which then holds
     the consoles' tables too), with the two officers of PASSWORDS."""
     console = Console(Options(store=store, data=tmp_path / name,
                               endpoint=Endpoint.parse(broker_url), key_file=keys / "centre.key",
                               client_id=f"edge-{name}", listen=("127.0.0.1", 0),
-                              settings=Settings(escalate_s=ESCALATE_S), ledger_url=ledger_url,
-                              database_url=ledger_url))
+                              settings=settings or Settings(escalate_s=ESCALATE_S),
+                              ledger_url=ledger_url, database_url=ledger_url))
     if not accounts.users(console.db):
         accounts.add_user(console.db, "chief", "supervisor", PASSWORDS["chief"], "test")
         accounts.add_user(console.db, "ivanov", "operator", PASSWORDS["ivanov"], "test")
@@ -112,11 +113,14 @@ def browser() -> Iterator[Any]:   # sync_playwright instances must not be alive 
         b.close()
 
 
-def log_in(browser: Any, url: str, user: str) -> Any:
-    """A new browser context (its own cookies) logged in as ``user``; returns the page."""
+def log_in(browser: Any, url: str, user: str, requests: list[str] | None = None) -> Any:
+    """A new browser context (its own cookies) logged in as ``user``; returns the page. Every
+    URL the page asks for goes into ``requests``, when given."""
     context = browser.new_context(locale="ru-RU", timezone_id="Asia/Almaty",
                                   viewport={"width": 1440, "height": 900})
     context.set_default_timeout(10_000)
+    if requests is not None:
+        context.on("request", lambda r: requests.append(r.url))
     page = context.new_page()
     page.goto(url + "/")
     assert page.url.endswith("/login"), "an unauthenticated officer reached the console"

@@ -22,6 +22,7 @@ from agent.centre.console.feed import Feed
 from agent.centre.console.hub import Hub
 from agent.centre.console.records import LedgerReader
 from agent.centre.console.routes import Routes, Settings
+from agent.centre.console.schools import tile_origin
 from agent.centre.console.server import ConsoleServer
 from agent.centre.console.video import Video
 from agent.centre.link import Endpoint
@@ -54,14 +55,17 @@ class Console:
         self.db = open_database(options.data, options.database_url)
         self.ledger = LedgerReader.open(options.store, options.ledger_url)
         self.hub = Hub()
-        self.feed = Feed(self.ledger, self.db, self.hub)
+        self.feed = Feed(self.ledger, self.db, self.hub,
+                         [school.site_id for school in options.settings.schools])
         self.boxes = Boxes(options.endpoint, options.topic_prefix, options.client_id,
                            options.key_file, self.db, self._on_result, self.feed.on_health)
         self.desk = Desk(self.db, self.ledger, self.boxes, self.hub)
         self.routes = Routes(self.db, self.desk, self.feed, self.hub, options.settings)
         self.video = Video(options.store, options.data / "cache", self.db, self.desk,
                            self.routes)
-        self.server = ConsoleServer(options.listen, self.routes, _tls(options))
+        tiles = options.settings.map_tiles
+        self.server = ConsoleServer(options.listen, self.routes, _tls(options),
+                                    (tile_origin(tiles),) if tiles else ())
         self._thread: threading.Thread | None = None
 
     @property

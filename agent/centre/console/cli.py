@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import getpass
+import logging
 import os
 import signal
 import sys
@@ -14,6 +15,8 @@ import threading
 from pathlib import Path
 
 from agent.errors import AgentError
+
+log = logging.getLogger("agent.console")
 
 
 def default_data_dir() -> Path:
@@ -51,6 +54,16 @@ def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
     p.add_argument("--timezone", default="Asia/Almaty", help="times are shown in this zone")
     p.add_argument("--escalate", default="30,60",
                    help="seconds unacknowledged before an alarm escalates (default 30,60)")
+    p.add_argument("--schools", type=Path, default=None, metavar="FILE",
+                   help="YAML: each site id's school name, address, district and lat/lon "
+                   "(docs/console.md, \"The schools file\"); without it sites show by id")
+    p.add_argument("--map-tiles", default=None, metavar="URL",
+                   help="an XYZ tile template such as https://tiles.example/{z}/{x}/{y}.png "
+                   "for the schools' map; without it the page draws a plan (no tiles, no "
+                   "request anywhere)")
+    p.add_argument("--map-attribution", default="", metavar="TEXT",
+                   help="shown on the map, as the tiles' licence asks (e.g. '(c) "
+                   "OpenStreetMap contributors')")
     p.set_defaults(func=cmd_console)
     actions = p.add_subparsers(dest="action", metavar="ACTION")
     u = actions.add_parser("user", help="add an officer (the first supervisor, say)")
@@ -88,6 +101,7 @@ def _serve(args: argparse.Namespace, data: Path) -> int:
     from agent.centre import commander
     from agent.centre.console.app import Console, Options
     from agent.centre.console.routes import Settings
+    from agent.centre.console.schools import load_schools, tile_origin
     from agent.centre.link import Endpoint
 
     host, _, port = args.listen.rpartition(":")
@@ -97,13 +111,20 @@ def _serve(args: argparse.Namespace, data: Path) -> int:
     except ValueError:
         raise AgentError("--listen is HOST:PORT and --escalate is seconds like 30,60") from None
     _check_zone(args.timezone)
+    if args.map_tiles is not None:
+        tile_origin(args.map_tiles)
+        if args.https_cert is not None and args.map_tiles.startswith("http://"):
+            log.warning("the console is HTTPS and its map tiles plain HTTP: browsers upgrade "
+                        "or block such images; give an https:// --map-tiles")
+    schools = load_schools(args.schools) if args.schools is not None else ()
     console = Console(Options(
         store=args.store, data=data,
         endpoint=Endpoint.parse(args.broker, args.tls_ca, args.tls_cert, args.tls_key),
         key_file=args.key or commander.default_key_dir() / commander.KEY_NAME,
         topic_prefix=args.topic_prefix, client_id=args.client_id, listen=listen,
         https_cert=args.https_cert, https_key=args.https_key,
-        settings=Settings(args.timezone, escalate), ledger_url=args.ledger,
+        settings=Settings(args.timezone, escalate, schools, args.map_tiles,
+                          args.map_attribution[:200]), ledger_url=args.ledger,
         database_url=args.database))
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):

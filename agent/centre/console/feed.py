@@ -15,6 +15,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Iterable
 from typing import Any
 
 from agent.centre.console.database import Database
@@ -28,10 +29,12 @@ SITES_S = 0.5
 
 
 class Feed:
-    def __init__(self, ledger: LedgerReader, db: Database, hub: Hub) -> None:
+    def __init__(self, ledger: LedgerReader, db: Database, hub: Hub,
+                 registered: Iterable[str] = ()) -> None:
         self._ledger, self._db, self._hub = ledger, db, hub
         self._lock = threading.Lock()  # guards _sites and _health (feed and link threads)
-        self._sites: dict[str, dict[str, Any]] = {}
+        # Every site of the schools file is on the board, "unknown" until its box is heard from
+        self._sites: dict[str, dict[str, Any]] = {site: _unknown(site) for site in registered}
         self._health: dict[str, dict[str, Any]] = {}
         self._stopping = threading.Event()
         self._thread: threading.Thread | None = None
@@ -107,9 +110,12 @@ class Feed:
 
     def _site_view(self, site: str) -> dict[str, Any]:
         """Under the lock: a site's state with its latest health."""
-        base = self._sites.get(site, {"site_id": site, "state": "unknown", "since": None,
-                                      "test_until": None})
+        base = self._sites.get(site, _unknown(site))
         view = dict(base)
         view["health"] = self._health.get(site)
         self._sites[site] = base
         return view
+
+
+def _unknown(site: str) -> dict[str, Any]:
+    return {"site_id": site, "state": "unknown", "since": None, "test_until": None}

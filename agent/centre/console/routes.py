@@ -24,6 +24,7 @@ from agent.centre.console.actions import ActionError, Desk
 from agent.centre.console.database import Database
 from agent.centre.console.feed import Feed
 from agent.centre.console.hub import Hub
+from agent.centre.console.schools import School
 from agent.centre.console.server import COOKIE, Request, Response
 
 STATIC = Path(__file__).with_name("static")
@@ -39,6 +40,9 @@ PUBLIC, OPERATOR, SUPERVISOR = "public", "operator", "supervisor"
 class Settings:
     timezone: str = "Asia/Almaty"
     escalate_s: tuple[int, ...] = (30, 60)
+    schools: tuple[School, ...] = ()  # --schools: names, addresses, places (schools.py)
+    map_tiles: str | None = None  # --map-tiles: an XYZ template, checked by tile_origin
+    map_attribution: str = ""  # shown on the map: the tiles' licence may require it
 
 
 Action = Callable[[Request, Session, dict[str, str]], Response]
@@ -69,6 +73,8 @@ class Routes:
             ("POST", "/api/logout", OPERATOR, self._logout),
             ("GET", "/api/me", OPERATOR, self._me),
             ("GET", "/api/events", OPERATOR, self._events),
+            ("GET", "/api/schools", OPERATOR, lambda _r, _s, _m: Response.json(
+                {"schools": [school.as_json() for school in settings.schools]})),
             ("GET", f"/api/alarms/{site}/{event}", OPERATOR,
              lambda _r, _s, m: Response.json(self._desk.alarm(m["site"], m["event"]))),
             ("POST", f"/api/alarms/{site}/{event}/ack", OPERATOR, self._ack),
@@ -155,7 +161,9 @@ class Routes:
     def _me(self, _req: Request, who: Session, _m: dict[str, str]) -> Response:
         return Response.json({"user": who.user, "role": who.role, "csrf": who.csrf,
                               "timezone": self._settings.timezone,
-                              "escalate_s": list(self._settings.escalate_s)})
+                              "escalate_s": list(self._settings.escalate_s),
+                              "map": {"tiles": self._settings.map_tiles,
+                                      "attribution": self._settings.map_attribution}})
 
     def _events(self, req: Request, _who: Session, _m: dict[str, str]) -> Response:
         """Server-Sent Events: a snapshot, then every change as it happens."""

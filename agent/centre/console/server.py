@@ -8,7 +8,8 @@ connection is bounded (MAX_CONNECTIONS), requests are bounded (MAX_BODY), and id
 out. TLS is the server socket's (``ssl``); plain HTTP only on a loopback address.
 
 Every response carries the security headers (a strict Content-Security-Policy: no inline
-script, nothing from another origin), and API responses are never cached.
+script, nothing from another origin but the map's tiles when a tile server is configured), and
+API responses are never cached.
 """
 
 from __future__ import annotations
@@ -30,16 +31,22 @@ log = logging.getLogger("agent.console")
 MAX_CONNECTIONS = 128
 MAX_BODY = 16 * 1024
 COOKIE = "edge_console"
-SECURITY_HEADERS = {
-    "Content-Security-Policy": "default-src 'none'; script-src 'self'; style-src 'self'; "
-    "img-src 'self' data: blob:; media-src 'self' blob:; connect-src 'self'; "
-    "font-src 'self'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'",
-    "X-Content-Type-Options": "nosniff",
-    "Referrer-Policy": "no-referrer",
-    "X-Frame-Options": "DENY",
-    "Cross-Origin-Opener-Policy": "same-origin",
-    "Cross-Origin-Resource-Policy": "same-origin",
-}
+
+
+def security_headers(img_origins: tuple[str, ...] = ()) -> dict[str, str]:
+    """The headers of every response; ``img_origins``: where else images may come from (the
+    map's tile server, when one is configured: schools.py checks its origin)."""
+    img = " ".join(("'self' data: blob:", *img_origins))
+    return {
+        "Content-Security-Policy": "default-src 'none'; script-src 'self'; style-src 'self'; "
+        f"img-src {img}; media-src 'self' blob:; connect-src 'self'; "
+        "font-src 'self'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'",
+        "X-Content-Type-Options": "nosniff",
+        "Referrer-Policy": "no-referrer",
+        "X-Frame-Options": "DENY",
+        "Cross-Origin-Opener-Policy": "same-origin",
+        "Cross-Origin-Resource-Policy": "same-origin",
+    }
 
 
 @dataclass
@@ -98,8 +105,9 @@ class ConsoleServer(ThreadingHTTPServer):
     block_on_close = False
 
     def __init__(self, address: tuple[str, int], app: Handler,
-                 tls: ssl.SSLContext | None = None) -> None:
+                 tls: ssl.SSLContext | None = None, img_origins: tuple[str, ...] = ()) -> None:
         self.app, self.tls = app, tls
+        self.security_headers = security_headers(img_origins)
         self._slots = threading.BoundedSemaphore(MAX_CONNECTIONS)
         super().__init__(address, _Handler)
 
@@ -172,7 +180,7 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _send(self, response: Response) -> None:
         self.send_response(response.status)
-        headers = {**SECURITY_HEADERS, "Content-Type": response.content_type,
+        headers = {**self.server.security_headers, "Content-Type": response.content_type,
                    "Cache-Control": "no-store", **response.headers}
         if response.chunks is not None:
             headers["Transfer-Encoding"] = "chunked"

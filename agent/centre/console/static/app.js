@@ -2,7 +2,7 @@
 // The console page: who is logged in, the event stream (Server-Sent Events: the server pushes,
 // the page never polls), the alarm queue with sound and escalation, and the officers' actions.
 
-const STATE = { alarms: new Map(), sites: new Map(), selected: null, tab: "alarms" };
+const STATE = { alarms: new Map(), sites: new Map(), selected: null, school: null, tab: "alarms" };
 let audio = null;
 
 // The new state of an alarm comes back on the event stream, in order, to every console alike.
@@ -16,7 +16,7 @@ const ACTIONS = {
     catch (e) { flash(e.message); }
   },
   async command(site, name, body) {
-    try { await api("POST", "/api/sites/" + site + "/" + name, body); flash(t("sent") + ": " + name + " → " + site); }
+    try { await api("POST", "/api/sites/" + site + "/" + name, body); flash(t("sent") + ": " + name + " → " + schoolText(site)); }
     catch (e) { flash(t("failed") + ": " + e.message); }
   }
 };
@@ -46,7 +46,30 @@ function render() {
     }
   }
   window.showAlarmVideo(STATE.alarms.get(STATE.selected));
-  renderSchools(STATE.sites, ACTIONS);
+  renderBoard();
+}
+
+// The schools board: the map (or plan), the selected school's card, the table.
+function renderBoard() {
+  const now = Date.now();
+  const alarmSites = new Set([...STATE.alarms.values()]
+    .filter((a) => ["new", "escalated-1", "escalated-2"].includes(alarmLevel(a, now))).map((a) => a.site_id));
+  renderSchoolMap(STATE.sites, alarmSites, STATE.school, (site) => {
+    selectSchool(site);
+    const row = document.querySelector('tr.site-row[data-site="' + CSS.escape(site) + '"]');
+    if (row) row.scrollIntoView({ block: "nearest" });
+  });
+  renderSchoolCard(STATE.school, STATE.sites, STATE.alarms, (key) => {
+    STATE.selected = key;
+    showTab("alarms");
+    render();
+  });
+  renderSchools(STATE.sites, ACTIONS, STATE.school, selectSchool);
+}
+
+function selectSchool(site) {
+  STATE.school = site;
+  renderBoard();
 }
 
 // Unacknowledged real alarms: the page blinks (CSS) and beeps until someone acknowledges.
@@ -90,7 +113,7 @@ function connect() {
   });
   source.addEventListener("command", (e) => {
     const result = JSON.parse(e.data);
-    flash(result.site_id + " · " + result.name + ": " + (result.ok ? "OK" : result.reason));
+    flash(schoolText(result.site_id) + " · " + result.name + ": " + (result.ok ? "OK" : result.reason));
   });
   source.addEventListener("resync", () => { source.close(); connect(); });
   source.addEventListener("logout", () => { location.href = "/login"; });
@@ -100,12 +123,14 @@ function showTab(tab) {
   STATE.tab = tab;
   for (const view of document.querySelectorAll(".view")) view.hidden = view.id !== tab;
   for (const button of document.querySelectorAll(".tab")) button.classList.toggle("active", button.dataset.tab === tab);
+  if (tab === "schools") renderBoard();  // the map needs its size: drawn once visible
   if (tab === "audit") api("GET", "/api/audit").then(renderAudit).catch((e) => flash(e.message));
   if (tab === "users") api("GET", "/api/users").then(renderUsers).catch((e) => flash(e.message));
 }
 
 async function main() {
   Object.assign(ME, await api("GET", "/api/me"));
+  for (const school of (await api("GET", "/api/schools")).schools) SCHOOLS.set(school.site_id, school);
   document.body.classList.toggle("supervisor", ME.role === "supervisor");
   document.getElementById("whoami").textContent = ME.user + " (" + ME.role + ")";
   document.getElementById("zone").textContent = ME.timezone;

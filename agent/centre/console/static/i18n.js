@@ -29,7 +29,12 @@ const MESSAGES = {
     clips: "Video", download: "Original signed files", latency: "latency",
     no_clips: "No video yet", timezone: "Times in", sent: "Sent", failed: "Failed",
     ack_first: "Acknowledge to close", zone: "zone", segments: "segments",
-    unverified: "unverified (no key of the box)"
+    unverified: "unverified (no key of the box)",
+    address: "Address", district: "District", coordinates: "Coordinates", site_id: "Site id",
+    zoom_in: "Zoom in", zoom_out: "Zoom out", fit: "Show all schools", m: "m", km: "km",
+    open_alarm: "Open the alarm", no_open_alarms: "No open alarms",
+    alarm_state: "alarm not acknowledged", unplaced: "schools without coordinates (table only)",
+    plan: "Plan: no map tiles configured, schools placed to scale"
   },
   ru: {
     title: "ЦОУ: тревоги школ", login: "Войти", user: "Имя пользователя", password: "Пароль",
@@ -60,7 +65,12 @@ const MESSAGES = {
     clips: "Видео", download: "Исходные подписанные файлы", latency: "задержка",
     no_clips: "Видео ещё нет", timezone: "Время:", sent: "Отправлено", failed: "Ошибка",
     ack_first: "Сначала примите тревогу", zone: "пояс", segments: "сегм.",
-    unverified: "не проверено (нет ключа устройства)"
+    unverified: "не проверено (нет ключа устройства)",
+    address: "Адрес", district: "Район", coordinates: "Координаты", site_id: "Код объекта",
+    zoom_in: "Приблизить", zoom_out: "Отдалить", fit: "Показать все школы", m: "м", km: "км",
+    open_alarm: "Открыть тревогу", no_open_alarms: "Открытых тревог нет",
+    alarm_state: "тревога не принята", unplaced: "школы без координат (только в таблице)",
+    plan: "План: подложка карты не настроена, школы расставлены в масштабе"
   },
   kk: {
     title: "ЖБО: мектеп дабылдары", login: "Кіру", user: "Пайдаланушы аты",
@@ -89,7 +99,12 @@ const MESSAGES = {
     clips: "Бейне", download: "Түпнұсқа қол қойылған файлдар", latency: "кідіріс",
     no_clips: "Бейне әлі жоқ", timezone: "Уақыт:", sent: "Жіберілді", failed: "Қате",
     ack_first: "Алдымен дабылды қабылдаңыз", zone: "белдеу", segments: "сегм.",
-    unverified: "тексерілмеген (құрылғы кілті жоқ)"
+    unverified: "тексерілмеген (құрылғы кілті жоқ)",
+    address: "Мекенжайы", district: "Аудан", coordinates: "Координаттар", site_id: "Нысан коды",
+    zoom_in: "Жақындату", zoom_out: "Алыстату", fit: "Барлық мектептерді көрсету", m: "м", km: "км",
+    open_alarm: "Дабылды ашу", no_open_alarms: "Ашық дабыл жоқ",
+    alarm_state: "дабыл қабылданбаған", unplaced: "координатасыз мектептер (тек кестеде)",
+    plan: "Жоспар: карта негізі бапталмаған, мектептер масштабпен орналастырылған"
   }
 };
 

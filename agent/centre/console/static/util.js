@@ -3,7 +3,8 @@
 // textContent (el's string children), never innerHTML: names and locations come from boxes
 // and may be hostile.
 
-const ME = { user: "", role: "", csrf: "", timezone: "UTC", escalate_s: [30, 60] };
+const ME = { user: "", role: "", csrf: "", timezone: "UTC", escalate_s: [30, 60], map: { tiles: null, attribution: "" } };
+const SCHOOLS = new Map();  // site id -> the schools file's entry (name, address, district, lat, lon)
 
 function el(tag, attrs, ...children) {
   const node = document.createElement(tag);
@@ -58,3 +59,17 @@ function flash(message) {
 }
 
 function keyOf(alarm) { return alarm.site_id + "/" + alarm.event_id; }
+
+// A school as the officer knows it: its name from the schools file with the site id beside it,
+// or the site id alone for a site the file does not list.
+function schoolLabel(siteId) {
+  const school = SCHOOLS.get(siteId);
+  return el("span", { class: "school" }, school ? [el("span", { class: "school-name" }, school.name), " "] : null,
+    el("span", { class: "site-id" }, siteId));
+}
+
+// The same as plain text, for a message.
+function schoolText(siteId) {
+  const school = SCHOOLS.get(siteId);
+  return school ? school.name + " (" + siteId + ")" : siteId;
+}

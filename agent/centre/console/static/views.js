@@ -1,5 +1,6 @@
 "use strict";
-// Rendering: the alarm queue, one alarm, the schools board, the audit log and the users.
+// Rendering: the alarm queue, one alarm, the schools board and a school's card (the map is
+// map.js), the audit log and the users.
 
 // The alarm's level for the queue: closed, acked, test, new, escalated (1 or 2).
 function alarmLevel(alarm, now) {
@@ -40,7 +41,7 @@ function renderAlarmList(alarms, selected, onSelect) {
       const level = alarmLevel(a, now);
       return el("tr", { class: "alarm " + level + (keyOf(a) === selected ? " selected" : ""),
                         dataset: { key: keyOf(a) }, onclick: () => onSelect(keyOf(a)) },
-        el("td", {}, badge(level)), el("td", { class: "site" }, a.site_id),
+        el("td", {}, badge(level)), el("td", { class: "site" }, schoolLabel(a.site_id)),
         el("td", {}, a.button_id), el("td", { class: "location" }, a.location),
         el("td", {}, t(a.kind)), el("td", {}, pressedCell(a)), el("td", {}, fmtTime(a.received_at)));
     }))));
@@ -50,11 +51,13 @@ function renderAlarmDetail(alarm, actions) {
   const aside = document.getElementById("alarm-info");
   if (!alarm) { aside.replaceChildren(); return; }
   const level = alarmLevel(alarm, Date.now());
+  const school = SCHOOLS.get(alarm.site_id) || {};
   const facts = [
-    ["school", alarm.site_id], ["button", alarm.button_id], ["location", alarm.location],
+    ["school", schoolLabel(alarm.site_id)], ["address", school.address], ["district", school.district],
+    ["button", alarm.button_id], ["location", alarm.location],
     ["kind", t(alarm.kind)], ["pressed", pressedCell(alarm)], ["arrived", fmtTime(alarm.received_at)]];
-  const body = [el("h2", {}, badge(level), " ", alarm.site_id, " · ", alarm.location),
-    el("dl", {}, facts.map(([k, v]) => [el("dt", {}, t(k)), el("dd", {}, v)])),
+  const body = [el("h2", {}, badge(level), " ", schoolText(alarm.site_id), " · ", alarm.location),
+    el("dl", {}, facts.filter(([, v]) => v).map(([k, v]) => [el("dt", {}, t(k)), el("dd", { class: "fact-" + k }, v)])),
     alarm.clock_synced ? null : el("p", { class: "warn" }, t("clock_unsynced")),
     alarm.test_refused ? el("p", { class: "warn" }, t("test_refused")) : null,
     alarm.detail ? el("p", { class: "detail" }, alarm.detail) : null];
@@ -89,20 +92,52 @@ function healthCells(h) {
     el("td", { class: h.clock_synced ? "" : "warn" }, t(h.clock_synced ? "synced" : "not_synced"))];
 }
 
-function renderSchools(sites, actions) {
-  const rows = [...sites.values()].sort((a, b) => a.site_id.localeCompare(b.site_id));
+function stateText(site) {
+  return site.since ? t(site.state) + " " + t("since") + " " + fmtTime(site.since) : t(site.state);
+}
+
+// The board: every site, by name; a click on a row (or on its marker) opens the school's card.
+function renderSchools(sites, actions, selected, onSelect) {
+  const label = (id) => (SCHOOLS.get(id) || {}).name || id;
+  const rows = [...sites.values()].sort((a, b) =>
+    label(a.site_id).localeCompare(label(b.site_id), currentLang()) || a.site_id.localeCompare(b.site_id));
   const heads = ["school", "state", "health", "disk", "temperature", "outbox", "cameras", "buttons", "clock", "test_mode", "actions"];
   document.getElementById("school-table").replaceChildren(
     el("thead", {}, el("tr", {}, heads.map((k) => el("th", {}, t(k))))),
-    el("tbody", {}, rows.map((s) => el("tr", { class: "site-row " + s.state, dataset: { site: s.site_id } },
-      el("td", {}, s.site_id),
-      el("td", { class: "site-state" }, t(s.state) + " " + t("since") + " " + fmtTime(s.since)),
+    el("tbody", {}, rows.map((s) => el("tr", { class: "site-row " + s.state + (s.site_id === selected ? " selected" : ""),
+                                               dataset: { site: s.site_id }, onclick: () => onSelect(s.site_id) },
+      el("td", { class: "school-cell" }, schoolLabel(s.site_id),
+        SCHOOLS.has(s.site_id) ? el("div", { class: "address" }, SCHOOLS.get(s.site_id).address) : null),
+      el("td", { class: "site-state" }, stateText(s)),
       healthCells(s.health),
       el("td", { class: "test-until" }, s.test_until && Date.parse(s.test_until) > Date.now() ? t("until") + " " + fmtTime(s.test_until) : "—"),
       el("td", {}, el("button", { class: "ping", onclick: () => actions.command(s.site_id, "ping") }, t("ping")),
         ME.role === "supervisor" ? [
           el("button", { class: "test-on", onclick: () => actions.command(s.site_id, "test_mode", { on: true, minutes: 30 }) }, t("test_on")),
           el("button", { class: "test-off", onclick: () => actions.command(s.site_id, "test_mode", { on: false }) }, t("test_off"))] : null)))));
+}
+
+// The selected school: what the schools file says of it, its state, and its open alarms, each
+// a click away from the alarm's page.
+function renderSchoolCard(siteId, sites, alarms, openAlarm) {
+  const card = document.getElementById("school-card");
+  card.hidden = !siteId;
+  if (!siteId) { card.replaceChildren(); return; }
+  const school = SCHOOLS.get(siteId) || {};
+  const site = sites.get(siteId);
+  const now = Date.now();
+  const open = [...alarms.values()].filter((a) => a.site_id === siteId && !a.closed)
+    .sort((a, b) => Date.parse(b.received_at) - Date.parse(a.received_at));
+  const facts = [["site_id", siteId], ["address", school.address], ["district", school.district],
+    ["coordinates", school.lat != null ? school.lat.toFixed(5) + ", " + school.lon.toFixed(5) : null],
+    ["state", site ? stateText(site) : t("unknown")]];
+  card.dataset.site = siteId;
+  card.replaceChildren(el("h2", { class: "school-name" }, school.name || siteId),
+    el("dl", {}, facts.filter(([, v]) => v).map(([k, v]) => [el("dt", {}, t(k)), el("dd", { class: "fact-" + k }, v)])),
+    open.length ? el("ul", { class: "school-alarms" }, open.map((a) => el("li", {},
+      badge(alarmLevel(a, now)), " ", fmtTime(a.received_at), " · ", a.location, " ",
+      el("button", { class: "open-alarm", dataset: { key: keyOf(a) }, onclick: () => openAlarm(keyOf(a)) }, t("open_alarm")))))
+      : el("p", { class: "empty" }, t("no_open_alarms")));
 }
 
 function renderAudit(doc) {
@@ -112,7 +147,7 @@ function renderAudit(doc) {
   document.getElementById("audit-table").replaceChildren(
     el("thead", {}, el("tr", {}, ["time", "actor", "action", "school", "target", "detail"].map((k) => el("th", {}, t(k))))),
     el("tbody", {}, doc.entries.slice().reverse().map((e) => el("tr", { class: "audit-entry", dataset: { action: e.action } },
-      el("td", {}, fmtTime(e.at)), el("td", {}, e.actor), el("td", {}, e.action), el("td", {}, e.site_id),
+      el("td", {}, fmtTime(e.at)), el("td", {}, e.actor), el("td", {}, e.action), el("td", {}, e.site_id ? schoolLabel(e.site_id) : ""),
       el("td", {}, e.target), el("td", { class: "detail" }, JSON.stringify(e.detail))))));
 }
 
