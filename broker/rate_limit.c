@@ -20,8 +20,8 @@
  * Options (plugin_opt_<name> <value>, all > 0):
  *   messages_per_second  sustained messages a second, per client   (default 200)
  *   messages_burst       messages a client may send at once         (default 1000)
- *   bytes_per_second     sustained bytes a second, per client       (default 2500000)
- *   bytes_burst          bytes a client may send at once            (default 5000000)
+ *   bytes_per_second     sustained bytes a second, per client       (default 12500000)
+ *   bytes_burst          bytes a client may send at once            (default 25000000)
  *   log_interval         seconds between two log lines per client   (default 10)
  */
 
@@ -214,8 +214,8 @@ int mosquitto_plugin_init(mosquitto_plugin_id_t *identifier, void **userdata,
 	s->id = identifier;
 	s->msg_rate = 200;
 	s->msg_burst = 1000;
-	s->byte_rate = 2500000;
-	s->byte_burst = 5000000;
+	s->byte_rate = 12500000;
+	s->byte_burst = 25000000;
 	s->log_interval = 10;
 
 	for(int i = 0; i < option_count; i++){
