@@ -16,6 +16,8 @@ set -euo pipefail
 
 # Debian packages for --dev (developer and CI machines). The one list to adjust:
 #   mosquitto mosquitto-clients   brokers and clients the tests start on their own ports
+#   gcc make mosquitto-dev libmosquitto-dev   build the broker's rate-limit plugin
+#                                 (broker/rate_limit.c), which the broker tests load
 #   ffmpeg                        makes and probes test video
 #   iproute2                      ip netns / tc for the network-failure tests (root only)
 #   systemd                       systemd-analyze for tests/test_install.py
@@ -28,6 +30,7 @@ set -euo pipefail
 #   postgresql                    tests/postgres: the centre's shared ledger (a throwaway cluster
 #                                 per test run, agent/testing/postgres.py; Debian's own unused)
 DEV_APT_PACKAGES="mosquitto mosquitto-clients ffmpeg iproute2 systemd python3-venv python3-pip
+  gcc make mosquitto-dev libmosquitto-dev
   python3-gi
   gir1.2-gst-rtsp-server-1.0 gstreamer1.0-plugins-base
   gstreamer1.0-plugins-good gstreamer1.0-plugins-ugly shellcheck faketime chromium

@@ -42,6 +42,7 @@ def broker(tmp_path: Path, pki: Pki) -> Iterator[Broker]:
     b = start_broker(tmp_path / "broker", pki)
     yield b
     b.mosquitto.kill()
+    assert not b.limited(), "the rate limit dropped an honest client's messages"
 
 
 @pytest.fixture
@@ -363,3 +364,73 @@ def test_a_packet_over_max_packet_size_disconnects_its_sender(
     box.client.publish("schools/school-a/clip/entrance-cam", largest + b"v" * 4096, qos=1)
     wait_for(box.gone.is_set, 5, "the broker to disconnect the sender")
     assert len(centre.received("schools/+/clip/+")) == 1
+
+
+# --- the rate limit ---------------------------------------------------------------------------
+
+
+def flood(client: MqttClient, topic: str, n: int, payload: bytes = b"x") -> list[ReasonCode]:
+    """``n`` QoS 1 messages back to back; the broker's answer to each."""
+    mids = [client.send(topic, payload) for _ in range(n)]
+    return [client.wait_ack(mid, 20) for mid in mids]
+
+
+def test_the_rate_limit_drops_one_boxs_flood_and_passes_everyone_else(
+    tmp_path: Path, pki: Pki, peers: Callable[..., MqttClient]
+) -> None:
+    """docs/broker.md, the rate limit (broker/rate_limit.c), with a budget a Python client
+    outruns: the box over it loses what is over it, told 0x87 (MQTT 5); another box's
+    messages all pass, as do the centre's, which the limit never counts; the log names the
+    box."""
+    broker = start_broker(tmp_path / "broker", pki,
+                          limits={"messages_per_second": "20", "messages_burst": "100"})
+    try:
+        centre = peers(broker.centre_port, pki.client("centre"), client_id="centre-receiver")
+        centre.subscribe("schools/+/alarm")
+        centre.subscribe("schools/+/cmd")  # for the fence
+        hostile = peers(broker.box_port, pki.client("school-a"))
+        honest = peers(broker.box_port, pki.client("school-b"))
+        honest.subscribe("schools/school-b/receipt")
+        start = time.monotonic()
+        mids = [hostile.send("schools/school-a/alarm", b"flood") for _ in range(1000)]
+        honest_answers = flood(honest, "schools/school-b/alarm", 50)
+        answers = [hostile.wait_ack(mid, 20) for mid in mids]
+        elapsed = time.monotonic() - start
+        passed = sum(not a.is_failure for a in answers)
+        assert 100 <= passed <= 100 + 20 * elapsed + 1, (passed, elapsed)
+        assert {a.value for a in answers if a.is_failure} == {NOT_AUTHORIZED}
+        assert not any(a.is_failure for a in honest_answers)
+        centre.wait("schools/school-b/alarm", 50)
+        centre.wait("schools/school-a/alarm", passed)
+        receipts = flood(centre, "schools/school-b/receipt", 1000)  # the centre: never limited
+        assert not any(a.is_failure for a in receipts)
+        honest.wait("schools/school-b/receipt", 1000)
+        fence(centre)
+        assert len(centre.received("schools/school-a/alarm")) == passed
+        wait_for(lambda: broker.limited(), 5, "the rate limit's log line")
+        assert broker.limited() == {"school-a"}, broker.log()
+    finally:
+        broker.mosquitto.kill()
+
+
+def test_the_rate_limit_counts_bytes_and_outlives_a_reconnect(
+    tmp_path: Path, pki: Pki, peers: Callable[..., MqttClient]
+) -> None:
+    """The byte budget (topic and payload) holds as the message budget does, and belongs to
+    the box, not to its connection: reconnecting does not refill it (a box that could would
+    get a fresh burst per TLS handshake)."""
+    broker = start_broker(tmp_path / "broker", pki,
+                          limits={"bytes_per_second": "10000", "bytes_burst": "250000"})
+    try:
+        box = peers(broker.box_port, pki.client("school-a"))
+        chunk = b"v" * 100_000
+        answers = flood(box, "schools/school-a/clip/cam", 4, chunk)
+        assert [a.is_failure for a in answers] == [False, False, True, True]
+        box.close()
+        again = peers(broker.box_port, pki.client("school-a"))
+        assert again.publish("schools/school-a/clip/cam", chunk).value == NOT_AUTHORIZED
+        assert not again.publish("schools/school-a/clip/cam", b"small").is_failure
+        wait_for(lambda: broker.limited(), 5, "the rate limit's log line")
+        assert broker.limited() == {"school-a"}
+    finally:
+        broker.mosquitto.kill()

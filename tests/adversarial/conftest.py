@@ -2,8 +2,10 @@
 
 Every test here runs:
 
-- the broker of docs/broker.md as written (mutual TLS, the ACLs, ``max_packet_size``), from
-  tests/brokerdoc.py;
+- the broker of docs/broker.md as written (mutual TLS, the ACLs, ``max_packet_size``, the
+  per-box rate limit), from tests/brokerdoc.py. Tests marked ``unlimited_broker`` lift the rate
+  limit, so that the receiver's own defences take the whole flood, as they must where the limit
+  is set higher or a box stays under it; ``test_a_flood_at_full_speed`` measures the limit;
 - the centre's receiver as the ЦОУ runs it: ``edge-agent central`` as a process, with the
   centre's client certificate on the centre listener, logging in journald's format;
 - a hostile box, ``school-666``: its own certificate, so only its own topics, and any bytes;
@@ -66,11 +68,19 @@ def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
     return make_pki(tmp_path_factory.mktemp("pki"))
 
 
+# The rate limit's options (docs/broker.md), so high that no test here reaches them.
+UNLIMITED = {"messages_per_second": "1e9", "messages_burst": "1e9",
+             "bytes_per_second": "1e12", "bytes_burst": "1e12"}
+
+
 @pytest.fixture
-def broker(tmp_path: Path, pki: Pki) -> Iterator[Broker]:
-    b = start_broker(tmp_path / "broker", pki, log_info=False)
+def broker(request: pytest.FixtureRequest, tmp_path: Path, pki: Pki) -> Iterator[Broker]:
+    lifted = request.node.get_closest_marker("unlimited_broker") is not None
+    b = start_broker(tmp_path / "broker", pki, log_info=False,
+                     limits=UNLIMITED if lifted else None)
     yield b
     b.mosquitto.kill()
+    assert HONEST not in b.limited(), "the rate limit dropped the honest school's messages"
 
 
 class CentreProcess:
