@@ -222,6 +222,8 @@ def test_the_status_shows_what_the_pacer_uses() -> None:
     (62_500 * 0.955, 6 * 1024),  # 0.5 Mbit/s: about 100 ms
     (125_000 * 0.955, MAX_CHUNK),  # 1 Mbit/s: 12 KB would be 100 ms; the link may drop
     (500_000, MAX_CHUNK),  # 4 Mbit/s
+    (12_500_000, 82 * 1024),  # 100 Mbit/s: at most 150 messages a second (the broker's limit)
+    (100_000_000, 128 * 1024),  # 800 Mbit/s: never near the broker's max_packet_size
     (10_000, MIN_CHUNK),  # 80 kbit/s: never below 4 KB (each has a ~400-byte header)
 ])
 def test_video_is_cut_smaller_on_a_slow_link(upload_bps: float | None, expected: int) -> None:

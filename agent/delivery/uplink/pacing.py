@@ -88,7 +88,11 @@ CHUNK_S = 0.1  # video is cut into messages of about this long at the upload rat
 MIN_CHUNK = 4096  # ... but no smaller (each carries a ~400-byte header) ...
 MAX_CHUNK = 10 * 1024  # ... and no larger: a clip is cut when it is queued and sent whole after
 # the link drops: 10 KB is 164 ms of a 0.5 Mbit/s link, 16 KB 262 ms (bench/uplink.py's step: back
-# under 300 ms 16.9 s after the drop with 16 KB, 1.0 s with 8 KB; 8 KB cost 4 Mbit/s goodput)
+# under 300 ms 16.9 s after the drop with 16 KB, 1.0 s with 8 KB; 8 KB cost 4 Mbit/s goodput) ...
+MAX_MESSAGES_S = 150  # ... unless that makes more video messages a second than this: the
+# centre's broker drops a box's messages past 200 a second (docs/broker.md, broker/rate_limit.c),
+# so on fibre the box sends fewer, larger ones (100 Mbit/s: 82 KB, 6.6 ms of that link) ...
+LARGEST_CHUNK = 128 * 1024  # ... but never near the broker's max_packet_size (260 KB)
 UNPACED = 0xFFFFFFFF  # SO_MAX_PACING_RATE's "no limit"
 
 
@@ -231,14 +235,17 @@ class Pacer:
     def chunk_bytes(self, largest: int) -> int:
         """How big to cut video for the uplink now, from any thread: about CHUNK_S at the
         upload rate, at most MAX_CHUNK, so that an alarm never waits long behind one, even after
-        the link drops (docs/uplink.md); ``largest`` under fixed pacing."""
+        the link drops; larger on a fast link, to stay under MAX_MESSAGES_S (docs/uplink.md);
+        ``largest`` under fixed pacing."""
         if self.meter is None:  # fixed pacing: as before the pacer
             return largest
         largest = min(largest, MAX_CHUNK)
         upload = self.meter.upload_bps
         if upload is None:
             return largest
-        return max(MIN_CHUNK, min(largest, round(upload * CHUNK_S / 1024) * 1024))
+        size = max(MIN_CHUNK, min(largest, round(upload * CHUNK_S / 1024) * 1024))
+        fewest = -(-int(upload / MAX_MESSAGES_S) // 1024) * 1024  # rounded up to 1 KB
+        return min(LARGEST_CHUNK, max(size, fewest))
 
     def _apply(self, sock: socket.socket, info: TcpInfo | None) -> None:
         pacing = 0
