@@ -15,8 +15,9 @@ from tenacity.wait import wait_base
 
 def equal_jitter(base_s: float, cap_s: float) -> wait_base:
     """tenacity's wait for attempt n: half of min(cap, base * 2**(n-1)), plus up to as much."""
-    return (wait_exponential(multiplier=base_s / 2, max=cap_s / 2)
-            + wait_random_exponential(multiplier=base_s / 2, max=cap_s / 2))
+    return wait_exponential(multiplier=base_s / 2, max=cap_s / 2) + wait_random_exponential(
+        multiplier=base_s / 2, max=cap_s / 2
+    )
 
 
 class Backoff:

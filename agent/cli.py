@@ -31,8 +31,12 @@ EXIT_CONFIG = 2
 
 
 def _add_config(p: argparse.ArgumentParser) -> None:
-    p.add_argument("-c", "--config", default=DEFAULT_CONFIG,
-                   help=f"the agent's YAML file (default {DEFAULT_CONFIG})")
+    p.add_argument(
+        "-c",
+        "--config",
+        default=DEFAULT_CONFIG,
+        help=f"the agent's YAML file (default {DEFAULT_CONFIG})",
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -66,8 +70,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("test-mode", help="walk test: alarms are marked as tests for N minutes")
     p.add_argument("state", choices=["on", "off"])
-    p.add_argument("--minutes", type=int, default=30,
-                   help=f"1 to {walktest.MAX_MINUTES} (default 30)")
+    p.add_argument(
+        "--minutes", type=int, default=30, help=f"1 to {walktest.MAX_MINUTES} (default 30)"
+    )
     _add_config(p)
     p.set_defaults(func=cmd_test_mode)
 
@@ -76,44 +81,94 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_reset_indicator)
 
     p = sub.add_parser("demo", help="a simulated school, a private broker and the centre's view")
-    p.add_argument("--state", type=Path, default=None,
-                   help="where the demo keeps its state (default: a temporary directory)")
+    p.add_argument(
+        "--state",
+        type=Path,
+        default=None,
+        help="where the demo keeps its state (default: a temporary directory)",
+    )
     p.add_argument("--presses", type=int, default=1, help="how many presses to show")
-    p.add_argument("--exit", action="store_true",
-                   help="exit after the presses (for scripts): 0 only if every alarm and clip "
-                        "arrived")
-    p.add_argument("-c", "--config", type=Path, default=None,
-                   help="a school of your own to run (default: the embedded simulated school); "
-                        "its mqtt and storage are the demo's")
+    p.add_argument(
+        "--exit",
+        action="store_true",
+        help="exit after the presses (for scripts): 0 only if every alarm and clip arrived",
+    )
+    p.add_argument(
+        "-c",
+        "--config",
+        type=Path,
+        default=None,
+        help="a school of your own to run (default: the embedded simulated school); "
+        "its mqtt and storage are the demo's",
+    )
     p.set_defaults(func=cmd_demo)
 
     p = sub.add_parser("central", help="the centre's reference receiver, and commands to boxes")
-    p.add_argument("--broker", default="mqtt://127.0.0.1:1883",
-                   help="mqtts://HOST:PORT (8883 if no port) or, to a loopback broker, mqtt://")
-    p.add_argument("--tls-ca", type=Path, default=None,
-                   help="the CA that signed the broker's certificate (default: the system's)")
-    p.add_argument("--tls-cert", type=Path, default=None,
-                   help="the centre's client certificate (CN centre, docs/broker.md)")
+    p.add_argument(
+        "--broker",
+        default="mqtt://127.0.0.1:1883",
+        help="mqtts://HOST:PORT (8883 if no port) or, to a loopback broker, mqtt://",
+    )
+    p.add_argument(
+        "--tls-ca",
+        type=Path,
+        default=None,
+        help="the CA that signed the broker's certificate (default: the system's)",
+    )
+    p.add_argument(
+        "--tls-cert",
+        type=Path,
+        default=None,
+        help="the centre's client certificate (CN centre, docs/broker.md)",
+    )
     p.add_argument("--tls-key", type=Path, default=None, help="its private key")
     p.add_argument("--topic-prefix", default="schools")
-    p.add_argument("--store", type=Path, default=Path("centre"),
-                   help="where alarms and clips go (default ./centre)")
+    p.add_argument(
+        "--store",
+        type=Path,
+        default=Path("centre"),
+        help="where alarms and clips go (default ./centre)",
+    )
     p.add_argument("--client-id", default=None, help="persistent session id (default per host)")
-    p.add_argument("--key", type=Path, default=None,
-                   help="the centre's Ed25519 signing key, for commands and keygen (default "
-                   "~/.config/edge-agent/centre.key); never in the receiver's store")
-    p.add_argument("--memory-mb", type=int, default=768,
-                   help="the receiver's memory for video in transit, all sites (default 768)")
-    p.add_argument("--ledger", default=None, metavar="URL",
-                   help="postgresql://… shared by several receivers and consoles (default: "
-                   "SQLite in --store)")
-    p.add_argument("--group-commit", type=int, default=256, metavar="N",
-                   help="store at most N alarms that arrived together in one transaction (one "
-                   "fsync); 1 = one fsync per alarm (default 256)")
-    p.add_argument("--site-quota-gb", type=float, default=100.0,
-                   help="disk for one site's video (default 100); beyond it, refused")
-    p.add_argument("--min-free-gb", type=float, default=10.0,
-                   help="free disk kept for alarms; video is refused below it (default 10)")
+    p.add_argument(
+        "--key",
+        type=Path,
+        default=None,
+        help="the centre's Ed25519 signing key, for commands and keygen (default "
+        "~/.config/edge-agent/centre.key); never in the receiver's store",
+    )
+    p.add_argument(
+        "--memory-mb",
+        type=int,
+        default=768,
+        help="the receiver's memory for video in transit, all sites (default 768)",
+    )
+    p.add_argument(
+        "--ledger",
+        default=None,
+        metavar="URL",
+        help="postgresql://… shared by several receivers and consoles (default: SQLite in --store)",
+    )
+    p.add_argument(
+        "--group-commit",
+        type=int,
+        default=256,
+        metavar="N",
+        help="store at most N alarms that arrived together in one transaction (one "
+        "fsync); 1 = one fsync per alarm (default 256)",
+    )
+    p.add_argument(
+        "--site-quota-gb",
+        type=float,
+        default=100.0,
+        help="disk for one site's video (default 100); beyond it, refused",
+    )
+    p.add_argument(
+        "--min-free-gb",
+        type=float,
+        default=10.0,
+        help="free disk kept for alarms; video is refused below it (default 10)",
+    )
     p.set_defaults(func=cmd_central)
     actions = p.add_subparsers(dest="action", metavar="ACTION")
     a = actions.add_parser("ack", help="acknowledge an alarm: the box shows 'help is coming'")
@@ -128,13 +183,21 @@ def build_parser() -> argparse.ArgumentParser:
     a = actions.add_parser("fetch", help="pull recorded video from the box's buffer")
     a.add_argument("site")
     a.add_argument("camera")
-    a.add_argument("--from", dest="start", required=True,
-                   help="RFC 3339, e.g. 2026-11-25T08:00:00Z")
-    a.add_argument("--to", dest="end", required=True,
-                   help=f"RFC 3339; at most {MAX_FETCH_SPAN_S} s after --from")
+    a.add_argument(
+        "--from", dest="start", required=True, help="RFC 3339, e.g. 2026-11-25T08:00:00Z"
+    )
+    a.add_argument(
+        "--to",
+        dest="end",
+        required=True,
+        help=f"RFC 3339; at most {MAX_FETCH_SPAN_S} s after --from",
+    )
     a = actions.add_parser("keygen", help="make the centre's key pair (where --key says)")
-    a = actions.add_parser("status", help="each site's state, missing alarms (seq gaps), what "
-                           "the centre refused, and when the receiver lost the broker")
+    a = actions.add_parser(
+        "status",
+        help="each site's state, missing alarms (seq gaps), what "
+        "the centre refused, and when the receiver lost the broker",
+    )
 
     from agent.centre.console.cli import add_parser as add_console
 
@@ -181,8 +244,10 @@ def cmd_check_config(args: argparse.Namespace) -> int:
     cfg = _load(args)
     for warning in config_warnings(cfg):
         print(f"warning: {warning}", file=sys.stderr)
-    print(f"{args.config}: OK (site {cfg.site.id}, {len(cfg.buttons)} buttons, "
-          f"{len(cfg.cameras)} cameras)")
+    print(
+        f"{args.config}: OK (site {cfg.site.id}, {len(cfg.buttons)} buttons, "
+        f"{len(cfg.cameras)} cameras)"
+    )
     return 0
 
 
@@ -219,8 +284,14 @@ def format_status(s: dict[str, Any]) -> str:
     ]
     lines += _dc09_lines(s.get("dc09"))
     last = s.get("last_alarm")
-    lines.append("last alarm " + (f"{last['kind']} {last['button_id']} at {last['at']} "
-                                  f"(seq {last['seq']})" if last else "none"))
+    lines.append(
+        "last alarm "
+        + (
+            f"{last['kind']} {last['button_id']} at {last['at']} (seq {last['seq']})"
+            if last
+            else "none"
+        )
+    )
     for bid, b in s["buttons"].items():
         lines.append(f"button    {bid:<12} GPIO {b['pin']:<3} {b['state']:<8} {b['location']}")
     if s.get("test_mode_until"):
@@ -234,12 +305,16 @@ def _dc09_lines(d: dict[str, Any] | None) -> list[str]:
     """The second path beside the first: its state, queue, refusals and each receiver."""
     if d is None:
         return []
-    lines = [f"dc09      {d['path']} via {d['active']}; queue {d['queue']}, acknowledged "
-             f"{d['acked']}, refused {d['refused']}; MQTT path reported {d['mqtt_path_reported']}"]
+    lines = [
+        f"dc09      {d['path']} via {d['active']}; queue {d['queue']}, acknowledged "
+        f"{d['acked']}, refused {d['refused']}; MQTT path reported {d['mqtt_path_reported']}"
+    ]
     for r in d["receivers"]:
-        lines.append(f"receiver  {r['name']}  last ACK {r['last_ack_at'] or 'never'}, "
-                     f"failures {r['failures']} ({r['total_failures']} in all)"
-                     + (f"  last error: {r['last_error']}" if r["failures"] else ""))
+        lines.append(
+            f"receiver  {r['name']}  last ACK {r['last_ack_at'] or 'never'}, "
+            f"failures {r['failures']} ({r['total_failures']} in all)"
+            + (f"  last error: {r['last_error']}" if r["failures"] else "")
+        )
     for r in d["refused_recent"]:
         lines.append(f"REFUSED   {r['kind']} zone {r['zone']} at {r['at']}: {r['reason']}")
     return lines
@@ -249,11 +324,15 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     reply = _call(args, {"cmd": "simulate", "action": args.action, "button": args.button})
     events = [e for e in reply.get("events", []) if e]
     for e in events:
-        print(f"{e['kind']} {e['button_id']} seq={e['seq']} event_id={e['event_id']}"
-              f"{'' if e['durable'] else ' (held in memory: disk error)'}")
+        print(
+            f"{e['kind']} {e['button_id']} seq={e['seq']} event_id={e['event_id']}"
+            f"{'' if e['durable'] else ' (held in memory: disk error)'}"
+        )
     if not events:
-        print(f"{args.action} {args.button}: handled, no alarm (already in that state, "
-              "or waiting for hold_s)")
+        print(
+            f"{args.action} {args.button}: handled, no alarm (already in that state, "
+            "or waiting for hold_s)"
+        )
     return 0
 
 
@@ -270,8 +349,11 @@ def cmd_selftest(args: argparse.Namespace) -> int:
 def cmd_test_mode(args: argparse.Namespace) -> int:
     reply = _call(args, {"cmd": "test_mode", "on": args.state == "on", "minutes": args.minutes})
     until = reply["status"]["test_mode_until"]
-    print(f"test mode ON until {until}: alarms are sent marked as tests; the centre will "
-          "not dispatch" if until else "test mode OFF: alarms are real")
+    print(
+        f"test mode ON until {until}: alarms are sent marked as tests; the centre will not dispatch"
+        if until
+        else "test mode OFF: alarms are real"
+    )
     return 0
 
 
@@ -295,20 +377,31 @@ def _centre_status(store: Path, ledger_url: str | None = None) -> str:
 
     ledger = open_ledger(store, ledger_url)
     try:
-        lines = [f"site {site:<20} {state:<8} since {since}"
-                 for site, state, since in ledger.sites()]
+        lines = [
+            f"site {site:<20} {state:<8} since {since}" for site, state, since in ledger.sites()
+        ]
         for site, seqs in ledger.gaps().items():
-            lines.append(f"MISSING site {site}: alarm seq {', '.join(map(str, seqs[:20]))}"
-                         + (" …" if len(seqs) > 20 else ""))
+            lines.append(
+                f"MISSING site {site}: alarm seq {', '.join(map(str, seqs[:20]))}"
+                + (" …" if len(seqs) > 20 else "")
+            )
         for link in ledger.links():
-            lines.append(f"receiver {link.receiver} {link.link}: "
-                         + (f"connected since {link.since}" if link.up else
-                            f"NOT connected since {link.since} ({link.last_error})")
-                         + (f"; lost the broker {link.outages} times, last at {link.lost_at}, "
-                            f"back at {link.regained_at}" if link.outages else ""))
+            lines.append(
+                f"receiver {link.receiver} {link.link}: "
+                + (
+                    f"connected since {link.since}"
+                    if link.up
+                    else f"NOT connected since {link.since} ({link.last_error})"
+                )
+                + (
+                    f"; lost the broker {link.outages} times, last at {link.lost_at}, "
+                    f"back at {link.regained_at}"
+                    if link.outages
+                    else ""
+                )
+            )
         for report in ledger.reports(newest=20):
-            lines.append(f"REPORT {report.at} site {report.site_id} {report.what}: "
-                         f"{report.detail}")
+            lines.append(f"REPORT {report.at} site {report.site_id} {report.what}: {report.detail}")
         return "\n".join(escape(line) for line in lines) or "no sites seen yet"
     finally:
         ledger.close()
@@ -341,14 +434,25 @@ def cmd_central(args: argparse.Namespace) -> int:
 
     match args.action:
         case None:
-            limits = Limits.for_memory(args.memory_mb,
-                                       site_quota_bytes=int(args.site_quota_gb * GiB),
-                                       min_free_bytes=int(args.min_free_gb * GiB))
+            limits = Limits.for_memory(
+                args.memory_mb,
+                site_quota_bytes=int(args.site_quota_gb * GiB),
+                min_free_bytes=int(args.min_free_gb * GiB),
+            )
             if args.group_commit < 1:
                 raise AgentError("--group-commit is at least 1")
-            return _until_signal(lambda stop: central.run_receiver(
-                endpoint(), args.topic_prefix, args.store, args.client_id, stop, limits=limits,
-                group_max=args.group_commit, ledger_url=args.ledger))
+            return _until_signal(
+                lambda stop: central.run_receiver(
+                    endpoint(),
+                    args.topic_prefix,
+                    args.store,
+                    args.client_id,
+                    stop,
+                    limits=limits,
+                    group_max=args.group_commit,
+                    ledger_url=args.ledger,
+                )
+            )
         case "status":
             print(_centre_status(args.store, args.ledger))
             return 0
@@ -356,14 +460,20 @@ def cmd_central(args: argparse.Namespace) -> int:
             from agent.commands.keys import generate_keypair
 
             if key.name != commander.KEY_NAME:
-                raise AgentError(f"keygen writes {commander.KEY_NAME} and centre.pub into a "
-                                 f"folder: give --key FOLDER/{commander.KEY_NAME}")
+                raise AgentError(
+                    f"keygen writes {commander.KEY_NAME} and centre.pub into a "
+                    f"folder: give --key FOLDER/{commander.KEY_NAME}"
+                )
             if key.resolve().is_relative_to(args.store.resolve()):
-                raise AgentError(f"{key} is inside the receiver's store {args.store}: keep the "
-                                 "signing key with the commanding user (the default --key)")
+                raise AgentError(
+                    f"{key} is inside the receiver's store {args.store}: keep the "
+                    "signing key with the commanding user (the default --key)"
+                )
             private, public = generate_keypair(key.parent)
-            print(f"private key {private} (keep it with the commanding user, mode 0600)\n"
-                  f"public key  {public} (give it to each box: commands.public_key_file)")
+            print(
+                f"private key {private} (keep it with the commanding user, mode 0600)\n"
+                f"public key  {public} (give it to each box: commands.public_key_file)"
+            )
             return 0
         case "ack":
             site = commander.site_of_event(args.store, args.event_id, args.site)
@@ -373,10 +483,11 @@ def cmd_central(args: argparse.Namespace) -> int:
         case "live":
             site, cmd_args = args.site, {"camera_id": args.camera, "seconds": args.seconds}
         case "fetch":
-            site, cmd_args = args.site, {"camera_id": args.camera, "from": _ms(args.start),
-                                         "to": _ms(args.end)}
-    result = commander.send_command(endpoint(), args.topic_prefix, site, key, args.action,
-                                    cmd_args)
+            site, cmd_args = (
+                args.site,
+                {"camera_id": args.camera, "from": _ms(args.start), "to": _ms(args.end)},
+            )
+    result = commander.send_command(endpoint(), args.topic_prefix, site, key, args.action, cmd_args)
     print(json.dumps(result, ensure_ascii=False))
     return 0 if result.get("ok") else 1
 
@@ -386,8 +497,9 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
     if not args.debug:
         logs.setup("error")  # the demo prints its own narrative; logs only for trouble
-    return _until_signal(lambda stop: run_demo(args.state, args.presses, args.exit, stop,
-                                               args.config))
+    return _until_signal(
+        lambda stop: run_demo(args.state, args.presses, args.exit, stop, args.config)
+    )
 
 
 if __name__ == "__main__":

@@ -18,8 +18,10 @@ import re
 from datetime import UTC, datetime
 
 # [0-9], never \d: \d also matches other scripts' digits, which int() then accepts.
-_RFC3339 = re.compile(r"([0-9]{4})-([0-9]{2})-([0-9]{2})T([0-9]{2}):([0-9]{2}):([0-9]{2})"
-                      r"\.([0-9]{3})Z")
+_RFC3339 = re.compile(
+    r"([0-9]{4})-([0-9]{2})-([0-9]{2})T([0-9]{2}):([0-9]{2}):([0-9]{2})"
+    r"\.([0-9]{3})Z"
+)
 
 
 def rfc3339(seconds: float) -> str:

@@ -38,10 +38,18 @@ log = logging.getLogger("agent.db")
 BUSY_TIMEOUT_S = 5.0
 
 # Primary result codes that say something about the file's surroundings, not its content.
-_NOT_DAMAGE = frozenset({
-    sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED, sqlite3.SQLITE_CANTOPEN, sqlite3.SQLITE_READONLY,
-    sqlite3.SQLITE_PERM, sqlite3.SQLITE_FULL, sqlite3.SQLITE_NOMEM, sqlite3.SQLITE_AUTH,
-})
+_NOT_DAMAGE = frozenset(
+    {
+        sqlite3.SQLITE_BUSY,
+        sqlite3.SQLITE_LOCKED,
+        sqlite3.SQLITE_CANTOPEN,
+        sqlite3.SQLITE_READONLY,
+        sqlite3.SQLITE_PERM,
+        sqlite3.SQLITE_FULL,
+        sqlite3.SQLITE_NOMEM,
+        sqlite3.SQLITE_AUTH,
+    }
+)
 
 
 class Sync(enum.StrEnum):
@@ -82,41 +90,63 @@ def open_db(
     """
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        return Opened(_connect(path, setup, sync, autocommit, private, busy_timeout_s,
-                               refuse_empty=quarantine))
+        return Opened(
+            _connect(
+                path, setup, sync, autocommit, private, busy_timeout_s, refuse_empty=quarantine
+            )
+        )
     except sqlite3.DatabaseError as exc:
         damaged = _is_damage(exc)
         if not damaged or not quarantine:
             raise error(_refusal(what, path, exc, damaged)) from exc
         reason = exc
     except OSError as exc:
-        raise error(f"cannot open the {what} {path}: {exc}; check that {path.parent} is "
-                    "writable") from exc
+        raise error(
+            f"cannot open the {what} {path}: {exc}; check that {path.parent} is writable"
+        ) from exc
     try:
         aside = move_aside(path)
     except OSError as exc:
-        raise error(f"the {what} {path} is corrupt ({reason}) and cannot be moved aside: "
-                    f"{exc}") from exc
-    log.error("%s %s is corrupt (%s); moved it to %s and started a clean one: %s", what, path,
-              reason, aside, lost)
+        raise error(
+            f"the {what} {path} is corrupt ({reason}) and cannot be moved aside: {exc}"
+        ) from exc
+    log.error(
+        "%s %s is corrupt (%s); moved it to %s and started a clean one: %s",
+        what,
+        path,
+        reason,
+        aside,
+        lost,
+    )
     try:
-        return Opened(_connect(path, setup, sync, autocommit, private, busy_timeout_s,
-                               refuse_empty=True), aside)
+        return Opened(
+            _connect(path, setup, sync, autocommit, private, busy_timeout_s, refuse_empty=True),
+            aside,
+        )
     except (sqlite3.Error, OSError) as exc:
-        raise error(f"cannot create a new {what} {path}: {exc}; check that {path.parent} is "
-                    "writable and not full") from exc
+        raise error(
+            f"cannot create a new {what} {path}: {exc}; check that {path.parent} is "
+            "writable and not full"
+        ) from exc
 
 
-def _connect(path: Path, setup: Callable[[sqlite3.Connection], None], sync: Sync,
-             autocommit: bool, private: bool, busy_timeout_s: float,
-             refuse_empty: bool) -> sqlite3.Connection:
+def _connect(
+    path: Path,
+    setup: Callable[[sqlite3.Connection], None],
+    sync: Sync,
+    autocommit: bool,
+    private: bool,
+    busy_timeout_s: float,
+    refuse_empty: bool,
+) -> sqlite3.Connection:
     """``refuse_empty``: the file's owner takes an empty file for a truncated one (SQLite would
     silently start it anew, and the loss would go unreported). A reader beside the owner must
     not: an empty file is also what the owner's file looks like while it is being created."""
     if refuse_empty and path.exists() and path.stat().st_size == 0:
         raise sqlite3.DatabaseError("the file is empty (truncated)")
-    conn = sqlite3.connect(path, check_same_thread=False, isolation_level=None,
-                           timeout=busy_timeout_s)
+    conn = sqlite3.connect(
+        path, check_same_thread=False, isolation_level=None, timeout=busy_timeout_s
+    )
     try:
         conn.execute("PRAGMA journal_mode=WAL")
         conn.execute(f"PRAGMA synchronous={Sync(sync)}")
@@ -141,13 +171,18 @@ def _is_damage(exc: sqlite3.DatabaseError) -> bool:
 
 def _refusal(what: str, path: Path, exc: sqlite3.DatabaseError, damaged: bool) -> str:
     if damaged:
-        return (f"the {what} {path} is corrupt ({exc}); it was left in place for the process "
-                "that owns it, which moves it aside when it starts")
+        return (
+            f"the {what} {path} is corrupt ({exc}); it was left in place for the process "
+            "that owns it, which moves it aside when it starts"
+        )
     if getattr(exc, "sqlite_errorcode", 0) & 0xFF in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED):
-        return (f"the {what} {path} is in use by another process ({exc}): is a second copy "
-                "running on the same storage?")
-    return (f"cannot open the {what} {path} ({exc}): check that {path.parent} is writable "
-            "and not full")
+        return (
+            f"the {what} {path} is in use by another process ({exc}): is a second copy "
+            "running on the same storage?"
+        )
+    return (
+        f"cannot open the {what} {path} ({exc}): check that {path.parent} is writable and not full"
+    )
 
 
 @contextlib.contextmanager

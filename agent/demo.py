@@ -39,8 +39,13 @@ def _say(text: str) -> None:
     print(text, flush=True)
 
 
-def run_demo(state: Path | None, presses: int, exit_after: bool, stop: threading.Event,
-             config: Path | None = None) -> None:
+def run_demo(
+    state: Path | None,
+    presses: int,
+    exit_after: bool,
+    stop: threading.Event,
+    config: Path | None = None,
+) -> None:
     state = (state or Path(tempfile.mkdtemp(prefix="edge-agent-demo-"))).resolve()
     arrived = threading.Condition()
     received: list[tuple[float, dict[str, Any]]] = []
@@ -59,8 +64,10 @@ def run_demo(state: Path | None, presses: int, exit_after: bool, stop: threading
         box = site.agent
         assert isinstance(box, InProcessAgent)
         cfg = box.daemon.cfg
-        _say(f"edge-agent demo: simulated school '{cfg.site.name}' ({cfg.site.id}), "
-             f"{len(cfg.buttons)} buttons, {len(cfg.cameras)} cameras")
+        _say(
+            f"edge-agent demo: simulated school '{cfg.site.name}' ({cfg.site.id}), "
+            f"{len(cfg.buttons)} buttons, {len(cfg.cameras)} cameras"
+        )
         _say(f"  broker   mosquitto on 127.0.0.1:{site.broker.port} (private to this demo)")
         _say(f"  agent    config {site.config_path}")
         _say(f"  centre   alarms and clips in {state / 'centre'}")
@@ -73,12 +80,16 @@ def run_demo(state: Path | None, presses: int, exit_after: bool, stop: threading
             box.press(button.id)
             with arrived:
                 if not arrived.wait_for(partial(_more_than, received, i), ALARM_WAIT_S):
-                    raise DemoFailed(f"the centre did not receive the alarm of '{button.id}' "
-                                     f"within {ALARM_WAIT_S:.0f} s")
+                    raise DemoFailed(
+                        f"the centre did not receive the alarm of '{button.id}' "
+                        f"within {ALARM_WAIT_S:.0f} s"
+                    )
             at, alarm = received[i]
-            _say(f"  ЦОУ <- ALARM {alarm['site_id']}/{alarm['button_id']} "
-                 f"\"{alarm['location']}\" kind={alarm['kind']} seq={alarm['seq']} "
-                 f"pressed_at={alarm['pressed_at']}  ({(at - t0) * 1000:.1f} ms after the press)")
+            _say(
+                f"  ЦОУ <- ALARM {alarm['site_id']}/{alarm['button_id']} "
+                f'"{alarm["location"]}" kind={alarm["kind"]} seq={alarm["seq"]} '
+                f"pressed_at={alarm['pressed_at']}  ({(at - t0) * 1000:.1f} ms after the press)"
+            )
             box.release(button.id)
             missing += _show_clips(cfg, box, state / "centre", alarm)
         if exit_after:
@@ -106,7 +117,8 @@ def _school(config: Path | None) -> dict[str, Any]:
         return {"cameras": True}
     data = yaml.safe_load(config.read_text(encoding="utf-8")) or {}
     return {k: v for k, v in data.items() if k not in ("mqtt", "storage")} | {
-        "cameras": data.get("cameras") or []}
+        "cameras": data.get("cameras") or []
+    }
 
 
 def _failed(box: InProcessAgent, camera_id: str) -> bool:
@@ -120,12 +132,15 @@ def _wait_buffers(box: InProcessAgent, cfg: Config) -> None:
     if video is None or not cfg.cameras:
         return
     need = {c.id: c.pre_alarm_s for c in cfg.cameras}
-    _say(f"  cameras  filling the {max(need.values()):.0f} s pre-alarm buffers (in memory, not "
-         "on disk) ...")
+    _say(
+        f"  cameras  filling the {max(need.values()):.0f} s pre-alarm buffers (in memory, not "
+        "on disk) ..."
+    )
     deadline = time.monotonic() + BUFFER_WAIT_S
     while time.monotonic() < deadline and not all(
-            _failed(box, cid) or sum(s.duration for s in video.rings[cid].segments()) >= s
-            for cid, s in need.items()):
+        _failed(box, cid) or sum(s.duration for s in video.rings[cid].segments()) >= s
+        for cid, s in need.items()
+    ):
         time.sleep(0.2)
 
 
@@ -148,8 +163,10 @@ def _show_clips(cfg: Config, box: InProcessAgent, store: Path, alarm: dict[str, 
             if clip.exists():
                 with av.open(str(clip)) as container:
                     seconds = (container.duration or 0) / av.time_base
-                _say(f"  ЦОУ <- CLIP {cid}: {seconds:.1f} s of video ({cam.pre_alarm_s:.0f} s "
-                     f"before + {cam.post_alarm_s:.0f} s after the press) in {clip}")
+                _say(
+                    f"  ЦОУ <- CLIP {cid}: {seconds:.1f} s of video ({cam.pre_alarm_s:.0f} s "
+                    f"before + {cam.post_alarm_s:.0f} s after the press) in {clip}"
+                )
             elif _failed(box, cid):
                 _say(f"  no clip from {cid}: the camera failed (see the agent's log)")
                 missing.append(cid)

@@ -24,8 +24,13 @@ import os
 import re
 import sys
 
-_PRIORITY = {logging.DEBUG: 7, logging.INFO: 6, logging.WARNING: 4, logging.ERROR: 3,
-             logging.CRITICAL: 2}
+_PRIORITY = {
+    logging.DEBUG: 7,
+    logging.INFO: 6,
+    logging.WARNING: 4,
+    logging.ERROR: 3,
+    logging.CRITICAL: 2,
+}
 
 # Every character of Unicode's general categories Cc (C0, DEL, C1), Cf (format: bidi
 # controls, zero-width characters, BOM, tags), Cs (lone surrogates), Zl and Zp (U+2028,
@@ -35,7 +40,8 @@ UNSAFE_CHARS = re.compile(
     "[\x00-\x1f\x7f-\x9f\xad\u0600-\u0605\u061c\u06dd\u070f\u0890\u0891\u08e2\u180e"
     "\u200b-\u200f\u2028-\u202e\u2060-\u2064\u2066-\u206f\ud800-\udfff\ufeff\ufff9-\ufffb"
     "\U000110bd\U000110cd\U00013430-\U0001343f\U0001bca0-\U0001bca3\U0001d173-\U0001d17a"
-    "\U000e0001\U000e0020-\U000e007f]")
+    "\U000e0001\U000e0020-\U000e007f]"
+)
 
 
 def _escape_one(match: re.Match[str]) -> str:
@@ -56,7 +62,9 @@ _TOKEN = re.compile(r"\S+")
 # nothing follows the greedy value, so the engine never backtracks.
 _QUERY_SECRET = re.compile(
     r"([?&;](?:password|passwd|pass|pwd|secret|token|access_token|auth|key|api_key|apikey"
-    r"|sig|signature)=)[^&#;\s]*", re.IGNORECASE)
+    r"|sig|signature)=)[^&#;\s]*",
+    re.IGNORECASE,
+)
 
 
 def _redact_token(match: re.Match[str]) -> str:
@@ -67,8 +75,8 @@ def _redact_token(match: re.Match[str]) -> str:
         return token
     # The user information runs to the LAST '@' of the token: cameras accept unescaped '@' and
     # '/' in passwords, so a strange URL is over-redacted rather than leaked.
-    user, colon, _password = token[start + 3:at].partition(":")
-    return token[:start + 3] + (f"{user}:***" if colon else "***") + token[at:]
+    user, colon, _password = token[start + 3 : at].partition(":")
+    return token[: start + 3] + (f"{user}:***" if colon else "***") + token[at:]
 
 
 def redact(text: str) -> str:

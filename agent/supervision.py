@@ -52,8 +52,9 @@ def exit_process(reason: str) -> None:
     ``os._exit`` rather than an orderly stop: a stop waits for threads, and one of them is
     broken or hung. What is committed is on disk; the broker's will tells the centre.
     """
-    log.critical("exiting with status %d so that systemd restarts the agent: %s",
-                 EXIT_SOFTWARE, reason)
+    log.critical(
+        "exiting with status %d so that systemd restarts the agent: %s", EXIT_SOFTWARE, reason
+    )
     for handler in logging.getLogger().handlers:
         with contextlib.suppress(Exception):
             handler.flush()
@@ -66,8 +67,13 @@ class Worker:
     """One supervised thread. The body loops until ``stopping`` is set, calling :meth:`beat`
     at least every second; ``wake`` (if given) makes a blocked body turn at once."""
 
-    def __init__(self, name: str, body: Callable[[Worker], None], supervisor: Supervisor,
-                 wake: Callable[[], None] | None = None) -> None:
+    def __init__(
+        self,
+        name: str,
+        body: Callable[[Worker], None],
+        supervisor: Supervisor,
+        wake: Callable[[], None] | None = None,
+    ) -> None:
         self.name = name
         self._body = body
         self._supervisor = supervisor
@@ -120,8 +126,7 @@ class Worker:
                 self._body(self)
                 if self.stopping.is_set():
                     return
-                raise RuntimeError("the thread's loop returned although the agent is not "
-                                   "stopping")
+                raise RuntimeError("the thread's loop returned although the agent is not stopping")
             except BaseException as exc:  # rule 1: nothing ends a worker quietly
                 if self.stopping.is_set():
                     log.warning("thread %s failed while stopping: %s", self.name, exc)
@@ -152,16 +157,26 @@ class Worker:
         """Until it has crashed since ``past`` and been restarted (beaten again): a test that
         acts next meets the restarted thread, not one still rebuilding its state."""
         with self._crashed:
-            return self._crashed.wait_for(lambda: self.crashes > past and (
-                self._ready or self._supervisor.gave_up is not None), timeout)
+            return self._crashed.wait_for(
+                lambda: (
+                    self.crashes > past and (self._ready or self._supervisor.gave_up is not None)
+                ),
+                timeout,
+            )
 
 
 class Supervisor:
     """Starts workers, restarts them by the rule above, and watches their heartbeats."""
 
-    def __init__(self, *, max_crashes: int = 5, window_s: float = 60.0, stall_s: float = 15.0,
-                 give_up: Callable[[str], None] = exit_process,
-                 clock: Clock = time.monotonic) -> None:
+    def __init__(
+        self,
+        *,
+        max_crashes: int = 5,
+        window_s: float = 60.0,
+        stall_s: float = 15.0,
+        give_up: Callable[[str], None] = exit_process,
+        clock: Clock = time.monotonic,
+    ) -> None:
         self.max_crashes = max_crashes
         self.window_s = window_s
         self.stall_s = stall_s
@@ -173,8 +188,9 @@ class Supervisor:
         self.gave_up: str | None = None
         self._main = Worker("supervisor", lambda _w: None, self)  # the main thread's turn
 
-    def spawn(self, name: str, body: Callable[[Worker], None],
-              wake: Callable[[], None] | None = None) -> Worker:
+    def spawn(
+        self, name: str, body: Callable[[Worker], None], wake: Callable[[], None] | None = None
+    ) -> Worker:
         worker = Worker(name, body, self, wake)
         with self._lock:
             self._workers[name] = worker
@@ -191,17 +207,20 @@ class Supervisor:
             while times and times[0] < now - self.window_s:
                 times.popleft()
             over = len(times) > self.max_crashes
-        log.critical("thread %s crashed (%s: %s); %s", worker.name, type(exc).__name__, exc,
-                     "restart budget spent" if over else "restarting it at once",
-                     exc_info=(type(exc), exc, exc.__traceback__))
+        log.critical(
+            "thread %s crashed (%s: %s); %s",
+            worker.name,
+            type(exc).__name__,
+            exc,
+            "restart budget spent" if over else "restarting it at once",
+            exc_info=(type(exc), exc, exc.__traceback__),
+        )
         if over:
-            self._end(f"thread {worker.name} crashed {len(times)} times in "
-                      f"{self.window_s:.0f} s")
+            self._end(f"thread {worker.name} crashed {len(times)} times in {self.window_s:.0f} s")
             return False
         return True
 
-    def run_turns(self, turn: Callable[[], None], interval_s: float,
-                  stop: threading.Event) -> None:
+    def run_turns(self, turn: Callable[[], None], interval_s: float, stop: threading.Event) -> None:
         """The main thread: ``turn`` every ``interval_s`` until ``stop``, under rules 1-3."""
         while not stop.wait(interval_s):
             try:
@@ -222,8 +241,7 @@ class Supervisor:
             if not worker.alive:
                 self._end(f"thread {worker.name} is gone")
             elif now - worker.heartbeat > self.stall_s:
-                self._end(f"thread {worker.name} has been stuck for "
-                          f"{now - worker.heartbeat:.0f} s")
+                self._end(f"thread {worker.name} has been stuck for {now - worker.heartbeat:.0f} s")
 
     def stale(self, within_s: float, names: tuple[str, ...]) -> list[str]:
         """Which of ``names`` have not beaten within ``within_s`` (or are not running)."""
@@ -272,7 +290,11 @@ def log_thread_exceptions() -> None:
 
     def hook(args: threading.ExceptHookArgs) -> None:
         name = args.thread.name if args.thread is not None else "?"
-        log.error("thread %s died: %s", name, args.exc_value,
-                  exc_info=(args.exc_type, args.exc_value, args.exc_traceback))  # type: ignore[arg-type]
+        log.error(
+            "thread %s died: %s",
+            name,
+            args.exc_value,
+            exc_info=(args.exc_type, args.exc_value, args.exc_traceback),  # type: ignore[arg-type]
+        )
 
     threading.excepthook = hook

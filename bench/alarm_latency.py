@@ -79,16 +79,21 @@ SETTLE_S = 0.005
 KEEPALIVE_S = 600
 STAGES = {
     "edge -> buttons thread picks it up (queue hand-off)": ("t0", Point.EDGE),
-    "buttons: build and commit the alarm (`outbox.add_alarm`, WAL fsync)": (Point.EDGE,
-                                                                             Point.COMMITTED),
+    "buttons: build and commit the alarm (`outbox.add_alarm`, WAL fsync)": (
+        Point.EDGE,
+        Point.COMMITTED,
+    ),
     "`uplink.wake()` -> uplink thread awake (thread hand-off)": (Point.COMMITTED, Point.WOKE),
-    "uplink: `next_batch` query, paho `publish()` (PUBLISH written)": (Point.WOKE,
-                                                                       Point.PUBLISHED),
+    "uplink: `next_batch` query, paho `publish()` (PUBLISH written)": (Point.WOKE, Point.PUBLISHED),
     "broker hop -> subscriber's `on_message`": (Point.PUBLISHED, "t1"),
     "*in parallel:* buttons thread after the commit (wake, indicator, log line)": (
-        Point.COMMITTED, Point.HANDLED),
+        Point.COMMITTED,
+        Point.HANDLED,
+    ),
     "*after t1:* publish -> PUBACK recorded (broker round trip, delivered commit)": (
-        Point.PUBLISHED, Point.ACKED),
+        Point.PUBLISHED,
+        Point.ACKED,
+    ),
     "*after t1:* receipt sent -> alarm deleted from the outbox": ("receipt_sent", Point.RECEIPT),
     "total t0 -> t1": ("t0", "t1"),
 }
@@ -107,8 +112,12 @@ class Durable:
 
     def store(self, payload: bytes) -> int:
         with self.db:  # BEGIN ... COMMIT: the WAL fsync happens here
-            return int(self.db.execute("INSERT INTO m (payload, state) VALUES (?, 0)",
-                                       (payload,)).lastrowid or 0)
+            return int(
+                self.db.execute(
+                    "INSERT INTO m (payload, state) VALUES (?, 0)", (payload,)
+                ).lastrowid
+                or 0
+            )
 
     def forget(self, row: int) -> None:
         with self.db:
@@ -126,11 +135,17 @@ def run(args: argparse.Namespace, workdir: Path, stopwatch: Stopwatch | None) ->
     truncated = False
     try:
         site.start()
-        probe = MqttClient(site.broker.port, [AGENT_TOPIC, BASE_TOPIC], client_id="bench-centre",
-                           keepalive=KEEPALIVE_S,
-                           will=Will(PRESENCE_TOPIC, presence_payload("offline", time.time())))
-        bare, durable_pub = (MqttClient(site.broker.port, client_id=f"bench-{n}",
-                                        keepalive=KEEPALIVE_S) for n in ("bare", "durable"))
+        probe = MqttClient(
+            site.broker.port,
+            [AGENT_TOPIC, BASE_TOPIC],
+            client_id="bench-centre",
+            keepalive=KEEPALIVE_S,
+            will=Will(PRESENCE_TOPIC, presence_payload("offline", time.time())),
+        )
+        bare, durable_pub = (
+            MqttClient(site.broker.port, client_id=f"bench-{n}", keepalive=KEEPALIVE_S)
+            for n in ("bare", "durable")
+        )
         for c in (probe, bare, durable_pub):
             clients.append(c.connect())
         probe.publish(PRESENCE_TOPIC, presence_payload("online", time.time()), retain=True)
@@ -145,8 +160,11 @@ def run(args: argparse.Namespace, workdir: Path, stopwatch: Stopwatch | None) ->
         for i in range(args.warmup + args.presses):
             if time.monotonic() > started + args.budget_s:
                 truncated = True
-                print(f"budget of {args.budget_s} s reached after {i - args.warmup} counted "
-                      "presses; reporting those", file=sys.stderr)
+                print(
+                    f"budget of {args.budget_s} s reached after {i - args.warmup} counted "
+                    "presses; reporting those",
+                    file=sys.stderr,
+                )
                 break
             counted = i >= args.warmup
             since = probe.count()
@@ -164,8 +182,12 @@ def run(args: argparse.Namespace, workdir: Path, stopwatch: Stopwatch | None) ->
             # Untimed: confirm as the centre does; wait until both the delivered mark and the
             # receipt's delete have committed (depth() takes the outbox lock): the disk is quiet.
             probe.send(RECEIPT_TOPIC, Receipt(alarms=(got.json()["event_id"],)).to_json())
-            wait_for(lambda: not any(outbox.depth()[k] for k in ("alarm", "unconfirmed")),
-                     WAIT_S, f"alarm {i} to be confirmed and deleted", poll_s=0.0005)
+            wait_for(
+                lambda: not any(outbox.depth()[k] for k in ("alarm", "unconfirmed")),
+                WAIT_S,
+                f"alarm {i} to be confirmed and deleted",
+                poll_s=0.0005,
+            )
             if stopwatch is not None:
                 stopwatch.wait(Point.RECEIPT, WAIT_S)
                 row = stopwatch.take()
@@ -188,10 +210,19 @@ def run(args: argparse.Namespace, workdir: Path, stopwatch: Stopwatch | None) ->
             time.sleep(max(0.0, released + release_s + RELEASE_MARGIN_S - time.perf_counter()))
             # and until the board says so: a press it sees before its overdue re-arm timer is
             # swallowed (docs/benchmarks.md), which a loaded machine triggers
-            wait_for(lambda: board.snapshot()[BUTTON]["state"] == "idle", WAIT_S,
-                     f"the button to re-arm after press {i}", poll_s=0.0005)
-        return {"samples": samples, "rows": rows, "payload_bytes": len(payload),
-                "truncated": truncated, "elapsed_s": round(time.monotonic() - started, 1)}
+            wait_for(
+                lambda: board.snapshot()[BUTTON]["state"] == "idle",
+                WAIT_S,
+                f"the button to re-arm after press {i}",
+                poll_s=0.0005,
+            )
+        return {
+            "samples": samples,
+            "rows": rows,
+            "payload_bytes": len(payload),
+            "truncated": truncated,
+            "elapsed_s": round(time.monotonic() - started, 1),
+        }
     finally:
         for c in clients:
             c.close()
@@ -202,34 +233,58 @@ def report(res: dict[str, Any], args: argparse.Namespace, ctx: dict[str, Any]) -
     figures = {k: describe(xs) for k, xs in res.pop("samples").items() if xs}
     a = figures.get("agent")
     rows = res.pop("rows")
-    return {"bench": "alarm_latency", "date": time.strftime("%Y-%m-%d"),
-            "presses": a["n"] if a else 0, "warmup": args.warmup, **res,
-            "target_p99_ms": TARGET_P99_MS, "target_met": bool(a and a["p99_ms"] < TARGET_P99_MS),
-            "figures": figures,
-            "ratios": {f"agent/{k}": ratios(a, figures[k]) for k in ("baseline", "durable")
-                       if a and k in figures},
-            "stages": stages(rows, STAGES) if rows else None,
-            "context": {**ctx, "loadavg_end": os.getloadavg()}}
+    return {
+        "bench": "alarm_latency",
+        "date": time.strftime("%Y-%m-%d"),
+        "presses": a["n"] if a else 0,
+        "warmup": args.warmup,
+        **res,
+        "target_p99_ms": TARGET_P99_MS,
+        "target_met": bool(a and a["p99_ms"] < TARGET_P99_MS),
+        "figures": figures,
+        "ratios": {
+            f"agent/{k}": ratios(a, figures[k])
+            for k in ("baseline", "durable")
+            if a and k in figures
+        },
+        "stages": stages(rows, STAGES) if rows else None,
+        "context": {**ctx, "loadavg_end": os.getloadavg()},
+    }
 
 
-LABELS = {"agent": "agent (press -> receipt)", "baseline": "bare paho publish",
-          "durable": "SQLite FULL commit + bare publish"}
+LABELS = {
+    "agent": "agent (press -> receipt)",
+    "baseline": "bare paho publish",
+    "durable": "SQLite FULL commit + bare publish",
+}
 
 
 def markdown(r: dict[str, Any]) -> str:
-    lines = [f"Alarm latency, {r['presses']} presses after {r['warmup']} warm-up "
-             f"({r['elapsed_s']} s{', TRUNCATED by --budget-s' if r['truncated'] else ''}); "
-             f"payload {r['payload_bytes']} B, QoS 1", "",
-             *table({LABELS[k]: f for k, f in r["figures"].items()}),
-             "", "| ratio | p50 | p99 |", "|---|---:|---:|"]
+    lines = [
+        f"Alarm latency, {r['presses']} presses after {r['warmup']} warm-up "
+        f"({r['elapsed_s']} s{', TRUNCATED by --budget-s' if r['truncated'] else ''}); "
+        f"payload {r['payload_bytes']} B, QoS 1",
+        "",
+        *table({LABELS[k]: f for k, f in r["figures"].items()}),
+        "",
+        "| ratio | p50 | p99 |",
+        "|---|---:|---:|",
+    ]
     for k, q in r["ratios"].items():
         lines.append(f"| agent / {LABELS[k.split('/')[1]]} | {q['p50']:.2f}x | {q['p99']:.2f}x |")
     if a := r["figures"].get("agent"):
-        lines += ["", f"Target: agent p99 < {TARGET_P99_MS:.0f} ms including the disk sync: "
-                      f"{'MET' if r['target_met'] else 'MISSED'} (p99 {a['p99_ms']:.2f} ms)."]
+        lines += [
+            "",
+            f"Target: agent p99 < {TARGET_P99_MS:.0f} ms including the disk sync: "
+            f"{'MET' if r['target_met'] else 'MISSED'} (p99 {a['p99_ms']:.2f} ms).",
+        ]
     if r["stages"]:
-        lines += ["", "Stages of the agent's path (--stages: agent/tracing.py's points):", "",
-                  *table(r["stages"], head="stage", mean=False)]
+        lines += [
+            "",
+            "Stages of the agent's path (--stages: agent/tracing.py's points):",
+            "",
+            *table(r["stages"], head="stage", mean=False),
+        ]
     return "\n".join([*lines, "", machine_line(r["context"])])
 
 
@@ -239,21 +294,32 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--warmup", type=int, default=20, help="presses not counted (default 20)")
     ap.add_argument("--json", action="store_true", help="print JSON instead of markdown")
     ap.add_argument("--stages", action="store_true", help="also time each hop (a tracer)")
-    ap.add_argument("--storage-dir", type=Path, default=None,
-                    help="parent of the work dir; a real disk, not tmpfs (default: the temp "
-                         "dir, or /var/tmp if that is tmpfs)")
-    ap.add_argument("--budget-s", type=float, default=100.0,
-                    help="stop measuring after this long and report what was measured")
+    ap.add_argument(
+        "--storage-dir",
+        type=Path,
+        default=None,
+        help="parent of the work dir; a real disk, not tmpfs (default: the temp "
+        "dir, or /var/tmp if that is tmpfs)",
+    )
+    ap.add_argument(
+        "--budget-s",
+        type=float,
+        default=100.0,
+        help="stop measuring after this long and report what was measured",
+    )
     ap.add_argument("--keep", action="store_true", help="keep the work dir (logs, databases)")
     args = ap.parse_args(argv)
     if args.presses < 1 or args.warmup < 0:
         ap.error("--presses must be >= 1 and --warmup >= 0")
-    workdir = Path(tempfile.mkdtemp(prefix="alarm-latency-",
-                                    dir=args.storage_dir or default_storage_parent()))
+    workdir = Path(
+        tempfile.mkdtemp(prefix="alarm-latency-", dir=args.storage_dir or default_storage_parent())
+    )
     ctx = machine_context(workdir)
     if ctx["storage_fs"] in ("tmpfs", "ramfs"):
-        print(f"warning: {workdir} is on {ctx['storage_fs']}: fsync costs nothing there",
-              file=sys.stderr)
+        print(
+            f"warning: {workdir} is on {ctx['storage_fs']}: fsync costs nothing there",
+            file=sys.stderr,
+        )
     try:
         with agent_logs_to(workdir / "agent.log"):
             res = run(args, workdir, Stopwatch() if args.stages else None)

@@ -41,10 +41,13 @@ from agent.testing.postgres import Postgres
 from agent.testing.stats import REPO, default_storage_parent, machine_context, machine_line
 
 # name: (--group-commit, on PostgreSQL, receivers)
-CASES = {"SQLite, one fsync per alarm": (1, False, 1), "SQLite, group commit": (256, False, 1),
-         "PostgreSQL, one commit per alarm": (1, True, 1),
-         "PostgreSQL, group commit": (256, True, 1),
-         "PostgreSQL, group commit, two receivers": (256, True, 2)}
+CASES = {
+    "SQLite, one fsync per alarm": (1, False, 1),
+    "SQLite, group commit": (256, False, 1),
+    "PostgreSQL, one commit per alarm": (1, True, 1),
+    "PostgreSQL, group commit": (256, True, 1),
+    "PostgreSQL, group commit, two receivers": (256, True, 2),
+}
 
 
 def publish(port: int, connections: int, alarms: int, sites: int) -> None:
@@ -57,14 +60,28 @@ def publish(port: int, connections: int, alarms: int, sites: int) -> None:
     payloads = []
     for i in range(alarms):
         site = f"school-{i % sites:03d}"
-        payloads.append((site, Alarm(str(uuid.uuid4()), i // sites + 1, site, "entrance",
-                                     "Главный вход", "panic", rfc3339(time.time()),
-                                     True).to_json()))
+        payloads.append(
+            (
+                site,
+                Alarm(
+                    str(uuid.uuid4()),
+                    i // sites + 1,
+                    site,
+                    "entrance",
+                    "Главный вход",
+                    "panic",
+                    rfc3339(time.time()),
+                    True,
+                ).to_json(),
+            )
+        )
     print("ready", flush=True)
     sys.stdin.readline()
     t0, wall = time.monotonic(), time.time()
-    sent = [clients[i % connections].send(f"schools/{site}/alarm", payload)
-            for i, (site, payload) in enumerate(payloads)]
+    sent = [
+        clients[i % connections].send(f"schools/{site}/alarm", payload)
+        for i, (site, payload) in enumerate(payloads)
+    ]
     for i, mid in enumerate(sent):
         clients[i % connections].wait_ack(mid, 60)
     print(time.monotonic() - t0, wall, flush=True)
@@ -91,8 +108,14 @@ def _last_stored(store: Path, ledger_url: str | None) -> float:
     return stored
 
 
-def storm(broker: Mosquitto, store: Path, args: argparse.Namespace, group_max: int,
-          ledger_url: str | None = None, receivers: int = 1) -> dict[str, float]:
+def storm(
+    broker: Mosquitto,
+    store: Path,
+    args: argparse.Namespace,
+    group_max: int,
+    ledger_url: str | None = None,
+    receivers: int = 1,
+) -> dict[str, float]:
     """One storm against fresh receiver processes (``edge-agent central``), as in production;
     several only on a shared PostgreSQL ledger. An alarm counts as confirmed at its first
     receipt, from whichever receiver."""
@@ -107,16 +130,48 @@ def storm(broker: Mosquitto, store: Path, args: argparse.Namespace, group_max: i
     started = []
     for name in sorted(names):
         log = open(store / f"{name}.log", "w")  # noqa: SIM115 (the child holds it)
-        started.append(subprocess.Popen(
-            [sys.executable, "-m", "agent.cli", "central", "--broker", broker.url, "--store",
-             str(store / f"centre-{name.rsplit('-', 1)[1]}"), "--client-id", name,
-             "--min-free-gb", "0", "--group-commit", str(group_max),
-             *(["--ledger", ledger_url] if ledger_url else [])],
-            cwd=REPO, stdout=subprocess.DEVNULL, stderr=log, preexec_fn=die_with_parent))
+        started.append(
+            subprocess.Popen(
+                [
+                    sys.executable,
+                    "-m",
+                    "agent.cli",
+                    "central",
+                    "--broker",
+                    broker.url,
+                    "--store",
+                    str(store / f"centre-{name.rsplit('-', 1)[1]}"),
+                    "--client-id",
+                    name,
+                    "--min-free-gb",
+                    "0",
+                    "--group-commit",
+                    str(group_max),
+                    *(["--ledger", ledger_url] if ledger_url else []),
+                ],
+                cwd=REPO,
+                stdout=subprocess.DEVNULL,
+                stderr=log,
+                preexec_fn=die_with_parent,
+            )
+        )
     schools = subprocess.Popen(
-        [sys.executable, "-m", "bench.alarm_storm", "--publish", str(broker.port),
-         str(args.connections), str(args.alarms), str(args.sites)], cwd=REPO,
-        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, preexec_fn=die_with_parent)
+        [
+            sys.executable,
+            "-m",
+            "bench.alarm_storm",
+            "--publish",
+            str(broker.port),
+            str(args.connections),
+            str(args.alarms),
+            str(args.sites),
+        ],
+        cwd=REPO,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+        preexec_fn=die_with_parent,
+    )
     assert schools.stdin is not None and schools.stdout is not None
     try:
         wait_for(lambda: names <= receipts.online, 20, "the receivers to come online")
@@ -128,9 +183,12 @@ def storm(broker: Mosquitto, store: Path, args: argparse.Namespace, group_max: i
         published, wall = (float(x) for x in schools.stdout.readline().split())
         wait_for(lambda: len(confirmed) >= args.alarms, 60, "every receipt", poll_s=0.005)
         last = max(confirmed.values()) - wall
-        return {"published_s": published,
-                "last_stored_s": _last_stored(store, ledger_url) - wall,
-                "last_receipt_s": last, "alarms_per_s": args.alarms / last}
+        return {
+            "published_s": published,
+            "last_stored_s": _last_stored(store, ledger_url) - wall,
+            "last_receipt_s": last,
+            "alarms_per_s": args.alarms / last,
+        }
     finally:
         try:
             schools.wait(30)
@@ -149,15 +207,25 @@ def main() -> int:
     parser.add_argument("--alarms", type=int, default=1000)
     parser.add_argument("--sites", type=int, default=200)
     parser.add_argument("--runs", type=int, default=5)
-    parser.add_argument("--connections", type=int, default=50,
-                        help="MQTT connections the schools publish through (default 50)")
+    parser.add_argument(
+        "--connections",
+        type=int,
+        default=50,
+        help="MQTT connections the schools publish through (default 50)",
+    )
     parser.add_argument("--json", action="store_true")
     parser.add_argument("--storage-dir", type=Path, default=None)
-    parser.add_argument("--broker-inflight", type=int, default=20,
-                        help="Mosquitto's max_inflight_messages (default 20, its own default)")
-    parser.add_argument("--postgres", action="store_true",
-                        help="also on a PostgreSQL ledger (a throwaway cluster), with one and "
-                        "two receivers")
+    parser.add_argument(
+        "--broker-inflight",
+        type=int,
+        default=20,
+        help="Mosquitto's max_inflight_messages (default 20, its own default)",
+    )
+    parser.add_argument(
+        "--postgres",
+        action="store_true",
+        help="also on a PostgreSQL ledger (a throwaway cluster), with one and two receivers",
+    )
     parser.add_argument("--publish", nargs=4, type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.publish:
@@ -165,11 +233,13 @@ def main() -> int:
         return 0
     logs.setup("error")
     results: dict[str, Any] = {}
-    with tempfile.TemporaryDirectory(prefix="bench-storm-",
-                                     dir=args.storage_dir or default_storage_parent()) as tmp:
+    with tempfile.TemporaryDirectory(
+        prefix="bench-storm-", dir=args.storage_dir or default_storage_parent()
+    ) as tmp:
         work = Path(tmp)
-        broker = Mosquitto(work / "broker", extra_conf=f"max_inflight_messages "
-                           f"{args.broker_inflight}\n")
+        broker = Mosquitto(
+            work / "broker", extra_conf=f"max_inflight_messages {args.broker_inflight}\n"
+        )
         broker.start()
         cluster = Postgres().start() if args.postgres else None
         try:
@@ -179,8 +249,11 @@ def main() -> int:
                 runs = []
                 for run in range(args.runs):
                     url = cluster.create(f"storm{len(results)}x{run}") if cluster and pg else None
-                    runs.append(storm(broker, work / f"{len(results)}-{run}", args, group_max,
-                                      url, receivers))
+                    runs.append(
+                        storm(
+                            broker, work / f"{len(results)}-{run}", args, group_max, url, receivers
+                        )
+                    )
                 median = statistics.median_low(r["last_receipt_s"] for r in runs)
                 results[case] = next(r for r in runs if r["last_receipt_s"] == median)
                 results[case]["runs_last_receipt_s"] = [r["last_receipt_s"] for r in runs]
@@ -195,16 +268,22 @@ def main() -> int:
     if args.json:
         print(json.dumps(results, indent=2))
         return 0
-    print(f"{args.alarms} alarms from {args.sites} schools at once, broker "
-          f"max_inflight_messages {args.broker_inflight}, median of {args.runs} runs\n")
-    print("| receiver | published in | last stored | last receipt | alarms/s to the last "
-          "receipt | last receipt, each run (s) |")
+    print(
+        f"{args.alarms} alarms from {args.sites} schools at once, broker "
+        f"max_inflight_messages {args.broker_inflight}, median of {args.runs} runs\n"
+    )
+    print(
+        "| receiver | published in | last stored | last receipt | alarms/s to the last "
+        "receipt | last receipt, each run (s) |"
+    )
     print("|---|---|---|---|---|---|")
     for name in (case for case in CASES if case in results):
         r = results[name]
-        print(f"| {name} | {r['published_s'] * 1e3:.0f} ms | {r['last_stored_s'] * 1e3:.0f} ms "
-              f"| {r['last_receipt_s'] * 1e3:.0f} ms | {r['alarms_per_s']:.0f} | "
-              f"{', '.join(f'{x:.2f}' for x in r['runs_last_receipt_s'])} |")
+        print(
+            f"| {name} | {r['published_s'] * 1e3:.0f} ms | {r['last_stored_s'] * 1e3:.0f} ms "
+            f"| {r['last_receipt_s'] * 1e3:.0f} ms | {r['alarms_per_s']:.0f} | "
+            f"{', '.join(f'{x:.2f}' for x in r['runs_last_receipt_s'])} |"
+        )
     print("\n" + machine_line(results["machine"]))
     return 0
 

@@ -50,8 +50,14 @@ from agent.testing.stats import (
 )
 
 CHROMIUM = "/usr/bin/chromium"
-ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking",
-        "--disable-component-update", "--disable-sync", "--no-first-run"]
+ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
 PASSWORD = "bench-password-1"
 SHORT_CLIPS = {"entrance-cam": {"pre_alarm_s": 2, "post_alarm_s": 2}}  # the other cameras off
 OBSERVER = """() => { window.seen = {};
@@ -71,15 +77,24 @@ def run(args: argparse.Namespace, work: Path) -> dict[str, Any]:
 
     generate_keypair(work / "keys")
     stored: dict[str, float] = {}
-    site = Site(work, agent=None, cameras=SHORT_CLIPS,
-                on_alarm=lambda record: stored.setdefault(record["event_id"], time.time()),
-                commands={"public_key_file": str(work / "keys" / "centre.pub")})
+    site = Site(
+        work,
+        agent=None,
+        cameras=SHORT_CLIPS,
+        on_alarm=lambda record: stored.setdefault(record["event_id"], time.time()),
+        commands={"public_key_file": str(work / "keys" / "centre.pub")},
+    )
     with site:
         assert site.centre is not None
-        console = Console(Options(store=site.centre.store, data=work / "console",
-                                  endpoint=Endpoint.parse(site.broker.url),
-                                  key_file=work / "keys" / "centre.key",
-                                  listen=("127.0.0.1", 0)))
+        console = Console(
+            Options(
+                store=site.centre.store,
+                data=work / "console",
+                endpoint=Endpoint.parse(site.broker.url),
+                key_file=work / "keys" / "centre.key",
+                listen=("127.0.0.1", 0),
+            )
+        )
         accounts.add_user(console.db, "operator", "operator", PASSWORD, "bench")
         console.start()
         try:
@@ -94,17 +109,20 @@ def run(args: argparse.Namespace, work: Path) -> dict[str, Any]:
                 page.click("#login-form button[type=submit]")
                 page.wait_for_selector("#link-state.up")
                 page.evaluate(OBSERVER)
-                return {"machine": machine_context(work),
-                        **screen(args, box, page, stored),
-                        **live(args, page),
-                        **clips(args, box, page)}
+                return {
+                    "machine": machine_context(work),
+                    **screen(args, box, page, stored),
+                    **live(args, page),
+                    **clips(args, box, page),
+                }
         finally:
             site.stop_agent()
             console.stop()
 
 
-def screen(args: argparse.Namespace, box: AgentProcess, page: Any,
-           stored: dict[str, float]) -> dict[str, Any]:
+def screen(
+    args: argparse.Namespace, box: AgentProcess, page: Any, stored: dict[str, float]
+) -> dict[str, Any]:
     pressed: dict[str, float] = {}
     for i in range(args.presses + 10):
         t0 = time.time()
@@ -113,11 +131,16 @@ def screen(args: argparse.Namespace, box: AgentProcess, page: Any,
             pressed[event] = t0
         time.sleep(args.interval_s)
     keys = {f"sim-school/{e}": e for e in pressed}
-    seen = wait_for(lambda: (s := page.evaluate("window.seen")) and all(k in s for k in keys)
-                    and s, 30, "every alarm on screen")
+    seen = wait_for(
+        lambda: (s := page.evaluate("window.seen")) and all(k in s for k in keys) and s,
+        30,
+        "every alarm on screen",
+    )
     wait_for(lambda: all(e in stored for e in pressed), 10, "every alarm stored")
-    return {"press_to_screen": describe([seen[k] / 1000 - pressed[e] for k, e in keys.items()]),
-            "press_to_stored": describe([stored[e] - pressed[e] for e in pressed])}
+    return {
+        "press_to_screen": describe([seen[k] / 1000 - pressed[e] for k, e in keys.items()]),
+        "press_to_stored": describe([stored[e] - pressed[e] for e in pressed]),
+    }
 
 
 def live(args: argparse.Namespace, page: Any) -> dict[str, Any]:
@@ -127,8 +150,9 @@ def live(args: argparse.Namespace, page: Any) -> dict[str, Any]:
     button = page.locator('#alarm-video .live-button[data-camera="entrance-cam"]')
     button.wait_for(timeout=20_000)
     button.click()
-    page.wait_for_function("() => document.querySelector('video.live-video')?.dataset"
-                           ".latencyMs", timeout=20_000)
+    page.wait_for_function(
+        "() => document.querySelector('video.live-video')?.dataset.latencyMs", timeout=20_000
+    )
     samples = []
     for _ in range(int(args.live_seconds * 4)):
         samples.append(float(page.locator("video.live-video").get_attribute("data-latency-ms")))
@@ -144,21 +168,26 @@ def clips(args: argparse.Namespace, box: AgentProcess, page: Any) -> dict[str, A
         row = page.locator(f'tr.alarm[data-key="sim-school/{event}"]')
         row.wait_for(timeout=10_000)
         row.click()
-        page.wait_for_function("() => { const v = document.querySelector("
-                               "'#alarm-video video.clip-video'); return v && v.currentTime > 0; }",
-                               timeout=30_000)
+        page.wait_for_function(
+            "() => { const v = document.querySelector("
+            "'#alarm-video video.clip-video'); return v && v.currentTime > 0; }",
+            timeout=30_000,
+        )
         took.append(time.time() - t0)
     return {"press_to_clip_playing": describe(took)} if took else {}
 
 
 def report(figures: dict[str, Any]) -> str:
-    names = {"press_to_stored": "press -> stored by the receiver (baseline)",
-             "press_to_screen": "press -> alarm on the officer's screen",
-             "live_glass_to_glass": "live view, glass to glass",
-             "press_to_clip_playing": "press -> its clip playing (incl. 2 s after the press)"}
+    names = {
+        "press_to_stored": "press -> stored by the receiver (baseline)",
+        "press_to_screen": "press -> alarm on the officer's screen",
+        "live_glass_to_glass": "live view, glass to glass",
+        "press_to_clip_playing": "press -> its clip playing (incl. 2 s after the press)",
+    }
     rows = {name: figures[key] for key, name in names.items() if key in figures}
-    return "\n".join([*table(rows, head="what", mean=False, digits=0), "",
-                      machine_line(figures["machine"])])
+    return "\n".join(
+        [*table(rows, head="what", mean=False, digits=0), "", machine_line(figures["machine"])]
+    )
 
 
 def main() -> int:
@@ -171,8 +200,9 @@ def main() -> int:
     parser.add_argument("--storage-dir", type=Path, default=None)
     args = parser.parse_args()
     logs.setup("error")  # the receiver's one line per alarm would bury the table
-    with tempfile.TemporaryDirectory(prefix="bench-console-",
-                                     dir=args.storage_dir or default_storage_parent()) as tmp:
+    with tempfile.TemporaryDirectory(
+        prefix="bench-console-", dir=args.storage_dir or default_storage_parent()
+    ) as tmp:
         try:
             figures = run(args, Path(tmp))
         except AssertionError as exc:  # a wait that timed out, named

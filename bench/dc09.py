@@ -117,8 +117,9 @@ def run_case(transport: Transport, key: bool, n: int) -> dict[str, Any]:
     rx = receiver(transport, key)
     sup = Supervisor(give_up=lambda why: sys.exit(f"supervisor gave up: {why}"))
     queue = Timed()
-    r = Receiver("127.0.0.1", rx.port, transport, "1234", "1", "2",
-                 KEY_TEXT.encode() if key else None)
+    r = Receiver(
+        "127.0.0.1", rx.port, transport, "1234", "1", "2", KEY_TEXT.encode() if key else None
+    )
     tx = Transmitter(Settings((r,), ack_timeout_s=2.0, test_report_s=None), queue)
     kind = socket.SOCK_STREAM if transport is Transport.TCP else socket.SOCK_DGRAM
     sock = socket.socket(socket.AF_INET, kind)
@@ -131,9 +132,15 @@ def run_case(transport: Transport, key: bool, n: int) -> dict[str, Any]:
         event = Event(EventKind.PANIC, 7, "Главный вход")
         msg = encode(event, MessageFormat.SIA_DCS, "1234")
         for i in range(n + 20):  # 20 warm-up
-            frame = build(msg.token, i % 9999 + 1, Address("1234", "1", "2"), msg.data,
-                          extended=msg.extended, sent_at=time.time(),
-                          key=KEY_TEXT.encode() if key else None)
+            frame = build(
+                msg.token,
+                i % 9999 + 1,
+                Address("1234", "1", "2"),
+                msg.data,
+                extended=msg.extended,
+                sent_at=time.time(),
+                key=KEY_TEXT.encode() if key else None,
+            )
             b = baseline(sock, frame, transport)
             t0 = time.perf_counter()
             event_id = queue.put(event)
@@ -159,9 +166,15 @@ def run_case(transport: Transport, key: bool, n: int) -> dict[str, Any]:
         sock.close()
         rx.stop()
     d, b = describe(ours), describe(base)
-    return {"case": f"{transport}{' AES-128' if key else ''}", "events": n,
-            "p50_ms": d["p50_ms"], "p99_ms": d["p99_ms"],
-            "base_p50_ms": b["p50_ms"], "base_p99_ms": b["p99_ms"], "recovery_s": recovery}
+    return {
+        "case": f"{transport}{' AES-128' if key else ''}",
+        "events": n,
+        "p50_ms": d["p50_ms"],
+        "p99_ms": d["p99_ms"],
+        "base_p50_ms": b["p50_ms"],
+        "base_p99_ms": b["p99_ms"],
+        "recovery_s": recovery,
+    }
 
 
 # --- the agent: each press to the MQTT centre and to the DC-09 receiver ----------------------
@@ -187,22 +200,29 @@ class CentreDesk:
 
     def __init__(self, port: int) -> None:
         self.arrivals: dict[str, list[float]] = {site: [] for site in SITES}
-        self.client = MqttClient(port, ["schools/+/alarm"], client_id="bench-centre",
-                                 keepalive=CENTRE_KEEPALIVE_S, on_message=self._on_alarm,
-                                 will=Will(PRESENCE, presence_payload("offline", time.time())))
+        self.client = MqttClient(
+            port,
+            ["schools/+/alarm"],
+            client_id="bench-centre",
+            keepalive=CENTRE_KEEPALIVE_S,
+            on_message=self._on_alarm,
+            will=Will(PRESENCE, presence_payload("offline", time.time())),
+        )
 
     def start(self) -> None:
         self.client.connect(WAIT_S)
-        self.client.publish(PRESENCE, presence_payload("online", time.time()), retain=True,
-                            timeout=WAIT_S)
+        self.client.publish(
+            PRESENCE, presence_payload("online", time.time()), retain=True, timeout=WAIT_S
+        )
 
     def stop(self) -> None:
         self.client.close()
 
     def _on_alarm(self, got: Received) -> None:
         alarm = got.json()
-        self.client.send(f"schools/{alarm['site_id']}/receipt",
-                         Receipt(alarms=(alarm["event_id"],)).to_json())
+        self.client.send(
+            f"schools/{alarm['site_id']}/receipt", Receipt(alarms=(alarm["event_id"],)).to_json()
+        )
         if alarm["button_id"]:
             self.arrivals[alarm["site_id"]].append(got.at)  # before the client wakes waiters
 
@@ -237,8 +257,9 @@ class AckClock:
     def wait(self, n: int, step: str, timeout: float = WAIT_S) -> float:
         with self.cond:
             if not self.cond.wait_for(lambda: len(self.times) >= n, timeout):
-                raise AssertionError(f"timed out after {timeout:g} s waiting for {step} "
-                                     "to be acknowledged on DC-09")
+                raise AssertionError(
+                    f"timed out after {timeout:g} s waiting for {step} to be acknowledged on DC-09"
+                )
             return self.times[n - 1]
 
 
@@ -246,11 +267,25 @@ def start_box(workdir: Path, site: str, broker_port: int, rx_port: int | None) -
     """One agent of the run: the simulated school (buttons numbered, the entrance's location
     in Russian) as ``site``, on its own storage and mock pins, in this process; with
     ``rx_port`` None the baseline, the same agent without the DC-09 path."""
-    dc09 = {} if rx_port is None else {"dc09": {
-        "account": "1234", "test_report_s": 0,  # else the default timings
-        "receivers": [{"host": "127.0.0.1", "port": rx_port}]}}
-    config = zoned_school(workdir / f"{site}.yaml", port=broker_port, storage=workdir / site,
-                          site={"id": site}, buttons={BUTTON: {"location": ENTRANCE}}, **dc09)
+    dc09 = (
+        {}
+        if rx_port is None
+        else {
+            "dc09": {
+                "account": "1234",
+                "test_report_s": 0,  # else the default timings
+                "receivers": [{"host": "127.0.0.1", "port": rx_port}],
+            }
+        }
+    )
+    config = zoned_school(
+        workdir / f"{site}.yaml",
+        port=broker_port,
+        storage=workdir / site,
+        site={"id": site},
+        buttons={BUTTON: {"location": ENTRANCE}},
+        **dc09,
+    )
     return InProcessAgent(config).start(WAIT_S)
 
 
@@ -261,10 +296,16 @@ def settle(box: InProcessAgent, site: str) -> None:
     board, outbox = d.buttons, d.outbox
     assert board is not None and outbox is not None
     time.sleep(0.06)
-    wait_for(lambda: (board.snapshot()[BUTTON]["state"] == "idle"
-                      and not any(outbox.depth().values())
-                      and not (d.dc09 and d.dc09.queue.depth())),
-             WAIT_S, f"{site} to settle after a press", poll_s=0.002)
+    wait_for(
+        lambda: (
+            board.snapshot()[BUTTON]["state"] == "idle"
+            and not any(outbox.depth().values())
+            and not (d.dc09 and d.dc09.queue.depth())
+        ),
+        WAIT_S,
+        f"{site} to settle after a press",
+        poll_s=0.002,
+    )
 
 
 def run_agent(presses: int, outages: int, workdir: Path) -> dict[str, Any]:
@@ -300,8 +341,12 @@ def run_agent(presses: int, outages: int, workdir: Path) -> dict[str, Any]:
             t_mqtt = desk.wait(SITES[0], i, f"press {i}") - t0
             if outage:
                 times["outage_mqtt"].append(t_mqtt)
-                wait_for(lambda: dc09.transmitter.status().path_ok is False, 60,
-                         "the DC-09 path seen down", poll_s=0.005)
+                wait_for(
+                    lambda: dc09.transmitter.status().path_ok is False,
+                    60,
+                    "the DC-09 path seen down",
+                    poll_s=0.005,
+                )
                 returned = time.perf_counter()
                 rx = SiaReceiver(Transport.TCP, [SIAAccount("1234", None)], port).start()
                 recovery_s.append(acks.wait(i, f"press {i} after the outage", 60) - returned)
@@ -330,17 +375,21 @@ def run_agent(presses: int, outages: int, workdir: Path) -> dict[str, Any]:
     gave_up = [f"{b.daemon.cfg.site.id}: {b.gave_up}" for b in boxes if b.gave_up]
     if gave_up:
         raise AssertionError(f"the agent's supervisor gave up ({'; '.join(gave_up)})")
-    return {"presses": presses, **{k: describe(v) for k, v in times.items()},
-            "recovery_s": recovery_s,
-            "delivered_both": len(desk.arrivals[SITES[0]]) == len(acks.times) == decoded == total,
-            "machine": machine_context(workdir)}
+    return {
+        "presses": presses,
+        **{k: describe(v) for k, v in times.items()},
+        "recovery_s": recovery_s,
+        "delivered_both": len(desk.arrivals[SITES[0]]) == len(acks.times) == decoded == total,
+        "machine": machine_context(workdir),
+    }
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--part", choices=("agent", "transmitter", "both"), default="both")
-    ap.add_argument("--presses", type=int, default=500, help="through the agent (after 20 "
-                    "warm-up presses)")
+    ap.add_argument(
+        "--presses", type=int, default=500, help="through the agent (after 20 warm-up presses)"
+    )
     ap.add_argument("--outages", type=int, default=5, help="receiver away, then back")
     ap.add_argument("--events", type=int, default=500, help="per transmitter-alone case")
     ap.add_argument("--storage-dir", type=Path, default=default_storage_parent())
@@ -357,33 +406,46 @@ def main() -> None:
         except AssertionError as exc:  # a wait of the harness's, or of this bench's, timed out
             sys.exit(f"dc09: {exc} (work dir kept: {workdir})")
         shutil.rmtree(workdir, ignore_errors=True)
-    rows = [run_case(t, k, args.events) for t in Transport for k in (False, True)] \
-        if args.part != "agent" else []
+    rows = (
+        [run_case(t, k, args.events) for t in Transport for k in (False, True)]
+        if args.part != "agent"
+        else []
+    )
     if args.json:
         print(json.dumps({"agent": agent, "transmitter": rows}, indent=2))
         return
     if agent is not None:
-        print(f"Through the agent: {agent['presses']} presses (loopback, TCP, no AES, storage "
-              f"{agent['machine']['storage_fs']}, load {agent['machine']['loadavg'][0]:.2f}, "
-              f"agent {agent['machine']['agent_code']})\n")
+        print(
+            f"Through the agent: {agent['presses']} presses (loopback, TCP, no AES, storage "
+            f"{agent['machine']['storage_fs']}, load {agent['machine']['loadavg'][0]:.2f}, "
+            f"agent {agent['machine']['agent_code']})\n"
+        )
         print("| path | p50 ms | p99 ms | max ms |")
         print("|---|---:|---:|---:|")
-        for name, key in (("press -> DC-09 ACK", "dc09"), ("press -> MQTT centre", "mqtt"),
-                          ("press -> MQTT centre, DC-09 receiver away", "outage_mqtt"),
-                          ("baseline: the same agent without DC-09, press -> MQTT centre",
-                           "mqtt_only")):
+        for name, key in (
+            ("press -> DC-09 ACK", "dc09"),
+            ("press -> MQTT centre", "mqtt"),
+            ("press -> MQTT centre, DC-09 receiver away", "outage_mqtt"),
+            ("baseline: the same agent without DC-09, press -> MQTT centre", "mqtt_only"),
+        ):
             d = agent[key]
             print(f"| {name} | {d['p50_ms']:.2f} | {d['p99_ms']:.2f} | {d['max_ms']:.2f} |")
-        print(f"\nBoth paths delivered every press: {agent['delivered_both']}. Receiver back -> "
-              "queued event ACK: " + ", ".join(f"{s:.2f}" for s in agent["recovery_s"]) + " s\n")
+        print(
+            f"\nBoth paths delivered every press: {agent['delivered_both']}. Receiver back -> "
+            "queued event ACK: " + ", ".join(f"{s:.2f}" for s in agent["recovery_s"]) + " s\n"
+        )
     if rows:
         print(f"The transmitter alone: event -> ACK, {args.events} events per case (loopback)\n")
-        print("| case | ours p50 ms | ours p99 ms | bare socket p50 ms | bare socket p99 ms "
-              "| receiver back -> queued event ACK s |")
+        print(
+            "| case | ours p50 ms | ours p99 ms | bare socket p50 ms | bare socket p99 ms "
+            "| receiver back -> queued event ACK s |"
+        )
         print("|---|---|---|---|---|---|")
         for r in rows:
-            print(f"| {r['case']} | {r['p50_ms']:.2f} | {r['p99_ms']:.2f} | "
-                  f"{r['base_p50_ms']:.2f} | {r['base_p99_ms']:.2f} | {r['recovery_s']:.2f} |")
+            print(
+                f"| {r['case']} | {r['p50_ms']:.2f} | {r['p99_ms']:.2f} | "
+                f"{r['base_p50_ms']:.2f} | {r['base_p99_ms']:.2f} | {r['recovery_s']:.2f} |"
+            )
 
 
 if __name__ == "__main__":

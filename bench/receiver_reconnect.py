@@ -80,16 +80,40 @@ def run(kills: int, seed: int, workdir: Path, down: tuple[float, float]) -> dict
 
     with site, open(workdir / "central.log", "ab") as log:
         central = subprocess.Popen(
-            [sys.executable, "-m", "agent.cli", "central", "--broker", site.broker.url,
-             "--store", str(store), "--client-id", "bench-rx"],
-            stdout=log, stderr=log, preexec_fn=die_with_parent)
-        baseline = MqttClient(site.broker.port, ["schools/+/alarm"], persistent=True,
-                              client_id="bench-paho-baseline", keepalive=10, reconnect="paho")
+            [
+                sys.executable,
+                "-m",
+                "agent.cli",
+                "central",
+                "--broker",
+                site.broker.url,
+                "--store",
+                str(store),
+                "--client-id",
+                "bench-rx",
+            ],
+            stdout=log,
+            stderr=log,
+            preexec_fn=die_with_parent,
+        )
+        baseline = MqttClient(
+            site.broker.port,
+            ["schools/+/alarm"],
+            persistent=True,
+            client_id="bench-paho-baseline",
+            keepalive=10,
+            reconnect="paho",
+        )
         try:
             baseline.connect()
-            wait_for(lambda: (store / "centre.db").exists() and all(
-                s.up for s in read_ledger(store, lambda led: led.links())), WAIT_S,
-                "the receiver")
+            wait_for(
+                lambda: (
+                    (store / "centre.db").exists()
+                    and all(s.up for s in read_ledger(store, lambda led: led.links()))
+                ),
+                WAIT_S,
+                "the receiver",
+            )
             box = site.start_agent(process=True)
             assert isinstance(box, AgentProcess)
             up.set()
@@ -106,15 +130,18 @@ def run(kills: int, seed: int, workdir: Path, down: tuple[float, float]) -> dict
                 at_up = time.time()
 
                 def back(since: float = before) -> list[float] | None:
-                    times = [parse_rfc3339(s.regained_at)
-                             for s in read_ledger(store, lambda led: led.links())]
+                    times = [
+                        parse_rfc3339(s.regained_at)
+                        for s in read_ledger(store, lambda led: led.links())
+                    ]
                     ok = [t for t in times if t is not None and t >= since]
                     return ok if len(ok) == 2 else None
 
                 links = wait_for(back, WAIT_S, "the receiver's links to subscribe again")
                 up.set()
-                restarts.append({"alarms_s": min(links) - at_up, "video_s": max(links) - at_up,
-                                 "at_up": at_up})
+                restarts.append(
+                    {"alarms_s": min(links) - at_up, "video_s": max(links) - at_up, "at_up": at_up}
+                )
             stop.set()
             presser.join(10)
             wanted = {e for e, _, _ in presses}
@@ -134,44 +161,64 @@ def run(kills: int, seed: int, workdir: Path, down: tuple[float, float]) -> dict
     gaps = [min((t for t in suback if t >= r["at_up"]), default=None) for r in restarts]
     back_s = [g - r["at_up"] for g, r in zip(gaps, restarts, strict=True) if g is not None]
     return {
-        "kills": kills, "down_s": list(down), "presses": len(presses),
+        "kills": kills,
+        "down_s": list(down),
+        "presses": len(presses),
         "lost": len(wanted - set(by_event)),
         "baseline_came_back": len(back_s),
         "figures": {
             "broker up -> receiver's alarm link subscribed": describe(
-                [r["alarms_s"] for r in restarts]),
+                [r["alarms_s"] for r in restarts]
+            ),
             "broker up -> both links subscribed": describe([r["video_s"] for r in restarts]),
             "baseline: paho's own reconnect (the receiver before)": describe(back_s)
-            if back_s else None,
+            if back_s
+            else None,
             "press (broker up) -> stored at the centre": describe(
-                [by_event[e] - t for e, t, u in presses if u]),
+                [by_event[e] - t for e, t, u in presses if u]
+            ),
             "press (broker down) -> stored at the centre": describe(
-                [by_event[e] - t for e, t, u in presses if not u]),
+                [by_event[e] - t for e, t, u in presses if not u]
+            ),
             "  of which: broker up -> that press stored": describe(
-                [by_event[e] - min((r["at_up"] for r in restarts if r["at_up"] > t), default=t)
-                 for e, t, u in presses if not u]),
+                [
+                    by_event[e] - min((r["at_up"] for r in restarts if r["at_up"] > t), default=t)
+                    for e, t, u in presses
+                    if not u
+                ]
+            ),
         },
     }
 
 
 def markdown(result: dict[str, Any], ctx: dict[str, Any]) -> str:
     rows = {k: f for k, f in result["figures"].items() if f}
-    return "\n".join([
-        *table(rows, head="measure", mean=False, digits=0), "",
-        f"{result['kills']} broker SIGKILLs, each down {result['down_s'][0]:g} to "
-        f"{result['down_s'][1]:g} s; {result['presses']} presses, {result['lost']} lost. The "
-        f"paho baseline came back within the run after {result['baseline_came_back']} of "
-        f"{result['kills']} restarts.",
-        f"Machine: {ctx['cpus']} CPUs, load {ctx['loadavg'][0]:.1f}; {ctx['broker']}; "
-        f"storage {ctx['storage_fs']}."])
+    return "\n".join(
+        [
+            *table(rows, head="measure", mean=False, digits=0),
+            "",
+            f"{result['kills']} broker SIGKILLs, each down {result['down_s'][0]:g} to "
+            f"{result['down_s'][1]:g} s; {result['presses']} presses, {result['lost']} lost. The "
+            f"paho baseline came back within the run after {result['baseline_came_back']} of "
+            f"{result['kills']} restarts.",
+            f"Machine: {ctx['cpus']} CPUs, load {ctx['loadavg'][0]:.1f}; {ctx['broker']}; "
+            f"storage {ctx['storage_fs']}.",
+        ]
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     ap.add_argument("--kills", type=int, default=10)
     ap.add_argument("--seed", type=int, default=1)
-    ap.add_argument("--down", type=float, nargs=2, default=(0.2, 1.0), metavar=("MIN", "MAX"),
-                    help="seconds the broker stays down (default 0.2 1.0)")
+    ap.add_argument(
+        "--down",
+        type=float,
+        nargs=2,
+        default=(0.2, 1.0),
+        metavar=("MIN", "MAX"),
+        help="seconds the broker stays down (default 0.2 1.0)",
+    )
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args(argv)
     with tempfile.TemporaryDirectory(prefix="reconnect-", dir=default_storage_parent()) as tmp:
@@ -181,8 +228,11 @@ def main(argv: list[str] | None = None) -> int:
             print(f"receiver_reconnect: {exc}", file=sys.stderr)
             return 1
         ctx = machine_context(Path(tmp))
-    print(json.dumps({"result": result, "machine": ctx}, indent=2) if args.json
-          else markdown(result, ctx))
+    print(
+        json.dumps({"result": result, "machine": ctx}, indent=2)
+        if args.json
+        else markdown(result, ctx)
+    )
     return 0
 
 

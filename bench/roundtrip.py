@@ -85,8 +85,15 @@ SITE, TOPICS = "sim-school", Topics("schools", "sim-school")
 BARE, DURABLE = Topics("bschool", "bas-school"), Topics("bschool", "dur-school")
 BUTTON, BUTTON_PIN, LED_PIN = "entrance", 17, 5
 CAMERA_ID = "entrance-cam"
-CAMERA: dict[str, Any] = {"id": CAMERA_ID, "source": "synthetic:entrance", "size": "320x180",
-                          "fps": 10, "segment_s": 1, "pre_alarm_s": 5, "post_alarm_s": 5}
+CAMERA: dict[str, Any] = {
+    "id": CAMERA_ID,
+    "source": "synthetic:entrance",
+    "size": "320x180",
+    "fps": 10,
+    "segment_s": 1,
+    "pre_alarm_s": 5,
+    "post_alarm_s": 5,
+}
 WAIT_S = 5.0  # any single wait; a press that takes this long is a failure, not a sample
 RELEASE_MARGIN_S, SETTLE_S = 0.010, 0.005  # as in bench/alarm_latency.py
 LIVE_START_S, LIVE_MARGIN_S, LIVE_JITTER_S = 20.0, 15.0, 0.5
@@ -97,17 +104,22 @@ SNDBUF_BYTES = 1 << 20
 LIVE_POINTS = {Point.LIVE_SEGMENT, Point.LIVE_POSTED, Point.CENTRE_CHUNK, Point.CENTRE_LIVE}
 ACK_STAGES = {
     "box: press -> alarm committed (buttons thread, WAL fsync)": ("t0", Point.COMMITTED),
-    "box: committed -> alarm written to the socket (uplink thread)": (Point.COMMITTED,
-                                                                     Point.PUBLISHED),
-    "alarm written -> the centre's receiver has it (broker hop)": (Point.PUBLISHED,
-                                                                  Point.CENTRE_ALARM),
+    "box: committed -> alarm written to the socket (uplink thread)": (
+        Point.COMMITTED,
+        Point.PUBLISHED,
+    ),
+    "alarm written -> the centre's receiver has it (broker hop)": (
+        Point.PUBLISHED,
+        Point.CENTRE_ALARM,
+    ),
     "**press -> alarm at the centre's receiver**": ("t0", Point.CENTRE_ALARM),
-    "centre: store the alarm (ledger commit, alarms.jsonl fsync)": (Point.CENTRE_ALARM,
-                                                                   "stored"),
+    "centre: store the alarm (ledger commit, alarms.jsonl fsync)": (Point.CENTRE_ALARM, "stored"),
     "centre: sign the ack (Ed25519, JSON)": ("stored", "ack_sent"),
     "ack published -> box's uplink thread has it": ("ack_sent", Point.COMMAND),
-    "box: verify, replay cache commit (WAL fsync), indicator steady": (Point.COMMAND,
-                                                                      Point.APPLIED),
+    "box: verify, replay cache commit (WAL fsync), indicator steady": (
+        Point.COMMAND,
+        Point.APPLIED,
+    ),
     "**centre sends ack -> box applied it**": ("ack_sent", Point.APPLIED),
     "total: press -> indicator acknowledged": ("t0", Point.APPLIED),
 }
@@ -164,17 +176,29 @@ class Baselines:
     def __init__(self, port: int, workdir: Path) -> None:
         self.reply = b""
         self._t1 = 0.0
-        self._outbox, self._nonces, self._ledger = (_full_db(workdir / f"bare-{n}.db")
-                                                    for n in ("outbox", "nonces", "ledger"))
+        self._outbox, self._nonces, self._ledger = (
+            _full_db(workdir / f"bare-{n}.db") for n in ("outbox", "nonces", "ledger")
+        )
         self._jsonl = open(workdir / "bare-alarms.jsonl", "ab")  # noqa: SIM115  # closed in close
         options: dict[str, Any] = {"keepalive": KEEPALIVE_S}
-        self.requester = MqttClient(port, [BARE.cmd, DURABLE.cmd], client_id="bench-requester",
-                                    on_message=self._reply_in, **options)
-        self.responder = MqttClient(port, [BARE.alarm, DURABLE.alarm, BARE.live(CAMERA_ID)],
-                                    client_id="bench-responder", sndbuf=SNDBUF_BYTES,
-                                    on_message=self._respond, **options)
-        self.direct = MqttClient(port, client_id="bench-live", threaded=False,
-                                 sndbuf=SNDBUF_BYTES, **options)
+        self.requester = MqttClient(
+            port,
+            [BARE.cmd, DURABLE.cmd],
+            client_id="bench-requester",
+            on_message=self._reply_in,
+            **options,
+        )
+        self.responder = MqttClient(
+            port,
+            [BARE.alarm, DURABLE.alarm, BARE.live(CAMERA_ID)],
+            client_id="bench-responder",
+            sndbuf=SNDBUF_BYTES,
+            on_message=self._respond,
+            **options,
+        )
+        self.direct = MqttClient(
+            port, client_id="bench-live", threaded=False, sndbuf=SNDBUF_BYTES, **options
+        )
         self.clients = [self.requester, self.responder, self.direct]
 
     def connect(self) -> None:
@@ -231,8 +255,9 @@ class Operator:
     its alarms thread, once stored), on a connection of its own; collects the box's results."""
 
     def __init__(self, port: int, key: Path, rec: Recorder) -> None:
-        self.client = MqttClient(port, [TOPICS.cmd_result], client_id="bench-operator",
-                                 keepalive=KEEPALIVE_S)
+        self.client = MqttClient(
+            port, [TOPICS.cmd_result], client_id="bench-operator", keepalive=KEEPALIVE_S
+        )
         self._key, self._rec = load_private_key(key), rec
         self.acking = True
         self.command_id = ""
@@ -265,8 +290,14 @@ class Operator:
         return doc
 
 
-def run_acks(args: argparse.Namespace, box: InProcessAgent, rec: Recorder, op: Operator,
-             base: Baselines, res: dict[str, Any]) -> None:
+def run_acks(
+    args: argparse.Namespace,
+    box: InProcessAgent,
+    rec: Recorder,
+    op: Operator,
+    base: Baselines,
+    res: dict[str, Any],
+) -> None:
     daemon, pin, led = box.daemon, box.pins.pin(BUTTON_PIN), box.pins.pin(LED_PIN)
     board, outbox, indicators = daemon.buttons, daemon.outbox, daemon.indicators
     assert board is not None and outbox is not None and indicators is not None
@@ -287,30 +318,45 @@ def run_acks(args: argparse.Namespace, box: InProcessAgent, rec: Recorder, op: O
         result = op.result(op.command_id, f"press {i}")  # untimed from here
         if result["data"]["shown"]:
             if indicators.pattern is not Pattern.ACKNOWLEDGED or led.state != 1:
-                raise AssertionError(f"press {i}: acknowledged, but the indicator shows "
-                                     f"{indicators.pattern} and the LED reads {led.state}")
+                raise AssertionError(
+                    f"press {i}: acknowledged, but the indicator shows "
+                    f"{indicators.pattern} and the LED reads {led.state}"
+                )
             if counted:
                 res["rows"].append(row)
         elif counted:
             res["not_shown"] += 1
-        wait_for(lambda: not any(outbox.depth()[k] for k in ("alarm", "unconfirmed", "control")),
-                 WAIT_S, f"press {i}'s messages to settle", poll_s=0.0005)
+        wait_for(
+            lambda: not any(outbox.depth()[k] for k in ("alarm", "unconfirmed", "control")),
+            WAIT_S,
+            f"press {i}'s messages to settle",
+            poll_s=0.0005,
+        )
         base.reply = op.ack_bytes
         for name in ("bare", "durable"):
             time.sleep(SETTLE_S)
             took = base.round_trip(name == "durable", op.alarm_bytes)
             if counted:
                 res[name].append(took)
-        time.sleep(max(0.0, released + Timing().release_s + RELEASE_MARGIN_S
-                       - time.perf_counter()))
-        wait_for(lambda: board.snapshot()[BUTTON]["state"] == "idle", WAIT_S,
-                 f"the button to re-arm after press {i}", poll_s=0.0005)
+        time.sleep(max(0.0, released + Timing().release_s + RELEASE_MARGIN_S - time.perf_counter()))
+        wait_for(
+            lambda: board.snapshot()[BUTTON]["state"] == "idle",
+            WAIT_S,
+            f"the button to re-arm after press {i}",
+            poll_s=0.0005,
+        )
         indicators.reset()
     res["ack_elapsed_s"] = round(time.monotonic() - started, 1)
 
 
-def run_live(args: argparse.Namespace, box: InProcessAgent, rec: Recorder, op: Operator,
-             base: Baselines, store: Path) -> dict[str, Any]:
+def run_live(
+    args: argparse.Namespace,
+    box: InProcessAgent,
+    rec: Recorder,
+    op: Operator,
+    base: Baselines,
+    store: Path,
+) -> dict[str, Any]:
     daemon = box.daemon
     assert daemon.video is not None and daemon.uplink is not None
     ring, feed = daemon.video.rings[CAMERA_ID], daemon.video.live[CAMERA_ID]
@@ -322,8 +368,9 @@ def run_live(args: argparse.Namespace, box: InProcessAgent, rec: Recorder, op: O
     segs: dict[str, Any] = {}  # sha256 -> Segment, as written
     bare: dict[str, float] = {}
     deadline = started + args.live_seconds + LIVE_MARGIN_S
-    while session in feed.sessions or any(Point.CENTRE_LIVE not in rec.row(s)
-                                          for s in rec.posted()):
+    while session in feed.sessions or any(
+        Point.CENTRE_LIVE not in rec.row(s) for s in rec.posted()
+    ):
         if time.monotonic() > deadline:
             break
         try:
@@ -343,30 +390,41 @@ def run_live(args: argparse.Namespace, box: InProcessAgent, rec: Recorder, op: O
     path = store / SITE / "live" / session / f"{CAMERA_ID}.ts"
     spans: dict[str, list[float]] = {
         "first frame captured -> closing keyframe captured (the segment fills)": [
-            s.duration for s in done],
+            s.duration for s in done
+        ],
         "closing keyframe captured -> the daemon has it (encode, mux, sha256, ring)": [
-            wall[s.sha256][Point.LIVE_SEGMENT] - s.end for s in done],
+            wall[s.sha256][Point.LIVE_SEGMENT] - s.end for s in done
+        ],
         "the daemon -> posted to the uplink (chunking)": [
-            r[Point.LIVE_POSTED] - r[Point.LIVE_SEGMENT] for r in rows.values()],
+            r[Point.LIVE_POSTED] - r[Point.LIVE_SEGMENT] for r in rows.values()
+        ],
         "posted -> first chunk at the receiver": [
-            r[Point.CENTRE_CHUNK] - r[Point.LIVE_POSTED] for r in rows.values()],
+            r[Point.CENTRE_CHUNK] - r[Point.LIVE_POSTED] for r in rows.values()
+        ],
         "first chunk -> segment appended (the rest of the chunks)": [
-            r[Point.CENTRE_LIVE] - r[Point.CENTRE_CHUNK] for r in rows.values()],
+            r[Point.CENTRE_LIVE] - r[Point.CENTRE_CHUNK] for r in rows.values()
+        ],
         "**segment at the daemon -> appended at the receiver (transport)**": [
-            r[Point.CENTRE_LIVE] - r[Point.LIVE_SEGMENT] for r in rows.values()],
+            r[Point.CENTRE_LIVE] - r[Point.LIVE_SEGMENT] for r in rows.values()
+        ],
         "bare paho: the same chunks -> last one at a subscriber": list(bare.values()),
         "**total: first frame captured -> appended at the receiver**": [
-            wall[s.sha256][Point.CENTRE_LIVE] - s.start for s in done],
+            wall[s.sha256][Point.CENTRE_LIVE] - s.start for s in done
+        ],
     }
     stats = {label: describe(xs) for label, xs in spans.items() if xs}
     sizes = [len(s.data) for s in done]
     return {
-        "seconds": args.live_seconds, "camera": CAMERA, "posted": len(posted),
-        "written": len(done), "not_written": len(set(posted) - set(segs)),
+        "seconds": args.live_seconds,
+        "camera": CAMERA,
+        "posted": len(posted),
+        "written": len(done),
+        "not_written": len(set(posted) - set(segs)),
         "dropped_by_uplink": daemon.uplink.mailbox.live_dropped - dropped,
         "file_matches_segments": path.exists() and path.stat().st_size == sum(sizes),
         "segment_kb": [min(sizes) // 1024, max(sizes) // 1024] if sizes else None,
-        "elapsed_s": round(time.monotonic() - started, 1), "stages": stats,
+        "elapsed_s": round(time.monotonic() - started, 1),
+        "stages": stats,
         "transport/bare": ratios(stats[_T], stats[_B]) if _T in stats and _B in stats else None,
         "target_met": bool(stats.get(_TOTAL) and stats[_TOTAL]["p99_ms"] < TARGET_LIVE_P99_MS),
     }
@@ -375,7 +433,6 @@ def run_live(args: argparse.Namespace, box: InProcessAgent, rec: Recorder, op: O
 _T = "**segment at the daemon -> appended at the receiver (transport)**"
 _B = "bare paho: the same chunks -> last one at a subscriber"
 _TOTAL = "**total: first frame captured -> appended at the receiver**"
-
 
 
 def _start_box(site: Site, **sections: Any) -> InProcessAgent:
@@ -389,12 +446,24 @@ def _start_box(site: Site, **sections: Any) -> InProcessAgent:
 def run(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
     rec = Recorder()
     _key, pub = generate_keypair(workdir / "centre-keys")
-    site = Site(workdir, agent=None, tracer=rec, on_alarm=lambda r: op.on_alarm(r),
-                commands={"public_key_file": str(pub)}, indicators={"led_pin": LED_PIN})
+    site = Site(
+        workdir,
+        agent=None,
+        tracer=rec,
+        on_alarm=lambda r: op.on_alarm(r),
+        commands={"public_key_file": str(pub)},
+        indicators={"led_pin": LED_PIN},
+    )
     op = Operator(site.broker.port, _key, rec)
     base = Baselines(site.broker.port, workdir)
-    res: dict[str, Any] = {"rows": [], "bare": [], "durable": [], "not_shown": 0,
-                           "truncated": False, "live": None}
+    res: dict[str, Any] = {
+        "rows": [],
+        "bare": [],
+        "durable": [],
+        "not_shown": 0,
+        "truncated": False,
+        "live": None,
+    }
     started = time.monotonic()
     try:
         site.start()
@@ -405,8 +474,9 @@ def run(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
             site.stop_agent()
         if args.live_seconds:
             op.acking = False
-            res["live"] = run_live(args, _start_box(site, cameras=[CAMERA]), rec, op, base,
-                                   workdir / "centre")
+            res["live"] = run_live(
+                args, _start_box(site, cameras=[CAMERA]), rec, op, base, workdir / "centre"
+            )
     finally:
         op.client.close()
         base.close()
@@ -418,59 +488,87 @@ def run(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
 
 def report(res: dict[str, Any], args: argparse.Namespace, ctx: dict[str, Any]) -> dict[str, Any]:
     rows = res.pop("rows")
-    figures = {**stages(rows, {"agent": ("t0", Point.APPLIED)}),
-               **{k: describe(res.pop(k)) for k in ("bare", "durable") if res[k]}}
+    figures = {
+        **stages(rows, {"agent": ("t0", Point.APPLIED)}),
+        **{k: describe(res.pop(k)) for k in ("bare", "durable") if res[k]},
+    }
     a = figures.get("agent")
     return {
-        "bench": "roundtrip", "date": time.strftime("%Y-%m-%d"), **res,
-        "ack": {"presses": len(rows), "warmup": args.warmup, "figures": figures,
-                "ratios": {f"agent/{k}": ratios(a, figures[k]) for k in ("bare", "durable")
-                           if a and k in figures},
-                "stages": stages(rows, ACK_STAGES),
-                "target_met": bool(a and a["p99_ms"] < TARGET_ACK_P99_MS and not
-                                   res["not_shown"])},
+        "bench": "roundtrip",
+        "date": time.strftime("%Y-%m-%d"),
+        **res,
+        "ack": {
+            "presses": len(rows),
+            "warmup": args.warmup,
+            "figures": figures,
+            "ratios": {
+                f"agent/{k}": ratios(a, figures[k])
+                for k in ("bare", "durable")
+                if a and k in figures
+            },
+            "stages": stages(rows, ACK_STAGES),
+            "target_met": bool(a and a["p99_ms"] < TARGET_ACK_P99_MS and not res["not_shown"]),
+        },
         "context": {**ctx, "pyav": av.__version__, "loadavg_end": os.getloadavg()},
     }
 
 
-LABELS = {"agent": "agent (press -> indicator acknowledged)",
-          "bare": "bare paho request/response",
-          "durable": "bare paho request/response + the same 4 disk syncs"}
+LABELS = {
+    "agent": "agent (press -> indicator acknowledged)",
+    "bare": "bare paho request/response",
+    "durable": "bare paho request/response + the same 4 disk syncs",
+}
 
 
 def markdown(r: dict[str, Any]) -> str:
     ack, live, lines = r["ack"], r["live"], []
     if ack["figures"]:
-        lines += [f"Acknowledgement round trip, {ack['presses']} presses after {ack['warmup']} "
-                  f"warm-up ({r.get('ack_elapsed_s')} s"
-                  f"{', TRUNCATED by --budget-s' if r['truncated'] else ''}); request "
-                  f"{r['payload_bytes']['request']} B, reply {r['payload_bytes']['reply']} B",
-                  "", *table({LABELS[k]: f for k, f in ack["figures"].items()}),
-                  "", "| ratio | p50 | p99 |", "|---|---:|---:|"]
-        lines += [f"| agent / {LABELS[k.split('/')[1]]} | {q['p50']:.2f}x | {q['p99']:.2f}x |"
-                  for k, q in ack["ratios"].items()]
+        lines += [
+            f"Acknowledgement round trip, {ack['presses']} presses after {ack['warmup']} "
+            f"warm-up ({r.get('ack_elapsed_s')} s"
+            f"{', TRUNCATED by --budget-s' if r['truncated'] else ''}); request "
+            f"{r['payload_bytes']['request']} B, reply {r['payload_bytes']['reply']} B",
+            "",
+            *table({LABELS[k]: f for k, f in ack["figures"].items()}),
+            "",
+            "| ratio | p50 | p99 |",
+            "|---|---:|---:|",
+        ]
+        lines += [
+            f"| agent / {LABELS[k.split('/')[1]]} | {q['p50']:.2f}x | {q['p99']:.2f}x |"
+            for k, q in ack["ratios"].items()
+        ]
         lines += ["", *table(ack["stages"], head="stage", mean=False)]
         if a := ack["figures"].get("agent"):
-            lines += ["", f"Target: ack round trip p99 < {TARGET_ACK_P99_MS:.0f} ms: "
-                          f"{'MET' if ack['target_met'] else 'MISSED'} (p99 {a['p99_ms']:.2f} "
-                          f"ms). Acks taken but not shown: {r['not_shown']}."]
+            lines += [
+                "",
+                f"Target: ack round trip p99 < {TARGET_ACK_P99_MS:.0f} ms: "
+                f"{'MET' if ack['target_met'] else 'MISSED'} (p99 {a['p99_ms']:.2f} "
+                f"ms). Acks taken but not shown: {r['not_shown']}.",
+            ]
     if live:
         kb = live["segment_kb"] or [0, 0]
-        lines += ["", f"Live view, {live['seconds']} s of {live['camera']['id']} "
-                      f"({live['camera']['size']}, {live['camera']['fps']} fps, segment_s "
-                      f"{live['camera']['segment_s']}): {live['written']} of {live['posted']} "
-                      f"posted segments written ({kb[0]} to {kb[1]} KB), "
-                      f"{live['dropped_by_uplink']} skipped by the uplink, "
-                      f"{live['not_written']} never written; live file = the segments: "
-                      f"{'yes' if live['file_matches_segments'] else 'NO'}",
-                  "", *table(live["stages"], head="stage, per segment")]
+        lines += [
+            "",
+            f"Live view, {live['seconds']} s of {live['camera']['id']} "
+            f"({live['camera']['size']}, {live['camera']['fps']} fps, segment_s "
+            f"{live['camera']['segment_s']}): {live['written']} of {live['posted']} "
+            f"posted segments written ({kb[0]} to {kb[1]} KB), "
+            f"{live['dropped_by_uplink']} skipped by the uplink, "
+            f"{live['not_written']} never written; live file = the segments: "
+            f"{'yes' if live['file_matches_segments'] else 'NO'}",
+            "",
+            *table(live["stages"], head="stage, per segment"),
+        ]
         if q := live["transport/bare"]:
-            lines += ["", f"Transport / bare paho: {q['p50']:.2f}x at p50, {q['p99']:.2f}x "
-                          "at p99."]
+            lines += ["", f"Transport / bare paho: {q['p50']:.2f}x at p50, {q['p99']:.2f}x at p99."]
         if total := live["stages"].get(_TOTAL):
-            lines += ["", f"Target: live latency p99 < {TARGET_LIVE_P99_MS:.0f} ms: "
-                          f"{'MET' if live['target_met'] else 'MISSED'} (p99 "
-                          f"{total['p99_ms']:.0f} ms; with so few segments, the maximum)."]
+            lines += [
+                "",
+                f"Target: live latency p99 < {TARGET_LIVE_P99_MS:.0f} ms: "
+                f"{'MET' if live['target_met'] else 'MISSED'} (p99 "
+                f"{total['p99_ms']:.0f} ms; with so few segments, the maximum).",
+            ]
     ctx = r["context"]
     lines += ["", f"{machine_line(ctx)} PyAV {ctx['pyav']}. Whole run {r['elapsed_s']} s."]
     return "\n".join(lines)
@@ -478,16 +576,32 @@ def markdown(r: dict[str, Any]) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
-    ap.add_argument("--presses", type=int, default=500,
-                    help="counted presses (default 500; 0 skips the ack round trip)")
+    ap.add_argument(
+        "--presses",
+        type=int,
+        default=500,
+        help="counted presses (default 500; 0 skips the ack round trip)",
+    )
     ap.add_argument("--warmup", type=int, default=20, help="presses not counted (default 20)")
-    ap.add_argument("--live-seconds", type=int, default=30,
-                    help="length of the live session (default 30; 0 skips it; at most 120)")
+    ap.add_argument(
+        "--live-seconds",
+        type=int,
+        default=30,
+        help="length of the live session (default 30; 0 skips it; at most 120)",
+    )
     ap.add_argument("--json", action="store_true", help="print JSON instead of markdown")
-    ap.add_argument("--storage-dir", type=Path, default=None,
-                    help="parent of the work dir; a real disk, not tmpfs")
-    ap.add_argument("--budget-s", type=float, default=100.0,
-                    help="stop pressing after this long and report what was measured")
+    ap.add_argument(
+        "--storage-dir",
+        type=Path,
+        default=None,
+        help="parent of the work dir; a real disk, not tmpfs",
+    )
+    ap.add_argument(
+        "--budget-s",
+        type=float,
+        default=100.0,
+        help="stop pressing after this long and report what was measured",
+    )
     ap.add_argument("--keep", action="store_true", help="keep the work dir (logs, databases)")
     args = ap.parse_args(argv)
     if args.presses < 0 or args.warmup < 0 or not 0 <= args.live_seconds <= 120:
@@ -495,8 +609,9 @@ def main(argv: list[str] | None = None) -> int:
     if not args.presses and not args.live_seconds:
         ap.error("nothing to measure")
     args.warmup = args.warmup if args.presses else 0
-    workdir = Path(tempfile.mkdtemp(prefix="roundtrip-",
-                                    dir=args.storage_dir or default_storage_parent()))
+    workdir = Path(
+        tempfile.mkdtemp(prefix="roundtrip-", dir=args.storage_dir or default_storage_parent())
+    )
     ctx = machine_context(workdir)
     try:
         with agent_logs_to(workdir / "agent.log"):

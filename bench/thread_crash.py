@@ -36,15 +36,26 @@ from agent.testing.stats import describe, machine_context, machine_line, table
 
 THREADS = ("buttons", "uplink", "control", "clips", "supervisor")
 WAIT_S = 10.0
-CAMERA = {"id": "hall-cam", "source": "synthetic:hall", "size": "160x90", "fps": 5,
-          "segment_s": 1, "pre_alarm_s": 2, "post_alarm_s": 1}
+CAMERA = {
+    "id": "hall-cam",
+    "source": "synthetic:hall",
+    "size": "160x90",
+    "fps": 5,
+    "segment_s": 1,
+    "pre_alarm_s": 2,
+    "post_alarm_s": 1,
+}
 
 
 def run(samples: int, workdir: Path) -> dict[str, list[float]]:
     stored: queue.SimpleQueue[tuple[str, float]] = queue.SimpleQueue()
     out: dict[str, list[float]] = {name: [] for name in ("baseline", *THREADS)}
-    with Site(workdir, cameras=[CAMERA], max_crashes=10**6,
-              on_alarm=lambda a: stored.put((a["event_id"], time.monotonic()))) as site:
+    with Site(
+        workdir,
+        cameras=[CAMERA],
+        max_crashes=10**6,
+        on_alarm=lambda a: stored.put((a["event_id"], time.monotonic())),
+    ) as site:
         box = site.agent
         assert isinstance(box, InProcessAgent)
         supervisor = box.daemon.supervisor
@@ -72,19 +83,25 @@ def run(samples: int, workdir: Path) -> dict[str, list[float]]:
 
 def markdown(figures: dict[str, dict[str, float]], ctx: dict[str, Any]) -> str:
     base = figures["baseline"]["p50_ms"]
-    rows = table({name: f for name, f in figures.items()}, head="thread crashed", mean=False,
-                 digits=1)
+    rows = table(
+        {name: f for name, f in figures.items()}, head="thread crashed", mean=False, digits=1
+    )
     rows[0] += " p50 / baseline p50 |"
     rows[1] += "---:|"
-    rows[2:] = [f"{r} {f['p50_ms'] / base:.2f} |" for r, f in zip(rows[2:], figures.values(),
-                                                                      strict=True)]
+    rows[2:] = [
+        f"{r} {f['p50_ms'] / base:.2f} |" for r, f in zip(rows[2:], figures.values(), strict=True)
+    ]
     return "\n".join([*rows, "", machine_line(ctx)])
 
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
-    ap.add_argument("--samples", type=int, default=120,
-                    help="crashes per thread (default 120: p99 is then not the maximum)")
+    ap.add_argument(
+        "--samples",
+        type=int,
+        default=120,
+        help="crashes per thread (default 120: p99 is then not the maximum)",
+    )
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args(argv)
     with tempfile.TemporaryDirectory(prefix="thread-crash-") as tmp:
@@ -93,12 +110,17 @@ def main(argv: list[str] | None = None) -> int:
             with agent_logs_to(Path(tmp) / "agent.log"):
                 samples = run(args.samples, Path(tmp))
         except (AssertionError, queue.Empty) as exc:
-            print(f"thread_crash: {exc or 'an alarm did not reach the centre in time'}",
-                  file=sys.stderr)
+            print(
+                f"thread_crash: {exc or 'an alarm did not reach the centre in time'}",
+                file=sys.stderr,
+            )
             return 1
     figures = {name: describe(xs) for name, xs in samples.items()}
-    print(json.dumps({"figures": figures, "context": ctx}, indent=2) if args.json
-          else markdown(figures, ctx))
+    print(
+        json.dumps({"figures": figures, "context": ctx}, indent=2)
+        if args.json
+        else markdown(figures, ctx)
+    )
     return 0
 
 

@@ -119,10 +119,17 @@ class Sender:
     fifo: bool = False
 
 
-SENDERS = (Sender("self-tuning"), Sender("today", auto=False),
-           Sender("today, cap 90 %", auto=False, cap_share=0.9), Sender("fifo", fifo=True))
-LINKS = tuple(Link(f"{kbit / 1000:g} Mbit/s, {q} ms", kbit, q)
-              for kbit in (500, 1000, 4000) for q in (200, 1000))
+SENDERS = (
+    Sender("self-tuning"),
+    Sender("today", auto=False),
+    Sender("today, cap 90 %", auto=False, cap_share=0.9),
+    Sender("fifo", fifo=True),
+)
+LINKS = tuple(
+    Link(f"{kbit / 1000:g} Mbit/s, {q} ms", kbit, q)
+    for kbit in (500, 1000, 4000)
+    for q in (200, 1000)
+)
 STEP = Link("4 -> 0.5 -> 4 Mbit/s, 1000 ms", 4000, 1000, ((10.0, 500), (30.0, 4000)))
 
 
@@ -139,7 +146,8 @@ class Topology:
         self.box_a, self.rt_a, self.rt_b, self.srv_b = (f"10.214.{k}.{i}" for i in (1, 2, 5, 6))
         tag = pid % 100000
         self.dev_box, self.dev_rt_a, self.dev_rt_b, self.dev_srv = (
-            f"u{x}{tag}" for x in ("a", "r", "s", "t"))
+            f"u{x}{tag}" for x in ("a", "r", "s", "t")
+        )
         self.cc = cc
         self.kbit, self.queue_ms = 1000, 200
         self.broker = NsBroker(self.srv, workdir / "broker")
@@ -148,14 +156,42 @@ class Topology:
         for ns in (self.box, self.rt, self.srv):
             sh("ip", "netns", "add", ns)
             sh("ip", "-n", ns, "link", "set", "lo", "up")
-        sh("ip", "link", "add", self.dev_box, "netns", self.box, "type", "veth",
-           "peer", "name", self.dev_rt_a, "netns", self.rt)
-        sh("ip", "link", "add", self.dev_rt_b, "netns", self.rt, "type", "veth",
-           "peer", "name", self.dev_srv, "netns", self.srv)
-        for ns, dev, addr in ((self.box, self.dev_box, self.box_a),
-                              (self.rt, self.dev_rt_a, self.rt_a),
-                              (self.rt, self.dev_rt_b, self.rt_b),
-                              (self.srv, self.dev_srv, self.srv_b)):
+        sh(
+            "ip",
+            "link",
+            "add",
+            self.dev_box,
+            "netns",
+            self.box,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            self.dev_rt_a,
+            "netns",
+            self.rt,
+        )
+        sh(
+            "ip",
+            "link",
+            "add",
+            self.dev_rt_b,
+            "netns",
+            self.rt,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            self.dev_srv,
+            "netns",
+            self.srv,
+        )
+        for ns, dev, addr in (
+            (self.box, self.dev_box, self.box_a),
+            (self.rt, self.dev_rt_a, self.rt_a),
+            (self.rt, self.dev_rt_b, self.rt_b),
+            (self.srv, self.dev_srv, self.srv_b),
+        ):
             sh("ip", "-n", ns, "addr", "add", f"{addr}/30", "dev", dev)
             sh("ip", "-n", ns, "link", "set", dev, "up")
         net = self.box_a.rsplit(".", 1)[0]
@@ -163,10 +199,23 @@ class Topology:
         sh("ip", "-n", self.srv, "route", "add", f"{net}.0/30", "via", self.rt_b)
         sh("ip", "netns", "exec", self.rt, "sysctl", "-qw", "net.ipv4.ip_forward=1")
         # A namespace may only pick from the host's tcp_allowed_congestion_control.
-        if sh("ip", "netns", "exec", self.box, "sysctl", "-qw",
-              f"net.ipv4.tcp_congestion_control={self.cc}", check=False).returncode != 0:
-            raise BenchError(f"the box cannot use TCP {self.cc}: see "
-                             "/proc/sys/net/ipv4/tcp_allowed_congestion_control")
+        if (
+            sh(
+                "ip",
+                "netns",
+                "exec",
+                self.box,
+                "sysctl",
+                "-qw",
+                f"net.ipv4.tcp_congestion_control={self.cc}",
+                check=False,
+            ).returncode
+            != 0
+        ):
+            raise BenchError(
+                f"the box cannot use TCP {self.cc}: see "
+                "/proc/sys/net/ipv4/tcp_allowed_congestion_control"
+            )
         self.shape(self.kbit, self.queue_ms)
         self.broker.start()
 
@@ -174,8 +223,25 @@ class Topology:
         """The school's upload: ``kbit`` from the school to the centre, the modem's buffer
         ``queue_ms`` deep at that rate."""
         self.kbit, self.queue_ms = kbit, queue_ms
-        sh("ip", "netns", "exec", self.rt, "tc", "qdisc", "replace", "dev", self.dev_rt_b,
-           "root", "tbf", "rate", f"{kbit}kbit", "burst", "4kb", "latency", f"{queue_ms}ms")
+        sh(
+            "ip",
+            "netns",
+            "exec",
+            self.rt,
+            "tc",
+            "qdisc",
+            "replace",
+            "dev",
+            self.dev_rt_b,
+            "root",
+            "tbf",
+            "rate",
+            f"{kbit}kbit",
+            "burst",
+            "4kb",
+            "latency",
+            f"{queue_ms}ms",
+        )
 
     def down(self) -> None:
         self.broker.kill()
@@ -187,20 +253,45 @@ class Topology:
             sh("ip", "-n", self.rt, "link", "set", self.dev_rt_b, "down")
         elif kind == "blackhole":  # every packet vanishes both ways, nobody says anything
             for dev in (self.dev_rt_a, self.dev_rt_b):
-                sh("ip", "netns", "exec", self.rt, "tc", "qdisc", "replace", "dev", dev,
-                   "root", "pfifo", "limit", "0")
+                sh(
+                    "ip",
+                    "netns",
+                    "exec",
+                    self.rt,
+                    "tc",
+                    "qdisc",
+                    "replace",
+                    "dev",
+                    dev,
+                    "root",
+                    "pfifo",
+                    "limit",
+                    "0",
+                )
         else:
             raise ValueError(kind)
 
     def restore(self) -> None:
         sh("ip", "-n", self.rt, "link", "set", self.dev_rt_b, "up")
-        sh("ip", "netns", "exec", self.rt, "tc", "qdisc", "del", "dev", self.dev_rt_a, "root",
-           check=False)
+        sh(
+            "ip",
+            "netns",
+            "exec",
+            self.rt,
+            "tc",
+            "qdisc",
+            "del",
+            "dev",
+            self.dev_rt_a,
+            "root",
+            check=False,
+        )
         self.shape(self.kbit, self.queue_ms)
 
     def drops(self) -> int:
-        out = sh("ip", "netns", "exec", self.rt, "tc", "-s", "qdisc", "show", "dev",
-                 self.dev_rt_b).stdout
+        out = sh(
+            "ip", "netns", "exec", self.rt, "tc", "-s", "qdisc", "show", "dev", self.dev_rt_b
+        ).stdout
         words = out.replace(",", " ").replace("(", " ").replace(")", " ").split()
         return int(words[words.index("dropped") + 1]) if "dropped" in words else 0
 
@@ -220,13 +311,15 @@ class Probe:
         self.clip_cum: list[int] = []
         self._total = 0
         self.subscribed = threading.Event()
-        self.client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="uplink-bench-probe",
-                                  protocol=mqtt.MQTTv5)
+        self.client = mqtt.Client(
+            CallbackAPIVersion.VERSION2, client_id="uplink-bench-probe", protocol=mqtt.MQTTv5
+        )
 
     def start(self) -> None:
         c = self.client
-        c.on_connect = lambda cl, *_: cl.subscribe([("schools/+/alarm", 1),
-                                                    ("schools/+/clip/+", 1)])
+        c.on_connect = lambda cl, *_: cl.subscribe(
+            [("schools/+/alarm", 1), ("schools/+/clip/+", 1)]
+        )
         c.on_subscribe = lambda *_: self.subscribed.set()
         c.on_message = self._on_message
         c.connect("127.0.0.1", self.port, keepalive=600)
@@ -252,9 +345,11 @@ class Probe:
 
     def clip_bytes_between(self, t_a: float, t_b: float) -> int:
         with self.lock:
+
             def at(t: float) -> int:
                 i = bisect_left(self.clip_t, t)
                 return self.clip_cum[i - 1] if i > 0 else 0
+
             return at(t_b) - at(t_a)
 
     def arrival(self, event_id: str, timeout: float) -> float | None:
@@ -285,8 +380,15 @@ def backlog_rows(segment: SegmentRef, chunk: int) -> list[Any]:
     topics = Topics("schools", SITE)
     rows: list[Any] = []
     for i in range(BACKLOG_BYTES // SEGMENT_BYTES):
-        cs = ClipSegment(str(uuid.UUID(int=i + 1)), "bench-cam", 0, True, segment,
-                         prev="0" * 64, link=hashlib.sha256(b"%d" % i).hexdigest())
+        cs = ClipSegment(
+            str(uuid.UUID(int=i + 1)),
+            "bench-cam",
+            0,
+            True,
+            segment,
+            prev="0" * 64,
+            link=hashlib.sha256(b"%d" % i).hexdigest(),
+        )
         rows += clip_chunks(topics, cs, chunk, sig="A" * 86 + "==")
     return rows
 
@@ -320,15 +422,23 @@ def agent_config(workdir: Path, host: str, sender: Sender, kbit: int) -> Config:
     uplink: dict[str, Any] = {"auto_rate": sender.auto}
     if sender.cap_share:
         uplink["max_kbps"] = int(kbit * sender.cap_share)
-    return load_config(school_config(workdir / "agent.yaml", port=MQTT_PORT,
-                                     storage=workdir / "state", host=host, uplink=uplink))
+    return load_config(
+        school_config(
+            workdir / "agent.yaml",
+            port=MQTT_PORT,
+            storage=workdir / "state",
+            host=host,
+            uplink=uplink,
+        )
+    )
 
 
 class Presses:
     """Presses every ~0.5 s and applies the link's steps on time; the phases' windows."""
 
-    def __init__(self, topo: Topology, link: Link, rng: random.Random, count: int,
-                 gap_s: float) -> None:
+    def __init__(
+        self, topo: Topology, link: Link, rng: random.Random, count: int, gap_s: float
+    ) -> None:
         self.topo, self.link, self.rng, self.count, self.gap_s = topo, link, rng, count, gap_s
         self.phases: list[tuple[float, float, int]] = []  # (t_start, t_end, kbit)
         self.t_steps: list[float] = []
@@ -360,13 +470,21 @@ def measure(row: Row, topo: Topology, probe: Probe, presses: Presses, press: Any
     for t0, eid in sent:
         t1 = probe.arrival(eid, max(0.0, deadline - time.monotonic()))
         row.presses.append((t0, None if t1 is None else t1 - t0))
-    row.goodput = [probe.clip_bytes_between(a, b) / (b - a) / (kbit * 125)
-                   for a, b, kbit in presses.phases]
+    row.goodput = [
+        probe.clip_bytes_between(a, b) / (b - a) / (kbit * 125) for a, b, kbit in presses.phases
+    ]
     row.drops = topo.drops() - drops0
 
 
-def run_agent(row: Row, topo: Topology, probe: Probe, workdir: Path, segment: SegmentRef,
-              presses: Presses, cuts: list[tuple[str, float]]) -> None:
+def run_agent(
+    row: Row,
+    topo: Topology,
+    probe: Probe,
+    workdir: Path,
+    segment: SegmentRef,
+    presses: Presses,
+    cuts: list[tuple[str, float]],
+) -> None:
     wd = workdir / f"agent-{time.monotonic_ns()}"
     wd.mkdir()
     box = Outbox.open(wd / "state" / "outbox.db")
@@ -407,8 +525,9 @@ def run_agent(row: Row, topo: Topology, probe: Probe, workdir: Path, segment: Se
         shutil.rmtree(wd, ignore_errors=True)
 
 
-def measure_restore(topo: Topology, probe: Probe, up: Any, press: Any, kind: str,
-                    hold_s: float) -> dict[str, Any]:
+def measure_restore(
+    topo: Topology, probe: Probe, up: Any, press: Any, kind: str, hold_s: float
+) -> dict[str, Any]:
     """Cut, press, (hold), restore: seconds from the restore to that alarm at the probe."""
     topo.cut(kind)
     t_cut = time.perf_counter()
@@ -425,12 +544,15 @@ def measure_restore(topo: Topology, probe: Probe, up: Any, press: Any, kind: str
     while up.state is not LinkState.ONLINE and time.monotonic() < deadline:
         time.sleep(0.05)
     time.sleep(2.0)
-    return {"kind": kind, "cut_s": round(t_up - t_cut, 1), "agent_reconnected": reconnecting,
-            "restore_to_alarm_s": round(t1 - t_up, 3) if t1 is not None else None}
+    return {
+        "kind": kind,
+        "cut_s": round(t_up - t_cut, 1),
+        "agent_reconnected": reconnecting,
+        "restore_to_alarm_s": round(t1 - t_up, 3) if t1 is not None else None,
+    }
 
 
-def run_fifo(row: Row, topo: Topology, probe: Probe, segment: SegmentRef,
-             presses: Presses) -> None:
+def run_fifo(row: Row, topo: Topology, probe: Probe, segment: SegmentRef, presses: Presses) -> None:
     """The backlog, then the alarms, on one plain paho client."""
     connected = threading.Event()
     c = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="bench-fifo", protocol=mqtt.MQTTv5)
@@ -442,16 +564,26 @@ def run_fifo(row: Row, topo: Topology, probe: Probe, segment: SegmentRef,
             raise BenchError(f"the fifo client could not connect to {topo.srv_b}")
         data = segment.path.read_bytes()
         for _prio, topic, _key, header, ref in backlog_rows(segment, row.chunk):
-            c.publish(topic.replace(SITE, "bas-school"),
-                      header + data[ref.offset:ref.offset + ref.length], qos=1)
+            c.publish(
+                topic.replace(SITE, "bas-school"),
+                header + data[ref.offset : ref.offset + ref.length],
+                qos=1,
+            )
         time.sleep(WARM_S)
         seq = iter(range(1, 1 << 30))
 
         def press() -> tuple[float, str]:
             eid = str(uuid.uuid4())
-            payload = Alarm(event_id=eid, seq=next(seq), site_id="bas-school", button_id="b1",
-                            location="bench", kind="panic", pressed_at=rfc3339(time.time()),
-                            clock_synced=True).to_json()
+            payload = Alarm(
+                event_id=eid,
+                seq=next(seq),
+                site_id="bas-school",
+                button_id="b1",
+                location="bench",
+                kind="panic",
+                pressed_at=rfc3339(time.time()),
+                clock_synced=True,
+            ).to_json()
             t0 = time.perf_counter()
             c.publish("schools/bas-school/alarm", payload, qos=1)
             return t0, eid
@@ -478,14 +610,24 @@ def recovery_s(row: Row, t_drop: float, t_rise: float) -> float | None:
 def summarise(row: Row, t_steps: list[float]) -> dict[str, Any]:
     lat = sorted(x for _, x in row.presses if x is not None)
     out: dict[str, Any] = {
-        "cc": row.cc, "link": row.link.name, "sender": row.sender.name,
-        "chunk_kb": round(row.chunk / 1024, 1), "presses": len(row.presses),
-        "arrived": len(lat), "goodput": [round(g, 3) for g in row.goodput],
-        "tbf_drops": row.drops, "pacing": row.pacing, "restores": row.restores}
+        "cc": row.cc,
+        "link": row.link.name,
+        "sender": row.sender.name,
+        "chunk_kb": round(row.chunk / 1024, 1),
+        "presses": len(row.presses),
+        "arrived": len(lat),
+        "goodput": [round(g, 3) for g in row.goodput],
+        "tbf_drops": row.drops,
+        "pacing": row.pacing,
+        "restores": row.restores,
+    }
     if lat:
-        out.update(p50_ms=round(percentile(lat, 50) * 1e3, 1),
-                   p95_ms=round(percentile(lat, 95) * 1e3, 1),
-                   p99_ms=round(percentile(lat, 99) * 1e3, 1), max_ms=round(lat[-1] * 1e3, 1))
+        out.update(
+            p50_ms=round(percentile(lat, 50) * 1e3, 1),
+            p95_ms=round(percentile(lat, 95) * 1e3, 1),
+            p99_ms=round(percentile(lat, 99) * 1e3, 1),
+            max_ms=round(lat[-1] * 1e3, 1),
+        )
     if len(t_steps) == 2:
         rec = recovery_s(row, *t_steps)
         out["recovered_s"] = None if rec is None else round(rec, 1)
@@ -500,17 +642,30 @@ def targets(rows: list[dict[str, Any]]) -> dict[str, str]:
     def verdict(bad: list[str]) -> str:
         return "met" if not bad else "MISSED: " + "; ".join(bad)
 
-    p99 = [f"{r['cc']} {r['link']} {r.get('p99_ms')} ms" for r in tuned
-           if r["arrived"] < r["presses"] or ("recovered_s" not in r
-                                              and r.get("p99_ms", math.inf) >= TARGET_P99_MS)]
-    good = [f"{r['cc']} {r['link']} {min(r['goodput']):.0%}" for r in tuned
-            if min(r["goodput"]) < TARGET_GOODPUT]
-    step = [f"{r['cc']} {r.get('recovered_s') or 'never'} s" for r in tuned if "recovered_s" in r
-            and (r["recovered_s"] is None or r["recovered_s"] > TARGET_RECOVERY_S)]
+    p99 = [
+        f"{r['cc']} {r['link']} {r.get('p99_ms')} ms"
+        for r in tuned
+        if r["arrived"] < r["presses"]
+        or ("recovered_s" not in r and r.get("p99_ms", math.inf) >= TARGET_P99_MS)
+    ]
+    good = [
+        f"{r['cc']} {r['link']} {min(r['goodput']):.0%}"
+        for r in tuned
+        if min(r["goodput"]) < TARGET_GOODPUT
+    ]
+    step = [
+        f"{r['cc']} {r.get('recovered_s') or 'never'} s"
+        for r in tuned
+        if "recovered_s" in r and (r["recovered_s"] is None or r["recovered_s"] > TARGET_RECOVERY_S)
+    ]
     restore = [x["restore_to_alarm_s"] for r in tuned for x in r["restores"]]
     slow = [str(t) for t in restore if t is None or t > TARGET_RESTORE_S]
-    return {"p99": verdict(p99), "goodput": verdict(good), "step": verdict(step),
-            "restore": verdict(slow) if restore else "not measured"}
+    return {
+        "p99": verdict(p99),
+        "goodput": verdict(good),
+        "step": verdict(step),
+        "restore": verdict(slow) if restore else "not measured",
+    }
 
 
 def markdown(rep: dict[str, Any]) -> str:
@@ -531,34 +686,55 @@ def markdown(rep: dict[str, Any]) -> str:
         else:
             lat = "— | — | — | —"
         p = r["pacing"]
-        pacer = (f"{p['upload_kbps']} kbit/s, {p['notsent_lowat']} B, {p['window']}"
-                 if p.get("mode") == "auto" else
-                 f"fixed, {p['notsent_lowat']} B, {p['window']}" if p else "")
-        back = ("never in the slow phase" if r.get("recovered_s") is None
-                else f"{r['recovered_s']} s after the drop")
+        pacer = (
+            f"{p['upload_kbps']} kbit/s, {p['notsent_lowat']} B, {p['window']}"
+            if p.get("mode") == "auto"
+            else f"fixed, {p['notsent_lowat']} B, {p['window']}"
+            if p
+            else ""
+        )
+        back = (
+            "never in the slow phase"
+            if r.get("recovered_s") is None
+            else f"{r['recovered_s']} s after the drop"
+        )
         slowest = "no alarm arrived" if r.get("slow_max_ms") is None else f"{r['slow_max_ms']} ms"
-        step = (f"; back under {RECOVERED_MS:.0f} ms {back} (slow phase max {slowest})"
-                if "recovered_s" in r else "")
+        step = (
+            f"; back under {RECOVERED_MS:.0f} ms {back} (slow phase max {slowest})"
+            if "recovered_s" in r
+            else ""
+        )
         good = " / ".join(f"{g * 100:.1f} %" for g in r["goodput"])
-        lines.append(f"| {r['cc']} | {r['link']} | {r['sender']}{step} | {r['chunk_kb']:g} KB "
-                     f"| {r['arrived']}/{r['presses']} | {lat} | {good} | {r['tbf_drops']} | "
-                     f"{pacer} |")
+        lines.append(
+            f"| {r['cc']} | {r['link']} | {r['sender']}{step} | {r['chunk_kb']:g} KB "
+            f"| {r['arrived']}/{r['presses']} | {lat} | {good} | {r['tbf_drops']} | "
+            f"{pacer} |"
+        )
     restores = [x for r in rep["rows"] for x in r["restores"]]
     if restores:
-        lines += ["", "| cut (self-tuning, reno, 1 Mbit/s, 200 ms) | length | agent "
-                  "reconnected | link restored -> alarm |", "|---|---|---|---|"]
+        lines += [
+            "",
+            "| cut (self-tuning, reno, 1 Mbit/s, 200 ms) | length | agent "
+            "reconnected | link restored -> alarm |",
+            "|---|---|---|---|",
+        ]
         for x in restores:
             t = x["restore_to_alarm_s"]
-            lines.append(f"| {x['kind']} | {x['cut_s']} s | "
-                         f"{'yes' if x['agent_reconnected'] else 'no'} | "
-                         f"{f'{t:.2f} s' if t is not None else 'not within 20 s'} |")
+            lines.append(
+                f"| {x['kind']} | {x['cut_s']} s | "
+                f"{'yes' if x['agent_reconnected'] else 'no'} | "
+                f"{f'{t:.2f} s' if t is not None else 'not within 20 s'} |"
+            )
     t = rep["targets"]
-    lines += ["", f"Targets for the self-tuning agent: p99 < {TARGET_P99_MS:.0f} ms (every "
-              f"fixed link; every alarm arrived on the step): {t['p99']}; "
-              f"goodput >= {TARGET_GOODPUT:.0%}: {t['goodput']}; back under "
-              f"{RECOVERED_MS:.0f} ms within {TARGET_RECOVERY_S:.0f} s of the step down: "
-              f"{t['step']}; alarm within {TARGET_RESTORE_S} s of the link returning: "
-              f"{t['restore']}."]
+    lines += [
+        "",
+        f"Targets for the self-tuning agent: p99 < {TARGET_P99_MS:.0f} ms (every "
+        f"fixed link; every alarm arrived on the step): {t['p99']}; "
+        f"goodput >= {TARGET_GOODPUT:.0%}: {t['goodput']}; back under "
+        f"{RECOVERED_MS:.0f} ms within {TARGET_RECOVERY_S:.0f} s of the step down: "
+        f"{t['step']}; alarm within {TARGET_RESTORE_S} s of the link returning: "
+        f"{t['restore']}.",
+    ]
     return "\n".join(lines)
 
 
@@ -569,10 +745,17 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     ap.add_argument("--json", action="store_true", help="print JSON instead of markdown")
     ap.add_argument("--step", action="store_true", help="the step link only")
-    ap.add_argument("--quick", action="store_true",
-                    help="0.5 and 1 Mbit/s and the step; no capped sender; reno only")
-    ap.add_argument("--cc", nargs="+", default=["reno", "bbr"],
-                    help="the box's TCP congestion controls, one pass each")
+    ap.add_argument(
+        "--quick",
+        action="store_true",
+        help="0.5 and 1 Mbit/s and the step; no capped sender; reno only",
+    )
+    ap.add_argument(
+        "--cc",
+        nargs="+",
+        default=["reno", "bbr"],
+        help="the box's TCP congestion controls, one pass each",
+    )
     ap.add_argument("--presses", type=int, default=50, help="presses a row (at least)")
     ap.add_argument("--gap-s", type=float, default=0.5, help="mean time between presses")
     ap.add_argument("--no-cuts", action="store_true", help="skip the link-cut rows")
@@ -602,20 +785,35 @@ def main(argv: list[str] | None = None) -> int:
     except (BenchError, RuntimeError, OSError) as exc:
         print(f"uplink: {exc} (work dir kept: {workdir})", file=sys.stderr)
         return 1
-    context = {**machine_context(workdir), "date": time.strftime("%Y-%m-%d %H:%M"),
-               "box_cc": ccs, "keepalive_s": KEEPALIVE_S}
-    rep = {"bench": "uplink", "elapsed_s": time.monotonic() - started,
-           "load": (load0, os.getloadavg()[0]), "context": context, "rows": rows,
-           "targets": targets(rows)}
+    context = {
+        **machine_context(workdir),
+        "date": time.strftime("%Y-%m-%d %H:%M"),
+        "box_cc": ccs,
+        "keepalive_s": KEEPALIVE_S,
+    }
+    rep = {
+        "bench": "uplink",
+        "elapsed_s": time.monotonic() - started,
+        "load": (load0, os.getloadavg()[0]),
+        "context": context,
+        "rows": rows,
+        "targets": targets(rows),
+    }
     if not args.keep:
         shutil.rmtree(workdir, ignore_errors=True)
     print(json.dumps(rep, indent=2) if args.json else markdown(rep))
     return 0
 
 
-def run_pass(cc: str, links: list[Link], senders: list[Sender], workdir: Path,
-             segment: SegmentRef, rng: random.Random, args: argparse.Namespace
-             ) -> list[dict[str, Any]]:
+def run_pass(
+    cc: str,
+    links: list[Link],
+    senders: list[Sender],
+    workdir: Path,
+    segment: SegmentRef,
+    rng: random.Random,
+    args: argparse.Namespace,
+) -> list[dict[str, Any]]:
     """Every link and sender on one topology whose box uses TCP ``cc``."""
     topo = Topology(workdir, cc)
     probe: Probe | None = None
@@ -630,20 +828,29 @@ def run_pass(cc: str, links: list[Link], senders: list[Sender], workdir: Path,
                 topo.shape(link.kbit, link.queue_ms)
                 chunk = agent_chunk(link) if sender.auto and not sender.fifo else CHUNK_BYTES
                 row = Row(cc, link, sender, chunk)
-                presses = Presses(topo, link, rng, args.presses,
-                                  args.gap_s / 2 if link.steps else args.gap_s)
-                cuts = ([("wan-down", 3.0), ("wan-down", 8.0), ("wan-down", 12.0),
-                         ("blackhole", 12.0)]
-                        if not args.no_cuts and cc == "reno" and sender.auto
-                        and not sender.fifo and link == LINKS[2] else [])
+                presses = Presses(
+                    topo, link, rng, args.presses, args.gap_s / 2 if link.steps else args.gap_s
+                )
+                cuts = (
+                    [("wan-down", 3.0), ("wan-down", 8.0), ("wan-down", 12.0), ("blackhole", 12.0)]
+                    if not args.no_cuts
+                    and cc == "reno"
+                    and sender.auto
+                    and not sender.fifo
+                    and link == LINKS[2]
+                    else []
+                )
                 if sender.fifo:
                     run_fifo(row, topo, probe, segment, presses)
                 else:
                     run_agent(row, topo, probe, workdir, segment, presses, cuts)
                 out.append(summarise(row, presses.t_steps))
-                print(f"uplink: {cc} {link.name} {sender.name}: "
-                      f"{json.dumps({k: v for k, v in out[-1].items() if k != 'pacing'})}",
-                      file=sys.stderr, flush=True)
+                print(
+                    f"uplink: {cc} {link.name} {sender.name}: "
+                    f"{json.dumps({k: v for k, v in out[-1].items() if k != 'pacing'})}",
+                    file=sys.stderr,
+                    flush=True,
+                )
     finally:
         if probe is not None:
             probe.stop()

@@ -106,8 +106,7 @@ def measure(cmd: list[str], env: dict[str, str] | None = None) -> Usage:
 def run_agent(src: Path, work: Path) -> Usage:
     out = work / "agent"
     shutil.rmtree(out, ignore_errors=True)
-    return measure([sys.executable, "-m", "bench.video", "--child", "pipeline", str(src),
-                    str(out)])
+    return measure([sys.executable, "-m", "bench.video", "--child", "pipeline", str(src), str(out)])
 
 
 def run_ffmpeg(src: Path, work: Path) -> Usage:
@@ -124,8 +123,9 @@ def run_ffmpeg(src: Path, work: Path) -> Usage:
 
 
 def run_rings(src: Path, cameras: int, env: dict[str, str] | None = None) -> Usage:
-    return measure([sys.executable, "-m", "bench.video", "--child", "rings", str(src),
-                    str(cameras)], env)
+    return measure(
+        [sys.executable, "-m", "bench.video", "--child", "rings", str(src), str(cameras)], env
+    )
 
 
 # --- children -----------------------------------------------------------------------------------

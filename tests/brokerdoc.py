@@ -46,13 +46,25 @@ def rate_limit_plugin() -> Path:
     missing = [tool for tool in ("make", "cc") if shutil.which(tool) is None]
     missing += [h for h in PLUGIN_HEADERS if not (Path("/usr/include") / h).exists()]
     if missing:
-        pytest.skip(f"cannot build broker/rate_limit.c, missing: {', '.join(missing)} "
-                    "(./install.sh --dev installs make, gcc, mosquitto-dev, libmosquitto-dev)")
+        pytest.skip(
+            f"cannot build broker/rate_limit.c, missing: {', '.join(missing)} "
+            "(./install.sh --dev installs make, gcc, mosquitto-dev, libmosquitto-dev)"
+        )
     out = Path(tempfile.mkdtemp(prefix="rate-limit-"))
     atexit.register(shutil.rmtree, out, ignore_errors=True)
-    made = subprocess.run(["make", "-s", "-C", str(REPO / "broker"), f"OUT={out}",
-                           "CFLAGS=-O2 -Wall -Wextra -Werror"],
-                          capture_output=True, text=True, timeout=120)
+    made = subprocess.run(
+        [
+            "make",
+            "-s",
+            "-C",
+            str(REPO / "broker"),
+            f"OUT={out}",
+            "CFLAGS=-O2 -Wall -Wextra -Werror",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert made.returncode == 0 and not made.stderr, f"broker/rate_limit.c: {made.stderr}"
     _built.append(out / "rate_limit.so")
     return _built[0]
@@ -88,10 +100,17 @@ class Broker:
         wait_for(lambda: self.log().count("Reloading config.") >= done, 5, "the reload")
 
 
-def start_broker(workdir: Path, pki: Pki, *, server: Identity | None = None,
-                 crl: Path | None = None, without: tuple[str, ...] = (),
-                 prefix: str = "schools", log_info: bool = True,
-                 limits: dict[str, str] | None = None) -> Broker:
+def start_broker(
+    workdir: Path,
+    pki: Pki,
+    *,
+    server: Identity | None = None,
+    crl: Path | None = None,
+    without: tuple[str, ...] = (),
+    prefix: str = "schools",
+    log_info: bool = True,
+    limits: dict[str, str] | None = None,
+) -> Broker:
     """Mosquitto with the documented configuration; `without` drops lines, to show they matter;
     `prefix` replaces the topic prefix in the ACLs, as docs/broker.md says to; `limits` sets
     documented `plugin_opt_` values of the rate limit (``{"messages_burst": "100"}``)."""
@@ -116,19 +135,25 @@ def start_broker(workdir: Path, pki: Pki, *, server: Identity | None = None,
         assert f"\n{line}\n" in conf, f"docs/broker.md has no line {line!r}"
         conf = conf.replace(f"\n{line}\n", "\n")
     for option, value in (limits or {}).items():
-        conf, n = re.subn(rf"^plugin_opt_{option} \S+$", f"plugin_opt_{option} {value}", conf,
-                          flags=re.M)
+        conf, n = re.subn(
+            rf"^plugin_opt_{option} \S+$", f"plugin_opt_{option} {value}", conf, flags=re.M
+        )
         assert n == 1, f"docs/broker.md has no line plugin_opt_{option}"
     for path, local in files.items():
         conf = conf.replace(f" {path}\n", f" {local}\n")
-    conf, boxes = re.subn(r"^listener 8883$", f"listener {box_port} 127.0.0.1", conf,
-                          flags=re.M)
-    conf, centres = re.subn(r"^listener 8884 \S+$", f"listener {centre_port} 127.0.0.1", conf,
-                            flags=re.M)
-    assert (boxes, centres) == (1, 1) and "/etc/" not in conf and "/usr/" not in conf, \
+    conf, boxes = re.subn(r"^listener 8883$", f"listener {box_port} 127.0.0.1", conf, flags=re.M)
+    conf, centres = re.subn(
+        r"^listener 8884 \S+$", f"listener {centre_port} 127.0.0.1", conf, flags=re.M
+    )
+    assert (boxes, centres) == (1, 1) and "/etc/" not in conf and "/usr/" not in conf, (
         "docs/broker.md changed: update me"
-    broker = Mosquitto(workdir, port=box_port, listeners=conf,
-                       extra_conf="log_type notice\nlog_type information" if log_info else "")
+    )
+    broker = Mosquitto(
+        workdir,
+        port=box_port,
+        listeners=conf,
+        extra_conf="log_type notice\nlog_type information" if log_info else "",
+    )
     broker.start()
     return Broker(broker, box_port, centre_port)
 
@@ -136,23 +161,44 @@ def start_broker(workdir: Path, pki: Pki, *, server: Identity | None = None,
 # --- MQTT 5 clients that record what the broker answers ---------------------------------------
 
 
-def peer_options(pki: Pki, identity: Identity | None, *, will_topic: str | None = None,
-                 tls: bool = True) -> dict[str, Any]:
+def peer_options(
+    pki: Pki, identity: Identity | None, *, will_topic: str | None = None, tls: bool = True
+) -> dict[str, Any]:
     """MqttClient options for a client with a certificate (or none) that keeps every answer of
     the broker, and does not reconnect: a peer that is refused or replaced stays gone, so tests
     see it (``connack``, ``error``, ``gone``)."""
-    return {"host": "localhost", "keepalive": 5, "reconnect": None,
-            "tls": Tls(pki.box_ca, identity.cert if identity else None,
-                       identity.key if identity else None) if tls else None,
-            "will": Will(will_topic, b"offline (will)") if will_topic else None}
+    return {
+        "host": "localhost",
+        "keepalive": 5,
+        "reconnect": None,
+        "tls": Tls(
+            pki.box_ca, identity.cert if identity else None, identity.key if identity else None
+        )
+        if tls
+        else None,
+        "will": Will(will_topic, b"offline (will)") if will_topic else None,
+    }
 
 
-def peer(port: int, pki: Pki, identity: Identity | None, *, client_id: str = "",
-         username: str | None = None, will_topic: str | None = None,
-         protocol: MQTTProtocolVersion = mqtt.MQTTv5, tls: bool = True) -> MqttClient:
+def peer(
+    port: int,
+    pki: Pki,
+    identity: Identity | None,
+    *,
+    client_id: str = "",
+    username: str | None = None,
+    will_topic: str | None = None,
+    protocol: MQTTProtocolVersion = mqtt.MQTTv5,
+    tls: bool = True,
+) -> MqttClient:
     """Such a client (see peer_options), not connected yet."""
-    return MqttClient(port, client_id=client_id, username=username, protocol=protocol,
-                      **peer_options(pki, identity, will_topic=will_topic, tls=tls))
+    return MqttClient(
+        port,
+        client_id=client_id,
+        username=username,
+        protocol=protocol,
+        **peer_options(pki, identity, will_topic=will_topic, tls=tls),
+    )
 
 
 def pairs(messages: list[Received]) -> list[tuple[str, bytes]]:

@@ -17,8 +17,21 @@ from agent.testing.broker import Mosquitto
 from agent.testing.mqtt import MqttClient
 from agent.testing.site import AgentProcess, Centre, InProcessAgent, school_config
 
-__all__ = ["ALARMS", "REPO", "STATUS", "AgentProcess", "Centre", "InProcessAgent", "MqttClient",
-           "alarms", "cli", "subscriber", "wait_alarms", "wait_for", "write_config"]
+__all__ = [
+    "ALARMS",
+    "REPO",
+    "STATUS",
+    "AgentProcess",
+    "Centre",
+    "InProcessAgent",
+    "MqttClient",
+    "alarms",
+    "cli",
+    "subscriber",
+    "wait_alarms",
+    "wait_for",
+    "write_config",
+]
 
 REPO = Path(__file__).resolve().parent.parent
 ALARMS, STATUS = "schools/+/alarm", "schools/+/status"
@@ -26,9 +39,13 @@ ALARMS, STATUS = "schools/+/alarm", "schools/+/status"
 
 def pytest_addoption(parser: pytest.Parser) -> None:
     parser.addoption("--soak", action="store_true", help="run the long soak variants")
-    parser.addoption("--fault-seeds", type=int, default=2, metavar="N",
-                     help="fresh random seeds per randomized fault test (default 2; "
-                          "tests/fault/conftest.py)")
+    parser.addoption(
+        "--fault-seeds",
+        type=int,
+        default=2,
+        metavar="N",
+        help="fresh random seeds per randomized fault test (default 2; tests/fault/conftest.py)",
+    )
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
@@ -81,8 +98,13 @@ def agent_config(tmp_path: Path, broker: Mosquitto) -> Path:
 
 
 def cli(*args: str, timeout: float = 20) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "agent.cli", *args], capture_output=True,
-                          text=True, timeout=timeout, cwd=REPO)
+    return subprocess.run(
+        [sys.executable, "-m", "agent.cli", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        cwd=REPO,
+    )
 
 
 @pytest.fixture

@@ -70,18 +70,26 @@ class Pki:
             self.clients[site_id] = _issue(self.dir, site_id, self._box, site_id)
         return self.clients[site_id]
 
-    def write_crl(self, path: Path, revoked: tuple[str, ...] = (), *, expired: bool = False
-                  ) -> Path:
+    def write_crl(
+        self, path: Path, revoked: tuple[str, ...] = (), *, expired: bool = False
+    ) -> Path:
         """A CRL of the box CA revoking these site certificates; `expired`: nextUpdate passed."""
         now = dt.datetime.now(dt.UTC)
         last = now - dt.timedelta(days=2 if expired else 0, hours=1)
-        builder = (x509.CertificateRevocationListBuilder().issuer_name(self._box.name)
-                   .last_update(last).next_update(last + dt.timedelta(days=1)))
+        builder = (
+            x509.CertificateRevocationListBuilder()
+            .issuer_name(self._box.name)
+            .last_update(last)
+            .next_update(last + dt.timedelta(days=1))
+        )
         for cn in revoked:
             cert = x509.load_pem_x509_certificate(self.clients[cn].cert.read_bytes())
-            builder = builder.add_revoked_certificate(x509.RevokedCertificateBuilder()
-                                                      .serial_number(cert.serial_number)
-                                                      .revocation_date(last).build())
+            builder = builder.add_revoked_certificate(
+                x509.RevokedCertificateBuilder()
+                .serial_number(cert.serial_number)
+                .revocation_date(last)
+                .build()
+            )
         crl = builder.sign(self._box.key, hashes.SHA256())
         path.write_bytes(crl.public_bytes(serialization.Encoding.PEM))
         return path
@@ -93,8 +101,14 @@ def make_pki(directory: Path) -> Pki:
     centre_ca = _make_ca("Test centre CA")
     localhost = [x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]
     server = _issue(directory, "server", box_ca, "localhost", server=True, sans=localhost)
-    evil = _issue(directory, "evil-server", box_ca, "evil.example", server=True,
-                  sans=[x509.DNSName("evil.example")])
+    evil = _issue(
+        directory,
+        "evil-server",
+        box_ca,
+        "evil.example",
+        server=True,
+        sans=[x509.DNSName("evil.example")],
+    )
     clients = {site: _issue(directory, site, box_ca, site) for site in SITES}
     clients[CENTRE] = _issue(directory, CENTRE, centre_ca, CENTRE)
     pki = Pki(

@@ -94,9 +94,7 @@ def test_killed_agent_turns_retained_status_offline_via_the_will(
     agent_process: AgentProcess, collector: MqttClient, broker: Mosquitto
 ) -> None:
     agent_process.start()
-    wait_for(
-        lambda: any(s["state"] == "online" for s in collector.payloads(STATUS)), 10, "online"
-    )
+    wait_for(lambda: any(s["state"] == "online" for s in collector.payloads(STATUS)), 10, "online")
     agent_process.kill(signal.SIGKILL)
     wait_for(lambda: collector.payloads(STATUS)[-1]["state"] == "offline", 15, "the will")
     with MqttClient(broker.port, [STATUS], client_id="late") as late:
@@ -109,9 +107,7 @@ def test_sigterm_publishes_offline_and_exits_0_within_5s(
     agent_process: AgentProcess, collector: MqttClient
 ) -> None:
     agent_process.start()
-    wait_for(
-        lambda: any(s["state"] == "online" for s in collector.payloads(STATUS)), 10, "online"
-    )
+    wait_for(lambda: any(s["state"] == "online" for s in collector.payloads(STATUS)), 10, "online")
     t0 = time.monotonic()
     assert agent_process.kill(signal.SIGTERM) == 0
     assert time.monotonic() - t0 < 5
@@ -133,8 +129,15 @@ def test_status_command_reports_buttons_and_outbox(
     assert status["last_alarm"]["button_id"] == "gym"
     # What the pacer uses, measured (TCP_INFO on Linux) or fixed: the same keys either way.
     assert set(status["uplink"]["pacing"]) == {
-        "mode", "upload_kbps", "ceiling_kbps", "base_rtt_ms", "queue_delay_ms",
-        "alarm_wait_ms", "notsent_lowat", "window"}
+        "mode",
+        "upload_kbps",
+        "ceiling_kbps",
+        "base_rtt_ms",
+        "queue_delay_ms",
+        "alarm_wait_ms",
+        "notsent_lowat",
+        "window",
+    }
     assert "pacing    " in r.stdout
 
 

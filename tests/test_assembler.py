@@ -22,8 +22,14 @@ from tests.boxmsgs import signed_chunks
 SITE, CAM = "school-042", "hall-cam"
 
 
-def clip_chunks(key: BoxKey, event: str, segments: list[bytes], chunk: int = 1000,
-                camera: str = CAM, live: bool = False) -> list[bytes]:
+def clip_chunks(
+    key: BoxKey,
+    event: str,
+    segments: list[bytes],
+    chunk: int = 1000,
+    camera: str = CAM,
+    live: bool = False,
+) -> list[bytes]:
     return signed_chunks(key, SITE, event, segments, camera, chunk, live)
 
 
@@ -34,20 +40,24 @@ class Video:
         self.store = store
         self.ledger = Ledger.open(store)
         self.sent: list[bytes] = []
-        self.assembler = Assembler(store, "schools", self.ledger, Reporter(self.ledger, 0.0),
-                                   limits or Limits(min_free_bytes=0),
-                                   lambda _t, p: self.sent.append(p))
+        self.assembler = Assembler(
+            store,
+            "schools",
+            self.ledger,
+            Reporter(self.ledger, 0.0),
+            limits or Limits(min_free_bytes=0),
+            lambda _t, p: self.sent.append(p),
+        )
 
-    def send(self, payloads: list[bytes], kind: str = "clip", camera: str = CAM,
-             site: str = SITE) -> None:
+    def send(
+        self, payloads: list[bytes], kind: str = "clip", camera: str = CAM, site: str = SITE
+    ) -> None:
         for payload in payloads:
-            self.assembler.take(BoxTopic(site, kind, camera if kind != "pubkey" else ""),
-                                payload)
+            self.assembler.take(BoxTopic(site, kind, camera if kind != "pubkey" else ""), payload)
             self.assembler.drain()
 
     def receipts(self) -> list[tuple[str, str]]:
-        return [(c["event_id"], c["camera_id"]) for p in self.sent
-                for c in json.loads(p)["clips"]]
+        return [(c["event_id"], c["camera_id"]) for p in self.sent for c in json.loads(p)["clips"]]
 
     def reports(self, what: str) -> list[str]:
         return [r.detail for r in self.ledger.reports(newest=1000) if r.what == what]
@@ -65,8 +75,9 @@ def video(tmp_path: Path, key: BoxKey) -> Video:
     return v
 
 
-def test_a_clip_arriving_in_any_order_is_written_verified_and_confirmed(video: Video,
-                                                                        key: BoxKey) -> None:
+def test_a_clip_arriving_in_any_order_is_written_verified_and_confirmed(
+    video: Video, key: BoxKey
+) -> None:
     event = str(uuid.uuid4())
     chunks = clip_chunks(key, event, [os.urandom(2500), os.urandom(1800), os.urandom(900)])
     video.send(list(reversed(chunks)) + chunks[:2])  # any order, and duplicates
@@ -78,8 +89,9 @@ def test_a_clip_arriving_in_any_order_is_written_verified_and_confirmed(video: V
     assert video.assembler.held == 0
 
 
-def test_a_second_different_copy_is_refused_even_after_a_restart(tmp_path: Path,
-                                                                 key: BoxKey) -> None:
+def test_a_second_different_copy_is_refused_even_after_a_restart(
+    tmp_path: Path, key: BoxKey
+) -> None:
     """Issue 10.4: "already written" was only in memory; a restart let a box replace evidence."""
     event = str(uuid.uuid4())
     first = Video(tmp_path)
@@ -110,11 +122,13 @@ def test_a_copy_that_beat_the_ledger_is_not_replaced(video: Video, key: BoxKey) 
     assert video.reports("second_copy") and video.receipts() == []
 
 
-def test_never_completing_segments_stay_within_the_sites_memory(tmp_path: Path,
-                                                                key: BoxKey) -> None:
+def test_never_completing_segments_stay_within_the_sites_memory(
+    tmp_path: Path, key: BoxKey
+) -> None:
     """Issue 10.3: chunks of segments that never complete were kept forever."""
-    limits = Limits(assembly_site_bytes=1 * MiB, assembly_bytes=2 * MiB, min_free_bytes=0,
-                    open_clips_site=1000)
+    limits = Limits(
+        assembly_site_bytes=1 * MiB, assembly_bytes=2 * MiB, min_free_bytes=0, open_clips_site=1000
+    )
     video = Video(tmp_path, limits)
     for _ in range(50):  # 50 clips x 100 KB of a 200 KB segment that never completes
         event = str(uuid.uuid4())
@@ -132,8 +146,9 @@ def test_open_clips_and_live_sessions_are_capped(tmp_path: Path, key: BoxKey) ->
         video.send(clip_chunks(key, str(uuid.uuid4()), [b"x" * 3000])[:1])
     assert len(video.reports("evicted")) == 3
     for _ in range(3):
-        video.send(clip_chunks(key, f"live-{uuid.uuid4()}", [b"y" * 3000], live=True)[:1],
-                   kind="live")
+        video.send(
+            clip_chunks(key, f"live-{uuid.uuid4()}", [b"y" * 3000], live=True)[:1], kind="live"
+        )
     assert len(video.reports("evicted")) == 5
 
 
@@ -175,8 +190,9 @@ def test_a_clip_comes_back_from_disk_after_a_restart(tmp_path: Path, key: BoxKey
     again = Video(tmp_path)
     again.send(chunks[4:])
     assert again.ledger.clip_problem(SITE, event, CAM) == ""
-    assert (tmp_path / SITE / event / f"{CAM}.ts").read_bytes() == b"a" * 2000 + b"b" * 2000 \
-        + b"c" * 500
+    assert (
+        tmp_path / SITE / event / f"{CAM}.ts"
+    ).read_bytes() == b"a" * 2000 + b"b" * 2000 + b"c" * 500
 
 
 def test_a_swapped_box_key_is_refused_and_reported(video: Video, tmp_path: Path) -> None:

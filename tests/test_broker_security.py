@@ -75,16 +75,26 @@ def fence(centre: MqttClient, site: str = "school-b") -> None:
 # --- the agent end to end ---------------------------------------------------------------------
 
 
-def start_agent(agents: list[InProcessAgent], tmp_path: Path, pki: Pki, port: int,
-                site: str = "school-a") -> Daemon:
+def start_agent(
+    agents: list[InProcessAgent], tmp_path: Path, pki: Pki, port: int, site: str = "school-a"
+) -> Daemon:
     """The agent with its school's certificate, in this process (stopped by ``agents``)."""
     ident = pki.client(site)
     path = write_config(
-        tmp_path / "agent.yaml", port, tmp_path / "state",
+        tmp_path / "agent.yaml",
+        port,
+        tmp_path / "state",
         site={"id": site, "name": site},
-        mqtt={"host": "localhost", "port": port, "keepalive_s": 5,
-              "tls": {"ca_file": str(pki.box_ca), "cert_file": str(ident.cert),
-                      "key_file": str(ident.key)}},
+        mqtt={
+            "host": "localhost",
+            "port": port,
+            "keepalive_s": 5,
+            "tls": {
+                "ca_file": str(pki.box_ca),
+                "cert_file": str(ident.cert),
+                "key_file": str(ident.key),
+            },
+        },
     )
     agents.append(InProcessAgent(path))
     return agents[-1].start(online_s=None).daemon
@@ -99,8 +109,11 @@ def agents() -> Iterator[list[InProcessAgent]]:
 
 
 def test_agent_publishes_an_alarm_over_mutual_tls(
-    tmp_path: Path, pki: Pki, broker: Broker, peers: Callable[..., MqttClient],
-    agents: list[InProcessAgent]
+    tmp_path: Path,
+    pki: Pki,
+    broker: Broker,
+    peers: Callable[..., MqttClient],
+    agents: list[InProcessAgent],
 ) -> None:
     centre = peers(broker.centre_port, pki.client("centre"), client_id="centre-receiver")
     assert centre.online, centre.error
@@ -159,8 +172,11 @@ def test_agent_says_why_the_broker_refuses_its_certificate(
     daemon.buttons.simulate("entrance", True)
     # The alert can be lost to a TCP reset when the CONNECT crosses it ("EOF occurred in
     # violation of protocol"), so allow a few attempts (one a second while an alarm waits).
-    wait_for(lambda: "certificate revoked" in uplink.last_error, 10,
-             f"the reason in last_error (it says {uplink.last_error!r})")
+    wait_for(
+        lambda: "certificate revoked" in uplink.last_error,
+        10,
+        f"the reason in last_error (it says {uplink.last_error!r})",
+    )
     assert uplink.state != "online"
 
 
@@ -173,8 +189,12 @@ def test_a_site_cannot_publish_as_another_site(
     centre = peers(broker.centre_port, pki.client("centre"), client_id="centre-receiver")
     centre.subscribe("schools/#")
     # The CONNECT username is ignored: the certificate's CN is the username.
-    a = peers(broker.box_port, pki.client("school-a"), username="school-b",
-              will_topic="schools/school-b/status")
+    a = peers(
+        broker.box_port,
+        pki.client("school-a"),
+        username="school-b",
+        will_topic="schools/school-b/status",
+    )
     assert a.online, a.error
 
     refused = a.publish("schools/school-b/alarm", b"spoofed alarm")
@@ -189,7 +209,8 @@ def test_a_site_cannot_publish_as_another_site(
     fence(centre)
     assert [m.topic for m in centre.received("schools/school-b/#")] == ["schools/school-b/cmd"]
     assert pairs(centre.received("schools/school-a/alarm")) == [
-        ("schools/school-a/alarm", b"own alarm")]
+        ("schools/school-a/alarm", b"own alarm")
+    ]
 
 
 def test_a_site_cannot_read_another_sites_video_or_commands(
@@ -215,8 +236,9 @@ def test_a_site_cannot_read_another_sites_video_or_commands(
     assert pairs(a.received()) == [("schools/school-a/cmd", b"command for A")]
 
 
-def test_only_the_centre_can_command(pki: Pki, broker: Broker,
-                                     peers: Callable[..., MqttClient]) -> None:
+def test_only_the_centre_can_command(
+    pki: Pki, broker: Broker, peers: Callable[..., MqttClient]
+) -> None:
     centre = peers(broker.centre_port, pki.client("centre"), client_id="centre-dispatch")
     centre.subscribe("schools/+/cmd")
     a = peers(broker.box_port, pki.client("school-a"))
@@ -279,8 +301,12 @@ def test_a_site_cannot_take_over_another_sites_connection(
     # The other side of binding the client id to the certificate: a second connection with the
     # same box certificate (a diagnostic run beside the agent) replaces the first one, and the
     # broker publishes the first one's will.
-    agent = peers(broker.box_port, pki.client("school-a"), client_id="edge-agent-school-a",
-                  will_topic="schools/school-a/status")
+    agent = peers(
+        broker.box_port,
+        pki.client("school-a"),
+        client_id="edge-agent-school-a",
+        will_topic="schools/school-a/status",
+    )
     second = peers(broker.box_port, pki.client("school-a"), client_id="edge-agent-school-a-test")
     assert second.online
     wait_for(agent.gone.is_set, 5, "the first connection to be replaced")
@@ -382,8 +408,9 @@ def test_the_rate_limit_drops_one_boxs_flood_and_passes_everyone_else(
     outruns: the box over it loses what is over it, told 0x87 (MQTT 5); another box's
     messages all pass, as do the centre's, which the limit never counts; the log names the
     box."""
-    broker = start_broker(tmp_path / "broker", pki,
-                          limits={"messages_per_second": "20", "messages_burst": "100"})
+    broker = start_broker(
+        tmp_path / "broker", pki, limits={"messages_per_second": "20", "messages_burst": "100"}
+    )
     try:
         centre = peers(broker.centre_port, pki.client("centre"), client_id="centre-receiver")
         centre.subscribe("schools/+/alarm")
@@ -419,8 +446,9 @@ def test_the_rate_limit_counts_bytes_and_outlives_a_reconnect(
     """The byte budget (topic and payload) holds as the message budget does, and belongs to
     the box, not to its connection: reconnecting does not refill it (a box that could would
     get a fresh burst per TLS handshake)."""
-    broker = start_broker(tmp_path / "broker", pki,
-                          limits={"bytes_per_second": "10000", "bytes_burst": "250000"})
+    broker = start_broker(
+        tmp_path / "broker", pki, limits={"bytes_per_second": "10000", "bytes_burst": "250000"}
+    )
     try:
         box = peers(broker.box_port, pki.client("school-a"))
         chunk = b"v" * 100_000

@@ -163,8 +163,11 @@ def test_cut_loop_at_start_is_a_fault_not_a_press(factory: MockFactory, rec: Rec
         wait_for(lambda: rec.kinds() == [AlarmKind.FAULT], 2, "the start-up fault")
         assert rec.changes() == [Change.OPEN_AT_START]
         factory.pin(25).drive_low()  # the cable mended: the loop closes
-        wait_for(lambda: rec.changes() == [Change.OPEN_AT_START, Change.OPEN_CLEARED], 2,
-                 "the fault cleared, as a cable fault (not a stuck button)")
+        wait_for(
+            lambda: rec.changes() == [Change.OPEN_AT_START, Change.OPEN_CLEARED],
+            2,
+            "the fault cleared, as a cable fault (not a stuck button)",
+        )
         assert rec.kinds() == [AlarmKind.FAULT, AlarmKind.RESTORE]
     finally:
         board.stop()
@@ -225,8 +228,9 @@ def test_a_late_buttons_thread_never_mistakes_a_new_press_for_a_bounce(
     """Press, release, wait past release_s, press again: two alarms, even when the thread only
     gets to both edges after the re-arm timer was due (a busy CPU, a slow SD card fsync)."""
     clock = StepClock()
-    board = ButtonBoard([_button("entrance", 17)], factory, rec,
-                        timing=Timing(release_s=0.05), clock=clock)
+    board = ButtonBoard(
+        [_button("entrance", 17)], factory, rec, timing=Timing(release_s=0.05), clock=clock
+    )
     board.start()
     try:
         board.simulate("entrance", True)

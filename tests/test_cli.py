@@ -24,8 +24,9 @@ EXPECTED = yaml.safe_load((Path(__file__).parent / "configs" / "bad-expected.yam
 
 
 @pytest.mark.parametrize("path", BAD, ids=lambda p: p.stem)
-def test_check_config_names_key_and_line_exit_2(path: Path,
-                                                capsys: pytest.CaptureFixture[str]) -> None:
+def test_check_config_names_key_and_line_exit_2(
+    path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     assert main(["check-config", "-c", str(path)]) == 2
     err = capsys.readouterr().err
     for expected in EXPECTED[path.name]:
@@ -47,9 +48,12 @@ def test_check_config_as_a_process(tmp_path: Path) -> None:
 def test_selftest_on_the_simulated_school(tmp_path: Path, broker: Mosquitto) -> None:
     cfg = write_config(tmp_path / "agent.yaml", broker.port, tmp_path / "state")
     r = cli("selftest", "-c", str(cfg), timeout=60)
-    rows = {line.split()[0] + (" " + line.split()[1] if line.startswith(("button", "camera"))
-                               else ""): line for line in r.stdout.splitlines() if line.strip()
-            and not line.startswith((" ", "\n")) and "passed," not in line}
+    rows = {
+        line.split()[0]
+        + (" " + line.split()[1] if line.startswith(("button", "camera")) else ""): line
+        for line in r.stdout.splitlines()
+        if line.strip() and not line.startswith((" ", "\n")) and "passed," not in line
+    }
     assert "PASS" in rows["disk"] and "PASS" in rows["broker"]
     assert all("PASS" in rows[f"button {b}"] for b in ("entrance", "gym", "office", "corridor"))
     assert ("PASS" in rows["clock"]) == clock_synced()
@@ -57,8 +61,9 @@ def test_selftest_on_the_simulated_school(tmp_path: Path, broker: Mosquitto) -> 
     assert "Traceback" not in r.stdout + r.stderr
 
 
-def test_selftest_says_what_to_do_when_the_broker_is_down(tmp_path: Path,
-                                                          broker: Mosquitto) -> None:
+def test_selftest_says_what_to_do_when_the_broker_is_down(
+    tmp_path: Path, broker: Mosquitto
+) -> None:
     cfg = write_config(tmp_path / "agent.yaml", broker.port, tmp_path / "state")
     broker.kill()
     r = cli("selftest", "-c", str(cfg), timeout=60)
@@ -91,7 +96,8 @@ def _disk_row(cfg: Path) -> str:
 
 
 def test_selftest_as_root_probes_the_disk_as_the_service_user(
-        tmp_path: Path, broker: Mosquitto, service_owned_storage: Path) -> None:
+    tmp_path: Path, broker: Mosquitto, service_owned_storage: Path
+) -> None:
     """Root never writes in the service user's directory, and the check tells what the
     service can do, not what root can (issue 10, item 8)."""
     cfg = write_config(tmp_path / "agent.yaml", broker.port, service_owned_storage)
@@ -101,8 +107,9 @@ def test_selftest_as_root_probes_the_disk_as_the_service_user(
         (service_owned_storage / f".selftest-{pid}").symlink_to(victim)
     assert "PASS" in _disk_row(cfg)
     assert victim.read_text() == "untouched"
-    assert sorted(p.name for p in service_owned_storage.iterdir()
-                  if not p.is_symlink()) == []  # the probe left nothing behind
+    assert (
+        sorted(p.name for p in service_owned_storage.iterdir() if not p.is_symlink()) == []
+    )  # the probe left nothing behind
 
     service_owned_storage.chmod(0o550)  # the service user may not write: root could
     row = _disk_row(cfg)
@@ -119,9 +126,13 @@ def test_demo_shows_the_alarm_and_clip_then_stops_on_ctrl_c(tmp_path: Path) -> N
 
     from tests.conftest import REPO
 
-    proc = subprocess.Popen([sys.executable, "-m", "agent.cli", "demo", "--state",
-                             str(tmp_path / "demo")], cwd=REPO, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "agent.cli", "demo", "--state", str(tmp_path / "demo")],
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     lines: list[str] = []
     try:
         assert proc.stdout is not None
@@ -142,8 +153,12 @@ def test_demo_shows_the_alarm_and_clip_then_stops_on_ctrl_c(tmp_path: Path) -> N
         if proc.poll() is None:
             proc.kill()
     assert (tmp_path / "demo" / "broker").exists()  # the demo kept its state where asked
-    assert subprocess.run(["pgrep", "-f", str(tmp_path / "demo" / "broker")],
-                          capture_output=True).returncode == 1, "a broker outlived the demo"
+    assert (
+        subprocess.run(
+            ["pgrep", "-f", str(tmp_path / "demo" / "broker")], capture_output=True
+        ).returncode
+        == 1
+    ), "a broker outlived the demo"
 
 
 def test_demo_exit_passes_when_the_alarm_and_every_clip_arrive(tmp_path: Path) -> None:
@@ -159,17 +174,40 @@ def test_demo_exit_fails_in_one_line_when_a_camera_sends_no_clip(tmp_path: Path)
     clip cannot, and `demo --exit` says so and exits 1 (it used to exit 0: CI could not fail)."""
     not_h264 = make_mpeg4_file(tmp_path / "mpeg4.mp4")
     school = tmp_path / "school.yaml"
-    school.write_text(yaml.safe_dump({
-        "site": {"id": "demo-school", "name": "A school with a broken camera"},
-        "buttons": [{"id": "hall", "pin": 17, "location": "Hall", "wiring": "normally_open",
-                     "cameras": ["hall-cam"]}],
-        "cameras": [{"id": "hall-cam", "source": f"file://{not_h264}", "segment_s": 1,
-                     "pre_alarm_s": 2, "post_alarm_s": 2}]}))
+    school.write_text(
+        yaml.safe_dump(
+            {
+                "site": {"id": "demo-school", "name": "A school with a broken camera"},
+                "buttons": [
+                    {
+                        "id": "hall",
+                        "pin": 17,
+                        "location": "Hall",
+                        "wiring": "normally_open",
+                        "cameras": ["hall-cam"],
+                    }
+                ],
+                "cameras": [
+                    {
+                        "id": "hall-cam",
+                        "source": f"file://{not_h264}",
+                        "segment_s": 1,
+                        "pre_alarm_s": 2,
+                        "post_alarm_s": 2,
+                    }
+                ],
+            }
+        )
+    )
     r = cli("demo", "--exit", "--state", str(tmp_path / "demo"), "-c", str(school), timeout=90)
     assert r.returncode == 1, r.stdout + r.stderr
     assert "ЦОУ <- ALARM demo-school/hall" in r.stdout, r.stdout
     last = r.stderr.strip().splitlines()[-1]
     assert last == "edge-agent: no clip from hall-cam (see the log above)", r.stderr
     assert "Traceback" not in r.stderr and "demo stopped." in r.stdout
-    assert subprocess.run(["pgrep", "-f", str(tmp_path / "demo" / "broker")],
-                          capture_output=True).returncode == 1, "a broker outlived the demo"
+    assert (
+        subprocess.run(
+            ["pgrep", "-f", str(tmp_path / "demo" / "broker")], capture_output=True
+        ).returncode
+        == 1
+    ), "a broker outlived the demo"

@@ -35,8 +35,12 @@ def _config(tmp_path: Path, port: int) -> Path:
 
 
 def _probe_duration(path: Path) -> float:
-    out = subprocess.run(["ffprobe", "-v", "error", "-show_entries", "format=duration", "-of",
-                          "json", str(path)], capture_output=True, text=True, check=True)
+    out = subprocess.run(
+        ["ffprobe", "-v", "error", "-show_entries", "format=duration", "-of", "json", str(path)],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     return float(json.loads(out.stdout)["format"]["duration"])
 
 
@@ -52,16 +56,18 @@ def _decode_all(path: Path) -> int:
 def _clips(store: Path) -> list[Path]:
     """The clips the receiver has finished: linked into place, then verified (the
     ``.verify.json`` beside each comes last)."""
-    return sorted(p for p in store.glob("sim-school/*/*.ts")
-                  if p.with_suffix(".verify.json").exists())
+    return sorted(
+        p for p in store.glob("sim-school/*/*.ts") if p.with_suffix(".verify.json").exists()
+    )
 
 
 def _video_on_disk(state: Path) -> list[Path]:
     return [p for p in state.rglob("*") if p.suffix in (".ts", ".tmp") and p.stat().st_size]
 
 
-def test_press_gives_a_playable_clip_covering_pre_and_post(tmp_path: Path,
-                                                           broker: Mosquitto) -> None:
+def test_press_gives_a_playable_clip_covering_pre_and_post(
+    tmp_path: Path, broker: Mosquitto
+) -> None:
     centre = Centre(broker.url, tmp_path / "centre").start()
     agent = AgentProcess(_config(tmp_path, broker.port)).start()
     try:
@@ -105,8 +111,9 @@ def test_clip_waits_out_a_dead_broker(tmp_path: Path, broker: Mosquitto) -> None
 
 
 @pytest.mark.parametrize("button, cameras", [("office", {"office-cam"})])
-def test_only_linked_cameras_send_clips(tmp_path: Path, broker: Mosquitto, button: str,
-                                        cameras: set[str]) -> None:
+def test_only_linked_cameras_send_clips(
+    tmp_path: Path, broker: Mosquitto, button: str, cameras: set[str]
+) -> None:
     centre = Centre(broker.url, tmp_path / "centre").start()
     agent = AgentProcess(_config(tmp_path, broker.port)).start()
     try:
@@ -120,8 +127,9 @@ def test_only_linked_cameras_send_clips(tmp_path: Path, broker: Mosquitto, butto
         centre.stop()
 
 
-def test_spool_over_budget_drops_the_oldest_clip_never_an_alarm(tmp_path: Path,
-                                                                broker: Mosquitto) -> None:
+def test_spool_over_budget_drops_the_oldest_clip_never_an_alarm(
+    tmp_path: Path, broker: Mosquitto
+) -> None:
     """A long outage, many alarms, a tiny spool: every alarm still arrives; the oldest clips
     are dropped whole and the centre is told which, by a fault event."""
     cfg = _config(tmp_path, broker.port)
@@ -140,8 +148,11 @@ def test_spool_over_budget_drops_the_oldest_clip_never_an_alarm(tmp_path: Path,
             time.sleep(1.5)
         time.sleep(POST_S + 2 * SEG_S)
         broker.start()
-        wait_for(lambda: len([a for a in centre.alarms() if a["kind"] == "panic"]) == 5, 20,
-                 "all five panic alarms")
+        wait_for(
+            lambda: len([a for a in centre.alarms() if a["kind"] == "panic"]) == 5,
+            20,
+            "all five panic alarms",
+        )
         faults = [a for a in centre.alarms() if a["kind"] == "fault"]
         assert faults and all("dropped" in f["detail"] for f in faults)
         dropped = {f["detail"].split()[3] for f in faults}  # "clip of alarm <id> dropped: ..."

@@ -78,8 +78,9 @@ class FakeClock:
 
 
 def make_verifier(store: NonceStore, clock: FakeClock, **kw: Any) -> CommandVerifier:
-    return CommandVerifier(KEY.public_key(), SITE, store, clock.time,
-                           clock_synced=clock.is_synced, **kw)
+    return CommandVerifier(
+        KEY.public_key(), SITE, store, clock.time, clock_synced=clock.is_synced, **kw
+    )
 
 
 @pytest.fixture
@@ -142,8 +143,16 @@ def test_good_command_is_accepted(verifier: CommandVerifier) -> None:
     payload = sign("live", {"camera_id": CAM, "seconds": 30})
     command = verifier.verify(payload)
     doc = doc_of(payload)
-    assert command == Command(doc["id"], "live", {"camera_id": CAM, "seconds": 30}, NOW,
-                              NOW + 60, doc["nonce"], LiveArgs(CAM, 30), clock_unsynced=False)
+    assert command == Command(
+        doc["id"],
+        "live",
+        {"camera_id": CAM, "seconds": 30},
+        NOW,
+        NOW + 60,
+        doc["nonce"],
+        LiveArgs(CAM, 30),
+        clock_unsynced=False,
+    )
     assert set(doc) == {*SIGNED_FIELDS, "sig"}
     assert doc["issued_at"] == "2026-11-18T11:06:40.000Z"
 
@@ -166,21 +175,37 @@ def test_errors_belong_to_the_agent_root() -> None:
 DEEP = b"[" * 5000 + b"]" * 5000
 
 
-@pytest.mark.parametrize(("payload", "rule"), [
-    (b"", "not_json"),
-    (b"{", "not_json"),
-    (b"\xff\xfe{}", "not_json"),
-    ('{"a":1}'.encode("utf-16"), "not_json"),  # json.loads(bytes) would have accepted this
-    (b'{"v":1,"v":1}', "not_json"),
-    (b'{"x":NaN}', "not_json"),
-    (DEEP, "not_json"),
-    (b"[]", "not_object"),
-    (b"42", "not_object"),
-    (b'"cmd"', "not_object"),
-    (b"null", "not_object"),
-    (b" " * MAX_PAYLOAD_BYTES + b"{}", "too_large"),
-], ids=["empty", "truncated", "not-utf8", "utf16", "duplicate-key", "nan", "deep", "array",
-        "number", "string", "null", "too-large"])
+@pytest.mark.parametrize(
+    ("payload", "rule"),
+    [
+        (b"", "not_json"),
+        (b"{", "not_json"),
+        (b"\xff\xfe{}", "not_json"),
+        ('{"a":1}'.encode("utf-16"), "not_json"),  # json.loads(bytes) would have accepted this
+        (b'{"v":1,"v":1}', "not_json"),
+        (b'{"x":NaN}', "not_json"),
+        (DEEP, "not_json"),
+        (b"[]", "not_object"),
+        (b"42", "not_object"),
+        (b'"cmd"', "not_object"),
+        (b"null", "not_object"),
+        (b" " * MAX_PAYLOAD_BYTES + b"{}", "too_large"),
+    ],
+    ids=[
+        "empty",
+        "truncated",
+        "not-utf8",
+        "utf16",
+        "duplicate-key",
+        "nan",
+        "deep",
+        "array",
+        "number",
+        "string",
+        "null",
+        "too-large",
+    ],
+)
 def test_not_a_command(verifier: CommandVerifier, payload: bytes, rule: str) -> None:
     exc = rejected(verifier, payload)
     assert (exc.rule, exc.command_id) == (rule, None)
@@ -208,45 +233,52 @@ def test_unknown_field_even_when_signed(verifier: CommandVerifier) -> None:
     assert exc.rule == "unknown_field" and "extra" not in exc.reason
 
 
-@pytest.mark.parametrize(("field", "value"), [
-    ("id", "not-a-uuid"),
-    ("id", EVENT.upper()),
-    ("id", 42),
-    ("site_id", 42),
-    ("site_id", "School 42"),
-    ("name", "Live; rm -rf /"),
-    ("name", ["live"]),
-    ("args", ["camera_id"]),
-    ("args", "camera_id=x"),
-    ("issued_at", "2026-11-18T22:13:20Z"),  # no milliseconds
-    ("issued_at", "2026-11-18T22:13:20.000+00:00"),
-    ("issued_at", "2026-13-18T22:13:20.000Z"),
-    ("issued_at", "٢٠٢٦-11-18T22:13:20.000Z"),  # non-ASCII digits
-    ("expires_at", 1795000060),
-    ("nonce", "abc"),
-    ("nonce", "0" * 31 + "G"),
-    ("v", "1"),
-    ("v", True),
-    ("v", 1.0),
-    ("sig", 123),
-])
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        ("id", "not-a-uuid"),
+        ("id", EVENT.upper()),
+        ("id", 42),
+        ("site_id", 42),
+        ("site_id", "School 42"),
+        ("name", "Live; rm -rf /"),
+        ("name", ["live"]),
+        ("args", ["camera_id"]),
+        ("args", "camera_id=x"),
+        ("issued_at", "2026-11-18T22:13:20Z"),  # no milliseconds
+        ("issued_at", "2026-11-18T22:13:20.000+00:00"),
+        ("issued_at", "2026-13-18T22:13:20.000Z"),
+        ("issued_at", "٢٠٢٦-11-18T22:13:20.000Z"),  # non-ASCII digits
+        ("expires_at", 1795000060),
+        ("nonce", "abc"),
+        ("nonce", "0" * 31 + "G"),
+        ("v", "1"),
+        ("v", True),
+        ("v", 1.0),
+        ("sig", 123),
+    ],
+)
 def test_badly_typed_field(verifier: CommandVerifier, field: str, value: Any) -> None:
     exc = rejected(verifier, forge(**{field: value}))
     assert exc.reason.startswith(f"bad_field: {field}") and exc.command_id is None
 
 
-@pytest.mark.parametrize(("args", "fragment"), [
-    ({"camera_id": CAM, "seconds": 30.0}, "integers"),
-    ({"camera_id": CAM, "seconds": [30]}, "values must be"),
-    ({"camera_id": {"id": CAM}, "seconds": 30}, "values must be"),
-    ({"camera_id": "x" * 257, "seconds": 30}, "at most 256"),
-    ({"camera_id": "cam\n1", "seconds": 30}, "control characters"),
-    ({"camera_id": CAM, "seconds": 2**53}, "2^53"),
-    ({"Camera": CAM}, "argument names"),
-    ({f"a{i}": 1 for i in range(17)}, "at most 16"),
-])
-def test_args_that_no_command_may_have(verifier: CommandVerifier, args: dict[str, Any],
-                                       fragment: str) -> None:
+@pytest.mark.parametrize(
+    ("args", "fragment"),
+    [
+        ({"camera_id": CAM, "seconds": 30.0}, "integers"),
+        ({"camera_id": CAM, "seconds": [30]}, "values must be"),
+        ({"camera_id": {"id": CAM}, "seconds": 30}, "values must be"),
+        ({"camera_id": "x" * 257, "seconds": 30}, "at most 256"),
+        ({"camera_id": "cam\n1", "seconds": 30}, "control characters"),
+        ({"camera_id": CAM, "seconds": 2**53}, "2^53"),
+        ({"Camera": CAM}, "argument names"),
+        ({f"a{i}": 1 for i in range(17)}, "at most 16"),
+    ],
+)
+def test_args_that_no_command_may_have(
+    verifier: CommandVerifier, args: dict[str, Any], fragment: str
+) -> None:
     exc = rejected(verifier, forge(args=args))
     assert exc.rule == "bad_args" and fragment in exc.reason
 
@@ -255,9 +287,16 @@ def test_wrong_version(verifier: CommandVerifier) -> None:
     assert rejected(verifier, forge(v=2)).rule == "bad_version"
 
 
-@pytest.mark.parametrize("sig", ["!!!", "A" * 87, base64.b64encode(bytes(63)).decode(),
-                                 base64.b64encode(bytes(64)).decode().rstrip("="),
-                                 " " + base64.b64encode(bytes(64)).decode()[1:]])
+@pytest.mark.parametrize(
+    "sig",
+    [
+        "!!!",
+        "A" * 87,
+        base64.b64encode(bytes(63)).decode(),
+        base64.b64encode(bytes(64)).decode().rstrip("="),
+        " " + base64.b64encode(bytes(64)).decode()[1:],
+    ],
+)
 def test_bad_base64(verifier: CommandVerifier, sig: str) -> None:
     doc = doc_of(sign()) | {"sig": sig}
     assert rejected(verifier, json.dumps(doc).encode()).rule == "bad_base64"
@@ -272,7 +311,7 @@ def test_forged_signature(verifier: CommandVerifier) -> None:
 
 def test_signature_without_the_context_prefix_is_refused(verifier: CommandVerifier) -> None:
     doc = doc_of(sign())
-    bare = signing_bytes(doc)[len(SIGNING_CONTEXT):]
+    bare = signing_bytes(doc)[len(SIGNING_CONTEXT) :]
     doc["sig"] = base64.b64encode(KEY.sign(bare)).decode()
     assert rejected(verifier, json.dumps(doc).encode()).rule == "bad_signature"
 
@@ -290,16 +329,20 @@ MUTATIONS: dict[str, Any] = {
 
 
 @pytest.mark.parametrize("field", [f for f in SIGNED_FIELDS if f != "v"])
-def test_tampering_any_field_invalidates_the_signature(verifier: CommandVerifier,
-                                                       field: str) -> None:
+def test_tampering_any_field_invalidates_the_signature(
+    verifier: CommandVerifier, field: str
+) -> None:
     doc = doc_of(sign()) | {field: MUTATIONS[field]}
     exc = rejected(verifier, json.dumps(doc).encode())
     assert (exc.rule, exc.command_id) == ("bad_signature", None)
 
 
 def test_tampering_inside_args(verifier: CommandVerifier) -> None:
-    for args in ({"camera_id": "other-cam", "seconds": 30}, {"camera_id": CAM},
-                 {"camera_id": CAM, "seconds": 30, "x": 1}):
+    for args in (
+        {"camera_id": "other-cam", "seconds": 30},
+        {"camera_id": CAM},
+        {"camera_id": CAM, "seconds": 30, "x": 1},
+    ):
         doc = doc_of(sign()) | {"args": args}
         assert rejected(verifier, json.dumps(doc).encode()).rule == "bad_signature"
 
@@ -349,8 +392,9 @@ def test_replayed_nonce_and_replayed_id(verifier: CommandVerifier) -> None:
     assert rejected(verifier, same_id).rule == "replayed"
 
 
-def test_rejected_commands_do_not_burn_their_nonce(verifier: CommandVerifier,
-                                                   clock: FakeClock) -> None:
+def test_rejected_commands_do_not_burn_their_nonce(
+    verifier: CommandVerifier, clock: FakeClock
+) -> None:
     payload = sign()
     clock.now = NOW - 1000
     assert rejected(verifier, payload).rule == "not_yet_valid"
@@ -373,8 +417,9 @@ def test_replay_after_restart_is_rejected(tmp_path: Path, clock: FakeClock) -> N
 # The clock: no RTC on a Pi.
 
 
-def test_unsynced_clock_accepts_a_fresh_nonce_and_says_so(verifier: CommandVerifier,
-                                                          clock: FakeClock) -> None:
+def test_unsynced_clock_accepts_a_fresh_nonce_and_says_so(
+    verifier: CommandVerifier, clock: FakeClock
+) -> None:
     clock.synced, clock.now = False, 946_684_800.0  # booted in 2000, no NTP yet
     payload = sign()
     command = verifier.verify(payload)
@@ -384,7 +429,8 @@ def test_unsynced_clock_accepts_a_fresh_nonce_and_says_so(verifier: CommandVerif
 
 
 def test_unsynced_clock_still_refuses_commands_older_than_the_forgotten(
-        verifier: CommandVerifier, store: NonceStore, clock: FakeClock) -> None:
+    verifier: CommandVerifier, store: NonceStore, clock: FakeClock
+) -> None:
     old = sign(now=NOW - 86400)
     clock.now = NOW - 86400
     verifier.verify(old)
@@ -396,8 +442,9 @@ def test_unsynced_clock_still_refuses_commands_older_than_the_forgotten(
     assert exc.rule == "expired" and "forgotten" in exc.reason
 
 
-def test_unsynced_clock_does_not_prune(verifier: CommandVerifier, store: NonceStore,
-                                       clock: FakeClock) -> None:
+def test_unsynced_clock_does_not_prune(
+    verifier: CommandVerifier, store: NonceStore, clock: FakeClock
+) -> None:
     verifier.verify(sign())
     clock.synced, clock.now = False, NOW + 10 * 365 * 86400  # a clock years ahead
     verifier.verify(sign(now=NOW + 1))
@@ -482,60 +529,75 @@ def test_unwritable_store_fails_closed(verifier: CommandVerifier, store: NonceSt
 # Typed args.
 
 
-@pytest.mark.parametrize(("name", "args", "params"), [
-    ("ping", {}, NoArgs()),
-    ("ack", {"event_id": EVENT}, AckArgs(EVENT)),
-    ("live", {"camera_id": "cam_1-a", "seconds": 1}, LiveArgs("cam_1-a", 1)),
-    ("live", {"camera_id": "c" * 64, "seconds": 600}, LiveArgs("c" * 64, 600)),
-    ("fetch", {"camera_id": CAM, "from": ts(-3600), "to": ts(0)},
-     FetchArgs(CAM, NOW - 3600, NOW)),
-    ("test_mode", {"on": True, "minutes": 240}, TestModeArgs(True, 240)),
-    ("test_mode", {"on": False}, TestModeArgs(False, None)),
-])
-def test_valid_args(verifier: CommandVerifier, name: str, args: dict[str, Any],
-                    params: object) -> None:
+@pytest.mark.parametrize(
+    ("name", "args", "params"),
+    [
+        ("ping", {}, NoArgs()),
+        ("ack", {"event_id": EVENT}, AckArgs(EVENT)),
+        ("live", {"camera_id": "cam_1-a", "seconds": 1}, LiveArgs("cam_1-a", 1)),
+        ("live", {"camera_id": "c" * 64, "seconds": 600}, LiveArgs("c" * 64, 600)),
+        (
+            "fetch",
+            {"camera_id": CAM, "from": ts(-3600), "to": ts(0)},
+            FetchArgs(CAM, NOW - 3600, NOW),
+        ),
+        ("test_mode", {"on": True, "minutes": 240}, TestModeArgs(True, 240)),
+        ("test_mode", {"on": False}, TestModeArgs(False, None)),
+    ],
+)
+def test_valid_args(
+    verifier: CommandVerifier, name: str, args: dict[str, Any], params: object
+) -> None:
     assert verifier.verify(sign(name, args)).params == params
 
 
-@pytest.mark.parametrize(("name", "args", "fragment"), [
-    ("ping", {"x": 1}, "unexpected argument (allowed: none)"),
-    ("ack", {}, "event_id is required"),
-    ("ack", {"event_id": "../../etc/passwd"}, "event_id must be"),
-    ("live", {"camera_id": "../etc", "seconds": 30}, "camera_id must be"),
-    ("live", {"camera_id": "cam;reboot", "seconds": 30}, "camera_id must be"),
-    ("live", {"camera_id": "Cam", "seconds": 30}, "camera_id must be"),
-    ("live", {"camera_id": "c" * 65, "seconds": 30}, "camera_id must be"),
-    ("live", {"camera_id": CAM, "seconds": 0}, "from 1 to 600"),
-    ("live", {"camera_id": CAM, "seconds": 601}, "from 1 to 600"),
-    ("live", {"camera_id": CAM, "seconds": True}, "from 1 to 600"),
-    ("live", {"camera_id": CAM, "seconds": "30"}, "from 1 to 600"),
-    ("live", {"camera_id": CAM, "seconds": 30, "path": "/tmp"}, "unexpected argument"),
-    ("fetch", {"camera_id": CAM, "from": ts(0), "to": ts(0)}, "at most 3600 s"),
-    ("fetch", {"camera_id": CAM, "from": ts(-3601), "to": ts(0)}, "at most 3600 s"),
-    ("fetch", {"camera_id": CAM, "from": ts(0), "to": ts(-1)}, "at most 3600 s"),
-    ("fetch", {"camera_id": CAM, "from": "yesterday", "to": ts(0)}, "from must be RFC 3339"),
-    ("test_mode", {"on": "yes", "minutes": 5}, "on must be true or false"),
-    ("test_mode", {"on": True}, "minutes is required"),
-    ("test_mode", {"on": True, "minutes": 241}, "from 1 to 240"),
-    ("test_mode", {"on": False, "minutes": 5}, "only with on: true"),
-])
-def test_invalid_args(verifier: CommandVerifier, name: str, args: dict[str, Any],
-                      fragment: str) -> None:
+@pytest.mark.parametrize(
+    ("name", "args", "fragment"),
+    [
+        ("ping", {"x": 1}, "unexpected argument (allowed: none)"),
+        ("ack", {}, "event_id is required"),
+        ("ack", {"event_id": "../../etc/passwd"}, "event_id must be"),
+        ("live", {"camera_id": "../etc", "seconds": 30}, "camera_id must be"),
+        ("live", {"camera_id": "cam;reboot", "seconds": 30}, "camera_id must be"),
+        ("live", {"camera_id": "Cam", "seconds": 30}, "camera_id must be"),
+        ("live", {"camera_id": "c" * 65, "seconds": 30}, "camera_id must be"),
+        ("live", {"camera_id": CAM, "seconds": 0}, "from 1 to 600"),
+        ("live", {"camera_id": CAM, "seconds": 601}, "from 1 to 600"),
+        ("live", {"camera_id": CAM, "seconds": True}, "from 1 to 600"),
+        ("live", {"camera_id": CAM, "seconds": "30"}, "from 1 to 600"),
+        ("live", {"camera_id": CAM, "seconds": 30, "path": "/tmp"}, "unexpected argument"),
+        ("fetch", {"camera_id": CAM, "from": ts(0), "to": ts(0)}, "at most 3600 s"),
+        ("fetch", {"camera_id": CAM, "from": ts(-3601), "to": ts(0)}, "at most 3600 s"),
+        ("fetch", {"camera_id": CAM, "from": ts(0), "to": ts(-1)}, "at most 3600 s"),
+        ("fetch", {"camera_id": CAM, "from": "yesterday", "to": ts(0)}, "from must be RFC 3339"),
+        ("test_mode", {"on": "yes", "minutes": 5}, "on must be true or false"),
+        ("test_mode", {"on": True}, "minutes is required"),
+        ("test_mode", {"on": True, "minutes": 241}, "from 1 to 240"),
+        ("test_mode", {"on": False, "minutes": 5}, "only with on: true"),
+    ],
+)
+def test_invalid_args(
+    verifier: CommandVerifier, name: str, args: dict[str, Any], fragment: str
+) -> None:
     exc = rejected(verifier, forge(name=name, args=args))
     assert exc.rule == "bad_args" and fragment in exc.reason and exc.command_id is not None
 
 
-@pytest.mark.parametrize(("site", "name", "args", "ttl", "rule"), [
-    (SITE, "live", {"camera_id": "../x", "seconds": 30}, 60, "bad_args"),
-    ("School 42", "ping", {}, 60, "bad_field"),
-    (SITE, "Ping", {}, 60, "bad_field"),
-    (SITE, "custom", {"x": 1.5}, 60, "bad_args"),
-    (SITE, "ping", {}, 3601, "lifetime_too_long"),
-    (SITE, "ping", {}, 0, "bad_lifetime"),
-    (SITE, "custom", {f"k{i}": "\U0001f600" * 256 for i in range(16)}, 60, "too_large"),
-])
-def test_sign_command_refuses_what_a_box_would_refuse(site: str, name: str, args: Any,
-                                                      ttl: float, rule: str) -> None:
+@pytest.mark.parametrize(
+    ("site", "name", "args", "ttl", "rule"),
+    [
+        (SITE, "live", {"camera_id": "../x", "seconds": 30}, 60, "bad_args"),
+        ("School 42", "ping", {}, 60, "bad_field"),
+        (SITE, "Ping", {}, 60, "bad_field"),
+        (SITE, "custom", {"x": 1.5}, 60, "bad_args"),
+        (SITE, "ping", {}, 3601, "lifetime_too_long"),
+        (SITE, "ping", {}, 0, "bad_lifetime"),
+        (SITE, "custom", {f"k{i}": "\U0001f600" * 256 for i in range(16)}, 60, "too_large"),
+    ],
+)
+def test_sign_command_refuses_what_a_box_would_refuse(
+    site: str, name: str, args: Any, ttl: float, rule: str
+) -> None:
     with pytest.raises(CommandRejected) as info:
         sign_command(KEY, site, name, args, ttl_s=ttl)
     assert info.value.rule == rule
@@ -545,8 +607,9 @@ def test_sign_command_refuses_what_a_box_would_refuse(site: str, name: str, args
 # Key files.
 
 
-def test_generate_keypair_modes_and_round_trip(tmp_path: Path, store: NonceStore,
-                                               clock: FakeClock) -> None:
+def test_generate_keypair_modes_and_round_trip(
+    tmp_path: Path, store: NonceStore, clock: FakeClock
+) -> None:
     key_path, pub_path = generate_keypair(tmp_path / "keys")
     assert (key_path.name, pub_path.name) == ("centre.key", "centre.pub")
     assert os.stat(key_path).st_mode & 0o777 == 0o600
@@ -571,9 +634,13 @@ def test_private_key_open_to_others_is_refused(tmp_path: Path, mode: int) -> Non
 def test_key_files_that_are_not_ed25519(tmp_path: Path) -> None:
     ec_key = ec.generate_private_key(ec.SECP256R1())
     path = tmp_path / "ec.key"
-    path.write_bytes(ec_key.private_bytes(serialization.Encoding.PEM,
-                                          serialization.PrivateFormat.PKCS8,
-                                          serialization.NoEncryption()))
+    path.write_bytes(
+        ec_key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
     os.chmod(path, 0o600)
     with pytest.raises(KeyFileError, match="not an Ed25519"):
         load_private_key(path)
@@ -603,15 +670,23 @@ def check_result(raw: bytes) -> dict[str, Any]:
 
 def test_result_payload_never_echoes_an_unvalidated_id() -> None:
     result = check_result(result_payload("<script>", False, "not_json", at=NOW))
-    assert result == {"id": None, "ok": False, "reason": "not_json", "data": {},
-                      "at": "2026-11-18T11:06:40.000Z", "v": 1}
+    assert result == {
+        "id": None,
+        "ok": False,
+        "reason": "not_json",
+        "data": {},
+        "at": "2026-11-18T11:06:40.000Z",
+        "v": 1,
+    }
     assert check_result(result_payload(EVENT, True, data={"n": 1}))["id"] == EVENT
 
 
-def make_router(verifier: CommandVerifier,
-                **handlers: Callable[[Command[Any]], Any]) -> CommandRouter:
-    return CommandRouter(verifier, [CommandSpec(STANDARD[name], handler)
-                                    for name, handler in handlers.items()])
+def make_router(
+    verifier: CommandVerifier, **handlers: Callable[[Command[Any]], Any]
+) -> CommandRouter:
+    return CommandRouter(
+        verifier, [CommandSpec(STANDARD[name], handler) for name, handler in handlers.items()]
+    )
 
 
 def test_router_runs_the_handler(verifier: CommandVerifier) -> None:
@@ -630,13 +705,15 @@ def test_router_runs_the_handler(verifier: CommandVerifier) -> None:
     assert check_result(router.handle(sign("ping")))["ok"]
 
 
-def test_router_hides_handler_crashes(verifier: CommandVerifier,
-                                      caplog: pytest.LogCaptureFixture) -> None:
+def test_router_hides_handler_crashes(
+    verifier: CommandVerifier, caplog: pytest.LogCaptureFixture
+) -> None:
     def boom(command: Command[LiveArgs]) -> None:
         raise RuntimeError("SECRET at /etc/edge-agent/agent.yaml")
 
-    router = make_router(verifier, live=boom, ping=lambda c: ["not", "a", "mapping"],
-                         ack=lambda c: {"x": object()})
+    router = make_router(
+        verifier, live=boom, ping=lambda c: ["not", "a", "mapping"], ack=lambda c: {"x": object()}
+    )
     with caplog.at_level(logging.ERROR, "agent.commands"):
         raw = router.handle(sign())
     assert b"SECRET" not in raw and b"Traceback" not in raw
@@ -644,7 +721,8 @@ def test_router_hides_handler_crashes(verifier: CommandVerifier,
     assert any(r.exc_info and "SECRET" in str(r.exc_info[1]) for r in caplog.records)
     assert check_result(router.handle(sign("ping")))["reason"].startswith("internal_error")
     assert check_result(router.handle(sign("ack", {"event_id": EVENT})))["reason"].startswith(
-        "internal_error")
+        "internal_error"
+    )
 
 
 def test_router_passes_on_a_handlers_own_refusal(verifier: CommandVerifier) -> None:
@@ -664,15 +742,17 @@ def test_router_unsupported_and_unknown_handlers(verifier: CommandVerifier) -> N
 
 
 def test_router_refuses_a_handler_whose_parser_the_verifier_does_not_use(
-        verifier: CommandVerifier) -> None:
+    verifier: CommandVerifier,
+) -> None:
     """A handler typed for its own parser's arguments must never get another parser's: the
     verifier parses ``live`` with STANDARD's parser, so a spec with another one is refused."""
     lax_live = CommandType("live", dict)
     with pytest.raises(ValueError, match="does not allow"):
         CommandRouter(verifier, [CommandSpec(lax_live, lambda c: None)])
     with pytest.raises(ValueError, match="two handlers"):
-        CommandRouter(verifier, [CommandSpec(PING, lambda c: None),
-                                 CommandSpec(PING, lambda c: None)])
+        CommandRouter(
+            verifier, [CommandSpec(PING, lambda c: None), CommandSpec(PING, lambda c: None)]
+        )
 
 
 def test_router_reports_an_unsynced_clock(verifier: CommandVerifier, clock: FakeClock) -> None:
@@ -705,9 +785,11 @@ def test_rejections_never_echo_the_payload(verifier: CommandVerifier) -> None:
 # --------------------------------------------------------------------------------------------------
 # Fuzzing the entry point the network reaches.
 
-FUZZ = settings(max_examples=300, deadline=None,
-                suppress_health_check=[HealthCheck.function_scoped_fixture,
-                                       HealthCheck.too_slow])
+FUZZ = settings(
+    max_examples=300,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
 
 
 @pytest.fixture(scope="module")
@@ -721,12 +803,14 @@ def fuzz_router(tmp_path_factory: pytest.TempPathFactory) -> Iterator[CommandRou
 
 json_values = st.recursive(
     st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(),
-    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner,
-                                                                max_size=4),
+    lambda inner: (
+        st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4)
+    ),
     max_leaves=12,
 )
 command_like = st.dictionaries(
-    st.sampled_from([*SIGNED_FIELDS, "sig"]) | st.text(max_size=8), json_values, max_size=10)
+    st.sampled_from([*SIGNED_FIELDS, "sig"]) | st.text(max_size=8), json_values, max_size=10
+)
 
 
 def canonical(value: object) -> str:
@@ -764,12 +848,14 @@ def test_fuzz_mutated_valid_commands(fuzz_router: CommandRouter, data: st.DataOb
         doc[data.draw(st.text(max_size=8))] = data.draw(json_values)
     elif kind == "arg":
         doc["args"][data.draw(st.sampled_from(["camera_id", "seconds", "x"]))] = data.draw(
-            json_values)
+            json_values
+        )
     mutated = dump(doc)
     if kind == "byte":
         at = data.draw(st.integers(0, len(payload) - 1))
-        mutated = payload[:at] + bytes([payload[at] ^ data.draw(st.integers(1, 255))]) + \
-            payload[at + 1:]
+        mutated = (
+            payload[:at] + bytes([payload[at] ^ data.draw(st.integers(1, 255))]) + payload[at + 1 :]
+        )
     elif kind == "cut":
         mutated = payload[: data.draw(st.integers(0, len(payload) - 1))]
     try:  # compared as canonical text: in Python 1.0 == 1 == True, on the wire they differ
@@ -786,11 +872,18 @@ stamps = st.integers(0, 4_000_000_000_000)
 valid_commands = st.one_of(
     st.just(("ping", {})),
     st.builds(lambda e: ("ack", {"event_id": str(e)}), st.uuids()),
-    st.builds(lambda c, s: ("live", {"camera_id": c, "seconds": s}), camera_ids,
-              st.integers(1, 600)),
-    st.builds(lambda c, t, span: ("fetch", {"camera_id": c, "from": rfc3339_ms(t),
-                                            "to": rfc3339_ms(t + span)}),
-              camera_ids, stamps, st.integers(1, 3_600_000)),
+    st.builds(
+        lambda c, s: ("live", {"camera_id": c, "seconds": s}), camera_ids, st.integers(1, 600)
+    ),
+    st.builds(
+        lambda c, t, span: (
+            "fetch",
+            {"camera_id": c, "from": rfc3339_ms(t), "to": rfc3339_ms(t + span)},
+        ),
+        camera_ids,
+        stamps,
+        st.integers(1, 3_600_000),
+    ),
     st.builds(lambda m: ("test_mode", {"on": True, "minutes": m}), st.integers(1, 240)),
     st.just(("test_mode", {"on": False})),
 )
@@ -804,24 +897,30 @@ generic_args = st.dictionaries(
 
 @FUZZ
 @given(valid_commands, st.floats(0, 4e9), st.integers(1, 3600))
-def test_property_verify_sign_round_trips(tmp_path: Path, command: tuple[str, dict[str, Any]],
-                                          now: float, ttl: int) -> None:
+def test_property_verify_sign_round_trips(
+    tmp_path: Path, command: tuple[str, dict[str, Any]], now: float, ttl: int
+) -> None:
     name, args = command
     store = NonceStore.open(tmp_path / f"{uuid.uuid4()}.db")
     clock = FakeClock(now=now)
     verified = make_verifier(store, clock).verify(
-        sign_command(KEY, SITE, name, args, ttl_s=ttl, now=now))
+        sign_command(KEY, SITE, name, args, ttl_s=ttl, now=now)
+    )
     store.close()
     assert (verified.name, verified.args) == (name, args)
     assert round((verified.expires_at - verified.issued_at) * 1000) == ttl * 1000
     assert verified.params == STANDARD[name].parse(args)
 
 
-@settings(max_examples=150, deadline=None,
-          suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+@settings(
+    max_examples=150,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
 @given(generic_args)
-def test_property_canonical_form_survives_any_valid_args(tmp_path: Path,
-                                                         args: dict[str, Any]) -> None:
+def test_property_canonical_form_survives_any_valid_args(
+    tmp_path: Path, args: dict[str, Any]
+) -> None:
     """Unicode text, big integers, null: whatever a custom command may carry verifies."""
     try:
         payload = sign_command(KEY, SITE, "custom", args, now=NOW)

@@ -18,20 +18,34 @@ from tests.conftest import AgentProcess, Centre, MqttClient, cli, subscriber, wa
 
 @pytest.fixture
 def box(tmp_path: Path, broker: Mosquitto, keys: Path) -> AgentProcess:
-    cfg = write_config(tmp_path / "agent.yaml", broker.port, tmp_path / "state",
-                       commands={"public_key_file": str(keys / "centre.pub")},
-                       indicators={"led_pin": 5, "ack_timeout_s": 300})
+    cfg = write_config(
+        tmp_path / "agent.yaml",
+        broker.port,
+        tmp_path / "state",
+        commands={"public_key_file": str(keys / "centre.pub")},
+        indicators={"led_pin": 5, "ack_timeout_s": 300},
+    )
     return AgentProcess(cfg)
 
 
 def _central(broker: Mosquitto, keys: Path, *args: str) -> tuple[int, dict[str, object]]:
-    r = cli("central", "--broker", broker.url, "--store", str(keys.parent / "centre"), "--key",
-            str(keys / "centre.key"), *args, timeout=30)
+    r = cli(
+        "central",
+        "--broker",
+        broker.url,
+        "--store",
+        str(keys.parent / "centre"),
+        "--key",
+        str(keys / "centre.key"),
+        *args,
+        timeout=30,
+    )
     return r.returncode, (json.loads(r.stdout) if r.stdout.strip() else {"stderr": r.stderr})
 
 
-def test_ack_from_the_centre_turns_the_indicator_steady(box: AgentProcess, broker: Mosquitto,
-                                                        keys: Path) -> None:
+def test_ack_from_the_centre_turns_the_indicator_steady(
+    box: AgentProcess, broker: Mosquitto, keys: Path
+) -> None:
     centre = Centre(broker.url, keys.parent / "centre").start()
     try:
         box.start()
@@ -81,15 +95,17 @@ def test_forged_and_garbage_commands_are_refused_and_the_box_lives(
         box.close()
 
 
-def test_a_box_without_the_centres_key_obeys_nothing(agent_process: AgentProcess,
-                                                     broker: Mosquitto, keys: Path) -> None:
+def test_a_box_without_the_centres_key_obeys_nothing(
+    agent_process: AgentProcess, broker: Mosquitto, keys: Path
+) -> None:
     agent_process.start()
     code, result = _central(broker, keys, "ping", "sim-school")
     assert code == 1 and "no result" in str(result.get("stderr"))
 
 
 def test_walk_test_and_a_handlers_refusal_as_the_centre_sends_them(
-        box: AgentProcess, broker: Mosquitto, keys: Path) -> None:
+    box: AgentProcess, broker: Mosquitto, keys: Path
+) -> None:
     def send(name: str, args: dict[str, object]) -> dict[str, Any]:
         return send_command(broker.url, "schools", "sim-school", keys / "centre.key", name, args)
 

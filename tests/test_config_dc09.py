@@ -56,10 +56,19 @@ def test_a_full_section_becomes_the_transmitters_settings(tmp_path: Path) -> Non
     s = cfg.dc09.settings
     primary, backup = s.receivers
     assert (primary.host, primary.port, primary.transport, primary.account) == (
-        "10.0.0.5", 5000, Transport.TCP, "1234")  # tcp by default, the section's account
+        "10.0.0.5",
+        5000,
+        Transport.TCP,
+        "1234",
+    )  # tcp by default, the section's account
     assert (primary.receiver, primary.line, primary.key) == ("0", "0", KEY)
     assert (backup.host, backup.transport, backup.account, backup.receiver, backup.line) == (
-        "fd00::5", Transport.UDP, "ABCD12", "12", "3")
+        "fd00::5",
+        Transport.UDP,
+        "ABCD12",
+        "12",
+        "3",
+    )
     assert backup.key == bytes(range(32))  # its own key file, not the section's
     assert s.format is MessageFormat.ADM_CID
     assert s.events == {EventKind.PANIC, EventKind.HOLDUP, EventKind.PANIC_RESTORE}
@@ -72,11 +81,14 @@ def test_a_full_section_becomes_the_transmitters_settings(tmp_path: Path) -> Non
 
 
 def test_what_is_not_written_is_the_settings_default() -> None:
-    cfg = parse_config(FULL.split("dc09:")[0] + """\
+    cfg = parse_config(
+        FULL.split("dc09:")[0]
+        + """\
 dc09:
   account: "1234"
   receivers: [{host: 10.0.0.5, port: 5000}]
-""")
+"""
+    )
     assert cfg.dc09 is not None
     default = Settings(cfg.dc09.settings.receivers)
     assert cfg.dc09.settings == default
@@ -102,9 +114,12 @@ def test_a_key_file_others_may_read_is_a_warning_with_the_fix(tmp_path: Path) ->
 
 
 def test_a_problem_of_a_default_is_reported_once_where_it_is_written() -> None:
-    problems = problems_of(FULL.replace('account: "1234"', 'account: "12"').replace(
-        "  key_file: dc09.key\n", "").replace(", key_file: backup.key", "").replace(
-        'account: "ABCD12", ', ""))
+    problems = problems_of(
+        FULL.replace('account: "1234"', 'account: "12"')
+        .replace("  key_file: dc09.key\n", "")
+        .replace(", key_file: backup.key", "")
+        .replace('account: "ABCD12", ', "")
+    )
     assert [(p.path, p.line) for p in problems] == [("dc09.account", 7)]
     assert "3-16 hex digits" in problems[0].message
 
@@ -113,8 +128,11 @@ def _example_dc09() -> str:
     """The example's commented dc09 block, uncommented, after the rest of the example."""
     text = resources.files("agent").joinpath("data", "agent.example.yaml").read_text()
     head, _, block = text.partition("# dc09:")
-    return head + "\n".join(line.removeprefix("# ") for line in
-                            ("# dc09:" + block).splitlines()) + "\n"
+    return (
+        head
+        + "\n".join(line.removeprefix("# ") for line in ("# dc09:" + block).splitlines())
+        + "\n"
+    )
 
 
 def test_the_examples_dc09_block_is_valid_once_uncommented(tmp_path: Path) -> None:
@@ -123,13 +141,24 @@ def test_the_examples_dc09_block_is_valid_once_uncommented(tmp_path: Path) -> No
     cfg = parse_config(text, "agent.example.yaml", base_dir=tmp_path)
     assert cfg.dc09 is not None
     assert [r.name for r in cfg.dc09.settings.receivers] == [
-        "tcp://192.0.2.10:5000", "udp://198.51.100.10:5000"]
+        "tcp://192.0.2.10:5000",
+        "udp://198.51.100.10:5000",
+    ]
     # every event the box makes, but the restores on release (tamper needs EOL resistors)
-    assert cfg.dc09.settings.events == DEFAULT_EVENTS - {EventKind.TAMPER,
-                                                         EventKind.TAMPER_RESTORE}
+    assert cfg.dc09.settings.events == DEFAULT_EVENTS - {EventKind.TAMPER, EventKind.TAMPER_RESTORE}
     assert [b.number for b in cfg.buttons] == [1, 2]
-    for key in ("transport", "receiver", "line", "supervision_s", "test_report_s",
-                "ack_timeout_s", "attempts", "retry_max_s", "format", "events"):
+    for key in (
+        "transport",
+        "receiver",
+        "line",
+        "supervision_s",
+        "test_report_s",
+        "ack_timeout_s",
+        "attempts",
+        "retry_max_s",
+        "format",
+        "events",
+    ):
         assert f"{key}:" in text
 
 

@@ -13,6 +13,7 @@ def test_a_failing_answer_is_an_error_reply_and_the_socket_keeps_serving(tmp_pat
     """A bug under one request (the pacer's status once divided by zero on a dead link) must
     give `edge-agent status` an error to show, not a silent dead connection, and must not stop
     the next request."""
+
     def handler(request: dict[str, Any]) -> dict[str, Any]:
         if request["cmd"] == "boom":
             raise ZeroDivisionError("float division by zero")
@@ -25,8 +26,10 @@ def test_a_failing_answer_is_an_error_reply_and_the_socket_keeps_serving(tmp_pat
     try:
         failed = call(server.path, {"cmd": "boom"}, timeout=5)
         assert failed["ok"] is False and "ZeroDivisionError" in failed["error"]
-        assert call(server.path, {"cmd": "refused"}, timeout=5) == {"ok": False,
-                                                                   "error": "not in this mode"}
+        assert call(server.path, {"cmd": "refused"}, timeout=5) == {
+            "ok": False,
+            "error": "not in this mode",
+        }
         assert call(server.path, {"cmd": "status"}, timeout=5) == {"ok": True, "cmd": "status"}
     finally:
         server.stop()

@@ -50,8 +50,9 @@ class FakeSystemd:
         self.sock.close()
 
 
-def test_in_process_press_reaches_the_centre(in_process_agent: InProcessAgent,
-                                             collector: MqttClient) -> None:
+def test_in_process_press_reaches_the_centre(
+    in_process_agent: InProcessAgent, collector: MqttClient
+) -> None:
     [result] = in_process_agent.press("entrance")
     [alarm] = wait_alarms(collector, 1)
     assert alarm["event_id"] == result["event_id"] and result["durable"]

@@ -21,8 +21,7 @@ def setup(conn: sqlite3.Connection) -> None:
 
 
 def open_test(path: Path, **kw: object) -> sqlite3.Connection:
-    opened = open_db(path, setup, what="test file", sync=Sync.FULL, lost="its rows",
-                     **kw)  # type: ignore[arg-type]
+    opened = open_db(path, setup, what="test file", sync=Sync.FULL, lost="its rows", **kw)  # type: ignore[arg-type]
     return opened.conn
 
 
@@ -43,10 +42,12 @@ def test_a_new_file_is_wal_at_the_callers_sync_level_and_private(tmp_path: Path)
     assert conn.execute("SELECT COUNT(*) FROM t").fetchone() == (2,)
 
 
-@pytest.mark.parametrize("content", [b"not a database at all " * 200, b""],
-                         ids=["garbage", "empty"])
+@pytest.mark.parametrize(
+    "content", [b"not a database at all " * 200, b""], ids=["garbage", "empty"]
+)
 def test_a_corrupt_file_is_moved_aside_with_the_reason_logged(
-        tmp_path: Path, caplog: pytest.LogCaptureFixture, content: bytes) -> None:
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, content: bytes
+) -> None:
     db = tmp_path / "t.db"
     db.write_bytes(content)
     with caplog.at_level(logging.ERROR, "agent.db"):

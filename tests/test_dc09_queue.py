@@ -21,10 +21,15 @@ OLD_OUTBOX = Path(__file__).parent / "data" / "outbox-7ed4fb4.sql"
 AT = 1_760_000_000.0
 
 
-def _press(box: Outbox, q: OutboxEventQueue, key: str, zone: int = 1,
-           kind: EventKind = EventKind.PANIC) -> tuple[int, bool]:
-    return box.add_alarm("s/x/alarm", key, lambda s: f'{{"seq":{s}}}'.encode(),
-                         also=q.row(Event(kind, zone, f"Кабинет {zone}"), AT, key))
+def _press(
+    box: Outbox, q: OutboxEventQueue, key: str, zone: int = 1, kind: EventKind = EventKind.PANIC
+) -> tuple[int, bool]:
+    return box.add_alarm(
+        "s/x/alarm",
+        key,
+        lambda s: f'{{"seq":{s}}}'.encode(),
+        also=q.row(Event(kind, zone, f"Кабинет {zone}"), AT, key),
+    )
 
 
 def _sent(q: OutboxEventQueue) -> list[tuple[str, int]]:
@@ -64,8 +69,13 @@ def test_alarms_go_before_troubles_and_tests_oldest_first(box: Outbox) -> None:
     _press(box, q, "p1", 1)
     q.add(Event(EventKind.PANIC_RESTORE, 1), AT)
     _press(box, q, "h2", 2, EventKind.HOLDUP)
-    assert _sent(q) == [("panic", 1), ("panic_restore", 1), ("holdup", 2), ("path_fail", 1),
-                        ("stuck", 3)]
+    assert _sent(q) == [
+        ("panic", 1),
+        ("panic_restore", 1),
+        ("holdup", 2),
+        ("path_fail", 1),
+        ("stuck", 3),
+    ]
 
 
 def test_one_transaction_kill_9_leaves_both_rows_or_neither(tmp_path: Path) -> None:
@@ -166,15 +176,20 @@ def test_refused_is_kept_listed_never_resent(box: Outbox) -> None:
         assert nxt is not None
         q.refused(nxt.id, "DUH")
     count, newest = q.refusals(limit=2)
-    assert count == KEEP_REFUSED and [r.at for r in newest] == [AT + KEEP_REFUSED + 4,
-                                                                AT + KEEP_REFUSED + 3]
+    assert count == KEEP_REFUSED and [r.at for r in newest] == [
+        AT + KEEP_REFUSED + 4,
+        AT + KEEP_REFUSED + 3,
+    ]
 
 
 def test_a_row_that_is_not_an_event_is_set_aside_not_raised(box: Outbox) -> None:
     q = OutboxEventQueue(box)
-    box.transaction(lambda c: c.executemany(
-        "INSERT INTO dc09 (priority, kind, zone, location, at) VALUES (0, ?, ?, '', 0)",
-        [("a_kind_from_a_newer_agent", 1), ("panic", 5000), ("panic", "nine")]))
+    box.transaction(
+        lambda c: c.executemany(
+            "INSERT INTO dc09 (priority, kind, zone, location, at) VALUES (0, ?, ?, '', 0)",
+            [("a_kind_from_a_newer_agent", 1), ("panic", 5000), ("panic", "nine")],
+        )
+    )
     _press(box, q, "good", 9)
     assert _sent(q) == [("panic", 9)]
     count, rows = q.refusals(limit=10)
@@ -193,8 +208,7 @@ def test_the_mqtt_paths_reported_state_survives_a_restart(tmp_path: Path) -> Non
     assert not OutboxEventQueue(box).mqtt_down()
 
 
-def test_an_outbox_made_before_the_dc09_table_opens_and_sends_what_it_holds(
-        tmp_path: Path) -> None:
+def test_an_outbox_made_before_the_dc09_table_opens_and_sends_what_it_holds(tmp_path: Path) -> None:
     db = tmp_path / "outbox.db"
     old = sqlite3.connect(db)
     old.execute("PRAGMA journal_mode=WAL")
@@ -215,7 +229,8 @@ def test_an_outbox_made_before_the_dc09_table_opens_and_sends_what_it_holds(
 
 @pytest.mark.parametrize("answer", ["ACK", "DUH"])
 def test_a_held_event_answered_while_it_is_being_written_is_not_sent_again(
-        box: Outbox, answer: str) -> None:
+    box: Outbox, answer: str
+) -> None:
     """The transmitter may send a held event from memory while another thread's commit moves
     it to disk: its ACK (or DUH) must apply to the row on disk too."""
     q = OutboxEventQueue(box)

@@ -27,8 +27,7 @@ def test_a_site_that_fails_to_start_stops_its_broker(tmp_path: Path, agent: str)
     assert site.broker.proc is None and not _running(tmp_path / "broker")
 
 
-def test_an_in_process_agent_whose_supervisor_gives_up_fails_loudly(
-        agent_config: Path) -> None:
+def test_an_in_process_agent_whose_supervisor_gives_up_fails_loudly(agent_config: Path) -> None:
     """In production a spent restart budget ends the process (exit 70); here that process is
     pytest, so the harness keeps the reason and raises it when the agent is stopped."""
     box = InProcessAgent(agent_config, max_crashes=0).start(online_s=None)
@@ -40,8 +39,10 @@ def test_an_in_process_agent_whose_supervisor_gives_up_fails_loudly(
 
 def test_a_site_runs_the_school_end_to_end(tmp_path: Path) -> None:
     stored: list[str] = []
-    with Site(tmp_path, on_alarm=lambda a: stored.append(a["event_id"])) as site, \
-            MqttClient(site.broker.port, ["schools/+/alarm"], client_id="watch") as watch:
+    with (
+        Site(tmp_path, on_alarm=lambda a: stored.append(a["event_id"])) as site,
+        MqttClient(site.broker.port, ["schools/+/alarm"], client_id="watch") as watch,
+    ):
         box = site.agent
         assert isinstance(box, InProcessAgent) and site.centre is not None
         [event] = box.press("gym")
@@ -53,18 +54,31 @@ def test_a_site_runs_the_school_end_to_end(tmp_path: Path) -> None:
 
 
 def test_school_config_changes_one_item_of_a_list_by_its_id(tmp_path: Path) -> None:
-    path = school_config(tmp_path / "agent.yaml", port=1883, storage=tmp_path / "state",
-                         buttons={"gym": {"location": "Спортзал"}})
+    path = school_config(
+        tmp_path / "agent.yaml",
+        port=1883,
+        storage=tmp_path / "state",
+        buttons={"gym": {"location": "Спортзал"}},
+    )
     buttons = {b.id: b for b in load_config(path).buttons}
     assert buttons["gym"].location == "Спортзал"
     assert buttons["entrance"].location == "Main entrance, ground floor"  # the others as they were
     assert len(buttons) == 4
-    path = school_config(tmp_path / "video.yaml", port=1883, storage=tmp_path / "state",
-                         cameras={"entrance-cam": {"post_alarm_s": 2}})
+    path = school_config(
+        tmp_path / "video.yaml",
+        port=1883,
+        storage=tmp_path / "state",
+        cameras={"entrance-cam": {"post_alarm_s": 2}},
+    )
     config = load_config(path)
     assert [(c.id, c.pre_alarm_s, c.post_alarm_s) for c in config.cameras] == [
-        ("entrance-cam", 5, 2)]
+        ("entrance-cam", 5, 2)
+    ]
     assert config.cameras_for("entrance") == config.cameras
     with pytest.raises(KeyError, match="pool"):
-        school_config(tmp_path / "other.yaml", port=1883, storage=tmp_path / "state",
-                      buttons={"pool": {"location": "?"}})
+        school_config(
+            tmp_path / "other.yaml",
+            port=1883,
+            storage=tmp_path / "state",
+            buttons={"pool": {"location": "?"}},
+        )

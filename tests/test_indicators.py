@@ -66,8 +66,9 @@ def test_no_centre_listening_blinks_fast(ind: Indicators, factory: MockFactory) 
     assert ind.pattern is Pattern.WAITING
 
 
-def test_timeout_and_local_reset_turn_it_off(ind: Indicators, factory: MockFactory,
-                                             clock: FakeClock) -> None:
+def test_timeout_and_local_reset_turn_it_off(
+    ind: Indicators, factory: MockFactory, clock: FakeClock
+) -> None:
     ind.alarm("ev-1")
     ind.acknowledged("ev-1")
     clock.now += 59
@@ -89,15 +90,17 @@ def test_no_pins_configured_is_fine(factory: MockFactory) -> None:
     i.stop()
 
 
-def test_an_ack_that_beats_the_alarm_to_the_indicator_is_kept(ind: Indicators,
-                                                              factory: MockFactory) -> None:
+def test_an_ack_that_beats_the_alarm_to_the_indicator_is_kept(
+    ind: Indicators, factory: MockFactory
+) -> None:
     assert not ind.acknowledged("ev-9")  # the centre was faster than the buttons thread
     ind.alarm("ev-9")
     assert ind.pattern is Pattern.ACKNOWLEDGED and factory.pin(5).state == 1
 
 
-def test_waiting_times_out_even_while_the_centre_is_polled(ind: Indicators,
-                                                           clock: FakeClock) -> None:
+def test_waiting_times_out_even_while_the_centre_is_polled(
+    ind: Indicators, clock: FakeClock
+) -> None:
     ind.alarm("ev-1")
     for _ in range(61):  # the daemon reports presence and ticks every second
         clock.now += 1

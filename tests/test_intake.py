@@ -22,8 +22,7 @@ def test_a_site_with_one_item_waits_for_one_item_of_each_busy_site() -> None:
 
 
 def test_caps_refuse_the_sender_only() -> None:
-    queue: FairQueue[int] = FairQueue(site_items=3, site_bytes=100, total_items=5,
-                                      total_bytes=1000)
+    queue: FairQueue[int] = FairQueue(site_items=3, site_bytes=100, total_items=5, total_bytes=1000)
     assert all(queue.put("a", i, 10) for i in range(3))
     assert not queue.put("a", 3, 10)  # a's share of items
     assert queue.put("b", 0, 90) and not queue.put("b", 1, 20)  # b's share of bytes
@@ -48,8 +47,9 @@ def test_budget_allows_a_burst_then_the_rate() -> None:
     assert not budget.take("b", 4) and budget.take("b", 3)  # n units at once, at most the burst
 
 
-def test_reports_are_held_back_per_site_and_kind(tmp_path: Path,
-                                                 caplog: pytest.LogCaptureFixture) -> None:
+def test_reports_are_held_back_per_site_and_kind(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     now = [100.0]
     ledger = Ledger.open(tmp_path)
     reporter = Reporter(ledger, every_s=10.0, clock=lambda: now[0])

@@ -15,9 +15,16 @@ from agent.errors import AgentError
 
 def _alarm(seq: int, event: str | None = None, site: str = "s1", **kw: object) -> Alarm:
     fields: dict[str, object] = {
-        "event_id": event or f"ev-{seq}", "seq": seq, "site_id": site, "button_id": "b",
-        "location": "hall", "kind": "panic", "pressed_at": "2026-11-25T08:00:00.000Z",
-        "clock_synced": True, **kw}
+        "event_id": event or f"ev-{seq}",
+        "seq": seq,
+        "site_id": site,
+        "button_id": "b",
+        "location": "hall",
+        "kind": "panic",
+        "pressed_at": "2026-11-25T08:00:00.000Z",
+        "clock_synced": True,
+        **kw,
+    }
     return Alarm(**fields)  # type: ignore[arg-type]
 
 
@@ -62,8 +69,9 @@ def test_a_strict_table_refuses_a_text_seq(tmp_path: Path) -> None:
 def test_a_clip_is_recorded_once(tmp_path: Path) -> None:
     ledger = Ledger.open(tmp_path)
     assert ledger.add_clip("s1", "ev", "cam", tmp_path / "a.ts", 10, "f" * 64, ["a" * 64], "")
-    assert not ledger.add_clip("s1", "ev", "cam", tmp_path / "b.ts", 20, "0" * 64, ["b" * 64],
-                               "forged")
+    assert not ledger.add_clip(
+        "s1", "ev", "cam", tmp_path / "b.ts", 20, "0" * 64, ["b" * 64], "forged"
+    )
     record = ledger.clip("s1", "ev", "cam")
     assert record is not None and record.manifest == ("a" * 64,) and record.problem == ""
     assert ledger.clip("s2", "ev", "cam") is None  # keyed by site too
@@ -127,7 +135,8 @@ def test_links_remember_when_the_broker_was_lost_and_regained(tmp_path: Path) ->
 
 
 def test_a_corrupt_ledger_is_reported_by_a_reader_and_moved_aside_by_the_receiver(
-        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     """``central status`` beside a running receiver must not pull the file from under it; the
     receiver, its one writer, starts a clean one rather than refusing every school's alarms."""
     (tmp_path / "centre.db").write_bytes(b"torn" * 2000)

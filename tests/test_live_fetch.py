@@ -22,8 +22,12 @@ from tests.test_uplink import _mqtt
 
 
 def _duration(path: Path) -> float:
-    out = subprocess.run(["ffprobe", "-v", "error", "-show_entries", "format=duration", "-of",
-                          "json", str(path)], capture_output=True, text=True, check=True)
+    out = subprocess.run(
+        ["ffprobe", "-v", "error", "-show_entries", "format=duration", "-of", "json", str(path)],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     return float(json.loads(out.stdout)["format"]["duration"])
 
 
@@ -42,14 +46,24 @@ def school(tmp_path: Path, broker: Mosquitto) -> tuple[AgentProcess, Path]:
 
 
 def _central(broker: Mosquitto, store: Path, *args: str) -> dict[str, object]:
-    r = cli("central", "--broker", broker.url, "--store", str(store), "--key",
-            str(store.parent / "keys" / "centre.key"), *args, timeout=30)
+    r = cli(
+        "central",
+        "--broker",
+        broker.url,
+        "--store",
+        str(store),
+        "--key",
+        str(store.parent / "keys" / "centre.key"),
+        *args,
+        timeout=30,
+    )
     assert r.returncode == 0, r.stdout + r.stderr
     return json.loads(r.stdout)  # type: ignore[no-any-return]
 
 
-def test_live_on_request_writes_a_growing_playable_file(school: tuple[AgentProcess, Path],
-                                                        broker: Mosquitto) -> None:
+def test_live_on_request_writes_a_growing_playable_file(
+    school: tuple[AgentProcess, Path], broker: Mosquitto
+) -> None:
     agent, store = school
     centre = Centre(broker.url, store).start()
     try:
@@ -70,8 +84,9 @@ def test_live_on_request_writes_a_growing_playable_file(school: tuple[AgentProce
         centre.stop()
 
 
-def test_always_on_live_flows_without_a_request(school: tuple[AgentProcess, Path],
-                                                broker: Mosquitto) -> None:
+def test_always_on_live_flows_without_a_request(
+    school: tuple[AgentProcess, Path], broker: Mosquitto
+) -> None:
     agent, store = school
     centre = Centre(broker.url, store).start()
     try:
@@ -84,8 +99,9 @@ def test_always_on_live_flows_without_a_request(school: tuple[AgentProcess, Path
         centre.stop()
 
 
-def test_fetch_pulls_recorded_history_as_a_verified_clip(school: tuple[AgentProcess, Path],
-                                                         broker: Mosquitto) -> None:
+def test_fetch_pulls_recorded_history_as_a_verified_clip(
+    school: tuple[AgentProcess, Path], broker: Mosquitto
+) -> None:
     agent, store = school
     centre = Centre(broker.url, store).start()
     try:
@@ -93,29 +109,53 @@ def test_fetch_pulls_recorded_history_as_a_verified_clip(school: tuple[AgentProc
         time.sleep(5)
         now = time.time()
         stamp = lambda t: datetime.fromtimestamp(t, UTC).isoformat()  # noqa: E731
-        result = _central(broker, store, "fetch", "sim-school", "office-cam",
-                          "--from", stamp(now - 4), "--to", stamp(now - 1))
+        result = _central(
+            broker,
+            store,
+            "fetch",
+            "sim-school",
+            "office-cam",
+            "--from",
+            stamp(now - 4),
+            "--to",
+            stamp(now - 1),
+        )
         clip_id = result["data"]["clip_id"]  # type: ignore[index]
         clip = store / "sim-school" / str(clip_id) / "office-cam.ts"
         wait_for(clip.with_name("office-cam.verify.json").exists, 15, "the fetched clip, verified")
         assert _duration(clip) >= 2.0
         assert json.loads(clip.with_name("office-cam.verify.json").read_text())["verified"]
-        r = cli("central", "--broker", broker.url, "--store", str(store), "--key",
-                str(store.parent / "keys" / "centre.key"), "fetch", "sim-school",
-                "office-cam", "--from", "2020-01-01T00:00:00Z", "--to", "2020-01-01T00:10:00Z")
+        r = cli(
+            "central",
+            "--broker",
+            broker.url,
+            "--store",
+            str(store),
+            "--key",
+            str(store.parent / "keys" / "centre.key"),
+            "fetch",
+            "sim-school",
+            "office-cam",
+            "--from",
+            "2020-01-01T00:00:00Z",
+            "--to",
+            "2020-01-01T00:10:00Z",
+        )
         assert r.returncode == 1 and "no_video" in r.stdout
     finally:
         agent.close()
         centre.stop()
 
 
-def test_live_skips_to_the_newest_segment_when_the_link_is_behind(tmp_path: Path,
-                                                                  broker: Mosquitto) -> None:
+def test_live_skips_to_the_newest_segment_when_the_link_is_behind(
+    tmp_path: Path, broker: Mosquitto
+) -> None:
     topics = Topics("schools", "site-a")
     box = Outbox.open(tmp_path / "o.db")
     col = subscriber(broker.port, "schools/site-a/live/#", client_id="live")
-    up = Uplink(_mqtt(broker.port), topics, box, lambda s, _r: s.encode(),
-                pacer=Pacer(160, auto=False))
+    up = Uplink(
+        _mqtt(broker.port), topics, box, lambda s, _r: s.encode(), pacer=Pacer(160, auto=False)
+    )
     up.start()
     try:
         wait_for(lambda: up.state == "online", 10, "online")

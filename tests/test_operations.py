@@ -21,13 +21,17 @@ from tests.conftest import (
 )
 
 
-def test_walk_test_marks_alarms_and_the_centre_sees_it(agent_process: AgentProcess,
-                                                       collector: MqttClient) -> None:
+def test_walk_test_marks_alarms_and_the_centre_sees_it(
+    agent_process: AgentProcess, collector: MqttClient
+) -> None:
     agent_process.start()
     on = cli("test-mode", "on", "--minutes", "30", "-c", str(agent_process.config))
     assert on.returncode == 0 and "test mode ON" in on.stdout
-    wait_for(lambda: collector.payloads(STATUS)[-1].get("test_mode_until"), 5,
-             "test mode in the retained status")
+    wait_for(
+        lambda: collector.payloads(STATUS)[-1].get("test_mode_until"),
+        5,
+        "test mode in the retained status",
+    )
     agent_process.press("entrance")
     assert wait_alarms(collector, 1)[0]["test"] is True
     assert "TEST MODE" in cli("status", "-c", str(agent_process.config)).stdout
@@ -38,19 +42,27 @@ def test_walk_test_marks_alarms_and_the_centre_sees_it(agent_process: AgentProce
     assert collector.payloads(STATUS)[-1]["test_mode_until"] is None
 
 
-def test_walk_test_survives_a_restart_and_switches_itself_off(agent_config: Path,
-                                                              collector: MqttClient) -> None:
+def test_walk_test_survives_a_restart_and_switches_itself_off(
+    agent_config: Path, collector: MqttClient
+) -> None:
     state = agent_config.parent / "state"
     state.mkdir()
-    (state / "test-mode.json").write_text(json.dumps(  # as a walk test 3 s from its end
-        {"until_monotonic": time.monotonic() + 3, "boot_id": boot_id()}))
+    (state / "test-mode.json").write_text(
+        json.dumps(  # as a walk test 3 s from its end
+            {"until_monotonic": time.monotonic() + 3, "boot_id": boot_id()}
+        )
+    )
     agent = AgentProcess(agent_config).start()
     try:
         assert (agent.status() or {})["test_mode_until"]
-        wait_for(lambda: (agent.status() or {}).get("test_mode_until") is None, 8,
-                 "test mode to end by itself")
-        wait_for(lambda: collector.payloads(STATUS)[-1]["test_mode_until"] is None, 5,
-                 "the centre told")
+        wait_for(
+            lambda: (agent.status() or {}).get("test_mode_until") is None,
+            8,
+            "test mode to end by itself",
+        )
+        wait_for(
+            lambda: collector.payloads(STATUS)[-1]["test_mode_until"] is None, 5, "the centre told"
+        )
         assert not (state / "test-mode.json").exists()
     finally:
         agent.close()
@@ -87,14 +99,19 @@ def test_no_secret_reaches_a_log_line(tmp_path: Path, broker: Mosquitto) -> None
     (tmp_path / "pw").write_text(secret + "\n")
     (tmp_path / "pw").chmod(0o600)
     cfg = write_config(
-        tmp_path / "agent.yaml", broker.port, tmp_path / "state",
+        tmp_path / "agent.yaml",
+        broker.port,
+        tmp_path / "state",
         cameras=[{"id": "hall-cam", "source": f"rtsp://admin:{cam_secret}@127.0.0.1:9/stream"}],
         mqtt={"username": "box", "password_file": str(tmp_path / "pw")},
     )
     agent = AgentProcess(cfg).start()
     try:
-        wait_for(lambda: "hall-cam" in agent.output() and "rtsp://" in agent.output(), 15,
-                 "the camera failure logged")
+        wait_for(
+            lambda: "hall-cam" in agent.output() and "rtsp://" in agent.output(),
+            15,
+            "the camera failure logged",
+        )
         status = json.dumps(agent.status())
     finally:
         agent.kill()

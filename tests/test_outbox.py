@@ -183,7 +183,8 @@ INSERT OR IGNORE INTO meta (name, value) VALUES ('seq', 0);
 
 
 def test_an_outbox_made_by_the_old_schema_opens_and_sends_what_it_holds(
-        tmp_path: Path, broker: Mosquitto) -> None:
+    tmp_path: Path, broker: Mosquitto
+) -> None:
     db, spool = tmp_path / "outbox.db", tmp_path / "seg.ts"
     spool.write_bytes(b"0123456789")
     old = sqlite3.connect(db)
@@ -195,10 +196,22 @@ def test_an_outbox_made_by_the_old_schema_opens_and_sends_what_it_holds(
         (3, "schools/site-a/clip/cam", "ev/cam/0/0", b"HEAD\n", (2, 5), 10, 0, None),
     ]
     for prio, topic, key, payload, blob, size, state, seq in rows:
-        old.execute("INSERT INTO messages (priority, topic, key, qos, retain, payload, blob_path,"
-                    " blob_off, blob_len, size, state, seq) VALUES (?, ?, ?, 1, 0, ?, ?, ?, ?,"
-                    " ?, ?, ?)", (prio, topic, key, payload, str(spool) if blob else None,
-                                  *(blob or (None, None)), size, state, seq))
+        old.execute(
+            "INSERT INTO messages (priority, topic, key, qos, retain, payload, blob_path,"
+            " blob_off, blob_len, size, state, seq) VALUES (?, ?, ?, 1, 0, ?, ?, ?, ?,"
+            " ?, ?, ?)",
+            (
+                prio,
+                topic,
+                key,
+                payload,
+                str(spool) if blob else None,
+                *(blob or (None, None)),
+                size,
+                state,
+                seq,
+            ),
+        )
     old.execute("UPDATE meta SET value = 2 WHERE name = 'seq'")
     old.commit()
     old.close()
@@ -208,22 +221,27 @@ def test_an_outbox_made_by_the_old_schema_opens_and_sends_what_it_holds(
     assert box.depth() == {"alarm": 1, "control": 0, "live": 0, "clip": 1, "unconfirmed": 1}
     [unconfirmed] = box.delivered()
     assert box.get(unconfirmed).payload == b'{"seq":2}'  # resent until the centre's receipt
-    seq, durable = box.add_alarm("schools/site-a/alarm", "after-upgrade",
-                                 lambda s: f'{{"seq":{s}}}'.encode())
+    seq, durable = box.add_alarm(
+        "schools/site-a/alarm", "after-upgrade", lambda s: f'{{"seq":{s}}}'.encode()
+    )
     assert (seq, durable) == (3, True)  # seq goes on
 
     col = subscriber(broker.port, "schools/site-a/#", client_id="old-outbox")
-    up = Uplink(_mqtt(broker.port), Topics("schools", "site-a"), box,
-                lambda state, _r: state.encode())
+    up = Uplink(
+        _mqtt(broker.port), Topics("schools", "site-a"), box, lambda state, _r: state.encode()
+    )
     up.start()
     try:
+
         def sent() -> list[tuple[str, bytes]]:
             return [(m.topic, m.payload) for m in col.received() if "/status" not in m.topic]
 
         wait_for(lambda: len(sent()) >= 3, 10, "the old outbox's messages on the broker")
-        assert sent() == [("schools/site-a/alarm", b'{"seq":1}'),
-                        ("schools/site-a/alarm", b'{"seq":3}'),
-                        ("schools/site-a/clip/cam", b"HEAD\n23456")]
+        assert sent() == [
+            ("schools/site-a/alarm", b'{"seq":1}'),
+            ("schools/site-a/alarm", b'{"seq":3}'),
+            ("schools/site-a/clip/cam", b"HEAD\n23456"),
+        ]
     finally:
         up.stop()
         col.close()

@@ -30,9 +30,17 @@ from agent.delivery.uplink.tcpinfo import TcpInfo
 MSS = 1448
 
 
-def _raw(size: int = 232, *, mss: int = MSS, unacked: int = 3, acked: int = 10_000,
-         notsent: int = 500, min_rtt_us: int = 40_000, sent: int = 20_000,
-         retrans: int = 1_000) -> bytes:
+def _raw(
+    size: int = 232,
+    *,
+    mss: int = MSS,
+    unacked: int = 3,
+    acked: int = 10_000,
+    notsent: int = 500,
+    min_rtt_us: int = 40_000,
+    sent: int = 20_000,
+    retrans: int = 1_000,
+) -> bytes:
     raw = bytearray(232)
     struct.pack_into("I", raw, 16, mss)
     struct.pack_into("I", raw, 24, unacked)
@@ -44,8 +52,9 @@ def _raw(size: int = 232, *, mss: int = MSS, unacked: int = 3, acked: int = 10_0
 
 def test_tcp_info_fields_at_the_offsets_of_linux_tcp_h() -> None:
     info = tcpinfo.parse(_raw())
-    assert info == TcpInfo(min_rtt_s=0.04, bytes_acked=10_000, bytes_sent=19_000,
-                           notsent_bytes=500, snd_mss=MSS)
+    assert info == TcpInfo(
+        min_rtt_s=0.04, bytes_acked=10_000, bytes_sent=19_000, notsent_bytes=500, snd_mss=MSS
+    )
 
 
 def test_an_older_kernel_without_bytes_sent_counts_the_unacknowledged_segments() -> None:
@@ -83,14 +92,19 @@ def test_tcp_info_of_a_real_connection() -> None:
     assert len(got) == 200_000
 
 
-def _info(acked: int, in_flight: int = 0, notsent: int = 0,
-          min_rtt_s: float = 0.0) -> TcpInfo:
-    return TcpInfo(min_rtt_s=min_rtt_s, bytes_acked=acked, bytes_sent=acked + in_flight,
-                   notsent_bytes=notsent, snd_mss=MSS)
+def _info(acked: int, in_flight: int = 0, notsent: int = 0, min_rtt_s: float = 0.0) -> TcpInfo:
+    return TcpInfo(
+        min_rtt_s=min_rtt_s,
+        bytes_acked=acked,
+        bytes_sent=acked + in_flight,
+        notsent_bytes=notsent,
+        snd_mss=MSS,
+    )
 
 
-def _drive(meter: PathMeter, t: float, acked: int, seconds: float, rate: float,
-           in_flight: int = 0) -> tuple[float, int]:
+def _drive(
+    meter: PathMeter, t: float, acked: int, seconds: float, rate: float, in_flight: int = 0
+) -> tuple[float, int]:
     """Video waits all along; the path delivers ``rate`` bytes/s, or what the kernel's
     pacing lets through if less. Returns (t, acked)."""
     end = t + seconds
@@ -209,23 +223,32 @@ def test_the_status_shows_what_the_pacer_uses() -> None:
         assert pacer.path_wait(sock, t) == 0  # once the rate is known, not a queue
         pacer.wait_for(16_000, t)
     status = pacer.status()
-    assert status == {"mode": "auto", "upload_kbps": 960, "ceiling_kbps": 2000,
-                      "base_rtt_ms": 30.0, "queue_delay_ms": 0.0,
-                      "alarm_wait_ms": status["alarm_wait_ms"],
-                      "notsent_lowat": pacer.lowat, "window": 8}
+    assert status == {
+        "mode": "auto",
+        "upload_kbps": 960,
+        "ceiling_kbps": 2000,
+        "base_rtt_ms": 30.0,
+        "queue_delay_ms": 0.0,
+        "alarm_wait_ms": status["alarm_wait_ms"],
+        "notsent_lowat": pacer.lowat,
+        "window": 8,
+    }
     margin = MSS + MARGIN_S * 120_000
     assert status["alarm_wait_ms"] == pytest.approx(30 + (16_000 + margin) / 120, rel=0.01)
 
 
-@pytest.mark.parametrize(("upload_bps", "expected"), [
-    (None, MAX_CHUNK),  # nothing measured: the largest a link that drops can take
-    (62_500 * 0.955, 6 * 1024),  # 0.5 Mbit/s: about 100 ms
-    (125_000 * 0.955, MAX_CHUNK),  # 1 Mbit/s: 12 KB would be 100 ms; the link may drop
-    (500_000, MAX_CHUNK),  # 4 Mbit/s
-    (12_500_000, 82 * 1024),  # 100 Mbit/s: at most 150 messages a second (the broker's limit)
-    (100_000_000, 128 * 1024),  # 800 Mbit/s: never near the broker's max_packet_size
-    (10_000, MIN_CHUNK),  # 80 kbit/s: never below 4 KB (each has a ~400-byte header)
-])
+@pytest.mark.parametrize(
+    ("upload_bps", "expected"),
+    [
+        (None, MAX_CHUNK),  # nothing measured: the largest a link that drops can take
+        (62_500 * 0.955, 6 * 1024),  # 0.5 Mbit/s: about 100 ms
+        (125_000 * 0.955, MAX_CHUNK),  # 1 Mbit/s: 12 KB would be 100 ms; the link may drop
+        (500_000, MAX_CHUNK),  # 4 Mbit/s
+        (12_500_000, 82 * 1024),  # 100 Mbit/s: at most 150 messages a second (the broker's limit)
+        (100_000_000, 128 * 1024),  # 800 Mbit/s: never near the broker's max_packet_size
+        (10_000, MIN_CHUNK),  # 80 kbit/s: never below 4 KB (each has a ~400-byte header)
+    ],
+)
 def test_video_is_cut_smaller_on_a_slow_link(upload_bps: float | None, expected: int) -> None:
     pacer = Pacer()
     assert pacer.meter is not None
@@ -234,24 +257,42 @@ def test_video_is_cut_smaller_on_a_slow_link(upload_bps: float | None, expected:
 
 
 def _pacing(**kw: object) -> dict[str, object]:
-    base: dict[str, object] = {"mode": "auto", "upload_kbps": 930, "ceiling_kbps": None,
-                               "base_rtt_ms": 31.0, "queue_delay_ms": 2.5,
-                               "alarm_wait_ms": 120.0, "notsent_lowat": 4096, "window": 8}
+    base: dict[str, object] = {
+        "mode": "auto",
+        "upload_kbps": 930,
+        "ceiling_kbps": None,
+        "base_rtt_ms": 31.0,
+        "queue_delay_ms": 2.5,
+        "alarm_wait_ms": 120.0,
+        "notsent_lowat": 4096,
+        "window": 8,
+    }
     return {**base, **kw}
 
 
-@pytest.mark.parametrize(("pacing", "ok", "words"), [
-    (_pacing(), True, "upload about 0.9 Mbit/s; alarms will reach the centre in about 0.1 s "
-     "while video uploads (base RTT 31.0 ms, queue 2.5 ms)"),
-    (_pacing(upload_kbps=8000, alarm_wait_ms=45.0), True, "alarms will reach the centre in "
-     "under 0.1 s"),
-    (_pacing(upload_kbps=None, alarm_wait_ms=None), True, "not measured yet"),
-    (_pacing(alarm_wait_ms=2400.0), False, "about 2.4 s"),
-    (_pacing(mode="fixed", ceiling_kbps=900), True, "video capped at 900 kbit/s"),
-    (_pacing(mode="fixed"), False, "not paced"),
-])
-def test_selftest_says_what_the_running_agent_measured(pacing: dict[str, object], ok: bool,
-                                                       words: str) -> None:
+@pytest.mark.parametrize(
+    ("pacing", "ok", "words"),
+    [
+        (
+            _pacing(),
+            True,
+            "upload about 0.9 Mbit/s; alarms will reach the centre in about 0.1 s "
+            "while video uploads (base RTT 31.0 ms, queue 2.5 ms)",
+        ),
+        (
+            _pacing(upload_kbps=8000, alarm_wait_ms=45.0),
+            True,
+            "alarms will reach the centre in under 0.1 s",
+        ),
+        (_pacing(upload_kbps=None, alarm_wait_ms=None), True, "not measured yet"),
+        (_pacing(alarm_wait_ms=2400.0), False, "about 2.4 s"),
+        (_pacing(mode="fixed", ceiling_kbps=900), True, "video capped at 900 kbit/s"),
+        (_pacing(mode="fixed"), False, "not paced"),
+    ],
+)
+def test_selftest_says_what_the_running_agent_measured(
+    pacing: dict[str, object], ok: bool, words: str
+) -> None:
     from agent.box.selftest import _upload
 
     check = _upload({"uplink": {"pacing": pacing}})

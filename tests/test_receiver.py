@@ -26,9 +26,15 @@ class Desk:
         self.ledger = Ledger.open(store)
         self.sent: list[tuple[str, bytes]] = []
         self.stored: list[dict[str, Any]] = []
-        self.desk = AlarmDesk(store, "schools", self.ledger, Reporter(self.ledger, 0.0),
-                              limits or Limits(), lambda t, p: self.sent.append((t, p)),
-                              self.stored.append)
+        self.desk = AlarmDesk(
+            store,
+            "schools",
+            self.ledger,
+            Reporter(self.ledger, 0.0),
+            limits or Limits(),
+            lambda t, p: self.sent.append((t, p)),
+            self.stored.append,
+        )
 
     def send(self, kind: str, payload: bytes, site: str = SITE) -> None:
         self.desk.take(BoxTopic(site, kind), payload)
@@ -47,15 +53,24 @@ def desk(tmp_path: Path) -> Desk:
 
 
 def alarm(seq: int = 1, at: str = "2026-11-25T08:30:00.000Z", **kw: Any) -> Alarm:
-    fields: dict[str, Any] = {"event_id": str(uuid.uuid4()), "seq": seq, "site_id": SITE,
-                              "button_id": "entrance", "location": "Главный вход",
-                              "kind": "panic", "pressed_at": at, "clock_synced": True, **kw}
+    fields: dict[str, Any] = {
+        "event_id": str(uuid.uuid4()),
+        "seq": seq,
+        "site_id": SITE,
+        "button_id": "entrance",
+        "location": "Главный вход",
+        "kind": "panic",
+        "pressed_at": at,
+        "clock_synced": True,
+        **kw,
+    }
     return Alarm(**fields)
 
 
 def status(at: str, until: str | None, state: str = "online") -> bytes:
-    return Status(state=state, site_id=SITE, at=at, agent_version="0.1.0",
-                  test_mode_until=until).to_json()
+    return Status(
+        state=state, site_id=SITE, at=at, agent_version="0.1.0", test_mode_until=until
+    ).to_json()
 
 
 def test_an_alarm_is_stored_once_and_confirmed_every_time(desk: Desk) -> None:
@@ -121,8 +136,7 @@ def test_a_walk_test_longer_than_a_box_allows_is_cut(desk: Desk) -> None:
     assert any(r.startswith("test_too_long") for r in desk.reports())
 
 
-def test_one_sites_flood_waits_behind_itself_and_its_disk_budget_is_its_own(
-        tmp_path: Path) -> None:
+def test_one_sites_flood_waits_behind_itself_and_its_disk_budget_is_its_own(tmp_path: Path) -> None:
     size = len(alarm().to_json())
     desk = Desk(tmp_path, Limits(alarm_bytes_per_day=1, alarm_burst_bytes=5 * size + 10))
     flood = [alarm(i + 1) for i in range(20)]
@@ -138,7 +152,8 @@ def test_one_sites_flood_waits_behind_itself_and_its_disk_budget_is_its_own(
 
 
 def test_alarms_that_arrived_together_are_stored_in_one_commit_before_any_receipt(
-        desk: Desk) -> None:
+    desk: Desk,
+) -> None:
     """Group commit: one ledger transaction (one fsync) for the alarms that wait together, and
     their receipts only after it; a status between them still applies to the later ones only."""
     commits: list[int] = []
@@ -155,8 +170,9 @@ def test_alarms_that_arrived_together_are_stored_in_one_commit_before_any_receip
     after = alarm(seq=4, test=True)
     for a in before:
         desk.desk.take(BoxTopic(SITE, "alarm"), a.to_json())
-    desk.desk.take(BoxTopic(SITE, "status"),
-                   status("2026-11-25T08:00:00.000Z", "2026-11-25T09:00:00.000Z"))
+    desk.desk.take(
+        BoxTopic(SITE, "status"), status("2026-11-25T08:00:00.000Z", "2026-11-25T09:00:00.000Z")
+    )
     desk.desk.take(BoxTopic(SITE, "alarm"), after.to_json())
     assert desk.desk.drain() == 5
     assert commits == [3, 1]

@@ -53,12 +53,29 @@ def subscribed_since(store: Path, after: float) -> float | None:
 def receiver(broker: Mosquitto, tmp_path: Path) -> Iterator[Path]:
     store = tmp_path / "centre"
     with open(tmp_path / "centre.log", "ab") as log:
-        proc = subprocess.Popen([sys.executable, "-m", "agent.cli", "central", "--broker",
-                                 broker.url, "--store", str(store), "--client-id", "centre-rx"],
-                                stdout=log, stderr=log, cwd=REPO)
+        proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "agent.cli",
+                "central",
+                "--broker",
+                broker.url,
+                "--store",
+                str(store),
+                "--client-id",
+                "centre-rx",
+            ],
+            stdout=log,
+            stderr=log,
+            cwd=REPO,
+        )
     try:
-        wait_for(lambda: (store / "centre.db").exists() and subscribed_since(store, 0), 15,
-                 "the receiver subscribed")
+        wait_for(
+            lambda: (store / "centre.db").exists() and subscribed_since(store, 0),
+            15,
+            "the receiver subscribed",
+        )
         yield store
     finally:
         proc.send_signal(signal.SIGTERM)
@@ -66,7 +83,8 @@ def receiver(broker: Mosquitto, tmp_path: Path) -> Iterator[Path]:
 
 
 def test_the_receiver_is_back_within_a_second_of_each_broker_restart(
-        broker: Mosquitto, receiver: Path, agent_process: AgentProcess) -> None:
+    broker: Mosquitto, receiver: Path, agent_process: AgentProcess
+) -> None:
     agent_process.start()
     rng = random.Random(4)
     gaps: list[float] = []
@@ -84,14 +102,17 @@ def test_the_receiver_is_back_within_a_second_of_each_broker_restart(
         gaps.append(back - up)
     ledger = Ledger.open(receiver)
     try:
-        wait_for(lambda: {e for _s, e in ledger.received()} >= set(presses), 30,
-                 "every press stored")
+        wait_for(
+            lambda: {e for _s, e in ledger.received()} >= set(presses), 30, "every press stored"
+        )
         stored = {e: parse_rfc3339(at) or 0.0 for (_s, e), at in ledger.received().items()}
     finally:
         ledger.close()
-    print(f"broker up -> receiver subscribed: {', '.join(f'{g * 1000:.0f}' for g in gaps)} ms; "
-          "press (broker down) -> stored: "
-          f"{', '.join(f'{(stored[e] - t) * 1000:.0f}' for e, t in presses.items())} ms")
+    print(
+        f"broker up -> receiver subscribed: {', '.join(f'{g * 1000:.0f}' for g in gaps)} ms; "
+        "press (broker down) -> stored: "
+        f"{', '.join(f'{(stored[e] - t) * 1000:.0f}' for e, t in presses.items())} ms"
+    )
     assert max(gaps) < BACK_WITHIN_S, gaps
     assert all(links(receiver)[i].outages >= RESTARTS for i in range(2))
     status = cli("central", "--store", str(receiver), "status").stdout

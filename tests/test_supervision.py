@@ -41,10 +41,14 @@ def looping(runs: list[int], fail: Callable[[int], BaseException | None]) -> Bod
     return body
 
 
-@pytest.mark.parametrize("exc", [ValueError("a bug"), SystemExit(3), KeyboardInterrupt(), None],
-                         ids=["exception", "SystemExit", "KeyboardInterrupt", "returned"])
+@pytest.mark.parametrize(
+    "exc",
+    [ValueError("a bug"), SystemExit(3), KeyboardInterrupt(), None],
+    ids=["exception", "SystemExit", "KeyboardInterrupt", "returned"],
+)
 def test_a_crashed_thread_is_restarted_at_once_and_logged_once(
-        exc: BaseException | None, caplog: pytest.LogCaptureFixture) -> None:
+    exc: BaseException | None, caplog: pytest.LogCaptureFixture
+) -> None:
     give_up = Recorder()
     sup = Supervisor(give_up=give_up)
     runs: list[int] = []

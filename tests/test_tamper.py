@@ -44,8 +44,9 @@ def clip(tmp_path_factory: pytest.TempPathFactory) -> tuple[list[Msg], BoxKey]:
     for pos, s in enumerate(segments):
         ref = store.put(s, pins=[EVENT])
         cs = ClipSegment(EVENT, CAM, pos, pos == len(segments) - 1, ref, False, s.prev, s.link)
-        for _prio, _topic, _key, head, blob in clip_chunks(Topics("schools", SITE), cs,
-                                                           sig=video.signature(cs)):
+        for _prio, _topic, _key, head, blob in clip_chunks(
+            Topics("schools", SITE), cs, sig=video.signature(cs)
+        ):
             assert isinstance(blob, BlobRef)
             with open(blob.path, "rb") as f:
                 f.seek(blob.offset)
@@ -56,8 +57,9 @@ def clip(tmp_path_factory: pytest.TempPathFactory) -> tuple[list[Msg], BoxKey]:
 def _receiver(store: Path) -> tuple[Assembler, Ledger]:
     """The centre's video path, run on this thread: what the receiver's video thread does."""
     ledger = Ledger.open(store)
-    return Assembler(store, "schools", ledger, Reporter(ledger, 0.0), Limits(),
-                     lambda _topic, _payload: None), ledger
+    return Assembler(
+        store, "schools", ledger, Reporter(ledger, 0.0), Limits(), lambda _topic, _payload: None
+    ), ledger
 
 
 def _send(assembler: Assembler, kind: str, payload: bytes) -> None:
@@ -102,8 +104,9 @@ def test_an_altered_segment_is_flagged(tmp_path: Path, clip: tuple[list[Msg], Bo
     data = b"".join(d for _, d in groups[1])
     forged = data[:200] + bytes(b ^ 0xFF for b in data[200:400]) + data[400:]
     sha = hashlib.sha256(forged).hexdigest()
-    groups[1] = [({**groups[1][0][0], "chunk": 0, "chunks": 1, "sha256": sha,
-                   "size": len(forged)}, forged)]
+    groups[1] = [
+        ({**groups[1][0][0], "chunk": 0, "chunks": 1, "sha256": sha, "size": len(forged)}, forged)
+    ]
     problem = _deliver(tmp_path, _renumber([groups[i] for i in range(4)]), key)
     assert problem and "segment 1 was altered" in problem
 
@@ -122,8 +125,9 @@ def test_reordered_segments_are_flagged(tmp_path: Path, clip: tuple[list[Msg], B
     assert problem and "missing or out of order" in problem
 
 
-def test_a_clip_cut_short_fails_the_signature(tmp_path: Path,
-                                              clip: tuple[list[Msg], BoxKey]) -> None:
+def test_a_clip_cut_short_fails_the_signature(
+    tmp_path: Path, clip: tuple[list[Msg], BoxKey]
+) -> None:
     msgs, key = clip
     groups = _by_segment(msgs)
     cut = _renumber([groups[0], groups[1]])
@@ -142,8 +146,9 @@ def test_a_clip_signed_by_another_key_is_flagged_and_the_pinned_key_kept(
     _send(assembler, "pubkey", key.public_pem())
     _send(assembler, "pubkey", impostor.public_pem())  # a swap is refused
     assert (tmp_path / "centre" / "keys" / f"{SITE}.pub").read_bytes() == key.public_pem()
-    resigned = [({**h, "sig": impostor.sign(b"anything")}, d) if h["final"] else (h, d)
-                for h, d in msgs]
+    resigned = [
+        ({**h, "sig": impostor.sign(b"anything")}, d) if h["final"] else (h, d) for h, d in msgs
+    ]
     for h, d in resigned:
         _send(assembler, "clip", json.dumps(h).encode() + b"\n" + d)
     problem = ledger.clip_problem(SITE, EVENT, CAM)

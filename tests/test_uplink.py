@@ -125,8 +125,9 @@ def test_a_retained_value_lost_with_its_connection_is_sent_again(
     # alarm, whose missing PUBACK ends the connection); the reconnect passes.
     proxy = MqttProxy(broker.port, Cut(Direction.B2A, 1, CutMode.BLACKHOLE)).start()
     outbox.add_alarm(TOPICS.alarm, "the-alarm", lambda seq: b'{"alarm":%d}' % seq)
-    up = Uplink(_mqtt(proxy.port), TOPICS, outbox, lambda state, _r: state.encode(),
-                alarm_ack_timeout_s=0.5)
+    up = Uplink(
+        _mqtt(proxy.port), TOPICS, outbox, lambda state, _r: state.encode(), alarm_ack_timeout_s=0.5
+    )
     up.post_latest(TOPICS.pubkey, b"the box key")
     up.start()
     try:

@@ -15,8 +15,7 @@ class Clocks:
         self.mono, self.wall = 1000.0, 1_800_000_000.0
 
     def walk(self, storage: Path, boot: str = "boot-1") -> WalkTest:
-        return WalkTest(storage, clock=lambda: self.mono, wall=lambda: self.wall,
-                        boot=lambda: boot)
+        return WalkTest(storage, clock=lambda: self.mono, wall=lambda: self.wall, boot=lambda: boot)
 
 
 def test_a_wall_clock_stepped_back_does_not_keep_it_on(tmp_path: Path) -> None:
@@ -52,8 +51,10 @@ def test_it_survives_a_restart_of_the_agent_but_not_a_reboot(tmp_path: Path) -> 
     assert not rebooted.active()  # a real alarm rather than a test nobody is watching
 
 
-@pytest.mark.parametrize("text", ['{"until": 99999999999}', "not json", '{"until_monotonic": '
-                                  '1e12, "boot_id": "boot-1"}', "[]"])
+@pytest.mark.parametrize(
+    "text",
+    ['{"until": 99999999999}', "not json", '{"until_monotonic": 1e12, "boot_id": "boot-1"}', "[]"],
+)
 def test_an_old_or_absurd_file_does_not_turn_it_on(tmp_path: Path, text: str) -> None:
     (tmp_path / "test-mode.json").write_text(text)
     walk = Clocks().walk(tmp_path)

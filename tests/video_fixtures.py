@@ -80,8 +80,9 @@ def synthetic_segments(camera_id: str, n: int, *, bitrate_kbps: int = 1000) -> l
     """``n`` consecutive 1 s segments of a synthetic camera through the real segmenter, hash
     chain included (the first one's ``prev`` is the chain's start), made faster than real time."""
     out: list[Segment] = []
-    source = SyntheticSource(width=160, height=96, fps=10, segment_s=1.0,
-                             bitrate_kbps=bitrate_kbps, realtime=False)
+    source = SyntheticSource(
+        width=160, height=96, fps=10, segment_s=1.0, bitrate_kbps=bitrate_kbps, realtime=False
+    )
     seg = Segmenter(camera_id, 1.0, source.open(stall_s=5), [out.append])
     for packet in source.packets():
         seg.packet(packet)
@@ -155,5 +156,3 @@ def ffprobe(path: Path) -> dict[str, Any]:
     )  # fmt: skip
     result: dict[str, Any] = json.loads(out.stdout)
     return result
-
-

@@ -86,8 +86,9 @@ class ControlServer:
                     return
                 raise
             conn.settimeout(None)
-            threading.Thread(target=self._one, args=(conn,), name="control-conn",
-                             daemon=True).start()
+            threading.Thread(
+                target=self._one, args=(conn,), name="control-conn", daemon=True
+            ).start()
 
     def _one(self, conn: socket.socket) -> None:
         with conn:
@@ -134,11 +135,14 @@ def call(path: Path, request: dict[str, Any], timeout: float = 10.0) -> dict[str
                     break
                 buf += chunk
     except FileNotFoundError as exc:
-        raise ControlError(f"the agent is not running (no {path}); start it with "
-                           "'edge-agent run -c FILE' or 'systemctl start edge-agent'") from exc
+        raise ControlError(
+            f"the agent is not running (no {path}); start it with "
+            "'edge-agent run -c FILE' or 'systemctl start edge-agent'"
+        ) from exc
     except PermissionError as exc:
-        raise ControlError(f"no permission to use {path}: run as root or as the edge-agent "
-                           "user") from exc
+        raise ControlError(
+            f"no permission to use {path}: run as root or as the edge-agent user"
+        ) from exc
     except OSError as exc:
         raise ControlError(f"cannot reach the agent at {path}: {exc}") from exc
     try:

@@ -75,9 +75,15 @@ CORE_THREADS = ("buttons", "uplink", "control")  # the alarm path and the techni
 class Daemon:
     """Build with a Config; ``start()`` opens everything, ``stop()`` closes it in reverse."""
 
-    def __init__(self, cfg: Config, notifier: Notifier | None = None,
-                 health_interval_s: float = 60.0, pin_factory: Factory | None = None,
-                 supervisor: Supervisor | None = None, tracer: Tracer = no_trace) -> None:
+    def __init__(
+        self,
+        cfg: Config,
+        notifier: Notifier | None = None,
+        health_interval_s: float = 60.0,
+        pin_factory: Factory | None = None,
+        supervisor: Supervisor | None = None,
+        tracer: Tracer = no_trace,
+    ) -> None:
         self.cfg = cfg
         self.trace = tracer  # the benches' points on the alarm path (agent/tracing.py)
         self.supervisor = supervisor or Supervisor()
@@ -114,15 +120,27 @@ class Daemon:
         self.video = Video(self.cfg, storage, self._on_clip_segment, self.box_key)
         factory = self._pin_factory or make_pin_factory(self.cfg.gpio.backend)
         self.indicators = Indicators(self.cfg.indicators, factory)
-        self.router = self._command_router(storage, BoxCommands(
-            indicators=self.indicators, video=self.video, topics=self.topics,
-            summary=self._summary, set_test_mode=self.set_test_mode))
-        self.uplink = Uplink(self.cfg.mqtt, self.topics, self.outbox, self._status_payload,
-                             pacer=Pacer(self.cfg.uplink.max_kbps, self.cfg.uplink.auto_rate),
-                             on_message=self._on_message,
-                             on_clip_receipt=self.video.release,
-                             subscriptions=(self.topics.cmd,) if self.router else (),
-                             tracer=self.trace)
+        self.router = self._command_router(
+            storage,
+            BoxCommands(
+                indicators=self.indicators,
+                video=self.video,
+                topics=self.topics,
+                summary=self._summary,
+                set_test_mode=self.set_test_mode,
+            ),
+        )
+        self.uplink = Uplink(
+            self.cfg.mqtt,
+            self.topics,
+            self.outbox,
+            self._status_payload,
+            pacer=Pacer(self.cfg.uplink.max_kbps, self.cfg.uplink.auto_rate),
+            on_message=self._on_message,
+            on_clip_receipt=self.video.release,
+            subscriptions=(self.topics.cmd,) if self.router else (),
+            tracer=self.trace,
+        )
         self.buttons = ButtonBoard(self.cfg.buttons, factory, self._on_button)
         self.control = ControlServer(socket_path(storage), self._on_control)
         if self.cfg.dc09 is not None:
@@ -130,9 +148,11 @@ class Daemon:
         self.indicators.start()
         self.video.start(self.supervisor)
         if self.outbox.recovered_from is not None:
-            self._system_fault(f"the outbox was corrupt and was replaced (kept as "
-                               f"{self.outbox.recovered_from.name}): alarms queued in it may "
-                               "not have been sent")
+            self._system_fault(
+                f"the outbox was corrupt and was replaced (kept as "
+                f"{self.outbox.recovered_from.name}): alarms queued in it may "
+                "not have been sent"
+            )
         self.video.on_live(self._on_live_segment)
         self.uplink.post_latest(self.topics.pubkey, self.box_key.public_pem())
         self.uplink.start(self.supervisor)
@@ -141,16 +161,23 @@ class Daemon:
         self.buttons.start(supervisor=self.supervisor)
         self.control.start(self.supervisor)
         pending = self.outbox.depth()
-        log.info("agent %s started for site %s; outbox holds %s", __version__,
-                 self.cfg.site.id, pending)
+        log.info(
+            "agent %s started for site %s; outbox holds %s", __version__, self.cfg.site.id, pending
+        )
         self.notifier.send(ready="1", status=self._summary())
 
     def stop(self) -> None:
         self.notifier.send(stopping="1")
         # The uplink before the video: a receipt must not reach a closed spool. Clip chunks
         # the video stores as it stops are in the outbox, and go out after the restart.
-        for part in (self.control, self.buttons, self.uplink, self.dc09, self.video,
-                     self.indicators):
+        for part in (
+            self.control,
+            self.buttons,
+            self.uplink,
+            self.dc09,
+            self.video,
+            self.indicators,
+        ):
             if part is not None:
                 part.stop()
         if self.outbox is not None:
@@ -164,8 +191,12 @@ class Daemon:
         stop = threading.Event()
         for sig in (signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, lambda *_: stop.set())
-        signal.signal(signal.SIGHUP, lambda *_: log.warning(
-            "SIGHUP ignored: restart the agent to apply configuration changes"))
+        signal.signal(
+            signal.SIGHUP,
+            lambda *_: log.warning(
+                "SIGHUP ignored: restart the agent to apply configuration changes"
+            ),
+        )
         log_thread_exceptions()
         self.start()
         try:
@@ -229,9 +260,15 @@ class Daemon:
 
         def build(seq: int) -> bytes:
             return Alarm(
-                event_id=event_id, seq=seq, site_id=self.cfg.site.id, button_id=button.id,
-                location=button.location, kind=str(event.kind),
-                pressed_at=rfc3339(event.wall_time), clock_synced=synced, detail=event.detail,
+                event_id=event_id,
+                seq=seq,
+                site_id=self.cfg.site.id,
+                button_id=button.id,
+                location=button.location,
+                kind=str(event.kind),
+                pressed_at=rfc3339(event.wall_time),
+                clock_synced=synced,
+                detail=event.detail,
                 test=test,
             ).to_json()
 
@@ -246,13 +283,24 @@ class Daemon:
                 self.indicators.alarm(event_id)
             if self.video is not None:  # after the commit: video never delays an alarm
                 self.video.record_alarm(event_id, event.wall_time, button.id)
-        self.last_alarm = {"event_id": event_id, "seq": seq, "button_id": button.id,
-                           "kind": str(event.kind), "at": rfc3339(event.wall_time),
-                           "durable": durable}
-        log.warning("%s: button=%s location=%r seq=%d event_id=%s%s%s", str(event.kind).upper(),
-                    button.id, button.location, seq, event_id,
-                    f" detail={event.detail!r}" if event.detail else "",
-                    f" dc09={dc09.kind}/{dc09.zone:03d}" if dc09 else "")
+        self.last_alarm = {
+            "event_id": event_id,
+            "seq": seq,
+            "button_id": button.id,
+            "kind": str(event.kind),
+            "at": rfc3339(event.wall_time),
+            "durable": durable,
+        }
+        log.warning(
+            "%s: button=%s location=%r seq=%d event_id=%s%s%s",
+            str(event.kind).upper(),
+            button.id,
+            button.location,
+            seq,
+            event_id,
+            f" detail={event.detail!r}" if event.detail else "",
+            f" dc09={dc09.kind}/{dc09.zone:03d}" if dc09 else "",
+        )
         self.trace(Point.HANDLED, event_id)
         return self.last_alarm
 
@@ -270,15 +318,20 @@ class Daemon:
             if oldest is None:
                 break
             self.video.release(oldest)
-            self._system_fault(f"clip of alarm {oldest} dropped: the spool is over "
-                               f"storage.max_gb={self.cfg.storage.max_gb}")
+            self._system_fault(
+                f"clip of alarm {oldest} dropped: the spool is over "
+                f"storage.max_gb={self.cfg.storage.max_gb}"
+            )
 
-    def _on_live_segment(self, camera_id: str, session: str, segment: Segment, seq: int,
-                         final: bool) -> None:
+    def _on_live_segment(
+        self, camera_id: str, session: str, segment: Segment, seq: int, final: bool
+    ) -> None:
         assert self.uplink is not None
         self.trace(Point.LIVE_SEGMENT, segment.sha256)
-        self.uplink.post_live(self.topics.live(camera_id), live_chunks(
-            session, segment, seq, final, self.uplink.pacer.chunk_bytes(CHUNK_BYTES)))
+        self.uplink.post_live(
+            self.topics.live(camera_id),
+            live_chunks(session, segment, seq, final, self.uplink.pacer.chunk_bytes(CHUNK_BYTES)),
+        )
         self.trace(Point.LIVE_POSTED, segment.sha256)
 
     def _system_fault(self, detail: str) -> None:
@@ -293,14 +346,20 @@ class Daemon:
         now = time.time()
 
         def build(seq: int) -> bytes:
-            return Alarm(event_id=event_id, seq=seq, site_id=self.cfg.site.id,
-                         button_id="", location=self.cfg.site.name, kind=str(kind),
-                         pressed_at=rfc3339(now), clock_synced=clock_synced(),
-                         detail=detail).to_json()
+            return Alarm(
+                event_id=event_id,
+                seq=seq,
+                site_id=self.cfg.site.id,
+                button_id="",
+                location=self.cfg.site.name,
+                kind=str(kind),
+                pressed_at=rfc3339(now),
+                clock_synced=clock_synced(),
+                detail=detail,
+            ).to_json()
 
         self.outbox.add_alarm(self.topics.alarm, event_id, build)
         self.uplink.wake()
-
 
     # --- commands from the centre (run on the uplink thread) -------------------------------
 
@@ -326,8 +385,12 @@ class Daemon:
         reply = self.router.respond(payload)
         self.trace(Point.APPLIED, reply.command_id or "")
         if reply.authenticated and reply.command_id is not None:
-            self.outbox.add(Priority.CONTROL, self.topics.cmd_result,
-                            f"result/{reply.command_id}", reply.payload)
+            self.outbox.add(
+                Priority.CONTROL,
+                self.topics.cmd_result,
+                f"result/{reply.command_id}",
+                reply.payload,
+            )
             self.uplink.wake()
         else:
             self.uplink.post_transient(self.topics.cmd_result, reply.payload)
@@ -395,8 +458,14 @@ class Daemon:
 
     def health_payload(self) -> bytes:
         heads = self.video.chain_heads() if self.video else {}
-        return dumps({**self.status(), "chain_heads": heads, "at": rfc3339(time.time()),
-                      "v": PROTOCOL_VERSION})
+        return dumps(
+            {
+                **self.status(),
+                "chain_heads": heads,
+                "at": rfc3339(time.time()),
+                "v": PROTOCOL_VERSION,
+            }
+        )
 
     def status(self) -> dict[str, Any]:
         assert self.outbox is not None and self.uplink is not None and self.buttons is not None
@@ -409,15 +478,23 @@ class Daemon:
             "uptime_s": round(time.time() - self.started_at, 1),
             "thread_crashes": self.supervisor.status(),
             "clock_synced": clock_synced(),
-            "uplink": {"state": str(self.uplink.state), "last_error": self.uplink.last_error,
-                       "sent": self.uplink.sent, "failures": self.uplink.failures,
-                       "last_ack_at": rfc3339_or_none(self.uplink.last_ack_at),
-                       "centre": {True: "listening", False: "NOT listening",
-                                  None: "unknown"}[self.uplink.centre_present],
-                       "broker": f"{self.cfg.mqtt.host}:{self.cfg.mqtt.port}",
-                       "pacing": self.uplink.pacer.status()},
-            "outbox": {**self.outbox.depth(), "last_seq": self.outbox.last_seq(),
-                       "disk_error": self.outbox.disk_error},
+            "uplink": {
+                "state": str(self.uplink.state),
+                "last_error": self.uplink.last_error,
+                "sent": self.uplink.sent,
+                "failures": self.uplink.failures,
+                "last_ack_at": rfc3339_or_none(self.uplink.last_ack_at),
+                "centre": {True: "listening", False: "NOT listening", None: "unknown"}[
+                    self.uplink.centre_present
+                ],
+                "broker": f"{self.cfg.mqtt.host}:{self.cfg.mqtt.port}",
+                "pacing": self.uplink.pacer.status(),
+            },
+            "outbox": {
+                **self.outbox.depth(),
+                "last_seq": self.outbox.last_seq(),
+                "disk_error": self.outbox.disk_error,
+            },
             "dc09": self.dc09.status() if self.dc09 else None,
             "last_alarm": self.last_alarm,
             "buttons": self.buttons.snapshot(),
@@ -432,14 +509,17 @@ class Daemon:
         if self.uplink is None or self.outbox is None:
             return "starting"
         depth = self.outbox.depth()
-        return (f"uplink {self.uplink.state}; outbox alarms={depth['alarm']} "
-                f"clips={depth['clip']}")
+        return f"uplink {self.uplink.state}; outbox alarms={depth['alarm']} clips={depth['clip']}"
 
     def _status_payload(self, state: str, reason: str) -> bytes:
-        return Status(state=state, site_id=self.cfg.site.id, at=rfc3339(time.time()),
-                      agent_version=__version__, reason=reason,
-                      test_mode_until=self._test_mode_until() if state == "online" else None
-                      ).to_json()
+        return Status(
+            state=state,
+            site_id=self.cfg.site.id,
+            at=rfc3339(time.time()),
+            agent_version=__version__,
+            reason=reason,
+            test_mode_until=self._test_mode_until() if state == "online" else None,
+        ).to_json()
 
     def _test_mode_until(self) -> str | None:
         until = self.walk_test.until_wall()

@@ -42,9 +42,12 @@ from agent.supervision import Supervisor
 
 Clock = Callable[[], float]
 
-_TROUBLES = {Change.STUCK: EventKind.STUCK, Change.STUCK_CLEARED: EventKind.STUCK_RESTORE,
-             Change.OPEN_AT_START: EventKind.CABLE_FAULT,
-             Change.OPEN_CLEARED: EventKind.CABLE_RESTORE}
+_TROUBLES = {
+    Change.STUCK: EventKind.STUCK,
+    Change.STUCK_CLEARED: EventKind.STUCK_RESTORE,
+    Change.OPEN_AT_START: EventKind.CABLE_FAULT,
+    Change.OPEN_CLEARED: EventKind.CABLE_RESTORE,
+}
 
 
 def button_event(change: Change, holdup: bool, walk_test: bool) -> EventKind | None:
@@ -52,20 +55,28 @@ def button_event(change: Change, holdup: bool, walk_test: bool) -> EventKind | N
     presses go as ``walk_test``, so a centre that handles the standard codes does not
     dispatch; troubles stay troubles, because a stuck button is one during a test too."""
     if change is Change.PRESSED:
-        return EventKind.WALK_TEST if walk_test else (
-            EventKind.HOLDUP if holdup else EventKind.PANIC)
+        return (
+            EventKind.WALK_TEST if walk_test else (EventKind.HOLDUP if holdup else EventKind.PANIC)
+        )
     if change is Change.RELEASED:
-        return None if walk_test else (
-            EventKind.HOLDUP_RESTORE if holdup else EventKind.PANIC_RESTORE)
+        return (
+            None if walk_test else (EventKind.HOLDUP_RESTORE if holdup else EventKind.PANIC_RESTORE)
+        )
     return _TROUBLES[change]
 
 
 class Dc09Path:
     """Built by the daemon when the config has a ``dc09`` section; no I/O until :meth:`start`."""
 
-    def __init__(self, cfg: Config, settings: Settings, outbox: Outbox,
-                 box_alarm: Callable[[AlarmKind, str], None], *,
-                 clock: Clock = time.monotonic) -> None:
+    def __init__(
+        self,
+        cfg: Config,
+        settings: Settings,
+        outbox: Outbox,
+        box_alarm: Callable[[AlarmKind, str], None],
+        *,
+        clock: Clock = time.monotonic,
+    ) -> None:
         self.settings = settings
         self.queue = OutboxEventQueue(outbox)
         self.transmitter = Transmitter(settings, self.queue, on_path=self._on_path)
@@ -149,13 +160,20 @@ class Dc09Path:
             "queue": s.queue_depth,
             "acked": s.acked,
             "refused": refused,
-            "refused_recent": [{"kind": r.kind, "zone": r.zone, "at": rfc3339(r.at),
-                                "reason": r.reason} for r in recent],
+            "refused_recent": [
+                {"kind": r.kind, "zone": r.zone, "at": rfc3339(r.at), "reason": r.reason}
+                for r in recent
+            ],
             "mqtt_path_reported": "failed" if self._mqtt_down else "ok",
-            "receivers": [{
-                "name": r.name,
-                "last_ack_at": rfc3339_or_none(r.last_ack_at),
-                "failures": r.failures, "total_failures": r.total_failures,
-                "last_error": r.last_error, "clock_offset_s": round(r.clock_offset_s, 1),
-            } for r in s.receivers],
+            "receivers": [
+                {
+                    "name": r.name,
+                    "last_ack_at": rfc3339_or_none(r.last_ack_at),
+                    "failures": r.failures,
+                    "total_failures": r.total_failures,
+                    "last_error": r.last_error,
+                    "clock_offset_s": round(r.clock_offset_s, 1),
+                }
+                for r in s.receivers
+            ],
         }

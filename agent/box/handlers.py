@@ -39,9 +39,15 @@ class BoxCommands:
     """The box's handlers. ``set_test_mode`` starts a walk test for that many minutes (None:
     ends it), tells the centre, and returns when it ends (RFC 3339), or None."""
 
-    def __init__(self, *, indicators: Indicators, video: Video, topics: Topics,
-                 summary: Callable[[], str],
-                 set_test_mode: Callable[[int | None], str | None]) -> None:
+    def __init__(
+        self,
+        *,
+        indicators: Indicators,
+        video: Video,
+        topics: Topics,
+        summary: Callable[[], str],
+        set_test_mode: Callable[[int | None], str | None],
+    ) -> None:
         self._indicators = indicators
         self._video = video
         self._topics = topics
@@ -63,8 +69,11 @@ class BoxCommands:
     def ack(self, cmd: Command[AckArgs]) -> Data:
         event_id = cmd.params.event_id
         shown = self._indicators.acknowledged(event_id)
-        log.warning("the centre acknowledged alarm %s%s", event_id,
-                    "" if shown else " (not the one on the indicator)")
+        log.warning(
+            "the centre acknowledged alarm %s%s",
+            event_id,
+            "" if shown else " (not the one on the indicator)",
+        )
         return {"indicator": str(self._indicators.pattern), "shown": shown}
 
     def live(self, cmd: Command[LiveArgs]) -> Data:

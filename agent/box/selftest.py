@@ -65,8 +65,12 @@ def _broker_of_running(status: dict[str, Any]) -> Check:
     up = status["uplink"]
     if up["state"] == "online":
         return Check("broker", True, f"{up['broker']}: the running agent is online")
-    return Check("broker", False, f"{up['broker']}: the running agent is {up['state']}: "
-                 f"{up['last_error']}", "check the network, mqtt.host/port and the TLS files")
+    return Check(
+        "broker",
+        False,
+        f"{up['broker']}: the running agent is {up['state']}: {up['last_error']}",
+        "check the network, mqtt.host/port and the TLS files",
+    )
 
 
 def _upload(status: dict[str, Any]) -> Check:
@@ -75,15 +79,29 @@ def _upload(status: dict[str, Any]) -> Check:
     pacing = status["uplink"].get("pacing") or {}
     detail = describe(pacing)
     if pacing.get("mode") != "auto" and not pacing.get("ceiling_kbps"):
-        return Check("upload", False, f"{detail}: an alarm can wait behind our own video in "
-                     "the modem's buffer, 0.5 s or more",
-                     "remove uplink.auto_rate: false from the config")
+        return Check(
+            "upload",
+            False,
+            f"{detail}: an alarm can wait behind our own video in "
+            "the modem's buffer, 0.5 s or more",
+            "remove uplink.auto_rate: false from the config",
+        )
     if pacing.get("upload_kbps") == 0:
-        return Check("upload", False, detail, "check the school's router and its uplink; the "
-                     "broker line above says whether the connection is up")
+        return Check(
+            "upload",
+            False,
+            detail,
+            "check the school's router and its uplink; the "
+            "broker line above says whether the connection is up",
+        )
     if (pacing.get("alarm_wait_ms") or 0) > 1000:
-        return Check("upload", False, detail, "the upload is very slow or something else at "
-                     "the school fills it: check the router; uplink.max_kbps caps our video")
+        return Check(
+            "upload",
+            False,
+            detail,
+            "the upload is very slow or something else at "
+            "the school fills it: check the router; uplink.max_kbps caps our video",
+        )
     return Check("upload", True, detail)
 
 
@@ -104,8 +122,9 @@ def _write_probe(directory: Path) -> str:
     O_EXCL|O_NOFOLLOW: a file or symlink planted in the directory is never followed."""
     path = directory / f".selftest-{os.urandom(8).hex()}"
     try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
-                     0o600)
+        fd = os.open(
+            path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600
+        )
         try:
             os.write(fd, b"x" * 4096)
             os.fsync(fd)
@@ -154,20 +173,32 @@ def _disk(cfg: Config) -> Check:
     except OSError as exc:
         problem = exc.strerror or str(exc)
     if problem:
-        return Check("disk", False, f"{storage} is not writable: {problem}",
-                     "check the mount (read-only? full?) and that the edge-agent user owns it")
+        return Check(
+            "disk",
+            False,
+            f"{storage} is not writable: {problem}",
+            "check the mount (read-only? full?) and that the edge-agent user owns it",
+        )
     free_gb = shutil.disk_usage(storage).free / 1e9
     if free_gb < cfg.storage.max_gb:
-        return Check("disk", False, f"{free_gb:.1f} GB free at {storage}, less than "
-                     f"storage.max_gb={cfg.storage.max_gb}", "free space or lower storage.max_gb")
+        return Check(
+            "disk",
+            False,
+            f"{free_gb:.1f} GB free at {storage}, less than storage.max_gb={cfg.storage.max_gb}",
+            "free space or lower storage.max_gb",
+        )
     return Check("disk", True, f"{storage} writable, {free_gb:.1f} GB free")
 
 
 def _clock() -> Check:
     if clock_synced():
         return Check("clock", True, "synchronised (NTP)")
-    return Check("clock", False, "not synchronised: alarm times may be wrong",
-                 "check NTP: timedatectl status; the box needs a reachable time server")
+    return Check(
+        "clock",
+        False,
+        "not synchronised: alarm times may be wrong",
+        "check NTP: timedatectl status; the box needs a reachable time server",
+    )
 
 
 def _buttons(cfg: Config, running: dict[str, Any] | None) -> list[Check]:
@@ -190,12 +221,20 @@ def _button_check(b: ButtonConfig, state: str, source: str) -> Check:
     if state == "idle":
         return Check(name, True, f"{where}: idle as expected ({source})")
     if state == "failed":
-        return Check(name, False, f"{where}: the pin could not be opened",
-                     "is another program using it? is python3-lgpio installed?")
-    what = ("the loop is open: a cut cable, a loose terminal or the button pressed"
-            if b.wiring == "normally_closed" else "it reads pressed: a stuck button or a short")
-    return Check(name, False, f"{where}: {state}; {what}",
-                 "check the wiring against hardware/README.md")
+        return Check(
+            name,
+            False,
+            f"{where}: the pin could not be opened",
+            "is another program using it? is python3-lgpio installed?",
+        )
+    what = (
+        "the loop is open: a cut cable, a loose terminal or the button pressed"
+        if b.wiring == "normally_closed"
+        else "it reads pressed: a stuck button or a short"
+    )
+    return Check(
+        name, False, f"{where}: {state}; {what}", "check the wiring against hardware/README.md"
+    )
 
 
 def _read_pins(cfg: Config) -> dict[str, str]:
@@ -222,20 +261,38 @@ def _camera(cam: CameraConfig, timeout_s: float) -> Check:
             info = source.open(stall_s=timeout_s)
             for packet in _limited(source.packets(), timeout_s):
                 if packet.keyframe:
-                    result.append(Check(name, True, f"keyframe received ({info.width}x"
-                                        f"{info.height}) from {redact_url(cam.source)}"))
+                    result.append(
+                        Check(
+                            name,
+                            True,
+                            f"keyframe received ({info.width}x"
+                            f"{info.height}) from {redact_url(cam.source)}",
+                        )
+                    )
                     return
         except Exception as exc:  # any source failure is this check's result, redacted
-            result.append(Check(name, False, redact_url(f"{type(exc).__name__}: {exc}"),
-                                "check the address, the credentials and that the camera "
-                                "sends H.264"))
+            result.append(
+                Check(
+                    name,
+                    False,
+                    redact_url(f"{type(exc).__name__}: {exc}"),
+                    "check the address, the credentials and that the camera sends H.264",
+                )
+            )
         finally:
             source.close()
 
     _bounded(probe, timeout_s + 3)
-    return result[0] if result else Check(
-        name, False, f"no keyframe within {timeout_s:.0f} s from {redact_url(cam.source)}",
-        "check the camera's GOP / I-frame interval (at most a few seconds) and its stream")
+    return (
+        result[0]
+        if result
+        else Check(
+            name,
+            False,
+            f"no keyframe within {timeout_s:.0f} s from {redact_url(cam.source)}",
+            "check the camera's GOP / I-frame interval (at most a few seconds) and its stream",
+        )
+    )
 
 
 def _broker(cfg: Config) -> Check:
@@ -255,19 +312,31 @@ def _broker(cfg: Config) -> Check:
         client.on_connect = on_connect
         client.connect(cfg.mqtt.host, cfg.mqtt.port, keepalive=10)
     except (OSError, ValueError) as exc:
-        return Check(name, False, f"{where}: {exc}",
-                     "check mqtt.host/port, the network, and the TLS files (CA, certificate)")
+        return Check(
+            name,
+            False,
+            f"{where}: {exc}",
+            "check mqtt.host/port, the network, and the TLS files (CA, certificate)",
+        )
     client.loop_start()
     try:
         if not done.wait(5):
-            return Check(name, False, f"{where}: no answer to CONNECT in 5 s",
-                         "a firewall may be dropping the traffic")
+            return Check(
+                name,
+                False,
+                f"{where}: no answer to CONNECT in 5 s",
+                "a firewall may be dropping the traffic",
+            )
     finally:
         client.disconnect()
         client.loop_stop()
     if outcome[0]:
-        return Check(name, False, f"{where}: {outcome[0]}",
-                     "check the username/password or the client certificate with the centre")
+        return Check(
+            name,
+            False,
+            f"{where}: {outcome[0]}",
+            "check the username/password or the client certificate with the centre",
+        )
     return Check(name, True, f"{where}: connected")
 
 
@@ -289,28 +358,51 @@ def _dc09(s: Settings, r: Receiver, site: str) -> Check:
     seq, offset, link = secrets.randbelow(9999) + 1, 0.0, Link(r)
     try:
         for _ in range(2):
-            frame = build(message.token, seq, Address(r.account, r.receiver, r.line),
-                          message.data, extended=message.extended,
-                          sent_at=time.time() + offset, key=r.key)
+            frame = build(
+                message.token,
+                seq,
+                Address(r.account, r.receiver, r.line),
+                message.data,
+                extended=message.extended,
+                sent_at=time.time() + offset,
+                key=r.key,
+            )
             reply = link.exchange(frame, seq, s.ack_timeout_s, _Waiting())
             if reply is None:
-                return Check(name, False, f"no answer within {s.ack_timeout_s:g} s ({where})",
-                             "check host, port and tcp/udp with the centre, the firewall, and "
-                             "that the receiver runs")
+                return Check(
+                    name,
+                    False,
+                    f"no answer within {s.ack_timeout_s:g} s ({where})",
+                    "check host, port and tcp/udp with the centre, the firewall, and "
+                    "that the receiver runs",
+                )
             if reply.kind is ReplyKind.NAK and reply.timestamp is not None:
                 offset = reply.timestamp - time.time()
                 continue
             if reply.kind is ReplyKind.DUH:
-                return Check(name, False, f"answered DUH: it does not take a test report "
-                             f"({where})", "ask the centre to accept periodic test reports "
-                             "(RP / 602) on the account, or check dc09.format")
+                return Check(
+                    name,
+                    False,
+                    f"answered DUH: it does not take a test report ({where})",
+                    "ask the centre to accept periodic test reports "
+                    "(RP / 602) on the account, or check dc09.format",
+                )
             clock = f"; its clock is {offset:+.0f} s from ours" if abs(offset) > 1 else ""
             return Check(name, True, f"test report acknowledged ({where}){clock}")
-        return Check(name, False, f"refused the test report twice (NAK; {where})",
-                     "check dc09.account, the AES key file and dc09.format with the centre")
+        return Check(
+            name,
+            False,
+            f"refused the test report twice (NAK; {where})",
+            "check dc09.account, the AES key file and dc09.format with the centre",
+        )
     except (LinkError, FrameError) as exc:
-        return Check(name, False, str(exc), "check host, port and tcp/udp with the centre, "
-                     "the network path to the receiver, and dc09.account")
+        return Check(
+            name,
+            False,
+            str(exc),
+            "check host, port and tcp/udp with the centre, "
+            "the network path to the receiver, and dc09.account",
+        )
     finally:
         link.close()
 

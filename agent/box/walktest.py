@@ -32,8 +32,13 @@ def boot_id() -> str:
 class WalkTest:
     """Test mode of one box, saved in its storage dir. Touches the disk only in load/start/stop."""
 
-    def __init__(self, storage: Path, clock: Clock = time.monotonic, wall: Clock = time.time,
-                 boot: Callable[[], str] = boot_id) -> None:
+    def __init__(
+        self,
+        storage: Path,
+        clock: Clock = time.monotonic,
+        wall: Clock = time.time,
+        boot: Callable[[], str] = boot_id,
+    ) -> None:
         self._path = storage / FILE
         self._clock = clock
         self._wall = wall
@@ -56,8 +61,15 @@ class WalkTest:
             raise ValueError(f"test mode lasts 1 to {MAX_MINUTES} minutes")
         self._until = self._clock() + minutes * 60
         tmp = self._path.with_suffix(".tmp")
-        tmp.write_text(json.dumps({"until_monotonic": self._until, "boot_id": self._boot(),
-                                   "until_wall": self.until_wall()}))
+        tmp.write_text(
+            json.dumps(
+                {
+                    "until_monotonic": self._until,
+                    "boot_id": self._boot(),
+                    "until_wall": self.until_wall(),
+                }
+            )
+        )
         tmp.rename(self._path)
 
     def stop(self) -> None:

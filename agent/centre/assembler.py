@@ -81,13 +81,22 @@ class _Item:
 
 
 class Assembler:
-    def __init__(self, store: Path, prefix: str, ledger: LedgerStore, reporter: Reporter,
-                 limits: Limits, send: Send, tracer: Tracer = no_trace) -> None:
+    def __init__(
+        self,
+        store: Path,
+        prefix: str,
+        ledger: LedgerStore,
+        reporter: Reporter,
+        limits: Limits,
+        send: Send,
+        tracer: Tracer = no_trace,
+    ) -> None:
         self._store, self._prefix, self._ledger = store, prefix, ledger
         self._trace = tracer  # the benches' points (agent/tracing.py)
         self._reporter, self._limits, self._send = reporter, limits, send
         self._queue: FairQueue[_Item] = FairQueue(
-            1 << 30, limits.video_queue_site_bytes, 1 << 30, limits.video_queue_bytes)
+            1 << 30, limits.video_queue_site_bytes, 1 << 30, limits.video_queue_bytes
+        )
         self._holdings = Holdings(store, limits, reporter)  # the video thread's only
         self._receipted: OrderedDict[tuple[str, str, str], float] = OrderedDict()
         self._stopping = threading.Event()
@@ -127,8 +136,9 @@ class Assembler:
             elif topic.kind in ("clip", "live"):
                 header, data = decode_chunk(payload, live=topic.kind == "live")
                 if header.camera_id != topic.camera:
-                    raise ProtocolError(f"a chunk of camera {header.camera_id} on the topic of "
-                                        f"{topic.camera}")
+                    raise ProtocolError(
+                        f"a chunk of camera {header.camera_id} on the topic of {topic.camera}"
+                    )
                 item = _Item(topic.kind, data, header)
                 self._trace(Point.CENTRE_CHUNK, header.sha256)
             else:
@@ -137,8 +147,11 @@ class Assembler:
             self._reporter.report(topic.site, "refused", f"{topic.kind}: {exc}")
             return
         if not self._queue.put(topic.site, item, len(item.payload) + CHUNK_OVERHEAD):
-            self._reporter.report(topic.site, "video_dropped", "more video waits than the "
-                                  "site's share of the queue; chunks dropped")
+            self._reporter.report(
+                topic.site,
+                "video_dropped",
+                "more video waits than the site's share of the queue; chunks dropped",
+            )
 
     # --- on the video thread ------------------------------------------------------------------
 
@@ -182,17 +195,22 @@ class Assembler:
                 self._check_copy(site, header, self._part_sha(site, header))
             return
         if (header.final and stream.final not in (None, header.segment)) or (
-                not live and stream.final is not None and header.segment > stream.final):
-            raise ProtocolError(f"clip {header.event_id}/{header.camera_id}: a segment "
-                                "disagrees with the final segment named before")
+            not live and stream.final is not None and header.segment > stream.final
+        ):
+            raise ProtocolError(
+                f"clip {header.event_id}/{header.camera_id}: a segment "
+                "disagrees with the final segment named before"
+            )
         seg = stream.assembling.setdefault(header.segment, Segment(header))
         if asdict(seg.header) | {"chunk": 0} != asdict(header) | {"chunk": 0}:
             raise ProtocolError(f"chunk {header.message_id} disagrees with its segment")
         if header.chunk in seg.chunks:
             return
         if header.size > self._limits.assembly_site_bytes:
-            raise ProtocolError(f"a segment of {header.size} bytes exceeds the site's "
-                                f"{self._limits.assembly_site_bytes} bytes of assembly memory")
+            raise ProtocolError(
+                f"a segment of {header.size} bytes exceeds the site's "
+                f"{self._limits.assembly_site_bytes} bytes of assembly memory"
+            )
         holdings.make_room(site, key, len(data) + CHUNK_OVERHEAD)
         if holdings.touch(site, key) is None:  # dropped to make room for itself: start again
             stream = holdings.open(site, key)
@@ -209,22 +227,39 @@ class Assembler:
         body = b"".join(seg.chunks[i] for i in range(h.chunks))
         done = [i for i in stream.assembling if (i <= h.segment if live else i == h.segment)]
         for i in done:  # live: the older ones were skipped by the box and will not complete
-            holdings.charge(site, stream, -sum(len(c) + CHUNK_OVERHEAD
-                                               for c in stream.assembling.pop(i).chunks.values()))
+            holdings.charge(
+                site,
+                stream,
+                -sum(len(c) + CHUNK_OVERHEAD for c in stream.assembling.pop(i).chunks.values()),
+            )
         if len(body) != h.size or hashlib.sha256(body).hexdigest() != h.sha256:
-            self._reporter.report(site, "bad_segment", f"{h.event_id}/{h.camera_id} segment "
-                                  f"{h.segment} failed its sha256 check; dropped")
+            self._reporter.report(
+                site,
+                "bad_segment",
+                f"{h.event_id}/{h.camera_id} segment {h.segment} failed its sha256 check; dropped",
+            )
             return
         if live:
             path = self._store / site / "live" / h.event_id / f"{h.camera_id}.ts"
             new = not path.exists()
             # Beside the growing file, one line per segment: where it is and when it was
             # filmed (the box's clock), for the console's live view and its latency.
-            line = dumps({"segment": h.segment, "start": h.start, "end": h.end,
-                          "size": len(body), "final": h.final}) + b"\n"
+            line = (
+                dumps(
+                    {
+                        "segment": h.segment,
+                        "start": h.start,
+                        "end": h.end,
+                        "size": len(body),
+                        "final": h.final,
+                    }
+                )
+                + b"\n"
+            )
             size = len(body) + len(line)
-            if holdings.reserve(site, size, file_charge(len(body)) + file_charge(len(line))
-                                if new else size):
+            if holdings.reserve(
+                site, size, file_charge(len(body)) + file_charge(len(line)) if new else size
+            ):
                 path.parent.mkdir(parents=True, exist_ok=True)
                 with open(path, "ab") as f:
                     f.write(body)
@@ -233,15 +268,21 @@ class Assembler:
                 self._trace(Point.CENTRE_LIVE, h.sha256)
             stream.last = h.segment
             if h.final:
-                log.info("live %s from %s/%s ended (%d segments)", h.event_id, site,
-                         h.camera_id, h.segment + 1)
+                log.info(
+                    "live %s from %s/%s ended (%d segments)",
+                    h.event_id,
+                    site,
+                    h.camera_id,
+                    h.segment + 1,
+                )
                 holdings.drop(site, key)
             return
         part = holdings.part(site, h.event_id, h.camera_id, h.segment)
         line = dumps({**asdict(h), "chunk": 0}) + b"\n"
         size = len(line) + len(body)
-        if not holdings.reserve(site, size, file_charge(size)
-                                + (file_charge(1) if h.final else 0)):  # and the FINAL marker
+        if not holdings.reserve(
+            site, size, file_charge(size) + (file_charge(1) if h.final else 0)
+        ):  # and the FINAL marker
             return
         part.parent.mkdir(parents=True, exist_ok=True)
         write_once(part, line + body)
@@ -277,18 +318,24 @@ class Assembler:
             os.link(tmp, path)  # evidence: never over an existing file
         except FileExistsError:
             if file_sha256(path) != digest.hexdigest():
-                self._reporter.report(site, "second_copy", f"clip {event}/{camera}: another "
-                                      f"copy is already in {path}; kept it, refused this one",
-                                      logging.ERROR)
+                self._reporter.report(
+                    site,
+                    "second_copy",
+                    f"clip {event}/{camera}: another "
+                    f"copy is already in {path}; kept it, refused this one",
+                    logging.ERROR,
+                )
                 return
         finally:
             tmp.unlink(missing_ok=True)
-        verdict = json.dumps({"verified": not problem, "problem": problem,
-                              "segments": final + 1}).encode()
+        verdict = json.dumps(
+            {"verified": not problem, "problem": problem, "segments": final + 1}
+        ).encode()
         write_once(folder / f"{camera}.verify.json", verdict)
         manifest = [h.sha256 for h in headers]
-        self._ledger.add_clip(site, event, camera, path, size, digest.hexdigest(), manifest,
-                              problem)
+        self._ledger.add_clip(
+            site, event, camera, path, size, digest.hexdigest(), manifest, problem
+        )
         shutil.rmtree(parts[0].parent, ignore_errors=True)
         with contextlib.suppress(OSError):  # the event's folder, once no camera is left in it
             parts[0].parent.parent.rmdir()
@@ -312,9 +359,14 @@ class Assembler:
 
     def _check_copy(self, site: str, header: ChunkHeader, known: str) -> None:
         if known != header.sha256:
-            self._reporter.report(site, "second_copy", f"clip {header.event_id}/"
-                                  f"{header.camera_id} segment {header.segment} came again with "
-                                  "different content; the first copy is kept", logging.ERROR)
+            self._reporter.report(
+                site,
+                "second_copy",
+                f"clip {header.event_id}/"
+                f"{header.camera_id} segment {header.segment} came again with "
+                "different content; the first copy is kept",
+                logging.ERROR,
+            )
         elif header.final:
             self._receipt(site, header.event_id, header.camera_id)
 
@@ -328,18 +380,26 @@ class Assembler:
         self._receipted.move_to_end(key)
         while len(self._receipted) > 1024:
             self._receipted.popitem(last=False)
-        self._send(Topics(self._prefix, site).receipt,
-                   Receipt(clips=((event, camera),)).to_json())
+        self._send(Topics(self._prefix, site).receipt, Receipt(clips=((event, camera),)).to_json())
 
     def _pubkey(self, site: str, pem: bytes) -> None:
         path = self._store / "keys" / f"{site}.pub"
         if pin_box_key(path, pem):
-            log.warning("site %s: box key trusted on first use (%s); register box keys at "
-                        "install to close that gap", site, path)
+            log.warning(
+                "site %s: box key trusted on first use (%s); register box keys at "
+                "install to close that gap",
+                site,
+                path,
+            )
         elif path.read_bytes().strip() != pem.strip():
-            self._reporter.report(site, "key_changed", "the box presented a DIFFERENT key; "
-                                  f"keeping the pinned one ({path}). If the box was replaced, "
-                                  "put its new key there", logging.ERROR)
+            self._reporter.report(
+                site,
+                "key_changed",
+                "the box presented a DIFFERENT key; "
+                f"keeping the pinned one ({path}). If the box was replaced, "
+                "put its new key there",
+                logging.ERROR,
+            )
 
     def _part_sha(self, site: str, header: ChunkHeader) -> str:
         path = self._holdings.part(site, header.event_id, header.camera_id, header.segment)

@@ -38,7 +38,8 @@ def refuse_key_in_store(store: Path) -> None:
         raise AgentError(
             f"{store / KEY_NAME} is the centre's signing key, in the receiver's store: move it "
             f"to the commanding user's {default_key_dir() / KEY_NAME} (mode 0600) or give "
-            "--key, then start the receiver again")
+            "--key, then start the receiver again"
+        )
 
 
 def site_of_event(store: Path, event_id: str, site: str | None = None) -> str:
@@ -56,13 +57,22 @@ def site_of_event(store: Path, event_id: str, site: str | None = None) -> str:
     if not sites:
         raise AgentError(f"no alarm {event_id} in {store}; is --store the receiver's store?")
     if len(sites) > 1:
-        raise AgentError(f"alarm {event_id} was sent by several sites ({', '.join(sites)}); "
-                         "one copied the other's id: say which with --site")
+        raise AgentError(
+            f"alarm {event_id} was sent by several sites ({', '.join(sites)}); "
+            "one copied the other's id: say which with --site"
+        )
     return sites[0]
 
 
-def send_command(broker: Endpoint | str, topic_prefix: str, site_id: str, key_file: Path,
-                 name: str, args: dict[str, Any], timeout_s: float = 10.0) -> dict[str, Any]:
+def send_command(
+    broker: Endpoint | str,
+    topic_prefix: str,
+    site_id: str,
+    key_file: Path,
+    name: str,
+    args: dict[str, Any],
+    timeout_s: float = 10.0,
+) -> dict[str, Any]:
     """Sign a command with the centre's key, publish it, and wait for the box's result.
     ``broker``: an Endpoint, or a plain ``mqtt://`` URL."""
     endpoint = broker if isinstance(broker, Endpoint) else Endpoint.parse(broker)
@@ -102,13 +112,17 @@ def send_command(broker: Endpoint | str, topic_prefix: str, site_id: str, key_fi
     client.loop_start()
     try:
         if not subscribed.wait(timeout_s) or refused:
-            raise AgentError(f"the broker {endpoint} did not let us in "
-                             f"({refused[0] if refused else 'no answer'}): check the centre's "
-                             "certificate (--tls-cert, --tls-key) and the broker's ACL")
+            raise AgentError(
+                f"the broker {endpoint} did not let us in "
+                f"({refused[0] if refused else 'no answer'}): check the centre's "
+                "certificate (--tls-cert, --tls-key) and the broker's ACL"
+            )
         client.publish(topics.cmd, payload, qos=1)  # never retained: a reconnect never replays
         if not got.wait(timeout_s):
-            raise AgentError(f"no result from {site_id} within {timeout_s:.0f} s: is the box "
-                             "online and does it have the centre's public key?")
+            raise AgentError(
+                f"no result from {site_id} within {timeout_s:.0f} s: is the box "
+                "online and does it have the centre's public key?"
+            )
     finally:
         client.disconnect()
         client.loop_stop()

@@ -71,16 +71,16 @@ def file_charge(size: int) -> int:
     return max(size, MIN_FILE_CHARGE)
 
 
-def verify_clip(key_file: Path, site: str, event: str, camera: str,
-                headers: list[ChunkHeader]) -> str:
+def verify_clip(
+    key_file: Path, site: str, event: str, camera: str, headers: list[ChunkHeader]
+) -> str:
     """Why this clip cannot be trusted; "" when its chain and the box's signature hold."""
     problem = chain_problem([Link(h.sha256, h.prev, h.link) for h in headers])
     if problem:
         return problem
     if not key_file.exists():
         return f"no box key for site {site} in {key_file.parent}"
-    statement = clip_statement(site, event, camera, headers[0].prev, headers[-1].link,
-                               len(headers))
+    statement = clip_statement(site, event, camera, headers[0].prev, headers[-1].link, len(headers))
     if not signature_ok(load_public_pem(key_file.read_bytes()), statement, headers[-1].sig):
         return "the box's signature does not match (forged, cut short or re-signed)"
     return ""

@@ -108,20 +108,27 @@ class Holdings:
         limits, state = self._limits, self.sites[site]
         while state.held + n > limits.assembly_site_bytes and state.streams:
             victim = next(iter(state.streams))
-            self.evict(site, victim, f"its {limits.assembly_site_bytes} bytes of assembly "
-                       "memory were full")
+            self.evict(
+                site, victim, f"its {limits.assembly_site_bytes} bytes of assembly memory were full"
+            )
             if victim == keep:
                 break
         while self.held + n > limits.assembly_bytes:
             hog_site, hog = max(self.sites.items(), key=lambda kv: kv[1].held)
             if not hog.streams:
                 break
-            self.evict(hog_site, next(iter(hog.streams)),
-                       f"the centre's {limits.assembly_bytes} bytes of assembly memory were full")
+            self.evict(
+                hog_site,
+                next(iter(hog.streams)),
+                f"the centre's {limits.assembly_bytes} bytes of assembly memory were full",
+            )
 
     def evict(self, site: str, key: Key, why: str) -> None:
-        self._reporter.report(site, "evicted", f"{key[2]} {key[0]}/{key[1]} dropped from memory "
-                              f"(incomplete segments lost): {why}")
+        self._reporter.report(
+            site,
+            "evicted",
+            f"{key[2]} {key[0]}/{key[1]} dropped from memory (incomplete segments lost): {why}",
+        )
         self.drop(site, key)
 
     def drop(self, site: str, key: Key) -> None:
@@ -141,14 +148,22 @@ class Holdings:
         if state.usage is None:
             state.usage = disk_charge(self._store / site)
         if state.usage + cost > self._limits.site_quota_bytes:
-            self._reporter.report(site, "over_quota", f"the site's video is over its quota of "
-                                  f"{self._limits.site_quota_bytes} bytes; video refused: move "
-                                  "old clips to the archive or raise --site-quota-gb",
-                                  logging.ERROR)
+            self._reporter.report(
+                site,
+                "over_quota",
+                f"the site's video is over its quota of "
+                f"{self._limits.site_quota_bytes} bytes; video refused: move "
+                "old clips to the archive or raise --site-quota-gb",
+                logging.ERROR,
+            )
             return False
         if shutil.disk_usage(self._store).free - n < self._limits.min_free_bytes:
-            self._reporter.report(site, "disk_reserve", "free space is down to the reserve kept "
-                                  "for alarms; video refused", logging.ERROR)
+            self._reporter.report(
+                site,
+                "disk_reserve",
+                "free space is down to the reserve kept for alarms; video refused",
+                logging.ERROR,
+            )
             return False
         state.usage += cost
         return True
@@ -177,5 +192,8 @@ class Holdings:
                 if site in self.sites:
                     self.drop(site, (event, camera, "clip"))
                     self.sites[site].usage = None
-                self._reporter.report(site, "expired", f"clip {event}/{camera} never completed; "
-                                      "its partial segments were removed")
+                self._reporter.report(
+                    site,
+                    "expired",
+                    f"clip {event}/{camera} never completed; its partial segments were removed",
+                )

@@ -52,9 +52,13 @@ class Limits:
         quarter of each (at most 64 and 16 MiB) for one site."""
         total = memory_mb * MiB
         assembly, queue = total * 3 // 4, total // 4
-        return cls(assembly_bytes=assembly, assembly_site_bytes=min(64 * MiB, assembly // 4),
-                   video_queue_bytes=queue, video_queue_site_bytes=min(16 * MiB, queue // 4),
-                   **others)  # type: ignore[arg-type]
+        return cls(
+            assembly_bytes=assembly,
+            assembly_site_bytes=min(64 * MiB, assembly // 4),
+            video_queue_bytes=queue,
+            video_queue_site_bytes=min(16 * MiB, queue // 4),
+            **others,  # type: ignore[arg-type]
+        )
 
 
 class FairQueue(Generic[T]):
@@ -65,8 +69,9 @@ class FairQueue(Generic[T]):
     other busy site, however many the others have queued. Any thread may put; one thread gets.
     """
 
-    def __init__(self, site_items: int, site_bytes: int, total_items: int,
-                 total_bytes: int) -> None:
+    def __init__(
+        self, site_items: int, site_bytes: int, total_items: int, total_bytes: int
+    ) -> None:
         self._caps = (site_items, site_bytes, total_items, total_bytes)
         self._cond = threading.Condition()  # guards everything below
         self._queues: dict[str, deque[tuple[T, int]]] = {}
@@ -80,8 +85,12 @@ class FairQueue(Generic[T]):
         with self._cond:
             queue = self._queues.get(site)
             held = self._site_bytes.get(site, 0)
-            if (queue is not None and len(queue) >= site_items) or held + size > site_bytes \
-                    or self._items >= total_items or self._bytes + size > total_bytes:
+            if (
+                (queue is not None and len(queue) >= site_items)
+                or held + size > site_bytes
+                or self._items >= total_items
+                or self._bytes + size > total_bytes
+            ):
                 return False
             if queue is None:
                 queue = self._queues[site] = deque()
@@ -121,8 +130,9 @@ class FairQueue(Generic[T]):
             self._cond.notify_all()
 
 
-def end_worker(thread: threading.Thread | None, stopping: threading.Event,
-               queue: FairQueue[T], timeout: float) -> bool:
+def end_worker(
+    thread: threading.Thread | None, stopping: threading.Event, queue: FairQueue[T], timeout: float
+) -> bool:
     """Tell a queue's worker to stop, wake it, and wait up to ``timeout`` for it to finish
     what it is doing; False if it is still busy then."""
     stopping.set()
@@ -156,8 +166,9 @@ class Reporter:
     held back. A box repeating a refused message ten thousand times a second makes one line per
     interval, not a flood that journald's rate limit would cut together with honest alarms."""
 
-    def __init__(self, ledger: LedgerStore, every_s: float,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self, ledger: LedgerStore, every_s: float, clock: Callable[[], float] = time.monotonic
+    ) -> None:
         self._ledger, self._every_s, self._clock = ledger, every_s, clock
         self._lock = threading.Lock()  # guards _last; the ledger has its own
         self._last: dict[tuple[str, str], tuple[float, int]] = {}  # -> (when, held back since)

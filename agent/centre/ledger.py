@@ -177,9 +177,15 @@ class Ledger:
         """The ledger in ``directory``. Only the receiver, its one writer, passes ``recover``
         to move a corrupt file aside; a command beside it must not pull the file from under
         it, so it fails with the reason instead."""
-        opened = open_db(directory / "centre.db", _setup, what="ledger", sync=Sync.FULL,
-                         quarantine=recover, lost="the seq gaps, clip records and reports "
-                         "before now are forgotten; every alarm is still in alarms.jsonl")
+        opened = open_db(
+            directory / "centre.db",
+            _setup,
+            what="ledger",
+            sync=Sync.FULL,
+            quarantine=recover,
+            lost="the seq gaps, clip records and reports "
+            "before now are forgotten; every alarm is still in alarms.jsonl",
+        )
         return cls(opened.conn)
 
     def close(self) -> None:
@@ -197,14 +203,16 @@ class Ledger:
 
     # --- alarms ---------------------------------------------------------------------------
 
-    def add_alarm(self, alarm: Alarm, payload: bytes, test: bool,
-                  now: float | None = None) -> Stored:
+    def add_alarm(
+        self, alarm: Alarm, payload: bytes, test: bool, now: float | None = None
+    ) -> Stored:
         """Store an alarm once per (site, event), with the centre's ``test`` decision; find
         the gap it opens in its site's seq, or the gap it fills."""
         return self.add_alarms([(alarm, payload, test)], now)[0]
 
-    def add_alarms(self, alarms: list[tuple[Alarm, bytes, bool]],
-                   now: float | None = None) -> list[Stored]:
+    def add_alarms(
+        self, alarms: list[tuple[Alarm, bytes, bool]], now: float | None = None
+    ) -> list[Stored]:
         """:meth:`add_alarm` for alarms that arrived together, in one transaction: one fsync
         for all of them (group commit: agent/centre/receiver.py)."""
         received = _at(now)
@@ -215,40 +223,69 @@ class Ledger:
         text = payload.decode()
         cur = self._conn.execute(
             "INSERT OR IGNORE INTO alarms VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            (alarm.site_id, alarm.event_id, alarm.seq, alarm.button_id, alarm.kind,
-             int(test), int(alarm.test), alarm.pressed_at, received, text))
+            (
+                alarm.site_id,
+                alarm.event_id,
+                alarm.seq,
+                alarm.button_id,
+                alarm.kind,
+                int(test),
+                int(alarm.test),
+                alarm.pressed_at,
+                received,
+                text,
+            ),
+        )
         if cur.rowcount == 0:
             (first,) = self._conn.execute(
                 "SELECT payload FROM alarms WHERE site_id = ? AND event_id = ?",
-                (alarm.site_id, alarm.event_id)).fetchone()
+                (alarm.site_id, alarm.event_id),
+            ).fetchone()
             return Stored(new=False, differs=first != text)
-        closed = self._conn.execute("DELETE FROM gaps WHERE site_id = ? AND seq = ?",
-                                    (alarm.site_id, alarm.seq)).rowcount > 0
+        closed = (
+            self._conn.execute(
+                "DELETE FROM gaps WHERE site_id = ? AND seq = ?", (alarm.site_id, alarm.seq)
+            ).rowcount
+            > 0
+        )
         (top,) = self._conn.execute(
             "SELECT MAX(seq) FROM alarms WHERE site_id = ? AND event_id != ?",
-            (alarm.site_id, alarm.event_id)).fetchone()
+            (alarm.site_id, alarm.event_id),
+        ).fetchone()
         if top is None or alarm.seq <= top + 1:
             if top is not None and alarm.seq <= top and not closed:
-                log.warning("site %s: seq %d after %d: was the box's outbox reset?",
-                            alarm.site_id, alarm.seq, top)
+                log.warning(
+                    "site %s: seq %d after %d: was the box's outbox reset?",
+                    alarm.site_id,
+                    alarm.seq,
+                    top,
+                )
             return Stored(new=True, gap_closed=closed)
         first_missing, last = top + 1, alarm.seq - 1
         self._conn.executemany(
             "INSERT OR IGNORE INTO gaps VALUES (?, ?, ?)",
-            [(alarm.site_id, s, received)
-             for s in range(max(first_missing, last - MAX_GAP_ROWS + 1), last + 1)])
+            [
+                (alarm.site_id, s, received)
+                for s in range(max(first_missing, last - MAX_GAP_ROWS + 1), last + 1)
+            ],
+        )
         return Stored(new=True, gap_opened=(first_missing, last), gap_closed=closed)
 
     def has_alarm(self, site_id: str, event_id: str) -> bool:
         with self._lock:
-            return self._conn.execute("SELECT 1 FROM alarms WHERE site_id = ? AND event_id = ?",
-                                      (site_id, event_id)).fetchone() is not None
+            return (
+                self._conn.execute(
+                    "SELECT 1 FROM alarms WHERE site_id = ? AND event_id = ?", (site_id, event_id)
+                ).fetchone()
+                is not None
+            )
 
     def sites_of(self, event_id: str) -> list[str]:
         """Every site that has an alarm with this event id (one, unless a box copied it)."""
         with self._lock:
-            rows = self._conn.execute("SELECT site_id FROM alarms WHERE event_id = ? "
-                                      "ORDER BY site_id", (event_id,)).fetchall()
+            rows = self._conn.execute(
+                "SELECT site_id FROM alarms WHERE event_id = ? ORDER BY site_id", (event_id,)
+            ).fetchall()
         return [str(r[0]) for r in rows]
 
     def received(self) -> dict[tuple[str, str], str]:
@@ -260,46 +297,59 @@ class Ledger:
     def alarms(self, site_id: str | None = None) -> list[dict[str, Any]]:
         sql = "SELECT payload FROM alarms" + (" WHERE site_id = ?" if site_id else "")
         with self._lock:
-            rows = self._conn.execute(sql + " ORDER BY site_id, seq",
-                                      (site_id,) if site_id else ()).fetchall()
+            rows = self._conn.execute(
+                sql + " ORDER BY site_id, seq", (site_id,) if site_id else ()
+            ).fetchall()
         return [json.loads(r[0]) for r in rows]
 
     # --- sites ----------------------------------------------------------------------------
 
-    def site_status(self, site_id: str, state: str, status: str, test_until: str | None,
-                    now: float | None = None) -> bool:
+    def site_status(
+        self,
+        site_id: str,
+        state: str,
+        status: str,
+        test_until: str | None,
+        now: float | None = None,
+    ) -> bool:
         """Record a site's retained status and announced walk test; True when its state
         changed."""
         at = _at(now)
         with self._bookkeeping() as conn:
-            row = conn.execute("SELECT state FROM sites WHERE site_id = ?",
-                               (site_id,)).fetchone()
+            row = conn.execute("SELECT state FROM sites WHERE site_id = ?", (site_id,)).fetchone()
             changed = row is None or row[0] != state
             if changed:
-                conn.execute("INSERT OR REPLACE INTO sites VALUES (?, ?, ?, ?, ?)",
-                             (site_id, state, at, status, test_until))
+                conn.execute(
+                    "INSERT OR REPLACE INTO sites VALUES (?, ?, ?, ?, ?)",
+                    (site_id, state, at, status, test_until),
+                )
             else:
-                conn.execute("UPDATE sites SET status = ?, test_until = ? WHERE site_id = ?",
-                             (status, test_until, site_id))
+                conn.execute(
+                    "UPDATE sites SET status = ?, test_until = ? WHERE site_id = ?",
+                    (status, test_until, site_id),
+                )
         return changed
 
     def test_until(self, site_id: str) -> str | None:
         """The end of the walk test the site announced last (its box's clock), if any."""
         with self._lock:
-            row = self._conn.execute("SELECT test_until FROM sites WHERE site_id = ?",
-                                     (site_id,)).fetchone()
+            row = self._conn.execute(
+                "SELECT test_until FROM sites WHERE site_id = ?", (site_id,)
+            ).fetchone()
         return None if row is None or row[0] is None else str(row[0])
 
     def sites(self) -> list[tuple[str, str, str]]:
         with self._lock:
             rows = self._conn.execute(
-                "SELECT site_id, state, changed_at FROM sites ORDER BY site_id").fetchall()
+                "SELECT site_id, state, changed_at FROM sites ORDER BY site_id"
+            ).fetchall()
         return [(str(a), str(b), str(c)) for a, b, c in rows]
 
     def gaps(self) -> dict[str, list[int]]:
         with self._lock:
             rows = self._conn.execute(
-                "SELECT site_id, seq FROM gaps ORDER BY site_id, seq").fetchall()
+                "SELECT site_id, seq FROM gaps ORDER BY site_id, seq"
+            ).fetchall()
         out: dict[str, list[int]] = {}
         for site, seq in rows:
             out.setdefault(str(site), []).append(int(seq))
@@ -307,26 +357,52 @@ class Ledger:
 
     # --- clips ----------------------------------------------------------------------------
 
-    def add_clip(self, site_id: str, event_id: str, camera_id: str, path: Path, size: int,
-                 sha256: str, manifest: list[str], problem: str) -> bool:
+    def add_clip(
+        self,
+        site_id: str,
+        event_id: str,
+        camera_id: str,
+        path: Path,
+        size: int,
+        sha256: str,
+        manifest: list[str],
+        problem: str,
+    ) -> bool:
         """Record a written clip; False (and nothing changed) if one is already recorded."""
         with self._lock, self._conn:
-            return self._conn.execute(
-                "INSERT OR IGNORE INTO clips VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                (site_id, event_id, camera_id, str(path), len(manifest), size, sha256,
-                 json.dumps(manifest), _at(None), int(not problem), problem)).rowcount == 1
+            return (
+                self._conn.execute(
+                    "INSERT OR IGNORE INTO clips VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    (
+                        site_id,
+                        event_id,
+                        camera_id,
+                        str(path),
+                        len(manifest),
+                        size,
+                        sha256,
+                        json.dumps(manifest),
+                        _at(None),
+                        int(not problem),
+                        problem,
+                    ),
+                ).rowcount
+                == 1
+            )
 
     def clip(self, site_id: str, event_id: str, camera_id: str) -> ClipRecord | None:
         with self._lock:
             row = self._conn.execute(
                 "SELECT path, sha256, manifest, problem FROM clips WHERE site_id = ? AND "
-                "event_id = ? AND camera_id = ?", (site_id, event_id, camera_id)).fetchone()
+                "event_id = ? AND camera_id = ?",
+                (site_id, event_id, camera_id),
+            ).fetchone()
         if row is None:
             return None
         return ClipRecord(str(row[0]), str(row[1]), tuple(json.loads(row[2])), str(row[3]))
 
     def clip_problem(self, site_id: str, event_id: str, camera_id: str) -> str | None:
-        """"" for a verified clip, the reason for one that failed, None if there is none."""
+        """ "" for a verified clip, the reason for one that failed, None if there is none."""
         record = self.clip(site_id, event_id, camera_id)
         return None if record is None else record.problem
 
@@ -335,12 +411,15 @@ class Ledger:
     def report(self, site_id: str, what: str, detail: str, now: float | None = None) -> None:
         """Record something the operator must see about a site; its newest reports are kept."""
         with self._bookkeeping() as conn:
-            conn.execute("INSERT INTO reports (site_id, at, what, detail) VALUES (?, ?, ?, ?)",
-                         (site_id, _at(now), what, detail))
+            conn.execute(
+                "INSERT INTO reports (site_id, at, what, detail) VALUES (?, ?, ?, ?)",
+                (site_id, _at(now), what, detail),
+            )
             conn.execute(
                 "DELETE FROM reports WHERE site_id = ? AND id <= (SELECT id FROM reports "
                 "WHERE site_id = ? ORDER BY id DESC LIMIT 1 OFFSET ?)",
-                (site_id, site_id, REPORTS_PER_SITE))
+                (site_id, site_id, REPORTS_PER_SITE),
+            )
 
     def reports(self, site_id: str | None = None, newest: int = 50) -> list[Report]:
         """The newest reports (of one site), oldest first."""
@@ -348,13 +427,21 @@ class Ledger:
         with self._lock:
             rows = self._conn.execute(
                 sql + (" WHERE site_id = ?" if site_id else "") + " ORDER BY id DESC LIMIT ?",
-                (site_id, newest) if site_id else (newest,)).fetchall()
+                (site_id, newest) if site_id else (newest,),
+            ).fetchall()
         return [Report(*map(str, row)) for row in reversed(rows)]
 
     # --- the receiver's own connections ---------------------------------------------------
 
-    def link_changed(self, receiver: str, link: str, up: bool, error: str = "",
-                     now: float | None = None, outage: bool = True) -> None:
+    def link_changed(
+        self,
+        receiver: str,
+        link: str,
+        up: bool,
+        error: str = "",
+        now: float | None = None,
+        outage: bool = True,
+    ) -> None:
         """The receiver lost (``up`` False) or regained one of its broker connections; a clean
         stop is no outage (``outage`` False)."""
         at = _at(now)
@@ -365,16 +452,27 @@ class Ledger:
                 "lost_at = CASE WHEN up AND NOT :up AND :outage THEN :at ELSE lost_at END, "
                 "regained_at = CASE WHEN :up AND NOT up THEN :at ELSE regained_at END, "
                 "outages = outages + (up AND NOT :up AND :outage)",
-                {"receiver": receiver, "link": link, "up": int(up), "at": at,
-                 "lost": None if up else at, "error": error, "outage": int(outage)})
+                {
+                    "receiver": receiver,
+                    "link": link,
+                    "up": int(up),
+                    "at": at,
+                    "lost": None if up else at,
+                    "error": error,
+                    "outage": int(outage),
+                },
+            )
 
     def links(self) -> list[LinkState]:
         with self._lock:
             rows = self._conn.execute(
                 "SELECT receiver, link, up, since, lost_at, regained_at, outages, last_error "
-                "FROM links ORDER BY receiver, link").fetchall()
-        return [LinkState(str(r[0]), str(r[1]), bool(r[2]), str(r[3]), r[4], r[5], int(r[6]),
-                          str(r[7])) for r in rows]
+                "FROM links ORDER BY receiver, link"
+            ).fetchall()
+        return [
+            LinkState(str(r[0]), str(r[1]), bool(r[2]), str(r[3]), r[4], r[5], int(r[6]), str(r[7]))
+            for r in rows
+        ]
 
 
 def _setup(conn: sqlite3.Connection) -> None:
@@ -388,8 +486,10 @@ def _create(conn: sqlite3.Connection) -> None:
     try:
         (version,) = conn.execute("PRAGMA user_version").fetchone()
         if version > VERSION:
-            raise AgentError(f"the ledger is version {version}, made by a newer edge-agent "
-                             f"than this one (version {VERSION}): upgrade this one")
+            raise AgentError(
+                f"the ledger is version {version}, made by a newer edge-agent "
+                f"than this one (version {VERSION}): upgrade this one"
+            )
         if version < VERSION and _has_table(conn, "alarms"):
             _migrate(conn)
         for statement in _SCHEMA.split(";")[:-1]:
@@ -402,8 +502,12 @@ def _create(conn: sqlite3.Connection) -> None:
 
 
 def _has_table(conn: sqlite3.Connection, name: str) -> bool:
-    return conn.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?",
-                        (name,)).fetchone() is not None
+    return (
+        conn.execute(
+            "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?", (name,)
+        ).fetchone()
+        is not None
+    )
 
 
 def _migrate(conn: sqlite3.Connection) -> None:
@@ -418,5 +522,10 @@ def _migrate(conn: sqlite3.Connection) -> None:
         conn.execute(_MIGRATE[table])
     (old,) = conn.execute("SELECT COUNT(*) FROM legacy_alarms").fetchone()
     (kept,) = conn.execute("SELECT COUNT(*) FROM alarms").fetchone()
-    log.warning("ledger migrated to version %d: %d of %d alarms copied; the rest had a wrong "
-                "type (kept in legacy_alarms)", VERSION, kept, old)
+    log.warning(
+        "ledger migrated to version %d: %d of %d alarms copied; the rest had a wrong "
+        "type (kept in legacy_alarms)",
+        VERSION,
+        kept,
+        old,
+    )

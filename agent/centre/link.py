@@ -57,8 +57,13 @@ class Endpoint:
     key_file: Path | None = None
 
     @classmethod
-    def parse(cls, url: str, ca_file: Path | None = None, cert_file: Path | None = None,
-              key_file: Path | None = None) -> Endpoint:
+    def parse(
+        cls,
+        url: str,
+        ca_file: Path | None = None,
+        cert_file: Path | None = None,
+        key_file: Path | None = None,
+    ) -> Endpoint:
         parsed = urlparse(url)
         try:
             port = parsed.port
@@ -71,24 +76,29 @@ class Endpoint:
             raise AgentError("--tls-cert and --tls-key go together: give both, or neither")
         if not tls and (ca_file or cert_file):
             raise AgentError("TLS files given for a plain mqtt:// broker: use mqtts://")
-        return cls(parsed.hostname, port or (8883 if tls else 1883), tls, ca_file, cert_file,
-                   key_file)
+        return cls(
+            parsed.hostname, port or (8883 if tls else 1883), tls, ca_file, cert_file, key_file
+        )
 
     def __str__(self) -> str:
         return f"{'mqtts' if self.tls else 'mqtt'}://{self.host}:{self.port}"
 
     def client(self, client_id: str) -> mqtt.Client:
         """A paho MQTT 5 client with our TLS: the one place it is applied."""
-        client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id,
-                             protocol=mqtt.MQTTv5)
+        client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id, protocol=mqtt.MQTTv5)
         client.connect_timeout = 5.0
         if self.tls:
             try:
-                client.tls_set(ca_certs=_str(self.ca_file), certfile=_str(self.cert_file),
-                               keyfile=_str(self.key_file), cert_reqs=ssl.CERT_REQUIRED)
+                client.tls_set(
+                    ca_certs=_str(self.ca_file),
+                    certfile=_str(self.cert_file),
+                    keyfile=_str(self.key_file),
+                    cert_reqs=ssl.CERT_REQUIRED,
+                )
             except (OSError, ValueError) as exc:  # ssl.SSLError is an OSError
-                raise AgentError(f"cannot use the TLS files ({exc}): check --tls-ca, "
-                                 "--tls-cert and --tls-key") from exc
+                raise AgentError(
+                    f"cannot use the TLS files ({exc}): check --tls-ca, --tls-cert and --tls-key"
+                ) from exc
         return client
 
 
@@ -102,8 +112,10 @@ def _read_burst(client: mqtt.Client, sock: Any, fd: int) -> MQTTErrorCode:
         rc = client.loop_read()
         if rc != MQTTErrorCode.MQTT_ERR_SUCCESS or client.socket() is not sock:
             break
-        if not (isinstance(sock, ssl.SSLSocket) and sock.pending()) and not select.select(
-                [fd], [], [], 0)[0]:
+        if (
+            not (isinstance(sock, ssl.SSLSocket) and sock.pending())
+            and not select.select([fd], [], [], 0)[0]
+        ):
             break
     return rc
 
@@ -127,11 +139,19 @@ class Link:
     ``hello()`` is published on every connect and ``will`` is the MQTT will.
     """
 
-    def __init__(self, name: str, endpoint: Endpoint, client_id: str,
-                 subscriptions: Sequence[str], on_message: Callable[[str, bytes], None], *,
-                 on_change: Callable[[bool, str], None] | None = None,
-                 hello: Callable[[], Message] | None = None, will: Message | None = None,
-                 backoff: Backoff | None = None) -> None:
+    def __init__(
+        self,
+        name: str,
+        endpoint: Endpoint,
+        client_id: str,
+        subscriptions: Sequence[str],
+        on_message: Callable[[str, bytes], None],
+        *,
+        on_change: Callable[[bool, str], None] | None = None,
+        hello: Callable[[], Message] | None = None,
+        will: Message | None = None,
+        backoff: Backoff | None = None,
+    ) -> None:
         self.name = name
         self._endpoint = endpoint
         self._client_id = client_id
@@ -205,8 +225,13 @@ class Link:
         props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
         props.SessionExpiryInterval = SESSION_EXPIRY_S
         try:
-            client.connect(self._endpoint.host, self._endpoint.port, keepalive=KEEPALIVE_S,
-                           clean_start=False, properties=props)
+            client.connect(
+                self._endpoint.host,
+                self._endpoint.port,
+                keepalive=KEEPALIVE_S,
+                clean_start=False,
+                properties=props,
+            )
         except (OSError, ValueError) as exc:  # refused, unreachable, DNS, TLS
             self._lost(f"cannot connect to {self._endpoint}: {exc}")
             return None
@@ -230,8 +255,11 @@ class Link:
             try:
                 fd = sock.fileno()
                 readable, writable, _ = select.select(
-                    [fd, self._wake_r], [fd] if client.want_write() else [], [],
-                    0.0 if pending else 1.0)
+                    [fd, self._wake_r],
+                    [fd] if client.want_write() else [],
+                    [],
+                    0.0 if pending else 1.0,
+                )
             except (OSError, ValueError) as exc:
                 self._lost(str(exc))
                 return
@@ -268,8 +296,7 @@ class Link:
 
     # --- paho callbacks, on the link's thread ----------------------------------------------
 
-    def _on_connect(self, client: mqtt.Client, _u: Any, _f: Any, rc: ReasonCode,
-                    _p: Any) -> None:
+    def _on_connect(self, client: mqtt.Client, _u: Any, _f: Any, rc: ReasonCode, _p: Any) -> None:
         if rc.is_failure:
             self._lost(f"the broker refused the connection: {rc}")
             return
@@ -282,11 +309,16 @@ class Link:
             if mid is not None:
                 self._pending_subs.add(mid)
 
-    def _on_subscribe(self, _c: mqtt.Client, _u: Any, mid: int, codes: list[ReasonCode],
-                      _p: Any) -> None:
+    def _on_subscribe(
+        self, _c: mqtt.Client, _u: Any, mid: int, codes: list[ReasonCode], _p: Any
+    ) -> None:
         if any(code.is_failure for code in codes):
-            log.error("receiver link %s: the broker refused a subscription (%s): check the "
-                      "centre's ACL in docs/broker.md", self.name, codes)
+            log.error(
+                "receiver link %s: the broker refused a subscription (%s): check the "
+                "centre's ACL in docs/broker.md",
+                self.name,
+                codes,
+            )
         self._pending_subs.discard(mid)
         if not self._pending_subs and not self.subscribed.is_set():
             self._backoff.reset()

@@ -145,12 +145,14 @@ class PgLedger:
 
     # --- alarms ---------------------------------------------------------------------------
 
-    def add_alarm(self, alarm: Alarm, payload: bytes, test: bool,
-                  now: float | None = None) -> Stored:
+    def add_alarm(
+        self, alarm: Alarm, payload: bytes, test: bool, now: float | None = None
+    ) -> Stored:
         return self.add_alarms([(alarm, payload, test)], now)[0]
 
-    def add_alarms(self, alarms: list[tuple[Alarm, bytes, bool]],
-                   now: float | None = None) -> list[Stored]:
+    def add_alarms(
+        self, alarms: list[tuple[Alarm, bytes, bool]], now: float | None = None
+    ) -> list[Stored]:
         received = rfc3339(time.time() if now is None else now)
         with self._tx() as conn:
             for site in sorted({a.site_id for a, _, _ in alarms}):
@@ -158,65 +160,109 @@ class PgLedger:
             return [self._add(conn, a, p, t, received) for a, p, t in alarms]
 
     @staticmethod
-    def _add(conn: psycopg.Connection[Any], alarm: Alarm, payload: bytes, test: bool,
-             received: str) -> Stored:
+    def _add(
+        conn: psycopg.Connection[Any], alarm: Alarm, payload: bytes, test: bool, received: str
+    ) -> Stored:
         text, site = payload.decode(), alarm.site_id
         row = conn.execute(
             "INSERT INTO alarms (site_id, event_id, seq, button_id, kind, test, test_claimed, "
             "pressed_at, received_at, payload) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s) "
             "ON CONFLICT DO NOTHING RETURNING id",
-            (site, alarm.event_id, alarm.seq, alarm.button_id, alarm.kind, int(test),
-             int(alarm.test), alarm.pressed_at, received, text)).fetchone()
+            (
+                site,
+                alarm.event_id,
+                alarm.seq,
+                alarm.button_id,
+                alarm.kind,
+                int(test),
+                int(alarm.test),
+                alarm.pressed_at,
+                received,
+                text,
+            ),
+        ).fetchone()
         if row is None:
-            (first,) = conn.execute("SELECT payload FROM alarms WHERE site_id = %s AND "
-                                    "event_id = %s", (site, alarm.event_id)).fetchone() or ("",)
+            (first,) = conn.execute(
+                "SELECT payload FROM alarms WHERE site_id = %s AND event_id = %s",
+                (site, alarm.event_id),
+            ).fetchone() or ("",)
             return Stored(new=False, differs=first != text)
-        closed = conn.execute("DELETE FROM gaps WHERE site_id = %s AND seq = %s",
-                              (site, alarm.seq)).rowcount > 0
-        (top,) = conn.execute("SELECT MAX(seq) FROM alarms WHERE site_id = %s AND event_id <> %s",
-                              (site, alarm.event_id)).fetchone() or (None,)
+        closed = (
+            conn.execute(
+                "DELETE FROM gaps WHERE site_id = %s AND seq = %s", (site, alarm.seq)
+            ).rowcount
+            > 0
+        )
+        (top,) = conn.execute(
+            "SELECT MAX(seq) FROM alarms WHERE site_id = %s AND event_id <> %s",
+            (site, alarm.event_id),
+        ).fetchone() or (None,)
         if top is None or alarm.seq <= top + 1:
             return Stored(new=True, gap_closed=closed)
         first_missing, last = top + 1, alarm.seq - 1
         with conn.cursor() as cur:
-            cur.executemany("INSERT INTO gaps VALUES (%s, %s, %s) ON CONFLICT DO NOTHING",
-                            [(site, s, received) for s in
-                             range(max(first_missing, last - MAX_GAP_ROWS + 1), last + 1)])
+            cur.executemany(
+                "INSERT INTO gaps VALUES (%s, %s, %s) ON CONFLICT DO NOTHING",
+                [
+                    (site, s, received)
+                    for s in range(max(first_missing, last - MAX_GAP_ROWS + 1), last + 1)
+                ],
+            )
         return Stored(new=True, gap_opened=(first_missing, last), gap_closed=closed)
 
     def has_alarm(self, site_id: str, event_id: str) -> bool:
-        return bool(self._rows("SELECT 1 FROM alarms WHERE site_id = %s AND event_id = %s",
-                               (site_id, event_id)))
+        return bool(
+            self._rows(
+                "SELECT 1 FROM alarms WHERE site_id = %s AND event_id = %s", (site_id, event_id)
+            )
+        )
 
     def sites_of(self, event_id: str) -> list[str]:
-        return [str(r[0]) for r in self._rows(
-            "SELECT site_id FROM alarms WHERE event_id = %s ORDER BY site_id", (event_id,))]
+        return [
+            str(r[0])
+            for r in self._rows(
+                "SELECT site_id FROM alarms WHERE event_id = %s ORDER BY site_id", (event_id,)
+            )
+        ]
 
     def received(self) -> dict[tuple[str, str], str]:
-        return {(str(a), str(b)): str(c) for a, b, c in self._rows(
-            "SELECT site_id, event_id, received_at FROM alarms")}
+        return {
+            (str(a), str(b)): str(c)
+            for a, b, c in self._rows("SELECT site_id, event_id, received_at FROM alarms")
+        }
 
     def alarms(self, site_id: str | None = None) -> list[dict[str, Any]]:
-        rows = self._rows("SELECT payload FROM alarms" + (" WHERE site_id = %s" if site_id
-                                                          else "") + " ORDER BY site_id, seq",
-                          (site_id,) if site_id else ())
+        rows = self._rows(
+            "SELECT payload FROM alarms"
+            + (" WHERE site_id = %s" if site_id else "")
+            + " ORDER BY site_id, seq",
+            (site_id,) if site_id else (),
+        )
         return [json.loads(r[0]) for r in rows]
 
     # --- sites ----------------------------------------------------------------------------
 
-    def site_status(self, site_id: str, state: str, status: str, test_until: str | None,
-                    now: float | None = None) -> bool:
+    def site_status(
+        self,
+        site_id: str,
+        state: str,
+        status: str,
+        test_until: str | None,
+        now: float | None = None,
+    ) -> bool:
         at = rfc3339(time.time() if now is None else now)
         with self._tx(durable=False) as conn:
-            row = conn.execute("SELECT state FROM sites WHERE site_id = %s FOR UPDATE",
-                               (site_id,)).fetchone()
+            row = conn.execute(
+                "SELECT state FROM sites WHERE site_id = %s FOR UPDATE", (site_id,)
+            ).fetchone()
             changed = row is None or row[0] != state
             conn.execute(
                 "INSERT INTO sites VALUES (%s, %s, %s, %s, %s) ON CONFLICT (site_id) DO UPDATE "
                 "SET state = EXCLUDED.state, status = EXCLUDED.status, test_until = "
                 "EXCLUDED.test_until, changed_at = CASE WHEN sites.state = EXCLUDED.state THEN "
                 "sites.changed_at ELSE EXCLUDED.changed_at END",
-                (site_id, state, at, status, test_until))
+                (site_id, state, at, status, test_until),
+            )
         return changed
 
     def test_until(self, site_id: str) -> str | None:
@@ -224,8 +270,12 @@ class PgLedger:
         return None if not rows or rows[0][0] is None else str(rows[0][0])
 
     def sites(self) -> list[tuple[str, str, str]]:
-        return [(str(a), str(b), str(c)) for a, b, c in self._rows(
-            "SELECT site_id, state, changed_at FROM sites ORDER BY site_id")]
+        return [
+            (str(a), str(b), str(c))
+            for a, b, c in self._rows(
+                "SELECT site_id, state, changed_at FROM sites ORDER BY site_id"
+            )
+        ]
 
     def gaps(self) -> dict[str, list[int]]:
         out: dict[str, list[int]] = {}
@@ -235,20 +285,46 @@ class PgLedger:
 
     # --- clips ----------------------------------------------------------------------------
 
-    def add_clip(self, site_id: str, event_id: str, camera_id: str, path: Path, size: int,
-                 sha256: str, manifest: list[str], problem: str) -> bool:
+    def add_clip(
+        self,
+        site_id: str,
+        event_id: str,
+        camera_id: str,
+        path: Path,
+        size: int,
+        sha256: str,
+        manifest: list[str],
+        problem: str,
+    ) -> bool:
         with self._tx() as conn:
-            return conn.execute(
-                "INSERT INTO clips (site_id, event_id, camera_id, path, segments, bytes, sha256, "
-                "manifest, written_at, verified, problem) VALUES (%s, %s, %s, %s, %s, %s, %s, "
-                "%s, %s, %s, %s) ON CONFLICT DO NOTHING",
-                (site_id, event_id, camera_id, str(path), len(manifest), size, sha256,
-                 json.dumps(manifest), rfc3339(time.time()), int(not problem),
-                 problem)).rowcount == 1
+            return (
+                conn.execute(
+                    "INSERT INTO clips (site_id, event_id, camera_id, path, segments, bytes, "
+                    "sha256, manifest, written_at, verified, problem) VALUES (%s, %s, %s, %s, %s, "
+                    "%s, %s, %s, %s, %s, %s) ON CONFLICT DO NOTHING",
+                    (
+                        site_id,
+                        event_id,
+                        camera_id,
+                        str(path),
+                        len(manifest),
+                        size,
+                        sha256,
+                        json.dumps(manifest),
+                        rfc3339(time.time()),
+                        int(not problem),
+                        problem,
+                    ),
+                ).rowcount
+                == 1
+            )
 
     def clip(self, site_id: str, event_id: str, camera_id: str) -> ClipRecord | None:
-        rows = self._rows("SELECT path, sha256, manifest, problem FROM clips WHERE site_id = %s "
-                          "AND event_id = %s AND camera_id = %s", (site_id, event_id, camera_id))
+        rows = self._rows(
+            "SELECT path, sha256, manifest, problem FROM clips WHERE site_id = %s "
+            "AND event_id = %s AND camera_id = %s",
+            (site_id, event_id, camera_id),
+        )
         if not rows:
             return None
         path, sha, manifest, problem = rows[0]
@@ -262,22 +338,37 @@ class PgLedger:
 
     def report(self, site_id: str, what: str, detail: str, now: float | None = None) -> None:
         with self._tx(durable=False) as conn:
-            conn.execute("INSERT INTO reports (site_id, at, what, detail) VALUES (%s, %s, %s, %s)",
-                         (site_id, rfc3339(time.time() if now is None else now), what, detail))
-            conn.execute("DELETE FROM reports WHERE site_id = %s AND id <= (SELECT id FROM "
-                         "reports WHERE site_id = %s ORDER BY id DESC LIMIT 1 OFFSET %s)",
-                         (site_id, site_id, REPORTS_PER_SITE))
+            conn.execute(
+                "INSERT INTO reports (site_id, at, what, detail) VALUES (%s, %s, %s, %s)",
+                (site_id, rfc3339(time.time() if now is None else now), what, detail),
+            )
+            conn.execute(
+                "DELETE FROM reports WHERE site_id = %s AND id <= (SELECT id FROM "
+                "reports WHERE site_id = %s ORDER BY id DESC LIMIT 1 OFFSET %s)",
+                (site_id, site_id, REPORTS_PER_SITE),
+            )
 
     def reports(self, site_id: str | None = None, newest: int = 50) -> list[Report]:
-        rows = self._rows("SELECT site_id, at, what, detail FROM reports"
-                          + (" WHERE site_id = %s" if site_id else "") + " ORDER BY id DESC "
-                          "LIMIT %s", (site_id, newest) if site_id else (newest,))
+        rows = self._rows(
+            "SELECT site_id, at, what, detail FROM reports"
+            + (" WHERE site_id = %s" if site_id else "")
+            + " ORDER BY id DESC "
+            "LIMIT %s",
+            (site_id, newest) if site_id else (newest,),
+        )
         return [Report(*map(str, row)) for row in reversed(rows)]
 
     # --- the receivers' own connections ---------------------------------------------------
 
-    def link_changed(self, receiver: str, link: str, up: bool, error: str = "",
-                     now: float | None = None, outage: bool = True) -> None:
+    def link_changed(
+        self,
+        receiver: str,
+        link: str,
+        up: bool,
+        error: str = "",
+        now: float | None = None,
+        outage: bool = True,
+    ) -> None:
         at = rfc3339(time.time() if now is None else now)
         with self._tx(durable=False) as conn:
             conn.execute(
@@ -290,11 +381,23 @@ class PgLedger:
                 "ELSE l.regained_at END, "
                 "outages = l.outages + CASE WHEN l.up = 1 AND %(up)s = 0 AND %(outage)s "
                 "THEN 1 ELSE 0 END",
-                {"receiver": receiver, "link": link, "up": int(up), "at": at,
-                 "lost": None if up else at, "error": error, "outage": outage})
+                {
+                    "receiver": receiver,
+                    "link": link,
+                    "up": int(up),
+                    "at": at,
+                    "lost": None if up else at,
+                    "error": error,
+                    "outage": outage,
+                },
+            )
 
     def links(self) -> list[LinkState]:
-        rows = self._rows("SELECT receiver, link, up, since, lost_at, regained_at, outages, "
-                          "last_error FROM links ORDER BY receiver, link")
-        return [LinkState(str(r[0]), str(r[1]), bool(r[2]), str(r[3]), r[4], r[5], int(r[6]),
-                          str(r[7])) for r in rows]
+        rows = self._rows(
+            "SELECT receiver, link, up, since, lost_at, regained_at, outages, "
+            "last_error FROM links ORDER BY receiver, link"
+        )
+        return [
+            LinkState(str(r[0]), str(r[1]), bool(r[2]), str(r[3]), r[4], r[5], int(r[6]), str(r[7]))
+            for r in rows
+        ]

@@ -64,15 +64,25 @@ class _Item:
 class AlarmDesk:
     """Create, :meth:`start`; feed with :meth:`take`; :meth:`stop` drains what is queued."""
 
-    def __init__(self, store: Path, prefix: str, ledger: LedgerStore, reporter: Reporter,
-                 limits: Limits, send: Send,
-                 on_alarm: Callable[[dict[str, Any]], None] | None = None,
-                 group_max: int = GROUP_MAX) -> None:
+    def __init__(
+        self,
+        store: Path,
+        prefix: str,
+        ledger: LedgerStore,
+        reporter: Reporter,
+        limits: Limits,
+        send: Send,
+        on_alarm: Callable[[dict[str, Any]], None] | None = None,
+        group_max: int = GROUP_MAX,
+    ) -> None:
         self._store, self._prefix, self._ledger = store, prefix, ledger
         self._reporter, self._send, self._on_alarm = reporter, send, on_alarm
         self._queue: FairQueue[_Item] = FairQueue(
-            limits.alarm_queue_site, limits.alarm_queue_site * 8192, limits.alarm_queue_total,
-            limits.alarm_queue_total * 8192)
+            limits.alarm_queue_site,
+            limits.alarm_queue_site * 8192,
+            limits.alarm_queue_total,
+            limits.alarm_queue_total * 8192,
+        )
         self._budget = Budget(limits.alarm_bytes_per_day / 86400, limits.alarm_burst_bytes)
         self._group_max = group_max
         self._stopping = threading.Event()
@@ -119,8 +129,12 @@ class AlarmDesk:
             self._reporter.report(site, "refused", f"{topic.kind}: {exc}")
             return
         if not self._queue.put(site, item, len(payload)):
-            self._reporter.report(site, "queue_full", f"a {topic.kind} was not queued: too "
-                                  "many wait already; not confirmed, so the box sends it again")
+            self._reporter.report(
+                site,
+                "queue_full",
+                f"a {topic.kind} was not queued: too "
+                "many wait already; not confirmed, so the box sends it again",
+            )
 
     # --- on the alarms thread -----------------------------------------------------------------
 
@@ -173,10 +187,16 @@ class AlarmDesk:
             assert alarm is not None
             site = alarm.site_id
             if not self._ledger.has_alarm(site, alarm.event_id) and not self._budget.take(
-                    site, len(item.payload)):
-                self._reporter.report(site, "alarm_budget", "more new alarms than the centre "
-                                      "stores for one site in a day; not confirmed, so the box "
-                                      "sends them again later", logging.ERROR)
+                site, len(item.payload)
+            ):
+                self._reporter.report(
+                    site,
+                    "alarm_budget",
+                    "more new alarms than the centre "
+                    "stores for one site in a day; not confirmed, so the box "
+                    "sends them again later",
+                    logging.ERROR,
+                )
                 continue
             entries.append((alarm, item.payload, alarm.test and self._test_announced(alarm)))
         if not entries:
@@ -185,8 +205,12 @@ class AlarmDesk:
         records = []
         for (alarm, payload, test), stored in zip(entries, results, strict=True):
             if stored.differs:
-                self._reporter.report(alarm.site_id, "alarm_changed", f"alarm {alarm.event_id} "
-                                      "came again with different content; the first copy is kept")
+                self._reporter.report(
+                    alarm.site_id,
+                    "alarm_changed",
+                    f"alarm {alarm.event_id} "
+                    "came again with different content; the first copy is kept",
+                )
             if stored.new:
                 record = json.loads(payload)
                 record["test"] = test
@@ -213,13 +237,25 @@ class AlarmDesk:
     def _announce(self, alarm: Alarm, test: bool, stored: Stored) -> None:
         """The log lines and reports of a new alarm, once it is on disk."""
         site = alarm.site_id
-        log.warning("ALARM site=%s button=%s location=%r kind=%s seq=%d at=%s%s", site,
-                    alarm.button_id, alarm.location, alarm.kind, alarm.seq, alarm.pressed_at,
-                    " (TEST)" if test else "")
+        log.warning(
+            "ALARM site=%s button=%s location=%r kind=%s seq=%d at=%s%s",
+            site,
+            alarm.button_id,
+            alarm.location,
+            alarm.kind,
+            alarm.seq,
+            alarm.pressed_at,
+            " (TEST)" if test else "",
+        )
         if alarm.test and not test:
-            self._reporter.report(site, "test_not_announced", f"alarm {alarm.event_id} is "
-                                  "flagged test, but the site did not announce a walk test "
-                                  "in its status: treated as a REAL alarm", logging.ERROR)
+            self._reporter.report(
+                site,
+                "test_not_announced",
+                f"alarm {alarm.event_id} is "
+                "flagged test, but the site did not announce a walk test "
+                "in its status: treated as a REAL alarm",
+                logging.ERROR,
+            )
         if stored.gap_opened:
             log.error("site %s: alarms seq %d..%d are missing so far", site, *stored.gap_opened)
         if stored.gap_closed:
@@ -244,12 +280,21 @@ class AlarmDesk:
                 until = status.test_mode_until
                 if (parse_rfc3339(until) or 0.0) > at + MAX_TEST_MODE_S:
                     until = rfc3339(at + MAX_TEST_MODE_S)
-                    self._reporter.report(site, "test_too_long", "announced a walk test longer "
-                                          f"than {MAX_TEST_MODE_S // 60} minutes; cut to "
-                                          f"{until}")
+                    self._reporter.report(
+                        site,
+                        "test_too_long",
+                        "announced a walk test longer "
+                        f"than {MAX_TEST_MODE_S // 60} minutes; cut to "
+                        f"{until}",
+                    )
             elif until is not None and (parse_rfc3339(until) or 0.0) > at:
                 until = status.at
         testing = status.state == "online" and status.test_mode_until is not None
         if self._ledger.site_status(site, status.state, payload.decode(), until) or testing:
-            log.info("site %s is %s (%s)%s", site, status.state, status.reason,
-                     f"; walk test announced until {until}" if testing else "")
+            log.info(
+                "site %s is %s (%s)%s",
+                site,
+                status.state,
+                status.reason,
+                f"; walk test announced until {until}" if testing else "",
+            )

@@ -54,45 +54,79 @@ class Receiver:
     """:meth:`open` (or create with a ledger), :meth:`start`, :meth:`stop`. ``subscribed``
     once both links are up. The ledger is closed by :meth:`stop`."""
 
-    def __init__(self, endpoint: Endpoint, topic_prefix: str, store: Path, client_id: str,
-                 ledger: LedgerStore, on_alarm: Callable[[dict[str, Any]], None] | None = None,
-                 limits: Limits | None = None, group_max: int = GROUP_MAX,
-                 tracer: Tracer = no_trace) -> None:
+    def __init__(
+        self,
+        endpoint: Endpoint,
+        topic_prefix: str,
+        store: Path,
+        client_id: str,
+        ledger: LedgerStore,
+        on_alarm: Callable[[dict[str, Any]], None] | None = None,
+        limits: Limits | None = None,
+        group_max: int = GROUP_MAX,
+        tracer: Tracer = no_trace,
+    ) -> None:
         self.store, self.prefix, self.client_id = store, topic_prefix, client_id
         self._trace = tracer  # the benches' points (agent/tracing.py)
         self.ledger = ledger
         limits = limits or Limits()
         reporter = Reporter(self.ledger, limits.report_every_s)
-        self._presence = centre_presence_topic(topic_prefix,
-                                               re.sub(r"[^A-Za-z0-9_.-]", "_", client_id))
+        self._presence = centre_presence_topic(
+            topic_prefix, re.sub(r"[^A-Za-z0-9_.-]", "_", client_id)
+        )
         self.alarm_link = Link(
-            "alarms", endpoint, client_id, [f"{topic_prefix}/+/alarm", f"{topic_prefix}/+/status"],
+            "alarms",
+            endpoint,
+            client_id,
+            [f"{topic_prefix}/+/alarm", f"{topic_prefix}/+/status"],
             self.alarm_message,
             on_change=lambda up, why: self._changed("alarms", up, why),
             hello=lambda: self._presence_message("online"),
-            will=self._presence_message("offline"))
+            will=self._presence_message("offline"),
+        )
         self.video_link = Link(
-            "video", endpoint, f"{client_id}-video",
+            "video",
+            endpoint,
+            f"{client_id}-video",
             [f"{topic_prefix}/+/clip/+", f"{topic_prefix}/+/live/+", f"{topic_prefix}/+/pubkey"],
             self.video_message,
-            on_change=lambda up, why: self._changed("video", up, why))
-        self.desk = AlarmDesk(store, topic_prefix, self.ledger, reporter, limits,
-                              self.alarm_link.publish, on_alarm, group_max)
-        self.assembler = Assembler(store, topic_prefix, self.ledger, reporter, limits,
-                                   self.video_link.publish, tracer)
+            on_change=lambda up, why: self._changed("video", up, why),
+        )
+        self.desk = AlarmDesk(
+            store,
+            topic_prefix,
+            self.ledger,
+            reporter,
+            limits,
+            self.alarm_link.publish,
+            on_alarm,
+            group_max,
+        )
+        self.assembler = Assembler(
+            store, topic_prefix, self.ledger, reporter, limits, self.video_link.publish, tracer
+        )
         self._reporter = reporter
 
     @classmethod
-    def open(cls, endpoint: Endpoint, topic_prefix: str, store: Path, client_id: str,
-             on_alarm: Callable[[dict[str, Any]], None] | None = None,
-             limits: Limits | None = None, group_max: int = GROUP_MAX,
-             ledger_url: str | None = None, tracer: Tracer = no_trace) -> Receiver:
+    def open(
+        cls,
+        endpoint: Endpoint,
+        topic_prefix: str,
+        store: Path,
+        client_id: str,
+        on_alarm: Callable[[dict[str, Any]], None] | None = None,
+        limits: Limits | None = None,
+        group_max: int = GROUP_MAX,
+        ledger_url: str | None = None,
+        tracer: Tracer = no_trace,
+    ) -> Receiver:
         """A receiver on the store's ledger (or PostgreSQL's at ``ledger_url``), unless the
         centre's signing key lies in the store."""
         refuse_key_in_store(store)
         ledger = open_ledger(store, ledger_url, recover=True)
-        return cls(endpoint, topic_prefix, store, client_id, ledger, on_alarm, limits, group_max,
-                   tracer)
+        return cls(
+            endpoint, topic_prefix, store, client_id, ledger, on_alarm, limits, group_max, tracer
+        )
 
     @property
     def subscribed(self) -> bool:
@@ -113,13 +147,11 @@ class Receiver:
         self.video_link.stop()
         idle = [self.desk.stop(), self.assembler.stop()]  # both, whatever the first says
         for link in ("alarms", "video"):
-            self.ledger.link_changed(self.client_id, link, False, "receiver stopped",
-                                     outage=False)
+            self.ledger.link_changed(self.client_id, link, False, "receiver stopped", outage=False)
         if all(idle):
             self.ledger.close()
         else:  # closing it under a busy thread would fail that thread's write
-            log.warning("receiver stopped while still writing; the ledger closes with the "
-                        "process")
+            log.warning("receiver stopped while still writing; the ledger closes with the process")
 
     def _presence_message(self, state: str) -> Message:
         return Message(self._presence, presence_payload(state, time.time()), True)
@@ -142,8 +174,11 @@ class Receiver:
             return parse_box_topic(self.prefix, topic)
         except WireError as exc:  # e.g. clip/{not a camera id}: the ACL allows clip/#
             site = topic.removeprefix(f"{self.prefix}/").partition("/")[0]
-            self._reporter.report(site if SITE_ID.fullmatch(site) else "_broker", "refused",
-                                  f"a message on an unexpected topic: {exc}")
+            self._reporter.report(
+                site if SITE_ID.fullmatch(site) else "_broker",
+                "refused",
+                f"a message on an unexpected topic: {exc}",
+            )
             return None
 
     def _changed(self, link: str, up: bool, why: str) -> None:
@@ -153,16 +188,29 @@ class Receiver:
             log.exception("cannot record the %s link's state", link)
 
 
-def run_receiver(broker: str | Endpoint, topic_prefix: str, store: Path,
-                 client_id: str | None = None, stop: threading.Event | None = None,
-                 on_alarm: Callable[[dict[str, Any]], None] | None = None,
-                 limits: Limits | None = None, group_max: int = GROUP_MAX,
-                 ledger_url: str | None = None) -> None:
+def run_receiver(
+    broker: str | Endpoint,
+    topic_prefix: str,
+    store: Path,
+    client_id: str | None = None,
+    stop: threading.Event | None = None,
+    on_alarm: Callable[[dict[str, Any]], None] | None = None,
+    limits: Limits | None = None,
+    group_max: int = GROUP_MAX,
+    ledger_url: str | None = None,
+) -> None:
     """Receive until ``stop`` is set. ``broker``: an Endpoint, or a plain ``mqtt://`` URL."""
     endpoint = broker if isinstance(broker, Endpoint) else Endpoint.parse(broker)
-    receiver = Receiver.open(endpoint, topic_prefix, store,
-                             client_id or f"edge-central-{socket.gethostname()}", on_alarm, limits,
-                             group_max, ledger_url)
+    receiver = Receiver.open(
+        endpoint,
+        topic_prefix,
+        store,
+        client_id or f"edge-central-{socket.gethostname()}",
+        on_alarm,
+        limits,
+        group_max,
+        ledger_url,
+    )
     receiver.start()
     try:
         (stop or threading.Event()).wait()

@@ -40,8 +40,9 @@ class CommandType(Generic[A]):
 
     def __post_init__(self) -> None:
         if not NAME.fullmatch(self.name):
-            raise ValueError(f"invalid command name {self.name!r}: use [a-z][a-z0-9_], at most"
-                             " 32 characters")
+            raise ValueError(
+                f"invalid command name {self.name!r}: use [a-z][a-z0-9_], at most 32 characters"
+            )
 
 
 @dataclass(frozen=True, slots=True)
@@ -113,8 +114,9 @@ class _Args:
     def timestamp(self, key: str) -> float:
         parsed = parse_rfc3339(self._get(key))
         if parsed is None:
-            raise CommandRejected(f"bad_args: {key} must be RFC 3339 UTC such as"
-                                  " 2026-11-25T08:00:00.000Z")
+            raise CommandRejected(
+                f"bad_args: {key} must be RFC 3339 UTC such as 2026-11-25T08:00:00.000Z"
+            )
         return parsed
 
     def done(self) -> None:
@@ -175,4 +177,5 @@ TEST_MODE: Final = CommandType("test_mode", _test_mode_args)
 
 # What a box allows unless told otherwise, and what the centre checks before it signs.
 STANDARD: Final[Mapping[str, CommandType[Any]]] = MappingProxyType(
-    {kind.name: kind for kind in (PING, ACK, LIVE, FETCH, TEST_MODE)})
+    {kind.name: kind for kind in (PING, ACK, LIVE, FETCH, TEST_MODE)}
+)

@@ -124,10 +124,12 @@ def generate_keypair(directory: str | Path) -> tuple[Path, Path]:
         if existing.exists():
             raise KeyFileError(f"{existing} already exists; move it away to make a new pair")
     key = Ed25519PrivateKey.generate()
-    private_pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                    serialization.NoEncryption())
-    public_pem = key.public_key().public_bytes(serialization.Encoding.PEM,
-                                               serialization.PublicFormat.SubjectPublicKeyInfo)
+    private_pem = key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
+    public_pem = key.public_key().public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
     _write_new(key_path, private_pem, 0o600)
     _write_new(pub_path, public_pem, 0o644)
     return key_path, pub_path
@@ -144,7 +146,8 @@ def _read_key_file(path: Path, private: bool) -> bytes:
                 raise KeyFileError(
                     f"{path} is open to other users (mode {mode:04o}) but holds the centre's"
                     f" private key, which signs commands for every school: run chmod 600 {path}"
-                    " and consider the key exposed if others could read it")
+                    " and consider the key exposed if others could read it"
+                )
             return file.read(_KEY_FILE_MAX)
     except FileNotFoundError:
         raise KeyFileError(f"{path}: key file not found") from None

@@ -52,8 +52,9 @@ class NonceStore:
     Each check-and-add is one ``BEGIN IMMEDIATE`` transaction, atomic even across processes.
     """
 
-    def __init__(self, conn: sqlite3.Connection, path: Path,
-                 max_rows: int = DEFAULT_MAX_NONCES) -> None:
+    def __init__(
+        self, conn: sqlite3.Connection, path: Path, max_rows: int = DEFAULT_MAX_NONCES
+    ) -> None:
         self._conn = conn
         self.path = path
         self.max_rows = max_rows
@@ -70,9 +71,16 @@ class NonceStore:
         """
         if max_rows < 1:
             raise ValueError("max_rows must be at least 1")
-        opened = open_db(path, _setup, what="replay cache", sync=Sync.FULL, autocommit=True,
-                         private=True, error=NonceStoreError,
-                         lost="commands captured in the last hour could be replayed once")
+        opened = open_db(
+            path,
+            _setup,
+            what="replay cache",
+            sync=Sync.FULL,
+            autocommit=True,
+            private=True,
+            error=NonceStoreError,
+            lost="commands captured in the last hour could be replayed once",
+        )
         return cls(opened.conn, path, max_rows)
 
     def close(self) -> None:
@@ -93,8 +101,9 @@ class NonceStore:
             (count,) = self._conn.execute("SELECT COUNT(*) FROM seen").fetchone()
         return int(count)
 
-    def seen_or_add(self, nonce: str, command_id: str, expires_at: float, *,
-                    forget_before: float | None = None) -> bool:
+    def seen_or_add(
+        self, nonce: str, command_id: str, expires_at: float, *, forget_before: float | None = None
+    ) -> bool:
         """True when the nonce or the id was seen, or the command expires at or before the
         horizon; otherwise remember it durably and return False. ``forget_before`` prunes in the
         same transaction (one fsync): pass it only from a trustworthy clock."""
@@ -107,15 +116,19 @@ class NonceStore:
                 return True
             cur = conn.execute(
                 "INSERT OR IGNORE INTO seen (nonce, command_id, expires_ms) VALUES (?, ?, ?)",
-                (nonce, command_id, expires_ms))
+                (nonce, command_id, expires_ms),
+            )
             if cur.rowcount != 1:
                 return True
             # COUNT(*) on every add: commands come from people, a few an hour, so a scan of at
             # most max_rows index entries is cheap, and simpler than keeping a counter right.
             (count,) = conn.execute("SELECT COUNT(*) FROM seen").fetchone()
             if count > self.max_rows:
-                dropped = self._forget(conn, "rowid IN (SELECT rowid FROM seen ORDER BY "
-                                       "expires_ms, rowid LIMIT ?)", (count - self.max_rows,))
+                dropped = self._forget(
+                    conn,
+                    "rowid IN (SELECT rowid FROM seen ORDER BY expires_ms, rowid LIMIT ?)",
+                    (count - self.max_rows,),
+                )
                 log.warning("replay cache full: forgot the %d commands expiring first", dropped)
             return False
 
@@ -123,14 +136,16 @@ class NonceStore:
 
     def prune(self, before: float) -> int:
         """Forget commands that expired before ``before`` (from a trustworthy clock)."""
-        return self._write(lambda conn: self._forget(conn, "expires_ms < ?",
-                                                     (round(before * 1000),)))
+        return self._write(
+            lambda conn: self._forget(conn, "expires_ms < ?", (round(before * 1000),))
+        )
 
     @staticmethod
     def _forget(conn: sqlite3.Connection, where: str, params: tuple[int, ...]) -> int:
         """Delete rows and raise the horizon to the latest expiry deleted, in the caller's tx."""
-        count, top = conn.execute(f"SELECT COUNT(*), MAX(expires_ms) FROM seen WHERE {where}",
-                                  params).fetchone()
+        count, top = conn.execute(
+            f"SELECT COUNT(*), MAX(expires_ms) FROM seen WHERE {where}", params
+        ).fetchone()
         if not count:
             return 0
         conn.execute(f"DELETE FROM seen WHERE {where}", params)
@@ -149,8 +164,9 @@ class NonceStore:
                         self._conn.execute("ROLLBACK")
                     raise
             except sqlite3.Error as exc:
-                raise NonceStoreError(f"replay cache write failed ({exc}); is"
-                                      f" {self.path.parent} full or read-only?") from exc
+                raise NonceStoreError(
+                    f"replay cache write failed ({exc}); is {self.path.parent} full or read-only?"
+                ) from exc
         return result
 
 

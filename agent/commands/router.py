@@ -60,13 +60,19 @@ class CommandRouter:
     the caller's thread (the uplink's): they should hand long work on.
     """
 
-    def __init__(self, verifier: CommandVerifier, specs: Iterable[CommandSpec[Any]],
-                 clock: Callable[[], float] = time.time) -> None:
+    def __init__(
+        self,
+        verifier: CommandVerifier,
+        specs: Iterable[CommandSpec[Any]],
+        clock: Callable[[], float] = time.time,
+    ) -> None:
         self._specs: dict[str, CommandSpec[Any]] = {}
         for spec in specs:
             if not verifier.allows(spec.kind):
-                raise ValueError(f"a handler for {spec.kind.name}, which the verifier does not "
-                                 "allow with this parser")
+                raise ValueError(
+                    f"a handler for {spec.kind.name}, which the verifier does not "
+                    "allow with this parser"
+                )
             if spec.kind.name in self._specs:
                 raise ValueError(f"two handlers for {spec.kind.name}")
             self._specs[spec.kind.name] = spec
@@ -91,15 +97,17 @@ class CommandRouter:
             command = self._verifier.verify(payload)
         except CommandRejected as exc:
             authenticated = exc.command_id is not None
-            log.warning("command %s rejected: %s", exc.command_id or "(unauthenticated)",
-                        exc.reason)
+            log.warning(
+                "command %s rejected: %s", exc.command_id or "(unauthenticated)", exc.reason
+            )
             return self._reply(exc.command_id, False, exc.reason, None, authenticated)
         extra: dict[str, object] = {"clock_unsynced": True} if command.clock_unsynced else {}
         spec = self._specs.get(command.name)
         if spec is None:
             log.warning("command %s (%s) has no handler", command.id, command.name)
-            return self._reply(command.id, False, "unsupported: no handler on this box", extra,
-                               True)
+            return self._reply(
+                command.id, False, "unsupported: no handler on this box", extra, True
+            )
         try:
             # command.params came from spec.kind's parser: the verifier allows that very type
             data = spec.handler(command)
@@ -107,17 +115,23 @@ class CommandRouter:
                 raise TypeError(f"handler returned {type(data).__name__}, not a mapping")
             reply = self._reply(command.id, True, "", {**(data or {}), **extra}, True)
         except CommandRejected as exc:
-            log.warning("command %s (%s) refused by its handler: %s", command.id, command.name,
-                        exc.reason)
+            log.warning(
+                "command %s (%s) refused by its handler: %s", command.id, command.name, exc.reason
+            )
             return self._reply(command.id, False, exc.reason, extra, True)
         except Exception:
             log.exception("handler for command %s (%s) failed", command.id, command.name)
-            return self._reply(command.id, False, "internal_error: the handler failed", extra,
-                               True)
+            return self._reply(command.id, False, "internal_error: the handler failed", extra, True)
         log.info("command %s (%s) done", command.id, command.name)
         return reply
 
-    def _reply(self, command_id: str | None, ok: bool, reason: str,
-               data: Mapping[str, object] | None, authenticated: bool) -> Reply:
+    def _reply(
+        self,
+        command_id: str | None,
+        ok: bool,
+        reason: str,
+        data: Mapping[str, object] | None,
+        authenticated: bool,
+    ) -> Reply:
         payload = result_payload(command_id, ok, reason, data, at=self._clock())
         return Reply(payload, command_id, ok, authenticated)

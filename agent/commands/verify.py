@@ -123,20 +123,31 @@ class CommandVerifier:
         if synced:
             now = self._clock()
             if fields.issued_at > now + self.max_skew_s:
-                raise reject(f"not_yet_valid: issued more than {self.max_skew_s:g} s ahead of"
-                             " the box's clock")
+                raise reject(
+                    f"not_yet_valid: issued more than {self.max_skew_s:g} s ahead of"
+                    " the box's clock"
+                )
             if fields.expires_at < now - self.max_skew_s:
                 raise reject("expired")
             forget_before = now - (self.max_lifetime_s + self.max_skew_s)
         try:
             if fields.expires_at <= self._store.horizon:
                 raise reject("expired: older than commands this box has already forgotten")
-            seen = self._store.seen_or_add(fields.nonce, cid, fields.expires_at,
-                                           forget_before=forget_before)
+            seen = self._store.seen_or_add(
+                fields.nonce, cid, fields.expires_at, forget_before=forget_before
+            )
         except NonceStoreError as exc:  # fail closed: without the cache a replay would pass
             log.error("command %s refused: %s", cid, exc)
             raise reject("replay_store_unavailable") from None
         if seen:
             raise reject("replayed: this nonce or id was already used")
-        return Command(cid, fields.name, dict(fields.args), fields.issued_at, fields.expires_at,
-                       fields.nonce, params, clock_unsynced=not synced)
+        return Command(
+            cid,
+            fields.name,
+            dict(fields.args),
+            fields.issued_at,
+            fields.expires_at,
+            fields.nonce,
+            params,
+            clock_unsynced=not synced,
+        )

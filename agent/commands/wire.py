@@ -91,8 +91,9 @@ def signing_bytes(fields: Mapping[str, object]) -> bytes:
     with sorted keys and UTF-8 text (not \\u escapes). Implementations in other languages must
     produce these exact bytes; docs/commands.md spells out why that is easy for valid commands."""
     body = {key: value for key, value in fields.items() if key != "sig"}
-    text = json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=False,
-                      allow_nan=False)
+    text = json.dumps(
+        body, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False
+    )
     return SIGNING_CONTEXT + text.encode("utf-8")
 
 
@@ -108,8 +109,10 @@ def check_args(value: object) -> dict[str, Scalar]:
             raise CommandRejected("bad_args: argument names are [a-z][a-z0-9_], at most 32")
         if isinstance(item, str):
             if len(item) > MAX_STRING_CHARS or _UNSAFE_CHAR.search(item):
-                raise CommandRejected(f"bad_args: strings are at most {MAX_STRING_CHARS}"
-                                      " characters, without control characters")
+                raise CommandRejected(
+                    f"bad_args: strings are at most {MAX_STRING_CHARS}"
+                    " characters, without control characters"
+                )
         elif isinstance(item, float):
             raise CommandRejected("bad_args: numbers must be integers")
         elif isinstance(item, int) and not isinstance(item, bool):
@@ -152,8 +155,9 @@ def check_structure(doc: dict[str, object]) -> Envelope:
         raw = b""
     if len(raw) != 64 or base64.b64encode(raw).decode() != sig:
         raise CommandRejected("bad_base64: sig must be the standard base64 of 64 bytes")
-    return Envelope(command_id, site_id, name, args, issued_at, expires_at, nonce, raw,
-                    signing_bytes(doc))  # doc now holds exactly the fields checked above
+    return Envelope(
+        command_id, site_id, name, args, issued_at, expires_at, nonce, raw, signing_bytes(doc)
+    )  # doc now holds exactly the fields checked above
 
 
 def _text_field(doc: Mapping[str, object], key: str, pattern: re.Pattern[str], rule: str) -> str:
@@ -166,13 +170,21 @@ def _text_field(doc: Mapping[str, object], key: str, pattern: re.Pattern[str], r
 def _time_field(doc: Mapping[str, object], key: str) -> float:
     parsed = parse_rfc3339(doc[key])
     if parsed is None:
-        raise CommandRejected(f"bad_field: {key} must be RFC 3339 UTC with milliseconds such as"
-                              " 2026-11-25T08:00:00.000Z")
+        raise CommandRejected(
+            f"bad_field: {key} must be RFC 3339 UTC with milliseconds such as"
+            " 2026-11-25T08:00:00.000Z"
+        )
     return parsed
 
 
-def result_payload(command_id: str | None, ok: bool, reason: str = "",
-                   data: Mapping[str, object] | None = None, *, at: float | None = None) -> bytes:
+def result_payload(
+    command_id: str | None,
+    ok: bool,
+    reason: str = "",
+    data: Mapping[str, object] | None = None,
+    *,
+    at: float | None = None,
+) -> bytes:
     """The JSON answer on ``…/cmd/result``. An id that is not a UUID is sent as null: nothing
     from the payload is echoed but a validated id."""
     safe_id = command_id if isinstance(command_id, str) and UUID.fullmatch(command_id) else None
@@ -184,5 +196,6 @@ def result_payload(command_id: str | None, ok: bool, reason: str = "",
         "at": rfc3339(time.time() if at is None else at),
         "v": COMMAND_VERSION,
     }
-    return json.dumps(body, separators=(",", ":"), ensure_ascii=False,
-                      allow_nan=False).encode("utf-8")
+    return json.dumps(body, separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode(
+        "utf-8"
+    )

@@ -61,16 +61,20 @@ def config_warnings(cfg: Config) -> list[str]:
     """
     tls = cfg.mqtt.tls or TlsConfig()
     dc09_keys = cfg.dc09.key_files if cfg.dc09 else ()
-    checks = [(p, 0o006, "holds secrets", "640") for p in
-              (cfg.source, cfg.mqtt.password_file, tls.key_file, *dc09_keys)]
-    checks += [(p, 0o002, "is trusted to verify the centre", "644") for p in
-               (tls.ca_file, cfg.commands.public_key_file)]
+    checks = [
+        (p, 0o006, "holds secrets", "640")
+        for p in (cfg.source, cfg.mqtt.password_file, tls.key_file, *dc09_keys)
+    ]
+    checks += [
+        (p, 0o002, "is trusted to verify the centre", "644")
+        for p in (tls.ca_file, cfg.commands.public_key_file)
+    ]
     warnings = []
     for path, exposed, why, fix in checks:
         mode = stat.S_IMODE(stat_mode(path) or 0) if path else 0
         if mode & exposed:
-            warnings.append(f"{path} is open to every user on this machine (mode {mode:04o}) but"
-                            f" {why}: run chmod {fix} {path} (the agent reads it via its group)")
+            warnings.append(
+                f"{path} is open to every user on this machine (mode {mode:04o}) but"
+                f" {why}: run chmod {fix} {path} (the agent reads it via its group)"
+            )
     return warnings
-
-

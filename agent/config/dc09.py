@@ -41,8 +41,10 @@ from agent.delivery.dc09.settings import (
     load_key,
 )
 
-_HOST = matching(HOST_PATTERN, "write a host name or IP address only, without tcp:// or :port"
-                 " (the port goes in port)")
+_HOST = matching(
+    HOST_PATTERN,
+    "write a host name or IP address only, without tcp:// or :port (the port goes in port)",
+)
 _RECEIVER = re.compile(r"dc09\.receivers\[(\d+)\]\.(\w+)\Z")
 
 
@@ -108,8 +110,11 @@ class _Section:
         own_key = self._key(rm)  # always read: a key no builder asks for is "unknown"
         key = own_key if rm.present("key_file") else self.key
         if account is None and not self.m.present("account"):
-            rm.problem("account", "required: the account number the centre assigned (here, "
-                       "or once for every receiver as dc09.account)")
+            rm.problem(
+                "account",
+                "required: the account number the centre assigned (here, "
+                "or once for every receiver as dc09.account)",
+            )
         if host is None or port is None or account is None:
             # Reported already. A stand-in that breaks no rule lets Settings check every other
             # value now, so the technician gets every problem in one round.

@@ -231,5 +231,3 @@ def by_id(items: tuple[Item, ...], wanted: str) -> Item:
         if item.id == wanted:
             return item
     raise KeyError(f"no {wanted!r} in the configuration")
-
-

@@ -97,11 +97,13 @@ class Map:
 
     def _add(self, key_node: yaml.Node, value_node: yaml.Node) -> None:
         if key_node.tag == "tag:yaml.org,2002:merge":
-            self.at.child("<<", key_node).report("YAML merge keys are not supported: write the"
-                                                 " keys out")
+            self.at.child("<<", key_node).report(
+                "YAML merge keys are not supported: write the keys out"
+            )
         elif not isinstance(key_node, yaml.ScalarNode):
             At(key_node, self.at.path, self.at.ctx).report(
-                f"keys must be plain names, got {describe(key_node)}")
+                f"keys must be plain names, got {describe(key_node)}"
+            )
         elif key_node.value in self._entries:
             first = line(self._entries[key_node.value][0])
             self.at.child(key_node.value, key_node).report(
@@ -223,8 +225,10 @@ def as_choice(kind: type[E]) -> Conv[E]:
     def convert(at: At) -> E:
         text = as_text(at)
         if text.lower() not in by_lower:
-            hint = (did_you_mean(text.lower(), list(by_lower))
-                    or f"; expected one of {', '.join(allowed)}")
+            hint = (
+                did_you_mean(text.lower(), list(by_lower))
+                or f"; expected one of {', '.join(allowed)}"
+            )
             raise Invalid(f"{show(text)} is not allowed here{hint}")
         return by_lower[text.lower()]
 
@@ -332,10 +336,16 @@ def as_section(build: Callable[[Map], T | None]) -> Conv[T]:
 # From text to Config.
 
 
-def compose(text: str, ctx: Ctx, *, start: str = "start from agent.example.yaml",
-            sections: str = "site:, mqtt: and buttons:") -> yaml.Node | None:
+def compose(
+    text: str,
+    ctx: Ctx,
+    *,
+    start: str = "start from agent.example.yaml",
+    sections: str = "site:, mqtt: and buttons:",
+) -> yaml.Node | None:
     """The node tree, or None with the reason reported (syntax, empty, not a mapping); ``start``
     and ``sections`` name, for the file being read, where to begin and what its top level holds."""
+
     def fail(line: int | None, message: str) -> None:
         ctx.problems.append(Problem(ctx.source, line, "", message))
 
@@ -346,8 +356,10 @@ def compose(text: str, ctx: Ctx, *, start: str = "start from agent.example.yaml"
         fail(mark.line + 1 if mark else None, syntax_message(err))
         return None
     except yaml.reader.ReaderError as err:
-        fail(text.count("\n", 0, err.position) + 1,
-             f"character #x{err.character:04x} is not allowed in YAML: remove it")
+        fail(
+            text.count("\n", 0, err.position) + 1,
+            f"character #x{err.character:04x} is not allowed in YAML: remove it",
+        )
         return None
     except RecursionError:
         fail(None, "nested too deeply to be a configuration file")
@@ -355,8 +367,7 @@ def compose(text: str, ctx: Ctx, *, start: str = "start from agent.example.yaml"
     if root is None or is_null(root):
         fail(None, f"the file is empty: {start}")
     elif not isinstance(root, yaml.MappingNode):
-        fail(line(root), f"the top level must be sections such as {sections}, got "
-             f"{describe(root)}")
+        fail(line(root), f"the top level must be sections such as {sections}, got {describe(root)}")
     else:
         return root
     return None
@@ -380,8 +391,13 @@ def read_text(path: str | Path, max_bytes: int, start: str) -> str:
     except (OSError, ValueError) as err:
         raise ConfigError([Problem(source, None, "", unreadable(err, start))]) from None
     if len(raw) > max_bytes:
-        raise ConfigError([Problem(source, None, "", f"larger than {max_bytes >> 20} MiB: is "
-                                   "this the right file?")])
+        raise ConfigError(
+            [
+                Problem(
+                    source, None, "", f"larger than {max_bytes >> 20} MiB: is this the right file?"
+                )
+            ]
+        )
     try:
         return raw.decode("utf-8-sig")  # a BOM from a Windows editor is harmless
     except UnicodeDecodeError as err:

@@ -149,15 +149,19 @@ def _is_loopback(host: str) -> bool:
     return host.lower() == "localhost" or (address is not None and address.is_loopback)
 
 
-
 # --------------------------------------------------------------------------------------------------
 # The schema: one builder per section. See docs/configuration.md for the why of each rule.
 
 _ID_RULE = "lower-case letters, digits, '_' and '-', starting with a letter or digit"
-_SITE_ID = matching(SITE_ID.pattern, "lower-case letters, digits and '-', starting"
-                     " with a letter or digit, at most 63 characters (it goes into MQTT topics)")
-_HOST = matching(HOST_PATTERN, "write a host name or IP address only, without mqtt:// or :port"
-                 " (the port goes in mqtt.port)")
+_SITE_ID = matching(
+    SITE_ID.pattern,
+    "lower-case letters, digits and '-', starting"
+    " with a letter or digit, at most 63 characters (it goes into MQTT topics)",
+)
+_HOST = matching(
+    HOST_PATTERN,
+    "write a host name or IP address only, without mqtt:// or :port (the port goes in mqtt.port)",
+)
 _ITEM_ID = matching(ITEM_ID.pattern, _ID_RULE)
 
 
@@ -170,11 +174,17 @@ def _label(at: At) -> str:
         raise Invalid(f"at most {MAX_LABEL_CHARS} characters, got {len(text)}")
     bad = UNSAFE_CHARS.search(text)
     if bad:
-        raise Invalid(f"contains the invisible or control character U+{ord(bad.group()):04X} "
-                       f"at position {bad.start() + 1}: retype the text")
+        raise Invalid(
+            f"contains the invisible or control character U+{ord(bad.group()):04X} "
+            f"at position {bad.start() + 1}: retype the text"
+        )
     return text
-_TOPIC_PREFIX = matching(r"[a-z0-9][a-z0-9_-]*(?:/[a-z0-9_-]+)*", f"{_ID_RULE}, and single '/'"
-                          " between levels such as police/schools (no '+', '#' or outer '/')")
+
+
+_TOPIC_PREFIX = matching(
+    r"[a-z0-9][a-z0-9_-]*(?:/[a-z0-9_-]+)*",
+    f"{_ID_RULE}, and single '/' between levels such as police/schools (no '+', '#' or outer '/')",
+)
 
 
 def _site(m: Map) -> SiteConfig | None:
@@ -208,13 +218,25 @@ def _mqtt(m: Map, site_id: str) -> MqttConfig | None:
     if m.present("password_file") and not m.present("username"):
         m.problem("password_file", "a password needs a username: set mqtt.username too")
     if host is not None and not (tls_on or allow_plaintext or _is_loopback(host)):
-        m.problem("host", f"plain-text MQTT to {host} would send alarms unencrypted: add a tls:"
-                  " block (tls: {} trusts the system CAs), or set allow_plaintext: true if the"
-                  " link is protected otherwise (VPN)")
+        m.problem(
+            "host",
+            f"plain-text MQTT to {host} would send alarms unencrypted: add a tls:"
+            " block (tls: {} trusts the system CAs), or set allow_plaintext: true if the"
+            " link is protected otherwise (VPN)",
+        )
     if host is None:
         return None
-    return MqttConfig(host, port, topic_prefix, keepalive_s, client_id, tls, username,
-                      password_file, allow_plaintext)
+    return MqttConfig(
+        host,
+        port,
+        topic_prefix,
+        keepalive_s,
+        client_id,
+        tls,
+        username,
+        password_file,
+        allow_plaintext,
+    )
 
 
 def _gpio(m: Map) -> GpioConfig:
@@ -222,8 +244,9 @@ def _gpio(m: Map) -> GpioConfig:
 
 
 def _live(m: Map) -> LiveConfig:
-    return LiveConfig(m.get("mode", as_choice(LiveMode), LiveConfig().mode),
-                      m.opt("source", _camera_source))
+    return LiveConfig(
+        m.get("mode", as_choice(LiveMode), LiveConfig().mode), m.opt("source", _camera_source)
+    )
 
 
 def _camera(m: Map) -> CameraConfig | None:
@@ -242,8 +265,18 @@ def _camera(m: Map) -> CameraConfig | None:
     m.at.ctx.camera_ids.append(camera_id)  # even when its source is bad: no echo errors in buttons
     if source is None:
         return None
-    return CameraConfig(camera_id, source, segment_s, pre_alarm_s, post_alarm_s, width, height,
-                        fps, bitrate_kbps, live)
+    return CameraConfig(
+        camera_id,
+        source,
+        segment_s,
+        pre_alarm_s,
+        post_alarm_s,
+        width,
+        height,
+        fps,
+        bitrate_kbps,
+        live,
+    )
 
 
 def _button(m: Map, zones: bool) -> ButtonConfig | None:
@@ -263,8 +296,11 @@ def _button(m: Map, zones: bool) -> ButtonConfig | None:
     if number is not None:
         m.claim("number", f"zone number {number}", f"{m.at.path} ({button_id or 'no id'})")
     elif zones and not m.present("number"):
-        m.problem("number", f"required with a dc09 section: the button's zone (1-{MAX_ZONE}) "
-                  "as the centre's receiver knows it")
+        m.problem(
+            "number",
+            f"required with a dc09 section: the button's zone (1-{MAX_ZONE}) "
+            "as the centre's receiver knows it",
+        )
     if button_id is None or pin is None or location is None:
         return None
     return ButtonConfig(button_id, pin, location, wiring, hold_s, cameras, number, holdup)
@@ -272,8 +308,10 @@ def _button(m: Map, zones: bool) -> ButtonConfig | None:
 
 def _storage(m: Map) -> StorageConfig:
     default = StorageConfig()
-    return StorageConfig(m.get("path", as_path(must_exist=False), default.path),
-                         m.get("max_gb", as_number(0, lo_open=True), default.max_gb))
+    return StorageConfig(
+        m.get("path", as_path(must_exist=False), default.path),
+        m.get("max_gb", as_number(0, lo_open=True), default.max_gb),
+    )
 
 
 def _recording(m: Map) -> RecordingConfig:
@@ -288,15 +326,17 @@ def _recording(m: Map) -> RecordingConfig:
 
 
 def _uplink(m: Map) -> UplinkConfig:
-    return UplinkConfig(m.opt("max_kbps", as_integer(1)),
-                        m.get("auto_rate", as_boolean, UplinkConfig().auto_rate))
+    return UplinkConfig(
+        m.opt("max_kbps", as_integer(1)), m.get("auto_rate", as_boolean, UplinkConfig().auto_rate)
+    )
 
 
 def _indicators(m: Map) -> IndicatorsConfig:
     led_pin = m.opt("led_pin", _pin)
     buzzer_pin = m.opt("buzzer_pin", _pin)
-    ack_timeout_s = m.get("ack_timeout_s", as_number(0, 86400, lo_open=True),
-                          IndicatorsConfig().ack_timeout_s)
+    ack_timeout_s = m.get(
+        "ack_timeout_s", as_number(0, 86400, lo_open=True), IndicatorsConfig().ack_timeout_s
+    )
     for key, pin in (("led_pin", led_pin), ("buzzer_pin", buzzer_pin)):
         if pin is not None:
             m.claim(key, f"GPIO {pin}", f"indicators.{key}")
@@ -331,10 +371,21 @@ def _root(m: Map, origin: Path | None) -> Config | None:
     dc09 = m.opt("dc09", as_section(dc09_section))
     if site is None or mqtt is None or buttons is None:
         return None
-    return Config(site, mqtt, gpio, buttons, cameras, storage, recording, uplink, indicators,
-                  commands, log, dc09=dc09, source=origin)
-
-
+    return Config(
+        site,
+        mqtt,
+        gpio,
+        buttons,
+        cameras,
+        storage,
+        recording,
+        uplink,
+        indicators,
+        commands,
+        log,
+        dc09=dc09,
+        source=origin,
+    )
 
 
 def parse(text: str, source: str, base_dir: Path, origin: Path | None) -> Config:
@@ -346,5 +397,3 @@ def parse(text: str, source: str, base_dir: Path, origin: Path | None) -> Config
     if config is None or ctx.problems:
         raise ConfigError([*sorted(ctx.problems, key=lambda p: p.line or 0)])
     return config
-
-

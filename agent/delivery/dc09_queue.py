@@ -44,8 +44,16 @@ from agent.errors import OutboxError
 log = logging.getLogger("agent.dc09")
 
 KEEP_REFUSED = 100  # refused rows kept for status; a misconfigured receiver must not fill a disk
-ALARMS = frozenset({EventKind.PANIC, EventKind.PANIC_RESTORE, EventKind.HOLDUP,
-                    EventKind.HOLDUP_RESTORE, EventKind.TAMPER, EventKind.TAMPER_RESTORE})
+ALARMS = frozenset(
+    {
+        EventKind.PANIC,
+        EventKind.PANIC_RESTORE,
+        EventKind.HOLDUP,
+        EventKind.HOLDUP_RESTORE,
+        EventKind.TAMPER,
+        EventKind.TAMPER_RESTORE,
+    }
+)
 MQTT_DOWN = "dc09_mqtt_path_down"  # meta: path_fail queued and no path_restore since
 _BATCH = 16  # rows read per look: enough to step over rows set aside
 
@@ -100,8 +108,17 @@ def _insert(conn: sqlite3.Connection, row: Stored) -> int:
     cur = conn.execute(
         "INSERT INTO dc09 (priority, kind, zone, location, at, event_id, state, reason) "
         "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-        (row.priority, row.kind, row.zone, row.location, row.at, row.event_id, int(row.state),
-         row.reason))
+        (
+            row.priority,
+            row.kind,
+            row.zone,
+            row.location,
+            row.at,
+            row.event_id,
+            int(row.state),
+            row.reason,
+        ),
+    )
     assert cur.lastrowid is not None
     return cur.lastrowid
 
@@ -134,8 +151,10 @@ class OutboxEventQueue:
         def tx(conn: sqlite3.Connection) -> None:
             row.insert(conn)
             if mqtt_down is not None:
-                conn.execute("INSERT OR REPLACE INTO meta (name, value) VALUES (?, ?)",
-                             (MQTT_DOWN, int(mqtt_down)))
+                conn.execute(
+                    "INSERT OR REPLACE INTO meta (name, value) VALUES (?, ?)",
+                    (MQTT_DOWN, int(mqtt_down)),
+                )
 
         if mqtt_down is not None:
             with self._lock:
@@ -143,8 +162,12 @@ class OutboxEventQueue:
         try:
             self._outbox.transaction(tx, committed=lambda _: row.committed())
         except OutboxError as exc:
-            log.critical("DC-09 %s zone %d NOT on disk (%s); holding it in memory and sending "
-                         "it", event.kind, event.zone, exc)
+            log.critical(
+                "DC-09 %s zone %d NOT on disk (%s); holding it in memory and sending it",
+                event.kind,
+                event.zone,
+                exc,
+            )
             row.hold()
             return False
         return True
@@ -173,8 +196,9 @@ class OutboxEventQueue:
                 try:
                     return Queued(row.id, row.event())
                 except (ValueError, TypeError) as exc:  # a damaged or newer agent's row
-                    log.error("dc09: event %d (%r zone %s) set aside: %s", row.id, row.kind,
-                              row.zone, exc)
+                    log.error(
+                        "dc09: event %d (%r zone %s) set aside: %s", row.id, row.kind, row.zone, exc
+                    )
                     self.refused(row.id, f"not a DC-09 event this agent can send: {exc}")
             if len(rows) < _BATCH:
                 return None
@@ -187,8 +211,11 @@ class OutboxEventQueue:
 
     def depth(self) -> int:
         def count(conn: sqlite3.Connection) -> int:
-            return int(conn.execute("SELECT COUNT(*) FROM dc09 WHERE state = ?",
-                                    (RowState.READY,)).fetchone()[0])
+            return int(
+                conn.execute(
+                    "SELECT COUNT(*) FROM dc09 WHERE state = ?", (RowState.READY,)
+                ).fetchone()[0]
+            )
 
         try:
             on_disk = self._outbox.query(count)
@@ -200,12 +227,16 @@ class OutboxEventQueue:
 
     def refusals(self, limit: int = 5) -> tuple[int, list[Stored]]:
         """How many are refused, and the newest ``limit`` of them, newest first."""
+
         def read(conn: sqlite3.Connection) -> tuple[int, list[Stored]]:
-            (n,) = conn.execute("SELECT COUNT(*) FROM dc09 WHERE state = ?",
-                                (RowState.REFUSED,)).fetchone()
+            (n,) = conn.execute(
+                "SELECT COUNT(*) FROM dc09 WHERE state = ?", (RowState.REFUSED,)
+            ).fetchone()
             rows = conn.execute(
                 "SELECT id, kind, zone, location, at, event_id, state, reason FROM dc09 "
-                "WHERE state = ? ORDER BY id DESC LIMIT ?", (RowState.REFUSED, limit)).fetchall()
+                "WHERE state = ? ORDER BY id DESC LIMIT ?",
+                (RowState.REFUSED, limit),
+            ).fetchall()
             return int(n), [_row(r) for r in rows]
 
         try:
@@ -220,6 +251,7 @@ class OutboxEventQueue:
 
     def _look(self) -> list[Stored]:
         """The next ready events, in sending order: on disk, then held in memory."""
+
         def read(conn: sqlite3.Connection) -> list[Stored]:
             with self._lock:
                 skip = list(self._unsynced)
@@ -228,7 +260,9 @@ class OutboxEventQueue:
             rows = conn.execute(
                 "SELECT id, kind, zone, location, at, event_id, state, reason FROM dc09 "
                 f"WHERE state = ? {f'AND id NOT IN ({marks})' if skip else ''} "
-                "ORDER BY priority, id LIMIT ?", (RowState.READY, *skip, _BATCH)).fetchall()
+                "ORDER BY priority, id LIMIT ?",
+                (RowState.READY, *skip, _BATCH),
+            ).fetchall()
             return [_row(r) for r in rows] + held
 
         try:
@@ -251,8 +285,9 @@ class OutboxEventQueue:
                 if held is not None:
                     self._memory.remove(held)
                     if reason is not None:
-                        self._memory.append(dataclasses.replace(
-                            held, state=RowState.REFUSED, reason=reason))
+                        self._memory.append(
+                            dataclasses.replace(held, state=RowState.REFUSED, reason=reason)
+                        )
                     return
                 if event_id not in self._moved:
                     return
@@ -265,12 +300,16 @@ class OutboxEventQueue:
                 if why is None:
                     conn.execute("DELETE FROM dc09 WHERE id = ?", (row_id,))
                 else:
-                    conn.execute("UPDATE dc09 SET state = ?, reason = ? WHERE id = ?",
-                                 (RowState.REFUSED, why, row_id))
+                    conn.execute(
+                        "UPDATE dc09 SET state = ?, reason = ? WHERE id = ?",
+                        (RowState.REFUSED, why, row_id),
+                    )
             if any(why is not None for why in todo.values()):
-                conn.execute("DELETE FROM dc09 WHERE state = ? AND id NOT IN (SELECT id FROM "
-                             "dc09 WHERE state = ? ORDER BY id DESC LIMIT ?)",
-                             (RowState.REFUSED, RowState.REFUSED, KEEP_REFUSED))
+                conn.execute(
+                    "DELETE FROM dc09 WHERE state = ? AND id NOT IN (SELECT id FROM "
+                    "dc09 WHERE state = ? ORDER BY id DESC LIMIT ?)",
+                    (RowState.REFUSED, RowState.REFUSED, KEEP_REFUSED),
+                )
 
         def written(_: None) -> None:
             with self._lock:
@@ -281,9 +320,13 @@ class OutboxEventQueue:
         try:  # bookkeeping: its loss only causes a resend, so no fsync of its own
             self._outbox.transaction(tx, durable=False, committed=written)
         except OutboxError as exc:
-            log.error("dc09: cannot record that event %d was %s (%s); it is not sent again "
-                      "and is recorded with the next one", event_id,
-                      "acknowledged" if reason is None else "refused", exc)
+            log.error(
+                "dc09: cannot record that event %d was %s (%s); it is not sent again "
+                "and is recorded with the next one",
+                event_id,
+                "acknowledged" if reason is None else "refused",
+                exc,
+            )
 
     # --- for _Row: the disk's answer about held events ---------------------------------------
 

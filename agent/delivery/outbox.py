@@ -93,8 +93,13 @@ class _Held:
 class Outbox:
     """Open with :meth:`open`; the constructor does no I/O so tests can pass a connection in."""
 
-    def __init__(self, conn: sqlite3.Connection, path: Path, last_seq: int = 0,
-                 recovered_from: Path | None = None) -> None:
+    def __init__(
+        self,
+        conn: sqlite3.Connection,
+        path: Path,
+        last_seq: int = 0,
+        recovered_from: Path | None = None,
+    ) -> None:
         self._conn = conn
         self.path = path
         # Guards _conn, _memory and _last_seq. Held for one short transaction at a time and
@@ -113,8 +118,15 @@ class Outbox:
     @classmethod
     def open(cls, path: Path) -> Outbox:
         """Open or create the outbox; a corrupt one is moved aside (``recovered_from``)."""
-        opened = open_db(path, setup, what="outbox", sync=Sync.FULL, private=True,
-                         lost="alarms queued in it may not have been sent", error=OutboxError)
+        opened = open_db(
+            path,
+            setup,
+            what="outbox",
+            sync=Sync.FULL,
+            private=True,
+            lost="alarms queued in it may not have been sent",
+            error=OutboxError,
+        )
         conn, aside = opened.conn, opened.quarantined
         last = max(read_seq(conn), read_seq_of(aside) if aside else 0)
         if aside is not None:  # seq goes on from the broken file's, so the centre sees a gap
@@ -128,8 +140,9 @@ class Outbox:
 
     # --- writing ----------------------------------------------------------------------------
 
-    def add_alarm(self, topic: str, key: str, build: Callable[[int], bytes],
-                  also: Companion | None = None) -> tuple[int, bool]:
+    def add_alarm(
+        self, topic: str, key: str, build: Callable[[int], bytes], also: Companion | None = None
+    ) -> tuple[int, bool]:
         """Allocate the next ``seq``, store the alarm built from it (and ``also``, another
         path's row for it), and sync, in one commit.
 
@@ -173,8 +186,20 @@ class Outbox:
         with self._lock:
             self._last_seq += 1
             seq = self._last_seq
-            self._memory.append(_Held(Message(next(self._memory_ids), Priority.ALARM, topic, key,
-                                              1, False, build(seq), seq)))
+            self._memory.append(
+                _Held(
+                    Message(
+                        next(self._memory_ids),
+                        Priority.ALARM,
+                        topic,
+                        key,
+                        1,
+                        False,
+                        build(seq),
+                        seq,
+                    )
+                )
+            )
         return seq
 
     def add(
@@ -190,7 +215,8 @@ class Outbox:
     ) -> bool:
         """Queue one message; False when one with this key is already queued (a retry)."""
         return self._write(
-            lambda conn: insert(conn, priority, topic, key, payload, qos, retain, blob))
+            lambda conn: insert(conn, priority, topic, key, payload, qos, retain, blob)
+        )
 
     def add_many(self, rows: Iterable[tuple[Priority, str, str, bytes, BlobRef | None]]) -> int:
         """Queue many messages (a segment's chunks) in one transaction and one sync."""
@@ -206,13 +232,19 @@ class Outbox:
             with self._lock:
                 self._memory = [h for h in self._memory if h.msg.id != message_id]
             return
-        self._write(lambda conn: conn.execute("DELETE FROM messages WHERE id = ?", (message_id,)),
-                    durable=False)
+        self._write(
+            lambda conn: conn.execute("DELETE FROM messages WHERE id = ?", (message_id,)),
+            durable=False,
+        )
 
     def ack_many(self, message_ids: list[int]) -> None:
         """Forget many acknowledged messages in one commit (video: one fsync per batch)."""
-        self._write(lambda conn: conn.executemany(
-            "DELETE FROM messages WHERE id = ?", [(i,) for i in message_ids]), durable=False)
+        self._write(
+            lambda conn: conn.executemany(
+                "DELETE FROM messages WHERE id = ?", [(i,) for i in message_ids]
+            ),
+            durable=False,
+        )
 
     def drop_oldest_clip(self, keep: str) -> str | None:
         """Drop every queued chunk of the oldest clip queued before ``keep`` (the one being
@@ -223,12 +255,16 @@ class Outbox:
             row = conn.execute(
                 "SELECT key FROM messages WHERE priority = ? AND id < "
                 "(SELECT COALESCE(MIN(id), 0) FROM messages WHERE key LIKE ?) "
-                "ORDER BY id LIMIT 1", (int(Priority.CLIP), f"{keep}/%")).fetchone()
+                "ORDER BY id LIMIT 1",
+                (int(Priority.CLIP), f"{keep}/%"),
+            ).fetchone()
             if row is None:
                 return None
             event_id = str(row[0]).split("/", 1)[0]
-            conn.execute("DELETE FROM messages WHERE priority = ? AND key LIKE ?",
-                         (int(Priority.CLIP), f"{event_id}/%"))
+            conn.execute(
+                "DELETE FROM messages WHERE priority = ? AND key LIKE ?",
+                (int(Priority.CLIP), f"{event_id}/%"),
+            )
             return event_id
 
         return self._write(tx)
@@ -251,11 +287,13 @@ class Outbox:
             "ORDER BY priority, seq, id LIMIT ?"
         )
         with self._lock:
-            memory = [h.msg for h in self._memory
-                      if h.state is RowState.READY and h.msg.id not in skip]
+            memory = [
+                h.msg for h in self._memory if h.state is RowState.READY and h.msg.id not in skip
+            ]
             try:
                 rows = self._conn.execute(
-                    sql, (RowState.READY, int(max_priority), *skip, limit)).fetchall()
+                    sql, (RowState.READY, int(max_priority), *skip, limit)
+                ).fetchall()
             except sqlite3.Error as exc:
                 log.error("cannot read the outbox (%s); sending what memory holds", exc)
                 rows = []
@@ -268,10 +306,12 @@ class Outbox:
                     self.ack(mid)
                     continue
                 payload = bytes(payload) + body
-            out.append(Message(mid, Priority(prio), topic, key, qos, bool(retain), bytes(payload),
-                               seq))
-        alarms = sorted((m for m in [*out, *memory] if m.priority is Priority.ALARM),
-                        key=lambda m: m.seq or 0)
+            out.append(
+                Message(mid, Priority(prio), topic, key, qos, bool(retain), bytes(payload), seq)
+            )
+        alarms = sorted(
+            (m for m in [*out, *memory] if m.priority is Priority.ALARM), key=lambda m: m.seq or 0
+        )
         return (alarms + [m for m in out if m.priority is not Priority.ALARM])[:limit]
 
     def depth(self) -> dict[str, int]:
@@ -302,16 +342,20 @@ class Outbox:
                     if held.msg.id == message_id:
                         held.state = RowState.DELIVERED
             return
-        self._write(lambda conn: conn.execute(
-            "UPDATE messages SET state = ? WHERE id = ?", (RowState.DELIVERED, message_id)),
-            durable=False)
+        self._write(
+            lambda conn: conn.execute(
+                "UPDATE messages SET state = ? WHERE id = ?", (RowState.DELIVERED, message_id)
+            ),
+            durable=False,
+        )
 
     def delivered(self) -> list[int]:
         """Alarms awaiting a receipt, oldest first (after a restart, to resend them)."""
         with self._lock:
             held = [h.msg.id for h in self._memory if h.state is RowState.DELIVERED]
-            rows = self._read("SELECT id FROM messages WHERE state = ? ORDER BY seq, id",
-                              RowState.DELIVERED)
+            rows = self._read(
+                "SELECT id FROM messages WHERE state = ? ORDER BY seq, id", RowState.DELIVERED
+            )
         return [int(r[0]) for r in rows] + held
 
     def get(self, message_id: int) -> Message | None:
@@ -320,8 +364,11 @@ class Outbox:
             for held in self._memory:
                 if held.msg.id == message_id:
                     return held.msg
-            rows = self._read("SELECT id, priority, topic, key, qos, retain, payload, seq "
-                              "FROM messages WHERE id = ?", message_id)
+            rows = self._read(
+                "SELECT id, priority, topic, key, qos, retain, payload, seq "
+                "FROM messages WHERE id = ?",
+                message_id,
+            )
         if not rows:
             return None
         mid, prio, topic, key, qos, retain, payload, seq = rows[0]
@@ -337,8 +384,9 @@ class Outbox:
         def tx(conn: sqlite3.Connection) -> list[int]:
             removed = []
             for key in wanted:
-                row = conn.execute("DELETE FROM messages WHERE key = ? RETURNING id",
-                                   (key,)).fetchone()
+                row = conn.execute(
+                    "DELETE FROM messages WHERE key = ? RETURNING id", (key,)
+                ).fetchone()
                 if row is not None:
                     removed.append(int(row[0]))
             return removed
@@ -350,8 +398,13 @@ class Outbox:
 
     # --- for another path's rows (agent/delivery/dc09_queue.py) -----------------------------
 
-    def transaction(self, tx: Callable[[sqlite3.Connection], T], *, durable: bool = True,
-                    committed: Callable[[T], None] | None = None) -> T:
+    def transaction(
+        self,
+        tx: Callable[[sqlite3.Connection], T],
+        *,
+        durable: bool = True,
+        committed: Callable[[T], None] | None = None,
+    ) -> T:
         """One transaction on the outbox's connection, under its lock (see :meth:`_write`)."""
         return self._write(tx, durable, committed)
 
@@ -361,8 +414,9 @@ class Outbox:
             try:
                 return read(self._conn)
             except sqlite3.Error as exc:
-                raise OutboxError(f"cannot read the outbox ({exc}): the disk at "
-                                  f"{self.path.parent} may be failing") from exc
+                raise OutboxError(
+                    f"cannot read the outbox ({exc}): the disk at {self.path.parent} may be failing"
+                ) from exc
 
     def integrity_ok(self) -> bool:
         with self._lock:
@@ -376,11 +430,16 @@ class Outbox:
         try:
             return self._conn.execute(sql, args).fetchall()
         except sqlite3.Error as exc:
-            raise OutboxError(f"cannot read the outbox ({exc}): the disk at "
-                              f"{self.path.parent} may be failing") from exc
+            raise OutboxError(
+                f"cannot read the outbox ({exc}): the disk at {self.path.parent} may be failing"
+            ) from exc
 
-    def _write(self, tx: Callable[[sqlite3.Connection], T], durable: bool = True,
-               committed: Callable[[T], None] | None = None) -> T:
+    def _write(
+        self,
+        tx: Callable[[sqlite3.Connection], T],
+        durable: bool = True,
+        committed: Callable[[T], None] | None = None,
+    ) -> T:
         """One transaction. ``durable=False`` is for bookkeeping whose loss on power failure
         only causes a resend (acks, receipts): it commits without an fsync of its own, so an
         alarm's commit never waits behind one. The next durable commit syncs it anyway.
@@ -396,4 +455,5 @@ class Outbox:
             except sqlite3.Error as exc:
                 raise OutboxError(
                     f"outbox write failed ({exc}): the disk at {self.path.parent} may be full, "
-                    "read-only or failing") from exc
+                    "read-only or failing"
+                ) from exc

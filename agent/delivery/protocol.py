@@ -143,7 +143,7 @@ def parse_box_topic(prefix: str, topic: str) -> BoxTopic:
     ``clip`` was taken for a kind and its alarms dropped or filed under another site."""
     if not topic.startswith(prefix + "/"):
         raise WireError("bad_topic", f"not under {prefix}/")
-    parts = topic[len(prefix) + 1:].split("/")
+    parts = topic[len(prefix) + 1 :].split("/")
     if not SITE_ID.fullmatch(parts[0]):
         raise WireError("bad_topic", "the level after the prefix must be a site id")
     if len(parts) == 2 and parts[1] in _SITE_KINDS:
@@ -189,19 +189,25 @@ class Alarm:
 
 
 _TEXT = "text without control characters"
-ALARM = Schema("an alarm", MAX_ALARM_BYTES, {
-    "event_id": Text("a lower-case UUID", 36, pattern=UUID),
-    "seq": Int(1, MAX_SEQ),
-    "site_id": Text("a site id", 63, pattern=SITE_ID),
-    "button_id": Text("empty or a button id", 63, pattern=re.compile(f"(?:{ITEM_ID.pattern})?")),
-    "location": Text(f"{_TEXT}, 1 to {MAX_LABEL_CHARS} characters", MAX_LABEL_CHARS, 1),
-    "kind": OneOf(frozenset(k.value for k in AlarmKind)),
-    "pressed_at": Timestamp(),
-    "clock_synced": Bool(),
-    "test": Bool(),
-    "detail": Text(f"{_TEXT}, at most {MAX_DETAIL_CHARS} characters", MAX_DETAIL_CHARS),
-    "v": Int(PROTOCOL_VERSION, PROTOCOL_VERSION),
-})
+ALARM = Schema(
+    "an alarm",
+    MAX_ALARM_BYTES,
+    {
+        "event_id": Text("a lower-case UUID", 36, pattern=UUID),
+        "seq": Int(1, MAX_SEQ),
+        "site_id": Text("a site id", 63, pattern=SITE_ID),
+        "button_id": Text(
+            "empty or a button id", 63, pattern=re.compile(f"(?:{ITEM_ID.pattern})?")
+        ),
+        "location": Text(f"{_TEXT}, 1 to {MAX_LABEL_CHARS} characters", MAX_LABEL_CHARS, 1),
+        "kind": OneOf(frozenset(k.value for k in AlarmKind)),
+        "pressed_at": Timestamp(),
+        "clock_synced": Bool(),
+        "test": Bool(),
+        "detail": Text(f"{_TEXT}, at most {MAX_DETAIL_CHARS} characters", MAX_DETAIL_CHARS),
+        "v": Int(PROTOCOL_VERSION, PROTOCOL_VERSION),
+    },
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -224,14 +230,19 @@ def dumps(obj: dict[str, Any]) -> bytes:
     return json.dumps(obj, separators=(",", ":"), ensure_ascii=False).encode()
 
 
-STATUS = Schema("a status", MAX_STATUS_BYTES, {
-    "state": OneOf(frozenset({"online", "offline"})),
-    "site_id": Text("a site id", 63, pattern=SITE_ID),
-    "at": Timestamp(),
-    "agent_version": Text("a version such as 0.1.0", 32, pattern=_VERSION),
-    "reason": Text(f"{_TEXT}, at most {MAX_LABEL_CHARS} characters", MAX_LABEL_CHARS),
-    "v": Int(PROTOCOL_VERSION, PROTOCOL_VERSION),
-}, optional={"test_mode_until": Nullable(Timestamp())})
+STATUS = Schema(
+    "a status",
+    MAX_STATUS_BYTES,
+    {
+        "state": OneOf(frozenset({"online", "offline"})),
+        "site_id": Text("a site id", 63, pattern=SITE_ID),
+        "at": Timestamp(),
+        "agent_version": Text("a version such as 0.1.0", 32, pattern=_VERSION),
+        "reason": Text(f"{_TEXT}, at most {MAX_LABEL_CHARS} characters", MAX_LABEL_CHARS),
+        "v": Int(PROTOCOL_VERSION, PROTOCOL_VERSION),
+    },
+    optional={"test_mode_until": Nullable(Timestamp())},
+)
 
 
 def parse_alarm(payload: bytes) -> Alarm:
@@ -253,9 +264,13 @@ class Receipt:
     v: int = PROTOCOL_VERSION
 
     def to_json(self) -> bytes:
-        return dumps({"alarms": list(self.alarms),
-                      "clips": [{"event_id": e, "camera_id": c} for e, c in self.clips],
-                      "v": self.v})
+        return dumps(
+            {
+                "alarms": list(self.alarms),
+                "clips": [{"event_id": e, "camera_id": c} for e, c in self.clips],
+                "v": self.v,
+            }
+        )
 
 
 def parse_receipt(payload: bytes) -> Receipt:
@@ -300,31 +315,40 @@ class ChunkHeader:
 
 
 def _chunk_schema(what: str, event_id: Text, segment: Int) -> Schema:
-    return Schema(what, MAX_HEADER_BYTES, {
-        "event_id": event_id,
-        "camera_id": Text("a camera id", 63, pattern=ITEM_ID),
-        "segment": segment,
-        "final": Bool(),
-        "chunk": Int(0, MAX_CHUNKS - 1),
-        "chunks": Int(1, MAX_CHUNKS),
-        "sha256": Text("64 lower-case hex digits", 64, pattern=_HEX64),
-        "size": Int(1, MAX_SEGMENT_BYTES),
-        "start": Timestamp(),
-        "end": Timestamp(),
-        "v": Int(PROTOCOL_VERSION, PROTOCOL_VERSION),
-    }, optional={
-        "prev": Text("empty or 64 lower-case hex digits", 64, pattern=_CHAIN),
-        "link": Text("empty or 64 lower-case hex digits", 64, pattern=_CHAIN),
-        "sig": Text("empty or the base64 of 64 bytes", 88, pattern=_SIG),
-    })
+    return Schema(
+        what,
+        MAX_HEADER_BYTES,
+        {
+            "event_id": event_id,
+            "camera_id": Text("a camera id", 63, pattern=ITEM_ID),
+            "segment": segment,
+            "final": Bool(),
+            "chunk": Int(0, MAX_CHUNKS - 1),
+            "chunks": Int(1, MAX_CHUNKS),
+            "sha256": Text("64 lower-case hex digits", 64, pattern=_HEX64),
+            "size": Int(1, MAX_SEGMENT_BYTES),
+            "start": Timestamp(),
+            "end": Timestamp(),
+            "v": Int(PROTOCOL_VERSION, PROTOCOL_VERSION),
+        },
+        optional={
+            "prev": Text("empty or 64 lower-case hex digits", 64, pattern=_CHAIN),
+            "link": Text("empty or 64 lower-case hex digits", 64, pattern=_CHAIN),
+            "sig": Text("empty or the base64 of 64 bytes", 88, pattern=_SIG),
+        },
+    )
 
 
-CLIP_CHUNK = _chunk_schema("a clip chunk header",
-                           Text("an alarm's event id or fetch-{command id}", 42, pattern=CLIP_ID),
-                           Int(0, MAX_CLIP_SEGMENTS - 1))
-LIVE_CHUNK = _chunk_schema("a live chunk header",
-                           Text("live-{command id} or always", 41, pattern=LIVE_SESSION),
-                           Int(0, MAX_SEQ))
+CLIP_CHUNK = _chunk_schema(
+    "a clip chunk header",
+    Text("an alarm's event id or fetch-{command id}", 42, pattern=CLIP_ID),
+    Int(0, MAX_CLIP_SEGMENTS - 1),
+)
+LIVE_CHUNK = _chunk_schema(
+    "a live chunk header",
+    Text("live-{command id} or always", 41, pattern=LIVE_SESSION),
+    Int(0, MAX_SEQ),
+)
 
 
 def encode_chunk(header: ChunkHeader, data: bytes) -> bytes:
@@ -340,7 +364,7 @@ def decode_chunk(payload: bytes, live: bool = False) -> tuple[ChunkHeader, bytes
         raise WireError("bad_chunk", f"no header line within {MAX_HEADER_BYTES} bytes")
     fields = (LIVE_CHUNK if live else CLIP_CHUNK).decode(payload[:end])
     header = ChunkHeader(**fields)  # type: ignore[arg-type]  # types checked by the schema
-    data = payload[end + 1:]
+    data = payload[end + 1 :]
     if header.chunk >= header.chunks or header.chunks > header.size:
         raise WireError("bad_chunk", "chunk must be below chunks, chunks at most size")
     if header.size > header.chunks * MAX_CHUNK_DATA:

@@ -103,7 +103,12 @@ def insert(
         "(priority, topic, key, qos, retain, payload, blob_path, blob_off, blob_len, seq) "
         "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
         (
-            int(priority), topic, key, qos, int(retain), payload,
+            int(priority),
+            topic,
+            key,
+            qos,
+            int(retain),
+            payload,
             str(blob.path) if blob else None,
             blob.offset if blob else None,
             blob.length if blob else None,

@@ -56,14 +56,18 @@ def _no_constant(_name: str) -> object:
     raise ValueError("NaN and Infinity are not JSON")
 
 
-def load_object(payload: bytes | bytearray | memoryview, max_bytes: int,
-                what: str = "a message") -> dict[str, object]:
+def load_object(
+    payload: bytes | bytearray | memoryview, max_bytes: int, what: str = "a message"
+) -> dict[str, object]:
     """Rules 1 to 3: the payload as a dict, or WireError."""
     if memoryview(payload).nbytes > max_bytes:  # before any copy or parse
         raise WireError("too_large", f"at most {max_bytes} bytes")
     try:
-        doc: object = json.loads(bytes(payload).decode("utf-8"), object_pairs_hook=no_duplicates,
-                                 parse_constant=_no_constant)
+        doc: object = json.loads(
+            bytes(payload).decode("utf-8"),
+            object_pairs_hook=no_duplicates,
+            parse_constant=_no_constant,
+        )
     except UnicodeDecodeError:
         raise WireError("not_json", "not UTF-8") from None
     except _DuplicateKey:
@@ -174,7 +178,8 @@ class Schema:
             if key not in doc:
                 raise WireError("missing_field", f"{self.what} needs {key}")
         if len(doc) > len(self.required) + len(self.optional) or any(
-                key not in self.required and key not in self.optional for key in doc):
+            key not in self.required and key not in self.optional for key in doc
+        ):
             allowed = ", ".join([*self.required, *self.optional])
             raise WireError("unknown_field", f"{self.what} has only {allowed}")
         for key, value in doc.items():

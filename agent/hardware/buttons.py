@@ -68,9 +68,13 @@ class Change(enum.StrEnum):
     OPEN_CLEARED = "open_cleared"  # that cleared
 
 
-_ALARM_KINDS = {Change.PRESSED: AlarmKind.PANIC, Change.STUCK: AlarmKind.FAULT,
-                Change.OPEN_AT_START: AlarmKind.FAULT, Change.STUCK_CLEARED: AlarmKind.RESTORE,
-                Change.OPEN_CLEARED: AlarmKind.RESTORE}
+_ALARM_KINDS = {
+    Change.PRESSED: AlarmKind.PANIC,
+    Change.STUCK: AlarmKind.FAULT,
+    Change.OPEN_AT_START: AlarmKind.FAULT,
+    Change.STUCK_CLEARED: AlarmKind.RESTORE,
+    Change.OPEN_CLEARED: AlarmKind.RESTORE,
+}
 
 
 @dataclass(frozen=True, slots=True)
@@ -168,7 +172,8 @@ class ButtonBoard:
                 b.state = ButtonState.FAILED
                 log.error("button %s (GPIO %d) failed to open: %s", b.cfg.id, b.cfg.pin, exc)
         self._worker = (supervisor or Supervisor()).spawn(
-            "buttons", self._run, wake=lambda: self._queue.put(("tick",)))
+            "buttons", self._run, wake=lambda: self._queue.put(("tick",))
+        )
 
     def stop(self) -> None:
         if self._worker is not None:
@@ -227,8 +232,12 @@ class ButtonBoard:
     def snapshot(self) -> dict[str, dict[str, Any]]:
         """Each button's state for ``status``; a racy read of simple fields is fine here."""
         return {
-            bid: {"state": str(b.state), "pin": b.cfg.pin, "presses": b.presses,
-                  "location": b.cfg.location}
+            bid: {
+                "state": str(b.state),
+                "pin": b.cfg.pin,
+                "presses": b.presses,
+                "location": b.cfg.location,
+            }
             for bid, b in self._buttons.items()
         }
 
@@ -308,8 +317,12 @@ class ButtonBoard:
                 self._press(b, out)
             elif b.state is ButtonState.PRESSED and b.active:
                 b.state = ButtonState.STUCK
-                self._emit(b, Change.STUCK, f"pressed for over {self._timing.stuck_s:.0f} s: "
-                           "stuck button or open loop", out)
+                self._emit(
+                    b,
+                    Change.STUCK,
+                    f"pressed for over {self._timing.stuck_s:.0f} s: stuck button or open loop",
+                    out,
+                )
             elif not b.active and b.state is ButtonState.STUCK:
                 b.state = ButtonState.IDLE
                 cleared = Change.OPEN_CLEARED if b.open_at_start else Change.STUCK_CLEARED
@@ -326,7 +339,11 @@ class ButtonBoard:
         self._emit(b, Change.PRESSED, "", out, wall=b.pressed_at_wall)
 
     def _emit(
-        self, b: _Button, change: Change, detail: str, out: list[Any] | None,
+        self,
+        b: _Button,
+        change: Change,
+        detail: str,
+        out: list[Any] | None,
         wall: float | None = None,
     ) -> None:
         event = ButtonEvent(b.cfg.id, change, wall if wall is not None else self._wall(), detail)

@@ -36,8 +36,12 @@ _BLINK = {Pattern.WAITING: 0.5, Pattern.NO_CENTRE: 0.125}  # seconds on, and off
 
 
 class Indicators:
-    def __init__(self, cfg: IndicatorsConfig, factory: Factory | None,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self,
+        cfg: IndicatorsConfig,
+        factory: Factory | None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self._cfg = cfg
         self._factory = factory
         self._clock = clock

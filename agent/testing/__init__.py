@@ -20,8 +20,12 @@ from typing import TypeVar
 T = TypeVar("T")
 
 
-def wait_for(predicate: Callable[[], T | None], timeout: float = 10.0, what: str = "condition",
-             poll_s: float = 0.02) -> T:
+def wait_for(
+    predicate: Callable[[], T | None],
+    timeout: float = 10.0,
+    what: str = "condition",
+    poll_s: float = 0.02,
+) -> T:
     """Poll until ``predicate`` returns something true, and return it."""
     deadline = time.monotonic() + timeout
     while True:

@@ -69,8 +69,9 @@ class Mosquitto:
     def start(self, timeout: float = 5.0) -> None:
         exe = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
         if not os.path.exists(exe):
-            raise BrokerError("mosquitto is not installed: run ./install.sh --dev "
-                              "(or apt-get install mosquitto)")
+            raise BrokerError(
+                "mosquitto is not installed: run ./install.sh --dev (or apt-get install mosquitto)"
+            )
         self.workdir.mkdir(parents=True, exist_ok=True)
         conf = self.workdir / "mosquitto.conf"
         listeners = self.listeners
@@ -95,7 +96,10 @@ class Mosquitto:
         ports = [int(p) for p in re.findall(r"^listener\s+(\d+)", text, re.MULTILINE)]
         with open(self.workdir / "mosquitto.log", "ab") as log:
             self.proc = subprocess.Popen(
-                self.command(exe, conf), stdout=log, stderr=log, stdin=subprocess.DEVNULL,
+                self.command(exe, conf),
+                stdout=log,
+                stderr=log,
+                stdin=subprocess.DEVNULL,
                 preexec_fn=die_with_parent,
             )
         deadline = time.monotonic() + timeout
@@ -106,8 +110,10 @@ class Mosquitto:
                 return
             time.sleep(0.02)
         self.kill()
-        raise BrokerError(f"mosquitto did not listen on port(s) {ports} within {timeout} s;"
-                          f" see {self.workdir}/mosquitto.log")
+        raise BrokerError(
+            f"mosquitto did not listen on port(s) {ports} within {timeout} s;"
+            f" see {self.workdir}/mosquitto.log"
+        )
 
     def command(self, exe: str, conf: Path) -> list[str]:
         return [exe, "-c", str(conf)]

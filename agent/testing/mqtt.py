@@ -81,24 +81,42 @@ class MqttClient:
     what it does (a responder's reply, a timestamp) is done when :meth:`wait` returns.
     """
 
-    def __init__(self, port: int, topics: Sequence[str] = (), *, host: str = "127.0.0.1",
-                 client_id: str = "", persistent: bool = False, keepalive: int = 60,
-                 reconnect: tuple[float, float] | str | None = (0.05, 0.5),
-                 tls: Tls | None = None, username: str | None = None, will: Will | None = None,
-                 protocol: MQTTProtocolVersion = mqtt.MQTTv5, threaded: bool = True,
-                 sndbuf: int | None = None, on_message: Callable[[Received], None] | None = None,
-                 ) -> None:
+    def __init__(
+        self,
+        port: int,
+        topics: Sequence[str] = (),
+        *,
+        host: str = "127.0.0.1",
+        client_id: str = "",
+        persistent: bool = False,
+        keepalive: int = 60,
+        reconnect: tuple[float, float] | str | None = (0.05, 0.5),
+        tls: Tls | None = None,
+        username: str | None = None,
+        will: Will | None = None,
+        protocol: MQTTProtocolVersion = mqtt.MQTTv5,
+        threaded: bool = True,
+        sndbuf: int | None = None,
+        on_message: Callable[[Received], None] | None = None,
+    ) -> None:
         self.host, self.port, self.topics = host, port, tuple(topics)
         self._persistent, self._keepalive, self._reconnect = persistent, keepalive, reconnect
         self._threaded, self._sndbuf, self._hook = threaded, sndbuf, on_message
-        c = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id, protocol=protocol,
-                        reconnect_on_failure=reconnect is not None)
+        c = mqtt.Client(
+            CallbackAPIVersion.VERSION2,
+            client_id=client_id,
+            protocol=protocol,
+            reconnect_on_failure=reconnect is not None,
+        )
         if isinstance(reconnect, tuple):
             c.reconnect_delay_set(reconnect[0], reconnect[1])  # type: ignore[arg-type]  # floats work
         if tls is not None:
-            c.tls_set(ca_certs=str(tls.ca), cert_reqs=ssl.CERT_REQUIRED,
-                      certfile=str(tls.cert) if tls.cert else None,
-                      keyfile=str(tls.key) if tls.key else None)
+            c.tls_set(
+                ca_certs=str(tls.ca),
+                cert_reqs=ssl.CERT_REQUIRED,
+                certfile=str(tls.cert) if tls.cert else None,
+                keyfile=str(tls.key) if tls.key else None,
+            )
         if username is not None:
             c.username_pw_set(username)
         if will is not None:
@@ -136,12 +154,18 @@ class MqttClient:
             props.SessionExpiryInterval = 3600
         clean = False if self._persistent else mqtt.MQTT_CLEAN_START_FIRST_ONLY
         if self._reconnect is not None and self._threaded:
-            self.client.connect_async(self.host, self.port, keepalive=self._keepalive,
-                                      clean_start=clean, properties=props)
+            self.client.connect_async(
+                self.host, self.port, keepalive=self._keepalive, clean_start=clean, properties=props
+            )
         else:
             try:
-                self.client.connect(self.host, self.port, keepalive=self._keepalive,
-                                    clean_start=clean, properties=props)
+                self.client.connect(
+                    self.host,
+                    self.port,
+                    keepalive=self._keepalive,
+                    clean_start=clean,
+                    properties=props,
+                )
             except OSError as exc:  # ssl.SSLError included: the handshake runs in connect()
                 self.error = str(exc)
                 self.gone.set()
@@ -158,8 +182,11 @@ class MqttClient:
         with self._cond:
             if self.gone.is_set() and self._reconnect is None:
                 return True  # refused or cut: the caller reads connack and error
-            return self.connack is not None and not self.connack.is_failure and (
-                not self.topics or (len(self.subscribed_at) > 0 and not self._pending_sub))
+            return (
+                self.connack is not None
+                and not self.connack.is_failure
+                and (not self.topics or (len(self.subscribed_at) > 0 and not self._pending_sub))
+            )
 
     @property
     def online(self) -> bool:
@@ -204,8 +231,14 @@ class MqttClient:
         with self._cond:
             return self.acks[mid]
 
-    def publish(self, topic: str, payload: bytes = b"x", qos: int = 1, retain: bool = False,
-                timeout: float = 5.0) -> ReasonCode:
+    def publish(
+        self,
+        topic: str,
+        payload: bytes = b"x",
+        qos: int = 1,
+        retain: bool = False,
+        timeout: float = 5.0,
+    ) -> ReasonCode:
         """Publish at QoS 1 and wait for the broker's answer."""
         return self.wait_ack(self.send(topic, payload, qos, retain), timeout)
 
@@ -240,8 +273,9 @@ class MqttClient:
     def received(self, topic_filter: str = "#", since: int = 0) -> list[Received]:
         """Messages whose topic matches ``topic_filter``, from index ``since`` of all."""
         with self._cond:
-            return [m for m in self.messages[since:]
-                    if mqtt.topic_matches_sub(topic_filter, m.topic)]
+            return [
+                m for m in self.messages[since:] if mqtt.topic_matches_sub(topic_filter, m.topic)
+            ]
 
     def payloads(self, topic_filter: str = "#") -> list[Any]:
         """The JSON of each non-empty message (a retained message is cleared with an empty
@@ -253,13 +287,23 @@ class MqttClient:
         with self._cond:
             return len(self.messages)
 
-    def wait(self, topic_filter: str = "#", n: int = 1, timeout: float = 10.0,
-             since: int = 0, payload: bytes | None = None) -> list[Received]:
+    def wait(
+        self,
+        topic_filter: str = "#",
+        n: int = 1,
+        timeout: float = 10.0,
+        since: int = 0,
+        payload: bytes | None = None,
+    ) -> list[Received]:
         """Until ``n`` messages matching ``topic_filter`` (and ``payload``, if given) arrived
         after index ``since``; those messages."""
+
         def matching() -> list[Received]:
-            return [m for m in self.received(topic_filter, since)
-                    if payload is None or m.payload == payload]
+            return [
+                m
+                for m in self.received(topic_filter, since)
+                if payload is None or m.payload == payload
+            ]
 
         self.until(lambda: len(matching()) >= n, timeout, f"{n} message(s) on {topic_filter}")
         return matching()
@@ -280,8 +324,7 @@ class MqttClient:
                 sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, self._sndbuf)
                 sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, self._sndbuf)
 
-    def _on_connect(self, client: mqtt.Client, _u: Any, _f: Any, rc: ReasonCode,
-                    _p: Any) -> None:
+    def _on_connect(self, client: mqtt.Client, _u: Any, _f: Any, rc: ReasonCode, _p: Any) -> None:
         with self._cond:
             self.connack = rc
             self.gone.clear()
@@ -343,11 +386,28 @@ class Receipts:
 
     def start(self) -> Receipts:
         self._proc = subprocess.Popen(
-            ["mosquitto_sub", "-p", str(self.port), "-V", "mqttv5", "-q", str(self.qos),
-             "-t", f"{self.prefix}/+/receipt", "-t", f"{self.prefix}/_centre/presence/+",
-             "-F", "%U %t %p"], stdout=subprocess.PIPE, text=True, preexec_fn=die_with_parent)
-        self._thread = threading.Thread(target=self._read, args=(self._proc,),
-                                        name="receipts", daemon=True)
+            [
+                "mosquitto_sub",
+                "-p",
+                str(self.port),
+                "-V",
+                "mqttv5",
+                "-q",
+                str(self.qos),
+                "-t",
+                f"{self.prefix}/+/receipt",
+                "-t",
+                f"{self.prefix}/_centre/presence/+",
+                "-F",
+                "%U %t %p",
+            ],
+            stdout=subprocess.PIPE,
+            text=True,
+            preexec_fn=die_with_parent,
+        )
+        self._thread = threading.Thread(
+            target=self._read, args=(self._proc,), name="receipts", daemon=True
+        )
         self._thread.start()
         return self
 

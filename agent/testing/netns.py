@@ -122,8 +122,9 @@ class NetLab:
         self.a_dev, self.r_dev, self.s_dev, self.b_dev = (f"{x}{tag}" for x in "arsb")
         net = f"10.213.{(pid + n) % 250 + 1}"
         if router:
-            self.a_addr, self.r_addr, self.s_addr, self.b_addr = (f"{net}.{i}" for i in (1, 2,
-                                                                                         5, 6))
+            self.a_addr, self.r_addr, self.s_addr, self.b_addr = (
+                f"{net}.{i}" for i in (1, 2, 5, 6)
+            )
         else:
             self.a_addr, self.b_addr = f"{net}.1", f"{net}.2"
             self.r_addr = self.s_addr = ""
@@ -138,8 +139,10 @@ class NetLab:
     def _pairs(self) -> list[tuple[str, str, str, str]]:
         """Each veth pair: (namespace, device) at both ends."""
         if self.router:
-            return [(self.box, self.a_dev, self.rt, self.r_dev),
-                    (self.rt, self.s_dev, self.srv, self.b_dev)]
+            return [
+                (self.box, self.a_dev, self.rt, self.r_dev),
+                (self.rt, self.s_dev, self.srv, self.b_dev),
+            ]
         return [(self.box, self.a_dev, self.srv, self.b_dev)]
 
     def up(self) -> NetLab:
@@ -160,10 +163,27 @@ class NetLab:
             sh("ip", "netns", "add", ns)
             sh("ip", "-n", ns, "link", "set", "lo", "up")
         for ns1, dev1, ns2, dev2 in self._pairs():
-            sh("ip", "link", "add", dev1, "netns", ns1, "type", "veth", "peer", "name", dev2,
-               "netns", ns2)
-        addrs = {self.a_dev: self.a_addr, self.r_dev: self.r_addr, self.s_dev: self.s_addr,
-                 self.b_dev: self.b_addr}
+            sh(
+                "ip",
+                "link",
+                "add",
+                dev1,
+                "netns",
+                ns1,
+                "type",
+                "veth",
+                "peer",
+                "name",
+                dev2,
+                "netns",
+                ns2,
+            )
+        addrs = {
+            self.a_dev: self.a_addr,
+            self.r_dev: self.r_addr,
+            self.s_dev: self.s_addr,
+            self.b_dev: self.b_addr,
+        }
         for ns1, dev1, ns2, dev2 in self._pairs():
             for ns, dev in ((ns1, dev1), (ns2, dev2)):
                 sh("ip", "-n", ns, "addr", "add", f"{addrs[dev]}/30", "dev", dev)
@@ -181,8 +201,12 @@ class NetLab:
 
     def sysctl(self, ns: str, name: str, value: str) -> bool:
         """Set a per-namespace sysctl (a TCP congestion control, say); False if refused."""
-        return sh("ip", "netns", "exec", ns, "sysctl", "-qw", f"{name}={value}",
-                  check=False).returncode == 0
+        return (
+            sh(
+                "ip", "netns", "exec", ns, "sysctl", "-qw", f"{name}={value}", check=False
+            ).returncode
+            == 0
+        )
 
     # --- faults ---------------------------------------------------------------------------------
 
@@ -198,8 +222,21 @@ class NetLab:
             sh("ip", "-n", ns, "link", "set", dev, "down")
         elif mode == "blackhole":
             for ns, dev in self._blackhole_devices():
-                sh("ip", "netns", "exec", ns, "tc", "qdisc", "replace", "dev", dev, "root",
-                   "pfifo", "limit", "0")
+                sh(
+                    "ip",
+                    "netns",
+                    "exec",
+                    ns,
+                    "tc",
+                    "qdisc",
+                    "replace",
+                    "dev",
+                    dev,
+                    "root",
+                    "pfifo",
+                    "limit",
+                    "0",
+                )
         else:
             raise ValueError(mode)
 
@@ -221,12 +258,28 @@ class NetLab:
         """tbf on the school's egress toward the centre (the modem: ``rate``, and a buffer of
         ``latency``); the centre's replies are not shaped."""
         ns, dev = self._egress
-        sh("ip", "netns", "exec", ns, "tc", "qdisc", "replace", "dev", dev, "root", "tbf",
-           "rate", rate, "burst", burst, "latency", latency)
+        sh(
+            "ip",
+            "netns",
+            "exec",
+            ns,
+            "tc",
+            "qdisc",
+            "replace",
+            "dev",
+            dev,
+            "root",
+            "tbf",
+            "rate",
+            rate,
+            "burst",
+            burst,
+            "latency",
+            latency,
+        )
         self._shape_args = (rate, burst, latency)
 
     def qdisc(self) -> str:
         """``tc -s qdisc show`` of the shaped device: what was sent, dropped, over the limit."""
         ns, dev = self._egress
-        return sh("ip", "netns", "exec", ns, "tc", "-s", "qdisc", "show", "dev",
-                  dev).stdout.strip()
+        return sh("ip", "netns", "exec", ns, "tc", "-s", "qdisc", "show", "dev", dev).stdout.strip()

@@ -35,7 +35,7 @@ def _bin_dir() -> Path | None:
 
 
 def available() -> str:
-    """"" when a cluster can be started here, else why not (for a skip)."""
+    """ "" when a cluster can be started here, else why not (for a skip)."""
     if _bin_dir() is None:
         return "PostgreSQL is not installed (apt-get install postgresql; install.sh --dev)"
     try:
@@ -64,13 +64,35 @@ class Postgres:
         entry = pwd.getpwnam(USER)
         os.chown(self.root, entry.pw_uid, entry.pw_gid)
         self.root.chmod(0o700)
-        self._as_postgres("initdb", "-D", str(self.data), "-U", USER, "--auth=trust",
-                          "--no-sync", "-E", "UTF8", "--locale=C.UTF-8")
+        self._as_postgres(
+            "initdb",
+            "-D",
+            str(self.data),
+            "-U",
+            USER,
+            "--auth=trust",
+            "--no-sync",
+            "-E",
+            "UTF8",
+            "--locale=C.UTF-8",
+        )
         with open(self.root / "log", "wb") as log:
             self._server = subprocess.Popen(
-                [str(bin_dir / "postgres"), "-D", str(self.data), "-k", str(self.root),
-                 "-c", "listen_addresses=", "-c", "max_connections=60"],
-                stdout=log, stderr=subprocess.STDOUT, preexec_fn=_become_postgres)
+                [
+                    str(bin_dir / "postgres"),
+                    "-D",
+                    str(self.data),
+                    "-k",
+                    str(self.root),
+                    "-c",
+                    "listen_addresses=",
+                    "-c",
+                    "max_connections=60",
+                ],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                preexec_fn=_become_postgres,
+            )
         deadline = time.monotonic() + 30
         while not self._ready():
             if self._server.poll() is not None or time.monotonic() > deadline:
@@ -80,8 +102,12 @@ class Postgres:
 
     def _ready(self) -> bool:
         assert self._bin is not None
-        return subprocess.run([str(self._bin / "pg_isready"), "-q", "-h", str(self.root)],
-                              timeout=10).returncode == 0
+        return (
+            subprocess.run(
+                [str(self._bin / "pg_isready"), "-q", "-h", str(self.root)], timeout=10
+            ).returncode
+            == 0
+        )
 
     @property
     def data(self) -> Path:
@@ -107,8 +133,14 @@ class Postgres:
 
     def _as_postgres(self, tool: str, *args: str) -> None:
         assert self._bin is not None
-        result = subprocess.run([str(self._bin / tool), *args], capture_output=True, text=True,
-                                timeout=60, cwd=self.root, preexec_fn=_become_postgres)
+        result = subprocess.run(
+            [str(self._bin / tool), *args],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            cwd=self.root,
+            preexec_fn=_become_postgres,
+        )
         if result.returncode != 0:
             raise AgentError(f"{tool} failed: {result.stderr.strip() or result.stdout.strip()}")
 

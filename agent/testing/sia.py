@@ -24,8 +24,14 @@ from agent.testing.site import school_config
 ACCOUNT = "1234"
 
 
-def zoned_school(path: Path, *, port: int, storage: Path,
-                 buttons: Mapping[str, Mapping[str, Any]] | None = None, **sections: Any) -> Path:
+def zoned_school(
+    path: Path,
+    *,
+    port: int,
+    storage: Path,
+    buttons: Mapping[str, Mapping[str, Any]] | None = None,
+    **sections: Any,
+) -> Path:
     """The simulated school (:func:`~agent.testing.site.school_config`, without cameras,
     ``sections`` passed on) with each button numbered, as a ``dc09`` section requires: its
     zone is its place in the school's list (entrance 1, gym 2, ...). ``buttons`` is merged into
@@ -36,8 +42,10 @@ def zoned_school(path: Path, *, port: int, storage: Path,
     (its cameras already taken out) and a new key reaches them through that one function."""
     school_config(path, port=port, storage=storage, **sections)
     extra = buttons or {}
-    zoned = [{**b, "number": zone, **extra.get(b["id"], {})}
-             for zone, b in enumerate(yaml.safe_load(path.read_text())["buttons"], start=1)]
+    zoned = [
+        {**b, "number": zone, **extra.get(b["id"], {})}
+        for zone, b in enumerate(yaml.safe_load(path.read_text())["buttons"], start=1)
+    ]
     return school_config(path, port=port, storage=storage, **{**sections, "buttons": zoned})
 
 
@@ -58,8 +66,11 @@ class SiaReceiver:
         self._client: SIAClient | None = None
 
     def start(self) -> SiaReceiver:
-        proto = (CommunicationsProtocol.TCP if self.transport is Transport.TCP
-                 else CommunicationsProtocol.UDP)
+        proto = (
+            CommunicationsProtocol.TCP
+            if self.transport is Transport.TCP
+            else CommunicationsProtocol.UDP
+        )
         client = SIAClient("127.0.0.1", self.port, self.accounts, self._on_event, protocol=proto)
         server: Any = client.sia_server
         process = server.process_request
@@ -118,6 +129,8 @@ class SiaReceiver:
 
         with self._cond:
             if not self._cond.wait_for(lambda: len(got()) >= n, timeout):
-                raise AssertionError(f"pysiaalarm decoded {len(got())} messages in {timeout} s, "
-                                     f"expected {n}: {[str(e) for e in got()]}")
+                raise AssertionError(
+                    f"pysiaalarm decoded {len(got())} messages in {timeout} s, "
+                    f"expected {n}: {[str(e) for e in got()]}"
+                )
             return got()

@@ -60,8 +60,15 @@ _AGENT_ROOT = str(Path(agent.__file__).resolve().parents[1])  # where `-m agent.
 Cameras = bool | list[dict[str, Any]] | Mapping[str, Mapping[str, Any]]
 
 
-def school_config(path: Path, *, port: int, storage: Path, host: str = "127.0.0.1",
-                  cameras: Cameras = False, **sections: Any) -> Path:
+def school_config(
+    path: Path,
+    *,
+    port: int,
+    storage: Path,
+    host: str = "127.0.0.1",
+    cameras: Cameras = False,
+    **sections: Any,
+) -> Path:
     """Write the simulated school (agent/data/simulated-school.yaml) for a private broker.
 
     ``cameras``: False for none (quicker), True for the school's four synthetic ones, a mapping
@@ -100,8 +107,9 @@ def school_config(path: Path, *, port: int, storage: Path, host: str = "127.0.0.
     return path
 
 
-def _change_by_id(section: str, items: list[dict[str, Any]],
-                  changes: Mapping[str, Mapping[str, Any]]) -> None:
+def _change_by_id(
+    section: str, items: list[dict[str, Any]], changes: Mapping[str, Mapping[str, Any]]
+) -> None:
     by_id = {item["id"]: item for item in items}
     for item_id, change in changes.items():
         if item_id not in by_id:
@@ -118,16 +126,26 @@ class InProcessAgent:
     ``gave_up`` instead, and :meth:`stop` raises it, so the test fails loudly.
     """
 
-    def __init__(self, config: Path | Config, *, tracer: Tracer = no_trace,
-                 max_crashes: int = 5, notifier: Notifier | None = None,
-                 health_interval_s: float = 60.0) -> None:
+    def __init__(
+        self,
+        config: Path | Config,
+        *,
+        tracer: Tracer = no_trace,
+        max_crashes: int = 5,
+        notifier: Notifier | None = None,
+        health_interval_s: float = 60.0,
+    ) -> None:
         cfg = config if isinstance(config, Config) else load_config(config)
         self.pins = MockFactory()
         self.gave_up: str | None = None
-        self.daemon = Daemon(cfg, notifier=notifier or Notifier(None), pin_factory=self.pins,
-                             supervisor=Supervisor(max_crashes=max_crashes,
-                                                   give_up=self._give_up),
-                             health_interval_s=health_interval_s, tracer=tracer)
+        self.daemon = Daemon(
+            cfg,
+            notifier=notifier or Notifier(None),
+            pin_factory=self.pins,
+            supervisor=Supervisor(max_crashes=max_crashes, give_up=self._give_up),
+            health_interval_s=health_interval_s,
+            tracer=tracer,
+        )
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -139,8 +157,9 @@ class InProcessAgent:
         """Start; with ``online_s``, return once the uplink is online."""
         try:
             self.daemon.start()
-            self._thread = threading.Thread(target=self.daemon.serve, args=(self._stop,),
-                                            name="serve", daemon=True)
+            self._thread = threading.Thread(
+                target=self.daemon.serve, args=(self._stop,), name="serve", daemon=True
+            )
             self._thread.start()
             if online_s is not None:
                 wait_for(lambda: self.state == "online", online_s, "the agent's uplink online")
@@ -164,8 +183,12 @@ class InProcessAgent:
         buttons = self.daemon.buttons
         assert buttons is not None
         buttons.simulate(button, False)
-        wait_for(lambda: buttons.snapshot()[button]["state"] == "idle", 5,
-                 f"button {button} to re-arm", poll_s=0.0005)
+        wait_for(
+            lambda: buttons.snapshot()[button]["state"] == "idle",
+            5,
+            f"button {button} to re-arm",
+            poll_s=0.0005,
+        )
 
     def stop(self, check: bool = True) -> None:
         self._stop.set()
@@ -201,8 +224,12 @@ class AgentProcess:
             out.flush()
             proc = self.proc = subprocess.Popen(
                 [*prefix, sys.executable, "-m", "agent.cli", "run", "-c", str(self.config)],
-                stdout=out, stderr=subprocess.STDOUT, text=True, preexec_fn=die_with_parent,
-                env={**os.environ, "PYTHONUNBUFFERED": "1", "PYTHONPATH": path, **self.env})
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                text=True,
+                preexec_fn=die_with_parent,
+                env={**os.environ, "PYTHONUNBUFFERED": "1", "PYTHONPATH": path, **self.env},
+            )
         try:
             what = "the agent's control socket (EDGE_AGENT_TEST_START_S)"
             wait_for(lambda: proc.poll() is not None or self.status() is not None, timeout, what)
@@ -236,8 +263,11 @@ class AgentProcess:
         reply = self.call({"cmd": "simulate", "action": "press", "button": button})
         assert reply.get("ok"), reply
         self.call({"cmd": "simulate", "action": "release", "button": button})
-        wait_for(lambda: (self.status() or {})["buttons"][button]["state"] == "idle", 5,
-                 f"button {button} to re-arm")
+        wait_for(
+            lambda: (self.status() or {})["buttons"][button]["state"] == "idle",
+            5,
+            f"button {button} to re-arm",
+        )
         return [e for e in reply.get("events", []) if e]
 
     def uplink_state(self) -> str:
@@ -267,19 +297,32 @@ class Centre:
     while it is away. With ``netns`` its connections are made inside that namespace; with
     ``ledger_url`` its ledger is the centre's shared PostgreSQL (``--ledger``)."""
 
-    def __init__(self, broker_url: str, store: Path, *, client_id: str = "centre-test",
-                 netns: str | None = None,
-                 on_alarm: Callable[[dict[str, Any]], None] | None = None,
-                 tracer: Tracer = no_trace, ledger_url: str | None = None) -> None:
+    def __init__(
+        self,
+        broker_url: str,
+        store: Path,
+        *,
+        client_id: str = "centre-test",
+        netns: str | None = None,
+        on_alarm: Callable[[dict[str, Any]], None] | None = None,
+        tracer: Tracer = no_trace,
+        ledger_url: str | None = None,
+    ) -> None:
         self.url, self.store, self.client_id, self.netns = broker_url, store, client_id, netns
         self._on_alarm, self._tracer, self._ledger_url = on_alarm, tracer, ledger_url
         self.receiver: Receiver | None = None
 
     def start(self, subscribed_s: float | None = 10.0) -> Centre:
         """Start; with ``subscribed_s``, return once both of its sessions are subscribed."""
-        self.receiver = Receiver.open(Endpoint.parse(self.url), PREFIX, self.store,
-                                      self.client_id, self._on_alarm,
-                                      ledger_url=self._ledger_url, tracer=self._tracer)
+        self.receiver = Receiver.open(
+            Endpoint.parse(self.url),
+            PREFIX,
+            self.store,
+            self.client_id,
+            self._on_alarm,
+            ledger_url=self._ledger_url,
+            tracer=self._tracer,
+        )
         run_in_netns(self.netns, self.receiver.start)  # its link threads inherit the namespace
         if subscribed_s is not None:
             receiver = self.receiver
@@ -312,16 +355,28 @@ class Site:
     storage), ``centre/`` (the receiver's store).
     """
 
-    def __init__(self, workdir: Path, *, agent: str | None = "thread", cameras: Cameras = False,
-                 centre: bool = True, broker_conf: str = "",
-                 on_alarm: Callable[[dict[str, Any]], None] | None = None,
-                 tracer: Tracer = no_trace, max_crashes: int = 5, **sections: Any) -> None:
+    def __init__(
+        self,
+        workdir: Path,
+        *,
+        agent: str | None = "thread",
+        cameras: Cameras = False,
+        centre: bool = True,
+        broker_conf: str = "",
+        on_alarm: Callable[[dict[str, Any]], None] | None = None,
+        tracer: Tracer = no_trace,
+        max_crashes: int = 5,
+        **sections: Any,
+    ) -> None:
         self.workdir = workdir
         self.broker = Mosquitto(workdir / "broker", extra_conf=broker_conf)
         self.config_path = workdir / "agent.yaml"
         self.storage = workdir / "state"
-        self.centre = Centre(self.broker.url, workdir / "centre", on_alarm=on_alarm,
-                             tracer=tracer) if centre else None
+        self.centre = (
+            Centre(self.broker.url, workdir / "centre", on_alarm=on_alarm, tracer=tracer)
+            if centre
+            else None
+        )
         self.agent: InProcessAgent | AgentProcess | None = None
         self._kind, self._cameras, self._sections = agent, cameras, sections
         self._tracer, self._max_crashes = tracer, max_crashes
@@ -338,19 +393,25 @@ class Site:
             raise
         return self
 
-    def start_agent(self, cameras: Cameras | None = None, *, process: bool = False,
-                    **sections: Any) -> InProcessAgent | AgentProcess:
+    def start_agent(
+        self, cameras: Cameras | None = None, *, process: bool = False, **sections: Any
+    ) -> InProcessAgent | AgentProcess:
         """(Re)write the config, with ``cameras`` and ``sections`` over the site's, and start
         the agent (the same storage: the same box, its key and its outbox), as a process if
         the site's ``agent`` or ``process`` says so."""
-        school_config(self.config_path, port=self.broker.port, storage=self.storage,
-                      cameras=self._cameras if cameras is None else cameras,
-                      **{**self._sections, **sections})
+        school_config(
+            self.config_path,
+            port=self.broker.port,
+            storage=self.storage,
+            cameras=self._cameras if cameras is None else cameras,
+            **{**self._sections, **sections},
+        )
         if process or self._kind == "process":
             self.agent = AgentProcess(self.config_path).start()
         else:
-            self.agent = InProcessAgent(self.config_path, tracer=self._tracer,
-                                        max_crashes=self._max_crashes).start()
+            self.agent = InProcessAgent(
+                self.config_path, tracer=self._tracer, max_crashes=self._max_crashes
+            ).start()
         return self.agent
 
     @property

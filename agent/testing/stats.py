@@ -37,8 +37,13 @@ def percentile(sorted_xs: list[float], p: float) -> float:
 def describe(xs: list[float]) -> dict[str, float]:
     """Seconds in, milliseconds out."""
     s = sorted(xs)
-    return {"n": len(s), "p50_ms": percentile(s, 50) * 1e3, "p99_ms": percentile(s, 99) * 1e3,
-            "max_ms": s[-1] * 1e3, "mean_ms": sum(s) / len(s) * 1e3}
+    return {
+        "n": len(s),
+        "p50_ms": percentile(s, 50) * 1e3,
+        "p99_ms": percentile(s, 99) * 1e3,
+        "max_ms": s[-1] * 1e3,
+        "mean_ms": sum(s) / len(s) * 1e3,
+    }
 
 
 def ratios(a: Mapping[str, float], b: Mapping[str, float]) -> dict[str, float]:
@@ -46,12 +51,15 @@ def ratios(a: Mapping[str, float], b: Mapping[str, float]) -> dict[str, float]:
     return {"p50": a["p50_ms"] / b["p50_ms"], "p99": a["p99_ms"] / b["p99_ms"]}
 
 
-def table(rows: Mapping[str, Mapping[str, float]], head: str = "path", mean: bool = True,
-          digits: int = 3) -> list[str]:
+def table(
+    rows: Mapping[str, Mapping[str, float]], head: str = "path", mean: bool = True, digits: int = 3
+) -> list[str]:
     """A markdown table of ``describe`` results, one row each: p50, p99, max (and mean)."""
     cols = ["p50_ms", "p99_ms", "max_ms", *(["mean_ms"] if mean else [])]
-    out = [f"| {head} | n | " + " | ".join(c.replace("_", " ") for c in cols) + " |",
-           "|---|---:|" + "---:|" * len(cols)]
+    out = [
+        f"| {head} | n | " + " | ".join(c.replace("_", " ") for c in cols) + " |",
+        "|---|---:|" + "---:|" * len(cols),
+    ]
     for label, f in rows.items():
         cells = " | ".join(f"{f[c]:.{digits}f}" for c in cols)
         out.append(f"| {label} | {f['n']:.0f} | {cells} |")
@@ -61,11 +69,13 @@ def table(rows: Mapping[str, Mapping[str, float]], head: str = "path", mean: boo
 def machine_line(ctx: Mapping[str, Any]) -> str:
     la = ctx["loadavg"]
     end = ctx.get("loadavg_end")
-    return (f"Machine: {ctx['cpus']} CPUs ({ctx['cpus_usable']} usable) {ctx['cpu_model']}; "
-            f"Linux {ctx['kernel']}; Python {ctx['python']}; SQLite {ctx['sqlite']}; paho "
-            f"{ctx['paho']}; {ctx['broker']}. Agent code: {ctx['agent_code']}. Storage: "
-            f"{ctx['storage_dir']} on {ctx['storage_fs']} ({ctx['storage_device']}). Load "
-            f"average {la[0]:.2f} at start" + (f", {end[0]:.2f} at end." if end else "."))
+    return (
+        f"Machine: {ctx['cpus']} CPUs ({ctx['cpus_usable']} usable) {ctx['cpu_model']}; "
+        f"Linux {ctx['kernel']}; Python {ctx['python']}; SQLite {ctx['sqlite']}; paho "
+        f"{ctx['paho']}; {ctx['broker']}. Agent code: {ctx['agent_code']}. Storage: "
+        f"{ctx['storage_dir']} on {ctx['storage_fs']} ({ctx['storage_device']}). Load "
+        f"average {la[0]:.2f} at start" + (f", {end[0]:.2f} at end." if end else ".")
+    )
 
 
 class Stopwatch:
@@ -117,8 +127,9 @@ def span(row: Mapping[str, list[float]], a: str, b: str) -> float | None:
     return (later[0] if later else row[b][0]) - start
 
 
-def stages(rows: list[dict[str, list[float]]],
-           spans: Mapping[str, tuple[str, str]]) -> dict[str, dict[str, float]]:
+def stages(
+    rows: list[dict[str, list[float]]], spans: Mapping[str, tuple[str, str]]
+) -> dict[str, dict[str, float]]:
     """``describe`` of each labelled span over the rows that have it."""
     out = {}
     for label, (a, b) in spans.items():
@@ -158,8 +169,12 @@ def machine_context(storage: Path) -> dict[str, Any]:
     except OSError:
         pass
     try:
-        first = subprocess.run([shutil.which("mosquitto") or "/usr/sbin/mosquitto", "-h"],
-                               capture_output=True, text=True, timeout=5).stdout.splitlines()
+        first = subprocess.run(
+            [shutil.which("mosquitto") or "/usr/sbin/mosquitto", "-h"],
+            capture_output=True,
+            text=True,
+            timeout=5,
+        ).stdout.splitlines()
         broker = first[0] if first else "unknown"
     except (OSError, subprocess.TimeoutExpired):
         broker = "unknown"
@@ -185,10 +200,18 @@ def machine_context(storage: Path) -> dict[str, Any]:
 def _agent_revision() -> str:
     """The commit measured, and whether agent/ had uncommitted edits (read-only git)."""
     try:
-        head = subprocess.run(["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"],
-                              capture_output=True, text=True, timeout=5).stdout.strip()
-        dirty = subprocess.run(["git", "-C", str(REPO), "status", "--porcelain", "--", "agent"],
-                               capture_output=True, text=True, timeout=5).stdout.strip()
+        head = subprocess.run(
+            ["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"],
+            capture_output=True,
+            text=True,
+            timeout=5,
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "-C", str(REPO), "status", "--porcelain", "--", "agent"],
+            capture_output=True,
+            text=True,
+            timeout=5,
+        ).stdout.strip()
     except (OSError, subprocess.TimeoutExpired):
         return "unknown"
     return f"{head or 'unknown'}{' + uncommitted agent/ edits' if dirty else ''}"
@@ -206,7 +229,10 @@ def _dist_version(name: str) -> str:
 def default_storage_parent() -> Path:
     """The temp dir if it is on a real disk, else /var/tmp: the fsync must reach a device."""
     for cand in (Path(tempfile.gettempdir()), Path("/var/tmp"), Path.cwd()):
-        if cand.is_dir() and os.access(cand, os.W_OK) and fs_type(cand)[0] not in (
-                "tmpfs", "ramfs"):
+        if (
+            cand.is_dir()
+            and os.access(cand, os.W_OK)
+            and fs_type(cand)[0] not in ("tmpfs", "ramfs")
+        ):
             return cand
     return Path(tempfile.gettempdir())

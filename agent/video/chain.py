@@ -38,8 +38,9 @@ def next_link(prev: str, sha256: str) -> str:
     return hashlib.sha256(bytes.fromhex(prev) + bytes.fromhex(sha256)).hexdigest()
 
 
-def clip_statement(site_id: str, event_id: str, camera_id: str, first_prev: str,
-                   last_link: str, count: int) -> bytes:
+def clip_statement(
+    site_id: str, event_id: str, camera_id: str, first_prev: str, last_link: str, count: int
+) -> bytes:
     body = [site_id, event_id, camera_id, first_prev, last_link, count]
     return b"edge-agent/clip/v1\n" + json.dumps(body, separators=(",", ":")).encode()
 
@@ -67,8 +68,11 @@ class BoxKey:
                     raise AgentError(f"{path} is not an Ed25519 key")
                 return cls(key)
             key = Ed25519PrivateKey.generate()
-            pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                    serialization.NoEncryption())
+            pem = key.private_bytes(
+                serialization.Encoding.PEM,
+                serialization.PrivateFormat.PKCS8,
+                serialization.NoEncryption(),
+            )
             fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
             with os.fdopen(fd, "wb") as f:
                 f.write(pem)
@@ -83,7 +87,8 @@ class BoxKey:
 
     def public_pem(self) -> bytes:
         return self._key.public_key().public_bytes(
-            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+        )
 
 
 def load_public_pem(pem: bytes) -> Ed25519PublicKey:

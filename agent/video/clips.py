@@ -88,7 +88,8 @@ class ClipRecorder:
     def open(self, supervisor: Supervisor | None = None) -> None:
         """Start the ``clips`` thread under ``supervisor`` (agent/supervision.py)."""
         self._worker = (supervisor or Supervisor()).spawn(
-            "clips", self._run, wake=lambda: self._queue.put(()))
+            "clips", self._run, wake=lambda: self._queue.put(())
+        )
 
     def close(self, timeout: float = 5.0) -> None:
         """Stores what each open clip has so far (final, truncated) and stops the worker."""
@@ -184,8 +185,16 @@ class ClipRecorder:
                 exc,
             )
             return
-        out = ClipSegment(clip.event_id, clip.camera_id, clip.position, final, ref, truncated,
-                          segment.prev, segment.link)
+        out = ClipSegment(
+            clip.event_id,
+            clip.camera_id,
+            clip.position,
+            final,
+            ref,
+            truncated,
+            segment.prev,
+            segment.link,
+        )
         clip.position += 1
         try:
             self._on_segment(out)

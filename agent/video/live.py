@@ -63,8 +63,9 @@ class LiveFeed:
             start = self._cam.live.source is not None and self._camera is None
             if start:
                 sub = replace(self._cam, source=self._cam.live_source)
-                segmenter = Segmenter(self._cam.id, sub.segment_s, StreamInfo.of(sub),
-                                      [self._on_segment])
+                segmenter = Segmenter(
+                    self._cam.id, sub.segment_s, StreamInfo.of(sub), [self._on_segment]
+                )
                 self._camera = Camera(f"{self._cam.id}-live", open_source(sub), segmenter)
         if start and self._camera is not None:
             self._camera.start()

@@ -33,8 +33,13 @@ log = logging.getLogger("agent.video")
 
 
 class Video:
-    def __init__(self, cfg: Config, storage: Path,
-                 on_clip_segment: Callable[[ClipSegment], None], key: BoxKey) -> None:
+    def __init__(
+        self,
+        cfg: Config,
+        storage: Path,
+        on_clip_segment: Callable[[ClipSegment], None],
+        key: BoxKey,
+    ) -> None:
         self._cfg = cfg
         self._key = key
         self._first_prev: dict[tuple[str, str], str] = {}  # (event, camera) -> chain start
@@ -52,13 +57,17 @@ class Video:
     def start(self, supervisor: Supervisor | None = None) -> None:
         if not self._cfg.cameras:
             return
-        self.spool = SegmentStore(self._storage / "spool", self._storage / "spool.db",
-                                  int(self._cfg.storage.max_gb * 1e9)).open()
+        self.spool = SegmentStore(
+            self._storage / "spool", self._storage / "spool.db", int(self._cfg.storage.max_gb * 1e9)
+        ).open()
         rec = self._cfg.recording
         if rec.mode is RecordingMode.CONTINUOUS and rec.path is not None:
             self.recording = SegmentStore(
-                rec.path / "segments", rec.path / "recording.db", int((rec.max_gb or 1) * 1e9),
-                retention_s=rec.retention_h * 3600).open()
+                rec.path / "segments",
+                rec.path / "recording.db",
+                int((rec.max_gb or 1) * 1e9),
+                retention_s=rec.retention_h * 3600,
+            ).open()
         self.clips = ClipRecorder(self.rings, self.spool, self._on_clip_segment)
         for cam in self._cfg.cameras:
             # A little more than pre_alarm_s: the clip starts a moment after the press.
@@ -72,8 +81,9 @@ class Video:
             self._segmenters.append(segmenter)
             self.cameras[cam.id] = Camera(cam.id, open_source(cam), segmenter)
             self.cameras[cam.id].start()
-            self.live[cam.id] = LiveFeed(cam, self.rings[cam.id], partial(self._live_segment,
-                                                                          cam.id))
+            self.live[cam.id] = LiveFeed(
+                cam, self.rings[cam.id], partial(self._live_segment, cam.id)
+            )
             self.live[cam.id].start()
 
     def stop(self) -> None:
@@ -100,8 +110,9 @@ class Video:
         """Where live segments go: (camera, session, segment, seq, final)."""
         self._on_live = send
 
-    def _live_segment(self, camera_id: str, session: str, segment: Segment, seq: int,
-                      final: bool) -> None:
+    def _live_segment(
+        self, camera_id: str, session: str, segment: Segment, seq: int, final: bool
+    ) -> None:
         if self._on_live is not None:
             self._on_live(camera_id, session, segment, seq, final)
 
@@ -113,8 +124,12 @@ class Video:
             return 0
         segments = ring.between(start, end)
         if segments:  # the disk writes on a thread of their own: never on the caller's
-            threading.Thread(target=self._send_fetched, args=(fetch_id, camera_id, segments),
-                             name=f"fetch-{camera_id}", daemon=True).start()
+            threading.Thread(
+                target=self._send_fetched,
+                args=(fetch_id, camera_id, segments),
+                name=f"fetch-{camera_id}",
+                daemon=True,
+            ).start()
         return len(segments)
 
     def _send_fetched(self, fetch_id: str, camera_id: str, segments: list[Segment]) -> None:
@@ -122,9 +137,18 @@ class Video:
         try:
             for pos, segment in enumerate(segments):
                 ref = self.spool.put(segment, pins=[fetch_id])
-                self._on_clip_segment(ClipSegment(fetch_id, camera_id, pos,
-                                                  pos == len(segments) - 1, ref, False,
-                                                  segment.prev, segment.link))
+                self._on_clip_segment(
+                    ClipSegment(
+                        fetch_id,
+                        camera_id,
+                        pos,
+                        pos == len(segments) - 1,
+                        ref,
+                        False,
+                        segment.prev,
+                        segment.link,
+                    )
+                )
         except StoreError as exc:
             log.error("fetch %s of camera %s stopped: %s", fetch_id, camera_id, exc)
 
@@ -148,8 +172,11 @@ class Video:
         if not cs.final:
             return ""
         first = self._first_prev.pop(clip, cs.prev)
-        return self._key.sign(clip_statement(self._cfg.site.id, cs.event_id, cs.camera_id,
-                                             first, cs.link, cs.position + 1))
+        return self._key.sign(
+            clip_statement(
+                self._cfg.site.id, cs.event_id, cs.camera_id, first, cs.link, cs.position + 1
+            )
+        )
 
     def chain_heads(self) -> dict[str, dict[str, Any]]:
         """Each camera's newest link, signed: the periodic proof that history up to it is
@@ -160,9 +187,14 @@ class Video:
             segments = ring.segments()
             if segments:
                 last = segments[-1]
-                heads[cid] = {"index": last.index, "link": last.link, "at": at,
-                              "sig": self._key.sign(head_statement(self._cfg.site.id, cid,
-                                                                   last.index, last.link, at))}
+                heads[cid] = {
+                    "index": last.index,
+                    "link": last.link,
+                    "at": at,
+                    "sig": self._key.sign(
+                        head_statement(self._cfg.site.id, cid, last.index, last.link, at)
+                    ),
+                }
         return heads
 
     def over_budget(self) -> bool:
@@ -172,13 +204,18 @@ class Video:
         cams: dict[str, Any] = {}
         for cid, camera in self.cameras.items():
             st = camera.status()
-            cams[cid] = {"state": st.state, "reconnects": st.reconnects,
-                         "last_packet_at": rfc3339(st.last_packet_at) if st.last_packet_at
-                         else None, "gaps": len(st.gaps),
-                         "buffered_s": round(sum(s.duration for s in self.rings[cid].segments()),
-                                             1)}
+            cams[cid] = {
+                "state": st.state,
+                "reconnects": st.reconnects,
+                "last_packet_at": rfc3339(st.last_packet_at) if st.last_packet_at else None,
+                "gaps": len(st.gaps),
+                "buffered_s": round(sum(s.duration for s in self.rings[cid].segments()), 1),
+            }
         written = sum(s.bytes_written_today() for s in (self.spool, self.recording) if s)
         for cid, feed in self.live.items():
             cams[cid]["live_sessions"] = len(feed.sessions)
-        return {"cameras": cams, "video_bytes_written_today": written,
-                "clips_recording": self.clips.active() if self.clips else 0}
+        return {
+            "cameras": cams,
+            "video_bytes_written_today": written,
+            "clips_recording": self.clips.active() if self.clips else 0,
+        }

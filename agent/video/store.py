@@ -119,9 +119,14 @@ class SegmentStore:
             self.dir.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
             raise _translate(exc, f"open the segment store in {self.dir}") from exc
-        conn = open_db(self.db_path, _setup, what="segment index", sync=Sync.FULL,
-                       lost=f"the video files in {self.dir} it indexed are removed",
-                       error=StoreError).conn
+        conn = open_db(
+            self.db_path,
+            _setup,
+            what="segment index",
+            sync=Sync.FULL,
+            lost=f"the video files in {self.dir} it indexed are removed",
+            error=StoreError,
+        ).conn
         with self._lock:
             self._conn = conn
             self._recover()

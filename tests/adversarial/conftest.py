@@ -69,15 +69,18 @@ def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
 
 
 # The rate limit's options (docs/broker.md), so high that no test here reaches them.
-UNLIMITED = {"messages_per_second": "1e9", "messages_burst": "1e9",
-             "bytes_per_second": "1e12", "bytes_burst": "1e12"}
+UNLIMITED = {
+    "messages_per_second": "1e9",
+    "messages_burst": "1e9",
+    "bytes_per_second": "1e12",
+    "bytes_burst": "1e12",
+}
 
 
 @pytest.fixture
 def broker(request: pytest.FixtureRequest, tmp_path: Path, pki: Pki) -> Iterator[Broker]:
     lifted = request.node.get_closest_marker("unlimited_broker") is not None
-    b = start_broker(tmp_path / "broker", pki, log_info=False,
-                     limits=UNLIMITED if lifted else None)
+    b = start_broker(tmp_path / "broker", pki, log_info=False, limits=UNLIMITED if lifted else None)
     yield b
     b.mosquitto.kill()
     assert HONEST not in b.limited(), "the rate limit dropped the honest school's messages"
@@ -86,23 +89,46 @@ def broker(request: pytest.FixtureRequest, tmp_path: Path, pki: Pki) -> Iterator
 class CentreProcess:
     """``edge-agent central`` with the centre's certificate, as a separate process."""
 
-    def __init__(self, pki: Pki, port: int, store: Path, prefix: str = "schools",
-                 *extra: str) -> None:
+    def __init__(
+        self, pki: Pki, port: int, store: Path, prefix: str = "schools", *extra: str
+    ) -> None:
         centre = pki.client("centre")
         self.store, self.prefix = store, prefix
-        self.args = [sys.executable, "-m", "agent.cli", "central",
-                     "--broker", f"mqtts://localhost:{port}", "--tls-ca", str(pki.box_ca),
-                     "--tls-cert", str(centre.cert), "--tls-key", str(centre.key),
-                     "--store", str(store), "--topic-prefix", prefix,
-                     "--client-id", "centre-rx", "--memory-mb", str(MEMORY_MB), *extra]
+        self.args = [
+            sys.executable,
+            "-m",
+            "agent.cli",
+            "central",
+            "--broker",
+            f"mqtts://localhost:{port}",
+            "--tls-ca",
+            str(pki.box_ca),
+            "--tls-cert",
+            str(centre.cert),
+            "--tls-key",
+            str(centre.key),
+            "--store",
+            str(store),
+            "--topic-prefix",
+            prefix,
+            "--client-id",
+            "centre-rx",
+            "--memory-mb",
+            str(MEMORY_MB),
+            *extra,
+        ]
         self.log_path = store.with_name(store.name + ".log")
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self, wait: bool = True) -> CentreProcess:
         with open(self.log_path, "ab") as log:
             self.proc = subprocess.Popen(
-                self.args, stdout=log, stderr=log, cwd=REPO,
-                env={**os.environ, "PYTHONUNBUFFERED": "1", "JOURNAL_STREAM": "8:1"})
+                self.args,
+                stdout=log,
+                stderr=log,
+                cwd=REPO,
+                env={**os.environ, "PYTHONUNBUFFERED": "1", "JOURNAL_STREAM": "8:1"},
+            )
         if wait:
             wait_for(self.subscribed, 15, "the receiver's two links to subscribe")
         return self
@@ -177,9 +203,16 @@ class Box(MqttClient):
         """The next alarm as the box's own encoder makes it."""
         self.seq += 1
         fields: dict[str, Any] = {
-            "event_id": str(uuid.uuid4()), "seq": self.seq, "site_id": self.site,
-            "button_id": "entrance", "location": "Главный вход, 1 этаж", "kind": "panic",
-            "pressed_at": rfc3339(time.time()), "clock_synced": True, **changes}
+            "event_id": str(uuid.uuid4()),
+            "seq": self.seq,
+            "site_id": self.site,
+            "button_id": "entrance",
+            "location": "Главный вход, 1 этаж",
+            "kind": "panic",
+            "pressed_at": rfc3339(time.time()),
+            "clock_synced": True,
+            **changes,
+        }
         return Alarm(**fields)
 
     def flood(self, topic: str, payloads: list[bytes], qos: int = 1) -> None:
@@ -189,11 +222,16 @@ class Box(MqttClient):
         report an attack that never reached the centre (and spin this process's GIL, starving
         the honest school's thread), so that fails the test here."""
         if self.gone.is_set():
-            raise AssertionError(f"{self.site}: the broker closed this box's connection; "
-                                 f"nothing more reaches the centre (flooding {topic!r})")
+            raise AssertionError(
+                f"{self.site}: the broker closed this box's connection; "
+                f"nothing more reaches the centre (flooding {topic!r})"
+            )
         infos = [self.client.publish(topic, p, qos=qos) for p in payloads]
-        wait_for(lambda: self.gone.is_set() or all(i.is_published() for i in infos), 60,
-                 f"the broker to take {len(payloads)} messages")
+        wait_for(
+            lambda: self.gone.is_set() or all(i.is_published() for i in infos),
+            60,
+            f"the broker to take {len(payloads)} messages",
+        )
         self.sent += sum(i.is_published() for i in infos)
 
     def receipted(self, event_id: str) -> bool:
@@ -204,8 +242,11 @@ class Box(MqttClient):
         alarm = self.alarm()
         start = time.monotonic()
         self.client.publish(self.topic("alarm"), alarm.to_json(), qos=1)
-        self.until(lambda: self.receipted(alarm.event_id), timeout,
-                   f"{self.site}: the receipt for {alarm.event_id}")
+        self.until(
+            lambda: self.receipted(alarm.event_id),
+            timeout,
+            f"{self.site}: the receipt for {alarm.event_id}",
+        )
         return alarm.event_id, time.monotonic() - start
 
 
@@ -236,9 +277,11 @@ class Probe:
         """Every honest alarm stored within STORED_WITHIN_S, and in the ledger; the figures."""
         ordered = sorted(self.latencies)
         p50 = ordered[len(ordered) // 2] * 1000
-        figure(f"{name}: {self.attack}; {len(ordered)} honest alarms, publish -> stored p50 "
-               f"{p50:.1f} ms, max {ordered[-1] * 1000:.1f} ms; receiver RSS max "
-               f"{max(self.rss_mb):.0f} MB")
+        figure(
+            f"{name}: {self.attack}; {len(ordered)} honest alarms, publish -> stored p50 "
+            f"{p50:.1f} ms, max {ordered[-1] * 1000:.1f} ms; receiver RSS max "
+            f"{max(self.rss_mb):.0f} MB"
+        )
         assert len(ordered) >= 5, "the honest school hardly got to send"
         assert ordered[-1] < STORED_WITHIN_S, f"{name}: an honest alarm took {ordered[-1]:.2f} s"
         stored = {a["event_id"] for a in centre.alarms(site)}

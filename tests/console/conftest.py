@@ -19,9 +19,15 @@ from agent.testing.site import AgentProcess, Centre, Site
 from tests.conftest import wait_for
 
 CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                 "--disable-component-update", "--disable-sync", "--no-first-run",
-                 "--autoplay-policy=no-user-gesture-required"]
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+    "--autoplay-policy=no-user-gesture-required",
+]
 HOSTILE_LOCATION = "<script>document.title='pwned'</script><img src=x onerror=alert(1)>"
 ESCALATE_S = (2, 4)  # short, so a test sees both levels
 PASSWORDS = {"chief": "chief-password-1", "ivanov": "ivanov-password-1"}
@@ -55,22 +61,41 @@ def school(tmp_path: Path, keys: Path, video: bool = False, centre: bool = True)
     """The simulated school (its agent a process, once ``start_agent``), commanded by this
     centre's key, with a hostile location; with ``video``, its entrance camera with short clips
     (2 s before and after a press)."""
-    return Site(tmp_path, agent=None, centre=centre, cameras=SHORT_CLIPS if video else False,
-                buttons={"gym": {"location": HOSTILE_LOCATION}},
-                commands={"public_key_file": str(keys / "centre.pub")},
-                indicators={"led_pin": 5, "ack_timeout_s": 300})
+    return Site(
+        tmp_path,
+        agent=None,
+        centre=centre,
+        cameras=SHORT_CLIPS if video else False,
+        buttons={"gym": {"location": HOSTILE_LOCATION}},
+        commands={"public_key_file": str(keys / "centre.pub")},
+        indicators={"led_pin": 5, "ack_timeout_s": 300},
+    )
 
 
-def start_console(tmp_path: Path, broker_url: str, keys: Path, store: Path,
-                  name: str = "console", ledger_url: str | None = None,
-                  settings: Settings | None = None) -> Console:
+def start_console(
+    tmp_path: Path,
+    broker_url: str,
+    keys: Path,
+    store: Path,
+    name: str = "console",
+    ledger_url: str | None = None,
+    settings: Settings | None = None,
+) -> Console:
     """A console on the receiver's ``store`` (or the shared ``ledger_url``, which then holds
     the consoles' tables too), with the two officers of PASSWORDS."""
-    console = Console(Options(store=store, data=tmp_path / name,
-                              endpoint=Endpoint.parse(broker_url), key_file=keys / "centre.key",
-                              client_id=f"edge-{name}", listen=("127.0.0.1", 0),
-                              settings=settings or Settings(escalate_s=ESCALATE_S),
-                              ledger_url=ledger_url, database_url=ledger_url))
+    console = Console(
+        Options(
+            store=store,
+            data=tmp_path / name,
+            endpoint=Endpoint.parse(broker_url),
+            key_file=keys / "centre.key",
+            client_id=f"edge-{name}",
+            listen=("127.0.0.1", 0),
+            settings=settings or Settings(escalate_s=ESCALATE_S),
+            ledger_url=ledger_url,
+            database_url=ledger_url,
+        )
+    )
     if not accounts.users(console.db):
         accounts.add_user(console.db, "chief", "supervisor", PASSWORDS["chief"], "test")
         accounts.add_user(console.db, "ivanov", "operator", PASSWORDS["ivanov"], "test")
@@ -85,8 +110,7 @@ def press(box: AgentProcess, button: str) -> str:
 
 
 @pytest.fixture
-def centre(request: pytest.FixtureRequest, tmp_path: Path,
-           keys: Path) -> Iterator[Centre4Console]:
+def centre(request: pytest.FixtureRequest, tmp_path: Path, keys: Path) -> Iterator[Centre4Console]:
     """``@pytest.mark.parametrize("centre", [True], indirect=True)`` gives the school video."""
     site = school(tmp_path, keys, video=bool(getattr(request, "param", False))).start()
     try:
@@ -102,11 +126,12 @@ def centre(request: pytest.FixtureRequest, tmp_path: Path,
 
 
 @pytest.fixture(scope="module")  # per module: tests/postgres imports it too, and two
-def browser() -> Iterator[Any]:   # sync_playwright instances must not be alive at once
+def browser() -> Iterator[Any]:  # sync_playwright instances must not be alive at once
     if not Path(CHROMIUM).exists():
         pytest.skip(f"{CHROMIUM} is missing: apt-get install chromium (install.sh --dev)")
-    sync_api = pytest.importorskip("playwright.sync_api",
-                                   reason="pip install '.[centre,test]' brings playwright")
+    sync_api = pytest.importorskip(
+        "playwright.sync_api", reason="pip install '.[centre,test]' brings playwright"
+    )
     with sync_api.sync_playwright() as p:
         b = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
         yield b
@@ -116,8 +141,9 @@ def browser() -> Iterator[Any]:   # sync_playwright instances must not be alive 
 def log_in(browser: Any, url: str, user: str, requests: list[str] | None = None) -> Any:
     """A new browser context (its own cookies) logged in as ``user``; returns the page. Every
     URL the page asks for goes into ``requests``, when given."""
-    context = browser.new_context(locale="ru-RU", timezone_id="Asia/Almaty",
-                                  viewport={"width": 1440, "height": 900})
+    context = browser.new_context(
+        locale="ru-RU", timezone_id="Asia/Almaty", viewport={"width": 1440, "height": 900}
+    )
     context.set_default_timeout(10_000)
     if requests is not None:
         context.on("request", lambda r: requests.append(r.url))

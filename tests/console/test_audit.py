@@ -28,12 +28,16 @@ def test_the_chain_verifies_and_refuses_update_and_delete(db: Database, tmp_path
     assert audit.verify(db).ok
 
 
-@pytest.mark.parametrize(("tamper", "problem"), [
-    ("UPDATE audit SET detail = '{\"reason\":\"ложный\"}' WHERE id = 3", "entry 3 was altered"),
-    ("DELETE FROM audit WHERE id = 2", "entry 2 is missing"),
-])
-def test_a_change_behind_the_databases_back_is_named(db: Database, tmp_path: Path, tamper: str,
-                                                     problem: str) -> None:
+@pytest.mark.parametrize(
+    ("tamper", "problem"),
+    [
+        ('UPDATE audit SET detail = \'{"reason":"ложный"}\' WHERE id = 3', "entry 3 was altered"),
+        ("DELETE FROM audit WHERE id = 2", "entry 2 is missing"),
+    ],
+)
+def test_a_change_behind_the_databases_back_is_named(
+    db: Database, tmp_path: Path, tamper: str, problem: str
+) -> None:
     for i in range(4):
         audit.record(db, "ivanov", "ack", "school-1", f"event-{i}", {"reason": "наряд"})
     db.close()

@@ -57,8 +57,10 @@ TILE, MAX_ZOOM, MARGIN = 256, 17, 48
 
 def _world(lat: float, lon: float, z: int) -> tuple[float, float]:
     size = TILE * 2**z
-    return ((lon + 180) / 360 * size,
-            (1 - math.asinh(math.tan(math.radians(lat))) / math.pi) / 2 * size)
+    return (
+        (lon + 180) / 360 * size,
+        (1 - math.asinh(math.tan(math.radians(lat))) / math.pi) / 2 * size,
+    )
 
 
 def _js_round(x: float) -> int:
@@ -70,24 +72,37 @@ def _view(width: int, height: int) -> tuple[int, int, int]:
     for z in range(MAX_ZOOM, -1, -1):
         xs, ys = zip(*(_world(lat, lon, z) for lat, lon in PLACED.values()), strict=True)
         if max(xs) - min(xs) <= width - 2 * MARGIN and max(ys) - min(ys) <= height - 2 * MARGIN:
-            return z, _js_round((min(xs) + max(xs) - width) / 2), _js_round(
-                (min(ys) + max(ys) - height) / 2)
+            return (
+                z,
+                _js_round((min(xs) + max(xs) - width) / 2),
+                _js_round((min(ys) + max(ys) - height) / 2),
+            )
     raise AssertionError("the schools do not fit at any zoom")
 
 
 def _tiles(z: int, left: int, top: int, width: int, height: int) -> set[str]:
-    return {f"/{z}/{tx % 2**z}/{ty}.png"
-            for ty in range(top // TILE, math.ceil((top + height) / TILE)) if 0 <= ty < 2**z
-            for tx in range(left // TILE, math.ceil((left + width) / TILE))}
+    return {
+        f"/{z}/{tx % 2**z}/{ty}.png"
+        for ty in range(top // TILE, math.ceil((top + height) / TILE))
+        if 0 <= ty < 2**z
+        for tx in range(left // TILE, math.ceil((left + width) / TILE))
+    }
 
 
 def _png() -> bytes:
     """A one-pixel grey PNG: what the tile server answers for every tile."""
+
     def chunk(kind: bytes, data: bytes) -> bytes:
-        return (struct.pack(">I", len(data)) + kind + data
-                + struct.pack(">I", zlib.crc32(kind + data)))
-    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", 1, 1, 8, 2, 0, 0, 0))
-            + chunk(b"IDAT", zlib.compress(b"\x00\xc8\xd0\xd4")) + chunk(b"IEND", b""))
+        return (
+            struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+        )
+
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", struct.pack(">IIBBBBB", 1, 1, 8, 2, 0, 0, 0))
+        + chunk(b"IDAT", zlib.compress(b"\x00\xc8\xd0\xd4"))
+        + chunk(b"IEND", b"")
+    )
 
 
 class _TileServer(ThreadingHTTPServer):
@@ -137,10 +152,14 @@ def _csp(url: str) -> str:
 
 def _in_map(page: Any, selector: str, centre: bool = False) -> tuple[float, float]:
     """Where an element (its top left corner, or its centre) is in the map's area."""
-    x, y = page.eval_on_selector(selector, """(e, centre) => {
+    x, y = page.eval_on_selector(
+        selector,
+        """(e, centre) => {
         const r = e.getBoundingClientRect(), k = centre ? 0.5 : 0;
         const a = document.querySelector('#school-map .map-area').getBoundingClientRect();
-        return [r.x + k * r.width - a.x, r.y + k * r.height - a.y]; }""", centre)
+        return [r.x + k * r.width - a.x, r.y + k * r.height - a.y]; }""",
+        centre,
+    )
     return float(x), float(y)
 
 
@@ -149,22 +168,31 @@ def _marker(site: str) -> str:
 
 
 def _wait_state(page: Any, site: str, state: str) -> None:
-    page.wait_for_function("([sel, state]) => document.querySelector(sel)?.dataset.state === "
-                           "state", arg=[_marker(site), state])
+    page.wait_for_function(
+        "([sel, state]) => document.querySelector(sel)?.dataset.state === state",
+        arg=[_marker(site), state],
+    )
 
 
-def test_schools_board_names_map_and_plan(centre: Centre4Console, browser: Any,
-                                          tiles: _TileServer, tmp_path: Path) -> None:
+def test_schools_board_names_map_and_plan(
+    centre: Centre4Console, browser: Any, tiles: _TileServer, tmp_path: Path
+) -> None:
     (tmp_path / "schools.yaml").write_text(SCHOOLS, encoding="utf-8")
     schools = load_schools(tmp_path / "schools.yaml")
     store = tmp_path / "centre"
-    mapped = start_console(tmp_path, centre.site.broker.url, centre.keys, store, "console-map",
-                           settings=Settings(escalate_s=ESCALATE_S, schools=schools,
-                                             map_tiles=tiles.template))
+    mapped = start_console(
+        tmp_path,
+        centre.site.broker.url,
+        centre.keys,
+        store,
+        "console-map",
+        settings=Settings(escalate_s=ESCALATE_S, schools=schools, map_tiles=tiles.template),
+    )
     planned = None
     try:
         assert f"img-src 'self' data: blob: http://127.0.0.1:{tiles.server_address[1]};" in (
-            _csp(mapped.url))
+            _csp(mapped.url)
+        )
         page = log_in(browser, mapped.url, "ivanov")
         dialogs: list[str] = []
         page.on("dialog", lambda d: (dialogs.append(d.message), d.dismiss()))
@@ -178,12 +206,12 @@ def test_schools_board_names_map_and_plan(centre: Centre4Console, browser: Any,
         assert row.locator(".site-id").text_content() == "sim-school"
         assert page.locator("#school-map .marker").count() == 2
         _wait_state(page, "sim-school", "online")
-        assert page.locator(_marker("school-hostile")).get_attribute("data-state") == (
-            "unknown")
+        assert page.locator(_marker("school-hostile")).get_attribute("data-state") == ("unknown")
 
         # The tiles of the markers' view, and nothing else; the markers where they belong.
-        width, height = page.eval_on_selector("#school-map .map-area",
-                                              "a => [a.clientWidth, a.clientHeight]")
+        width, height = page.eval_on_selector(
+            "#school-map .map-area", "a => [a.clientWidth, a.clientHeight]"
+        )
         z, left, top = _view(width, height)
         expected = _tiles(z, left, top, width, height)
         wait_for(lambda: expected <= set(tiles.paths), 5, f"the tiles {sorted(expected)}")
@@ -193,15 +221,17 @@ def test_schools_board_names_map_and_plan(centre: Centre4Console, browser: Any,
             wx, wy = _world(lat, lon, z)
             x, y = _in_map(page, _marker(site) + " .dot", centre=True)
             assert abs(x - (wx - left)) < 1.5 and abs(y - (wy - top)) < 1.5, (site, x, y)
-            tx, ty = _in_map(page, f'#school-map img.tile[data-tile="{z}/{int(wx // TILE)}/'
-                             f'{int(wy // TILE)}"]')  # the tile that holds the marker's place
+            tx, ty = _in_map(
+                page, f'#school-map img.tile[data-tile="{z}/{int(wx // TILE)}/{int(wy // TILE)}"]'
+            )  # the tile that holds the marker's place
             assert 0 <= x - tx < TILE and 0 <= y - ty < TILE, (site, tx, ty)
 
         # A hostile name is text on the board and on the map; nothing of it runs.
         hostile = page.locator('tr.site-row[data-site="school-hostile"] .school-name')
         assert hostile.text_content() == HOSTILE_LOCATION
         assert page.locator(_marker("school-hostile") + " .marker-name").text_content() == (
-            HOSTILE_LOCATION)
+            HOSTILE_LOCATION
+        )
         assert page.locator("#schools script, #schools img:not(.tile)").count() == 0
         assert page.title() != "pwned" and not dialogs
 
@@ -216,21 +246,31 @@ def test_schools_board_names_map_and_plan(centre: Centre4Console, browser: Any,
         assert "selected" in (queued.get_attribute("class") or "")
         assert NAME in (queued.locator("td.site").text_content() or "")
         assert page.locator("#alarm-detail .fact-address").text_content() == (
-            "Алматы, ул. Абая, 10")
+            "Алматы, ул. Абая, 10"
+        )
         page.fill("#alarm-detail .ack-reason", "Наряд 7 выехал")
         page.click("#alarm-detail .ack-button")
         page.locator("#alarm-detail .acked-by").wait_for()
         page.click(".tab[data-tab=schools]")
         _wait_state(page, "sim-school", "online")
-        assert page.evaluate("Object.keys(MESSAGES.en).filter((k) => !(k in MESSAGES.ru) || "
-                             "!(k in MESSAGES.kk))") == []
+        assert (
+            page.evaluate(
+                "Object.keys(MESSAGES.en).filter((k) => !(k in MESSAGES.ru) || !(k in MESSAGES.kk))"
+            )
+            == []
+        )
         page.context.close()
 
         # Without tiles: a plan with a scale, and no request to anyone but the console.
         asked = len(tiles.paths)
-        planned = start_console(tmp_path, centre.site.broker.url, centre.keys, store,
-                                "console-plan", settings=Settings(escalate_s=ESCALATE_S,
-                                                                  schools=schools))
+        planned = start_console(
+            tmp_path,
+            centre.site.broker.url,
+            centre.keys,
+            store,
+            "console-plan",
+            settings=Settings(escalate_s=ESCALATE_S, schools=schools),
+        )
         assert "img-src 'self' data: blob:;" in _csp(planned.url)
         requests: list[str] = []
         chief = log_in(browser, planned.url, "chief", requests)
@@ -238,13 +278,15 @@ def test_schools_board_names_map_and_plan(centre: Centre4Console, browser: Any,
         chief.click(".tab[data-tab=schools]")
         chief.locator("#school-map.plan .marker").nth(1).wait_for()
         _wait_state(chief, "sim-school", "alarm")  # this console's own incidents: not acked here
-        width, height = chief.eval_on_selector("#school-map .map-area",
-                                               "a => [a.clientWidth, a.clientHeight]")
+        width, height = chief.eval_on_selector(
+            "#school-map .map-area", "a => [a.clientWidth, a.clientHeight]"
+        )
         z, left, top = _view(width, height)
         metres, unit = (chief.text_content("#school-map .map-scale .label") or "").split()
         bar = chief.eval_on_selector("#school-map .map-scale .bar", "b => b.offsetWidth")
-        lat = math.degrees(math.atan(math.sinh(math.pi * (1 - 2 * (top + height / 2)
-                                                            / (TILE * 2**z)))))
+        lat = math.degrees(
+            math.atan(math.sinh(math.pi * (1 - 2 * (top + height / 2) / (TILE * 2**z))))
+        )
         per_px = 40075016.686 * math.cos(math.radians(lat)) / (TILE * 2**z)
         assert abs(bar * per_px - float(metres) * (1000 if unit == "km" else 1)) < 2 * per_px
         assert chief.locator("#school-map .map-tiles img").count() == 0

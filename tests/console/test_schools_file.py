@@ -47,9 +47,16 @@ def test_a_good_file_keeps_names_as_written(tmp_path: Path) -> None:
     path = tmp_path / "schools.yaml"
     path.write_text("\ufeff" + GOOD, encoding="utf-8")  # a BOM from a Windows editor
     assert load_schools(path) == (
-        School("sch-almaty-012", "Школа-гимназия № 12 имени Абая", "Алматы, ул. Абая, 10",
-               "Алмалинский район", 43.2389, -76.8897),
-        School("sch-7", "Мектеп-лицей № 7", "мкр. Самал-2"))
+        School(
+            "sch-almaty-012",
+            "Школа-гимназия № 12 имени Абая",
+            "Алматы, ул. Абая, 10",
+            "Алмалинский район",
+            43.2389,
+            -76.8897,
+        ),
+        School("sch-7", "Мектеп-лицей № 7", "мкр. Самал-2"),
+    )
 
 
 def test_every_problem_with_its_key_and_line() -> None:
@@ -76,14 +83,19 @@ def test_every_problem_with_its_key_and_line() -> None:
     ]
 
 
-@pytest.mark.parametrize(("text", "problem"), [
-    ("", "schools.yaml: the file is empty: start from the example in docs/console.md"),
-    ("schools: []\n", "schools.yaml:1: schools: the list is empty"),
-    ("- id: a\n", "schools.yaml:1: the top level must be sections such as schools:"),
-    ("schools:\n  - id: a\n   name: b\n", "schools.yaml:3: YAML syntax error"),
-    ("schools:\n  - {id: a, name: b, address: c, lat: 1, lon: 2, lon: 3}\n",
-     "schools.yaml:2: schools[0].lon: duplicate key"),
-])
+@pytest.mark.parametrize(
+    ("text", "problem"),
+    [
+        ("", "schools.yaml: the file is empty: start from the example in docs/console.md"),
+        ("schools: []\n", "schools.yaml:1: schools: the list is empty"),
+        ("- id: a\n", "schools.yaml:1: the top level must be sections such as schools:"),
+        ("schools:\n  - id: a\n   name: b\n", "schools.yaml:3: YAML syntax error"),
+        (
+            "schools:\n  - {id: a, name: b, address: c, lat: 1, lon: 2, lon: 3}\n",
+            "schools.yaml:2: schools[0].lon: duplicate key",
+        ),
+    ],
+)
 def test_a_broken_file_is_one_message(text: str, problem: str) -> None:
     with pytest.raises(ConfigError) as caught:
         parse_schools(text, "schools.yaml")
@@ -91,7 +103,8 @@ def test_a_broken_file_is_one_message(text: str, problem: str) -> None:
 
 
 def test_the_command_reports_the_file_and_starts_nothing(
-        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     (tmp_path / "schools.yaml").write_text(BAD, encoding="utf-8")
     base = ["console", "--store", str(tmp_path / "nowhere"), "--data", str(tmp_path / "data")]
     assert main([*base, "--schools", str(tmp_path / "schools.yaml")]) == EXIT_CONFIG

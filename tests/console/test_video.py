@@ -26,12 +26,21 @@ def _forge(port: int, store: Path, tmp_path: Path) -> str:
     """Someone with a box's topics sends an alarm of sim-school and a clip of real video signed
     with a key that is not the school's pinned one."""
     event = str(uuid.uuid4())
-    alarm = Alarm(event, 1000, "sim-school", "entrance", "Main entrance, ground floor", "panic",
-                  rfc3339(time.time()), True)
+    alarm = Alarm(
+        event,
+        1000,
+        "sim-school",
+        "entrance",
+        "Main entrance, ground floor",
+        "panic",
+        rfc3339(time.time()),
+        True,
+    )
     real = next(store.glob("sim-school/*/entrance-cam.ts")).read_bytes()
     (tmp_path / "impostor").mkdir()
-    chunks = signed_chunks(BoxKey.load_or_create(tmp_path / "impostor"), "sim-school", event,
-                           [real], "entrance-cam")
+    chunks = signed_chunks(
+        BoxKey.load_or_create(tmp_path / "impostor"), "sim-school", event, [real], "entrance-cam"
+    )
     with MqttClient(port) as client:
         client.publish("schools/sim-school/alarm", alarm.to_json())
         for chunk in chunks:
@@ -41,7 +50,8 @@ def _forge(port: int, store: Path, tmp_path: Path) -> str:
 
 @pytest.mark.parametrize("centre", [True], indirect=True)
 def test_clips_play_verified_or_show_altered_and_live_advances(
-        centre: Centre4Console, browser: Any, tmp_path: Path) -> None:
+    centre: Centre4Console, browser: Any, tmp_path: Path
+) -> None:
     page = log_in(browser, centre.url, "ivanov")
     time.sleep(3)  # the pre-alarm buffer fills
     event = press(centre.agent, "entrance")
@@ -62,8 +72,12 @@ def test_clips_play_verified_or_show_altered_and_live_advances(
     page.wait_for_function(PLAYING, arg=["#alarm-video video.live-video", first + 1.0])
     latency = int(page.locator("video.live-video").get_attribute("data-latency-ms") or -1)
     assert 0 < latency < 5000, latency  # bench/console.py measures it properly
-    assert page.evaluate("document.querySelector('video.live-video')"
-                         ".getVideoPlaybackQuality().totalVideoFrames") > 10
+    assert (
+        page.evaluate(
+            "document.querySelector('video.live-video').getVideoPlaybackQuality().totalVideoFrames"
+        )
+        > 10
+    )
     screenshot(page, "live")
 
     forged = _forge(centre.site.broker.port, centre.receiver.store, tmp_path)

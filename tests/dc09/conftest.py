@@ -15,11 +15,17 @@ from agent.delivery.dc09.transmitter import Transmitter
 from agent.supervision import Supervisor
 
 
-def settings(*receivers: Receiver, fmt: MessageFormat = MessageFormat.SIA_DCS,
-             **kw: Any) -> Settings:
+def settings(
+    *receivers: Receiver, fmt: MessageFormat = MessageFormat.SIA_DCS, **kw: Any
+) -> Settings:
     """Fast timings for loopback: a lost reply costs 0.5 s, not 5."""
-    base: dict[str, Any] = {"ack_timeout_s": 0.5, "attempts": 2, "retry_max_s": 0.5,
-                            "supervision_s": 30.0, "test_report_s": None}
+    base: dict[str, Any] = {
+        "ack_timeout_s": 0.5,
+        "attempts": 2,
+        "retry_max_s": 0.5,
+        "supervision_s": 30.0,
+        "test_report_s": None,
+    }
     base.update(kw)
     return Settings(tuple(receivers), fmt, **base)
 
@@ -36,8 +42,9 @@ class Harness:
 
     def start(self, s: Settings, **kw: Any) -> Transmitter:
         kw.setdefault("first_seq", 1)  # so that sequence order is sending order in a test
-        self.tx = Transmitter(s, self.queue, on_path=lambda ok, why: self.paths.append((ok, why)),
-                              **kw)
+        self.tx = Transmitter(
+            s, self.queue, on_path=lambda ok, why: self.paths.append((ok, why)), **kw
+        )
         self.tx.start(self.supervisor)
         return self.tx
 
@@ -73,9 +80,14 @@ def receivers() -> Iterator[Callable[..., Any]]:
 
     started: list[SiaReceiver] = []
 
-    def make(transport: Transport = Transport.TCP, *, account: str = ACCOUNT,
-             key: str | None = None, port: int = 0, timeband: tuple[int, int] = (40, 20)
-             ) -> SiaReceiver:
+    def make(
+        transport: Transport = Transport.TCP,
+        *,
+        account: str = ACCOUNT,
+        key: str | None = None,
+        port: int = 0,
+        timeband: tuple[int, int] = (40, 20),
+    ) -> SiaReceiver:
         rx = SiaReceiver(transport, [SIAAccount(account, key, allowed_timeband=timeband)], port)
         started.append(rx)
         return rx.start()

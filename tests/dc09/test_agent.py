@@ -36,24 +36,34 @@ from tests.conftest import (
 
 ENTRANCE = "Главный вход, 1 этаж"
 OFFICE = "Кабинет директора"
-FAST = {"ack_timeout_s": 0.5, "attempts": 1, "retry_max_s": 0.5, "supervision_s": 10,
-        "test_report_s": 0}  # loopback: a lost answer costs half a second, not five
+FAST = {
+    "ack_timeout_s": 0.5,
+    "attempts": 1,
+    "retry_max_s": 0.5,
+    "supervision_s": 10,
+    "test_report_s": 0,
+}  # loopback: a lost answer costs half a second, not five
 HEALTH = "schools/+/health"
 OLD_OUTBOX = Path(__file__).parent.parent / "data" / "outbox-7ed4fb4.sql"
 
 Receivers = Callable[..., SiaReceiver]
 
 
-def dc09_config(tmp_path: Path, broker_port: int, *receivers: dict[str, Any],
-                **dc09: Any) -> Path:
+def dc09_config(tmp_path: Path, broker_port: int, *receivers: dict[str, Any], **dc09: Any) -> Path:
     """The simulated school with a dc09 section: every button numbered (its zone: entrance 1,
     gym 2, office 3, corridor 4), the office a hold-up button, locations in Russian as a school
     writes them."""
-    return zoned_school(tmp_path / "agent.yaml", port=broker_port, storage=tmp_path / "state",
-                        site={"name": "Школа №42"},
-                        buttons={"entrance": {"location": ENTRANCE},
-                                 "office": {"location": OFFICE, "holdup": True}},
-                        dc09={"account": ACCOUNT, "receivers": list(receivers), **FAST, **dc09})
+    return zoned_school(
+        tmp_path / "agent.yaml",
+        port=broker_port,
+        storage=tmp_path / "state",
+        site={"name": "Школа №42"},
+        buttons={
+            "entrance": {"location": ENTRANCE},
+            "office": {"location": OFFICE, "holdup": True},
+        },
+        dc09={"account": ACCOUNT, "receivers": list(receivers), **FAST, **dc09},
+    )
 
 
 def entry(rx: SiaReceiver) -> dict[str, Any]:
@@ -94,8 +104,12 @@ def agents() -> Iterator[Callable[[Path], AgentProcess]]:
 
 
 def test_a_press_arrives_decoded_at_pysiaalarm_and_at_the_mqtt_centre(
-        receivers: Receivers, broker: Mosquitto, collector: MqttClient, tmp_path: Path,
-        agents: Callable[[Path], AgentProcess]) -> None:
+    receivers: Receivers,
+    broker: Mosquitto,
+    collector: MqttClient,
+    tmp_path: Path,
+    agents: Callable[[Path], AgentProcess],
+) -> None:
     rx = receivers()
     agent = agents(dc09_config(tmp_path, broker.port, entry(rx)))
     before = time.time()
@@ -109,7 +123,9 @@ def test_a_press_arrives_decoded_at_pysiaalarm_and_at_the_mqtt_centre(
     assert abs(pa.timestamp.timestamp() - before) < 5
     alarms = wait_alarms(collector, 2)
     assert [(a["button_id"], a["kind"], a["location"]) for a in alarms] == [
-        ("entrance", "panic", ENTRANCE), ("office", "panic", OFFICE)]
+        ("entrance", "panic", ENTRANCE),
+        ("office", "panic", OFFICE),
+    ]
     wait_for(lambda: dc09_status(agent).get("queue") == 0, 5, "the DC-09 queue empty")
     status = dc09_status(agent)
     assert status["path"] == "up" and status["active"] == f"tcp://127.0.0.1:{rx.port}"
@@ -119,8 +135,12 @@ def test_a_press_arrives_decoded_at_pysiaalarm_and_at_the_mqtt_centre(
 
 
 def test_walk_test_and_restores_on_release_as_configured(
-        receivers: Receivers, broker: Mosquitto, collector: MqttClient, tmp_path: Path,
-        agents: Callable[[Path], AgentProcess]) -> None:
+    receivers: Receivers,
+    broker: Mosquitto,
+    collector: MqttClient,
+    tmp_path: Path,
+    agents: Callable[[Path], AgentProcess],
+) -> None:
     rx = receivers()
     events = ["panic", "panic_restore", "walk_test", "test_start", "test_end"]
     agent = agents(dc09_config(tmp_path, broker.port, entry(rx), events=events))
@@ -130,19 +150,25 @@ def test_walk_test_and_restores_on_release_as_configured(
     assert cli("test-mode", "off", "-c", str(agent.config)).returncode == 0
     agent.press("office")  # hold-up not in events: MQTT only
     got = rx.wait(5)
-    assert codes(got) == [("PA", "001"), ("PH", "001"), ("TS", "000"), ("TP", "002"),
-                          ("TE", "000")]
+    assert codes(got) == [("PA", "001"), ("PH", "001"), ("TS", "000"), ("TP", "002"), ("TE", "000")]
     assert xdata(got[2]) == {"L": "Shkola No42"}  # the box's own events: the site's name
     alarms = wait_alarms(collector, 3)
     assert [(a["button_id"], a["test"]) for a in alarms] == [
-        ("entrance", False), ("gym", True), ("office", False)]
+        ("entrance", False),
+        ("gym", True),
+        ("office", False),
+    ]
     time.sleep(0.5)
     assert len(rx.messages()) == 5  # no restore for the walk-test press, nothing for office
 
 
 def test_kill_9_between_commit_and_ack_loses_nothing(
-        receivers: Receivers, broker: Mosquitto, collector: MqttClient, tmp_path: Path,
-        agents: Callable[[Path], AgentProcess]) -> None:
+    receivers: Receivers,
+    broker: Mosquitto,
+    collector: MqttClient,
+    tmp_path: Path,
+    agents: Callable[[Path], AgentProcess],
+) -> None:
     port = dead_port()  # the receiver is not there yet: nothing can be acknowledged
     config = dc09_config(tmp_path, broker.port, {"host": "127.0.0.1", "port": port})
     agent = agents(config)
@@ -160,8 +186,12 @@ def test_kill_9_between_commit_and_ack_loses_nothing(
 
 
 def test_a_receiver_away_for_a_while_gets_everything_queued_and_mqtt_never_waits(
-        receivers: Receivers, broker: Mosquitto, collector: MqttClient, tmp_path: Path,
-        agents: Callable[[Path], AgentProcess]) -> None:
+    receivers: Receivers,
+    broker: Mosquitto,
+    collector: MqttClient,
+    tmp_path: Path,
+    agents: Callable[[Path], AgentProcess],
+) -> None:
     rx = receivers()
     port = rx.port
     agent = agents(dc09_config(tmp_path, broker.port, entry(rx)))
@@ -170,33 +200,43 @@ def test_a_receiver_away_for_a_while_gets_everything_queued_and_mqtt_never_waits
     rx.stop()
     for button in ("gym", "office", "entrance"):
         agent.press(button)
-    wait_for(lambda: len([a for a in alarms(collector) if a["button_id"]]) == 4, 10,
-             "the presses at the MQTT centre")
+    wait_for(
+        lambda: len([a for a in alarms(collector) if a["button_id"]]) == 4,
+        10,
+        "the presses at the MQTT centre",
+    )
     assert dc09_status(agent)["queue"] == 3  # MQTT delivered them while DC-09 cannot
     wait_for(lambda: dc09_status(agent).get("path") == "down", 10, "the DC-09 path down")
     status = dc09_status(agent)
     assert status["queue"] == 3 and "cannot connect" in status["receivers"][0]["last_error"]
-    wait_for(lambda: any("DC-09 path" in a["detail"] for a in alarms(collector)), 10,
-             "the DC-09 failure on the MQTT desk")
+    wait_for(
+        lambda: any("DC-09 path" in a["detail"] for a in alarms(collector)),
+        10,
+        "the DC-09 failure on the MQTT desk",
+    )
     back = receivers(port=port)
     assert codes(back.wait(3, timeout=15)) == [("PA", "002"), ("HA", "003"), ("PA", "001")]
-    wait_for(lambda: any("DC-09 path restored" in a["detail"] for a in alarms(collector)),
-             10, "the DC-09 restore on the MQTT desk")
+    wait_for(
+        lambda: any("DC-09 path restored" in a["detail"] for a in alarms(collector)),
+        10,
+        "the DC-09 restore on the MQTT desk",
+    )
     kinds = [(a["kind"], a["button_id"]) for a in alarms(collector) if not a["button_id"]]
     assert kinds == [("fault", ""), ("restore", "")]
 
 
 def test_the_dc09_thread_crashes_and_is_restarted_with_its_queue(
-        receivers: Receivers, broker: Mosquitto, tmp_path: Path,
-        agents: Callable[[Path], AgentProcess]) -> None:
+    receivers: Receivers, broker: Mosquitto, tmp_path: Path, agents: Callable[[Path], AgentProcess]
+) -> None:
     """The crash-only rule (docs/architecture.md) for the dc09 thread: a crash is logged,
     the thread restarted at once from the outbox, and the next press goes out."""
     rx = receivers()
     agent = agents(dc09_config(tmp_path, broker.port, entry(rx)))
     agent.press("entrance")
     rx.wait(1)
-    reply = control.call(control.socket_path(tmp_path / "state"),
-                         {"cmd": "inject", "thread": "dc09"}, timeout=10)
+    reply = control.call(
+        control.socket_path(tmp_path / "state"), {"cmd": "inject", "thread": "dc09"}, timeout=10
+    )
     assert reply["status"]["thread_crashes"] == {"dc09": 1}
     agent.press("gym")
     assert codes(rx.wait(2)) == [("PA", "001"), ("PA", "002")]
@@ -204,11 +244,18 @@ def test_the_dc09_thread_crashes_and_is_restarted_with_its_queue(
 
 
 def test_the_primary_down_falls_back_to_the_backup(
-        receivers: Receivers, broker: Mosquitto, collector: MqttClient, tmp_path: Path,
-        agents: Callable[[Path], AgentProcess]) -> None:
+    receivers: Receivers,
+    broker: Mosquitto,
+    collector: MqttClient,
+    tmp_path: Path,
+    agents: Callable[[Path], AgentProcess],
+) -> None:
     backup = receivers()
-    agent = agents(dc09_config(tmp_path, broker.port, {"host": "127.0.0.1", "port": dead_port()},
-                               entry(backup)))
+    agent = agents(
+        dc09_config(
+            tmp_path, broker.port, {"host": "127.0.0.1", "port": dead_port()}, entry(backup)
+        )
+    )
     agent.press("entrance")
     assert codes(backup.wait(1)) == [("PA", "001")]
     wait_for(lambda: dc09_status(agent).get("queue") == 0, 5, "acknowledged")
@@ -218,8 +265,8 @@ def test_the_primary_down_falls_back_to_the_backup(
 
 
 def test_the_mqtt_paths_failure_and_return_go_over_dc09(
-        receivers: Receivers, broker: Mosquitto, tmp_path: Path,
-        agents: Callable[[Path], AgentProcess]) -> None:
+    receivers: Receivers, broker: Mosquitto, tmp_path: Path, agents: Callable[[Path], AgentProcess]
+) -> None:
     """keepalive_s 5: the centre's broker would publish the will after 7.5 s, so YC after that
     long offline, YK when the uplink is back."""
     rx = receivers()
@@ -236,13 +283,15 @@ def test_the_mqtt_paths_failure_and_return_go_over_dc09(
 
 
 def test_selftest_sends_each_receiver_a_test_report(
-        receivers: Receivers, broker: Mosquitto, tmp_path: Path) -> None:
+    receivers: Receivers, broker: Mosquitto, tmp_path: Path
+) -> None:
     rx = receivers()
-    config = dc09_config(tmp_path, broker.port, entry(rx), {"host": "127.0.0.1",
-                                                         "port": dead_port()})
+    config = dc09_config(
+        tmp_path, broker.port, entry(rx), {"host": "127.0.0.1", "port": dead_port()}
+    )
     lines = cli("selftest", "-c", str(config)).stdout.splitlines()
     at = next(i for i, line in enumerate(lines) if line.startswith("dc09 "))
-    ok, bad, fix = lines[at:at + 3]
+    ok, bad, fix = lines[at : at + 3]
     assert ok.split()[:3] == ["dc09", f"tcp://127.0.0.1:{rx.port}", "PASS"]
     assert f"test report acknowledged (account {ACCOUNT}, SIA-DCS)" in ok
     assert bad.split()[2] == "FAIL" and "cannot connect" in bad
@@ -252,7 +301,8 @@ def test_selftest_sends_each_receiver_a_test_report(
 
 
 def test_health_and_the_old_outbox_file(
-        receivers: Receivers, broker: Mosquitto, tmp_path: Path) -> None:
+    receivers: Receivers, broker: Mosquitto, tmp_path: Path
+) -> None:
     """An outbox made before the DC-09 table: the agent opens it, sends what it held over
     MQTT, and a new press goes both ways; the health message shows both paths."""
     rx = receivers()
@@ -274,8 +324,11 @@ def test_health_and_the_old_outbox_file(
         assert codes(rx.wait(1)) == [("PA", "002")]
         assert wait_alarms(seen, 2)[1]["seq"] == 3  # seq goes on from the old file's
         wait_for(lambda: daemon.dc09 is not None and daemon.dc09.queue.depth() == 0, 5, "ACK")
-        wait_for(lambda: any((h.get("dc09") or {}).get("acked")
-                             for h in seen.payloads(HEALTH)), 5, "health with both paths")
+        wait_for(
+            lambda: any((h.get("dc09") or {}).get("acked") for h in seen.payloads(HEALTH)),
+            5,
+            "health with both paths",
+        )
         health = seen.payloads(HEALTH)[-1]
         assert health["dc09"]["path"] == "up" and health["dc09"]["queue"] == 0
         assert health["uplink"]["last_ack_at"] and health["uplink"]["state"] == "online"

@@ -29,11 +29,16 @@ TABLE = {  # (change, hold-up button, during a walk test) -> event
 }
 
 
-@pytest.mark.parametrize(("change", "holdup", "test"),
-                         list(itertools.product(Change, (False, True), (False, True))))
+@pytest.mark.parametrize(
+    ("change", "holdup", "test"), list(itertools.product(Change, (False, True), (False, True)))
+)
 def test_the_table(change: Change, holdup: bool, test: bool) -> None:
-    troubles = {Change.STUCK: K.STUCK, Change.STUCK_CLEARED: K.STUCK_RESTORE,
-                Change.OPEN_AT_START: K.CABLE_FAULT, Change.OPEN_CLEARED: K.CABLE_RESTORE}
+    troubles = {
+        Change.STUCK: K.STUCK,
+        Change.STUCK_CLEARED: K.STUCK_RESTORE,
+        Change.OPEN_AT_START: K.CABLE_FAULT,
+        Change.OPEN_CLEARED: K.CABLE_RESTORE,
+    }
     want = TABLE.get((change, holdup, test), troubles.get(change))
     assert button_event(change, holdup, test) is want
 
@@ -62,9 +67,13 @@ class Path09:
 
     def make(self) -> Dc09Path:
         assert self.cfg.dc09 is not None
-        return Dc09Path(self.cfg, self.cfg.dc09.settings, self.outbox,
-                        lambda kind, detail: self.alarms.append((kind, detail)),
-                        clock=lambda: self.now)
+        return Dc09Path(
+            self.cfg,
+            self.cfg.dc09.settings,
+            self.outbox,
+            lambda kind, detail: self.alarms.append((kind, detail)),
+            clock=lambda: self.now,
+        )
 
     def queued(self) -> list[tuple[str, int, str]]:
         out = []
@@ -87,7 +96,8 @@ def test_only_the_events_the_settings_name(tmp_path: Path) -> None:
 
 
 def test_the_mqtt_path_fails_when_the_centre_would_notice_and_the_restore_is_owed(
-        tmp_path: Path) -> None:
+    tmp_path: Path,
+) -> None:
     p = Path09(tmp_path)
     p.path.mqtt_path(True)
     p.path.mqtt_path(False)  # offline: the centre's broker publishes the will after 15 s

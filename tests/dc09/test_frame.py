@@ -98,7 +98,12 @@ def test_build_refuses_what_the_standard_does_not_allow() -> None:
 def test_parse_ack_nak_duh() -> None:
     ack = parse_reply(frame_of('"ACK"0042R1L2#1234[]'))
     assert (ack.kind, ack.seq, ack.receiver, ack.line, ack.account) == (
-        ReplyKind.ACK, 42, "1", "2", "1234")
+        ReplyKind.ACK,
+        42,
+        "1",
+        "2",
+        "1234",
+    )
     assert ack.acknowledges and ack.timestamp is None
     nak = parse_reply(frame_of('"NAK"0000R0L0A0[]_18:56:48,12-06-2026'))
     assert nak.kind is ReplyKind.NAK and nak.timestamp == AT and nak.account is None
@@ -117,19 +122,22 @@ def test_pysiaalarm_forms_are_understood() -> None:
     assert standard.acknowledges and standard.timestamp == AT
 
 
-@pytest.mark.parametrize(("raw", "why"), [
-    (b'"NAK"', "not a DC-09 frame"),  # pysiaalarm's answer for an unknown account
-    (frame_of('"ACK"0042R1L2#1234[]').replace(b"\n", b"", 1), "not a DC-09 frame"),
-    (frame_of('"ACK"0042R1L2#1234[]')[:-1] + b"\n", "not a DC-09 frame"),
-    (b"\n00000014" + b'"ACK"0042R1L2#1234[]' + b"\r", "CRC mismatch"),
-    (b"\n%04X0015" % crc16(b'"ACK"0042R1L2#1234[]') + b'"ACK"0042R1L2#1234[]\r', "length"),
-    (frame_of('"NAK"0000R0L0A0[]'), "without the receiver's timestamp"),
-    (frame_of('"NAK"0001R0L0A0[]_18:56:48,12-06-2026'), "not an ACK"),
-    (frame_of('"ACK"0042R1L2#1234[]_25:00:00,12-06-2026'), "timestamp"),
-    (frame_of('"ACK"0042R1L2#1234[]]'), "malformed"),
-    (frame_of('"FOO"0042R1L2#1234[]'), "not an ACK"),
-    (encrypted_ack(9, "]_18:56:48,12-06-2026", key=bytes(16)), "decrypt|timestamp|malformed"),
-])
+@pytest.mark.parametrize(
+    ("raw", "why"),
+    [
+        (b'"NAK"', "not a DC-09 frame"),  # pysiaalarm's answer for an unknown account
+        (frame_of('"ACK"0042R1L2#1234[]').replace(b"\n", b"", 1), "not a DC-09 frame"),
+        (frame_of('"ACK"0042R1L2#1234[]')[:-1] + b"\n", "not a DC-09 frame"),
+        (b"\n00000014" + b'"ACK"0042R1L2#1234[]' + b"\r", "CRC mismatch"),
+        (b"\n%04X0015" % crc16(b'"ACK"0042R1L2#1234[]') + b'"ACK"0042R1L2#1234[]\r', "length"),
+        (frame_of('"NAK"0000R0L0A0[]'), "without the receiver's timestamp"),
+        (frame_of('"NAK"0001R0L0A0[]_18:56:48,12-06-2026'), "not an ACK"),
+        (frame_of('"ACK"0042R1L2#1234[]_25:00:00,12-06-2026'), "timestamp"),
+        (frame_of('"ACK"0042R1L2#1234[]]'), "malformed"),
+        (frame_of('"FOO"0042R1L2#1234[]'), "not an ACK"),
+        (encrypted_ack(9, "]_18:56:48,12-06-2026", key=bytes(16)), "decrypt|timestamp|malformed"),
+    ],
+)
 def test_bad_replies_are_refused_with_a_reason(raw: bytes, why: str) -> None:
     with pytest.raises(FrameError, match=why):
         parse_reply(raw, KEY)
@@ -175,7 +183,7 @@ def test_any_changed_byte_is_refused(frame: bytes, data: st.DataObject) -> None:
     parse_reply(frame, KEY)  # valid as it stands
     pos = data.draw(st.integers(0, len(frame) - 1))
     new = data.draw(st.integers(0, 255).filter(lambda b: b != frame[pos]))
-    mutated = frame[:pos] + bytes([new]) + frame[pos + 1:]
+    mutated = frame[:pos] + bytes([new]) + frame[pos + 1 :]
     with pytest.raises(FrameError):
         parse_reply(mutated, KEY)
 
@@ -191,10 +199,14 @@ def test_a_wrong_crc_is_never_accepted(frame: bytes, crc: int) -> None:
 
 
 @settings(max_examples=200, deadline=None)
-@given(st.integers(1, 9999),
-       st.text(alphabet=st.characters(min_codepoint=0x20, max_codepoint=0x7E,
-                                      exclude_characters="[]"), max_size=60),
-       st.sampled_from([None, KEY, bytes(24), bytes(range(32))]))
+@given(
+    st.integers(1, 9999),
+    st.text(
+        alphabet=st.characters(min_codepoint=0x20, max_codepoint=0x7E, exclude_characters="[]"),
+        max_size=60,
+    ),
+    st.sampled_from([None, KEY, bytes(24), bytes(range(32))]),
+)
 def test_what_we_build_a_receiver_can_take_apart(seq: int, data: str, key: bytes | None) -> None:
     raw = build("SIA-DCS", seq, ADDRESS, data, sent_at=AT, key=key)
     body = raw[9:-1]
@@ -212,6 +224,7 @@ def test_the_largest_frame_fits_one_1024_byte_read() -> None:
     address = Address("0123456789ABCDEF", "FFFFFF", "FFFFFF")
     for fmt in MessageFormat:
         msg = encode(Event(EventKind.PATH_RESTORE, 999, "Щ" * 500), fmt, address.account)
-        raw = build(msg.token, 9999, address, msg.data, extended=msg.extended, sent_at=AT,
-                    key=bytes(32))
+        raw = build(
+            msg.token, 9999, address, msg.data, extended=msg.extended, sent_at=AT, key=bytes(32)
+        )
         assert len(raw) < 1024

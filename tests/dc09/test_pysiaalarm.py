@@ -60,9 +60,13 @@ def assert_decoded(ev: SIAEvent, sent: Event, fmt: MessageFormat) -> None:
 @pytest.mark.parametrize("transport", list(Transport))
 @pytest.mark.parametrize("fmt", list(MessageFormat))
 @pytest.mark.parametrize("key_size", [None, 16, 24, 32])
-def test_every_event_is_decoded(receivers: Callable[..., SiaReceiver], harness: Harness,
-                                transport: Transport, fmt: MessageFormat,
-                                key_size: int | None) -> None:
+def test_every_event_is_decoded(
+    receivers: Callable[..., SiaReceiver],
+    harness: Harness,
+    transport: Transport,
+    fmt: MessageFormat,
+    key_size: int | None,
+) -> None:
     key = key_text(key_size) if key_size else None
     rx = receivers(transport, key=key)
     harness.start(settings(rx.receiver(key=key.encode() if key else None), fmt=fmt))
@@ -80,13 +84,15 @@ def test_every_event_is_decoded(receivers: Callable[..., SiaReceiver], harness: 
 
 @pytest.mark.parametrize("key_size", [None, 16])
 def test_nak_resynchronises_the_clock_from_the_receivers_timestamp(
-        receivers: Callable[..., SiaReceiver], harness: Harness, key_size: int | None) -> None:
+    receivers: Callable[..., SiaReceiver], harness: Harness, key_size: int | None
+) -> None:
     """Our clock 10 minutes fast: pysiaalarm NAKs (timestamp out of its -40/+20 s band) with
     its own time; we take the offset from it and resend, and the alarm goes in."""
     key = key_text(key_size) if key_size else None
     rx = receivers(Transport.TCP, key=key)
-    tx = harness.start(settings(rx.receiver(key=key.encode() if key else None)),
-                       wall=lambda: time.time() + 600)
+    tx = harness.start(
+        settings(rx.receiver(key=key.encode() if key else None)), wall=lambda: time.time() + 600
+    )
     sent = Event(EventKind.PANIC, 3, LOCATION)
     harness.put(sent)
     [got] = rx.wait(1)
@@ -98,14 +104,16 @@ def test_nak_resynchronises_the_clock_from_the_receivers_timestamp(
 
 
 def test_wrong_key_gets_nak_and_the_backup_takes_the_alarm(
-        receivers: Callable[..., SiaReceiver], harness: Harness) -> None:
+    receivers: Callable[..., SiaReceiver], harness: Harness
+) -> None:
     """pysiaalarm cannot parse what our (different) key encrypted and NAKs: the alarm is not
     taken for delivered, goes to the backup, and the primary decoded nothing."""
     good = key_text(16)
     primary = receivers(Transport.TCP, key=key_text(16))
     backup = receivers(Transport.UDP, key=good)
-    tx = harness.start(settings(primary.receiver(key=good.encode()),
-                                backup.receiver(key=good.encode())))
+    tx = harness.start(
+        settings(primary.receiver(key=good.encode()), backup.receiver(key=good.encode()))
+    )
     harness.put(Event(EventKind.PANIC, 1, "Office"))
     [got] = backup.wait(1)
     assert got.code == "PA" and got.encrypted
@@ -115,8 +123,9 @@ def test_wrong_key_gets_nak_and_the_backup_takes_the_alarm(
     assert status.active == backup.receiver().name
 
 
-def test_wrong_account_is_not_taken_for_delivered(receivers: Callable[..., SiaReceiver],
-                                                  harness: Harness) -> None:
+def test_wrong_account_is_not_taken_for_delivered(
+    receivers: Callable[..., SiaReceiver], harness: Harness
+) -> None:
     """For an account it does not know, pysiaalarm answers a bare ``"NAK"`` (no frame, no
     CRC, no CR). Not valid DC-09, so not trusted: the attempt failed, the backup takes it."""
     primary = receivers(Transport.TCP, account="5678")
@@ -130,9 +139,9 @@ def test_wrong_account_is_not_taken_for_delivered(receivers: Callable[..., SiaRe
 
 
 @pytest.mark.parametrize("transport", list(Transport))
-def test_receiver_stopped_and_restarted_loses_nothing(receivers: Callable[..., SiaReceiver],
-                                                      harness: Harness,
-                                                      transport: Transport) -> None:
+def test_receiver_stopped_and_restarted_loses_nothing(
+    receivers: Callable[..., SiaReceiver], harness: Harness, transport: Transport
+) -> None:
     rx = receivers(transport)
     tx = harness.start(settings(rx.receiver()))
     first = [Event(EventKind.PANIC, z, "") for z in range(1, 4)]
@@ -152,13 +161,15 @@ def test_receiver_stopped_and_restarted_loses_nothing(receivers: Callable[..., S
 
 @pytest.mark.parametrize("transport", list(Transport))
 def test_primary_down_falls_back_to_the_backup_and_returns(
-        receivers: Callable[..., SiaReceiver], harness: Harness, transport: Transport) -> None:
+    receivers: Callable[..., SiaReceiver], harness: Harness, transport: Transport
+) -> None:
     port = free_port(transport)
     backup = receivers(transport)
     shift = [0.0]
     primary_rx = SiaReceiver(transport, [], port).receiver()  # nothing listens there yet
-    tx = harness.start(settings(primary_rx, backup.receiver()),
-                       clock=lambda: time.monotonic() + shift[0])
+    tx = harness.start(
+        settings(primary_rx, backup.receiver()), clock=lambda: time.monotonic() + shift[0]
+    )
     harness.put(Event(EventKind.PANIC, 1, ""))
     backup.wait(1)
     assert tx.status().active == backup.receiver().name
@@ -172,8 +183,9 @@ def test_primary_down_falls_back_to_the_backup_and_returns(
     harness.wait(lambda: tx.status().active == primary_rx.name, what="back on the primary")
 
 
-def test_supervision_polls_and_detects_path_failure(receivers: Callable[..., SiaReceiver],
-                                                    harness: Harness) -> None:
+def test_supervision_polls_and_detects_path_failure(
+    receivers: Callable[..., SiaReceiver], harness: Harness
+) -> None:
     """With nothing to send, a NULL message every supervision_s; a failed poll reports the path
     down (on_path), the next good one up. pysiaalarm shows a NULL poll as code RP."""
     rx = receivers(Transport.TCP)
@@ -185,8 +197,10 @@ def test_supervision_polls_and_detects_path_failure(receivers: Callable[..., Sia
     rx.stop()
     shift[0] += 31
     # The status changes first, then on_path is called: wait for both, not one then the other.
-    harness.wait(lambda: tx.status().path_ok is False and harness.paths[-1][0] is False,
-                 what="the failed poll noticed and reported")
+    harness.wait(
+        lambda: tx.status().path_ok is False and harness.paths[-1][0] is False,
+        what="the failed poll noticed and reported",
+    )
     back = receivers(Transport.TCP, port=rx.port)
     back.wait(1, polls=True)
     harness.wait(lambda: tx.status().path_ok is True, what="the path back up")
@@ -195,8 +209,10 @@ def test_supervision_polls_and_detects_path_failure(receivers: Callable[..., Sia
 def test_periodic_test_report(receivers: Callable[..., SiaReceiver], harness: Harness) -> None:
     rx = receivers(Transport.UDP)
     shift = [0.0]
-    harness.start(settings(rx.receiver(), fmt=MessageFormat.ADM_CID, test_report_s=3600),
-                  clock=lambda: time.monotonic() + shift[0])
+    harness.start(
+        settings(rx.receiver(), fmt=MessageFormat.ADM_CID, test_report_s=3600),
+        clock=lambda: time.monotonic() + shift[0],
+    )
     rx.wait(1, polls=True)
     shift[0] += 3601
     [report] = rx.wait(1)
@@ -221,7 +237,8 @@ def test_decoded_time_is_utc(receivers: Callable[..., SiaReceiver], harness: Har
 
 
 def test_a_kept_connection_the_receiver_closed_costs_no_attempt(
-        receivers: Callable[..., SiaReceiver], harness: Harness) -> None:
+    receivers: Callable[..., SiaReceiver], harness: Harness
+) -> None:
     """TCP stays connected between messages; after a receiver restart the first message must
     not be spent on the dead connection (with one attempt, that would be a lost round)."""
     rx = receivers(Transport.TCP)

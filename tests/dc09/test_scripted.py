@@ -105,8 +105,9 @@ def start(harness: Harness, scripted: list[Scripted], *script: str) -> Scripted:
     return rx
 
 
-def test_duh_refuses_the_event_and_the_queue_moves_on(harness: Harness,
-                                                      scripted: list[Scripted]) -> None:
+def test_duh_refuses_the_event_and_the_queue_moves_on(
+    harness: Harness, scripted: list[Scripted]
+) -> None:
     rx = start(harness, scripted, "ack", "duh")  # the first frame is the start-up NULL poll
     harness.put(Event(EventKind.PANIC, 1), Event(EventKind.PANIC, 2))
     harness.wait(lambda: len(harness.queue.done) == 1, what="the second event acknowledged")
@@ -116,8 +117,9 @@ def test_duh_refuses_the_event_and_the_queue_moves_on(harness: Harness,
     assert harness.tx is not None and harness.tx.status().refused == 1
 
 
-def test_a_late_ack_for_an_earlier_message_is_skipped(harness: Harness,
-                                                      scripted: list[Scripted]) -> None:
+def test_a_late_ack_for_an_earlier_message_is_skipped(
+    harness: Harness, scripted: list[Scripted]
+) -> None:
     rx = start(harness, scripted, "ack", "late")
     harness.put(Event(EventKind.PANIC, 1))
     harness.wait(lambda: harness.queue.done, what="acknowledged")
@@ -126,7 +128,8 @@ def test_a_late_ack_for_an_earlier_message_is_skipped(harness: Harness,
 
 @pytest.mark.parametrize("answer", ["bad_crc", "other_account", "silence"])
 def test_an_answer_that_is_not_an_ack_of_ours_means_resend_the_same_message(
-        harness: Harness, scripted: list[Scripted], answer: str) -> None:
+    harness: Harness, scripted: list[Scripted], answer: str
+) -> None:
     rx = start(harness, scripted, "ack", answer)
     harness.put(Event(EventKind.PANIC, 1))
     harness.wait(lambda: harness.queue.done, what="acknowledged after the resend")
@@ -135,13 +138,16 @@ def test_an_answer_that_is_not_an_ack_of_ours_means_resend_the_same_message(
     assert harness.tx.status().receivers[0].total_failures == 1
 
 
-def test_an_event_waits_while_no_receiver_answers(harness: Harness,
-                                                  scripted: list[Scripted]) -> None:
+def test_an_event_waits_while_no_receiver_answers(
+    harness: Harness, scripted: list[Scripted]
+) -> None:
     rx = start(harness, scripted, "ack", *["silence"] * 6)
     harness.put(Event(EventKind.PANIC, 1))
     assert harness.tx is not None
-    harness.wait(lambda: harness.tx is not None and harness.tx.status().path_ok is False,
-                 what="the path down after 3 silent attempts")
+    harness.wait(
+        lambda: harness.tx is not None and harness.tx.status().path_ok is False,
+        what="the path down after 3 silent attempts",
+    )
     assert harness.queue.depth() == 1 and not harness.queue.done
     harness.wait(lambda: harness.queue.done, timeout=15, what="sent once it answers")
     assert rx.seqs()[:4] == ["0010", "0011", "0011", "0011"]
@@ -155,8 +161,9 @@ def test_a_receiver_that_is_down_is_not_hammered(harness: Harness) -> None:
         port = s.getsockname()[1]  # nothing listens here once closed
     dead = Receiver("127.0.0.1", port, Transport.TCP, "1234")
     shift = [0.0]
-    tx = harness.start(settings(dead, test_report_s=30, retry_max_s=0.5),
-                       clock=lambda: time.monotonic() + shift[0])
+    tx = harness.start(
+        settings(dead, test_report_s=30, retry_max_s=0.5), clock=lambda: time.monotonic() + shift[0]
+    )
     harness.wait(lambda: tx.status().path_ok is False, what="the start-up poll failing")
     shift[0] += 31  # the periodic test report is due too
     before = tx.status().receivers[0].total_failures

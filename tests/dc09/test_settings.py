@@ -28,8 +28,13 @@ def test_defaults_are_valid() -> None:
 
 def test_every_problem_is_listed_with_its_key() -> None:
     with pytest.raises(SettingsError) as err:
-        Settings((GOOD, Receiver("", 70000, Transport.UDP, "12g4", "1234567", "", b"x" * 10)),
-                 events=frozenset(), supervision_s=5, attempts=0, test_report_s=1)
+        Settings(
+            (GOOD, Receiver("", 70000, Transport.UDP, "12g4", "1234567", "", b"x" * 10)),
+            events=frozenset(),
+            supervision_s=5,
+            attempts=0,
+            test_report_s=1,
+        )
     assert [str(p) for p in err.value.problems] == [
         "dc09.receivers[1].host: empty; give the receiver's host name or address",
         "dc09.receivers[1].port: 70000 is not a port (1-65535)",

@@ -54,8 +54,16 @@ from agent.testing.site import Centre as Receiver
 
 # Re-exported: the fault tests take the agent from here; bench/uplink.py takes the namespace
 # helpers from here until it moves onto agent.testing.netns.
-__all__ = ["MQTT_PORT", "AgentProcess", "NetLab", "NsBroker", "enter_netns", "run_in_netns",
-           "sh", "wait_for"]
+__all__ = [
+    "MQTT_PORT",
+    "AgentProcess",
+    "NetLab",
+    "NsBroker",
+    "enter_netns",
+    "run_in_netns",
+    "sh",
+    "wait_for",
+]
 
 # Six normally-open buttons without hold_s: a press is an alarm on the first edge, and a tight
 # loop can rotate through them while each one re-arms (release_s = 50 ms, agent/buttons.py).
@@ -127,21 +135,33 @@ class Tally:
             top = max(top, a["seq"])
         acked_seqs = [e["seq"] for e in self.acked.values()]
         info = {
-            "sent": self.sent, "received": len(received), "lost": len(lost),
-            "duplicated": duplicated, "seq_gaps": len(gaps), "out_of_order": late,
+            "sent": self.sent,
+            "received": len(received),
+            "lost": len(lost),
+            "duplicated": duplicated,
+            "seq_gaps": len(gaps),
+            "out_of_order": late,
             "acked_seq_increasing": all(a < b for a, b in itertools.pairwise(acked_seqs)),
             "unacked_arrived": len(received - set(self.acked)),
             "lost_ids": lost,
         }
         tail = " ".join(f"{k}={v}" for k, v in extra.items())
-        line = (f"FAULT {self.name}: sent={self.sent} received={len(received)} "
-                f"lost={len(lost)} duplicated={duplicated}"
-                f" seq_gaps={len(gaps)} out_of_order={late}" + (f" {tail}" if tail else ""))
+        line = (
+            f"FAULT {self.name}: sent={self.sent} received={len(received)} "
+            f"lost={len(lost)} duplicated={duplicated}"
+            f" seq_gaps={len(gaps)} out_of_order={late}" + (f" {tail}" if tail else "")
+        )
         record_fault_line(line)
         return info
 
-    def assert_ok(self, info: dict[str, Any], *, in_order: bool = True,
-                  no_gaps: bool = True, seq_increasing: bool = True) -> None:
+    def assert_ok(
+        self,
+        info: dict[str, Any],
+        *,
+        in_order: bool = True,
+        no_gaps: bool = True,
+        seq_increasing: bool = True,
+    ) -> None:
         assert info["lost"] == 0, f"{self.name}: lost {info['lost_ids']}"
         if seq_increasing:
             assert info["acked_seq_increasing"], f"{self.name}: seq not increasing in press order"
@@ -172,9 +192,10 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
         seeds = [int(env)]
     else:
         fresh = random.SystemRandom()
-        seeds = [*REGRESSION_SEEDS.get(metafunc.function.__name__, ()),
-                 *(fresh.randrange(1, 2**31)
-                   for _ in range(metafunc.config.getoption("--fault-seeds")))]
+        seeds = [
+            *REGRESSION_SEEDS.get(metafunc.function.__name__, ()),
+            *(fresh.randrange(1, 2**31) for _ in range(metafunc.config.getoption("--fault-seeds"))),
+        ]
     metafunc.parametrize("seed", seeds, ids=[f"seed={s}" for s in seeds])
 
 
@@ -199,11 +220,13 @@ def fault_seed(name: str, seed: int) -> int:
 # --- the agent ------------------------------------------------------------------------------------
 
 
-def fault_config(path: Path, storage: Path, host: str = "127.0.0.1", port: int = MQTT_PORT,
-                 **sections: Any) -> Path:
+def fault_config(
+    path: Path, storage: Path, host: str = "127.0.0.1", port: int = MQTT_PORT, **sections: Any
+) -> Path:
     """The simulated school with six plain buttons, pointed at ``host:port``."""
-    return school_config(path, port=port, storage=storage, host=host,
-                         **{"buttons": BUTTONS, **sections})
+    return school_config(
+        path, port=port, storage=storage, host=host, **{"buttons": BUTTONS, **sections}
+    )
 
 
 class Presser:
@@ -224,16 +247,18 @@ class Presser:
         if wait > 0:
             time.sleep(wait)
         try:
-            reply = control.call(self.sock, {"cmd": "simulate", "action": "press",
-                                             "button": button}, timeout=10)
+            reply = control.call(
+                self.sock, {"cmd": "simulate", "action": "press", "button": button}, timeout=10
+            )
         except AgentError:
             self.tally.unacked_presses += 1
             raise
         events = [e for e in reply.get("events", []) if e and e.get("kind") == "panic"]
         self.tally.add(events)
         try:
-            control.call(self.sock, {"cmd": "simulate", "action": "release", "button": button},
-                         timeout=10)
+            control.call(
+                self.sock, {"cmd": "simulate", "action": "release", "button": button}, timeout=10
+            )
         finally:
             self._released[button] = time.monotonic()
         return events
@@ -256,11 +281,18 @@ class Centre(Receiver):
     broker (127.0.0.1 inside the broker's namespace) is never cut or shaped.
     """
 
-    def __init__(self, host: str, port: int, store: Path, netns: str | None = None,
-                 name: str = "centre") -> None:
+    def __init__(
+        self, host: str, port: int, store: Path, netns: str | None = None, name: str = "centre"
+    ) -> None:
         super().__init__(f"mqtt://{host}:{port}", store, client_id=f"{name}-rx", netns=netns)
-        self.raw = MqttClient(port, ["schools/+/alarm", "schools/_centre/presence/+"],
-                              host=host, client_id=f"{name}-raw", persistent=True, keepalive=5)
+        self.raw = MqttClient(
+            port,
+            ["schools/+/alarm", "schools/_centre/presence/+"],
+            host=host,
+            client_id=f"{name}-raw",
+            persistent=True,
+            keepalive=5,
+        )
 
     def start(self, subscribed_s: float | None = 10.0) -> Centre:
         super().start(subscribed_s)
@@ -274,8 +306,9 @@ class Centre(Receiver):
     def listening(self) -> bool:
         """The receiver announced itself (retained presence), which it does only after
         subscribing: from now on the broker keeps every alarm for it."""
-        return any(p.get("state") == "online"
-                   for p in self.raw.payloads("schools/_centre/presence/+"))
+        return any(
+            p.get("state") == "online" for p in self.raw.payloads("schools/_centre/presence/+")
+        )
 
     def raw_alarms(self) -> list[dict[str, Any]]:
         return self.raw.payloads("schools/+/alarm")
@@ -331,8 +364,9 @@ def tmpfs(tmp_path: Path) -> Iterator[Callable[[str], Mount]]:
     def make(size: str) -> Mount:
         path = tmp_path / f"tmpfs{len(mounted)}"
         path.mkdir()
-        r = sh("mount", "-t", "tmpfs", "-o", f"size={size},mode=0750", "tmpfs", str(path),
-               check=False)
+        r = sh(
+            "mount", "-t", "tmpfs", "-o", f"size={size},mode=0750", "tmpfs", str(path), check=False
+        )
         if r.returncode != 0:
             pytest.skip(f"cannot mount a tmpfs here: {r.stderr.strip()}")
         mounted.append(path)

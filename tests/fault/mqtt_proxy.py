@@ -99,7 +99,7 @@ def describe(packet: bytes) -> str:
         return name
     header = next(i for i in range(1, 5) if not packet[i] & 0x80) + 1
     (size,) = struct.unpack_from("!H", packet, header)
-    topic = packet[header + 2:header + 2 + size].decode("utf-8", "replace")
+    topic = packet[header + 2 : header + 2 + size].decode("utf-8", "replace")
     return f"{name} {'/'.join(topic.split('/')[2:]) or topic}"  # without prefix and site
 
 
@@ -110,8 +110,7 @@ class Link:
     number: int
     box: socket.socket
     broker: socket.socket | None = None
-    packets: dict[Direction, list[str]] = field(
-        default_factory=lambda: {d: [] for d in Direction})
+    packets: dict[Direction, list[str]] = field(default_factory=lambda: {d: [] for d in Direction})
     pings: int = 0  # PINGREQ and PINGRESP forwarded, not numbered
 
 
@@ -123,8 +122,9 @@ class MqttProxy:
     nothing is forwarded until :meth:`release`, so a test can act while the box is connecting.
     """
 
-    def __init__(self, broker_port: int, cut: Cut | None = None, *,
-                 hold_first: bool = False) -> None:
+    def __init__(
+        self, broker_port: int, cut: Cut | None = None, *, hold_first: bool = False
+    ) -> None:
         self.broker_port = broker_port
         self.port = 0  # known once started: a port picked and released earlier may be taken
         self.cut = cut
@@ -175,7 +175,7 @@ class MqttProxy:
             names = link.packets[d]
             if self.cut is not None and self.cut.direction is d:
                 lo = max(0, self.cut.after - 1 - around)
-                names = names[lo:self.cut.after + around]
+                names = names[lo : self.cut.after + around]
                 lines.append(f"{d} from #{lo + 1}: {', '.join(names)}")
             else:
                 lines.append(f"{d}: {', '.join(names)}")
@@ -251,8 +251,12 @@ class MqttProxy:
 
     def _due(self, link: Link, direction: Direction, last: str) -> bool:
         cut = self.cut
-        due = (cut is not None and link.number == 1 and cut.direction is direction
-               and cut.after == len(link.packets[direction]))
+        due = (
+            cut is not None
+            and link.number == 1
+            and cut.direction is direction
+            and cut.after == len(link.packets[direction])
+        )
         if due:
             self.cut_at = f"{cut} ({last})"
         return due

@@ -74,9 +74,13 @@ def _agent_kills(tmp_path: Path, broker: Mosquitto, name: str, kills: int, seed:
             assert result == "ok", f"outbox corrupt after a SIGKILL: {result}"
         agent.start()
         tally.wait_delivered(centre, 30)
-        info = tally.report(centre, seed=seed, kills=kills,
-                            integrity_ok=f"{checks.count('ok')}/{len(checks)}",
-                            unacked_presses=tally.unacked_presses)
+        info = tally.report(
+            centre,
+            seed=seed,
+            kills=kills,
+            integrity_ok=f"{checks.count('ok')}/{len(checks)}",
+            unacked_presses=tally.unacked_presses,
+        )
         # Arrival order is not asserted: an alarm the broker acked just before a kill is
         # resent by the restarted agent only when the centre's receipt does not come.
         tally.assert_ok(info, in_order=False)
@@ -91,6 +95,7 @@ def test_agent_killed_while_writing_alarms(tmp_path: Path, broker: Mosquitto, se
 
 
 @pytest.mark.slow
-def test_soak_agent_killed_while_writing_alarms(tmp_path: Path, broker: Mosquitto,
-                                               seed: int) -> None:
+def test_soak_agent_killed_while_writing_alarms(
+    tmp_path: Path, broker: Mosquitto, seed: int
+) -> None:
     _agent_kills(tmp_path, broker, "soak_agent_kill", kills=80, seed=seed)

@@ -36,31 +36,45 @@ def _prefill_clips(db: Path, n: int) -> None:
     """A clip backlog queued before the agent starts, as after a long outage."""
     box = Outbox.open(db)
     try:  # two cameras' clips, interleaved as two alarms' clips are queued
-        box.add_many((Priority.CLIP, f"schools/sim-school/clip/fault-cam-{i % 2}", f"clip-{i}",
-                      b"%06d\n" % i + bytes(CHUNK), None) for i in range(n))
+        box.add_many(
+            (
+                Priority.CLIP,
+                f"schools/sim-school/clip/fault-cam-{i % 2}",
+                f"clip-{i}",
+                b"%06d\n" % i + bytes(CHUNK),
+                None,
+            )
+            for i in range(n)
+        )
     finally:
         box.close()
 
 
-def _broker_kills(tmp_path: Path, broker: Mosquitto, name: str, kills: int,
-                  backlog: int, seed: int) -> None:
+def _broker_kills(
+    tmp_path: Path, broker: Mosquitto, name: str, kills: int, backlog: int, seed: int
+) -> None:
     fault_seed(name, seed)
     rng = random.Random(seed)
     storage = tmp_path / "state"
     if backlog:
         _prefill_clips(storage / "outbox.db", backlog)
     # 8 Mbit/s video cap: the backlog takes ~backlog/60 s to drain, so the kills land in it.
-    cfg = fault_config(tmp_path / "agent.yaml", storage, port=broker.port,
-                       uplink={"max_kbps": 8000})
+    cfg = fault_config(
+        tmp_path / "agent.yaml", storage, port=broker.port, uplink={"max_kbps": 8000}
+    )
     centre = Centre("127.0.0.1", broker.port, tmp_path / "centre", name=f"c-{name}").start()
-    clips = MqttClient(broker.port, ["schools/+/clip/#"], client_id=f"clips-{name}",
-                       persistent=True, keepalive=5).connect()
+    clips = MqttClient(
+        broker.port, ["schools/+/clip/#"], client_id=f"clips-{name}", persistent=True, keepalive=5
+    ).connect()
     agent = AgentProcess(cfg)
     tally = Tally(name)
     try:
         agent.start()
-        wait_for(lambda: (agent.status() or {})["uplink"]["centre"] == "listening", 10,
-                 "the centre's presence at the agent")
+        wait_for(
+            lambda: (agent.status() or {})["uplink"]["centre"] == "listening",
+            10,
+            "the centre's presence at the agent",
+        )
         presser = Presser(storage, tally)
         for _ in range(kills):
             presser.press_n(rng.randint(0, 2))
@@ -75,10 +89,16 @@ def _broker_kills(tmp_path: Path, broker: Mosquitto, name: str, kills: int,
         delivered_s = time.monotonic() - last_start
         depth = agent.outbox()
         chunk_ids = [m.payload[:6] for m in clips.received()]
-        info = tally.report(centre, seed=seed, kills=kills, backlog_chunks=backlog,
-                            chunks_received=len(set(chunk_ids)),
-                            chunk_copies=len(chunk_ids), outbox_clips_left=depth.get("clip"),
-                            all_stored_s_after_last_restart=f"{delivered_s:.1f}")
+        info = tally.report(
+            centre,
+            seed=seed,
+            kills=kills,
+            backlog_chunks=backlog,
+            chunks_received=len(set(chunk_ids)),
+            chunk_copies=len(chunk_ids),
+            outbox_clips_left=depth.get("clip"),
+            all_stored_s_after_last_restart=f"{delivered_s:.1f}",
+        )
         tally.assert_ok(info, in_order=False)
         assert delivered_s <= 10, "alarms reached the centre more than 10 s after the broker"
         assert agent.proc is not None and agent.proc.poll() is None, "the agent died"
@@ -94,19 +114,19 @@ def test_broker_killed_at_random_moments(tmp_path: Path, broker: Mosquitto, seed
     _broker_kills(tmp_path, broker, "broker_kill", kills=8, backlog=0, seed=seed)
 
 
-def test_broker_killed_while_a_clip_backlog_drains(tmp_path: Path, broker: Mosquitto,
-                                                   seed: int) -> None:
+def test_broker_killed_while_a_clip_backlog_drains(
+    tmp_path: Path, broker: Mosquitto, seed: int
+) -> None:
     _broker_kills(tmp_path, broker, "broker_kill_backlog", kills=6, backlog=600, seed=seed)
 
 
 @pytest.mark.slow
-def test_soak_broker_killed_at_random_moments(tmp_path: Path, broker: Mosquitto,
-                                             seed: int) -> None:
+def test_soak_broker_killed_at_random_moments(tmp_path: Path, broker: Mosquitto, seed: int) -> None:
     _broker_kills(tmp_path, broker, "soak_broker_kill", kills=60, backlog=0, seed=seed)
 
 
 @pytest.mark.slow
-def test_soak_broker_killed_while_a_clip_backlog_drains(tmp_path: Path, broker: Mosquitto,
-                                                        seed: int) -> None:
-    _broker_kills(tmp_path, broker, "soak_broker_kill_backlog", kills=40, backlog=4000,
-                  seed=seed)
+def test_soak_broker_killed_while_a_clip_backlog_drains(
+    tmp_path: Path, broker: Mosquitto, seed: int
+) -> None:
+    _broker_kills(tmp_path, broker, "soak_broker_kill_backlog", kills=40, backlog=4000, seed=seed)

@@ -53,24 +53,34 @@ def _epoch(rfc3339: str) -> float:
     return datetime.fromisoformat(rfc3339.replace("Z", "+00:00")).timestamp()
 
 
-def _clock_steps(tmp_path: Path, broker: Mosquitto, name: str,
-                 steps: list[tuple[int, int, bool]], label: str) -> None:
+def _clock_steps(
+    tmp_path: Path, broker: Mosquitto, name: str, steps: list[tuple[int, int, bool]], label: str
+) -> None:
     """Each step: (offset seconds, presses, broker up?)."""
     lib = _libfaketime()
     offset_file = tmp_path / "faketime.rc"
     offset_file.write_text("+0\n")
     storage = tmp_path / "state"
     cfg = fault_config(tmp_path / "agent.yaml", storage, port=broker.port)
-    agent = AgentProcess(cfg, env={
-        "LD_PRELOAD": lib, "FAKETIME_TIMESTAMP_FILE": str(offset_file),
-        "FAKETIME_NO_CACHE": "1", "FAKETIME_DONT_FAKE_MONOTONIC": "1"})
+    agent = AgentProcess(
+        cfg,
+        env={
+            "LD_PRELOAD": lib,
+            "FAKETIME_TIMESTAMP_FILE": str(offset_file),
+            "FAKETIME_NO_CACHE": "1",
+            "FAKETIME_DONT_FAKE_MONOTONIC": "1",
+        },
+    )
     centre = Centre("127.0.0.1", broker.port, tmp_path / "centre", name=f"c-{name}").start()
     tally = Tally(name)
     expected: dict[str, float] = {}  # event_id -> the fake wall time at the press
     try:
         agent.start()
-        wait_for(lambda: (agent.status() or {})["uplink"]["centre"] == "listening", 10,
-                 "the centre's presence")
+        wait_for(
+            lambda: (agent.status() or {})["uplink"]["centre"] == "listening",
+            10,
+            "the centre's presence",
+        )
         presser = Presser(storage, tally)
         broker_up = True
         for offset, presses, up in steps:
@@ -92,8 +102,11 @@ def _clock_steps(tmp_path: Path, broker: Mosquitto, name: str,
             broker.start()
         tally.wait_delivered(centre, 30)
         stored = {a["event_id"]: a for a in centre.alarms()}
-        skew = max(abs(_epoch(stored[eid]["pressed_at"]) - t)
-                   for eid, t in expected.items() if eid in stored)
+        skew = max(
+            abs(_epoch(stored[eid]["pressed_at"]) - t)
+            for eid, t in expected.items()
+            if eid in stored
+        )
         info = tally.report(centre, steps=label, pressed_at_max_skew_s=f"{skew:.2f}")
         tally.assert_ok(info)
         assert skew < SLACK_S, "pressed_at does not follow the agent's wall clock"
@@ -106,8 +119,15 @@ def _clock_steps(tmp_path: Path, broker: Mosquitto, name: str,
 def test_wall_clock_steps_back_and_forward(tmp_path: Path, broker: Mosquitto) -> None:
     # NTP steps back an hour, then forward a day; then, with the broker down, alarms wait in
     # the outbox stamped with times out of order; then the broker returns.
-    steps = [(0, 1, True), (-HOUR, 2, True), (DAY, 2, True),
-             (-HOUR, 1, False), (DAY, 1, False), (-2 * HOUR, 1, False), (0, 1, True)]
+    steps = [
+        (0, 1, True),
+        (-HOUR, 2, True),
+        (DAY, 2, True),
+        (-HOUR, 1, False),
+        (DAY, 1, False),
+        (-2 * HOUR, 1, False),
+        (0, 1, True),
+    ]
     _clock_steps(tmp_path, broker, "clock_steps", steps, "-1h,+1d,-1h,+1d,-2h,0")
 
 
@@ -115,6 +135,7 @@ def test_wall_clock_steps_back_and_forward(tmp_path: Path, broker: Mosquitto) ->
 def test_soak_wall_clock_random_steps(tmp_path: Path, broker: Mosquitto, seed: int) -> None:
     name = "soak_clock_steps"
     rng = random.Random(fault_seed(name, seed))
-    steps = [(rng.randint(-3 * DAY, 3 * DAY), rng.randint(1, 3), rng.random() > 0.3)
-             for _ in range(60)]
+    steps = [
+        (rng.randint(-3 * DAY, 3 * DAY), rng.randint(1, 3), rng.random() > 0.3) for _ in range(60)
+    ]
     _clock_steps(tmp_path, broker, name, steps, f"60-random(seed={seed})")

@@ -78,8 +78,10 @@ class Material:
 def material(tmp_path_factory: pytest.TempPathFactory) -> Material:
     # cam-a's segments (~19 KB) go as two chunks each, cam-b's (~12 KB) whole: the receiver
     # must reassemble split segments as well as take whole ones.
-    segments = {cam: synthetic_segments(cam, 2, bitrate_kbps=kbps)
-                for cam, kbps in (("cam-a", 150), ("cam-b", 50))}
+    segments = {
+        cam: synthetic_segments(cam, 2, bitrate_kbps=kbps)
+        for cam, kbps in (("cam-a", 150), ("cam-b", 50))
+    }
     chunks = {cam: [-(-len(s.data) // CHUNK_BYTES) for s in segs] for cam, segs in segments.items()}
     assert chunks == {"cam-a": [2, 2], "cam-b": [1, 1]}, f"the encoder changed: {chunks}"
     key, pub = generate_keypair(tmp_path_factory.mktemp("centre-keys"))
@@ -115,8 +117,9 @@ class Session:
         self.proxy = MqttProxy(self.broker.port, cut, hold_first=True)
         self.daemon: Daemon | None = None  # made once the proxy's port is known
         self.gave_up: list[str] = []  # the supervisor would exit the process (pytest's, here)
-        self.spool = SegmentStore(workdir / "state" / "spool", workdir / "state" / "spool.db",
-                                  10**9)
+        self.spool = SegmentStore(
+            workdir / "state" / "spool", workdir / "state" / "spool.db", 10**9
+        )
         self.acked: list[str] = []  # event ids of the alarms the box committed, in press order
         self.problems: list[str] = []
         self.command_attempts = 0
@@ -134,8 +137,12 @@ class Session:
             self.proxy.start()
             wait_for(self.centre.listening, 10, "the centre's receiver to announce itself")
             cfg = _config(self.workdir, self.proxy.port, self.material.centre_pub)
-            self.daemon = Daemon(cfg, Notifier(None), pin_factory=MockFactory(),
-                                 supervisor=Supervisor(give_up=self.gave_up.append))
+            self.daemon = Daemon(
+                cfg,
+                Notifier(None),
+                pin_factory=MockFactory(),
+                supervisor=Supervisor(give_up=self.gave_up.append),
+            )
             self.box.start()
             self.spool.open()
             self._drive()
@@ -161,10 +168,13 @@ class Session:
         self._acknowledge(self.acked[-1])
         self._settle("the command's result")
         assert self.box.indicators is not None
-        if (self.box.indicators.pattern, self.box.indicators.event_id) != \
-                (Pattern.ACKNOWLEDGED, self.acked[-1]):
-            self.problems.append(f"the ack did not take effect: indicator "
-                                 f"{self.box.indicators.pattern}")
+        if (self.box.indicators.pattern, self.box.indicators.event_id) != (
+            Pattern.ACKNOWLEDGED,
+            self.acked[-1],
+        ):
+            self.problems.append(
+                f"the ack did not take effect: indicator {self.box.indicators.pattern}"
+            )
         supervisor = self.box.supervisor
         if crashes := supervisor.status():  # restarted, but a crash is a bug all the same
             self.problems.append(f"thread crashes: {crashes}")
@@ -187,17 +197,26 @@ class Session:
         for cam, segments in self.material.segments.items():
             for pos, s in enumerate(segments):
                 ref = self.spool.put(s, pins=[event_id])
-                self.box._on_clip_segment(ClipSegment(
-                    event_id, cam, pos, pos == len(segments) - 1, ref, False, s.prev, s.link))
+                self.box._on_clip_segment(
+                    ClipSegment(
+                        event_id, cam, pos, pos == len(segments) - 1, ref, False, s.prev, s.link
+                    )
+                )
 
     def _acknowledge(self, event_id: str) -> None:
         deadline = time.monotonic() + SETTLE_S
         while True:
             self.command_attempts += 1
             try:
-                result = send_command(self.broker.url, "schools", SITE,
-                                      self.material.centre_key, "ack", {"event_id": event_id},
-                                      timeout_s=COMMAND_TIMEOUT_S)
+                result = send_command(
+                    self.broker.url,
+                    "schools",
+                    SITE,
+                    self.material.centre_key,
+                    "ack",
+                    {"event_id": event_id},
+                    timeout_s=COMMAND_TIMEOUT_S,
+                )
                 break
             except AgentError:  # lost with the link: an operator sends it again
                 if time.monotonic() > deadline:
@@ -214,8 +233,10 @@ class Session:
             return False
         if not set(self.acked) <= self.centre.received_ids():
             return False
-        return all(self._clip_dir().joinpath(f"{cam}.verify.json").exists()
-                   for cam in self.material.segments)
+        return all(
+            self._clip_dir().joinpath(f"{cam}.verify.json").exists()
+            for cam in self.material.segments
+        )
 
     def _clip_dir(self) -> Path:
         return self.centre.store / SITE / self.acked[0]
@@ -247,9 +268,21 @@ class Session:
         if lost or duplicated:
             self.problems.append(f"lost {lost}, duplicated {duplicated}")
         raw = [a["event_id"] for a in self.centre.raw_alarms()]
-        return Outcome(self.cut, self.proxy.cut_at, counts, len(self.proxy.links), self.acked,
-                       lost, duplicated, len(raw) - len(set(raw)), self._clips_verified(),
-                       self.command_attempts, self.problems, self.proxy.trace(), seconds)
+        return Outcome(
+            self.cut,
+            self.proxy.cut_at,
+            counts,
+            len(self.proxy.links),
+            self.acked,
+            lost,
+            duplicated,
+            len(raw) - len(set(raw)),
+            self._clips_verified(),
+            self.command_attempts,
+            self.problems,
+            self.proxy.trace(),
+            seconds,
+        )
 
     def _clips_verified(self) -> int:
         if not self.acked:
@@ -272,16 +305,24 @@ class Session:
 
 def _config(workdir: Path, port: int, centre_pub: Path) -> Config:
     workdir.mkdir(parents=True, exist_ok=True)
-    path = fault_config(workdir / "agent.yaml", workdir / "state", port=port,
-                        commands={"public_key_file": str(centre_pub)})
+    path = fault_config(
+        workdir / "agent.yaml",
+        workdir / "state",
+        port=port,
+        commands={"public_key_file": str(centre_pub)},
+    )
     cfg = load_config(path)
     return replace(cfg, mqtt=replace(cfg.mqtt, keepalive_s=KEEPALIVE_S))
 
 
 def _plan(counts: dict[Direction, int]) -> list[Cut]:
     """After each packet each way, and once before any (a2b 0: the box's CONNECT never passes)."""
-    every = [Cut(d, k, m) for m in CutMode for d in Direction
-             for k in range(0 if d is Direction.A2B else 1, counts[d] + 1)]
+    every = [
+        Cut(d, k, m)
+        for m in CutMode
+        for d in Direction
+        for k in range(0 if d is Direction.A2B else 1, counts[d] + 1)
+    ]
     chosen = os.environ.get("DISCONNECT_POINTS")
     if not chosen:
         return every
@@ -293,8 +334,9 @@ def _failure(o: Outcome) -> str:
     return f"{o.cut_at or o.cut}: {'; '.join(o.problems)}\n    {o.trace}"
 
 
-def test_every_disconnect_point_loses_and_duplicates_nothing(tmp_path: Path,
-                                                             material: Material) -> None:
+def test_every_disconnect_point_loses_and_duplicates_nothing(
+    tmp_path: Path, material: Material
+) -> None:
     started = time.monotonic()
     base = Session(tmp_path / "count", material, None).run()
     assert not base.problems, f"the uncut session failed: {_failure(base)}"
@@ -320,6 +362,7 @@ def test_every_disconnect_point_loses_and_duplicates_nothing(tmp_path: Path,
         f"alarms={sum(len(o.acked) for o in outcomes)} resent={sum(o.resent for o in outcomes)} "
         f"command_retries={sum(max(0, o.command_attempts - 1) for o in outcomes)} "
         f"slowest_run_s={max((o.seconds for o in outcomes), default=0):.1f} "
-        f"seconds={time.monotonic() - started:.0f}")
+        f"seconds={time.monotonic() - started:.0f}"
+    )
     failures = [_failure(o) for o in outcomes if o.problems]
     assert not failures, f"{len(failures)} cut point(s) failed:\n" + "\n".join(failures)

@@ -32,17 +32,28 @@ from tests.fault.conftest import (
 
 
 def _online(agent: AgentProcess, lab: NetLab, tmp_path: Path, name: str) -> Centre:
-    centre = Centre("127.0.0.1", MQTT_PORT, tmp_path / "centre", netns=lab.srv,
-                    name=f"c-{name}").start()
+    centre = Centre(
+        "127.0.0.1", MQTT_PORT, tmp_path / "centre", netns=lab.srv, name=f"c-{name}"
+    ).start()
     agent.start()
     wait_for(lambda: agent.uplink_state() == "online", 15, "the agent online")
-    wait_for(lambda: (agent.status() or {})["uplink"]["centre"] == "listening", 10,
-             "the centre's presence at the agent")
+    wait_for(
+        lambda: (agent.status() or {})["uplink"]["centre"] == "listening",
+        10,
+        "the centre's presence at the agent",
+    )
     return centre
 
 
-def _one_cut(lab: NetLab, agent: AgentProcess, presser: Presser, centre: Centre, tally: Tally,
-             mode: str, hold_s: float | None) -> dict[str, float]:
+def _one_cut(
+    lab: NetLab,
+    agent: AgentProcess,
+    presser: Presser,
+    centre: Centre,
+    tally: Tally,
+    mode: str,
+    hold_s: float | None,
+) -> dict[str, float]:
     """Cut, press, (wait for the agent to notice, or hold_s), press, restore; the timings."""
     lab.cut(mode)
     t_cut = time.monotonic()
@@ -50,8 +61,11 @@ def _one_cut(lab: NetLab, agent: AgentProcess, presser: Presser, centre: Centre,
     detect = float("nan")
     if hold_s is None:  # hold until the agent itself declares the link dead
         # The agent's own word: a status query that fails under load ("") is not a detection.
-        wait_for(lambda: agent.uplink_state() in ("offline", "connecting"), 3 * KEEPALIVE_S,
-                 "the agent to notice the dead link via keepalive")
+        wait_for(
+            lambda: agent.uplink_state() in ("offline", "connecting"),
+            3 * KEEPALIVE_S,
+            "the agent to notice the dead link via keepalive",
+        )
         detect = time.monotonic() - t_cut
         presser.press()  # waits in the outbox while the agent retries
         time.sleep(1.5)  # a few failed reconnects
@@ -64,8 +78,7 @@ def _one_cut(lab: NetLab, agent: AgentProcess, presser: Presser, centre: Centre,
     tally.wait_delivered(centre, 20)
     arrivals = [t for t in (centre.arrival(e) for e in waiting) if t is not None]
     first = min(arrivals) - t_up if arrivals else float("nan")
-    return {"detect_s": detect, "restore_to_first_alarm_s": first,
-            "cut_s": t_up - t_cut}
+    return {"detect_s": detect, "restore_to_first_alarm_s": first, "cut_s": t_up - t_cut}
 
 
 @pytest.mark.parametrize("mode", ["down", "blackhole"])
@@ -134,16 +147,18 @@ def test_soak_link_cut_many_times(netlab: NetLab, tmp_path: Path, seed: int) -> 
             if t["restore_to_first_alarm_s"] > worst:
                 worst = t["restore_to_first_alarm_s"]
                 worst_cut = f"{mode}/{t['cut_s']:.1f}s"
-        info = tally.report(centre, seed=seed, cuts=12, worst_restore_s=f"{worst:.2f}",
-                            worst_cut=worst_cut)
+        info = tally.report(
+            centre, seed=seed, cuts=12, worst_restore_s=f"{worst:.2f}", worst_cut=worst_cut
+        )
         tally.assert_ok(info)
     finally:
         agent.close()
         centre.stop()
 
 
-def test_silent_death_is_noticed_by_the_alarm_not_by_keepalive(netlab: NetLab,
-                                                               tmp_path: Path) -> None:
+def test_silent_death_is_noticed_by_the_alarm_not_by_keepalive(
+    netlab: NetLab, tmp_path: Path
+) -> None:
     """A connection that dies without a sound, with a long keepalive (as a school router's
     lost NAT state looks): the alarm's missing PUBACK makes the agent reconnect, long before
     keepalive would have noticed."""

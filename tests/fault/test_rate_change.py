@@ -48,30 +48,43 @@ def _follows(agent: AgentProcess, kbit: int, what: str) -> float:
         if estimate is not None and 0.8 * kbit <= estimate <= 1.05 * kbit:
             return time.monotonic() - t0
         time.sleep(0.5)
-    raise AssertionError(f"the estimate did not follow the link to {kbit} kbit/s ({what}) "
-                         f"in {FOLLOW_S:.0f} s: {seen}")
+    raise AssertionError(
+        f"the estimate did not follow the link to {kbit} kbit/s ({what}) "
+        f"in {FOLLOW_S:.0f} s: {seen}"
+    )
 
 
-def test_the_upload_estimate_follows_the_link_down_and_up(netlab: NetLab,
-                                                          tmp_path: Path) -> None:
+def test_the_upload_estimate_follows_the_link_down_and_up(netlab: NetLab, tmp_path: Path) -> None:
     storage = tmp_path / "state"
     box = Outbox.open(storage / "outbox.db")
     try:
-        box.add_many((Priority.CLIP, "schools/sim-school/clip/fault-cam", f"clip-{i}",
-                      b"%06d\n" % i + bytes(CHUNK), None) for i in range(3000))
+        box.add_many(
+            (
+                Priority.CLIP,
+                "schools/sim-school/clip/fault-cam",
+                f"clip-{i}",
+                b"%06d\n" % i + bytes(CHUNK),
+                None,
+            )
+            for i in range(3000)
+        )
     finally:
         box.close()
     netlab.shape("2mbit", "4kb", "200ms")
     cfg = fault_config(tmp_path / "agent.yaml", storage, host=netlab.b_addr)
-    centre = Centre("127.0.0.1", MQTT_PORT, tmp_path / "centre", netns=netlab.srv,
-                    name="c-rate").start()
+    centre = Centre(
+        "127.0.0.1", MQTT_PORT, tmp_path / "centre", netns=netlab.srv, name="c-rate"
+    ).start()
     agent = AgentProcess(cfg, netns=netlab.box)
     tally = Tally("rate_change")
     try:
         agent.start()
         wait_for(lambda: agent.uplink_state() == "online", 15, "the agent online")
-        wait_for(lambda: (agent.status() or {})["uplink"]["centre"] == "listening", 10,
-                 "the centre's presence")
+        wait_for(
+            lambda: (agent.status() or {})["uplink"]["centre"] == "listening",
+            10,
+            "the centre's presence",
+        )
         first = _follows(agent, 2000, "at start")
         presser = Presser(storage, tally)
         netlab.shape("500kbit", "4kb", "200ms")
@@ -85,14 +98,19 @@ def test_the_upload_estimate_follows_the_link_down_and_up(netlab: NetLab,
         netlab.shape("2mbit", "4kb", "200ms")
         up = _follows(agent, 2000, "after the rise")
         tally.wait_delivered(centre, 20)
-        latencies = [arr - t0 for eid, t0 in pressed_at.items()
-                     if (arr := centre.arrival(eid)) is not None]
+        latencies = [
+            arr - t0 for eid, t0 in pressed_at.items() if (arr := centre.arrival(eid)) is not None
+        ]
         pacing = (agent.status() or {})["uplink"]["pacing"]
         info = tally.report(
-            centre, start_s=round(first, 1), follow_down_s=round(down, 1),
-            follow_up_s=round(up, 1), upload_kbps=pacing["upload_kbps"],
+            centre,
+            start_s=round(first, 1),
+            follow_down_s=round(down, 1),
+            follow_up_s=round(up, 1),
+            upload_kbps=pacing["upload_kbps"],
             alarm_p50_ms=round(statistics.median(latencies) * 1000) if latencies else "nan",
-            alarm_max_ms=round(max(latencies) * 1000) if latencies else "nan")
+            alarm_max_ms=round(max(latencies) * 1000) if latencies else "nan",
+        )
         tally.assert_ok(info)
         assert pacing["mode"] == "auto" and pacing["ceiling_kbps"] is None
         assert agent.outbox()["clip"] > 0, "the backlog drained: nothing was paced"

@@ -35,21 +35,33 @@ def _slow_link(netlab: NetLab, tmp_path: Path, name: str, presses: int, backlog:
     storage = tmp_path / "state"
     box = Outbox.open(storage / "outbox.db")
     try:
-        box.add_many((Priority.CLIP, "schools/sim-school/clip/fault-cam", f"clip-{i}",
-                      b"%06d\n" % i + bytes(CHUNK), None) for i in range(backlog))
+        box.add_many(
+            (
+                Priority.CLIP,
+                "schools/sim-school/clip/fault-cam",
+                f"clip-{i}",
+                b"%06d\n" % i + bytes(CHUNK),
+                None,
+            )
+            for i in range(backlog)
+        )
     finally:
         box.close()
     netlab.shape("1mbit", "16kb", "100ms")
     cfg = fault_config(tmp_path / "agent.yaml", storage, host=netlab.b_addr)
-    centre = Centre("127.0.0.1", MQTT_PORT, tmp_path / "centre", netns=netlab.srv,
-                    name=f"c-{name}").start()
+    centre = Centre(
+        "127.0.0.1", MQTT_PORT, tmp_path / "centre", netns=netlab.srv, name=f"c-{name}"
+    ).start()
     agent = AgentProcess(cfg, netns=netlab.box)
     tally = Tally(name)
     try:
         agent.start()
         wait_for(lambda: agent.uplink_state() == "online", 15, "the agent online")
-        wait_for(lambda: (agent.status() or {})["uplink"]["centre"] == "listening", 10,
-                 "the centre's presence")
+        wait_for(
+            lambda: (agent.status() or {})["uplink"]["centre"] == "listening",
+            10,
+            "the centre's presence",
+        )
         clips_at_start = agent.outbox()["clip"]
         presser = Presser(storage, tally)
         pressed_at: dict[str, float] = {}
@@ -59,14 +71,18 @@ def _slow_link(netlab: NetLab, tmp_path: Path, name: str, presses: int, backlog:
             for e in presser.press():
                 pressed_at[e["event_id"]] = t0
         tally.wait_delivered(centre, 20)
-        latencies = [arr - t0 for eid, t0 in pressed_at.items()
-                     if (arr := centre.arrival(eid)) is not None]
+        latencies = [
+            arr - t0 for eid, t0 in pressed_at.items() if (arr := centre.arrival(eid)) is not None
+        ]
         clips_left = agent.outbox()["clip"]
         info = tally.report(
-            centre, link="tbf-1mbit", backlog_chunks=backlog,
+            centre,
+            link="tbf-1mbit",
+            backlog_chunks=backlog,
             chunks_sent_meanwhile=clips_at_start - clips_left,
             alarm_p50_ms=round(statistics.median(latencies) * 1000) if latencies else "nan",
-            alarm_max_ms=round(max(latencies) * 1000) if latencies else "nan")
+            alarm_max_ms=round(max(latencies) * 1000) if latencies else "nan",
+        )
         tally.assert_ok(info)
         assert clips_left > 0, "the backlog drained before the presses: nothing was measured"
         assert max(latencies) < LATENCY_BOUND_S, f"an alarm waited behind video: {latencies}"

@@ -33,16 +33,20 @@ from tests.fault.conftest import (
 )
 
 
-def _start(tmp_path: Path, broker: Mosquitto, storage: Path, name: str,
-           centre_up: bool = True) -> tuple[AgentProcess, Centre, Presser, Tally]:
+def _start(
+    tmp_path: Path, broker: Mosquitto, storage: Path, name: str, centre_up: bool = True
+) -> tuple[AgentProcess, Centre, Presser, Tally]:
     cfg = fault_config(tmp_path / "agent.yaml", storage, port=broker.port)
     centre = Centre("127.0.0.1", broker.port, tmp_path / "centre", name=f"c-{name}")
     if centre_up:
         centre.start()
     agent = AgentProcess(cfg).start()
     if centre_up:
-        wait_for(lambda: (agent.status() or {})["uplink"]["centre"] == "listening", 10,
-                 "the centre's presence")
+        wait_for(
+            lambda: (agent.status() or {})["uplink"]["centre"] == "listening",
+            10,
+            "the centre's presence",
+        )
     tally = Tally(name)
     return agent, centre, Presser(storage, tally), tally
 
@@ -66,9 +70,12 @@ def test_disk_full_alarm_still_reaches_the_centre(
             f.unlink()
         after = presser.press_n(2)
         tally.wait_delivered(centre, 10)
-        info = tally.report(centre, filled_bytes=filled,
-                            durable_while_full=sum(e["durable"] for e in during),
-                            held_in_memory=sum(not e["durable"] for e in during))
+        info = tally.report(
+            centre,
+            filled_bytes=filled,
+            durable_while_full=sum(e["durable"] for e in during),
+            held_in_memory=sum(not e["durable"] for e in during),
+        )
         tally.assert_ok(info)
         assert all(e["durable"] for e in before + after)
         assert not all(e["durable"] for e in during), "the full disk never refused a write"
@@ -79,8 +86,7 @@ def test_disk_full_alarm_still_reaches_the_centre(
         centre.stop()
 
 
-def _full_cycles(tmp_path: Path, broker: Mosquitto, disk: Mount, name: str,
-                 cycles: int) -> None:
+def _full_cycles(tmp_path: Path, broker: Mosquitto, disk: Mount, name: str, cycles: int) -> None:
     agent, centre, presser, tally = _start(tmp_path, broker, disk.path, name)
     held = 0
     try:
@@ -128,8 +134,11 @@ def test_alarm_held_in_memory_keeps_its_place_in_seq_order(
         stored = presser.press_n(1)
         broker.start()
         tally.wait_delivered(centre, 15)
-        info = tally.report(centre, held_in_memory=sum(not e["durable"] for e in held),
-                            durable_after=sum(e["durable"] for e in stored))
+        info = tally.report(
+            centre,
+            held_in_memory=sum(not e["durable"] for e in held),
+            durable_after=sum(e["durable"] for e in stored),
+        )
         assert [e["durable"] for e in held + stored] == [False, False, True]
         tally.assert_ok(info)  # out_of_order must be 0
     finally:
@@ -153,11 +162,18 @@ def test_disk_full_loses_no_dc09_event(
     port = rx.port
     disk = tmpfs("4m")
     buttons = [{**b, "number": i} for i, b in enumerate(BUTTONS, start=1)]
-    dc09 = {"account": ACCOUNT, "receivers": [{"host": "127.0.0.1", "port": port}],
-            "ack_timeout_s": 0.5, "attempts": 1, "retry_max_s": 0.5, "supervision_s": 10,
-            "test_report_s": 0}
-    cfg = fault_config(tmp_path / "agent.yaml", disk.path, port=broker.port, dc09=dc09,
-                       buttons=buttons)
+    dc09 = {
+        "account": ACCOUNT,
+        "receivers": [{"host": "127.0.0.1", "port": port}],
+        "ack_timeout_s": 0.5,
+        "attempts": 1,
+        "retry_max_s": 0.5,
+        "supervision_s": 10,
+        "test_report_s": 0,
+    }
+    cfg = fault_config(
+        tmp_path / "agent.yaml", disk.path, port=broker.port, dc09=dc09, buttons=buttons
+    )
     centre = Centre("127.0.0.1", broker.port, tmp_path / "centre", name="c-dc09-full").start()
     agent = AgentProcess(cfg).start()
     tally = Tally("dc09_disk_full")
@@ -177,8 +193,9 @@ def test_disk_full_loses_no_dc09_event(
         agent.start()
         zones = [int(e.message) for e in rx.wait(4, timeout=15)]
         pressed = [int(e["button_id"][1:]) for e in during + after]
-        info = tally.report(centre, held_in_memory=sum(not e["durable"] for e in during),
-                            dc09_received=len(zones))
+        info = tally.report(
+            centre, held_in_memory=sum(not e["durable"] for e in during), dc09_received=len(zones)
+        )
         tally.assert_ok(info)
         assert not all(e["durable"] for e in during), "the full disk never refused a write"
         assert zones == pressed, (zones, pressed)  # every one, in press order, each once
@@ -191,8 +208,7 @@ def test_disk_full_loses_no_dc09_event(
 # --- read-only ----------------------------------------------------------------------------------
 
 
-def _read_only_card(tmp_path: Path, broker: Mosquitto, card: Mount, name: str,
-                    rounds: int) -> None:
+def _read_only_card(tmp_path: Path, broker: Mosquitto, card: Mount, name: str, rounds: int) -> None:
     storage = card.path / "edge-agent"
     agent, centre, presser, tally = _start(tmp_path, broker, storage, name)
     held = 0
@@ -243,8 +259,11 @@ def test_alarm_held_in_memory_waits_for_the_centre_receipt(
         (card.sysfs() / "trigger_fs_error").write_text("fault test: card failing\n")
         wait_for(lambda: _read_only(card.path), 5, "the kernel to remount the card read-only")
         centre.stop()  # the centre is away: the broker queues for its persistent session
-        wait_for(lambda: (agent.status() or {})["uplink"]["centre"] == "NOT listening", 10,
-                 "the agent to see the centre go")
+        wait_for(
+            lambda: (agent.status() or {})["uplink"]["centre"] == "NOT listening",
+            10,
+            "the agent to see the centre go",
+        )
         [held] = presser.press()
         assert not held["durable"]
         wait_for(lambda: agent.outbox().get("alarm") == 0, 10, "the PUBACK")
@@ -283,8 +302,11 @@ def test_failing_card_alarms_still_flow(
             os.close(fd)
         during = presser.press_n(3)
         tally.wait_delivered(centre, 15)
-        info = tally.report(centre, held_in_memory=sum(not e["durable"] for e in during),
-                            uplink=agent.uplink_state())
+        info = tally.report(
+            centre,
+            held_in_memory=sum(not e["durable"] for e in during),
+            uplink=agent.uplink_state(),
+        )
         tally.assert_ok(info)
         assert agent.proc is not None and agent.proc.poll() is None, "the agent died"
     finally:
@@ -312,8 +334,9 @@ def _stop_cleanly(agent: AgentProcess) -> None:
 def _root_page(db: Path, table: str) -> int:
     conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
     try:
-        (page,) = conn.execute("SELECT rootpage FROM sqlite_master WHERE name = ?",
-                               (table,)).fetchone()
+        (page,) = conn.execute(
+            "SELECT rootpage FROM sqlite_master WHERE name = ?", (table,)
+        ).fetchone()
         (size,) = conn.execute("PRAGMA page_size").fetchone()
     finally:
         conn.close()
@@ -348,9 +371,9 @@ CORRUPTIONS = {
 }
 
 
-def _corrupt_while_down(tmp_path: Path, broker: Mosquitto, name: str,
-                        corrupt: Callable[[Path], None]) -> tuple[AgentProcess, Centre, Tally,
-                                                                  Presser, list[int]]:
+def _corrupt_while_down(
+    tmp_path: Path, broker: Mosquitto, name: str, corrupt: Callable[[Path], None]
+) -> tuple[AgentProcess, Centre, Tally, Presser, list[int]]:
     storage = tmp_path / "state"
     agent, centre, presser, tally = _start(tmp_path, broker, storage, name)
     presser.press_n(3)
@@ -367,8 +390,9 @@ def _corrupt_while_down(tmp_path: Path, broker: Mosquitto, name: str,
 @pytest.mark.parametrize("kind", list(CORRUPTIONS))
 def test_corrupt_outbox_is_moved_aside(tmp_path: Path, broker: Mosquitto, kind: str) -> None:
     name = f"corrupt_{kind}"
-    agent, centre, tally, presser, _ = _corrupt_while_down(tmp_path, broker, name,
-                                                           CORRUPTIONS[kind])
+    agent, centre, tally, presser, _ = _corrupt_while_down(
+        tmp_path, broker, name, CORRUPTIONS[kind]
+    )
     try:
         storage = tmp_path / "state"
         aside = sorted(p.name for p in storage.glob("outbox.db.corrupt-*"))
@@ -387,7 +411,8 @@ def test_corrupt_outbox_is_moved_aside(tmp_path: Path, broker: Mosquitto, kind: 
 
 def test_zero_length_outbox_is_reported(tmp_path: Path, broker: Mosquitto) -> None:
     agent, centre, tally, presser, _ = _corrupt_while_down(
-        tmp_path, broker, "corrupt_zero-length", lambda db: os.truncate(db, 0))
+        tmp_path, broker, "corrupt_zero-length", lambda db: os.truncate(db, 0)
+    )
     try:
         presser.press()
         tally.wait_delivered(centre, 10)
@@ -401,7 +426,8 @@ def test_zero_length_outbox_is_reported(tmp_path: Path, broker: Mosquitto) -> No
 
 def test_seq_continues_after_a_corrupt_outbox(tmp_path: Path, broker: Mosquitto) -> None:
     agent, centre, tally, presser, seqs_before = _corrupt_while_down(
-        tmp_path, broker, "corrupt_seq", _torn_messages_page)
+        tmp_path, broker, "corrupt_seq", _torn_messages_page
+    )
     try:
         [event] = presser.press()
         tally.wait_delivered(centre, 10)

@@ -30,18 +30,29 @@ from tests.fault.conftest import (
     record_fault_line,
 )
 
-CAMERA = {"id": "hall-cam", "source": "synthetic:hall", "size": "160x90", "fps": 5,
-          "segment_s": 1, "pre_alarm_s": 2, "post_alarm_s": 1}
+CAMERA = {
+    "id": "hall-cam",
+    "source": "synthetic:hall",
+    "size": "160x90",
+    "fps": 5,
+    "segment_s": 1,
+    "pre_alarm_s": 2,
+    "post_alarm_s": 1,
+}
 
 
-def _start(tmp_path: Path, broker: Mosquitto, name: str) -> tuple[AgentProcess, Centre, Presser,
-                                                                   Tally]:
+def _start(
+    tmp_path: Path, broker: Mosquitto, name: str
+) -> tuple[AgentProcess, Centre, Presser, Tally]:
     storage = tmp_path / "state"
     cfg = fault_config(tmp_path / "agent.yaml", storage, port=broker.port, cameras=[CAMERA])
     centre = Centre("127.0.0.1", broker.port, tmp_path / "centre", name=f"c-{name}").start()
     agent = AgentProcess(cfg).start()
-    wait_for(lambda: (agent.status() or {})["uplink"]["centre"] == "listening", 10,
-             "the centre's presence at the agent")
+    wait_for(
+        lambda: (agent.status() or {})["uplink"]["centre"] == "listening",
+        10,
+        "the centre's presence at the agent",
+    )
     tally = Tally(name)
     return agent, centre, Presser(storage, tally), tally
 
@@ -50,14 +61,14 @@ def _deliver(presser: Presser, centre: Centre, timeout: float = 10) -> float:
     """Press once; seconds from the press to the alarm stored at the centre."""
     t0 = time.monotonic()
     [event] = presser.press()
-    wait_for(lambda: event["event_id"] in centre.received_ids(), timeout,
-             "the alarm at the centre")
+    wait_for(lambda: event["event_id"] in centre.received_ids(), timeout, "the alarm at the centre")
     return time.monotonic() - t0
 
 
 @pytest.mark.parametrize("thread", ["buttons", "uplink", "control", "clips", "supervisor"])
 def test_a_crashed_thread_is_restarted_and_the_next_press_arrives(
-        tmp_path: Path, broker: Mosquitto, thread: str) -> None:
+    tmp_path: Path, broker: Mosquitto, thread: str
+) -> None:
     agent, centre, presser, _ = _start(tmp_path, broker, f"crash-{thread}")
     try:
         _deliver(presser, centre)  # the path works before the crash
@@ -74,16 +85,19 @@ def test_a_crashed_thread_is_restarted_and_the_next_press_arrives(
         crashes = [ln for ln in log.splitlines() if f"thread {thread} crashed" in ln]
         assert len(crashes) == 1 and "Traceback" in crashes[0] and "InjectedCrash" in crashes[0]
         assert "Exception in thread" not in log  # nothing died outside the rule
-        record_fault_line(f"FAULT thread_crash[{thread}]: restarted=1 "
-                          f"inject_to_stored_ms={total_s * 1000:.0f} "
-                          f"press_to_stored_ms={press_s * 1000:.0f}")
+        record_fault_line(
+            f"FAULT thread_crash[{thread}]: restarted=1 "
+            f"inject_to_stored_ms={total_s * 1000:.0f} "
+            f"press_to_stored_ms={press_s * 1000:.0f}"
+        )
     finally:
         agent.close()
         centre.stop()
 
 
 def test_a_spent_restart_budget_ends_the_process_and_a_restart_delivers(
-        tmp_path: Path, broker: Mosquitto) -> None:
+    tmp_path: Path, broker: Mosquitto
+) -> None:
     agent, centre, presser, _ = _start(tmp_path, broker, "crash-budget")
     try:
         for _ in range(5):  # the budget: five restarts a minute
@@ -99,8 +113,10 @@ def test_a_spent_restart_budget_ends_the_process_and_a_restart_delivers(
         agent.start()  # what systemd does after RestartSec
         wait_for(lambda: agent.uplink_state() == "online", 10, "the uplink online again")
         press_s = _deliver(presser, centre)
-        record_fault_line(f"FAULT thread_crash_budget: exit_ms={exit_s * 1000:.0f} "
-                          f"press_after_restart_to_stored_ms={press_s * 1000:.0f}")
+        record_fault_line(
+            f"FAULT thread_crash_budget: exit_ms={exit_s * 1000:.0f} "
+            f"press_after_restart_to_stored_ms={press_s * 1000:.0f}"
+        )
     finally:
         agent.close()
         centre.stop()

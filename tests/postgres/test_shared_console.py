@@ -19,19 +19,34 @@ __all__ = ["browser"]  # a fixture, used by name
 
 
 @pytest.fixture
-def centre(tmp_path: Path, keys: Path,
-           ledger_url: str) -> Iterator[tuple[list[Console], AgentProcess, str]]:
+def centre(
+    tmp_path: Path, keys: Path, ledger_url: str
+) -> Iterator[tuple[list[Console], AgentProcess, str]]:
     """One database for the ledger and the consoles' tables (they could be two)."""
     site = school(tmp_path, keys, centre=False).start()
     receivers: list[Centre] = []
     consoles: list[Console] = []
     try:
         for n in (1, 2):
-            receivers.append(Centre(site.broker.url, tmp_path / f"store-{n}",
-                                    client_id=f"receiver-{n}", ledger_url=ledger_url).start())
+            receivers.append(
+                Centre(
+                    site.broker.url,
+                    tmp_path / f"store-{n}",
+                    client_id=f"receiver-{n}",
+                    ledger_url=ledger_url,
+                ).start()
+            )
         for n in (1, 2):
-            consoles.append(start_console(tmp_path, site.broker.url, keys,
-                                          tmp_path / f"store-{n}", f"console-{n}", ledger_url))
+            consoles.append(
+                start_console(
+                    tmp_path,
+                    site.broker.url,
+                    keys,
+                    tmp_path / f"store-{n}",
+                    f"console-{n}",
+                    ledger_url,
+                )
+            )
         agent = site.start_agent(process=True)
         assert isinstance(agent, AgentProcess)
         yield consoles, agent, ledger_url
@@ -45,7 +60,8 @@ def centre(tmp_path: Path, keys: Path,
 
 
 def test_each_alarm_once_on_both_consoles_and_one_acknowledgement(
-        centre: tuple[list[Console], AgentProcess, str], browser: Any) -> None:
+    centre: tuple[list[Console], AgentProcess, str], browser: Any
+) -> None:
     consoles, agent, url = centre
     first = log_in(browser, consoles[0].url, "ivanov")
     second = log_in(browser, consoles[1].url, "chief")
@@ -62,8 +78,9 @@ def test_each_alarm_once_on_both_consoles_and_one_acknowledgement(
     first.fill("#alarm-detail .ack-reason", "Наряд 7 выехал")
     first.click("#alarm-detail .ack-button")
     first.locator("#alarm-detail .box-confirmed").wait_for()
-    wait_for(lambda: (agent.status() or {}).get("indicator") == "acknowledged", 5,
-             "the box's indicator")
+    wait_for(
+        lambda: (agent.status() or {}).get("indicator") == "acknowledged", 5, "the box's indicator"
+    )
     second.locator(f'tr.alarm[data-key="{key}"].acked').wait_for()
     second.locator(f'tr.alarm[data-key="{key}"]').click()
     second.locator("#alarm-detail .box-confirmed").wait_for()
@@ -72,6 +89,7 @@ def test_each_alarm_once_on_both_consoles_and_one_acknowledgement(
     second.click(".tab[data-tab=audit]")  # one audit chain for the centre, and it verifies
     second.locator("#audit-verdict .chain-ok").wait_for()
     actions = second.locator("tr.audit-entry").evaluate_all(
-        "rows => rows.map(r => r.dataset.action + ' ' + r.children[1].textContent)")
+        "rows => rows.map(r => r.dataset.action + ' ' + r.children[1].textContent)"
+    )
     assert "ack ivanov" in actions and "login chief" in actions
     assert actions.count("command_result box:sim-school") == 1

@@ -23,14 +23,26 @@ from tests.conftest import REPO, wait_for
 
 
 def _alarms(count: int, sites: int) -> list[Alarm]:
-    return [Alarm(str(uuid.uuid4()), i // sites + 1, f"school-{i % sites:03d}", "entrance",
-                  "Главный вход", "panic", rfc3339(time.time()), True) for i in range(count)]
+    return [
+        Alarm(
+            str(uuid.uuid4()),
+            i // sites + 1,
+            f"school-{i % sites:03d}",
+            "entrance",
+            "Главный вход",
+            "panic",
+            rfc3339(time.time()),
+            True,
+        )
+        for i in range(count)
+    ]
 
 
 def _count(url: str) -> tuple[int, int]:
     with psycopg.connect(url) as conn:
-        row = conn.execute("SELECT COUNT(*), COUNT(DISTINCT (site_id, event_id)) FROM alarms"
-                           ).fetchone()
+        row = conn.execute(
+            "SELECT COUNT(*), COUNT(DISTINCT (site_id, event_id)) FROM alarms"
+        ).fetchone()
     assert row is not None
     return int(row[0]), int(row[1])
 
@@ -44,11 +56,12 @@ def test_the_same_alarms_from_two_receivers_at_once_are_stored_once(ledger_url: 
         mine = alarms[:]
         random.Random(seed).shuffle(mine)  # each receiver sees them in its own order
         for start in range(0, len(mine), 25):  # in groups, as group commit stores them
-            stored = ledger.add_alarms([(a, a.to_json(), False) for a in mine[start:start + 25]])
+            stored = ledger.add_alarms([(a, a.to_json(), False) for a in mine[start : start + 25]])
             new.append(sum(s.new for s in stored))
 
-    threads = [threading.Thread(target=store, args=(ledger, seed))
-               for seed, ledger in enumerate(ledgers)]
+    threads = [
+        threading.Thread(target=store, args=(ledger, seed)) for seed, ledger in enumerate(ledgers)
+    ]
     for t in threads:
         t.start()
     for t in threads:
@@ -62,13 +75,31 @@ def test_the_same_alarms_from_two_receivers_at_once_are_stored_once(ledger_url: 
 
 def _receiver(broker: Mosquitto, url: str, store: Path, name: str) -> subprocess.Popen[bytes]:
     return subprocess.Popen(
-        [sys.executable, "-m", "agent.cli", "central", "--broker", broker.url, "--store",
-         str(store), "--client-id", name, "--ledger", url, "--min-free-gb", "0"],
-        cwd=REPO, stdout=subprocess.DEVNULL, stderr=open(store.with_suffix(".log"), "w"))
+        [
+            sys.executable,
+            "-m",
+            "agent.cli",
+            "central",
+            "--broker",
+            broker.url,
+            "--store",
+            str(store),
+            "--client-id",
+            name,
+            "--ledger",
+            url,
+            "--min-free-gb",
+            "0",
+        ],
+        cwd=REPO,
+        stdout=subprocess.DEVNULL,
+        stderr=open(store.with_suffix(".log"), "w"),
+    )
 
 
-def test_a_receiver_killed_during_a_burst_loses_none(tmp_path: Path, broker: Mosquitto,
-                                                     ledger_url: str) -> None:
+def test_a_receiver_killed_during_a_burst_loses_none(
+    tmp_path: Path, broker: Mosquitto, ledger_url: str
+) -> None:
     # The receipts are read by mosquitto_sub (Receipts): it keeps up with 1,200 of them, and it
     # stands for the schools' many connections.
     receipts = Receipts(broker.port).start()
@@ -76,16 +107,18 @@ def test_a_receiver_killed_during_a_burst_loses_none(tmp_path: Path, broker: Mos
     one = _receiver(broker, ledger_url, tmp_path / "one", "receiver-one")
     two = _receiver(broker, ledger_url, tmp_path / "two", "receiver-two")
     try:
-        wait_for(lambda: {"receiver-one", "receiver-two"} <= receipts.online, 20,
-                 "both receivers")
+        wait_for(lambda: {"receiver-one", "receiver-two"} <= receipts.online, 20, "both receivers")
         alarms = _alarms(600, 60)
         for i, alarm in enumerate(alarms):
             schools.send(f"schools/{alarm.site_id}/alarm", alarm.to_json())
             if i == 200:
                 one.send_signal(signal.SIGKILL)  # in the middle of the burst
         wait_for(lambda: _count(ledger_url)[0] >= 600, 30, "every alarm in the shared ledger")
-        wait_for(lambda: {a.event_id for a in alarms} <= receipts.confirmed.keys(), 30,
-                 "a receipt for each")
+        wait_for(
+            lambda: {a.event_id for a in alarms} <= receipts.confirmed.keys(),
+            30,
+            "a receipt for each",
+        )
         one = _receiver(broker, ledger_url, tmp_path / "one", "receiver-one")  # back: its
         time.sleep(3)  # session's queue is replayed, and finds every alarm stored already
         assert _count(ledger_url) == (600, 600)

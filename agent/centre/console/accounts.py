@@ -54,37 +54,46 @@ class AccountError(AgentError, ValueError):
 
 def add_user(db: Database, name: str, role: str, password: str, actor: str) -> None:
     if not USER_NAME.fullmatch(name):
-        raise AccountError(f"a user name is 1 to 32 of a-z 0-9 . _ - starting with a letter or "
-                           f"digit, not {name!r}")
+        raise AccountError(
+            f"a user name is 1 to 32 of a-z 0-9 . _ - starting with a letter or digit, not {name!r}"
+        )
     if role not in ROLES:
         raise AccountError(f"the role is operator or supervisor, not {role!r}")
     if not MIN_PASSWORD_CHARS <= len(password) <= MAX_PASSWORD_CHARS:
-        raise AccountError(f"a password has {MIN_PASSWORD_CHARS} to {MAX_PASSWORD_CHARS} "
-                           "characters")
+        raise AccountError(
+            f"a password has {MIN_PASSWORD_CHARS} to {MAX_PASSWORD_CHARS} characters"
+        )
     hashed = hash_password(password)
     with db.tx() as conn:
         if conn.execute("SELECT 1 FROM users WHERE name = ?", (name,)).fetchone():
             raise AccountError(f"user {name} exists already")
-        conn.execute("INSERT INTO users VALUES (?, ?, ?, ?, 0)",
-                     (name, role, hashed, rfc3339(time.time())))
+        conn.execute(
+            "INSERT INTO users VALUES (?, ?, ?, ?, 0)", (name, role, hashed, rfc3339(time.time()))
+        )
         audit.append(conn, actor, "user_added", target=name, detail={"role": role})
 
 
 def users(db: Database) -> list[tuple[str, str, str, bool]]:
     """(name, role, created_at, disabled) of every user."""
-    return [(str(a), str(b), str(c), bool(d)) for a, b, c, d in
-            db.rows("SELECT name, role, created_at, disabled FROM users ORDER BY name")]
+    return [
+        (str(a), str(b), str(c), bool(d))
+        for a, b, c, d in db.rows(
+            "SELECT name, role, created_at, disabled FROM users ORDER BY name"
+        )
+    ]
 
 
-def login(db: Database, name: str, password: str, client: str,
-          now: float | None = None) -> tuple[str, Session] | None:
+def login(
+    db: Database, name: str, password: str, client: str, now: float | None = None
+) -> tuple[str, Session] | None:
     """A new session's cookie token and the session, or None (audited either way)."""
     now = time.time() if now is None else now
     row = db.row("SELECT role, password, disabled FROM users WHERE name = ?", (name,))
     ok = check_password(password, str(row[1]) if row else _DUMMY) and row is not None
     with db.tx() as conn:
-        (failures,) = conn.execute("SELECT COUNT(*) FROM logins WHERE officer = ? AND at > ?",
-                                   (name, now - LOCK_S)).fetchone()
+        (failures,) = conn.execute(
+            "SELECT COUNT(*) FROM logins WHERE officer = ? AND at > ?", (name, now - LOCK_S)
+        ).fetchone()
         who = name if row is not None else "?"
         if failures >= LOCK_AFTER:
             audit.append(conn, who, "login_locked", detail={"client": client}, now=now)
@@ -95,13 +104,16 @@ def login(db: Database, name: str, password: str, client: str,
             return None
         conn.execute("DELETE FROM logins WHERE officer = ?", (name,))
         if needs_rehash(str(row[1])):
-            conn.execute("UPDATE users SET password = ? WHERE name = ?",
-                         (hash_password(password), name))
+            conn.execute(
+                "UPDATE users SET password = ? WHERE name = ?", (hash_password(password), name)
+            )
         token, csrf = secrets.token_urlsafe(32), secrets.token_urlsafe(32)
-        conn.execute("INSERT INTO sessions VALUES (?, ?, ?, ?, ?)",
-                     (_digest(token), name, csrf, now, now))
-        conn.execute("DELETE FROM sessions WHERE seen < ? OR created < ?",
-                     (now - IDLE_S, now - MAX_AGE_S))
+        conn.execute(
+            "INSERT INTO sessions VALUES (?, ?, ?, ?, ?)", (_digest(token), name, csrf, now, now)
+        )
+        conn.execute(
+            "DELETE FROM sessions WHERE seen < ? OR created < ?", (now - IDLE_S, now - MAX_AGE_S)
+        )
         audit.append(conn, name, "login", detail={"client": client}, now=now)
     return token, Session(name, str(row[0]), csrf)
 
@@ -112,8 +124,11 @@ def session(db: Database, token: str, now: float | None = None) -> Session | Non
         return None
     now = time.time() if now is None else now
     digest = _digest(token)
-    row = db.row("SELECT s.officer, u.role, s.csrf, s.created, s.seen, u.disabled FROM sessions "
-                 "s JOIN users u ON u.name = s.officer WHERE s.token_hash = ?", (digest,))
+    row = db.row(
+        "SELECT s.officer, u.role, s.csrf, s.created, s.seen, u.disabled FROM sessions "
+        "s JOIN users u ON u.name = s.officer WHERE s.token_hash = ?",
+        (digest,),
+    )
     if row is None or row[5] or row[3] < now - MAX_AGE_S or row[4] < now - IDLE_S:
         return None
     if now - row[4] > 60:  # at most one write a minute per session

@@ -76,15 +76,19 @@ class Desk:
         text = officer_text(reason, "reason")
         self.alarm(site, event)
         with self._db.tx() as conn:
-            if conn.execute("SELECT 1 FROM incidents WHERE site_id = ? AND event_id = ?",
-                            (site, event)).fetchone():
+            if conn.execute(
+                "SELECT 1 FROM incidents WHERE site_id = ? AND event_id = ?", (site, event)
+            ).fetchone():
                 raise ActionError(409, "this alarm was acknowledged already")
             command = self._boxes.command(conn, who.user, site, "ack", {"event_id": event})
-            conn.execute("INSERT INTO incidents (site_id, event_id, acked_by, acked_at, reason, "
-                         "command_id) VALUES (?, ?, ?, ?, ?, ?)",
-                         (site, event, who.user, rfc3339(time.time()), text, command.id))
-            audit.append(conn, who.user, "ack", site, event,
-                         {"reason": text, "command_id": command.id})
+            conn.execute(
+                "INSERT INTO incidents (site_id, event_id, acked_by, acked_at, reason, "
+                "command_id) VALUES (?, ?, ?, ?, ?, ?)",
+                (site, event, who.user, rfc3339(time.time()), text, command.id),
+            )
+            audit.append(
+                conn, who.user, "ack", site, event, {"reason": text, "command_id": command.id}
+            )
         self._boxes.post(command)
         self.publish_alarm(site, event)
         return self.alarm(site, event)
@@ -93,15 +97,18 @@ class Desk:
         text = officer_text(note, "note")
         self.alarm(site, event)
         with self._db.tx() as conn:
-            row = conn.execute("SELECT closed_at FROM incidents WHERE site_id = ? AND "
-                               "event_id = ?", (site, event)).fetchone()
+            row = conn.execute(
+                "SELECT closed_at FROM incidents WHERE site_id = ? AND event_id = ?", (site, event)
+            ).fetchone()
             if row is None:
                 raise ActionError(409, "acknowledge the alarm before closing it")
             if row[0] is not None:
                 raise ActionError(409, "this alarm was closed already")
-            conn.execute("UPDATE incidents SET closed_by = ?, closed_at = ?, note = ? "
-                         "WHERE site_id = ? AND event_id = ?",
-                         (who.user, rfc3339(time.time()), text, site, event))
+            conn.execute(
+                "UPDATE incidents SET closed_by = ?, closed_at = ?, note = ? "
+                "WHERE site_id = ? AND event_id = ?",
+                (who.user, rfc3339(time.time()), text, site, event),
+            )
             audit.append(conn, who.user, "close", site, event, {"note": text})
         self.publish_alarm(site, event)
         return self.alarm(site, event)
@@ -118,22 +125,37 @@ class Desk:
     def test_mode(self, who: Session, site: str, on: object, minutes: object) -> str:
         if not isinstance(on, bool):
             raise ActionError(400, "say whether the walk test goes on or off")
-        if on and not (isinstance(minutes, int) and not isinstance(minutes, bool)
-                       and 1 <= minutes <= MAX_MINUTES):
+        if on and not (
+            isinstance(minutes, int)
+            and not isinstance(minutes, bool)
+            and 1 <= minutes <= MAX_MINUTES
+        ):
             raise ActionError(400, f"a walk test lasts 1 to {MAX_MINUTES} minutes")
-        return self.command(who, site, "test_mode",
-                            {"on": True, "minutes": minutes} if on else {"on": False})
+        return self.command(
+            who, site, "test_mode", {"on": True, "minutes": minutes} if on else {"on": False}
+        )
 
     def on_result(self, site: str, command_id: str) -> None:
         """The box answered (the link's thread): tell every console."""
-        row = self._db.row("SELECT name, args, ok, reason, result_at FROM commands WHERE id = ?",
-                           (command_id,))
+        row = self._db.row(
+            "SELECT name, args, ok, reason, result_at FROM commands WHERE id = ?", (command_id,)
+        )
         if row is None:
             return
         name, _args, ok, reason, at = row
-        self._hub.publish("command", {"id": command_id, "site_id": site, "name": name,
-                                      "ok": bool(ok), "reason": reason, "at": at})
-        incident = self._db.row("SELECT event_id FROM incidents WHERE command_id = ?",
-                                (command_id,))
+        self._hub.publish(
+            "command",
+            {
+                "id": command_id,
+                "site_id": site,
+                "name": name,
+                "ok": bool(ok),
+                "reason": reason,
+                "at": at,
+            },
+        )
+        incident = self._db.row(
+            "SELECT event_id FROM incidents WHERE command_id = ?", (command_id,)
+        )
         if incident is not None:
             self.publish_alarm(site, str(incident[0]))

@@ -55,17 +55,25 @@ class Console:
         self.db = open_database(options.data, options.database_url)
         self.ledger = LedgerReader.open(options.store, options.ledger_url)
         self.hub = Hub()
-        self.feed = Feed(self.ledger, self.db, self.hub,
-                         [school.site_id for school in options.settings.schools])
-        self.boxes = Boxes(options.endpoint, options.topic_prefix, options.client_id,
-                           options.key_file, self.db, self._on_result, self.feed.on_health)
+        self.feed = Feed(
+            self.ledger, self.db, self.hub, [school.site_id for school in options.settings.schools]
+        )
+        self.boxes = Boxes(
+            options.endpoint,
+            options.topic_prefix,
+            options.client_id,
+            options.key_file,
+            self.db,
+            self._on_result,
+            self.feed.on_health,
+        )
         self.desk = Desk(self.db, self.ledger, self.boxes, self.hub)
         self.routes = Routes(self.db, self.desk, self.feed, self.hub, options.settings)
-        self.video = Video(options.store, options.data / "cache", self.db, self.desk,
-                           self.routes)
+        self.video = Video(options.store, options.data / "cache", self.db, self.desk, self.routes)
         tiles = options.settings.map_tiles
-        self.server = ConsoleServer(options.listen, self.routes, _tls(options),
-                                    (tile_origin(tiles),) if tiles else ())
+        self.server = ConsoleServer(
+            options.listen, self.routes, _tls(options), (tile_origin(tiles),) if tiles else ()
+        )
         self._thread: threading.Thread | None = None
 
     @property
@@ -77,8 +85,9 @@ class Console:
     def start(self) -> None:
         self.feed.start()
         self.boxes.start()
-        self._thread = threading.Thread(target=self.server.serve_forever, name="console-http",
-                                        daemon=True)
+        self._thread = threading.Thread(
+            target=self.server.serve_forever, name="console-http", daemon=True
+        )
         self._thread.start()
         log.info("console listening on %s (store %s)", self.url, self.options.store)
 
@@ -100,15 +109,18 @@ def _tls(options: Options) -> ssl.SSLContext | None:
     reverse proxy on the same machine, or a test), since the session cookie is ``Secure``."""
     if options.https_cert is None or options.https_key is None:
         if not ipaddress.ip_address(options.listen[0]).is_loopback:
-            raise AgentError(f"the console would listen on {options.listen[0]} without TLS: "
-                             "give --https-cert and --https-key, or listen on 127.0.0.1 "
-                             "behind a TLS proxy")
+            raise AgentError(
+                f"the console would listen on {options.listen[0]} without TLS: "
+                "give --https-cert and --https-key, or listen on 127.0.0.1 "
+                "behind a TLS proxy"
+            )
         return None
     context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     context.minimum_version = ssl.TLSVersion.TLSv1_2
     try:
         context.load_cert_chain(options.https_cert, options.https_key)
     except (OSError, ssl.SSLError) as exc:
-        raise AgentError(f"cannot use the HTTPS certificate ({exc}): check --https-cert and "
-                         "--https-key") from exc
+        raise AgentError(
+            f"cannot use the HTTPS certificate ({exc}): check --https-cert and --https-key"
+        ) from exc
     return context

@@ -43,28 +43,45 @@ class Verdict:
     problem: str  # "" when ok; else which entry and why
 
 
-def entry_hash(prev: str, id: int, at: str, actor: str, action: str, site_id: str,
-               target: str, detail: str) -> str:
-    body = json.dumps([id, at, actor, action, site_id, target, detail], ensure_ascii=False,
-                      separators=(",", ":"))
+def entry_hash(
+    prev: str, id: int, at: str, actor: str, action: str, site_id: str, target: str, detail: str
+) -> str:
+    body = json.dumps(
+        [id, at, actor, action, site_id, target, detail], ensure_ascii=False, separators=(",", ":")
+    )
     return hashlib.sha256(f"{prev}\n{body}".encode()).hexdigest()
 
 
-def append(conn: Any, actor: str, action: str, site_id: str = "", target: str = "",
-           detail: dict[str, Any] | None = None, now: float | None = None) -> Entry:
+def append(
+    conn: Any,
+    actor: str,
+    action: str,
+    site_id: str = "",
+    target: str = "",
+    detail: dict[str, Any] | None = None,
+    now: float | None = None,
+) -> Entry:
     """Append inside the caller's transaction (so the action and its record commit together)."""
     last = conn.execute("SELECT id, hash FROM audit ORDER BY id DESC LIMIT 1").fetchone()
     id_, prev = (int(last[0]) + 1, str(last[1])) if last else (1, GENESIS)
     at = rfc3339(time.time() if now is None else now)
     text = json.dumps(detail or {}, ensure_ascii=False, sort_keys=True)
     digest = entry_hash(prev, id_, at, actor, action, site_id, target, text)
-    conn.execute("INSERT INTO audit VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                 (id_, at, actor, action, site_id, target, text, prev, digest))
+    conn.execute(
+        "INSERT INTO audit VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        (id_, at, actor, action, site_id, target, text, prev, digest),
+    )
     return Entry(id_, at, actor, action, site_id, target, detail or {}, prev, digest)
 
 
-def record(db: Database, actor: str, action: str, site_id: str = "", target: str = "",
-           detail: dict[str, Any] | None = None) -> Entry:
+def record(
+    db: Database,
+    actor: str,
+    action: str,
+    site_id: str = "",
+    target: str = "",
+    detail: dict[str, Any] | None = None,
+) -> Entry:
     with db.tx() as conn:
         return append(conn, actor, action, site_id, target, detail)
 
@@ -92,5 +109,14 @@ def verify(db: Database) -> Verdict:
 
 def _entry(row: tuple[Any, ...]) -> Entry:
     id_, at, actor, action, site, target, detail, prev, digest = row
-    return Entry(int(id_), str(at), str(actor), str(action), str(site), str(target),
-                 json.loads(detail), str(prev), str(digest))
+    return Entry(
+        int(id_),
+        str(at),
+        str(actor),
+        str(action),
+        str(site),
+        str(target),
+        json.loads(detail),
+        str(prev),
+        str(digest),
+    )

@@ -48,15 +48,27 @@ class Boxes:
     """``start()``, :meth:`send`, ``stop()``. ``on_result(site, command_id)`` and
     ``on_health(site, health)`` run on the link's thread and must be short."""
 
-    def __init__(self, endpoint: Endpoint, prefix: str, client_id: str, key_file: Path,
-                 db: Database, on_result: Callable[[str, str], None],
-                 on_health: Callable[[str, dict[str, Any]], None]) -> None:
+    def __init__(
+        self,
+        endpoint: Endpoint,
+        prefix: str,
+        client_id: str,
+        key_file: Path,
+        db: Database,
+        on_result: Callable[[str, str], None],
+        on_health: Callable[[str, dict[str, Any]], None],
+    ) -> None:
         self._prefix, self._db = prefix, db
         self._key = load_private_key(key_file)  # refuses a key others can read
         self._on_result, self._on_health = on_result, on_health
         self.health: dict[str, dict[str, Any]] = {}  # written by the link's thread only
-        self.link = Link("console", endpoint, client_id,
-                         [f"{prefix}/+/cmd/result", f"{prefix}/+/health"], self._message)
+        self.link = Link(
+            "console",
+            endpoint,
+            client_id,
+            [f"{prefix}/+/cmd/result", f"{prefix}/+/health"],
+            self._message,
+        )
 
     def start(self) -> None:
         self.link.start()
@@ -64,16 +76,16 @@ class Boxes:
     def stop(self) -> None:
         self.link.stop()
 
-    def command(self, conn: Any, user: str, site: str, name: str,
-                args: dict[str, Any]) -> Outgoing:
+    def command(self, conn: Any, user: str, site: str, name: str, args: dict[str, Any]) -> Outgoing:
         """Sign a command and record it inside the caller's transaction; :meth:`post` it once
         that committed, so a result can never arrive for a command the database lacks."""
         payload = sign_command(self._key, site, name, args)
         command_id = str(json.loads(payload)["id"])
-        conn.execute("INSERT INTO commands (id, site_id, name, args, officer, issued_at) VALUES "
-                     "(?, ?, ?, ?, ?, ?)", (command_id, site, name,
-                                            json.dumps(args, sort_keys=True), user,
-                                            rfc3339(time.time())))
+        conn.execute(
+            "INSERT INTO commands (id, site_id, name, args, officer, issued_at) VALUES "
+            "(?, ?, ?, ?, ?, ?)",
+            (command_id, site, name, json.dumps(args, sort_keys=True), user, rfc3339(time.time())),
+        )
         return Outgoing(command_id, site, payload)
 
     def post(self, command: Outgoing) -> None:
@@ -97,28 +109,51 @@ class Boxes:
 
     def _result(self, site: str, payload: bytes) -> None:
         doc = load_object(payload, MAX_RESULT_BYTES, "a command result")
-        command_id, ok, reason, data = (doc.get("id"), doc.get("ok"), doc.get("reason", ""),
-                                        doc.get("data", {}))
+        command_id, ok, reason, data = (
+            doc.get("id"),
+            doc.get("ok"),
+            doc.get("reason", ""),
+            doc.get("data", {}),
+        )
         if not isinstance(command_id, str) or not UUID.fullmatch(command_id):
             return  # id null: the box refused something unsigned (docs/commands.md)
         if not isinstance(ok, bool) or not isinstance(reason, str) or not isinstance(data, dict):
             raise WireError("bad_field", "a command result's ok, reason or data")
         with self._db.tx() as conn:
-            row = conn.execute("SELECT name, result_at FROM commands WHERE id = ? AND "
-                               "site_id = ?", (command_id, site)).fetchone()
+            row = conn.execute(
+                "SELECT name, result_at FROM commands WHERE id = ? AND site_id = ?",
+                (command_id, site),
+            ).fetchone()
             first = row is not None and row[1] is None  # else a duplicate delivery, or another
-            if first:                                   # console recorded it: the first stays
-                conn.execute("UPDATE commands SET result_at = ?, ok = ?, reason = ?, data = ? "
-                             "WHERE id = ?", (rfc3339(time.time()), int(ok),
-                                              escape(reason[:MAX_TEXT]),
-                                              json.dumps(data)[:2048], command_id))
-                audit.append(conn, f"box:{site}", "command_result", site, command_id,
-                             {"command": row[0], "ok": ok, "reason": escape(reason[:MAX_TEXT])})
+            if first:  # console recorded it: the first stays
+                conn.execute(
+                    "UPDATE commands SET result_at = ?, ok = ?, reason = ?, data = ? WHERE id = ?",
+                    (
+                        rfc3339(time.time()),
+                        int(ok),
+                        escape(reason[:MAX_TEXT]),
+                        json.dumps(data)[:2048],
+                        command_id,
+                    ),
+                )
+                audit.append(
+                    conn,
+                    f"box:{site}",
+                    "command_result",
+                    site,
+                    command_id,
+                    {"command": row[0], "ok": ok, "reason": escape(reason[:MAX_TEXT])},
+                )
         if row is None:
             return  # not a command of this centre's consoles to this site
         if first:
-            log.info("site %s answered command %s (%s): %s", site, command_id, row[0],
-                     "ok" if ok else escape(reason[:MAX_TEXT]))
+            log.info(
+                "site %s answered command %s (%s): %s",
+                site,
+                command_id,
+                row[0],
+                "ok" if ok else escape(reason[:MAX_TEXT]),
+            )
         self._on_result(site, command_id)  # outside the transaction: it reads the database
 
     def _health(self, site: str, payload: bytes) -> None:
@@ -132,6 +167,7 @@ class Boxes:
 def parse_health(doc: dict[str, object]) -> dict[str, Any]:
     """The fields of a box's health (docs/protocol.md) that the schools board shows, each
     checked for its type; anything else is dropped."""
+
     def text(value: object) -> str:
         return escape(value[:MAX_TEXT]) if isinstance(value, str) else ""
 
@@ -142,8 +178,11 @@ def parse_health(doc: dict[str, object]) -> dict[str, Any]:
     def states(value: object) -> dict[str, str]:
         if not isinstance(value, dict):
             return {}
-        return {text(k): text(v.get("state")) for k, v in list(value.items())[:64]
-                if isinstance(v, dict)}
+        return {
+            text(k): text(v.get("state"))
+            for k, v in list(value.items())[:64]
+            if isinstance(v, dict)
+        }
 
     outbox = doc.get("outbox")
     at = doc.get("at")
@@ -155,10 +194,12 @@ def parse_health(doc: dict[str, object]) -> dict[str, Any]:
         "disk_free_mb": number(doc.get("disk_free_mb")),
         "cpu_temp_c": number(doc.get("cpu_temp_c")),
         "outbox": {k: number(outbox.get(k)) for k in ("alarm", "clip", "live", "unconfirmed")}
-        if isinstance(outbox, dict) else {},
+        if isinstance(outbox, dict)
+        else {},
         "cameras": states(doc.get("cameras")),
         "buttons": states(doc.get("buttons")),
         "indicator": text(doc.get("indicator")),
         "test_mode_until": doc.get("test_mode_until")
-        if parse_rfc3339(doc.get("test_mode_until")) is not None else None,
+        if parse_rfc3339(doc.get("test_mode_until")) is not None
+        else None,
     }

@@ -121,15 +121,15 @@ class SqliteDatabase:
         directory.mkdir(parents=True, exist_ok=True, mode=0o700)
         path = directory / "console.db"
         try:
-            conn = sqlite3.connect(path, check_same_thread=False, timeout=5,
-                                   isolation_level=None)
+            conn = sqlite3.connect(path, check_same_thread=False, timeout=5, isolation_level=None)
             conn.execute("PRAGMA journal_mode=WAL")
             conn.execute("PRAGMA synchronous=FULL")
             conn.execute("PRAGMA foreign_keys=ON")
             (version,) = conn.execute("PRAGMA user_version").fetchone()
             if version > VERSION:
-                raise AgentError(f"{path} was made by a newer edge-agent (version {version}); "
-                                 "upgrade this one")
+                raise AgentError(
+                    f"{path} was made by a newer edge-agent (version {version}); upgrade this one"
+                )
             conn.execute("BEGIN IMMEDIATE")
             for statement in SCHEMA.split(";\n"):
                 conn.execute(statement)

@@ -29,8 +29,9 @@ SITES_S = 0.5
 
 
 class Feed:
-    def __init__(self, ledger: LedgerReader, db: Database, hub: Hub,
-                 registered: Iterable[str] = ()) -> None:
+    def __init__(
+        self, ledger: LedgerReader, db: Database, hub: Hub, registered: Iterable[str] = ()
+    ) -> None:
         self._ledger, self._db, self._hub = ledger, db, hub
         self._lock = threading.Lock()  # guards _sites and _health (feed and link threads)
         # Every site of the schools file is on the board, "unknown" until its box is heard from
@@ -53,9 +54,10 @@ class Feed:
         """Everything a console shows, for one that (re)connects."""
         with self._lock:
             sites = [self._site_view(site) for site in sorted(self._sites)]
-        return {"alarms": [alarm_view(r, self._db, self._ledger)
-                           for r in self._ledger.newest_alarms()],
-                "sites": sites}
+        return {
+            "alarms": [alarm_view(r, self._db, self._ledger) for r in self._ledger.newest_alarms()],
+            "sites": sites,
+        }
 
     def on_health(self, site: str, health: dict[str, Any]) -> None:
         """A box's health arrived (the link's thread)."""
@@ -83,8 +85,9 @@ class Feed:
                 log.exception("console feed: cannot read the ledger; retrying")
                 self._stopping.wait(POLL_S)
 
-    def _publish(self, alarms: list[tuple[Any, ...]],
-                 clips: list[tuple[int, str, str, str]]) -> None:
+    def _publish(
+        self, alarms: list[tuple[Any, ...]], clips: list[tuple[int, str, str, str]]
+    ) -> None:
         for row in alarms:
             self._hub.publish("alarm", alarm_view(row, self._db, self._ledger))
         for _id, site, event, camera in clips:
@@ -92,8 +95,7 @@ class Feed:
             if alarm is not None:  # an alarm's clip: the alarm, with its clips, again
                 self._hub.publish("alarm", alarm_view(alarm, self._db, self._ledger))
             else:  # a fetched window of a school's video
-                self._hub.publish("clip", {"site_id": site, "event_id": event,
-                                           "camera_id": camera})
+                self._hub.publish("clip", {"site_id": site, "event_id": event, "camera_id": camera})
 
     def _poll_sites(self) -> list[dict[str, Any]]:
         """Refresh each site's state from the ledger; return the views that changed."""
@@ -102,9 +104,16 @@ class Feed:
             for site, state, since, test_until in self._ledger.sites():
                 known = self._sites.get(site, {})
                 if (known.get("state"), known.get("since"), known.get("test_until")) != (
-                        state, since, test_until):
-                    self._sites[site] = {"site_id": site, "state": state, "since": since,
-                                         "test_until": test_until}
+                    state,
+                    since,
+                    test_until,
+                ):
+                    self._sites[site] = {
+                        "site_id": site,
+                        "state": state,
+                        "since": since,
+                        "test_until": test_until,
+                    }
                     changed.append(self._site_view(site))
         return changed
 

@@ -67,8 +67,9 @@ def follow(folder: Path, camera: str, stopping: threading.Event) -> Iterator[byt
             try:
                 init, media = segment_to_fmp4(ts.read(seg.size))
             except RemuxError as exc:
-                log.warning("live %s/%s: segment %d skipped: %s", folder.name, camera,
-                            seg.number, exc)
+                log.warning(
+                    "live %s/%s: segment %d skipped: %s", folder.name, camera, seg.number, exc
+                )
                 continue
             header: dict[str, object] = {"segment": seg.number, "start_ms": seg.start_ms}
             if first:
@@ -104,7 +105,14 @@ class _Segments:
         for raw in lines:
             line = json.loads(raw)
             start = parse_rfc3339(line["start"])
-            out.append(_Segment(self._offset, int(line["size"]), int(line["segment"]),
-                                None if start is None else start * 1000, bool(line["final"])))
+            out.append(
+                _Segment(
+                    self._offset,
+                    int(line["size"]),
+                    int(line["segment"]),
+                    None if start is None else start * 1000,
+                    bool(line["final"]),
+                )
+            )
             self._offset += int(line["size"])
         return out

@@ -35,30 +35,45 @@ def clip_state(problem: str) -> str:
     return "altered"
 
 
-def clip_views(store: Path, site: str, event: str,
-               rows: list[tuple[str, int, str]]) -> list[dict[str, Any]]:
+def clip_views(
+    store: Path, site: str, event: str, rows: list[tuple[str, int, str]]
+) -> list[dict[str, Any]]:
     """The clips of one alarm: those written (camera, segments, problem from the ledger), then
     those still arriving (verified segments in the receiver's partial folder)."""
-    views = [{"camera_id": camera, "state": clip_state(problem), "problem": problem,
-              "segments": segments} for camera, segments, problem in rows]
+    views = [
+        {
+            "camera_id": camera,
+            "state": clip_state(problem),
+            "problem": problem,
+            "segments": segments,
+        }
+        for camera, segments, problem in rows
+    ]
     written = {camera for camera, _, _ in rows}
     partial = store / site / PARTIAL / event
     if partial.is_dir():
         for folder in sorted(partial.iterdir()):
             if folder.name not in written and folder.is_dir():
-                views.append({"camera_id": folder.name, "state": "incomplete",
-                              "problem": "still arriving",
-                              "segments": sum(1 for p in folder.glob("*.seg"))})
+                views.append(
+                    {
+                        "camera_id": folder.name,
+                        "state": "incomplete",
+                        "problem": "still arriving",
+                        "segments": sum(1 for p in folder.glob("*.seg")),
+                    }
+                )
     return views
 
 
 def mp4(store: Path, cache: Path, site: str, event: str, camera: str) -> Path:
-    return clip_to_mp4(store / site / event / f"{camera}.ts",
-                       cache / site / event / f"{camera}.mp4")
+    return clip_to_mp4(
+        store / site / event / f"{camera}.ts", cache / site / event / f"{camera}.mp4"
+    )
 
 
-def file_response(req: Request, path: Path, content_type: str,
-                  download: str | None = None) -> Response:
+def file_response(
+    req: Request, path: Path, content_type: str, download: str | None = None
+) -> Response:
     """A file, with single byte ranges (the video element asks for them to seek)."""
     size = path.stat().st_size
     start, end, status = 0, size - 1, 200

@@ -76,8 +76,7 @@ class _Tx:
 
 
 class PgDatabase:
-    def __init__(self, conn: psycopg.Connection[Any],
-                 listener: psycopg.Connection[Any]) -> None:
+    def __init__(self, conn: psycopg.Connection[Any], listener: psycopg.Connection[Any]) -> None:
         self._conn, self._listener = conn, listener
         self._lock = threading.Lock()  # guards _conn: one transaction at a time
 

@@ -53,8 +53,10 @@ def clip_to_mp4(ts: Path, mp4: Path) -> Path:
     mp4.parent.mkdir(parents=True, exist_ok=True)
     tmp = mp4.with_name(f".{mp4.name}.{secrets.token_hex(4)}.tmp")
     try:
-        with av.open(str(ts), "r") as source, av.open(str(tmp), "w", format="mp4",
-                                                  options={"movflags": "+faststart"}) as target:
+        with (
+            av.open(str(ts), "r") as source,
+            av.open(str(tmp), "w", format="mp4", options={"movflags": "+faststart"}) as target,
+        ):
             if not _copy(source, target):
                 raise RemuxError(f"{ts.name} holds no video packets")
         os.replace(tmp, mp4)
@@ -69,8 +71,10 @@ def segment_to_fmp4(segment: bytes) -> tuple[bytes, bytes]:
     """One self-contained TS segment as (init segment, media fragments)."""
     out = io.BytesIO()
     try:
-        with av.open(io.BytesIO(segment), "r", format="mpegts") as source, \
-                av.open(out, "w", format="mp4", options=FRAGMENTED) as target:
+        with (
+            av.open(io.BytesIO(segment), "r", format="mpegts") as source,
+            av.open(out, "w", format="mp4", options=FRAGMENTED) as target,
+        ):
             _copy(source, target)
     except av.error.FFmpegError as exc:
         raise RemuxError(f"cannot remux a live segment: {exc}") from exc
@@ -86,4 +90,4 @@ def codec_of(init: bytes) -> str:
     at = init.find(b"avcC")
     if at < 0 or len(init) < at + 8:
         raise RemuxError("no H.264 configuration (avcC) in the init segment")
-    return "avc1." + init[at + 5:at + 8].hex()
+    return "avc1." + init[at + 5 : at + 8].hex()

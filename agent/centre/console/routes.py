@@ -28,9 +28,14 @@ from agent.centre.console.schools import School
 from agent.centre.console.server import COOKIE, Request, Response
 
 STATIC = Path(__file__).with_name("static")
-TYPES = {".html": "text/html; charset=utf-8", ".js": "text/javascript; charset=utf-8",
-         ".css": "text/css; charset=utf-8", ".json": "application/json; charset=utf-8",
-         ".png": "image/png", ".txt": "text/plain; charset=utf-8"}
+TYPES = {
+    ".html": "text/html; charset=utf-8",
+    ".js": "text/javascript; charset=utf-8",
+    ".css": "text/css; charset=utf-8",
+    ".json": "application/json; charset=utf-8",
+    ".png": "image/png",
+    ".txt": "text/plain; charset=utf-8",
+}
 PING_S = 15.0
 
 PUBLIC, OPERATOR, SUPERVISOR = "public", "operator", "supervisor"
@@ -57,12 +62,14 @@ class Route:
 
 
 class Routes:
-    def __init__(self, db: Database, desk: Desk, feed: Feed, hub: Hub,
-                 settings: Settings) -> None:
+    def __init__(self, db: Database, desk: Desk, feed: Feed, hub: Hub, settings: Settings) -> None:
         self._db, self._desk, self._feed, self._hub = db, desk, feed, hub
         self._settings = settings
-        self._static = {p.name: (p.read_bytes(), TYPES.get(p.suffix, "application/octet-stream"))
-                        for p in STATIC.rglob("*") if p.is_file()}
+        self._static = {
+            p.name: (p.read_bytes(), TYPES.get(p.suffix, "application/octet-stream"))
+            for p in STATIC.rglob("*")
+            if p.is_file()
+        }
         self.stopping = threading.Event()  # ends the event streams
         self._routes: list[Route] = []
         site, event = r"(?P<site>[a-z0-9-]{1,63})", r"(?P<event>[0-9a-f-]{36})"
@@ -73,10 +80,20 @@ class Routes:
             ("POST", "/api/logout", OPERATOR, self._logout),
             ("GET", "/api/me", OPERATOR, self._me),
             ("GET", "/api/events", OPERATOR, self._events),
-            ("GET", "/api/schools", OPERATOR, lambda _r, _s, _m: Response.json(
-                {"schools": [school.as_json() for school in settings.schools]})),
-            ("GET", f"/api/alarms/{site}/{event}", OPERATOR,
-             lambda _r, _s, m: Response.json(self._desk.alarm(m["site"], m["event"]))),
+            (
+                "GET",
+                "/api/schools",
+                OPERATOR,
+                lambda _r, _s, _m: Response.json(
+                    {"schools": [school.as_json() for school in settings.schools]}
+                ),
+            ),
+            (
+                "GET",
+                f"/api/alarms/{site}/{event}",
+                OPERATOR,
+                lambda _r, _s, m: Response.json(self._desk.alarm(m["site"], m["event"])),
+            ),
             ("POST", f"/api/alarms/{site}/{event}/ack", OPERATOR, self._ack),
             ("POST", f"/api/alarms/{site}/{event}/close", OPERATOR, self._close),
             ("POST", f"/api/sites/{site}/ping", OPERATOR, self._ping),
@@ -118,7 +135,8 @@ class Routes:
             if route.role == SUPERVISOR and not who.supervisor:
                 return Response.error(403, "a supervisor's action: ask the duty supervisor")
             if req.method == "POST" and not hmac.compare_digest(
-                    req.headers.get("x-csrf-token", ""), who.csrf):
+                req.headers.get("x-csrf-token", ""), who.csrf
+            ):
                 return Response.error(403, "the page is out of date: reload it")
         try:
             return route.action(req, who or Session("", "", ""), params)
@@ -137,6 +155,7 @@ class Routes:
         def page(_req: Request, _who: Session, _m: dict[str, str]) -> Response:
             body, ctype = self._static[name]
             return Response(200, body, ctype)
+
         return page
 
     def _login(self, req: Request, _who: Session, _m: dict[str, str]) -> Response:
@@ -146,24 +165,41 @@ class Routes:
             raise ValueError("give a user name and a password")
         got = accounts.login(self._db, name[:64], password, req.client)
         if got is None:
-            return Response.error(401, "wrong name or password (after 5 failures the name is "
-                                  "locked for 15 minutes)")
+            return Response.error(
+                401, "wrong name or password (after 5 failures the name is locked for 15 minutes)"
+            )
         token, who = got
         cookie = f"{COOKIE}={token}; Path=/; HttpOnly; SameSite=Strict; Secure"
-        return Response(200, json.dumps({"user": who.user, "role": who.role}).encode(),
-                        headers={"Set-Cookie": cookie})
+        return Response(
+            200,
+            json.dumps({"user": who.user, "role": who.role}).encode(),
+            headers={"Set-Cookie": cookie},
+        )
 
     def _logout(self, req: Request, who: Session, _m: dict[str, str]) -> Response:
         accounts.logout(self._db, req.token, who.user)
-        return Response(200, b"{}", headers={
-            "Set-Cookie": f"{COOKIE}=; Path=/; HttpOnly; SameSite=Strict; Secure; Max-Age=0"})
+        return Response(
+            200,
+            b"{}",
+            headers={
+                "Set-Cookie": f"{COOKIE}=; Path=/; HttpOnly; SameSite=Strict; Secure; Max-Age=0"
+            },
+        )
 
     def _me(self, _req: Request, who: Session, _m: dict[str, str]) -> Response:
-        return Response.json({"user": who.user, "role": who.role, "csrf": who.csrf,
-                              "timezone": self._settings.timezone,
-                              "escalate_s": list(self._settings.escalate_s),
-                              "map": {"tiles": self._settings.map_tiles,
-                                      "attribution": self._settings.map_attribution}})
+        return Response.json(
+            {
+                "user": who.user,
+                "role": who.role,
+                "csrf": who.csrf,
+                "timezone": self._settings.timezone,
+                "escalate_s": list(self._settings.escalate_s),
+                "map": {
+                    "tiles": self._settings.map_tiles,
+                    "attribution": self._settings.map_attribution,
+                },
+            }
+        )
 
     def _events(self, req: Request, _who: Session, _m: dict[str, str]) -> Response:
         """Server-Sent Events: a snapshot, then every change as it happens."""
@@ -200,31 +236,52 @@ class Routes:
         return Response.json(self._desk.ack(who, m["site"], m["event"], req.json().get("reason")))
 
     def _close(self, req: Request, who: Session, m: dict[str, str]) -> Response:
-        return Response.json(self._desk.close(who, m["site"], m["event"],
-                                              req.json().get("note")))
+        return Response.json(self._desk.close(who, m["site"], m["event"], req.json().get("note")))
 
     def _ping(self, _req: Request, who: Session, m: dict[str, str]) -> Response:
         return Response.json({"command_id": self._desk.command(who, m["site"], "ping", {})})
 
     def _test_mode(self, req: Request, who: Session, m: dict[str, str]) -> Response:
         doc = req.json()
-        return Response.json({"command_id": self._desk.test_mode(
-            who, m["site"], doc.get("on"), doc.get("minutes"))})
+        return Response.json(
+            {"command_id": self._desk.test_mode(who, m["site"], doc.get("on"), doc.get("minutes"))}
+        )
 
     # --- supervisors --------------------------------------------------------------------------
 
     def _audit(self, _req: Request, _who: Session, _m: dict[str, str]) -> Response:
         verdict = audit.verify(self._db)
-        return Response.json({
-            "verdict": {"ok": verdict.ok, "entries": verdict.entries, "head": verdict.head,
-                        "problem": verdict.problem},
-            "entries": [{"id": e.id, "at": e.at, "actor": e.actor, "action": e.action,
-                         "site_id": e.site_id, "target": e.target, "detail": e.detail,
-                         "hash": e.hash} for e in audit.entries(self._db)]})
+        return Response.json(
+            {
+                "verdict": {
+                    "ok": verdict.ok,
+                    "entries": verdict.entries,
+                    "head": verdict.head,
+                    "problem": verdict.problem,
+                },
+                "entries": [
+                    {
+                        "id": e.id,
+                        "at": e.at,
+                        "actor": e.actor,
+                        "action": e.action,
+                        "site_id": e.site_id,
+                        "target": e.target,
+                        "detail": e.detail,
+                        "hash": e.hash,
+                    }
+                    for e in audit.entries(self._db)
+                ],
+            }
+        )
 
     def _users(self, _req: Request, _who: Session, _m: dict[str, str]) -> Response:
-        return Response.json([{"name": n, "role": r, "created_at": c, "disabled": d}
-                              for n, r, c, d in accounts.users(self._db)])
+        return Response.json(
+            [
+                {"name": n, "role": r, "created_at": c, "disabled": d}
+                for n, r, c, d in accounts.users(self._db)
+            ]
+        )
 
     def _add_user(self, req: Request, who: Session, _m: dict[str, str]) -> Response:
         doc = req.json()

@@ -41,11 +41,14 @@ from agent.logs import UNSAFE_CHARS
 
 MAX_BYTES = 16 << 20  # 7,600 schools take about 2 MB
 MAX_ADDRESS_CHARS = 300
-START = "start from the example in docs/console.md, \"The schools file\""
+START = 'start from the example in docs/console.md, "The schools file"'
 
-_SITE_ID = matching(SITE_ID.pattern, "lower-case letters, digits and '-', starting with a "
-                    "letter or digit, at most 63 characters: the school's site.id in its agent's "
-                    "config")
+_SITE_ID = matching(
+    SITE_ID.pattern,
+    "lower-case letters, digits and '-', starting with a "
+    "letter or digit, at most 63 characters: the school's site.id in its agent's "
+    "config",
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,8 +61,14 @@ class School:
     lon: float | None = None
 
     def as_json(self) -> dict[str, Any]:
-        return {"site_id": self.site_id, "name": self.name, "address": self.address,
-                "district": self.district, "lat": self.lat, "lon": self.lon}
+        return {
+            "site_id": self.site_id,
+            "name": self.name,
+            "address": self.address,
+            "district": self.district,
+            "lat": self.lat,
+            "lon": self.lon,
+        }
 
 
 def load_schools(path: str | Path) -> tuple[School, ...]:
@@ -99,23 +108,31 @@ def _school(m: Map) -> School | None:
     if site_id is not None:
         m.claim("id", f"site id {site_id}", m.at.path)
     placed = lat is not None and lon is not None
-    if site_id is None or name is None or address is None or (
-            placed != (m.present("lat") or m.present("lon"))):  # reported above
+    if (
+        site_id is None
+        or name is None
+        or address is None
+        or (placed != (m.present("lat") or m.present("lon")))
+    ):  # reported above
         return None
     return School(site_id, name, address, district, lat, lon)
 
 
 def _text(limit: int) -> Callable[[At], str]:
     """Any script, at most ``limit`` characters, nothing invisible (as the agent's labels)."""
+
     def convert(at: At) -> str:
         text = as_text(at)
         if len(text) > limit:
             raise Invalid(f"at most {limit} characters, got {len(text)}")
         bad = UNSAFE_CHARS.search(text)
         if bad:
-            raise Invalid(f"contains the invisible or control character U+{ord(bad.group()):04X}"
-                          f" at position {bad.start() + 1}: retype the text")
+            raise Invalid(
+                f"contains the invisible or control character U+{ord(bad.group()):04X}"
+                f" at position {bad.start() + 1}: retype the text"
+            )
         return text
+
     return convert
 
 
@@ -128,9 +145,12 @@ def _degrees(limit: float) -> Callable[[At], float]:
         except Invalid as bad:
             value = getattr(at.node, "value", "")
             if isinstance(value, str) and re.fullmatch(r"[-+]?[0-9]+,[0-9]+", value.strip()):
-                raise Invalid(f"{bad.message}: write the decimal point as '.', such as "
-                              f"{value.strip().replace(',', '.')}") from None
+                raise Invalid(
+                    f"{bad.message}: write the decimal point as '.', such as "
+                    f"{value.strip().replace(',', '.')}"
+                ) from None
             raise
+
     return convert
 
 
@@ -142,6 +162,7 @@ _HOST = re.compile(r"[a-z0-9]([a-z0-9.-]*[a-z0-9])?")
 def tile_origin(template: str) -> str:
     """The origin (``https://tiles.example:8443``) of an XYZ tile template such as
     ``https://tiles.example/{z}/{x}/{y}.png``; an AgentError says what is wrong with it."""
+
     def bad(why: str) -> AgentError:
         return AgentError(f"--map-tiles {template!r}: {why}")
 
@@ -156,8 +177,10 @@ def tile_origin(template: str) -> str:
         raise bad("no user name or password in the URL: every officer's browser would see it")
     host = parts.hostname or ""
     if not _HOST.fullmatch(host):
-        raise bad("give a host name or an IPv4 address (an IPv6 address cannot be named in the "
-                  "page's Content-Security-Policy)")
+        raise bad(
+            "give a host name or an IPv4 address (an IPv6 address cannot be named in the "
+            "page's Content-Security-Policy)"
+        )
     try:
         port = parts.port
     except ValueError:

@@ -104,8 +104,13 @@ class ConsoleServer(ThreadingHTTPServer):
     daemon_threads = True
     block_on_close = False
 
-    def __init__(self, address: tuple[str, int], app: Handler,
-                 tls: ssl.SSLContext | None = None, img_origins: tuple[str, ...] = ()) -> None:
+    def __init__(
+        self,
+        address: tuple[str, int],
+        app: Handler,
+        tls: ssl.SSLContext | None = None,
+        img_origins: tuple[str, ...] = (),
+    ) -> None:
         self.app, self.tls = app, tls
         self.security_headers = security_headers(img_origins)
         self._slots = threading.BoundedSemaphore(MAX_CONNECTIONS)
@@ -119,8 +124,11 @@ class ConsoleServer(ThreadingHTTPServer):
 
     def process_request(self, request: Any, client_address: Any) -> None:
         if not self._slots.acquire(blocking=False):
-            log.warning("console: %d connections open; refusing one from %s", MAX_CONNECTIONS,
-                        client_address[0])
+            log.warning(
+                "console: %d connections open; refusing one from %s",
+                MAX_CONNECTIONS,
+                client_address[0],
+            )
             self.shutdown_request(request)
             return
         super().process_request(request, client_address)
@@ -167,10 +175,15 @@ class _Handler(BaseHTTPRequestHandler):
             self._send(Response.error(413, f"a request body is at most {MAX_BODY} bytes"))
             return
         parts = urlsplit(self.path)
-        request = Request(self.command, unquote(parts.path), parse_qs(parts.query),
-                          {k.lower(): v for k, v in self.headers.items()},
-                          self.rfile.read(int(length)), self.client_address[0],
-                          self.server.tls is not None)
+        request = Request(
+            self.command,
+            unquote(parts.path),
+            parse_qs(parts.query),
+            {k.lower(): v for k, v in self.headers.items()},
+            self.rfile.read(int(length)),
+            self.client_address[0],
+            self.server.tls is not None,
+        )
         try:
             response = self.server.app(request)
         except Exception:
@@ -180,8 +193,12 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _send(self, response: Response) -> None:
         self.send_response(response.status)
-        headers = {**self.server.security_headers, "Content-Type": response.content_type,
-                   "Cache-Control": "no-store", **response.headers}
+        headers = {
+            **self.server.security_headers,
+            "Content-Type": response.content_type,
+            "Cache-Control": "no-store",
+            **response.headers,
+        }
         if response.chunks is not None:
             headers["Transfer-Encoding"] = "chunked"
         elif response.stream is None:

@@ -37,13 +37,16 @@ _SESSION = r"(?P<session>live-[0-9a-f-]{36}|always)"
 
 
 class Video:
-    def __init__(self, store: Path, cache: Path, db: Database, desk: Desk,
-                 routes: Routes) -> None:
+    def __init__(self, store: Path, cache: Path, db: Database, desk: Desk, routes: Routes) -> None:
         self._store, self._cache, self._db, self._desk = store, cache, db, desk
         self._stopping = routes.stopping
         routes.add("GET", f"/media/clips/{_SITE}/{_CLIP}/{_CAMERA}\\.mp4", OPERATOR, self._mp4)
-        routes.add("GET", f"/media/clips/{_SITE}/{_CLIP}/{_CAMERA}\\.(?P<kind>ts|verify\\.json)",
-                   OPERATOR, self._original)
+        routes.add(
+            "GET",
+            f"/media/clips/{_SITE}/{_CLIP}/{_CAMERA}\\.(?P<kind>ts|verify\\.json)",
+            OPERATOR,
+            self._original,
+        )
         routes.add("POST", f"/api/sites/{_SITE}/live", OPERATOR, self._live)
         routes.add("GET", f"/media/live/{_SITE}/{_SESSION}/{_CAMERA}", OPERATOR, self._stream)
         routes.add("POST", f"/api/sites/{_SITE}/fetch", SUPERVISOR, self._fetch)
@@ -59,8 +62,9 @@ class Video:
         try:
             path = mp4(self._store, self._cache, m["site"], m["event"], m["camera"])
         except RemuxError as exc:
-            raise ActionError(422, f"this clip cannot be played ({exc}); download the "
-                              "original") from None
+            raise ActionError(
+                422, f"this clip cannot be played ({exc}); download the original"
+            ) from None
         return file_response(req, path, "video/mp4")
 
     def _original(self, req: Request, who: Session, m: dict[str, str]) -> Response:
@@ -68,27 +72,39 @@ class Video:
         if m["kind"] != "ts":
             path = path.with_name(f"{m['camera']}.verify.json")
         audit.record(self._db, who.user, "download", m["site"], f"{m['event']}/{path.name}")
-        return file_response(req, path, "application/octet-stream" if m["kind"] == "ts" else
-                             "application/json", download=f"{m['site']}_{m['event']}_{path.name}")
+        return file_response(
+            req,
+            path,
+            "application/octet-stream" if m["kind"] == "ts" else "application/json",
+            download=f"{m['site']}_{m['event']}_{path.name}",
+        )
 
     def _live(self, req: Request, who: Session, m: dict[str, str]) -> Response:
         doc = req.json()
         camera, seconds = doc.get("camera_id"), doc.get("seconds", 120)
         if not isinstance(camera, str) or not ITEM_ID.fullmatch(camera):
             raise ActionError(400, "choose a camera")
-        if not isinstance(seconds, int) or isinstance(seconds, bool) or not (
-                1 <= seconds <= MAX_LIVE_S):
+        if (
+            not isinstance(seconds, int)
+            or isinstance(seconds, bool)
+            or not (1 <= seconds <= MAX_LIVE_S)
+        ):
             raise ActionError(400, f"live view lasts 1 to {MAX_LIVE_S} seconds")
-        command = self._desk.command(who, m["site"], "live",
-                                     {"camera_id": camera, "seconds": seconds})
+        command = self._desk.command(
+            who, m["site"], "live", {"camera_id": camera, "seconds": seconds}
+        )
         session = f"live-{command}"  # the box names the session after the command
-        return Response.json({"command_id": command,
-                              "stream": f"/media/live/{m['site']}/{session}/{camera}"})
+        return Response.json(
+            {"command_id": command, "stream": f"/media/live/{m['site']}/{session}/{camera}"}
+        )
 
     def _stream(self, _req: Request, _who: Session, m: dict[str, str]) -> Response:
         folder = self._store / m["site"] / "live" / m["session"]
-        return Response(200, content_type="application/octet-stream",
-                        chunks=follow(folder, m["camera"], self._stopping))
+        return Response(
+            200,
+            content_type="application/octet-stream",
+            chunks=follow(folder, m["camera"], self._stopping),
+        )
 
     def _fetch(self, req: Request, who: Session, m: dict[str, str]) -> Response:
         doc = req.json()
@@ -97,8 +113,12 @@ class Video:
             raise ActionError(400, "choose a camera")
         if not 0 < end - start <= MAX_FETCH_S or end > time.time() + 60:
             raise ActionError(400, "choose a past window of at most an hour")
-        command = self._desk.command(who, m["site"], "fetch", {
-            "camera_id": camera, "from": rfc3339(start), "to": rfc3339(end)})
+        command = self._desk.command(
+            who,
+            m["site"],
+            "fetch",
+            {"camera_id": camera, "from": rfc3339(start), "to": rfc3339(end)},
+        )
         return Response.json({"command_id": command, "clip_id": f"fetch-{command}"})
 
 

@@ -110,8 +110,9 @@ class Event:
 
     def __post_init__(self) -> None:
         if not BOX_ZONE <= self.zone <= MAX_ZONE:
-            raise EventError(f"DC-09 zone {self.zone}: Contact ID has three digits, "
-                             f"{BOX_ZONE}-{MAX_ZONE}")
+            raise EventError(
+                f"DC-09 zone {self.zone}: Contact ID has three digits, {BOX_ZONE}-{MAX_ZONE}"
+            )
 
 
 @dataclass(frozen=True, slots=True)

@@ -122,16 +122,26 @@ class Address:
     line: str = "0"
 
     def __post_init__(self) -> None:
-        for name, value, lo, hi in (("account", self.account, 3, 16),
-                                    ("receiver", self.receiver, 1, 6),
-                                    ("line", self.line, 1, 6)):
+        for name, value, lo, hi in (
+            ("account", self.account, 3, 16),
+            ("receiver", self.receiver, 1, 6),
+            ("line", self.line, 1, 6),
+        ):
             if not re.fullmatch(f"[0-9A-F]{{{lo},{hi}}}", value):
                 raise FrameError(f"DC-09 {name} {value!r}: {lo}-{hi} uppercase hex digits")
 
 
-def build(token: str, seq: int, address: Address, data: str, *, extended: Sequence[str] = (),
-          sent_at: float, key: bytes | None = None,
-          pad: Callable[[int], str] = random_pad) -> bytes:
+def build(
+    token: str,
+    seq: int,
+    address: Address,
+    data: str,
+    *,
+    extended: Sequence[str] = (),
+    sent_at: float,
+    key: bytes | None = None,
+    pad: Callable[[int], str] = random_pad,
+) -> bytes:
     """One frame, LF to CR. ``token`` is ``SIA-DCS``, ``ADM-CID`` or ``NULL``; ``data`` goes
     between ``[`` and ``]`` (empty for NULL); each ``extended`` item is one ``[...]`` block
     with its identifier letter first; ``sent_at`` is the (clock-corrected) time of sending."""
@@ -147,8 +157,9 @@ def build(token: str, seq: int, address: Address, data: str, *, extended: Sequen
         token = "*" + token
     else:
         content = body
-    raw = (f'"{token}"{seq:04d}R{address.receiver}L{address.line}#{address.account}['
-           f"{content}").encode("ascii")
+    raw = (
+        f'"{token}"{seq:04d}R{address.receiver}L{address.line}#{address.account}[{content}'
+    ).encode("ascii")
     if len(raw) > MAX_LENGTH:
         raise FrameError(f"a DC-09 frame holds at most {MAX_LENGTH} bytes; this one has {len(raw)}")
     return b"\n%04X0%03X%s\r" % (crc16(raw), len(raw), raw)
@@ -180,12 +191,18 @@ class Reply:
 
 
 _OUTER = re.compile(rb"\n([0-9A-F]{4})0([0-9A-F]{3})(.*)\r\Z", re.S)
-_ANSWER = re.compile(r'"(\*?)(ACK|DUH|RSP)"(\d{4})(?:R([0-9A-F]{1,6}))?L([0-9A-F]{1,6})'
-                     r"#([0-9A-F]{3,16})\[(.*)\Z", re.S)
+_ANSWER = re.compile(
+    r'"(\*?)(ACK|DUH|RSP)"(\d{4})(?:R([0-9A-F]{1,6}))?L([0-9A-F]{1,6})'
+    r"#([0-9A-F]{3,16})\[(.*)\Z",
+    re.S,
+)
 # The NAK of DC-09 is ``"NAK"0000R0L0A0[]_timestamp``. pysiaalarm writes L before R when it
 # could not parse the message at all: accepted (the fields say nothing in a NAK), nothing else.
-_NAK = re.compile(r'"NAK"0000(?:R([0-9A-F]{1,6}?)L([0-9A-F]{1,6}?)|L([0-9A-F]{1,6}?)'
-                  r"R([0-9A-F]{1,6}?))A0\[(.*)\Z", re.S)
+_NAK = re.compile(
+    r'"NAK"0000(?:R([0-9A-F]{1,6}?)L([0-9A-F]{1,6}?)|L([0-9A-F]{1,6}?)'
+    r"R([0-9A-F]{1,6}?))A0\[(.*)\Z",
+    re.S,
+)
 _TAIL = re.compile(r"([^\[\]]*)\]((?:\[[^\[\]]*\])*)(?:_(\d\d:\d\d:\d\d,\d\d-\d\d-\d{4}))?\Z")
 # Decrypted: the pad, then "|". pysiaalarm pads with "0"s and leaves the "|" out: tolerated.
 _PAD = re.compile(r"[^|\[\]]*\|?")
@@ -211,8 +228,9 @@ def parse_reply(raw: bytes, key: bytes | None = None) -> Reply:
         at = _timestamp_of(nak[5])
         if at is None:
             raise FrameError("a NAK without the receiver's timestamp")
-        return Reply(ReplyKind.NAK, 0, nak[1] or nak[4], nak[2] or nak[3], None, at,
-                     encrypted=False)
+        return Reply(
+            ReplyKind.NAK, 0, nak[1] or nak[4], nak[2] or nak[3], None, at, encrypted=False
+        )
     ans = _ANSWER.match(text)
     if ans is None:
         raise FrameError(f"not an ACK, NAK, DUH or RSP: {text[:80]!r}")
@@ -228,7 +246,7 @@ def parse_reply(raw: bytes, key: bytes | None = None) -> Reply:
             raise FrameError("the reply does not decrypt with our key (a different key?)") from exc
         pad = _PAD.match(plain)
         assert pad is not None  # the pattern matches the empty string
-        at = _timestamp_of(plain[pad.end():])
+        at = _timestamp_of(plain[pad.end() :])
         if at is None:
             raise FrameError("an encrypted reply without a timestamp (the key may differ)")
     else:

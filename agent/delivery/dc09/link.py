@@ -116,8 +116,9 @@ class Link:
         self._sock, self._buf = sock, b""
         return sock
 
-    def _connect(self, sock: socket.socket, addr: tuple[Any, ...], deadline: float,
-                 pulse: Pulse) -> None:
+    def _connect(
+        self, sock: socket.socket, addr: tuple[Any, ...], deadline: float, pulse: Pulse
+    ) -> None:
         err = sock.connect_ex(addr)
         while err == errno.EINPROGRESS:
             left = deadline - time.monotonic()
@@ -162,19 +163,30 @@ class Link:
         """The first complete frame in the buffer that answers ``seq``; stale ones skipped."""
         while (end := self._buf.find(b"\r")) >= 0:
             start = self._buf.rfind(b"\n", 0, end)
-            raw, rest = self._buf[max(start, 0):end + 1], self._buf[end + 1:]
+            raw, rest = self._buf[max(start, 0) : end + 1], self._buf[end + 1 :]
             if start > 0:
-                log.warning("%s: %d bytes before a frame ignored: %r", self.receiver.name,
-                            start, self._buf[:min(start, 80)])
+                log.warning(
+                    "%s: %d bytes before a frame ignored: %r",
+                    self.receiver.name,
+                    start,
+                    self._buf[: min(start, 80)],
+                )
             self._buf = rest
             reply = parse_reply(raw, self.receiver.key)
             if reply.kind is ReplyKind.NAK or reply.seq == seq:
                 if reply.account is not None and reply.account != self.receiver.account:
-                    raise FrameError(f"{self.receiver.name} answered for account "
-                                     f"{reply.account}, not ours ({self.receiver.account})")
+                    raise FrameError(
+                        f"{self.receiver.name} answered for account "
+                        f"{reply.account}, not ours ({self.receiver.account})"
+                    )
                 return reply
-            log.info("%s: a late %s for message %04d skipped (waiting for %04d)",
-                     self.receiver.name, reply.kind, reply.seq, seq)
+            log.info(
+                "%s: a late %s for message %04d skipped (waiting for %04d)",
+                self.receiver.name,
+                reply.kind,
+                reply.seq,
+                seq,
+            )
         if self.receiver.transport is Transport.UDP and self._buf:
             junk, self._buf = self._buf, b""
             raise FrameError(f"{self.receiver.name} answered {junk[:80]!r}, not a DC-09 frame")

@@ -88,15 +88,23 @@ class Receiver:
             out.append(Finding(f"{key}.host", "empty; give the receiver's host name or address"))
         if not 1 <= self.port <= 65535:
             out.append(Finding(f"{key}.port", f"{self.port} is not a port (1-65535)"))
-        for name, value, lo, hi in (("account", self.account, 3, 16),
-                                    ("receiver", self.receiver, 1, 6),
-                                    ("line", self.line, 1, 6)):
+        for name, value, lo, hi in (
+            ("account", self.account, 3, 16),
+            ("receiver", self.receiver, 1, 6),
+            ("line", self.line, 1, 6),
+        ):
             if not re.fullmatch(f"[0-9A-F]{{{lo},{hi}}}", value):
-                out.append(Finding(f"{key}.{name}", f"{value!r} must be {lo}-{hi} hex digits, "
-                                   "uppercase, as the centre assigned it"))
+                out.append(
+                    Finding(
+                        f"{key}.{name}",
+                        f"{value!r} must be {lo}-{hi} hex digits, "
+                        "uppercase, as the centre assigned it",
+                    )
+                )
         if self.key is not None and len(self.key) not in KEY_SIZES:
-            out.append(Finding(f"{key}.key", f"{len(self.key) * 8}-bit; AES takes 128, 192 or "
-                               "256 bits"))
+            out.append(
+                Finding(f"{key}.key", f"{len(self.key) * 8}-bit; AES takes 128, 192 or 256 bits")
+            )
         return out
 
 
@@ -118,18 +126,24 @@ class Settings:
         for i, r in enumerate(self.receivers):
             problems += r.problems(f"dc09.receivers[{i}]")
         if not self.events:
-            problems.append(Finding("dc09.events", "empty; leave the key out to send every "
-                                    "event"))
-        for name, value, lo, hi in (("supervision_s", self.supervision_s, 10, 86400),
-                                    ("ack_timeout_s", self.ack_timeout_s, 0.1, 60),
-                                    ("attempts", self.attempts, 1, 10),
-                                    ("retry_max_s", self.retry_max_s, 0.1, 300)):
+            problems.append(Finding("dc09.events", "empty; leave the key out to send every event"))
+        for name, value, lo, hi in (
+            ("supervision_s", self.supervision_s, 10, 86400),
+            ("ack_timeout_s", self.ack_timeout_s, 0.1, 60),
+            ("attempts", self.attempts, 1, 10),
+            ("retry_max_s", self.retry_max_s, 0.1, 300),
+        ):
             if not lo <= value <= hi:
                 problems.append(Finding(f"dc09.{name}", f"{value:g} is outside {lo}-{hi}"))
         if self.test_report_s is not None and self.test_report_s < self.supervision_s:
-            problems.append(Finding("dc09.test_report_s", f"{self.test_report_s:g} is shorter "
-                                    f"than supervision_s ({self.supervision_s:g}); the NULL poll "
-                                    "already checks the path that often"))
+            problems.append(
+                Finding(
+                    "dc09.test_report_s",
+                    f"{self.test_report_s:g} is shorter "
+                    f"than supervision_s ({self.supervision_s:g}); the NULL poll "
+                    "already checks the path that often",
+                )
+            )
         if problems:
             raise SettingsError(problems)
 
@@ -148,7 +162,9 @@ def load_key(path: Path) -> bytes:
     digits = "".join(text.split())
     hex_only = re.fullmatch(r"[0-9A-Fa-f]*", digits) is not None
     if not hex_only or len(digits) % 2 or len(digits) // 2 not in KEY_SIZES:
-        raise KeyFileError(f"{path}: a DC-09 key is 32, 48 or 64 hex digits (AES-128/192/256); "
-                           f"this file has {len(digits)} characters"
-                           f"{'' if hex_only else ', not all hex'}")
+        raise KeyFileError(
+            f"{path}: a DC-09 key is 32, 48 or 64 hex digits (AES-128/192/256); "
+            f"this file has {len(digits)} characters"
+            f"{'' if hex_only else ', not all hex'}"
+        )
     return bytes.fromhex(digits)

@@ -31,12 +31,49 @@ import unicodedata
 DEFAULT_MAX_LEN = 128
 
 CYRILLIC: dict[str, str] = {
-    "а": "a", "б": "b", "в": "v", "г": "g", "д": "d", "е": "e", "ё": "e", "ж": "zh", "з": "z",
-    "и": "i", "й": "y", "к": "k", "л": "l", "м": "m", "н": "n", "о": "o", "п": "p", "р": "r",
-    "с": "s", "т": "t", "у": "u", "ф": "f", "х": "kh", "ц": "ts", "ч": "ch", "ш": "sh",
-    "щ": "shch", "ъ": "", "ы": "y", "ь": "", "э": "e", "ю": "yu", "я": "ya",
+    "а": "a",
+    "б": "b",
+    "в": "v",
+    "г": "g",
+    "д": "d",
+    "е": "e",
+    "ё": "e",
+    "ж": "zh",
+    "з": "z",
+    "и": "i",
+    "й": "y",
+    "к": "k",
+    "л": "l",
+    "м": "m",
+    "н": "n",
+    "о": "o",
+    "п": "p",
+    "р": "r",
+    "с": "s",
+    "т": "t",
+    "у": "u",
+    "ф": "f",
+    "х": "kh",
+    "ц": "ts",
+    "ч": "ch",
+    "ш": "sh",
+    "щ": "shch",
+    "ъ": "",
+    "ы": "y",
+    "ь": "",
+    "э": "e",
+    "ю": "yu",
+    "я": "ya",
     # Kazakh
-    "ә": "ae", "ғ": "gh", "қ": "q", "ң": "ng", "ө": "oe", "ұ": "u", "ү": "ue", "һ": "h", "і": "i",
+    "ә": "ae",
+    "ғ": "gh",
+    "қ": "q",
+    "ң": "ng",
+    "ө": "oe",
+    "ұ": "u",
+    "ү": "ue",
+    "һ": "h",
+    "і": "i",
 }
 
 _DELIMITERS = {"[": "(", "]": ")", "|": "/", "^": "'"}
@@ -46,7 +83,7 @@ def location_text(text: str, max_len: int = DEFAULT_MAX_LEN) -> str:
     """``text`` as printable ASCII that is safe inside a DC-09 extended-data block."""
     out: list[str] = []
     for i, ch in enumerate(text):
-        out.append(_one(ch, text[i - 1] if i else "", text[i + 1:i + 2]))
+        out.append(_one(ch, text[i - 1] if i else "", text[i + 1 : i + 2]))
     return " ".join("".join(out).split())[:max_len].rstrip()
 
 

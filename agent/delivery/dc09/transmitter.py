@@ -82,10 +82,16 @@ class Status:
 class Transmitter:
     """Nothing happens until :meth:`start`; the constructor does no I/O."""
 
-    def __init__(self, settings: Settings, queue: EventQueue, *, clock: Clock = time.monotonic,
-                 wall: Clock = time.time,
-                 on_path: Callable[[bool, str], None] | None = None,
-                 first_seq: int | None = None) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        queue: EventQueue,
+        *,
+        clock: Clock = time.monotonic,
+        wall: Clock = time.time,
+        on_path: Callable[[bool, str], None] | None = None,
+        first_seq: int | None = None,
+    ) -> None:
         self._settings = settings
         self._queue = queue
         self._clock = clock
@@ -124,8 +130,14 @@ class Transmitter:
 
     def status(self) -> Status:
         with self._lock:
-            return Status(self._path_ok, self._settings.receivers[self._active].name,
-                          self._queue.depth(), self._acked, self._refused, tuple(self._states))
+            return Status(
+                self._path_ok,
+                self._settings.receivers[self._active].name,
+                self._queue.depth(),
+                self._acked,
+                self._refused,
+                tuple(self._states),
+            )
 
     # --- the thread -------------------------------------------------------------------------
 
@@ -157,18 +169,27 @@ class Transmitter:
 
     def _deliver(self, event_id: int, event: Event, worker: Worker) -> None:
         started = self._clock()
-        outcome, name, seq = self._send(lambda acct: encode(event, self._settings.format, acct),
-                                        worker)
+        outcome, name, seq = self._send(
+            lambda acct: encode(event, self._settings.format, acct), worker
+        )
         took_ms = (self._clock() - started) * 1000
         if outcome is Outcome.ACKED:
             self._queue.acked(event_id)
             with self._lock:
                 self._acked += 1
-            log.info("dc09: %s zone %d (seq %04d) acknowledged by %s in %.0f ms",
-                     event.kind, event.zone, seq, name, took_ms)
+            log.info(
+                "dc09: %s zone %d (seq %04d) acknowledged by %s in %.0f ms",
+                event.kind,
+                event.zone,
+                seq,
+                name,
+                took_ms,
+            )
         elif outcome is Outcome.REFUSED:
-            reason = (f"{name} answered DUH to {event.kind} zone {event.zone}: it does not "
-                      "handle this event; check the centre's receiver set-up (docs/dc09.md)")
+            reason = (
+                f"{name} answered DUH to {event.kind} zone {event.zone}: it does not "
+                "handle this event; check the centre's receiver set-up (docs/dc09.md)"
+            )
             self._queue.refused(event_id, reason)
             with self._lock:
                 self._refused += 1
@@ -182,7 +203,8 @@ class Transmitter:
             outcome, _, _ = self._send(lambda _acct: NULL, worker)
         else:
             outcome, name, seq = self._send(
-                lambda acct: encode(event, self._settings.format, acct), worker)
+                lambda acct: encode(event, self._settings.format, acct), worker
+            )
             if outcome is Outcome.ACKED:
                 log.info("dc09: periodic test report (seq %04d) acknowledged by %s", seq, name)
         now = self._clock()
@@ -227,9 +249,15 @@ class Transmitter:
             if pulse.stopping.is_set():
                 break
             pulse.beat()
-            frame = build(message.token, seq, address, message.data, extended=message.extended,
-                          sent_at=self._wall() + self._states[idx].clock_offset_s,
-                          key=receiver.key)
+            frame = build(
+                message.token,
+                seq,
+                address,
+                message.data,
+                extended=message.extended,
+                sent_at=self._wall() + self._states[idx].clock_offset_s,
+                key=receiver.key,
+            )
             try:
                 reply = link.exchange(frame, seq, self._settings.ack_timeout_s, pulse)
             except (LinkError, FrameError) as exc:
@@ -239,23 +267,31 @@ class Transmitter:
                 continue
             if reply is None:
                 link.close()  # a TCP stream that lost a reply is no longer in step
-                self._failed(idx, f"{receiver.name}: no answer within "
-                                  f"{self._settings.ack_timeout_s:g} s")
+                self._failed(
+                    idx, f"{receiver.name}: no answer within {self._settings.ack_timeout_s:g} s"
+                )
                 continue
             if reply.kind is ReplyKind.NAK:
                 assert reply.timestamp is not None  # parse_reply demands it in a NAK
                 offset = reply.timestamp - self._wall()
                 if abs(offset - self._states[idx].clock_offset_s) > 1.5:  # else: not the clock
-                    log.warning("dc09: %s sent NAK to %s %04d: resending with its clock "
-                                "(offset %+.0f s)", receiver.name, message.token, seq, offset)
-                self._failed(idx, f"{receiver.name}: NAK (its clock {offset:+.0f} s from ours)",
-                             offset=offset)
+                    log.warning(
+                        "dc09: %s sent NAK to %s %04d: resending with its clock (offset %+.0f s)",
+                        receiver.name,
+                        message.token,
+                        seq,
+                        offset,
+                    )
+                self._failed(
+                    idx,
+                    f"{receiver.name}: NAK (its clock {offset:+.0f} s from ours)",
+                    offset=offset,
+                )
                 continue
             if reply.kind is ReplyKind.DUH:
                 return Outcome.REFUSED, seq
             with self._lock:
-                self._states[idx] = replace(self._states[idx], last_ack_at=self._wall(),
-                                            failures=0)
+                self._states[idx] = replace(self._states[idx], last_ack_at=self._wall(), failures=0)
             return Outcome.ACKED, seq
         with self._lock:
             self._states[idx] = replace(self._states[idx], failed_round_at=self._clock())
@@ -268,8 +304,12 @@ class Transmitter:
         with self._lock:
             s = self._states[idx]
             self._states[idx] = replace(
-                s, failures=s.failures + 1, total_failures=s.total_failures + 1,
-                last_error=error, clock_offset_s=s.clock_offset_s if offset is None else offset)
+                s,
+                failures=s.failures + 1,
+                total_failures=s.total_failures + 1,
+                last_error=error,
+                clock_offset_s=s.clock_offset_s if offset is None else offset,
+            )
 
     def _up(self, idx: int) -> None:
         self._backoff.reset()
@@ -280,8 +320,9 @@ class Transmitter:
             moved, self._active = self._active != idx, idx
         name = self._settings.receivers[idx].name
         if moved:
-            log.warning("dc09: now sending to %s (%s)", name,
-                        "the primary" if idx == 0 else f"backup {idx}")
+            log.warning(
+                "dc09: now sending to %s (%s)", name, "the primary" if idx == 0 else f"backup {idx}"
+            )
         if was is not True:
             if was is False:
                 log.warning("dc09: path restored via %s", name)

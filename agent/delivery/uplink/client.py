@@ -14,8 +14,11 @@ from agent.config.model import MqttConfig
 
 
 def build_client(cfg: MqttConfig, client_id_suffix: str = "") -> mqtt.Client:
-    client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=cfg.client_id + client_id_suffix,
-                         protocol=mqtt.MQTTv5)
+    client = mqtt.Client(
+        CallbackAPIVersion.VERSION2,
+        client_id=cfg.client_id + client_id_suffix,
+        protocol=mqtt.MQTTv5,
+    )
     client.connect_timeout = 5.0
     if cfg.tls is not None:
         client.tls_set(

@@ -233,8 +233,12 @@ class Uplink:
     def _new_client(self) -> mqtt.Client:
         client = build_client(self._cfg)
         client.max_inflight_messages_set(0)  # our window bounds what paho holds, not paho
-        client.will_set(self._topics.status, self._status_payload("offline", "connection lost"),
-                        qos=1, retain=True)
+        client.will_set(
+            self._topics.status,
+            self._status_payload("offline", "connection lost"),
+            qos=1,
+            retain=True,
+        )
         client.on_connect = self._on_connect
         client.on_disconnect = self._on_disconnect
         client.on_log = self._on_log
@@ -260,12 +264,16 @@ class Uplink:
             if self._stopping.is_set():
                 self._shutdown(client)
                 break
-            if self._alarm_sent and now - min(self._alarm_sent.values()) > \
-                    self._alarm_ack_timeout_s:
+            if (
+                self._alarm_sent
+                and now - min(self._alarm_sent.values()) > self._alarm_ack_timeout_s
+            ):
                 # A connection can die without a sound (a router's NAT state lost): keepalive
                 # would notice only after up to 2 x keepalive_s. An alarm cannot wait that long.
-                self._fail(f"no PUBACK for an alarm in {self._alarm_ack_timeout_s:.0f} s: the "
-                           "connection is dead; reconnecting")
+                self._fail(
+                    f"no PUBACK for an alarm in {self._alarm_ack_timeout_s:.0f} s: the "
+                    "connection is dead; reconnecting"
+                )
                 break
             timeout = 1.0
             if self._alarm_sent:
@@ -317,8 +325,9 @@ class Uplink:
             self._client = None
         self.centre.connection_ended()
 
-    def _wait_socket(self, client: mqtt.Client, want_write: bool,
-                     timeout: float) -> tuple[bool, bool] | None:
+    def _wait_socket(
+        self, client: mqtt.Client, want_write: bool, timeout: float
+    ) -> tuple[bool, bool] | None:
         """select() on paho's socket and the wake pipe: (readable, writable), or None when the
         connection has ended.
 
@@ -342,7 +351,8 @@ class Uplink:
         try:
             fd = sock.fileno()
             readable, writable, _ = select.select(
-                [fd, self._wake_r], [fd] if want_write else [], [], max(timeout, 0.001))
+                [fd, self._wake_r], [fd] if want_write else [], [], max(timeout, 0.001)
+            )
         except (OSError, ValueError) as exc:  # closed under us after all: end the connection
             self._lost(str(exc))
             return None
@@ -372,16 +382,18 @@ class Uplink:
             if bulk_in_flight >= self.pacer.window:
                 self._gate = Gate.WINDOW  # a PUBACK sets _dirty
                 return
-            if client.want_write() or \
-                    (path is None and not (sock_writable or bulk_in_flight == 0)):
+            if client.want_write() or (path is None and not (sock_writable or bulk_in_flight == 0)):
                 self._gate = Gate.SOCKET
                 return
             if path:
                 self._gate, self._bulk_due = Gate.PATH, now + path
                 return
             live = self.mailbox.next_live()
-            bulk = [live] if live else self._outbox.next_batch(
-                busy | {m.id for m in urgent}, 1, Priority.CLIP)
+            bulk = (
+                [live]
+                if live
+                else self._outbox.next_batch(busy | {m.id for m in urgent}, 1, Priority.CLIP)
+            )
         except OutboxError as exc:
             log.error("cannot read the outbox: %s", exc)
             return
@@ -439,9 +451,12 @@ class Uplink:
 
     def _shutdown(self, client: mqtt.Client) -> None:
         if self.state is LinkState.ONLINE:
-            info = client.publish(self._topics.status,
-                                  self._status_payload("offline", "agent stopped"),
-                                  qos=1, retain=True)
+            info = client.publish(
+                self._topics.status,
+                self._status_payload("offline", "agent stopped"),
+                qos=1,
+                retain=True,
+            )
             self._offline_mid = info.mid
             deadline = self._clock() + 1.5
             while self._offline_mid is not None and self._clock() < deadline:
@@ -484,16 +499,19 @@ class Uplink:
             client.subscribe(topic, qos=1)
         log.info("uplink online to %s:%d", self._cfg.host, self._cfg.port)
 
-    def _on_disconnect(self, _c: mqtt.Client, _u: Any, flags: mqtt.DisconnectFlags,
-                       rc: ReasonCode, _p: Any) -> None:
+    def _on_disconnect(
+        self, _c: mqtt.Client, _u: Any, flags: mqtt.DisconnectFlags, rc: ReasonCode, _p: Any
+    ) -> None:
         if self._stopping.is_set():
             return
         if flags.is_disconnect_packet_from_server or not self._socket_error:
             self._fail(f"disconnected: {rc}")
         elif "alert" in self._socket_error and "certificate" in self._socket_error:
-            self._fail(f"the broker refused this box's certificate ({self._socket_error}): check "
-                       "mqtt.tls.cert_file and key_file, and that the certificate is neither "
-                       "expired nor revoked")
+            self._fail(
+                f"the broker refused this box's certificate ({self._socket_error}): check "
+                "mqtt.tls.cert_file and key_file, and that the certificate is neither "
+                "expired nor revoked"
+            )
         else:
             self._fail(f"connection lost: {self._socket_error}")
 

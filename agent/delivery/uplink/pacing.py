@@ -185,8 +185,14 @@ class Pacer:
     the ``uplink.max_kbps`` bucket and, with ``auto``, the path meter: video goes only while
     little of ours waits on the path, and the kernel paces our socket at about its rate."""
 
-    def __init__(self, ceiling_kbps: int | None = None, auto: bool = True, *,
-                 window: int = WINDOW, read: Reader = tcpinfo.read) -> None:
+    def __init__(
+        self,
+        ceiling_kbps: int | None = None,
+        auto: bool = True,
+        *,
+        window: int = WINDOW,
+        read: Reader = tcpinfo.read,
+    ) -> None:
         self.ceiling_kbps = ceiling_kbps
         self.window = window
         self._read = read
@@ -292,8 +298,11 @@ def describe(status: dict[str, Any]) -> str:
     """The pacer's status in a technician's words (``edge-agent status``, ``selftest``)."""
     if status.get("mode") != "auto":
         cap = status.get("ceiling_kbps")
-        return (f"not measured; video capped at {cap} kbit/s" if cap
-                else "not measured; video not paced")
+        return (
+            f"not measured; video capped at {cap} kbit/s"
+            if cap
+            else "not measured; video not paced"
+        )
     upload = status.get("upload_kbps")
     if upload is None:
         return "not measured yet: it is measured while video uploads"
@@ -301,6 +310,8 @@ def describe(status: dict[str, Any]) -> str:
         return "nothing delivered in the last seconds while video waited: is the link down?"
     mbit = upload / 1000
     wait = (status.get("alarm_wait_ms") or 0.0) / 1000
-    return (f"upload about {mbit:.1f} Mbit/s; alarms will reach the centre in "
-            f"{'under 0.1' if wait < 0.1 else f'about {wait:.1f}'} s while video uploads "
-            f"(base RTT {status.get('base_rtt_ms')} ms, queue {status.get('queue_delay_ms')} ms)")
+    return (
+        f"upload about {mbit:.1f} Mbit/s; alarms will reach the centre in "
+        f"{'under 0.1' if wait < 0.1 else f'about {wait:.1f}'} s while video uploads "
+        f"(base RTT {status.get('base_rtt_ms')} ms, queue {status.get('queue_delay_ms')} ms)"
+    )

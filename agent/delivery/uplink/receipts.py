@@ -23,8 +23,13 @@ log = logging.getLogger("agent.uplink")
 
 
 class Confirmations:
-    def __init__(self, outbox: Outbox, resend_s: float, clock: Callable[[], float],
-                 on_clip_receipt: Callable[[str, str], None] | None = None) -> None:
+    def __init__(
+        self,
+        outbox: Outbox,
+        resend_s: float,
+        clock: Callable[[], float],
+        on_clip_receipt: Callable[[str, str], None] | None = None,
+    ) -> None:
         self._outbox = outbox
         self._resend_s = resend_s
         self._clock = clock
@@ -99,8 +104,11 @@ class Confirmations:
             now = self._clock()
             self._unconfirmed = dict.fromkeys(self._unconfirmed, now)  # resend what waits
         if present != self.present:
-            log.log(logging.INFO if present else logging.WARNING,
-                    "the centre is %s", "listening" if present else "NOT listening")
+            log.log(
+                logging.INFO if present else logging.WARNING,
+                "the centre is %s",
+                "listening" if present else "NOT listening",
+            )
         self.present = present
 
     def connection_ended(self) -> None:

@@ -60,14 +60,22 @@ def read(sock: socket.socket) -> TcpInfo | None:
 def parse(raw: bytes) -> TcpInfo | None:
     if len(raw) < _NEEDED:
         return None
-    v = {name: struct.unpack_from(fmt, raw, off)[0] for name, (fmt, off) in _FIELDS.items()
-         if off + struct.calcsize(fmt) <= len(raw)}
+    v = {
+        name: struct.unpack_from(fmt, raw, off)[0]
+        for name, (fmt, off) in _FIELDS.items()
+        if off + struct.calcsize(fmt) <= len(raw)
+    }
     if "bytes_retrans" in v:
         sent = v["bytes_sent"] - v["bytes_retrans"]
     else:  # before 4.19: what is in flight is about the unacknowledged segments
         sent = v["bytes_acked"] + v["unacked"] * v["snd_mss"]
-    return TcpInfo(min_rtt_s=v["min_rtt_us"] / 1e6, bytes_acked=v["bytes_acked"],
-                   bytes_sent=sent, notsent_bytes=v["notsent_bytes"], snd_mss=v["snd_mss"])
+    return TcpInfo(
+        min_rtt_s=v["min_rtt_us"] / 1e6,
+        bytes_acked=v["bytes_acked"],
+        bytes_sent=sent,
+        notsent_bytes=v["notsent_bytes"],
+        snd_mss=v["snd_mss"],
+    )
 
 
 def set_option(sock: socket.socket, level: int, option: int, value: int) -> bool:

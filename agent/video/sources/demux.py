@@ -153,8 +153,6 @@ class DemuxSource:
         self._bsf = None
 
 
-
-
 def rtsp_source(url: str, *, io_timeout_s: float = 5.0) -> DemuxSource:
     """RTSP over TCP (UDP loses packets on school Wi-Fi and through NAT). FFmpeg 5 renamed the
     socket timeout: ``timeout`` is now microseconds (``stimeout`` is gone); PyAV's own

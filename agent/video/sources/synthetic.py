@@ -33,8 +33,9 @@ def _glyphs(scale: int) -> dict[str, list[bytes]]:
     for ch, bits in _FONT.items():
         rows = []
         for r in range(5):
-            row = b"".join((b"\xeb" if bits[r * 3 + c] == "1" else b"\x10") * scale
-                           for c in range(3))
+            row = b"".join(
+                (b"\xeb" if bits[r * 3 + c] == "1" else b"\x10") * scale for c in range(3)
+            )
             rows += [row] * scale
         out[ch] = rows
     return out
@@ -63,9 +64,7 @@ class SyntheticSource:
     ) -> None:
         self._width, self._height, self._fps = width - width % 2, height - height % 2, fps
         gop = max(1, round(fps * segment_s))
-        self._encoder = H264Encoder(
-            self._width, self._height, fps, gop, bitrate_kbps, ("libx264",)
-        )
+        self._encoder = H264Encoder(self._width, self._height, fps, gop, bitrate_kbps, ("libx264",))
         self._pace: Pace = "realtime" if realtime else "simulated"
         self._frame = 0
 
@@ -78,8 +77,9 @@ class SyntheticSource:
         self._stride = [plane.line_size for plane in blank.planes]
         w, h, ys = self._width, self._height, self._stride[0]
         # A diagonal ramp: luma (x + y) / 2, each row padded to the plane's stride.
-        self._ramp = b"".join(bytes(((x + y) // 2) % 256 for x in range(w)).ljust(ys, b"\x10")
-                              for y in range(h))
+        self._ramp = b"".join(
+            bytes(((x + y) // 2) % 256 for x in range(w)).ljust(ys, b"\x10") for y in range(h)
+        )
         half, cs = w // 2, self._stride[1]
         u_row = bytes(64 + 128 * x // max(1, half) for x in range(half)).ljust(cs, b"\x80")
         self._u = u_row * (h // 2)
