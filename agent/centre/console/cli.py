@@ -9,9 +9,7 @@ import argparse
 import getpass
 import logging
 import os
-import signal
 import sys
-import threading
 from pathlib import Path
 
 from agent.errors import AgentError
@@ -184,16 +182,14 @@ def _serve(args: argparse.Namespace, data: Path) -> int:
             database_url=args.database,
         )
     )
-    stop = threading.Event()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, lambda *_: stop.set())
+    from agent.centre.cli import until_signal
+
     console.start()
     print(f"console: {console.url}", flush=True)
     try:
-        stop.wait()
+        return until_signal(lambda stop: stop.wait())
     finally:
         console.stop()
-    return 0
 
 
 def _check_zone(name: str) -> None:
