@@ -4,6 +4,7 @@ systemd runs it or in this process, and the centre's real receiver."""
 
 from __future__ import annotations
 
+import logging
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -55,6 +56,20 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     for item in items:
         if "slow" in item.keywords:
             item.add_marker(skip)
+
+
+@pytest.fixture(autouse=True)
+def _agent_log_setup_undone() -> Iterator[None]:
+    """``edge-agent`` run in-process (``agent.cli.main``, the demo) calls ``logs.setup()``, which
+    points the root logger at the ``sys.stderr`` of that moment: pytest's capture, closed after
+    the test, so later tests' log lines failed ("I/O operation on closed file"). Undone here."""
+    root = logging.getLogger()
+    level = root.level
+    yield
+    for handler in list(root.handlers):
+        if type(handler) is logging.StreamHandler:  # pytest's own handlers are subclasses
+            root.removeHandler(handler)
+    root.setLevel(level)
 
 
 @pytest.fixture

@@ -32,7 +32,8 @@ def test_an_in_process_agent_whose_supervisor_gives_up_fails_loudly(agent_config
     pytest, so the harness keeps the reason and raises it when the agent is stopped."""
     box = InProcessAgent(agent_config, max_crashes=0).start(online_s=None)
     box.daemon.supervisor.inject("control")  # one crash: over a budget of none
-    assert box.gave_up is not None and "control" in box.gave_up
+    gave_up = wait_for(lambda: box.gave_up, 5, "the supervisor to give up")  # on its own thread
+    assert "control" in gave_up
     with pytest.raises(AssertionError, match="supervisor gave up: thread control crashed"):
         box.stop()
 
