@@ -238,7 +238,9 @@ def main() -> int:
     ) as tmp:
         work = Path(tmp)
         broker = Mosquitto(
-            work / "broker", extra_conf=f"max_inflight_messages {args.broker_inflight}\n"
+            work / "broker",
+            extra_conf=f"max_inflight_messages {args.broker_inflight}\n",
+            save_every_change=False,  # as a production broker (agent/testing/broker.py)
         )
         broker.start()
         cluster = Postgres().start() if args.postgres else None
