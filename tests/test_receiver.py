@@ -132,7 +132,7 @@ def test_alarms_queued_during_a_window_stay_tests_after_it_ended(desk: Desk) -> 
 
 def test_a_walk_test_longer_than_a_box_allows_is_cut(desk: Desk) -> None:
     desk.send("status", status("2026-11-25T08:00:00.000Z", "2027-01-01T00:00:00.000Z"))
-    assert desk.ledger.test_until(SITE) == "2026-11-25T12:00:00.000Z"
+    assert desk.ledger.test_windows([SITE]) == {SITE: "2026-11-25T12:00:00.000Z"}
     assert any(r.startswith("test_too_long") for r in desk.reports())
 
 

@@ -271,14 +271,17 @@ class Ledger:
         )
         return Stored(new=True, gap_opened=(first_missing, last), gap_closed=closed)
 
-    def has_alarm(self, site_id: str, event_id: str) -> bool:
+    def known_alarms(self, keys: list[tuple[str, str]]) -> set[tuple[str, str]]:
+        """Which of these (site, event) are stored already: one call for a group (the
+        PostgreSQL ledger answers it in one round trip)."""
         with self._lock:
-            return (
-                self._conn.execute(
-                    "SELECT 1 FROM alarms WHERE site_id = ? AND event_id = ?", (site_id, event_id)
+            return {
+                key
+                for key in keys
+                if self._conn.execute(
+                    "SELECT 1 FROM alarms WHERE site_id = ? AND event_id = ?", key
                 ).fetchone()
-                is not None
-            )
+            }
 
     def sites_of(self, event_id: str) -> list[str]:
         """Every site that has an alarm with this event id (one, unless a box copied it)."""
@@ -330,13 +333,19 @@ class Ledger:
                 )
         return changed
 
-    def test_until(self, site_id: str) -> str | None:
-        """The end of the walk test the site announced last (its box's clock), if any."""
+    def test_windows(self, sites: list[str]) -> dict[str, str]:
+        """The end of the walk test each site announced last (its box's clock), for the sites
+        that announced one."""
         with self._lock:
-            row = self._conn.execute(
-                "SELECT test_until FROM sites WHERE site_id = ?", (site_id,)
-            ).fetchone()
-        return None if row is None or row[0] is None else str(row[0])
+            rows = [
+                self._conn.execute(
+                    "SELECT site_id, test_until FROM sites WHERE site_id = ? "
+                    "AND test_until IS NOT NULL",
+                    (site,),
+                ).fetchone()
+                for site in sites
+            ]
+        return {str(row[0]): str(row[1]) for row in rows if row is not None}
 
     def sites(self) -> list[tuple[str, str, str]]:
         with self._lock:

@@ -61,6 +61,13 @@ class _Item:
     status: Status | None = None
 
 
+def _inside(pressed_at: str, test_until: str | None) -> bool:
+    """A box may flag an alarm as a walk test only inside the test window its retained status
+    announced (``test_mode_until``, the box's clock like ``pressed_at``)."""
+    until, pressed = parse_rfc3339(test_until), parse_rfc3339(pressed_at)
+    return until is not None and pressed is not None and pressed <= until
+
+
 class AlarmDesk:
     """Create, :meth:`start`; feed with :meth:`take`; :meth:`stop` drains what is queued."""
 
@@ -181,12 +188,15 @@ class AlarmDesk:
         """Store alarms that arrived together: one ledger transaction and one fsync of
         ``alarms.jsonl`` for all of them, before any receipt; a duplicate is confirmed again
         (the box is still waiting)."""
+        alarms = [item.alarm for item in items if item.alarm is not None]
+        known = self._ledger.known_alarms([(a.site_id, a.event_id) for a in alarms])
+        windows = self._ledger.test_windows(sorted({a.site_id for a in alarms if a.test}))
         entries: list[tuple[Alarm, bytes, bool]] = []
         for item in items:
             alarm = item.alarm
             assert alarm is not None
             site = alarm.site_id
-            if not self._ledger.has_alarm(site, alarm.event_id) and not self._budget.take(
+            if (site, alarm.event_id) not in known and not self._budget.take(
                 site, len(item.payload)
             ):
                 self._reporter.report(
@@ -198,7 +208,8 @@ class AlarmDesk:
                     logging.ERROR,
                 )
                 continue
-            entries.append((alarm, item.payload, alarm.test and self._test_announced(alarm)))
+            test = alarm.test and _inside(alarm.pressed_at, windows.get(site))
+            entries.append((alarm, item.payload, test))
         if not entries:
             return
         results = self._ledger.add_alarms(entries)
@@ -261,18 +272,11 @@ class AlarmDesk:
         if stored.gap_closed:
             log.info("site %s: missing alarm seq %d arrived", site, alarm.seq)
 
-    def _test_announced(self, alarm: Alarm) -> bool:
-        """A box may flag an alarm as a walk test only inside the test window its retained
-        status announced (``test_mode_until``, the box's clock like ``pressed_at``)."""
-        until = parse_rfc3339(self._ledger.test_until(alarm.site_id))
-        pressed = parse_rfc3339(alarm.pressed_at)
-        return until is not None and pressed is not None and pressed <= until
-
     def _status(self, site: str, status: Status, payload: bytes) -> None:
         """Record the site's state, and the walk-test window it announces: an online status
         sets it (at most MAX_TEST_MODE_S long), one without a window ends it at its ``at``, so
         test alarms the box queued during the window still count as tests."""
-        until = self._ledger.test_until(site)
+        until = self._ledger.test_windows([site]).get(site)
         if status.state == "online":
             at = parse_rfc3339(status.at)
             assert at is not None  # checked by the schema
