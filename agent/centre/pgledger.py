@@ -201,15 +201,18 @@ class PgLedger:
     def add_alarms(
         self, alarms: list[tuple[Alarm, bytes, bool]], now: float | None = None
     ) -> list[Stored]:
-        """The SQLite ledger's add_alarms in a fixed number of round trips, whatever the group's
-        size: one statement per step over arrays, the seq bookkeeping walked here in the group's
-        order. Statement by statement, five round trips an alarm held a 1,000-alarm storm to
-        ~750 alarms/s (bench/alarm_storm.py)."""
+        """The SQLite ledger's add_alarms in two round trips, whatever the group's size: one
+        statement per step over arrays, the seq bookkeeping walked here in the group's order.
+        Statement by statement, five round trips an alarm held a 1,000-alarm storm to ~750
+        alarms/s (bench/alarm_storm.py)."""
         if not alarms:
             return []
         received = rfc3339(time.time() if now is None else now)
         sites = sorted({a.site_id for a, _, _ in alarms})
-        with self._tx() as conn:
+        conn = self._conn
+        # Pipelined: the five statements go out together and their answers come back
+        # together (one round trip), then the gap rows and the commit (another).
+        with self._lock, conn.pipeline(), conn.transaction():
             # The sites' locks in the order of their lock numbers: two receivers with
             # overlapping groups take them in the same order (a deadlock needs opposite ones).
             conn.execute(
@@ -217,53 +220,50 @@ class PgLedger:
                 "FROM unnest(%s::text[]) AS s ORDER BY h) AS locks",
                 (sites,),
             )
-            tops = dict(
-                conn.execute(
-                    "SELECT site_id, MAX(seq) FROM alarms WHERE site_id = ANY(%s) GROUP BY site_id",
-                    (sites,),
-                ).fetchall()
+            tops = conn.execute(  # per site, the index's last entry (not all of its alarms)
+                "SELECT s, (SELECT MAX(seq) FROM alarms WHERE site_id = s) "
+                "FROM unnest(%s::text[]) AS s",
+                (sites,),
             )
-            inserted = set(
-                conn.execute(
-                    "INSERT INTO alarms (site_id, event_id, seq, button_id, kind, test, "
-                    "test_claimed, pressed_at, received_at, payload) SELECT * FROM unnest("
-                    "%s::text[], %s::text[], %s::bigint[], %s::text[], %s::text[], "
-                    "%s::integer[], %s::integer[], %s::text[], %s::text[], %s::text[]) "
-                    "ON CONFLICT DO NOTHING RETURNING site_id, event_id",
-                    _columns(
-                        (
-                            a.site_id,
-                            a.event_id,
-                            a.seq,
-                            a.button_id,
-                            a.kind,
-                            int(test),
-                            int(a.test),
-                            a.pressed_at,
-                            received,
-                            payload.decode(),
-                        )
-                        for a, payload, test in alarms
-                    ),
-                ).fetchall()
+            inserted = conn.execute(
+                "INSERT INTO alarms (site_id, event_id, seq, button_id, kind, test, "
+                "test_claimed, pressed_at, received_at, payload) SELECT * FROM unnest("
+                "%s::text[], %s::text[], %s::bigint[], %s::text[], %s::text[], "
+                "%s::integer[], %s::integer[], %s::text[], %s::text[], %s::text[]) "
+                "ON CONFLICT DO NOTHING RETURNING site_id, event_id",
+                _columns(
+                    (
+                        a.site_id,
+                        a.event_id,
+                        a.seq,
+                        a.button_id,
+                        a.kind,
+                        int(test),
+                        int(a.test),
+                        a.pressed_at,
+                        received,
+                        payload.decode(),
+                    )
+                    for a, payload, test in alarms
+                ),
             )
-            stored_payloads = dict(
-                ((site, event), text)
-                for site, event, text in conn.execute(
-                    "SELECT site_id, event_id, payload FROM alarms WHERE (site_id, event_id) "
-                    "IN (SELECT * FROM unnest(%s::text[], %s::text[]))",
-                    _columns((a.site_id, a.event_id) for a, _, _ in alarms),
-                ).fetchall()
+            payloads = conn.execute(
+                "SELECT site_id, event_id, payload FROM alarms WHERE (site_id, event_id) "
+                "IN (SELECT * FROM unnest(%s::text[], %s::text[]))",
+                _columns((a.site_id, a.event_id) for a, _, _ in alarms),
             )
-            new_keys = [(a.site_id, a.seq) for a, _, _ in alarms]
-            gaps = set(
-                conn.execute(
-                    "SELECT site_id, seq FROM gaps WHERE (site_id, seq) "
-                    "IN (SELECT * FROM unnest(%s::text[], %s::bigint[]))",
-                    _columns(new_keys),
-                ).fetchall()
+            gaps = conn.execute(
+                "SELECT site_id, seq FROM gaps WHERE (site_id, seq) "
+                "IN (SELECT * FROM unnest(%s::text[], %s::bigint[]))",
+                _columns((a.site_id, a.seq) for a, _, _ in alarms),
             )
-            results, opened, closed = _walk(alarms, inserted, stored_payloads, tops, gaps)
+            results, opened, closed = _walk(
+                alarms,
+                set(inserted.fetchall()),
+                {(site, event): text for site, event, text in payloads.fetchall()},
+                {site: top for site, top in tops.fetchall() if top is not None},
+                set(gaps.fetchall()),
+            )
             if closed:
                 conn.execute(
                     "DELETE FROM gaps WHERE (site_id, seq) "
