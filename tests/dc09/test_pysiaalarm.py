@@ -119,7 +119,10 @@ def test_wrong_key_gets_nak_and_the_backup_takes_the_alarm(
     assert got.code == "PA" and got.encrypted
     assert primary.alarms() == [] and primary.counts.error_format >= 1
     status = tx.status()
-    assert "NAK" in status.receivers[0].last_error
+    # The alarm's NAK, or a later reply of the primary encrypted with its own key (seen once on
+    # a loaded machine, after the transmitter polled it again): both name the key mismatch.
+    last_error = status.receivers[0].last_error
+    assert "NAK" in last_error or "does not decrypt with our key" in last_error, last_error
     assert status.active == backup.receiver().name
 
 
