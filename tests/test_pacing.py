@@ -293,7 +293,7 @@ def _pacing(**kw: object) -> dict[str, object]:
 def test_selftest_says_what_the_running_agent_measured(
     pacing: dict[str, object], ok: bool, words: str
 ) -> None:
-    from agent.box.selftest import _upload
+    from agent.box.selftest.centre import upload as _upload
 
     check = _upload({"uplink": {"pacing": pacing}})
     assert check.name == "upload" and check.ok is ok and words in check.detail

@@ -4,24 +4,22 @@ Threads, chosen over asyncio because every library at the edges is blocking or t
 (gpiozero and lgpio call back on their own threads, sqlite3 and PyAV block, paho's loop is
 select-based). Each thread owns one thing and hands work on through one queue or pipe:
 
-    buttons   button state machines; commits each alarm to the outbox (the alarm path)
+    buttons   button state machines; commits each alarm to the outbox (agent/box/alarms.py)
     uplink    the paho client; drains the outbox by priority; deletes on PUBACK
     dc09      with a dc09 section: the DC-09 transmitter; drains its own rows (agent/box/dc09.py)
-    camera-*  one per camera: source -> segmenter -> in-memory ring (see agent/cameras.py)
+    camera-*  one per camera: source -> segmenter -> in-memory ring (see agent/video/camera.py)
     control   the local control socket (status, simulate)
     main      signals, sd_notify READY/STATUS/WATCHDOG, health checks
 
 Every long-lived thread runs under one Supervisor and one rule (agent/supervision.py): a
 crash is logged once and the thread restarted at once; too many crashes, or a hung thread,
 end the process with status 70 for systemd to restart. The watchdog ping is sent only while
-the core threads show recent heartbeats.
+the core threads show recent heartbeats. What the box reports of itself: agent/box/status.py.
 """
 
 from __future__ import annotations
 
 import logging
-import os
-import shutil
 import signal
 import threading
 import time
@@ -31,32 +29,22 @@ from typing import Any
 from gpiozero.pins import Factory
 
 from agent import __version__
+from agent.box import status
+from agent.box.alarms import AlarmWriter, ButtonAlarms
+from agent.box.commands import CentreCommands
 from agent.box.control import ControlServer, socket_path
 from agent.box.dc09 import Dc09Path
 from agent.box.handlers import BoxCommands
+from agent.box.requests import ControlRequests
 from agent.box.walktest import WalkTest
-from agent.clock import clock_synced, rfc3339, rfc3339_or_none
-from agent.commands.keys import load_public_key
-from agent.commands.nonces import NonceStore
-from agent.commands.router import CommandRouter
-from agent.commands.verify import CommandVerifier
 from agent.config.model import Config
 from agent.delivery.framing import CHUNK_BYTES, clip_chunks, live_chunks
 from agent.delivery.outbox import Outbox
-from agent.delivery.protocol import (
-    PROTOCOL_VERSION,
-    Alarm,
-    AlarmKind,
-    Priority,
-    Status,
-    Topics,
-    dumps,
-    new_event_id,
-)
-from agent.delivery.uplink.link import LinkState, Uplink
+from agent.delivery.protocol import Topics
+from agent.delivery.uplink.connection import LinkState
+from agent.delivery.uplink.link import Uplink
 from agent.delivery.uplink.pacing import Pacer
-from agent.errors import AgentError
-from agent.hardware.buttons import ButtonBoard, ButtonEvent, make_pin_factory
+from agent.hardware.buttons import ButtonBoard, make_pin_factory
 from agent.hardware.indicators import Indicators
 from agent.sdnotify import Notifier
 from agent.supervision import Supervisor, log_thread_exceptions
@@ -94,20 +82,20 @@ class Daemon:
         self.topics = Topics(cfg.mqtt.topic_prefix, cfg.site.id)
         self.notifier = notifier or Notifier.from_env()
         self.started_at = time.time()
-        self.last_alarm: dict[str, Any] | None = None
         self._stale: list[str] = []  # core threads without a recent heartbeat, last turn
         self._last_summary = ""  # systemd's STATUS= as last sent
         self.outbox: Outbox | None = None
         self.uplink: Uplink | None = None
+        self.alarms: AlarmWriter | None = None
+        self.button_alarms: ButtonAlarms | None = None
         self.buttons: ButtonBoard | None = None
         self.control: ControlServer | None = None
         self.indicators: Indicators | None = None
-        self.router: CommandRouter | None = None
+        self.commands: CentreCommands | None = None
         self.video: Video | None = None
         self.dc09: Dc09Path | None = None
         # The alarm paths and the technician's access: the watchdog ping needs them all alive.
         self.core_threads = CORE_THREADS + (("dc09",) if cfg.dc09 else ())
-        self._nonces: NonceStore | None = None
 
     # --- lifecycle --------------------------------------------------------------------------
 
@@ -120,15 +108,15 @@ class Daemon:
         self.video = Video(self.cfg, storage, self._on_clip_segment, self.box_key)
         factory = self._pin_factory or make_pin_factory(self.cfg.gpio.backend)
         self.indicators = Indicators(self.cfg.indicators, factory)
-        self.router = self._command_router(
-            storage,
-            BoxCommands(
-                indicators=self.indicators,
-                video=self.video,
-                topics=self.topics,
-                summary=self._summary,
-                set_test_mode=self.set_test_mode,
-            ),
+        handlers = BoxCommands(
+            indicators=self.indicators,
+            video=self.video,
+            topics=self.topics,
+            summary=self._summary,
+            set_test_mode=self.set_test_mode,
+        )
+        self.commands = CentreCommands.open(
+            self.cfg, storage, handlers, self.topics, self.outbox, self.trace
         )
         self.uplink = Uplink(
             self.cfg.mqtt,
@@ -138,17 +126,38 @@ class Daemon:
             pacer=Pacer(self.cfg.uplink.max_kbps, self.cfg.uplink.auto_rate),
             on_message=self._on_message,
             on_clip_receipt=self.video.release,
-            subscriptions=(self.topics.cmd,) if self.router else (),
+            subscriptions=(self.topics.cmd,) if self.commands else (),
             tracer=self.trace,
         )
-        self.buttons = ButtonBoard(self.cfg.buttons, factory, self._on_button)
-        self.control = ControlServer(socket_path(storage), self._on_control)
+        self.alarms = AlarmWriter(self.cfg, self.topics, self.outbox, self.uplink.wake)
         if self.cfg.dc09 is not None:
-            self.dc09 = Dc09Path(self.cfg, self.cfg.dc09.settings, self.outbox, self._box_alarm)
+            self.dc09 = Dc09Path(
+                self.cfg, self.cfg.dc09.settings, self.outbox, self.alarms.box_alarm
+            )
+        self.button_alarms = ButtonAlarms(
+            self.cfg,
+            self.alarms,
+            self.uplink.wake,
+            walk_test=self.walk_test,
+            dc09=self.dc09,
+            indicators=self.indicators,
+            video=self.video,
+            tracer=self.trace,
+        )
+        self.buttons = ButtonBoard(self.cfg.buttons, factory, self.button_alarms.on_event)
+        requests = ControlRequests(
+            status=self.status,
+            buttons=self.buttons,
+            indicators=self.indicators,
+            supervisor=self.supervisor,
+            set_test_mode=self.set_test_mode,
+            simulated=self.cfg.gpio.backend == "mock",
+        )
+        self.control = ControlServer(socket_path(storage), requests.handle)
         self.indicators.start()
         self.video.start(self.supervisor)
         if self.outbox.recovered_from is not None:
-            self._system_fault(
+            self.alarms.fault(
                 f"the outbox was corrupt and was replaced (kept as "
                 f"{self.outbox.recovered_from.name}): alarms queued in it may "
                 "not have been sent"
@@ -182,8 +191,8 @@ class Daemon:
                 part.stop()
         if self.outbox is not None:
             self.outbox.close()
-        if self._nonces is not None:
-            self._nonces.close()
+        if self.commands is not None:
+            self.commands.close()
         log.info("agent stopped")
 
     def run(self) -> int:
@@ -242,74 +251,13 @@ class Daemon:
     def healthy(self) -> bool:
         return not self.supervisor.stale(HEARTBEAT_STALE_S, self.core_threads)
 
-    # --- the alarm path (runs on the buttons thread) ----------------------------------------
-
-    def _on_button(self, event: ButtonEvent) -> dict[str, Any] | None:
-        assert self.outbox is not None and self.uplink is not None
-        self.trace(Point.EDGE, event.button_id)
-        button = self.cfg.button(event.button_id)
-        test = self.walk_test.active()
-        path = self.dc09
-        dc09 = path.for_button(button, event.change, test) if path else None
-        if event.kind is None:  # a release: no alarm on MQTT, a restore on DC-09 if wanted
-            if path is not None and dc09 is not None:
-                path.add(dc09, event.wall_time)
-            return None
-        event_id = new_event_id()
-        synced = clock_synced()
-
-        def build(seq: int) -> bytes:
-            return Alarm(
-                event_id=event_id,
-                seq=seq,
-                site_id=self.cfg.site.id,
-                button_id=button.id,
-                location=button.location,
-                kind=str(event.kind),
-                pressed_at=rfc3339(event.wall_time),
-                clock_synced=synced,
-                detail=event.detail,
-                test=test,
-            ).to_json()
-
-        also = path.row(dc09, event.wall_time, event_id) if path and dc09 else None
-        seq, durable = self.outbox.add_alarm(self.topics.alarm, event_id, build, also=also)
-        self.trace(Point.COMMITTED, event_id)
-        self.uplink.wake()
-        if path is not None and also is not None:
-            path.wake()
-        if event.kind is AlarmKind.PANIC:
-            if self.indicators is not None:
-                self.indicators.alarm(event_id)
-            if self.video is not None:  # after the commit: video never delays an alarm
-                self.video.record_alarm(event_id, event.wall_time, button.id)
-        self.last_alarm = {
-            "event_id": event_id,
-            "seq": seq,
-            "button_id": button.id,
-            "kind": str(event.kind),
-            "at": rfc3339(event.wall_time),
-            "durable": durable,
-        }
-        log.warning(
-            "%s: button=%s location=%r seq=%d event_id=%s%s%s",
-            str(event.kind).upper(),
-            button.id,
-            button.location,
-            seq,
-            event_id,
-            f" detail={event.detail!r}" if event.detail else "",
-            f" dc09={dc09.kind}/{dc09.zone:03d}" if dc09 else "",
-        )
-        self.trace(Point.HANDLED, event_id)
-        return self.last_alarm
-
-    # --- clips (run on the clips thread) ----------------------------------------------------
+    # --- video (clips on the clips thread, live on a camera's) ------------------------------
 
     def _on_clip_segment(self, cs: ClipSegment) -> None:
         """A clip segment is on disk: queue its chunks, below alarms, and keep the spool in
         its budget by dropping whole clips, oldest first (never an alarm)."""
         assert self.outbox is not None and self.uplink is not None and self.video is not None
+        assert self.alarms is not None
         size = self.uplink.pacer.chunk_bytes(CHUNK_BYTES)  # smaller on a slow link
         self.outbox.add_many(clip_chunks(self.topics, cs, size, sig=self.video.signature(cs)))
         self.uplink.wake()
@@ -318,7 +266,7 @@ class Daemon:
             if oldest is None:
                 break
             self.video.release(oldest)
-            self._system_fault(
+            self.alarms.fault(
                 f"clip of alarm {oldest} dropped: the spool is over "
                 f"storage.max_gb={self.cfg.storage.max_gb}"
             )
@@ -334,111 +282,12 @@ class Daemon:
         )
         self.trace(Point.LIVE_POSTED, segment.sha256)
 
-    def _system_fault(self, detail: str) -> None:
-        """A fault of the box itself (not of a button), on the alarm topic like the others."""
-        self._box_alarm(AlarmKind.FAULT, detail)
-        log.error("FAULT: %s", detail)
-
-    def _box_alarm(self, kind: AlarmKind, detail: str) -> None:
-        """An alarm about the box itself (any thread), logged by the caller."""
-        assert self.outbox is not None and self.uplink is not None
-        event_id = new_event_id()
-        now = time.time()
-
-        def build(seq: int) -> bytes:
-            return Alarm(
-                event_id=event_id,
-                seq=seq,
-                site_id=self.cfg.site.id,
-                button_id="",
-                location=self.cfg.site.name,
-                kind=str(kind),
-                pressed_at=rfc3339(now),
-                clock_synced=clock_synced(),
-                detail=detail,
-            ).to_json()
-
-        self.outbox.add_alarm(self.topics.alarm, event_id, build)
-        self.uplink.wake()
-
-    # --- commands from the centre (run on the uplink thread) -------------------------------
-
-    def _command_router(self, storage: Path, handlers: BoxCommands) -> CommandRouter | None:
-        """Commands only with the centre's public key; a box that cannot verify obeys nothing."""
-        key_file = self.cfg.commands.public_key_file
-        if key_file is None:
-            log.info("commands disabled: no commands.public_key_file in the config")
-            return None
-        try:
-            self._nonces = NonceStore.open(storage / "nonces.db")
-            verifier = CommandVerifier(load_public_key(key_file), self.cfg.site.id, self._nonces)
-        except AgentError as exc:
-            log.error("commands disabled: %s", exc)
-            return None
-        return CommandRouter(verifier, handlers.specs())
-
     def _on_message(self, topic: str, payload: bytes) -> None:
-        if topic != self.topics.cmd or self.router is None:
-            return
-        assert self.outbox is not None and self.uplink is not None
-        self.trace(Point.COMMAND, "")
-        reply = self.router.respond(payload)
-        self.trace(Point.APPLIED, reply.command_id or "")
-        if reply.authenticated and reply.command_id is not None:
-            self.outbox.add(
-                Priority.CONTROL,
-                self.topics.cmd_result,
-                f"result/{reply.command_id}",
-                reply.payload,
-            )
-            self.uplink.wake()
-        else:
-            self.uplink.post_transient(self.topics.cmd_result, reply.payload)
+        """What the uplink receives besides receipts and presence: the centre's commands."""
+        if self.commands is not None and self.uplink is not None:
+            self.commands.on_message(self.uplink, topic, payload)
 
-    # --- control and status -----------------------------------------------------------------
-
-    def _on_control(self, req: dict[str, Any]) -> dict[str, Any]:
-        match req.get("cmd"):
-            case "status":
-                return {"ok": True, "status": self.status()}
-            case "simulate":
-                assert self.buttons is not None
-                action = req.get("action")
-                if action not in ("press", "release"):
-                    raise AgentError("simulate needs action 'press' or 'release'")
-                events = self.buttons.simulate(str(req.get("button")), action == "press")
-                return {"ok": True, "events": events}
-            case "indicator_reset":
-                assert self.indicators is not None
-                self.indicators.reset()
-                return {"ok": True, "status": self.status()}
-            case "inject":
-                self._inject(req)
-                return {"ok": True, "status": self.status()}
-            case "test_mode":
-                minutes = req.get("minutes", 30)
-                if req.get("on") is not True:
-                    self.set_test_mode(None)
-                elif not isinstance(minutes, int):
-                    raise AgentError("test mode needs a whole number of minutes")
-                else:
-                    try:
-                        self.set_test_mode(minutes)
-                    except ValueError as exc:  # the walk test's own limit
-                        raise AgentError(str(exc)) from exc
-                return {"ok": True, "status": self.status()}
-            case other:
-                raise AgentError(f"unknown control command {other!r}")
-
-    def _inject(self, req: dict[str, Any]) -> None:
-        """The test seam for crash-only threads: crash or hang a thread, like a bug would.
-        Only in the simulated school, as ``simulate``: a real box never takes it."""
-        if self.cfg.gpio.backend != "mock":
-            raise AgentError("inject works only in a simulated school (gpio.backend: mock)")
-        hang_s = req.get("hang_s", 0)
-        if not isinstance(hang_s, int | float) or not 0 <= hang_s <= 120:
-            raise AgentError("hang_s is 0 to 120 seconds")
-        self.supervisor.inject(str(req.get("thread")), hang_s=float(hang_s))
+    # --- test mode -------------------------------------------------------------------------
 
     def set_test_mode(self, minutes: int | None) -> str | None:
         """A walk test for ``minutes`` (None: off): alarms carry ``test: true`` meanwhile; it
@@ -450,85 +299,22 @@ class Daemon:
             self.walk_test.start(minutes)
         if self.dc09 is not None and was_on != self.walk_test.active():
             self.dc09.test_mode(not was_on)
-        until = self._test_mode_until()
+        until = status.test_mode_until(self.walk_test)
         log.warning("test mode %s", f"ON until {until}" if until else "OFF")
         if self.uplink is not None:
             self.uplink.post_latest(self.topics.status, self._status_payload("online", ""))
         return until
 
-    def health_payload(self) -> bytes:
-        heads = self.video.chain_heads() if self.video else {}
-        return dumps(
-            {
-                **self.status(),
-                "chain_heads": heads,
-                "at": rfc3339(time.time()),
-                "v": PROTOCOL_VERSION,
-            }
-        )
+    # --- what the box says about itself (agent/box/status.py) -------------------------------
 
     def status(self) -> dict[str, Any]:
-        assert self.outbox is not None and self.uplink is not None and self.buttons is not None
-        storage = Path(self.cfg.storage.path)
-        disk = shutil.disk_usage(storage)
-        return {
-            "site_id": self.cfg.site.id,
-            "version": __version__,
-            "pid": os.getpid(),
-            "uptime_s": round(time.time() - self.started_at, 1),
-            "thread_crashes": self.supervisor.status(),
-            "clock_synced": clock_synced(),
-            "uplink": {
-                "state": str(self.uplink.state),
-                "last_error": self.uplink.last_error,
-                "sent": self.uplink.sent,
-                "failures": self.uplink.failures,
-                "last_ack_at": rfc3339_or_none(self.uplink.last_ack_at),
-                "centre": {True: "listening", False: "NOT listening", None: "unknown"}[
-                    self.uplink.centre_present
-                ],
-                "broker": f"{self.cfg.mqtt.host}:{self.cfg.mqtt.port}",
-                "pacing": self.uplink.pacer.status(),
-            },
-            "outbox": {
-                **self.outbox.depth(),
-                "last_seq": self.outbox.last_seq(),
-                "disk_error": self.outbox.disk_error,
-            },
-            "dc09": self.dc09.status() if self.dc09 else None,
-            "last_alarm": self.last_alarm,
-            "buttons": self.buttons.snapshot(),
-            **(self.video.status() if self.video else {}),
-            "test_mode_until": self._test_mode_until(),
-            "indicator": str(self.indicators.pattern) if self.indicators else "off",
-            "disk_free_mb": disk.free // 1_000_000,
-            "cpu_temp_c": _cpu_temp(),
-        }
+        return status.status(self)
+
+    def health_payload(self) -> bytes:
+        return status.health(self)
 
     def _summary(self) -> str:
-        if self.uplink is None or self.outbox is None:
-            return "starting"
-        depth = self.outbox.depth()
-        return f"uplink {self.uplink.state}; outbox alarms={depth['alarm']} clips={depth['clip']}"
+        return status.summary(self.uplink, self.outbox)
 
     def _status_payload(self, state: str, reason: str) -> bytes:
-        return Status(
-            state=state,
-            site_id=self.cfg.site.id,
-            at=rfc3339(time.time()),
-            agent_version=__version__,
-            reason=reason,
-            test_mode_until=self._test_mode_until() if state == "online" else None,
-        ).to_json()
-
-    def _test_mode_until(self) -> str | None:
-        until = self.walk_test.until_wall()
-        return rfc3339(until) if until is not None else None
-
-
-def _cpu_temp() -> float | None:
-    """The SoC temperature on a Pi (a hot box in a cupboard throttles, then fails)."""
-    try:
-        return int(Path("/sys/class/thermal/thermal_zone0/temp").read_text()) / 1000
-    except (OSError, ValueError):
-        return None
+        return status.status_message(self.cfg, self.walk_test, state, reason)

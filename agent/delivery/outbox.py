@@ -13,7 +13,8 @@ Alarms take one more step, because a PUBACK proves only that the broker has them
                                         a centre listens)
     DELIVERED  --the centre's receipt-->  DONE (row deleted)
 
-SQLite choices, each deliberate (the file is opened by agent/db.py, like every other):
+SQLite choices, each deliberate (the file is opened by agent/db.py, like every other; the
+statements are in agent/delivery/rows.py):
 - WAL with ``synchronous=FULL``: a committed alarm survives power loss (NORMAL may drop the
   last commits). One alarm costs one WAL fsync; the bench shows it fits the 10 ms budget.
 - A corrupt file is moved aside and a clean one started: losing what it held is bad, but an
@@ -23,8 +24,7 @@ SQLite choices, each deliberate (the file is opened by agent/db.py, like every o
 - ``seq`` is allocated in the same transaction as the alarm row, so the persisted counter and
   the stored alarms can never disagree after a crash.
 - When the disk refuses a write (full, read-only, failing card), an alarm is kept in memory
-  and still sent: a broken disk must never silence a button. Such alarms have negative ids
-  and continue the seq from the last one the disk knows.
+  and still sent (agent/delivery/held.py): a broken disk must never silence a button.
 - Rows are ordered by (priority, id): id is AUTOINCREMENT, never reused, so FIFO within a class
   holds across restarts, and nothing depends on the wall clock (which jumps on a Pi at NTP sync).
 - The DC-09 path keeps its own rows in the same file, in a table of its own (``dc09``, read
@@ -38,30 +38,21 @@ SQLite choices, each deliberate (the file is opened by agent/db.py, like every o
 from __future__ import annotations
 
 import contextlib
-import itertools
 import logging
 import sqlite3
 import threading
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol, TypeVar
+from typing import Protocol, TypeVar
 
 from agent.db import Sync, open_db, relaxed
+from agent.delivery import rows as sql
+from agent.delivery.held import MemoryHold
 from agent.delivery.protocol import Priority
-from agent.delivery.rows import (
-    BlobRef,
-    Message,
-    RowState,
-    insert,
-    read_blob,
-    read_seq,
-    read_seq_of,
-    setup,
-)
+from agent.delivery.rows import BlobRef, Message, RowState
 from agent.errors import OutboxError
 
-__all__ = ["BlobRef", "Message", "Outbox", "RowState"]
+__all__ = ["BlobRef", "Companion", "Message", "Outbox", "RowState"]
 
 log = logging.getLogger("agent.outbox")
 
@@ -82,14 +73,6 @@ class Companion(Protocol):
         """The disk refused the transaction: keep the row in memory."""
 
 
-@dataclass
-class _Held:
-    """An alarm the disk refused, kept in memory through the same states as a row."""
-
-    msg: Message
-    state: RowState = RowState.READY
-
-
 class Outbox:
     """Open with :meth:`open`; the constructor does no I/O so tests can pass a connection in."""
 
@@ -105,8 +88,7 @@ class Outbox:
         # Guards _conn, _memory and _last_seq. Held for one short transaction at a time and
         # never while calling out of this class.
         self._lock = threading.Lock()
-        self._memory: list[_Held] = []  # alarms the disk refused, in seq order
-        self._memory_ids = itertools.count(-1, -1)
+        self._memory = MemoryHold()  # alarms the disk refused
         # The highest seq handed out, by the disk or from memory: seq never repeats in a run,
         # whatever the disk does, and the disk's counter resumes above it.
         self._last_seq = last_seq
@@ -120,7 +102,7 @@ class Outbox:
         """Open or create the outbox; a corrupt one is moved aside (``recovered_from``)."""
         opened = open_db(
             path,
-            setup,
+            sql.setup,
             what="outbox",
             sync=Sync.FULL,
             private=True,
@@ -128,7 +110,7 @@ class Outbox:
             error=OutboxError,
         )
         conn, aside = opened.conn, opened.quarantined
-        last = max(read_seq(conn), read_seq_of(aside) if aside else 0)
+        last = max(sql.read_seq(conn), sql.read_seq_of(aside) if aside else 0)
         if aside is not None:  # seq goes on from the broken file's, so the centre sees a gap
             with conn:
                 conn.execute("UPDATE meta SET value = ? WHERE name = 'seq'", (last,))
@@ -151,14 +133,8 @@ class Outbox:
         """
 
         def tx(conn: sqlite3.Connection) -> int:
-            row = conn.execute(
-                "UPDATE meta SET value = value + 1 WHERE name = 'seq' RETURNING value"
-            ).fetchone()
-            seq = int(row[0])
-            if seq <= self._last_seq:  # the disk is back after alarms held in memory
-                seq = self._last_seq + 1
-                conn.execute("UPDATE meta SET value = ? WHERE name = 'seq'", (seq,))
-            insert(conn, Priority.ALARM, topic, key, build(seq), qos=1, retain=False, seq=seq)
+            seq = sql.next_seq(conn, self._last_seq)
+            sql.insert(conn, Priority.ALARM, topic, key, build(seq), qos=1, retain=False, seq=seq)
             if also is not None:
                 also.insert(conn)
             return seq
@@ -169,7 +145,7 @@ class Outbox:
                 also.committed()
 
         try:
-            seq = self._write(tx, committed=committed)
+            seq = self.transaction(tx, committed=committed)
         except OutboxError as exc:
             seq = self._hold_in_memory(topic, key, build, exc)
             if also is not None:
@@ -186,20 +162,7 @@ class Outbox:
         with self._lock:
             self._last_seq += 1
             seq = self._last_seq
-            self._memory.append(
-                _Held(
-                    Message(
-                        next(self._memory_ids),
-                        Priority.ALARM,
-                        topic,
-                        key,
-                        1,
-                        False,
-                        build(seq),
-                        seq,
-                    )
-                )
-            )
+            self._memory.add(topic, key, build(seq), seq)
         return seq
 
     def add(
@@ -214,60 +177,35 @@ class Outbox:
         blob: BlobRef | None = None,
     ) -> bool:
         """Queue one message; False when one with this key is already queued (a retry)."""
-        return self._write(
-            lambda conn: insert(conn, priority, topic, key, payload, qos, retain, blob)
+        return self.transaction(
+            lambda conn: sql.insert(conn, priority, topic, key, payload, qos, retain, blob)
         )
 
     def add_many(self, rows: Iterable[tuple[Priority, str, str, bytes, BlobRef | None]]) -> int:
         """Queue many messages (a segment's chunks) in one transaction and one sync."""
 
         def tx(conn: sqlite3.Connection) -> int:
-            return sum(insert(conn, p, t, k, b, 1, False, blob) for p, t, k, b, blob in rows)
+            return sum(sql.insert(conn, p, t, k, b, 1, False, blob) for p, t, k, b, blob in rows)
 
-        return self._write(tx)
+        return self.transaction(tx)
 
     def ack(self, message_id: int) -> None:
         """The broker has it: forget it. A crash before this commits only causes a resend."""
         if message_id < 0:
             with self._lock:
-                self._memory = [h for h in self._memory if h.msg.id != message_id]
+                self._memory.forget(message_id)
             return
-        self._write(
-            lambda conn: conn.execute("DELETE FROM messages WHERE id = ?", (message_id,)),
-            durable=False,
-        )
+        self.ack_many([message_id])
 
     def ack_many(self, message_ids: list[int]) -> None:
         """Forget many acknowledged messages in one commit (video: one fsync per batch)."""
-        self._write(
-            lambda conn: conn.executemany(
-                "DELETE FROM messages WHERE id = ?", [(i,) for i in message_ids]
-            ),
-            durable=False,
-        )
+        self.transaction(lambda conn: sql.delete(conn, message_ids), durable=False)
 
     def drop_oldest_clip(self, keep: str) -> str | None:
         """Drop every queued chunk of the oldest clip queued before ``keep`` (the one being
         recorded); returns its event id, or None when no older clip is left. Only older ones:
         clips recorded at the same time must not drop each other in turn."""
-
-        def tx(conn: sqlite3.Connection) -> str | None:
-            row = conn.execute(
-                "SELECT key FROM messages WHERE priority = ? AND id < "
-                "(SELECT COALESCE(MIN(id), 0) FROM messages WHERE key LIKE ?) "
-                "ORDER BY id LIMIT 1",
-                (int(Priority.CLIP), f"{keep}/%"),
-            ).fetchone()
-            if row is None:
-                return None
-            event_id = str(row[0]).split("/", 1)[0]
-            conn.execute(
-                "DELETE FROM messages WHERE priority = ? AND key LIKE ?",
-                (int(Priority.CLIP), f"{event_id}/%"),
-            )
-            return event_id
-
-        return self._write(tx)
+        return self.transaction(lambda conn: sql.drop_oldest_clip(conn, keep))
 
     # --- reading ----------------------------------------------------------------------------
 
@@ -279,28 +217,17 @@ class Outbox:
 
         A disk that fails to read does not stop the alarms held in memory."""
         skip = sorted(exclude)
-        marks = ",".join("?" * len(skip))
-        sql = (
-            "SELECT id, priority, topic, key, qos, retain, payload, blob_path, blob_off, blob_len, "
-            "seq FROM messages WHERE state = ? AND priority <= ? "
-            f"{f'AND id NOT IN ({marks})' if skip else ''} "
-            "ORDER BY priority, seq, id LIMIT ?"
-        )
         with self._lock:
-            memory = [
-                h.msg for h in self._memory if h.state is RowState.READY and h.msg.id not in skip
-            ]
+            memory = self._memory.ready(skip)
             try:
-                rows = self._conn.execute(
-                    sql, (RowState.READY, int(max_priority), *skip, limit)
-                ).fetchall()
+                found = sql.ready(self._conn, skip, limit, max_priority)
             except sqlite3.Error as exc:
                 log.error("cannot read the outbox (%s); sending what memory holds", exc)
-                rows = []
+                found = []
         out: list[Message] = []
-        for mid, prio, topic, key, qos, retain, payload, bpath, boff, blen, seq in rows:
+        for mid, prio, topic, key, qos, retain, payload, bpath, boff, blen, seq in found:
             if bpath is not None:
-                body = read_blob(BlobRef(Path(bpath), boff, blen))
+                body = sql.read_blob(BlobRef(Path(bpath), boff, blen))
                 if body is None:
                     log.error("clip chunk %s lost its spool file %s; dropping it", key, bpath)
                     self.ack(mid)
@@ -318,19 +245,19 @@ class Outbox:
         """Messages waiting per class, by class name, and alarms awaiting the centre's receipt."""
         counts = {p.name.lower(): 0 for p in Priority} | {"unconfirmed": 0}
         with self._lock:
-            for held in self._memory:
-                counts["alarm" if held.state is RowState.READY else "unconfirmed"] += 1
+            counts["alarm"], counts["unconfirmed"] = self._memory.counts()
             try:
-                rows = self._conn.execute(
-                    "SELECT priority, state, COUNT(*) FROM messages GROUP BY priority, state"
-                ).fetchall()
+                found = sql.counts(self._conn)
             except sqlite3.Error as exc:  # status must answer even when the card is failing
                 self.disk_error = f"cannot read the outbox: {exc}"
                 return counts
-        for prio, state, n in rows:
+        for prio, state, n in found:
             ready = RowState(state) is RowState.READY
-            counts[Priority(prio).name.lower() if ready else "unconfirmed"] += int(n)
+            counts[Priority(prio).name.lower() if ready else "unconfirmed"] += n
         return counts
+
+    def last_seq(self) -> int:
+        return self._last_seq
 
     # --- end-to-end confirmation ------------------------------------------------------------
 
@@ -338,65 +265,34 @@ class Outbox:
         """The broker has the alarm; keep it until the centre confirms it."""
         if message_id < 0:  # held in memory: it waits for the receipt there
             with self._lock:
-                for held in self._memory:
-                    if held.msg.id == message_id:
-                        held.state = RowState.DELIVERED
+                self._memory.mark_delivered(message_id)
             return
-        self._write(
-            lambda conn: conn.execute(
-                "UPDATE messages SET state = ? WHERE id = ?", (RowState.DELIVERED, message_id)
-            ),
-            durable=False,
-        )
+        self.transaction(lambda conn: sql.mark_delivered(conn, message_id), durable=False)
 
     def delivered(self) -> list[int]:
         """Alarms awaiting a receipt, oldest first (after a restart, to resend them)."""
         with self._lock:
-            held = [h.msg.id for h in self._memory if h.state is RowState.DELIVERED]
-            rows = self._read(
-                "SELECT id FROM messages WHERE state = ? ORDER BY seq, id", RowState.DELIVERED
-            )
-        return [int(r[0]) for r in rows] + held
+            held = self._memory.delivered()
+            return self._read(sql.delivered) + held
 
     def get(self, message_id: int) -> Message | None:
         """One stored message by id, whatever its state (for a resend)."""
         with self._lock:
-            for held in self._memory:
-                if held.msg.id == message_id:
-                    return held.msg
-            rows = self._read(
-                "SELECT id, priority, topic, key, qos, retain, payload, seq "
-                "FROM messages WHERE id = ?",
-                message_id,
-            )
-        if not rows:
-            return None
-        mid, prio, topic, key, qos, retain, payload, seq = rows[0]
-        return Message(mid, Priority(prio), topic, key, qos, bool(retain), bytes(payload), seq)
+            held = self._memory.get(message_id)
+            return held if held is not None else self._read(lambda c: sql.get(c, message_id))
 
     def confirm(self, keys: Iterable[str]) -> list[int]:
         """The centre has these (by event_id): forget them. Returns the ids removed."""
         wanted = list(keys)
         with self._lock:
-            gone = [h.msg.id for h in self._memory if h.msg.key in wanted]
-            self._memory = [h for h in self._memory if h.msg.key not in wanted]
+            gone = self._memory.confirm(wanted)
+        return gone + (
+            self.transaction(lambda conn: sql.confirm(conn, wanted), durable=False)
+            if wanted
+            else []
+        )
 
-        def tx(conn: sqlite3.Connection) -> list[int]:
-            removed = []
-            for key in wanted:
-                row = conn.execute(
-                    "DELETE FROM messages WHERE key = ? RETURNING id", (key,)
-                ).fetchone()
-                if row is not None:
-                    removed.append(int(row[0]))
-            return removed
-
-        return gone + (self._write(tx, durable=False) if wanted else [])
-
-    def last_seq(self) -> int:
-        return self._last_seq
-
-    # --- for another path's rows (agent/delivery/dc09_queue.py) -----------------------------
+    # --- one transaction or read at a time (also for dc09_queue.py's rows) ------------------
 
     def transaction(
         self,
@@ -405,45 +301,10 @@ class Outbox:
         durable: bool = True,
         committed: Callable[[T], None] | None = None,
     ) -> T:
-        """One transaction on the outbox's connection, under its lock (see :meth:`_write`)."""
-        return self._write(tx, durable, committed)
-
-    def query(self, read: Callable[[sqlite3.Connection], T]) -> T:
-        """Reads under the lock; a failing disk becomes an OutboxError."""
-        with self._lock:
-            try:
-                return read(self._conn)
-            except sqlite3.Error as exc:
-                raise OutboxError(
-                    f"cannot read the outbox ({exc}): the disk at {self.path.parent} may be failing"
-                ) from exc
-
-    def integrity_ok(self) -> bool:
-        with self._lock:
-            [(result,)] = self._read("PRAGMA integrity_check")
-        return bool(result == "ok")
-
-    # --- internals --------------------------------------------------------------------------
-
-    def _read(self, sql: str, *args: object) -> list[tuple[Any, ...]]:
-        """A query under the caller's lock; a failing disk becomes an OutboxError."""
-        try:
-            return self._conn.execute(sql, args).fetchall()
-        except sqlite3.Error as exc:
-            raise OutboxError(
-                f"cannot read the outbox ({exc}): the disk at {self.path.parent} may be failing"
-            ) from exc
-
-    def _write(
-        self,
-        tx: Callable[[sqlite3.Connection], T],
-        durable: bool = True,
-        committed: Callable[[T], None] | None = None,
-    ) -> T:
-        """One transaction. ``durable=False`` is for bookkeeping whose loss on power failure
-        only causes a resend (acks, receipts): it commits without an fsync of its own, so an
-        alarm's commit never waits behind one. The next durable commit syncs it anyway.
-        ``committed`` runs after the commit, still under the lock."""
+        """One transaction under the lock. ``durable=False`` is for bookkeeping whose loss on
+        power failure only causes a resend (acks, receipts): it commits without an fsync of
+        its own, so an alarm's commit never waits behind one. The next durable commit syncs it
+        anyway. ``committed`` runs after the commit, still under the lock."""
         with self._lock:
             try:
                 level = contextlib.nullcontext() if durable else relaxed(self._conn)
@@ -457,3 +318,21 @@ class Outbox:
                     f"outbox write failed ({exc}): the disk at {self.path.parent} may be full, "
                     "read-only or failing"
                 ) from exc
+
+    def query(self, read: Callable[[sqlite3.Connection], T]) -> T:
+        """Reads under the lock; a failing disk becomes an OutboxError."""
+        with self._lock:
+            return self._read(read)
+
+    def _read(self, read: Callable[[sqlite3.Connection], T]) -> T:
+        """:meth:`query` under the caller's lock."""
+        try:
+            return read(self._conn)
+        except sqlite3.Error as exc:
+            raise OutboxError(
+                f"cannot read the outbox ({exc}): the disk at {self.path.parent} may be failing"
+            ) from exc
+
+    def integrity_ok(self) -> bool:
+        [(result,)] = self.query(lambda conn: conn.execute("PRAGMA integrity_check").fetchall())
+        return bool(result == "ok")

@@ -1,7 +1,8 @@
-"""The outbox file: its schema, its row types, and the statements on single rows.
+"""The outbox file: its schema, its row types, and its statements.
 
-Split from agent/delivery/outbox.py (which keeps the queue's logic: seq, memory hold, order,
-acknowledgement) so that each module stays readable. Why each SQLite choice: outbox.py.
+Each statement is a function of a connection, run by agent/delivery/outbox.py inside its lock
+and its transaction (which keeps the queue's logic: seq, memory hold, order, acknowledgement,
+and turns a failing disk into an OutboxError). Why each SQLite choice: outbox.py.
 """
 
 from __future__ import annotations
@@ -9,8 +10,10 @@ from __future__ import annotations
 import enum
 import logging
 import sqlite3
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from agent.delivery.protocol import Priority
 
@@ -143,3 +146,94 @@ def read_blob(ref: BlobRef) -> bytes | None:
     except OSError:
         return None
     return data if len(data) == ref.length else None
+
+
+def next_seq(conn: sqlite3.Connection, floor: int) -> int:
+    """Allocate the next alarm's seq, above ``floor`` (the last one handed out in this run)."""
+    row = conn.execute(
+        "UPDATE meta SET value = value + 1 WHERE name = 'seq' RETURNING value"
+    ).fetchone()
+    seq = int(row[0])
+    if seq <= floor:  # the disk is back after alarms held in memory
+        seq = floor + 1
+        conn.execute("UPDATE meta SET value = ? WHERE name = 'seq'", (seq,))
+    return seq
+
+
+def delete(conn: sqlite3.Connection, ids: Iterable[int]) -> None:
+    conn.executemany("DELETE FROM messages WHERE id = ?", [(i,) for i in ids])
+
+
+def drop_oldest_clip(conn: sqlite3.Connection, keep: str) -> str | None:
+    """Delete every chunk of the oldest clip queued before clip ``keep``; its event id."""
+    row = conn.execute(
+        "SELECT key FROM messages WHERE priority = ? AND id < "
+        "(SELECT COALESCE(MIN(id), 0) FROM messages WHERE key LIKE ?) "
+        "ORDER BY id LIMIT 1",
+        (int(Priority.CLIP), f"{keep}/%"),
+    ).fetchone()
+    if row is None:
+        return None
+    event_id = str(row[0]).split("/", 1)[0]
+    conn.execute(
+        "DELETE FROM messages WHERE priority = ? AND key LIKE ?",
+        (int(Priority.CLIP), f"{event_id}/%"),
+    )
+    return event_id
+
+
+def ready(
+    conn: sqlite3.Connection, skip: list[int], limit: int, max_priority: Priority
+) -> list[tuple[Any, ...]]:
+    """The first ``limit`` READY rows at or above ``max_priority`` but ``skip``, in send order:
+    (id, priority, topic, key, qos, retain, payload, blob_path, blob_off, blob_len, seq)."""
+    marks = ",".join("?" * len(skip))
+    sql = (
+        "SELECT id, priority, topic, key, qos, retain, payload, blob_path, blob_off, blob_len, "
+        "seq FROM messages WHERE state = ? AND priority <= ? "
+        f"{f'AND id NOT IN ({marks})' if skip else ''} "
+        "ORDER BY priority, seq, id LIMIT ?"
+    )
+    return conn.execute(sql, (RowState.READY, int(max_priority), *skip, limit)).fetchall()
+
+
+def counts(conn: sqlite3.Connection) -> list[tuple[int, int, int]]:
+    """(priority, state, rows) for each pair that has rows."""
+    rows = conn.execute(
+        "SELECT priority, state, COUNT(*) FROM messages GROUP BY priority, state"
+    ).fetchall()
+    return [(int(p), int(s), int(n)) for p, s, n in rows]
+
+
+def mark_delivered(conn: sqlite3.Connection, message_id: int) -> None:
+    conn.execute("UPDATE messages SET state = ? WHERE id = ?", (RowState.DELIVERED, message_id))
+
+
+def delivered(conn: sqlite3.Connection) -> list[int]:
+    """The alarms waiting for the centre's receipt, oldest first."""
+    rows = conn.execute(
+        "SELECT id FROM messages WHERE state = ? ORDER BY seq, id", (RowState.DELIVERED,)
+    ).fetchall()
+    return [int(r[0]) for r in rows]
+
+
+def get(conn: sqlite3.Connection, message_id: int) -> Message | None:
+    """One message by id, whatever its state; its stored payload (not a clip chunk's body)."""
+    row = conn.execute(
+        "SELECT id, priority, topic, key, qos, retain, payload, seq FROM messages WHERE id = ?",
+        (message_id,),
+    ).fetchone()
+    if row is None:
+        return None
+    mid, prio, topic, key, qos, retain, payload, seq = row
+    return Message(mid, Priority(prio), topic, key, qos, bool(retain), bytes(payload), seq)
+
+
+def confirm(conn: sqlite3.Connection, keys: Iterable[str]) -> list[int]:
+    """Delete the messages with these keys; the ids deleted."""
+    removed = []
+    for key in keys:
+        row = conn.execute("DELETE FROM messages WHERE key = ? RETURNING id", (key,)).fetchone()
+        if row is not None:
+            removed.append(int(row[0]))
+    return removed
