@@ -4,10 +4,11 @@
     sudo .venv/bin/python -m bench.uplink --quick    # 3 links, 3 senders, reno only (~6 min)
     sudo .venv/bin/python -m bench.uplink --json     # the same figures, machine-readable
 
-Needs root (network namespaces, veth, tc). Three private namespaces, as in a school:
+Needs root (network namespaces, veth, tc). Three private namespaces, as in a school
+(agent/testing/netns.py: ``NetLab(router=True)``):
 
     box (the agent)  --veth--  rt (the modem: tbf)  --veth--  srv (Mosquitto, probe)
-      10.214.K.1/30        10.214.K.2/30  10.214.K.5/30              10.214.K.6/30
+      10.213.K.1/30        10.213.K.2/30  10.213.K.5/30              10.213.K.6/30
 
 The bottleneck and its buffer are in the router, not on the box's own interface: a school's
 box has a fast NIC and the slow link is the modem's. Only addresses inside these namespaces
@@ -78,7 +79,7 @@ from agent.delivery.protocol import Alarm, Topics
 from agent.delivery.uplink.link import LinkState
 from agent.delivery.uplink.pacing import Pacer
 from agent.sdnotify import Notifier
-from agent.testing.netns import MQTT_PORT, NsBroker, enter_netns, run_in_netns, sh
+from agent.testing.netns import MQTT_PORT, NetLab, enter_netns, run_in_netns
 from agent.testing.site import KEEPALIVE_S, agent_logs_to, school_config
 from agent.testing.stats import machine_context, percentile
 from agent.video.clips import ClipSegment
@@ -135,165 +136,26 @@ STEP = Link("4 -> 0.5 -> 4 Mbit/s, 1000 ms", 4000, 1000, ((10.0, 500), (30.0, 40
 
 # --- the network ------------------------------------------------------------------------------
 
+CUTS = {"wan-down": "down", "blackhole": "blackhole"}  # the report's names for NetLab's cuts
 
-class Topology:
-    """box -- rt (tbf) -- srv, three namespaces; see the module docstring."""
 
-    def __init__(self, workdir: Path, cc: str) -> None:
-        pid = os.getpid()
-        self.box, self.rt, self.srv = (f"ubench-{pid}-{n}" for n in ("box", "rt", "srv"))
-        k = pid % 250 + 1
-        self.box_a, self.rt_a, self.rt_b, self.srv_b = (f"10.214.{k}.{i}" for i in (1, 2, 5, 6))
-        tag = pid % 100000
-        self.dev_box, self.dev_rt_a, self.dev_rt_b, self.dev_srv = (
-            f"u{x}{tag}" for x in ("a", "r", "s", "t")
+def network(workdir: Path, cc: str) -> NetLab:
+    """box -- rt (tbf) -- srv (agent/testing/netns.py), the box's TCP ``cc``."""
+    lab = NetLab(workdir, router=True).up()
+    # A namespace may only pick from the host's tcp_allowed_congestion_control.
+    if not lab.sysctl(lab.box, "net.ipv4.tcp_congestion_control", cc):
+        lab.close()
+        raise BenchError(
+            f"the box cannot use TCP {cc}: see /proc/sys/net/ipv4/tcp_allowed_congestion_control"
         )
-        self.cc = cc
-        self.kbit, self.queue_ms = 1000, 200
-        self.broker = NsBroker(self.srv, workdir / "broker")
+    shape(lab, 1000, 200)
+    return lab
 
-    def up(self) -> None:
-        for ns in (self.box, self.rt, self.srv):
-            sh("ip", "netns", "add", ns)
-            sh("ip", "-n", ns, "link", "set", "lo", "up")
-        sh(
-            "ip",
-            "link",
-            "add",
-            self.dev_box,
-            "netns",
-            self.box,
-            "type",
-            "veth",
-            "peer",
-            "name",
-            self.dev_rt_a,
-            "netns",
-            self.rt,
-        )
-        sh(
-            "ip",
-            "link",
-            "add",
-            self.dev_rt_b,
-            "netns",
-            self.rt,
-            "type",
-            "veth",
-            "peer",
-            "name",
-            self.dev_srv,
-            "netns",
-            self.srv,
-        )
-        for ns, dev, addr in (
-            (self.box, self.dev_box, self.box_a),
-            (self.rt, self.dev_rt_a, self.rt_a),
-            (self.rt, self.dev_rt_b, self.rt_b),
-            (self.srv, self.dev_srv, self.srv_b),
-        ):
-            sh("ip", "-n", ns, "addr", "add", f"{addr}/30", "dev", dev)
-            sh("ip", "-n", ns, "link", "set", dev, "up")
-        net = self.box_a.rsplit(".", 1)[0]
-        sh("ip", "-n", self.box, "route", "add", f"{net}.4/30", "via", self.rt_a)
-        sh("ip", "-n", self.srv, "route", "add", f"{net}.0/30", "via", self.rt_b)
-        sh("ip", "netns", "exec", self.rt, "sysctl", "-qw", "net.ipv4.ip_forward=1")
-        # A namespace may only pick from the host's tcp_allowed_congestion_control.
-        if (
-            sh(
-                "ip",
-                "netns",
-                "exec",
-                self.box,
-                "sysctl",
-                "-qw",
-                f"net.ipv4.tcp_congestion_control={self.cc}",
-                check=False,
-            ).returncode
-            != 0
-        ):
-            raise BenchError(
-                f"the box cannot use TCP {self.cc}: see "
-                "/proc/sys/net/ipv4/tcp_allowed_congestion_control"
-            )
-        self.shape(self.kbit, self.queue_ms)
-        self.broker.start()
 
-    def shape(self, kbit: int, queue_ms: int) -> None:
-        """The school's upload: ``kbit`` from the school to the centre, the modem's buffer
-        ``queue_ms`` deep at that rate."""
-        self.kbit, self.queue_ms = kbit, queue_ms
-        sh(
-            "ip",
-            "netns",
-            "exec",
-            self.rt,
-            "tc",
-            "qdisc",
-            "replace",
-            "dev",
-            self.dev_rt_b,
-            "root",
-            "tbf",
-            "rate",
-            f"{kbit}kbit",
-            "burst",
-            "4kb",
-            "latency",
-            f"{queue_ms}ms",
-        )
-
-    def down(self) -> None:
-        self.broker.kill()
-        for ns in (self.box, self.rt, self.srv):
-            sh("ip", "netns", "del", ns, check=False)
-
-    def cut(self, kind: str) -> None:
-        if kind == "wan-down":  # the router's link to the centre drops; it says so (ICMP)
-            sh("ip", "-n", self.rt, "link", "set", self.dev_rt_b, "down")
-        elif kind == "blackhole":  # every packet vanishes both ways, nobody says anything
-            for dev in (self.dev_rt_a, self.dev_rt_b):
-                sh(
-                    "ip",
-                    "netns",
-                    "exec",
-                    self.rt,
-                    "tc",
-                    "qdisc",
-                    "replace",
-                    "dev",
-                    dev,
-                    "root",
-                    "pfifo",
-                    "limit",
-                    "0",
-                )
-        else:
-            raise ValueError(kind)
-
-    def restore(self) -> None:
-        sh("ip", "-n", self.rt, "link", "set", self.dev_rt_b, "up")
-        sh(
-            "ip",
-            "netns",
-            "exec",
-            self.rt,
-            "tc",
-            "qdisc",
-            "del",
-            "dev",
-            self.dev_rt_a,
-            "root",
-            check=False,
-        )
-        self.shape(self.kbit, self.queue_ms)
-
-    def drops(self) -> int:
-        out = sh(
-            "ip", "netns", "exec", self.rt, "tc", "-s", "qdisc", "show", "dev", self.dev_rt_b
-        ).stdout
-        words = out.replace(",", " ").replace("(", " ").replace(")", " ").split()
-        return int(words[words.index("dropped") + 1]) if "dropped" in words else 0
+def shape(lab: NetLab, kbit: int, queue_ms: int) -> None:
+    """The school's upload: ``kbit`` from the school to the centre, the modem's buffer
+    ``queue_ms`` deep at that rate."""
+    lab.shape(f"{kbit}kbit", "4kb", f"{queue_ms}ms")
 
 
 # --- the centre's side ------------------------------------------------------------------------
@@ -437,9 +299,9 @@ class Presses:
     """Presses every ~0.5 s and applies the link's steps on time; the phases' windows."""
 
     def __init__(
-        self, topo: Topology, link: Link, rng: random.Random, count: int, gap_s: float
+        self, lab: NetLab, link: Link, rng: random.Random, count: int, gap_s: float
     ) -> None:
-        self.topo, self.link, self.rng, self.count, self.gap_s = topo, link, rng, count, gap_s
+        self.lab, self.link, self.rng, self.count, self.gap_s = lab, link, rng, count, gap_s
         self.phases: list[tuple[float, float, int]] = []  # (t_start, t_end, kbit)
         self.t_steps: list[float] = []
 
@@ -455,7 +317,7 @@ class Presses:
             if steps and now - t_start >= steps[0][0]:
                 self.phases.append((phase_start, now, kbit))
                 kbit = steps.pop(0)[1]
-                self.topo.shape(kbit, self.link.queue_ms)
+                shape(self.lab, kbit, self.link.queue_ms)
                 phase_start = now
                 self.t_steps.append(now)
             sent.append(press())
@@ -463,8 +325,8 @@ class Presses:
         return sent
 
 
-def measure(row: Row, topo: Topology, probe: Probe, presses: Presses, press: Any) -> None:
-    drops0 = topo.drops()
+def measure(row: Row, lab: NetLab, probe: Probe, presses: Presses, press: Any) -> None:
+    drops0 = lab.dropped()
     sent = presses.run(press)
     deadline = time.monotonic() + (WAIT_S if not row.sender.fifo else 3.0)
     for t0, eid in sent:
@@ -473,12 +335,12 @@ def measure(row: Row, topo: Topology, probe: Probe, presses: Presses, press: Any
     row.goodput = [
         probe.clip_bytes_between(a, b) / (b - a) / (kbit * 125) for a, b, kbit in presses.phases
     ]
-    row.drops = topo.drops() - drops0
+    row.drops = lab.dropped() - drops0
 
 
 def run_agent(
     row: Row,
-    topo: Topology,
+    lab: NetLab,
     probe: Probe,
     workdir: Path,
     segment: SegmentRef,
@@ -492,7 +354,7 @@ def run_agent(
         box.add_many(backlog_rows(segment, row.chunk))
     finally:
         box.close()
-    cfg = agent_config(wd, topo.srv_b, row.sender, row.link.kbit)
+    cfg = agent_config(wd, lab.b_addr, row.sender, row.link.kbit)
     ids = [b.id for b in cfg.buttons if not b.hold_s]  # a press, not a hold, raises the alarm
     daemon = Daemon(cfg, notifier=Notifier(None))
     try:
@@ -502,7 +364,7 @@ def run_agent(
         deadline = time.monotonic() + WAIT_S
         while up.state is not LinkState.ONLINE:
             if time.monotonic() > deadline:
-                raise BenchError(f"the agent did not connect to {topo.srv_b}: {up.last_error}")
+                raise BenchError(f"the agent did not connect to {lab.b_addr}: {up.last_error}")
             time.sleep(0.05)
         time.sleep(WARM_S)
         turn = iter(range(1 << 30))
@@ -516,20 +378,20 @@ def run_agent(
                 raise BenchError(f"pressing {bid} raised no alarm")
             return t0, str(events[0]["event_id"])
 
-        measure(row, topo, probe, presses, press)
+        measure(row, lab, probe, presses, press)
         row.pacing = up.pacer.status()
         for kind, hold in cuts:
-            row.restores.append(measure_restore(topo, probe, up, press, kind, hold))
+            row.restores.append(measure_restore(lab, probe, up, press, kind, hold))
     finally:
         daemon.stop()
         shutil.rmtree(wd, ignore_errors=True)
 
 
 def measure_restore(
-    topo: Topology, probe: Probe, up: Any, press: Any, kind: str, hold_s: float
+    lab: NetLab, probe: Probe, up: Any, press: Any, kind: str, hold_s: float
 ) -> dict[str, Any]:
     """Cut, press, (hold), restore: seconds from the restore to that alarm at the probe."""
-    topo.cut(kind)
+    lab.cut(CUTS[kind])
     t_cut = time.perf_counter()
     time.sleep(0.3)
     _, eid = press()
@@ -537,7 +399,7 @@ def measure_restore(
     while time.perf_counter() - t_cut < hold_s:
         reconnecting |= up.state is not LinkState.ONLINE
         time.sleep(0.05)
-    topo.restore()
+    lab.restore()
     t_up = time.perf_counter()
     t1 = probe.arrival(eid, WAIT_S)
     deadline = time.monotonic() + WAIT_S  # back to a full pipe before the next cut
@@ -552,16 +414,16 @@ def measure_restore(
     }
 
 
-def run_fifo(row: Row, topo: Topology, probe: Probe, segment: SegmentRef, presses: Presses) -> None:
+def run_fifo(row: Row, lab: NetLab, probe: Probe, segment: SegmentRef, presses: Presses) -> None:
     """The backlog, then the alarms, on one plain paho client."""
     connected = threading.Event()
     c = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="bench-fifo", protocol=mqtt.MQTTv5)
     c.on_connect = lambda *_: connected.set()
-    c.connect(topo.srv_b, 1883, keepalive=60)
+    c.connect(lab.b_addr, 1883, keepalive=60)
     c.loop_start()
     try:
         if not connected.wait(WAIT_S):
-            raise BenchError(f"the fifo client could not connect to {topo.srv_b}")
+            raise BenchError(f"the fifo client could not connect to {lab.b_addr}")
         data = segment.path.read_bytes()
         for _prio, topic, _key, header, ref in backlog_rows(segment, row.chunk):
             c.publish(
@@ -588,7 +450,7 @@ def run_fifo(row: Row, topo: Topology, probe: Probe, segment: SegmentRef, presse
             c.publish("schools/bas-school/alarm", payload, qos=1)
             return t0, eid
 
-        measure(row, topo, probe, presses, press)
+        measure(row, lab, probe, presses, press)
     finally:
         c.disconnect()
         c.loop_stop()
@@ -814,22 +676,21 @@ def run_pass(
     rng: random.Random,
     args: argparse.Namespace,
 ) -> list[dict[str, Any]]:
-    """Every link and sender on one topology whose box uses TCP ``cc``."""
-    topo = Topology(workdir, cc)
+    """Every link and sender on one network whose box uses TCP ``cc``."""
+    lab = network(workdir, cc)
     probe: Probe | None = None
     out: list[dict[str, Any]] = []
     try:
-        topo.up()
-        enter_netns(topo.box)  # this thread and every thread it starts: the agent's side
-        probe = Probe(topo.broker.port)
-        run_in_netns(topo.srv, probe.start)  # the probe's loop thread lives in srv
+        enter_netns(lab.box)  # this thread and every thread it starts: the agent's side
+        probe = Probe(lab.broker.port)
+        run_in_netns(lab.srv, probe.start)  # the probe's loop thread lives in srv
         for link in links:
             for sender in senders:
-                topo.shape(link.kbit, link.queue_ms)
+                shape(lab, link.kbit, link.queue_ms)
                 chunk = agent_chunk(link) if sender.auto and not sender.fifo else CHUNK_BYTES
                 row = Row(cc, link, sender, chunk)
                 presses = Presses(
-                    topo, link, rng, args.presses, args.gap_s / 2 if link.steps else args.gap_s
+                    lab, link, rng, args.presses, args.gap_s / 2 if link.steps else args.gap_s
                 )
                 cuts = (
                     [("wan-down", 3.0), ("wan-down", 8.0), ("wan-down", 12.0), ("blackhole", 12.0)]
@@ -841,9 +702,9 @@ def run_pass(
                     else []
                 )
                 if sender.fifo:
-                    run_fifo(row, topo, probe, segment, presses)
+                    run_fifo(row, lab, probe, segment, presses)
                 else:
-                    run_agent(row, topo, probe, workdir, segment, presses, cuts)
+                    run_agent(row, lab, probe, workdir, segment, presses, cuts)
                 out.append(summarise(row, presses.t_steps))
                 print(
                     f"uplink: {cc} {link.name} {sender.name}: "
@@ -854,7 +715,7 @@ def run_pass(
     finally:
         if probe is not None:
             probe.stop()
-        topo.down()
+        lab.close()
     return out
 
 

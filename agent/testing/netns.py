@@ -40,6 +40,12 @@ def sh(*cmd: str, check: bool = True, timeout: float = 20) -> subprocess.Complet
     return r
 
 
+def run(line: str, ns: str | None = None, check: bool = True) -> subprocess.CompletedProcess[str]:
+    """A command line, its words split on spaces (no name or address here has one); with
+    ``ns``, run inside that namespace (``ip netns exec``)."""
+    return sh(*(("ip", "netns", "exec", ns) if ns else ()), *line.split(), check=check)
+
+
 def enter_netns(name: str | None) -> None:
     """Move the CALLING THREAD into a named network namespace (setns(2) is per thread).
 
@@ -94,10 +100,10 @@ class NsBroker(Mosquitto):
 
 
 def _reap_stale_namespaces() -> None:
-    for line in sh("ip", "netns", "list", check=False).stdout.splitlines():
+    for line in run("ip netns list", check=False).stdout.splitlines():
         m = re.match(r"(lab-(\d+)-\d+-\w+)", line)
         if m and not Path(f"/proc/{m.group(2)}").exists():
-            sh("ip", "netns", "del", m.group(1), check=False)
+            run(f"ip netns del {m.group(1)}", check=False)
 
 
 class NetLab:
@@ -160,24 +166,8 @@ class NetLab:
         _reap_stale_namespaces()
         spaces = (self.box, self.rt, self.srv) if self.router else (self.box, self.srv)
         for ns in spaces:
-            sh("ip", "netns", "add", ns)
-            sh("ip", "-n", ns, "link", "set", "lo", "up")
-        for ns1, dev1, ns2, dev2 in self._pairs():
-            sh(
-                "ip",
-                "link",
-                "add",
-                dev1,
-                "netns",
-                ns1,
-                "type",
-                "veth",
-                "peer",
-                "name",
-                dev2,
-                "netns",
-                ns2,
-            )
+            run(f"ip netns add {ns}")
+            run(f"ip -n {ns} link set lo up")
         addrs = {
             self.a_dev: self.a_addr,
             self.r_dev: self.r_addr,
@@ -185,28 +175,24 @@ class NetLab:
             self.b_dev: self.b_addr,
         }
         for ns1, dev1, ns2, dev2 in self._pairs():
+            run(f"ip link add {dev1} netns {ns1} type veth peer name {dev2} netns {ns2}")
             for ns, dev in ((ns1, dev1), (ns2, dev2)):
-                sh("ip", "-n", ns, "addr", "add", f"{addrs[dev]}/30", "dev", dev)
-                sh("ip", "-n", ns, "link", "set", dev, "up")
+                run(f"ip -n {ns} addr add {addrs[dev]}/30 dev {dev}")
+                run(f"ip -n {ns} link set {dev} up")
         if self.router:
             net = self.a_addr.rsplit(".", 1)[0]
-            sh("ip", "-n", self.box, "route", "add", f"{net}.4/30", "via", self.r_addr)
-            sh("ip", "-n", self.srv, "route", "add", f"{net}.0/30", "via", self.s_addr)
+            run(f"ip -n {self.box} route add {net}.4/30 via {self.r_addr}")
+            run(f"ip -n {self.srv} route add {net}.0/30 via {self.s_addr}")
             self.sysctl(self.rt, "net.ipv4.ip_forward", "1")
 
     def close(self) -> None:
         self.broker.kill()
         for ns in (self.box, self.rt, self.srv):  # deleting one deletes its veth ends, qdiscs
-            sh("ip", "netns", "del", ns, check=False)
+            run(f"ip netns del {ns}", check=False)
 
     def sysctl(self, ns: str, name: str, value: str) -> bool:
         """Set a per-namespace sysctl (a TCP congestion control, say); False if refused."""
-        return (
-            sh(
-                "ip", "netns", "exec", ns, "sysctl", "-qw", f"{name}={value}", check=False
-            ).returncode
-            == 0
-        )
+        return run(f"sysctl -qw {name}={value}", ns, check=False).returncode == 0
 
     # --- faults ---------------------------------------------------------------------------------
 
@@ -218,27 +204,18 @@ class NetLab:
         ``netem loss 100%`` because kernels without sch_netem, as in this CI, still have
         pfifo). SYNs vanish too, so connect() hangs to its timeout."""
         if mode == "down":
-            ns, dev = (self.rt, self.s_dev) if self.router else (self.srv, self.b_dev)
-            sh("ip", "-n", ns, "link", "set", dev, "down")
+            ns, dev = self._centre_side
+            run(f"ip -n {ns} link set {dev} down")
         elif mode == "blackhole":
             for ns, dev in self._blackhole_devices():
-                sh(
-                    "ip",
-                    "netns",
-                    "exec",
-                    ns,
-                    "tc",
-                    "qdisc",
-                    "replace",
-                    "dev",
-                    dev,
-                    "root",
-                    "pfifo",
-                    "limit",
-                    "0",
-                )
+                run(f"tc qdisc replace dev {dev} root pfifo limit 0", ns)
         else:
             raise ValueError(mode)
+
+    @property
+    def _centre_side(self) -> tuple[str, str]:
+        """(namespace, device) of the cable's end that a ``down`` cut takes dark."""
+        return (self.rt, self.s_dev) if self.router else (self.srv, self.b_dev)
 
     def _blackhole_devices(self) -> list[tuple[str, str]]:
         if self.router:
@@ -246,11 +223,13 @@ class NetLab:
         return [(self.box, self.a_dev), (self.srv, self.b_dev)]
 
     def restore(self) -> None:
-        """Undo any cut, and put back the shaping of :meth:`shape`, if any."""
-        ns, dev = (self.rt, self.s_dev) if self.router else (self.srv, self.b_dev)
-        sh("ip", "-n", ns, "link", "set", dev, "up")
+        """Undo any cut, and put back the shaping of :meth:`shape`, if any. The shaped device's
+        black hole is replaced by the shaping in one step, so no packet passes unshaped."""
+        ns, dev = self._centre_side
+        run(f"ip -n {ns} link set {dev} up")
         for ns, dev in self._blackhole_devices():
-            sh("ip", "netns", "exec", ns, "tc", "qdisc", "del", "dev", dev, "root", check=False)
+            if self._shape_args is None or (ns, dev) != self._egress:
+                run(f"tc qdisc del dev {dev} root", ns, check=False)
         if self._shape_args is not None:
             self.shape(*self._shape_args)
 
@@ -258,28 +237,15 @@ class NetLab:
         """tbf on the school's egress toward the centre (the modem: ``rate``, and a buffer of
         ``latency``); the centre's replies are not shaped."""
         ns, dev = self._egress
-        sh(
-            "ip",
-            "netns",
-            "exec",
-            ns,
-            "tc",
-            "qdisc",
-            "replace",
-            "dev",
-            dev,
-            "root",
-            "tbf",
-            "rate",
-            rate,
-            "burst",
-            burst,
-            "latency",
-            latency,
-        )
+        run(f"tc qdisc replace dev {dev} root tbf rate {rate} burst {burst} latency {latency}", ns)
         self._shape_args = (rate, burst, latency)
 
     def qdisc(self) -> str:
         """``tc -s qdisc show`` of the shaped device: what was sent, dropped, over the limit."""
         ns, dev = self._egress
-        return sh("ip", "netns", "exec", ns, "tc", "-s", "qdisc", "show", "dev", dev).stdout.strip()
+        return run(f"tc -s qdisc show dev {dev}", ns).stdout.strip()
+
+    def dropped(self) -> int:
+        """Packets the shaped device's qdisc has dropped (its buffer full) since it was set."""
+        words = self.qdisc().replace(",", " ").replace("(", " ").replace(")", " ").split()
+        return int(words[words.index("dropped") + 1]) if "dropped" in words else 0
