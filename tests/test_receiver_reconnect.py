@@ -11,9 +11,6 @@ bench/receiver_reconnect.py and docs/benchmarks.md.
 from __future__ import annotations
 
 import random
-import signal
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from functools import partial
@@ -21,10 +18,11 @@ from pathlib import Path
 
 import pytest
 
-from agent.centre.ledger import Ledger, LinkState
+from agent.centre.ledger import Ledger
 from agent.clock import parse_rfc3339
 from agent.testing.broker import Mosquitto
-from tests.conftest import REPO, AgentProcess, cli, wait_for
+from agent.testing.central import CentralProcess
+from tests.conftest import AgentProcess, cli, wait_for
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -32,58 +30,18 @@ RESTARTS = 5
 BACK_WITHIN_S = 2.5  # Backoff's 1 s cap, a TLS-less connect and subscribe, and a loaded machine
 
 
-def links(store: Path) -> list[LinkState]:
-    ledger = Ledger.open(store)
-    try:
-        return ledger.links()
-    finally:
-        ledger.close()
-
-
-def subscribed_since(store: Path, after: float) -> float | None:
-    """When both links were subscribed again after ``after`` (wall clock), else None."""
-    states = links(store)
-    times = [parse_rfc3339(s.regained_at) for s in states if s.up]
-    if len(states) != 2 or len(times) != 2 or any(t is None or t < after for t in times):
-        return None
-    return max(t for t in times if t is not None)
-
-
 @pytest.fixture
-def receiver(broker: Mosquitto, tmp_path: Path) -> Iterator[Path]:
-    store = tmp_path / "centre"
-    with open(tmp_path / "centre.log", "ab") as log:
-        proc = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "agent.cli",
-                "central",
-                "--broker",
-                broker.url,
-                "--store",
-                str(store),
-                "--client-id",
-                "centre-rx",
-            ],
-            stdout=log,
-            stderr=log,
-            cwd=REPO,
-        )
+def receiver(broker: Mosquitto, tmp_path: Path) -> Iterator[CentralProcess]:
+    central = CentralProcess(broker.url, tmp_path / "centre", "centre-rx").start()
     try:
-        wait_for(
-            lambda: (store / "centre.db").exists() and subscribed_since(store, 0),
-            15,
-            "the receiver subscribed",
-        )
-        yield store
+        wait_for(lambda: central.subscribed_since(0), 15, "the receiver subscribed")
+        yield central
     finally:
-        proc.send_signal(signal.SIGTERM)
-        proc.wait(10)
+        central.stop()
 
 
 def test_the_receiver_is_back_within_a_second_of_each_broker_restart(
-    broker: Mosquitto, receiver: Path, agent_process: AgentProcess
+    broker: Mosquitto, receiver: CentralProcess, agent_process: AgentProcess
 ) -> None:
     agent_process.start()
     rng = random.Random(4)
@@ -98,9 +56,9 @@ def test_the_receiver_is_back_within_a_second_of_each_broker_restart(
         before = time.time()
         broker.start()
         up = time.time()  # the port accepted a connection between `before` and now
-        back = wait_for(partial(subscribed_since, receiver, before), 30, "the receiver back")
-        gaps.append(back - up)
-    ledger = Ledger.open(receiver)
+        back = wait_for(partial(receiver.subscribed_since, before), 30, "the receiver back")
+        gaps.append(max(back) - up)
+    ledger = Ledger.open(receiver.store)
     try:
         wait_for(
             lambda: {e for _s, e in ledger.received()} >= set(presses), 30, "every press stored"
@@ -114,7 +72,8 @@ def test_the_receiver_is_back_within_a_second_of_each_broker_restart(
         f"{', '.join(f'{(stored[e] - t) * 1000:.0f}' for e, t in presses.items())} ms"
     )
     assert max(gaps) < BACK_WITHIN_S, gaps
-    assert all(links(receiver)[i].outages >= RESTARTS for i in range(2))
-    status = cli("central", "--store", str(receiver), "status").stdout
+    links = receiver.ledger(lambda led: led.links())
+    assert len(links) == 2 and all(s.outages >= RESTARTS for s in links), links
+    status = cli("central", "--store", str(receiver.store), "status").stdout
     assert f"lost the broker {RESTARTS} times" in status, status
     assert set(stored) == set(presses)

@@ -4,9 +4,6 @@ they race, and a receiver killed during a burst loses none of it."""
 from __future__ import annotations
 
 import random
-import signal
-import subprocess
-import sys
 import threading
 import time
 import uuid
@@ -18,8 +15,9 @@ from agent.centre.pgledger import PgLedger
 from agent.clock import rfc3339
 from agent.delivery.protocol import Alarm
 from agent.testing.broker import Mosquitto
+from agent.testing.central import CentralProcess
 from agent.testing.mqtt import MqttClient, Receipts
-from tests.conftest import REPO, wait_for
+from tests.conftest import wait_for
 
 
 def _alarms(count: int, sites: int) -> list[Alarm]:
@@ -73,28 +71,8 @@ def test_the_same_alarms_from_two_receivers_at_once_are_stored_once(ledger_url: 
         ledger.close()
 
 
-def _receiver(broker: Mosquitto, url: str, store: Path, name: str) -> subprocess.Popen[bytes]:
-    return subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "agent.cli",
-            "central",
-            "--broker",
-            broker.url,
-            "--store",
-            str(store),
-            "--client-id",
-            name,
-            "--ledger",
-            url,
-            "--min-free-gb",
-            "0",
-        ],
-        cwd=REPO,
-        stdout=subprocess.DEVNULL,
-        stderr=open(store.with_suffix(".log"), "w"),
-    )
+def _receiver(broker: Mosquitto, url: str, store: Path, name: str) -> CentralProcess:
+    return CentralProcess(broker.url, store, name, "--ledger", url, "--min-free-gb", "0").start()
 
 
 def test_a_receiver_killed_during_a_burst_loses_none(
@@ -112,7 +90,7 @@ def test_a_receiver_killed_during_a_burst_loses_none(
         for i, alarm in enumerate(alarms):
             schools.send(f"schools/{alarm.site_id}/alarm", alarm.to_json())
             if i == 200:
-                one.send_signal(signal.SIGKILL)  # in the middle of the burst
+                one.kill()  # in the middle of the burst
         wait_for(lambda: _count(ledger_url)[0] >= 600, 30, "every alarm in the shared ledger")
         wait_for(
             lambda: {a.event_id for a in alarms} <= receipts.confirmed.keys(),
@@ -123,8 +101,7 @@ def test_a_receiver_killed_during_a_burst_loses_none(
         time.sleep(3)  # session's queue is replayed, and finds every alarm stored already
         assert _count(ledger_url) == (600, 600)
     finally:
-        for process in (one, two):
-            process.kill()
-            process.wait(10)
+        for receiver in (one, two):
+            receiver.kill()
         schools.close()
         receipts.stop()
