@@ -15,19 +15,11 @@ from agent.centre.console import accounts
 from agent.centre.console.app import Console, Options
 from agent.centre.console.routes import Settings
 from agent.centre.link import Endpoint
+from agent.testing.browser import CHROMIUM, launch
 from agent.testing.site import AgentProcess, Centre, Site
 from tests.conftest import wait_for
 
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-    "--autoplay-policy=no-user-gesture-required",
-]
+AUTOPLAY = "--autoplay-policy=no-user-gesture-required"
 HOSTILE_LOCATION = "<script>document.title='pwned'</script><img src=x onerror=alert(1)>"
 ESCALATE_S = (2, 4)  # short, so a test sees both levels
 PASSWORDS = {"chief": "chief-password-1", "ivanov": "ivanov-password-1"}
@@ -133,7 +125,7 @@ def browser() -> Iterator[Any]:  # sync_playwright instances must not be alive a
         "playwright.sync_api", reason="pip install '.[centre,test]' brings playwright"
     )
     with sync_api.sync_playwright() as p:
-        b = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
+        b = launch(p, AUTOPLAY)
         yield b
         b.close()
 
