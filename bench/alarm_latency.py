@@ -35,24 +35,20 @@ stopped in any case. Run from the repository root on the box's real disk (not tm
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import shutil
 import sqlite3
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
 from agent.delivery.protocol import Receipt, centre_presence_topic, presence_payload
 from agent.hardware.buttons import Timing
-from agent.testing import wait_for
+from agent.testing import bench, wait_for
 from agent.testing.mqtt import MqttClient, Will
-from agent.testing.site import InProcessAgent, Site, agent_logs_to
+from agent.testing.site import InProcessAgent, Site
 from agent.testing.stats import (
     Stopwatch,
-    default_storage_parent,
     describe,
     machine_context,
     machine_line,
@@ -289,48 +285,19 @@ def markdown(r: dict[str, Any]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
-    ap.add_argument("--presses", type=int, default=1000, help="counted presses (default 1000)")
-    ap.add_argument("--warmup", type=int, default=20, help="presses not counted (default 20)")
-    ap.add_argument("--json", action="store_true", help="print JSON instead of markdown")
+    ap = bench.arguments(__doc__, budget_s=100.0)
+    ap.add_argument("--presses", type=int, default=1000, help="counted presses")
+    ap.add_argument("--warmup", type=int, default=20, help="presses not counted")
     ap.add_argument("--stages", action="store_true", help="also time each hop (a tracer)")
-    ap.add_argument(
-        "--storage-dir",
-        type=Path,
-        default=None,
-        help="parent of the work dir; a real disk, not tmpfs (default: the temp "
-        "dir, or /var/tmp if that is tmpfs)",
-    )
-    ap.add_argument(
-        "--budget-s",
-        type=float,
-        default=100.0,
-        help="stop measuring after this long and report what was measured",
-    )
-    ap.add_argument("--keep", action="store_true", help="keep the work dir (logs, databases)")
     args = ap.parse_args(argv)
     if args.presses < 1 or args.warmup < 0:
         ap.error("--presses must be >= 1 and --warmup >= 0")
-    workdir = Path(
-        tempfile.mkdtemp(prefix="alarm-latency-", dir=args.storage_dir or default_storage_parent())
-    )
-    ctx = machine_context(workdir)
-    if ctx["storage_fs"] in ("tmpfs", "ramfs"):
-        print(
-            f"warning: {workdir} is on {ctx['storage_fs']}: fsync costs nothing there",
-            file=sys.stderr,
-        )
-    try:
-        with agent_logs_to(workdir / "agent.log"):
-            res = run(args, workdir, Stopwatch() if args.stages else None)
-    except AssertionError as exc:
-        print(f"alarm_latency: {exc} (work dir kept: {workdir})", file=sys.stderr)
-        return 1
-    if not args.keep:
-        shutil.rmtree(workdir, ignore_errors=True)
-    r = report(res, args, ctx)
-    print(json.dumps(r, indent=2) if args.json else markdown(r))
-    return 0
+
+    def measure(workdir: Path) -> dict[str, Any]:
+        ctx = machine_context(workdir)
+        return report(run(args, workdir, Stopwatch() if args.stages else None), args, ctx)
+
+    return bench.run("alarm_latency", args, measure, markdown, agent_log=True)
 
 
 if __name__ == "__main__":

@@ -19,26 +19,24 @@ times on a fresh store; the median run is reported (of an even number, the lower
 from __future__ import annotations
 
 import argparse
-import json
-import signal
 import sqlite3
-import statistics
 import subprocess
 import sys
-import tempfile
 import time
 import uuid
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 from agent import logs
 from agent.clock import parse_rfc3339, rfc3339
 from agent.delivery.protocol import Alarm
-from agent.testing import wait_for
+from agent.testing import bench, wait_for
 from agent.testing.broker import Mosquitto, die_with_parent
+from agent.testing.central import CentralProcess
 from agent.testing.mqtt import MqttClient, Receipts
 from agent.testing.postgres import Postgres
-from agent.testing.stats import REPO, default_storage_parent, machine_context, machine_line
+from agent.testing.stats import REPO, machine_context, machine_line, median_run
 
 # name: (--group-commit, on PostgreSQL, receivers)
 CASES = {
@@ -119,42 +117,19 @@ def storm(
     """One storm against fresh receiver processes (``edge-agent central``), as in production;
     several only on a shared PostgreSQL ledger. An alarm counts as confirmed at its first
     receipt, from whichever receiver."""
-    names = {f"storm-{store.name}-{n}" for n in range(1, receivers + 1)}
+    names = [f"storm-{store.name}-{n}" for n in range(1, receivers + 1)]
     # The receipts are read by mosquitto_sub (Receipts: C, the wall-clock time of each), at
     # QoS 0: a Python client's own loop was the slowest part here (one select turn per message),
     # and one QoS 1 reader has one in-flight window of 20 at the broker, which 200 boxes do not
     # share: it measured the reader (2 to 6 s more) instead of the receiver.
     receipts = Receipts(broker.port, qos=0).start()
     confirmed = receipts.confirmed
-    store.mkdir(parents=True)
-    started = []
-    for name in sorted(names):
-        log = open(store / f"{name}.log", "w")  # noqa: SIM115 (the child holds it)
-        started.append(
-            subprocess.Popen(
-                [
-                    sys.executable,
-                    "-m",
-                    "agent.cli",
-                    "central",
-                    "--broker",
-                    broker.url,
-                    "--store",
-                    str(store / f"centre-{name.rsplit('-', 1)[1]}"),
-                    "--client-id",
-                    name,
-                    "--min-free-gb",
-                    "0",
-                    "--group-commit",
-                    str(group_max),
-                    *(["--ledger", ledger_url] if ledger_url else []),
-                ],
-                cwd=REPO,
-                stdout=subprocess.DEVNULL,
-                stderr=log,
-                preexec_fn=die_with_parent,
-            )
-        )
+    options: tuple[str, ...] = ("--min-free-gb", "0", "--group-commit", str(group_max))
+    options += ("--ledger", ledger_url) if ledger_url else ()
+    started = [
+        CentralProcess(broker.url, store / f"centre-{n}", name, *options).start()
+        for n, name in enumerate(names, start=1)
+    ]
     schools = subprocess.Popen(
         [
             sys.executable,
@@ -174,7 +149,7 @@ def storm(
     )
     assert schools.stdin is not None and schools.stdout is not None
     try:
-        wait_for(lambda: names <= receipts.online, 20, "the receivers to come online")
+        wait_for(lambda: set(names) <= receipts.online, 20, "the receivers to come online")
         if schools.stdout.readline().strip() != "ready":
             raise AssertionError("the schools did not connect")
         time.sleep(1.0)  # the receiver's video link too, and the machine quiet again
@@ -197,97 +172,71 @@ def storm(
             schools.wait()
         receipts.stop()
         for receiver in started:
-            receiver.send_signal(signal.SIGTERM)
-        for receiver in started:
-            receiver.wait(15)
+            receiver.stop(15)
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--alarms", type=int, default=1000)
-    parser.add_argument("--sites", type=int, default=200)
-    parser.add_argument("--runs", type=int, default=5)
-    parser.add_argument(
-        "--connections",
-        type=int,
-        default=50,
-        help="MQTT connections the schools publish through (default 50)",
-    )
-    parser.add_argument("--json", action="store_true")
-    parser.add_argument("--storage-dir", type=Path, default=None)
-    parser.add_argument(
-        "--broker-inflight",
-        type=int,
-        default=20,
-        help="Mosquitto's max_inflight_messages (default 20, its own default)",
-    )
-    parser.add_argument(
-        "--postgres",
-        action="store_true",
-        help="also on a PostgreSQL ledger (a throwaway cluster), with one and two receivers",
-    )
-    parser.add_argument("--publish", nargs=4, type=int, help=argparse.SUPPRESS)
-    args = parser.parse_args()
+    ap = bench.arguments(__doc__)
+    ap.add_argument("--alarms", type=int, default=1000)
+    ap.add_argument("--sites", type=int, default=200)
+    ap.add_argument("--runs", type=int, default=5)
+    ap.add_argument("--connections", type=int, default=50, help="the schools' MQTT connections")
+    ap.add_argument("--broker-inflight", type=int, default=20, help="max_inflight_messages")
+    ap.add_argument("--postgres", action="store_true", help="also on PostgreSQL: 1, 2 receivers")
+    ap.add_argument("--publish", nargs=4, type=int, help=argparse.SUPPRESS)
+    args = ap.parse_args()
     if args.publish:
         publish(*args.publish)
         return 0
     logs.setup("error")
+    return bench.run("alarm_storm", args, partial(cases, args), partial(markdown, args))
+
+
+def cases(args: argparse.Namespace, work: Path) -> dict[str, Any]:
+    """Each case's median run, and the machine."""
     results: dict[str, Any] = {}
-    with tempfile.TemporaryDirectory(
-        prefix="bench-storm-", dir=args.storage_dir or default_storage_parent()
-    ) as tmp:
-        work = Path(tmp)
-        broker = Mosquitto(
-            work / "broker",
-            extra_conf=f"max_inflight_messages {args.broker_inflight}\n",
-            save_every_change=False,  # as a production broker (agent/testing/broker.py)
-        )
-        broker.start()
-        cluster = Postgres().start() if args.postgres else None
-        try:
-            for case, (group_max, pg, receivers) in CASES.items():
-                if pg and cluster is None:
-                    continue
-                runs = []
-                for run in range(args.runs):
-                    url = cluster.create(f"storm{len(results)}x{run}") if cluster and pg else None
-                    runs.append(
-                        storm(
-                            broker, work / f"{len(results)}-{run}", args, group_max, url, receivers
-                        )
-                    )
-                median = statistics.median_low(r["last_receipt_s"] for r in runs)
-                results[case] = next(r for r in runs if r["last_receipt_s"] == median)
-                results[case]["runs_last_receipt_s"] = [r["last_receipt_s"] for r in runs]
-            results["machine"] = machine_context(work)
-        except AssertionError as exc:  # a wait that timed out, named
-            print(f"bench.alarm_storm: {exc}", file=sys.stderr)
-            return 1
-        finally:
-            if cluster is not None:
-                cluster.stop()
-            broker.kill()
-    if args.json:
-        print(json.dumps(results, indent=2))
-        return 0
-    print(
+    broker = Mosquitto(
+        work / "broker",
+        extra_conf=f"max_inflight_messages {args.broker_inflight}\n",
+        save_every_change=False,  # as a production broker (agent/testing/broker.py)
+    )
+    broker.start()
+    cluster = Postgres().start() if args.postgres else None
+    try:
+        for case, (group_max, pg, receivers) in CASES.items():
+            if pg and cluster is None:
+                continue
+            runs = []
+            for run in range(args.runs):
+                url = cluster.create(f"storm{len(results)}x{run}") if cluster and pg else None
+                store = work / f"{len(results)}-{run}"
+                runs.append(storm(broker, store, args, group_max, url, receivers))
+            results[case] = median_run(runs, "last_receipt_s")
+        results["machine"] = machine_context(work)
+    finally:
+        if cluster is not None:
+            cluster.stop()
+        broker.kill()
+    return results
+
+
+def markdown(args: argparse.Namespace, results: dict[str, Any]) -> str:
+    lines = [
         f"{args.alarms} alarms from {args.sites} schools at once, broker "
-        f"max_inflight_messages {args.broker_inflight}, median of {args.runs} runs\n"
-    )
-    print(
+        f"max_inflight_messages {args.broker_inflight}, median of {args.runs} runs",
+        "",
         "| receiver | published in | last stored | last receipt | alarms/s to the last "
-        "receipt | last receipt, each run (s) |"
-    )
-    print("|---|---|---|---|---|---|")
+        "receipt | last receipt, each run (s) |",
+        "|---|---|---|---|---|---|",
+    ]
     for name in (case for case in CASES if case in results):
         r = results[name]
-        print(
+        lines.append(
             f"| {name} | {r['published_s'] * 1e3:.0f} ms | {r['last_stored_s'] * 1e3:.0f} ms "
             f"| {r['last_receipt_s'] * 1e3:.0f} ms | {r['alarms_per_s']:.0f} | "
             f"{', '.join(f'{x:.2f}' for x in r['runs_last_receipt_s'])} |"
         )
-    print("\n" + machine_line(results["machine"]))
-    return 0
+    return "\n".join([*lines, "", machine_line(results["machine"])])
 
 
 if __name__ == "__main__":

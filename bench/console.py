@@ -27,10 +27,9 @@ Bounded: every wait has a deadline (exit 1 naming it); everything started is sto
 from __future__ import annotations
 
 import argparse
-import json
 import sys
-import tempfile
 import time
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -39,25 +38,11 @@ from agent.centre.console import accounts
 from agent.centre.console.app import Console, Options
 from agent.centre.link import Endpoint
 from agent.commands.keys import generate_keypair
-from agent.testing import wait_for
+from agent.testing import bench, wait_for
+from agent.testing.browser import launch
 from agent.testing.site import AgentProcess, Site
-from agent.testing.stats import (
-    default_storage_parent,
-    describe,
-    machine_context,
-    machine_line,
-    table,
-)
+from agent.testing.stats import describe, machine_context, machine_line, table
 
-CHROMIUM = "/usr/bin/chromium"
-ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-]
 PASSWORD = "bench-password-1"
 SHORT_CLIPS = {"entrance-cam": {"pre_alarm_s": 2, "post_alarm_s": 2}}  # the other cameras off
 OBSERVER = """() => { window.seen = {};
@@ -101,7 +86,7 @@ def run(args: argparse.Namespace, work: Path) -> dict[str, Any]:
             box = site.start_agent(process=True)
             assert isinstance(box, AgentProcess)
             with sync_playwright() as p:
-                browser = p.chromium.launch(executable_path=CHROMIUM, args=ARGS, headless=True)
+                browser = launch(p)
                 page = browser.new_page(viewport={"width": 1440, "height": 900})
                 page.goto(console.url + "/login")
                 page.fill("#user", "operator")
@@ -191,25 +176,14 @@ def report(figures: dict[str, Any]) -> str:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--presses", type=int, default=200)
-    parser.add_argument("--interval-s", type=float, default=0.2)
-    parser.add_argument("--live-seconds", type=float, default=30)
-    parser.add_argument("--clips", type=int, default=5)
-    parser.add_argument("--json", action="store_true")
-    parser.add_argument("--storage-dir", type=Path, default=None)
-    args = parser.parse_args()
+    ap = bench.arguments(__doc__)
+    ap.add_argument("--presses", type=int, default=200)
+    ap.add_argument("--interval-s", type=float, default=0.2)
+    ap.add_argument("--live-seconds", type=float, default=30)
+    ap.add_argument("--clips", type=int, default=5)
+    args = ap.parse_args()
     logs.setup("error")  # the receiver's one line per alarm would bury the table
-    with tempfile.TemporaryDirectory(
-        prefix="bench-console-", dir=args.storage_dir or default_storage_parent()
-    ) as tmp:
-        try:
-            figures = run(args, Path(tmp))
-        except AssertionError as exc:  # a wait that timed out, named
-            print(f"bench.console: {exc}", file=sys.stderr)
-            return 1
-    print(json.dumps(figures, indent=2) if args.json else report(figures))
-    return 0
+    return bench.run("console", args, partial(run, args), report)
 
 
 if __name__ == "__main__":

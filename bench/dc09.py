@@ -44,15 +44,12 @@ and kept, with its path printed, after a failed one.
 
 from __future__ import annotations
 
-import argparse
-import json
 import logging
-import shutil
 import socket
 import sys
-import tempfile
 import threading
 import time
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -65,12 +62,12 @@ from agent.delivery.dc09.settings import Receiver, Settings, Transport
 from agent.delivery.dc09.transmitter import Transmitter
 from agent.delivery.protocol import Receipt, centre_presence_topic, presence_payload
 from agent.supervision import Supervisor
-from agent.testing import wait_for
+from agent.testing import bench, wait_for
 from agent.testing.broker import Mosquitto
 from agent.testing.mqtt import MqttClient, Received, Will
 from agent.testing.sia import SiaReceiver, zoned_school
 from agent.testing.site import InProcessAgent
-from agent.testing.stats import default_storage_parent, describe, machine_context
+from agent.testing.stats import describe, machine_context
 
 KEY_TEXT = "0123456789ABCDEF"  # pysiaalarm uses the key text's ASCII bytes as the AES key
 
@@ -384,44 +381,38 @@ def run_agent(presses: int, outages: int, workdir: Path) -> dict[str, Any]:
     }
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+def main() -> int:
+    ap = bench.arguments(__doc__)
     ap.add_argument("--part", choices=("agent", "transmitter", "both"), default="both")
-    ap.add_argument(
-        "--presses", type=int, default=500, help="through the agent (after 20 warm-up presses)"
-    )
+    ap.add_argument("--presses", type=int, default=500, help="through the agent, after 20 warm-up")
     ap.add_argument("--outages", type=int, default=5, help="receiver away, then back")
     ap.add_argument("--events", type=int, default=500, help="per transmitter-alone case")
-    ap.add_argument("--storage-dir", type=Path, default=default_storage_parent())
-    ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
     logging.basicConfig(level=logging.ERROR)
     for noisy in ("pysiaalarm", "agent"):  # the outages are on purpose
         logging.getLogger(noisy).setLevel(logging.CRITICAL)
-    agent = None
-    if args.part != "transmitter":
-        workdir = Path(tempfile.mkdtemp(prefix="bench-dc09-", dir=args.storage_dir))
-        try:
-            agent = run_agent(args.presses, args.outages, workdir)
-        except AssertionError as exc:  # a wait of the harness's, or of this bench's, timed out
-            sys.exit(f"dc09: {exc} (work dir kept: {workdir})")
-        shutil.rmtree(workdir, ignore_errors=True)
-    rows = (
-        [run_case(t, k, args.events) for t in Transport for k in (False, True)]
-        if args.part != "agent"
-        else []
-    )
-    if args.json:
-        print(json.dumps({"agent": agent, "transmitter": rows}, indent=2))
-        return
+
+    def measure(workdir: Path) -> dict[str, Any]:
+        agent = (
+            None if args.part == "transmitter" else run_agent(args.presses, args.outages, workdir)
+        )
+        cases = [] if args.part == "agent" else [(t, k) for t in Transport for k in (False, True)]
+        return {"agent": agent, "transmitter": [run_case(t, k, args.events) for t, k in cases]}
+
+    return bench.run("dc09", args, measure, partial(markdown, args.events))
+
+
+def markdown(events: int, result: dict[str, Any]) -> str:
+    agent, rows, lines = result["agent"], result["transmitter"], []
     if agent is not None:
-        print(
+        lines += [
             f"Through the agent: {agent['presses']} presses (loopback, TCP, no AES, storage "
             f"{agent['machine']['storage_fs']}, load {agent['machine']['loadavg'][0]:.2f}, "
-            f"agent {agent['machine']['agent_code']})\n"
-        )
-        print("| path | p50 ms | p99 ms | max ms |")
-        print("|---|---:|---:|---:|")
+            f"agent {agent['machine']['agent_code']})",
+            "",
+            "| path | p50 ms | p99 ms | max ms |",
+            "|---|---:|---:|---:|",
+        ]
         for name, key in (
             ("press -> DC-09 ACK", "dc09"),
             ("press -> MQTT centre", "mqtt"),
@@ -429,24 +420,28 @@ def main() -> None:
             ("baseline: the same agent without DC-09, press -> MQTT centre", "mqtt_only"),
         ):
             d = agent[key]
-            print(f"| {name} | {d['p50_ms']:.2f} | {d['p99_ms']:.2f} | {d['max_ms']:.2f} |")
-        print(
-            f"\nBoth paths delivered every press: {agent['delivered_both']}. Receiver back -> "
-            "queued event ACK: " + ", ".join(f"{s:.2f}" for s in agent["recovery_s"]) + " s\n"
-        )
+            lines.append(f"| {name} | {d['p50_ms']:.2f} | {d['p99_ms']:.2f} | {d['max_ms']:.2f} |")
+        lines += [
+            "",
+            f"Both paths delivered every press: {agent['delivered_both']}. Receiver back -> "
+            "queued event ACK: " + ", ".join(f"{s:.2f}" for s in agent["recovery_s"]) + " s",
+            "",
+        ]
     if rows:
-        print(f"The transmitter alone: event -> ACK, {args.events} events per case (loopback)\n")
-        print(
+        lines += [
+            f"The transmitter alone: event -> ACK, {events} events per case (loopback)",
+            "",
             "| case | ours p50 ms | ours p99 ms | bare socket p50 ms | bare socket p99 ms "
-            "| receiver back -> queued event ACK s |"
-        )
-        print("|---|---|---|---|---|---|")
-        for r in rows:
-            print(
-                f"| {r['case']} | {r['p50_ms']:.2f} | {r['p99_ms']:.2f} | "
-                f"{r['base_p50_ms']:.2f} | {r['base_p99_ms']:.2f} | {r['recovery_s']:.2f} |"
-            )
+            "| receiver back -> queued event ACK s |",
+            "|---|---|---|---|---|---|",
+        ]
+        lines += [
+            f"| {r['case']} | {r['p50_ms']:.2f} | {r['p99_ms']:.2f} | "
+            f"{r['base_p50_ms']:.2f} | {r['base_p99_ms']:.2f} | {r['recovery_s']:.2f} |"
+            for r in rows
+        ]
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -30,42 +30,28 @@ stopped in any case. Storage on a real disk, as in bench/alarm_latency.py.
 
 from __future__ import annotations
 
-import argparse
-import json
 import random
-import subprocess
 import sys
-import tempfile
 import threading
 import time
-from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 from typing import Any
 
-from agent.centre.ledger import Ledger
 from agent.clock import parse_rfc3339
-from agent.testing import wait_for
-from agent.testing.broker import die_with_parent
+from agent.testing import bench, wait_for
+from agent.testing.central import CentralProcess
 from agent.testing.mqtt import MqttClient
 from agent.testing.site import AgentProcess, Site
-from agent.testing.stats import default_storage_parent, describe, machine_context, table
+from agent.testing.stats import describe, machine_context, table
 
 WAIT_S = 30.0
 BUTTONS = ("entrance", "gym", "office", "corridor")
 
 
-def read_ledger(store: Path, read: Callable[[Ledger], Any]) -> Any:
-    ledger = Ledger.open(store)
-    try:
-        return read(ledger)
-    finally:
-        ledger.close()
-
-
 def run(kills: int, seed: int, workdir: Path, down: tuple[float, float]) -> dict[str, Any]:
     rng = random.Random(seed)
     site = Site(workdir, agent=None, centre=False)
-    store = workdir / "centre"
     presses: list[tuple[str, float, bool]] = []  # event id, pressed at, broker up
     up, stop = threading.Event(), threading.Event()
     wall = time.time() - time.monotonic()  # the baseline's SUBACK times are monotonic
@@ -78,24 +64,8 @@ def run(kills: int, seed: int, workdir: Path, down: tuple[float, float]) -> dict
             presses.extend((e["event_id"], at, broker_up) for e in events)
             i += 1
 
-    with site, open(workdir / "central.log", "ab") as log:
-        central = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "agent.cli",
-                "central",
-                "--broker",
-                site.broker.url,
-                "--store",
-                str(store),
-                "--client-id",
-                "bench-rx",
-            ],
-            stdout=log,
-            stderr=log,
-            preexec_fn=die_with_parent,
-        )
+    with site:
+        central = CentralProcess(site.broker.url, workdir / "centre", "bench-rx").start()
         baseline = MqttClient(
             site.broker.port,
             ["schools/+/alarm"],
@@ -106,14 +76,7 @@ def run(kills: int, seed: int, workdir: Path, down: tuple[float, float]) -> dict
         )
         try:
             baseline.connect()
-            wait_for(
-                lambda: (
-                    (store / "centre.db").exists()
-                    and all(s.up for s in read_ledger(store, lambda led: led.links()))
-                ),
-                WAIT_S,
-                "the receiver",
-            )
+            wait_for(lambda: central.subscribed_since(0), WAIT_S, "the receiver")
             box = site.start_agent(process=True)
             assert isinstance(box, AgentProcess)
             up.set()
@@ -128,16 +91,11 @@ def run(kills: int, seed: int, workdir: Path, down: tuple[float, float]) -> dict
                 before = time.time()
                 site.broker.start()  # returns once the port accepts a connection
                 at_up = time.time()
-
-                def back(since: float = before) -> list[float] | None:
-                    times = [
-                        parse_rfc3339(s.regained_at)
-                        for s in read_ledger(store, lambda led: led.links())
-                    ]
-                    ok = [t for t in times if t is not None and t >= since]
-                    return ok if len(ok) == 2 else None
-
-                links = wait_for(back, WAIT_S, "the receiver's links to subscribe again")
+                links = wait_for(
+                    partial(central.subscribed_since, before),
+                    WAIT_S,
+                    "the receiver's links to subscribe again",
+                )
                 up.set()
                 restarts.append(
                     {"alarms_s": min(links) - at_up, "video_s": max(links) - at_up, "at_up": at_up}
@@ -147,15 +105,14 @@ def run(kills: int, seed: int, workdir: Path, down: tuple[float, float]) -> dict
             wanted = {e for e, _, _ in presses}
 
             def stored() -> dict[tuple[str, str], str] | None:
-                got: dict[tuple[str, str], str] = read_ledger(store, lambda led: led.received())
+                got: dict[tuple[str, str], str] = central.ledger(lambda led: led.received())
                 return got if {e for _s, e in got} >= wanted else None
 
             received = wait_for(stored, WAIT_S, "every press stored")
         finally:
             stop.set()
             baseline.close()
-            central.terminate()
-            central.wait(10)
+            central.stop()
     by_event = {e: parse_rfc3339(at) or 0.0 for (_s, e), at in received.items()}
     suback = [t + wall for t in baseline.subscribed_at]
     gaps = [min((t for t in suback if t >= r["at_up"]), default=None) for r in restarts]
@@ -191,7 +148,8 @@ def run(kills: int, seed: int, workdir: Path, down: tuple[float, float]) -> dict
     }
 
 
-def markdown(result: dict[str, Any], ctx: dict[str, Any]) -> str:
+def markdown(report: dict[str, Any]) -> str:
+    result, ctx = report["result"], report["machine"]
     rows = {k: f for k, f in result["figures"].items() if f}
     return "\n".join(
         [
@@ -208,32 +166,17 @@ def markdown(result: dict[str, Any], ctx: dict[str, Any]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    ap = bench.arguments(__doc__)
     ap.add_argument("--kills", type=int, default=10)
     ap.add_argument("--seed", type=int, default=1)
-    ap.add_argument(
-        "--down",
-        type=float,
-        nargs=2,
-        default=(0.2, 1.0),
-        metavar=("MIN", "MAX"),
-        help="seconds the broker stays down (default 0.2 1.0)",
-    )
-    ap.add_argument("--json", action="store_true")
+    ap.add_argument("--down", type=float, nargs=2, default=(0.2, 1.0), help="min, max s down")
     args = ap.parse_args(argv)
-    with tempfile.TemporaryDirectory(prefix="reconnect-", dir=default_storage_parent()) as tmp:
-        try:
-            result = run(args.kills, args.seed, Path(tmp), (args.down[0], args.down[1]))
-        except AssertionError as exc:
-            print(f"receiver_reconnect: {exc}", file=sys.stderr)
-            return 1
-        ctx = machine_context(Path(tmp))
-    print(
-        json.dumps({"result": result, "machine": ctx}, indent=2)
-        if args.json
-        else markdown(result, ctx)
-    )
-    return 0
+
+    def measure(workdir: Path) -> dict[str, Any]:
+        result = run(args.kills, args.seed, workdir, (args.down[0], args.down[1]))
+        return {"result": result, "machine": machine_context(workdir)}
+
+    return bench.run("receiver_reconnect", args, measure, markdown)
 
 
 if __name__ == "__main__":

@@ -48,10 +48,8 @@ import json
 import os
 import queue
 import random
-import shutil
 import sqlite3
 import sys
-import tempfile
 import threading
 import time
 from dataclasses import fields
@@ -65,19 +63,9 @@ from agent.delivery.framing import live_chunks
 from agent.delivery.protocol import Alarm, Topics
 from agent.hardware.buttons import Timing
 from agent.hardware.indicators import Pattern
-from agent.testing import wait_for
+from agent.testing import bench, stats, wait_for
 from agent.testing.mqtt import MqttClient
-from agent.testing.site import InProcessAgent, Site, agent_logs_to
-from agent.testing.stats import (
-    Stopwatch,
-    default_storage_parent,
-    describe,
-    machine_context,
-    machine_line,
-    ratios,
-    stages,
-    table,
-)
+from agent.testing.site import InProcessAgent, Site
 from agent.tracing import Point
 
 TARGET_ACK_P99_MS, TARGET_LIVE_P99_MS = 50.0, 1500.0
@@ -144,7 +132,7 @@ class Recorder:
     segment's to its own row (by sha256, first crossing only); an appended one is queued."""
 
     def __init__(self) -> None:
-        self.ack = Stopwatch()
+        self.ack = stats.Stopwatch()
         self.live: dict[str, dict[str, float]] = {}
         self.written: queue.Queue[str] = queue.Queue()
         self._lock = threading.Lock()  # guards live; held only to read or assign
@@ -412,7 +400,7 @@ def run_live(
             wall[s.sha256][Point.CENTRE_LIVE] - s.start for s in done
         ],
     }
-    stats = {label: describe(xs) for label, xs in spans.items() if xs}
+    got = {label: stats.describe(xs) for label, xs in spans.items() if xs}
     sizes = [len(s.data) for s in done]
     return {
         "seconds": args.live_seconds,
@@ -424,9 +412,9 @@ def run_live(
         "file_matches_segments": path.exists() and path.stat().st_size == sum(sizes),
         "segment_kb": [min(sizes) // 1024, max(sizes) // 1024] if sizes else None,
         "elapsed_s": round(time.monotonic() - started, 1),
-        "stages": stats,
-        "transport/bare": ratios(stats[_T], stats[_B]) if _T in stats and _B in stats else None,
-        "target_met": bool(stats.get(_TOTAL) and stats[_TOTAL]["p99_ms"] < TARGET_LIVE_P99_MS),
+        "stages": got,
+        "transport/bare": stats.ratios(got[_T], got[_B]) if _T in got and _B in got else None,
+        "target_met": bool(got.get(_TOTAL) and got[_TOTAL]["p99_ms"] < TARGET_LIVE_P99_MS),
     }
 
 
@@ -489,8 +477,8 @@ def run(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
 def report(res: dict[str, Any], args: argparse.Namespace, ctx: dict[str, Any]) -> dict[str, Any]:
     rows = res.pop("rows")
     figures = {
-        **stages(rows, {"agent": ("t0", Point.APPLIED)}),
-        **{k: describe(res.pop(k)) for k in ("bare", "durable") if res[k]},
+        **stats.stages(rows, {"agent": ("t0", Point.APPLIED)}),
+        **{k: stats.describe(res.pop(k)) for k in ("bare", "durable") if res[k]},
     }
     a = figures.get("agent")
     return {
@@ -502,11 +490,11 @@ def report(res: dict[str, Any], args: argparse.Namespace, ctx: dict[str, Any]) -
             "warmup": args.warmup,
             "figures": figures,
             "ratios": {
-                f"agent/{k}": ratios(a, figures[k])
+                f"agent/{k}": stats.ratios(a, figures[k])
                 for k in ("bare", "durable")
                 if a and k in figures
             },
-            "stages": stages(rows, ACK_STAGES),
+            "stages": stats.stages(rows, ACK_STAGES),
             "target_met": bool(a and a["p99_ms"] < TARGET_ACK_P99_MS and not res["not_shown"]),
         },
         "context": {**ctx, "pyav": av.__version__, "loadavg_end": os.getloadavg()},
@@ -529,7 +517,7 @@ def markdown(r: dict[str, Any]) -> str:
             f"{', TRUNCATED by --budget-s' if r['truncated'] else ''}); request "
             f"{r['payload_bytes']['request']} B, reply {r['payload_bytes']['reply']} B",
             "",
-            *table({LABELS[k]: f for k, f in ack["figures"].items()}),
+            *stats.table({LABELS[k]: f for k, f in ack["figures"].items()}),
             "",
             "| ratio | p50 | p99 |",
             "|---|---:|---:|",
@@ -538,7 +526,7 @@ def markdown(r: dict[str, Any]) -> str:
             f"| agent / {LABELS[k.split('/')[1]]} | {q['p50']:.2f}x | {q['p99']:.2f}x |"
             for k, q in ack["ratios"].items()
         ]
-        lines += ["", *table(ack["stages"], head="stage", mean=False)]
+        lines += ["", *stats.table(ack["stages"], head="stage", mean=False)]
         if a := ack["figures"].get("agent"):
             lines += [
                 "",
@@ -558,7 +546,7 @@ def markdown(r: dict[str, Any]) -> str:
             f"{live['not_written']} never written; live file = the segments: "
             f"{'yes' if live['file_matches_segments'] else 'NO'}",
             "",
-            *table(live["stages"], head="stage, per segment"),
+            *stats.table(live["stages"], head="stage, per segment"),
         ]
         if q := live["transport/bare"]:
             lines += ["", f"Transport / bare paho: {q['p50']:.2f}x at p50, {q['p99']:.2f}x at p99."]
@@ -570,62 +558,30 @@ def markdown(r: dict[str, Any]) -> str:
                 f"{total['p99_ms']:.0f} ms; with so few segments, the maximum).",
             ]
     ctx = r["context"]
-    lines += ["", f"{machine_line(ctx)} PyAV {ctx['pyav']}. Whole run {r['elapsed_s']} s."]
+    lines += ["", f"{stats.machine_line(ctx)} PyAV {ctx['pyav']}. Whole run {r['elapsed_s']} s."]
     return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
-    ap.add_argument(
-        "--presses",
-        type=int,
-        default=500,
-        help="counted presses (default 500; 0 skips the ack round trip)",
-    )
-    ap.add_argument("--warmup", type=int, default=20, help="presses not counted (default 20)")
-    ap.add_argument(
-        "--live-seconds",
-        type=int,
-        default=30,
-        help="length of the live session (default 30; 0 skips it; at most 120)",
-    )
-    ap.add_argument("--json", action="store_true", help="print JSON instead of markdown")
-    ap.add_argument(
-        "--storage-dir",
-        type=Path,
-        default=None,
-        help="parent of the work dir; a real disk, not tmpfs",
-    )
-    ap.add_argument(
-        "--budget-s",
-        type=float,
-        default=100.0,
-        help="stop pressing after this long and report what was measured",
-    )
-    ap.add_argument("--keep", action="store_true", help="keep the work dir (logs, databases)")
+    ap = bench.arguments(__doc__, budget_s=100.0)
+    ap.add_argument("--presses", type=int, default=500, help="counted; 0: no ack round trip")
+    ap.add_argument("--warmup", type=int, default=20, help="presses not counted")
+    ap.add_argument("--live-seconds", type=int, default=30, help="0: no live view; at most 120")
     args = ap.parse_args(argv)
     if args.presses < 0 or args.warmup < 0 or not 0 <= args.live_seconds <= 120:
         ap.error("--presses and --warmup must be >= 0, --live-seconds 0..120")
     if not args.presses and not args.live_seconds:
         ap.error("nothing to measure")
     args.warmup = args.warmup if args.presses else 0
-    workdir = Path(
-        tempfile.mkdtemp(prefix="roundtrip-", dir=args.storage_dir or default_storage_parent())
-    )
-    ctx = machine_context(workdir)
-    try:
-        with agent_logs_to(workdir / "agent.log"):
-            res = run(args, workdir)
-    except AssertionError as exc:
-        print(f"roundtrip: {exc} (work dir kept: {workdir})", file=sys.stderr)
-        return 1
-    r = report(res, args, ctx)
-    if r["not_shown"] or (r["live"] and r["live"]["not_written"]):
-        print(f"anomalies found: work dir kept for the logs: {workdir}", file=sys.stderr)
-    elif not args.keep:
-        shutil.rmtree(workdir, ignore_errors=True)
-    print(json.dumps(r, indent=2) if args.json else markdown(r))
-    return 0
+
+    def measure(workdir: Path) -> dict[str, Any]:
+        ctx = stats.machine_context(workdir)
+        return report(run(args, workdir), args, ctx)
+
+    def anomalies(r: dict[str, Any]) -> bool:
+        return bool(r["not_shown"] or (r["live"] and r["live"]["not_written"]))
+
+    return bench.run("roundtrip", args, measure, markdown, agent_log=True, keep=anomalies)
 
 
 if __name__ == "__main__":

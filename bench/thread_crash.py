@@ -22,29 +22,18 @@ crash). Bounded: every wait times out (exit 1).
 
 from __future__ import annotations
 
-import argparse
-import json
 import queue
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
-from agent.testing.site import InProcessAgent, Site, agent_logs_to
+from agent.testing import SMALL_CAMERA, bench
+from agent.testing.site import InProcessAgent, Site
 from agent.testing.stats import describe, machine_context, machine_line, table
 
 THREADS = ("buttons", "uplink", "control", "clips", "supervisor")
 WAIT_S = 10.0
-CAMERA = {
-    "id": "hall-cam",
-    "source": "synthetic:hall",
-    "size": "160x90",
-    "fps": 5,
-    "segment_s": 1,
-    "pre_alarm_s": 2,
-    "post_alarm_s": 1,
-}
 
 
 def run(samples: int, workdir: Path) -> dict[str, list[float]]:
@@ -52,7 +41,7 @@ def run(samples: int, workdir: Path) -> dict[str, list[float]]:
     out: dict[str, list[float]] = {name: [] for name in ("baseline", *THREADS)}
     with Site(
         workdir,
-        cameras=[CAMERA],
+        cameras=[SMALL_CAMERA],
         max_crashes=10**6,
         on_alarm=lambda a: stored.put((a["event_id"], time.monotonic())),
     ) as site:
@@ -63,8 +52,11 @@ def run(samples: int, workdir: Path) -> dict[str, list[float]]:
         def press(t0: float | None = None) -> float:
             t0 = time.monotonic() if t0 is None else t0
             [event] = box.press("entrance")
-            while (got := stored.get(timeout=WAIT_S))[0] != event["event_id"]:
-                pass
+            try:
+                while (got := stored.get(timeout=WAIT_S))[0] != event["event_id"]:
+                    pass
+            except queue.Empty:
+                raise AssertionError("an alarm did not reach the centre in time") from None
             box.release("entrance")
             return got[1] - t0
 
@@ -81,47 +73,29 @@ def run(samples: int, workdir: Path) -> dict[str, list[float]]:
     return out
 
 
-def markdown(figures: dict[str, dict[str, float]], ctx: dict[str, Any]) -> str:
+def markdown(result: dict[str, Any]) -> str:
+    figures = result["figures"]
     base = figures["baseline"]["p50_ms"]
-    rows = table(
-        {name: f for name, f in figures.items()}, head="thread crashed", mean=False, digits=1
-    )
+    rows = table(figures, head="thread crashed", mean=False, digits=1)
     rows[0] += " p50 / baseline p50 |"
     rows[1] += "---:|"
     rows[2:] = [
         f"{r} {f['p50_ms'] / base:.2f} |" for r, f in zip(rows[2:], figures.values(), strict=True)
     ]
-    return "\n".join([*rows, "", machine_line(ctx)])
+    return "\n".join([*rows, "", machine_line(result["context"])])
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
-    ap.add_argument(
-        "--samples",
-        type=int,
-        default=120,
-        help="crashes per thread (default 120: p99 is then not the maximum)",
-    )
-    ap.add_argument("--json", action="store_true")
+    ap = bench.arguments(__doc__, storage=False)
+    ap.add_argument("--samples", type=int, default=120, help="crashes per thread (p99 < max)")
     args = ap.parse_args(argv)
-    with tempfile.TemporaryDirectory(prefix="thread-crash-") as tmp:
-        ctx = machine_context(Path(tmp))
-        try:
-            with agent_logs_to(Path(tmp) / "agent.log"):
-                samples = run(args.samples, Path(tmp))
-        except (AssertionError, queue.Empty) as exc:
-            print(
-                f"thread_crash: {exc or 'an alarm did not reach the centre in time'}",
-                file=sys.stderr,
-            )
-            return 1
-    figures = {name: describe(xs) for name, xs in samples.items()}
-    print(
-        json.dumps({"figures": figures, "context": ctx}, indent=2)
-        if args.json
-        else markdown(figures, ctx)
-    )
-    return 0
+
+    def measure(workdir: Path) -> dict[str, Any]:
+        ctx = machine_context(workdir)
+        samples = run(args.samples, workdir)
+        return {"figures": {name: describe(xs) for name, xs in samples.items()}, "context": ctx}
+
+    return bench.run("thread_crash", args, measure, markdown, agent_log=True)
 
 
 if __name__ == "__main__":

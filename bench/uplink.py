@@ -57,12 +57,12 @@ import os
 import random
 import shutil
 import sys
-import tempfile
 import threading
 import time
 import uuid
 from bisect import bisect_left
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -79,8 +79,9 @@ from agent.delivery.protocol import Alarm, Topics
 from agent.delivery.uplink.link import LinkState
 from agent.delivery.uplink.pacing import Pacer
 from agent.sdnotify import Notifier
+from agent.testing import bench
 from agent.testing.netns import MQTT_PORT, NetLab, enter_netns, run_in_netns
-from agent.testing.site import KEEPALIVE_S, agent_logs_to, school_config
+from agent.testing.site import KEEPALIVE_S, school_config
 from agent.testing.stats import machine_context, percentile
 from agent.video.clips import ClipSegment
 from agent.video.store import SegmentRef
@@ -604,29 +605,26 @@ def markdown(rep: dict[str, Any]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
-    ap.add_argument("--json", action="store_true", help="print JSON instead of markdown")
+    ap = bench.arguments(__doc__)
     ap.add_argument("--step", action="store_true", help="the step link only")
-    ap.add_argument(
-        "--quick",
-        action="store_true",
-        help="0.5 and 1 Mbit/s and the step; no capped sender; reno only",
-    )
-    ap.add_argument(
-        "--cc",
-        nargs="+",
-        default=["reno", "bbr"],
-        help="the box's TCP congestion controls, one pass each",
-    )
+    ap.add_argument("--quick", action="store_true", help="0.5, 1 Mbit/s, the step; no cap; reno")
+    ap.add_argument("--cc", nargs="+", default=["reno", "bbr"], help="the box's TCP, one pass each")
     ap.add_argument("--presses", type=int, default=50, help="presses a row (at least)")
     ap.add_argument("--gap-s", type=float, default=0.5, help="mean time between presses")
     ap.add_argument("--no-cuts", action="store_true", help="skip the link-cut rows")
     ap.add_argument("--seed", type=int, default=1, help="press-timing jitter seed")
-    ap.add_argument("--keep", action="store_true", help="keep the work dir")
     args = ap.parse_args(argv)
     if os.geteuid() != 0:
         print("uplink: needs root (ip netns, veth, tc)", file=sys.stderr)
         return 2
+    errors = (AssertionError, BenchError, RuntimeError, OSError)
+    return bench.run(
+        "uplink", args, partial(every_pass, args), markdown, agent_log=True, errors=errors
+    )
+
+
+def every_pass(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
+    """Every TCP, link and sender asked for, and the report."""
     links, senders, ccs = [*LINKS, STEP], list(SENDERS), args.cc
     if args.quick:
         links = [LINKS[0], LINKS[2], STEP]
@@ -634,26 +632,19 @@ def main(argv: list[str] | None = None) -> int:
         ccs = ccs[:1]
     if args.step:
         links = [STEP]
-
-    workdir = Path(tempfile.mkdtemp(prefix="uplink-bench-", dir="/var/tmp"))
     rng = random.Random(args.seed)
     rows: list[dict[str, Any]] = []
     started, load0 = time.monotonic(), os.getloadavg()[0]
     segment = make_segment(workdir / "segment.ts")
-    try:
-        with agent_logs_to(workdir / "agent.log"):
-            for cc in ccs:
-                rows += run_pass(cc, links, senders, workdir, segment, rng, args)
-    except (BenchError, RuntimeError, OSError) as exc:
-        print(f"uplink: {exc} (work dir kept: {workdir})", file=sys.stderr)
-        return 1
+    for cc in ccs:
+        rows += run_pass(cc, links, senders, workdir, segment, rng, args)
     context = {
         **machine_context(workdir),
         "date": time.strftime("%Y-%m-%d %H:%M"),
         "box_cc": ccs,
         "keepalive_s": KEEPALIVE_S,
     }
-    rep = {
+    return {
         "bench": "uplink",
         "elapsed_s": time.monotonic() - started,
         "load": (load0, os.getloadavg()[0]),
@@ -661,10 +652,6 @@ def main(argv: list[str] | None = None) -> int:
         "rows": rows,
         "targets": targets(rows),
     }
-    if not args.keep:
-        shutil.rmtree(workdir, ignore_errors=True)
-    print(json.dumps(rep, indent=2) if args.json else markdown(rep))
-    return 0
 
 
 def run_pass(

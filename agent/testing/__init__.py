@@ -4,7 +4,9 @@
   this process or as a process, the centre's receiver), started and stopped as one;
 - ``mqtt.py``: the one MQTT client the tests and benches use to watch and talk to a broker;
 - ``netns.py``: a private network (namespaces, veth, tc) to cut, black-hole and shape a link;
-- ``broker.py``: the private Mosquitto; ``stats.py``: percentiles and machine context.
+- ``broker.py``: the private Mosquitto; ``stats.py``: percentiles and machine context;
+- ``central.py``: the centre's receiver as a process; ``browser.py``: headless Chromium;
+- ``bench.py``: what every bench does around its measurement (options, work dir, report).
 
 It ships in the package (the demo needs it) and so imports nothing beyond the agent's own
 dependencies: no pytest. A failed wait raises ``AssertionError``, which pytest reports as a
@@ -18,6 +20,19 @@ from collections.abc import Callable
 from typing import TypeVar
 
 T = TypeVar("T")
+
+# The least camera that keeps the agent's camera and clips threads running (for the crash-only
+# tests and bench): tiny and slow, so it costs little CPU beside what is measured, and linked
+# to no button, so no press makes a clip.
+SMALL_CAMERA = {
+    "id": "hall-cam",
+    "source": "synthetic:hall",
+    "size": "160x90",
+    "fps": 5,
+    "segment_s": 1,
+    "pre_alarm_s": 2,
+    "post_alarm_s": 1,
+}
 
 
 def wait_for(

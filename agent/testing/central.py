@@ -10,10 +10,11 @@ it.
 
 from __future__ import annotations
 
+import os
 import signal
 import subprocess
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import TypeVar
 
@@ -26,35 +27,56 @@ T = TypeVar("T")
 
 
 class CentralProcess:
-    """``edge-agent central --broker URL --store STORE --client-id ID ARGS…``; its log is
-    ``STORE.log``. :meth:`start`, then :meth:`stop` (SIGTERM) or :meth:`kill` (SIGKILL)."""
+    """``edge-agent central --broker URL --store STORE --client-id ID ARGS…`` with ``env``
+    added to its environment; its log is ``STORE.log``. :meth:`start`, then :meth:`stop`
+    (SIGTERM) or :meth:`kill` (SIGKILL); both return its exit status, and may be called again
+    after a new :meth:`start`."""
 
-    def __init__(self, broker_url: str, store: Path, client_id: str, *args: str) -> None:
-        self.store, self.log = store, store.with_suffix(".log")
+    def __init__(
+        self,
+        broker_url: str,
+        store: Path,
+        client_id: str,
+        *args: str,
+        env: Mapping[str, str] | None = None,
+    ) -> None:
+        self.store, self.log_path = store, store.with_suffix(".log")
         self.command = [
             *(sys.executable, "-m", "agent.cli", "central", "--broker", broker_url),
             *("--store", str(store), "--client-id", client_id, *args),
         ]
+        self.env = {**os.environ, **env} if env else None
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self) -> CentralProcess:
-        self.log.parent.mkdir(parents=True, exist_ok=True)
-        with open(self.log, "ab") as log:
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        with open(self.log_path, "ab") as log:
             self.proc = subprocess.Popen(
-                self.command, cwd=REPO, stdout=log, stderr=log, preexec_fn=die_with_parent
+                self.command,
+                cwd=REPO,
+                env=self.env,
+                stdout=log,
+                stderr=log,
+                preexec_fn=die_with_parent,
             )
         return self
 
-    def stop(self, timeout: float = 10.0) -> None:
-        self._end(signal.SIGTERM, timeout)
+    def stop(self, timeout: float = 10.0) -> int:
+        return self._end(signal.SIGTERM, timeout)
 
-    def kill(self) -> None:
-        self._end(signal.SIGKILL, 10.0)
+    def kill(self) -> int:
+        return self._end(signal.SIGKILL, 10.0)
 
-    def _end(self, sig: int, timeout: float) -> None:
-        if self.proc is not None and self.proc.poll() is None:
+    def _end(self, sig: int, timeout: float) -> int:
+        if self.proc is None:
+            return 0
+        if self.proc.poll() is None:
             self.proc.send_signal(sig)
-            self.proc.wait(timeout)
+        return self.proc.wait(timeout)
+
+    def output(self) -> str:
+        """Its log so far."""
+        return self.log_path.read_text(encoding="utf-8", errors="replace")
 
     def ledger(self, read: Callable[[Ledger], T]) -> T:
         """``read`` on the receiver's SQLite ledger, opened for this one read."""

@@ -1,4 +1,5 @@
-"""Figures for the benches and the fault tests: percentiles, stages, the machine they came from.
+"""Figures for the benches and the fault tests: percentiles, stages, the median of several
+runs, the machine they came from.
 
 Benchmarks here are ratios against a baseline measured in the same run on a shared, noisy
 machine, so every report carries the context that makes it comparable: the CPU, the load, the
@@ -13,6 +14,7 @@ import os
 import platform
 import shutil
 import sqlite3
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -49,6 +51,13 @@ def describe(xs: list[float]) -> dict[str, float]:
 def ratios(a: Mapping[str, float], b: Mapping[str, float]) -> dict[str, float]:
     """``a`` over ``b`` at p50 and p99 (two ``describe`` results)."""
     return {"p50": a["p50_ms"] / b["p50_ms"], "p99": a["p99_ms"] / b["p99_ms"]}
+
+
+def median_run(runs: list[dict[str, Any]], key: str) -> dict[str, Any]:
+    """The run whose ``key`` is the runs' median (of an even number, the lower middle one: a
+    run that happened, with its other figures), and as ``runs_<key>`` every run's ``key``."""
+    median = statistics.median_low(r[key] for r in runs)
+    return {**next(r for r in runs if r[key] == median), f"runs_{key}": [r[key] for r in runs]}
 
 
 def table(

@@ -21,10 +21,6 @@ figures are printed in the terminal summary ("hostile box") and recorded in docs
 from __future__ import annotations
 
 import contextlib
-import os
-import signal
-import subprocess
-import sys
 import threading
 import time
 import uuid
@@ -35,12 +31,13 @@ from typing import Any
 
 import pytest
 
-from agent.centre.ledger import Ledger, Report
+from agent.centre.ledger import Report
 from agent.clock import rfc3339
 from agent.delivery.protocol import Alarm
+from agent.testing.central import CentralProcess
 from agent.testing.mqtt import MqttClient
 from tests.brokerdoc import Broker, peer_options, start_broker
-from tests.conftest import REPO, wait_for
+from tests.conftest import wait_for
 from tests.pki import Pki, make_pki
 
 HONEST, HOSTILE = "school-001", "school-666"
@@ -86,49 +83,26 @@ def broker(request: pytest.FixtureRequest, tmp_path: Path, pki: Pki) -> Iterator
     assert HONEST not in b.limited(), "the rate limit dropped the honest school's messages"
 
 
-class CentreProcess:
-    """``edge-agent central`` with the centre's certificate, as a separate process."""
+class CentreProcess(CentralProcess):
+    """``edge-agent central`` with the centre's certificate, logging in journald's format."""
 
     def __init__(
         self, pki: Pki, port: int, store: Path, prefix: str = "schools", *extra: str
     ) -> None:
         centre = pki.client("centre")
-        self.store, self.prefix = store, prefix
-        self.args = [
-            sys.executable,
-            "-m",
-            "agent.cli",
-            "central",
-            "--broker",
+        super().__init__(
             f"mqtts://localhost:{port}",
-            "--tls-ca",
-            str(pki.box_ca),
-            "--tls-cert",
-            str(centre.cert),
-            "--tls-key",
-            str(centre.key),
-            "--store",
-            str(store),
-            "--topic-prefix",
-            prefix,
-            "--client-id",
+            store,
             "centre-rx",
-            "--memory-mb",
-            str(MEMORY_MB),
-            *extra,
-        ]
-        self.log_path = store.with_name(store.name + ".log")
-        self.proc: subprocess.Popen[bytes] | None = None
+            *("--tls-ca", str(pki.box_ca), "--tls-cert", str(centre.cert)),
+            *("--tls-key", str(centre.key), "--topic-prefix", prefix),
+            *("--memory-mb", str(MEMORY_MB), *extra),
+            env={"PYTHONUNBUFFERED": "1", "JOURNAL_STREAM": "8:1"},
+        )
+        self.prefix = prefix
 
     def start(self, wait: bool = True) -> CentreProcess:
-        with open(self.log_path, "ab") as log:
-            self.proc = subprocess.Popen(
-                self.args,
-                stdout=log,
-                stderr=log,
-                cwd=REPO,
-                env={**os.environ, "PYTHONUNBUFFERED": "1", "JOURNAL_STREAM": "8:1"},
-            )
+        super().start()
         if wait:
             wait_for(self.subscribed, 15, "the receiver's two links to subscribe")
         return self
@@ -136,17 +110,8 @@ class CentreProcess:
     def subscribed(self) -> bool:
         assert self.proc is not None
         if self.proc.poll() is not None:
-            raise AssertionError(f"the receiver exited: {self.log()[-2000:]}")
-        if not (self.store / "centre.db").exists():
-            return False
-        links = self.ledger(lambda ledger: ledger.links())
-        return len(links) == 2 and all(link.up for link in links)
-
-    def stop(self) -> int:
-        if self.proc is None or self.proc.poll() is not None:
-            return self.proc.returncode if self.proc else 0
-        self.proc.send_signal(signal.SIGTERM)
-        return self.proc.wait(10)
+            raise AssertionError(f"the receiver exited: {self.output()[-2000:]}")
+        return self.subscribed_since(0) is not None
 
     def rss_mb(self) -> float:
         assert self.proc is not None
@@ -155,16 +120,6 @@ class CentreProcess:
                 if line.startswith("VmRSS:"):
                     return int(line.split()[1]) / 1024
         raise AssertionError("no VmRSS")
-
-    def log(self) -> str:
-        return self.log_path.read_text(encoding="utf-8", errors="replace")
-
-    def ledger(self, read: Callable[[Ledger], Any]) -> Any:
-        ledger = Ledger.open(self.store)
-        try:
-            return read(ledger)
-        finally:
-            ledger.close()
 
     def reports(self, site: str, what: str | None = None) -> list[Report]:
         reports: list[Report] = self.ledger(lambda ledger: ledger.reports(site, newest=1000))

@@ -46,7 +46,7 @@ Boxes = Callable[..., Box]
 
 def assert_clean(centre: CentreProcess) -> None:
     """Issue 10.5: nothing a box sent reaches the journal, a terminal or a line reader raw."""
-    for line in centre.log().splitlines():
+    for line in centre.output().splitlines():
         assert line.startswith(("<3>", "<4>", "<6>", "<7>")), line[:120]
         assert not UNSAFE_CHARS.search(line), line[:120]
     status = cli("central", "--store", str(centre.store), "status")
@@ -246,7 +246,7 @@ def test_forged_log_lines_stay_inside_their_line(centre: CentreProcess, boxes: B
     probe.check("10.5 control characters in every field", centre)
     assert centre.alarms(HOSTILE) == [] and centre.reports(HOSTILE, "refused")
     assert_clean(centre)
-    assert "ALARM site=school-043" not in centre.log()
+    assert "ALARM site=school-043" not in centre.output()
 
 
 def test_a_copied_event_id_hides_no_alarm(centre: CentreProcess, boxes: Boxes) -> None:
@@ -353,7 +353,7 @@ def test_the_centres_key_and_certificates(
     (store / "centre.key").write_bytes(key.read_bytes())
     refused = CentreProcess(pki, broker.centre_port, store).start(wait=False)
     assert refused.proc is not None and refused.proc.wait(20) == 1
-    assert "move it" in refused.log()
+    assert "move it" in refused.output()
     assert cli("central", "--share", "g").returncode == 2  # gone
 
     honest = boxes(HONEST)
