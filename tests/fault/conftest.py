@@ -19,6 +19,8 @@ What is here:
 - :class:`Presser`: presses buttons through the control socket, re-arming each button first.
 - :class:`Centre`: the harness's receiver (agent/testing/site.py) plus the raw collector,
   optionally inside a namespace.
+- :func:`fault_site`: the agent, the centre, the tally and the presser of one test, started
+  and stopped as one; :func:`prefill_clips`: a clip backlog queued before the agent starts.
 - tests/fault/mqtt_proxy.py: a proxy that cuts the box's link right after its k-th MQTT packet.
 - fixture ``netlab``: agent/testing/netns.py's NetLab, two network namespaces joined by a veth
   pair, the broker in one, the agent in the other; cut, restore and shape the link.
@@ -45,25 +47,15 @@ from typing import Any
 import pytest
 
 from agent.box import control
+from agent.delivery.outbox import Outbox
+from agent.delivery.protocol import Priority
 from agent.errors import AgentError
 from agent.testing import wait_for
+from agent.testing.broker import Mosquitto
 from agent.testing.mqtt import MqttClient
-from agent.testing.netns import MQTT_PORT, NetLab, NsBroker, enter_netns, run_in_netns, sh
+from agent.testing.netns import MQTT_PORT, NetLab, run_in_netns, sh
 from agent.testing.site import AgentProcess, school_config
 from agent.testing.site import Centre as Receiver
-
-# Re-exported: the fault tests take the agent from here; bench/uplink.py takes the namespace
-# helpers from here until it moves onto agent.testing.netns.
-__all__ = [
-    "MQTT_PORT",
-    "AgentProcess",
-    "NetLab",
-    "NsBroker",
-    "enter_netns",
-    "run_in_netns",
-    "sh",
-    "wait_for",
-]
 
 # Six normally-open buttons without hold_s: a press is an alarm on the first edge, and a tight
 # loop can rotate through them while each one re-arms (release_s = 50 ms, agent/buttons.py).
@@ -72,6 +64,7 @@ BUTTONS = [
     for i, pin in enumerate((5, 6, 12, 13, 16, 26), start=1)
 ]
 REARM_S = 0.06  # release_s (50 ms) plus a margin
+CLIP_CHUNK = 16_000  # the data of one chunk of a prefilled clip backlog
 KEEPALIVE_S = 5  # the smallest the config allows; a dead link is noticed within 2 x this
 
 _FAULT_LINES: list[str] = []
@@ -319,6 +312,88 @@ class Centre(Receiver):
             if m.payload and m.json()["event_id"] == event_id:
                 return m.at
         return None
+
+
+# --- one test's site -------------------------------------------------------------------------
+
+
+@dataclass
+class FaultSite:
+    """What a fault test drives and checks: the agent as a process, the centre, the tally of
+    what was acknowledged and the presser that keeps it."""
+
+    agent: AgentProcess
+    centre: Centre
+    tally: Tally
+    presser: Presser
+
+    def online(self) -> None:
+        """Until the agent is online and has seen the centre's presence: from then on the
+        broker keeps every alarm for the centre."""
+        wait_for(lambda: self.agent.uplink_state() == "online", 15, "the agent online")
+        wait_for(
+            lambda: (self.agent.status() or {})["uplink"]["centre"] == "listening",
+            10,
+            "the centre's presence at the agent",
+        )
+
+
+@contextlib.contextmanager
+def fault_site(
+    name: str,
+    tmp_path: Path,
+    broker: Mosquitto | NetLab,
+    *,
+    storage: Path | None = None,
+    start: bool = True,
+    env: dict[str, str] | None = None,
+    **sections: Any,
+) -> Iterator[FaultSite]:
+    """The fault school (``sections`` over :func:`fault_config`) as a process, storage in
+    ``storage`` (default ``tmp_path/state``), and the centre (started), on ``broker``; on a
+    :class:`NetLab` the agent runs in its box namespace and the centre in the broker's. With
+    ``start``, the agent is started and :meth:`FaultSite.online`; both are stopped at the end,
+    whatever happened."""
+    storage = storage or tmp_path / "state"
+    netns: tuple[str | None, str | None]
+    if isinstance(broker, NetLab):
+        host, port, netns = broker.b_addr, MQTT_PORT, (broker.srv, broker.box)
+    else:
+        host, port, netns = "127.0.0.1", broker.port, (None, None)
+    cfg = fault_config(tmp_path / "agent.yaml", storage, host=host, port=port, **sections)
+    centre = Centre("127.0.0.1", port, tmp_path / "centre", netns=netns[0], name=f"c-{name}")
+    agent = AgentProcess(cfg, netns=netns[1], env=env or {})
+    tally = Tally(name)
+    site = FaultSite(agent, centre, tally, Presser(storage, tally))
+    try:
+        centre.start()
+        if start:
+            agent.start()
+            site.online()
+        yield site
+    finally:
+        agent.close()
+        centre.stop()
+
+
+def prefill_clips(db: Path, n: int, cameras: tuple[str, ...] = ("fault-cam",)) -> None:
+    """A backlog of ``n`` clip chunks (a few bytes of header, 16 KB of data) queued before
+    the agent starts, as after a long outage; several cameras' chunks interleave, as two
+    alarms' clips are queued."""
+    box = Outbox.open(db)
+    try:
+        box.add_many(
+            (
+                Priority.CLIP,
+                f"schools/sim-school/clip/{cameras[i % len(cameras)]}",
+                f"clip-{i}",
+                b"%06d\n" % i + bytes(CLIP_CHUNK),
+                None,
+            )
+            for i in range(n)
+        )
+    finally:
+        box.close()
 
 
 # --- privileges, namespaces -----------------------------------------------------------------------

@@ -20,14 +20,7 @@ import pytest
 
 from agent.errors import AgentError
 from agent.testing.broker import Mosquitto
-from tests.fault.conftest import (
-    AgentProcess,
-    Centre,
-    Presser,
-    Tally,
-    fault_config,
-    fault_seed,
-)
+from tests.fault.conftest import Presser, fault_seed, fault_site
 
 
 def integrity(db: Path) -> tuple[str, int]:
@@ -53,17 +46,13 @@ def _agent_kills(tmp_path: Path, broker: Mosquitto, name: str, kills: int, seed:
     fault_seed(name, seed)
     rng = random.Random(seed)
     storage = tmp_path / "state"
-    cfg = fault_config(tmp_path / "agent.yaml", storage, port=broker.port)
-    centre = Centre("127.0.0.1", broker.port, tmp_path / "centre", name=f"c-{name}").start()
-    tally = Tally(name)
-    agent = AgentProcess(cfg)
     checks: list[str] = []
-    try:
+    with fault_site(name, tmp_path, broker, start=False) as site:
+        agent, tally = site.agent, site.tally
         for _ in range(kills):
             agent.start()
-            presser = Presser(storage, tally)
             stop = threading.Event()
-            hammer = threading.Thread(target=_hammer, args=(presser, stop), daemon=True)
+            hammer = threading.Thread(target=_hammer, args=(site.presser, stop), daemon=True)
             hammer.start()
             time.sleep(rng.uniform(0.05, 0.8))
             agent.close()  # SIGKILL, mid-commit as often as not
@@ -73,9 +62,9 @@ def _agent_kills(tmp_path: Path, broker: Mosquitto, name: str, kills: int, seed:
             checks.append(result)
             assert result == "ok", f"outbox corrupt after a SIGKILL: {result}"
         agent.start()
-        tally.wait_delivered(centre, 30)
+        tally.wait_delivered(site.centre, 30)
         info = tally.report(
-            centre,
+            site.centre,
             seed=seed,
             kills=kills,
             integrity_ok=f"{checks.count('ok')}/{len(checks)}",
@@ -85,9 +74,6 @@ def _agent_kills(tmp_path: Path, broker: Mosquitto, name: str, kills: int, seed:
         # resent by the restarted agent only when the centre's receipt does not come.
         tally.assert_ok(info, in_order=False)
         assert tally.sent >= kills, "the hammer pressed (almost) nothing"
-    finally:
-        agent.close()
-        centre.stop()
 
 
 def test_agent_killed_while_writing_alarms(tmp_path: Path, broker: Mosquitto, seed: int) -> None:

@@ -22,15 +22,7 @@ from pathlib import Path
 import pytest
 
 from agent.testing.broker import Mosquitto
-from tests.conftest import wait_for
-from tests.fault.conftest import (
-    AgentProcess,
-    Centre,
-    Presser,
-    Tally,
-    fault_config,
-    fault_seed,
-)
+from tests.fault.conftest import fault_seed, fault_site
 
 LIBFAKETIME = [
     "/usr/lib/x86_64-linux-gnu/faketime/libfaketimeMT.so.1",
@@ -60,28 +52,15 @@ def _clock_steps(
     lib = _libfaketime()
     offset_file = tmp_path / "faketime.rc"
     offset_file.write_text("+0\n")
-    storage = tmp_path / "state"
-    cfg = fault_config(tmp_path / "agent.yaml", storage, port=broker.port)
-    agent = AgentProcess(
-        cfg,
-        env={
-            "LD_PRELOAD": lib,
-            "FAKETIME_TIMESTAMP_FILE": str(offset_file),
-            "FAKETIME_NO_CACHE": "1",
-            "FAKETIME_DONT_FAKE_MONOTONIC": "1",
-        },
-    )
-    centre = Centre("127.0.0.1", broker.port, tmp_path / "centre", name=f"c-{name}").start()
-    tally = Tally(name)
+    env = {
+        "LD_PRELOAD": lib,
+        "FAKETIME_TIMESTAMP_FILE": str(offset_file),
+        "FAKETIME_NO_CACHE": "1",
+        "FAKETIME_DONT_FAKE_MONOTONIC": "1",
+    }
     expected: dict[str, float] = {}  # event_id -> the fake wall time at the press
-    try:
-        agent.start()
-        wait_for(
-            lambda: (agent.status() or {})["uplink"]["centre"] == "listening",
-            10,
-            "the centre's presence",
-        )
-        presser = Presser(storage, tally)
+    with fault_site(name, tmp_path, broker, env=env) as site:
+        agent, centre, tally = site.agent, site.centre, site.tally
         broker_up = True
         for offset, presses, up in steps:
             if up and not broker_up:
@@ -96,7 +75,7 @@ def _clock_steps(
             offset_file.write_text(f"{offset:+d}\n")
             for _ in range(presses):
                 t = time.time() + offset
-                for e in presser.press():
+                for e in site.presser.press():
                     expected[e["event_id"]] = t
         if not broker_up:
             broker.start()
@@ -111,9 +90,6 @@ def _clock_steps(
         tally.assert_ok(info)
         assert skew < SLACK_S, "pressed_at does not follow the agent's wall clock"
         assert agent.proc is not None and agent.proc.poll() is None
-    finally:
-        agent.close()
-        centre.stop()
 
 
 def test_wall_clock_steps_back_and_forward(tmp_path: Path, broker: Mosquitto) -> None:

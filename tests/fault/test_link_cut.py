@@ -17,44 +17,14 @@ from pathlib import Path
 
 import pytest
 
+from agent.testing.netns import NetLab
 from tests.conftest import wait_for
-from tests.fault.conftest import (
-    KEEPALIVE_S,
-    MQTT_PORT,
-    AgentProcess,
-    Centre,
-    NetLab,
-    Presser,
-    Tally,
-    fault_config,
-    fault_seed,
-)
+from tests.fault.conftest import KEEPALIVE_S, FaultSite, fault_seed, fault_site
 
 
-def _online(agent: AgentProcess, lab: NetLab, tmp_path: Path, name: str) -> Centre:
-    centre = Centre(
-        "127.0.0.1", MQTT_PORT, tmp_path / "centre", netns=lab.srv, name=f"c-{name}"
-    ).start()
-    agent.start()
-    wait_for(lambda: agent.uplink_state() == "online", 15, "the agent online")
-    wait_for(
-        lambda: (agent.status() or {})["uplink"]["centre"] == "listening",
-        10,
-        "the centre's presence at the agent",
-    )
-    return centre
-
-
-def _one_cut(
-    lab: NetLab,
-    agent: AgentProcess,
-    presser: Presser,
-    centre: Centre,
-    tally: Tally,
-    mode: str,
-    hold_s: float | None,
-) -> dict[str, float]:
+def _one_cut(lab: NetLab, site: FaultSite, mode: str, hold_s: float | None) -> dict[str, float]:
     """Cut, press, (wait for the agent to notice, or hold_s), press, restore; the timings."""
+    agent, centre, presser, tally = site.agent, site.centre, site.presser, site.tally
     lab.cut(mode)
     t_cut = time.monotonic()
     presser.press()  # handed to paho on a connection that is already dead
@@ -83,17 +53,11 @@ def _one_cut(
 
 @pytest.mark.parametrize("mode", ["down", "blackhole"])
 def test_link_cut_longer_than_keepalive(netlab: NetLab, tmp_path: Path, mode: str) -> None:
-    name = f"link_cut_{mode}"
-    storage = tmp_path / "state"
-    cfg = fault_config(tmp_path / "agent.yaml", storage, host=netlab.b_addr)
-    agent = AgentProcess(cfg, netns=netlab.box)
-    tally = Tally(name)
-    centre = _online(agent, netlab, tmp_path, name)
-    try:
-        presser = Presser(storage, tally)
+    with fault_site(f"link_cut_{mode}", tmp_path, netlab) as site:
+        agent, centre, presser, tally = site.agent, site.centre, site.presser, site.tally
         presser.press_n(2)
         tally.wait_delivered(centre, 10)
-        t = _one_cut(netlab, agent, presser, centre, tally, mode, hold_s=None)
+        t = _one_cut(netlab, site, mode, hold_s=None)
         presser.press()
         tally.wait_delivered(centre, 15)
         info = tally.report(centre, **{k: f"{v:.2f}" for k, v in t.items()})
@@ -101,28 +65,15 @@ def test_link_cut_longer_than_keepalive(netlab: NetLab, tmp_path: Path, mode: st
         assert t["detect_s"] <= 2 * KEEPALIVE_S + 1.5, "the dead link went unnoticed"
         out = agent.output()  # noticed by the alarm's overdue PUBACK, or else by keepalive
         assert any(why in out for why in ("no PUBACK", "connection lost", "disconnected"))
-    finally:
-        agent.close()
-        centre.stop()
 
 
 def test_short_cut_tcp_survives(netlab: NetLab, tmp_path: Path) -> None:
     """Shorter than keepalive: the connection survives, TCP retransmits, nothing is lost."""
-    name = "link_cut_short"
-    storage = tmp_path / "state"
-    cfg = fault_config(tmp_path / "agent.yaml", storage, host=netlab.b_addr)
-    agent = AgentProcess(cfg, netns=netlab.box)
-    tally = Tally(name)
-    centre = _online(agent, netlab, tmp_path, name)
-    try:
-        presser = Presser(storage, tally)
-        presser.press()
-        t = _one_cut(netlab, agent, presser, centre, tally, "down", hold_s=2.0)
-        info = tally.report(centre, **{k: f"{v:.2f}" for k, v in t.items()})
-        tally.assert_ok(info)
-    finally:
-        agent.close()
-        centre.stop()
+    with fault_site("link_cut_short", tmp_path, netlab) as site:
+        site.presser.press()
+        t = _one_cut(netlab, site, "down", hold_s=2.0)
+        info = site.tally.report(site.centre, **{k: f"{v:.2f}" for k, v in t.items()})
+        site.tally.assert_ok(info)
 
 
 @pytest.mark.slow
@@ -131,29 +82,20 @@ def test_soak_link_cut_many_times(netlab: NetLab, tmp_path: Path, seed: int) -> 
     name = "soak_link_cut"
     fault_seed(name, seed)
     rng = random.Random(seed)
-    storage = tmp_path / "state"
-    cfg = fault_config(tmp_path / "agent.yaml", storage, host=netlab.b_addr)
-    agent = AgentProcess(cfg, netns=netlab.box)
-    tally = Tally(name)
-    centre = _online(agent, netlab, tmp_path, name)
     worst, worst_cut = 0.0, ""
-    try:
-        presser = Presser(storage, tally)
+    with fault_site(name, tmp_path, netlab) as site:
         for _ in range(12):
-            presser.press_n(rng.randint(0, 2))
+            site.presser.press_n(rng.randint(0, 2))
             mode = rng.choice(["down", "blackhole"])
             hold = rng.choice([None, rng.uniform(0.2, 4.0)])
-            t = _one_cut(netlab, agent, presser, centre, tally, mode, hold_s=hold)
+            t = _one_cut(netlab, site, mode, hold_s=hold)
             if t["restore_to_first_alarm_s"] > worst:
                 worst = t["restore_to_first_alarm_s"]
                 worst_cut = f"{mode}/{t['cut_s']:.1f}s"
-        info = tally.report(
-            centre, seed=seed, cuts=12, worst_restore_s=f"{worst:.2f}", worst_cut=worst_cut
+        info = site.tally.report(
+            site.centre, seed=seed, cuts=12, worst_restore_s=f"{worst:.2f}", worst_cut=worst_cut
         )
-        tally.assert_ok(info)
-    finally:
-        agent.close()
-        centre.stop()
+        site.tally.assert_ok(info)
 
 
 def test_silent_death_is_noticed_by_the_alarm_not_by_keepalive(
@@ -162,16 +104,8 @@ def test_silent_death_is_noticed_by_the_alarm_not_by_keepalive(
     """A connection that dies without a sound, with a long keepalive (as a school router's
     lost NAT state looks): the alarm's missing PUBACK makes the agent reconnect, long before
     keepalive would have noticed."""
-    name = "silent_death"
-    storage = tmp_path / "state"
-    cfg = fault_config(tmp_path / "agent.yaml", storage, host=netlab.b_addr)
-    text = cfg.read_text().replace(f"keepalive_s: {KEEPALIVE_S}", "keepalive_s: 60")
-    cfg.write_text(text)
-    agent = AgentProcess(cfg, netns=netlab.box)
-    tally = Tally(name)
-    centre = _online(agent, netlab, tmp_path, name)
-    try:
-        presser = Presser(storage, tally)
+    with fault_site("silent_death", tmp_path, netlab, mqtt={"keepalive_s": 60}) as site:
+        agent, centre, presser, tally = site.agent, site.centre, site.presser, site.tally
         presser.press()
         tally.wait_delivered(centre, 10)
         netlab.cut("blackhole")
@@ -185,6 +119,3 @@ def test_silent_death_is_noticed_by_the_alarm_not_by_keepalive(
         tally.assert_ok(info)
         assert delivered_s < 15, "the alarm waited for keepalive"
         assert "no PUBACK for an alarm" in agent.output()
-    finally:
-        agent.close()
-        centre.stop()

@@ -14,20 +14,10 @@ import statistics
 import time
 from pathlib import Path
 
-from agent.delivery.outbox import Outbox
-from agent.delivery.protocol import Priority
-from tests.conftest import wait_for
-from tests.fault.conftest import (
-    MQTT_PORT,
-    AgentProcess,
-    Centre,
-    NetLab,
-    Presser,
-    Tally,
-    fault_config,
-)
+from agent.testing.netns import NetLab
+from agent.testing.site import AgentProcess
+from tests.fault.conftest import fault_site, prefill_clips
 
-CHUNK = 16_000
 FOLLOW_S = 10.0  # the estimate follows a change within this (measured: about 3 s)
 LATENCY_BOUND_S = 2.0  # an alarm queued behind the backlog would wait minutes
 
@@ -55,38 +45,11 @@ def _follows(agent: AgentProcess, kbit: int, what: str) -> float:
 
 
 def test_the_upload_estimate_follows_the_link_down_and_up(netlab: NetLab, tmp_path: Path) -> None:
-    storage = tmp_path / "state"
-    box = Outbox.open(storage / "outbox.db")
-    try:
-        box.add_many(
-            (
-                Priority.CLIP,
-                "schools/sim-school/clip/fault-cam",
-                f"clip-{i}",
-                b"%06d\n" % i + bytes(CHUNK),
-                None,
-            )
-            for i in range(3000)
-        )
-    finally:
-        box.close()
+    prefill_clips(tmp_path / "state" / "outbox.db", 3000)
     netlab.shape("2mbit", "4kb", "200ms")
-    cfg = fault_config(tmp_path / "agent.yaml", storage, host=netlab.b_addr)
-    centre = Centre(
-        "127.0.0.1", MQTT_PORT, tmp_path / "centre", netns=netlab.srv, name="c-rate"
-    ).start()
-    agent = AgentProcess(cfg, netns=netlab.box)
-    tally = Tally("rate_change")
-    try:
-        agent.start()
-        wait_for(lambda: agent.uplink_state() == "online", 15, "the agent online")
-        wait_for(
-            lambda: (agent.status() or {})["uplink"]["centre"] == "listening",
-            10,
-            "the centre's presence",
-        )
+    with fault_site("rate_change", tmp_path, netlab) as site:
+        agent, centre, presser, tally = site.agent, site.centre, site.presser, site.tally
         first = _follows(agent, 2000, "at start")
-        presser = Presser(storage, tally)
         netlab.shape("500kbit", "4kb", "200ms")
         down = _follows(agent, 500, "after the drop")
         pressed_at: dict[str, float] = {}
@@ -115,6 +78,3 @@ def test_the_upload_estimate_follows_the_link_down_and_up(netlab: NetLab, tmp_pa
         assert pacing["mode"] == "auto" and pacing["ceiling_kbps"] is None
         assert agent.outbox()["clip"] > 0, "the backlog drained: nothing was paced"
         assert max(latencies) < LATENCY_BOUND_S, f"an alarm waited behind video: {latencies}"
-    finally:
-        agent.close()
-        centre.stop()

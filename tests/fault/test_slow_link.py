@@ -14,61 +14,23 @@ from pathlib import Path
 
 import pytest
 
-from agent.delivery.outbox import Outbox
-from agent.delivery.protocol import Priority
-from tests.conftest import wait_for
-from tests.fault.conftest import (
-    MQTT_PORT,
-    AgentProcess,
-    Centre,
-    NetLab,
-    Presser,
-    Tally,
-    fault_config,
-)
+from agent.testing.netns import NetLab
+from tests.fault.conftest import fault_site, prefill_clips
 
-CHUNK = 16_000
 LATENCY_BOUND_S = 2.0  # vs ~backlog/125 kB/s (over 20 s) if an alarm queued behind the clips
 
 
 def _slow_link(netlab: NetLab, tmp_path: Path, name: str, presses: int, backlog: int) -> None:
-    storage = tmp_path / "state"
-    box = Outbox.open(storage / "outbox.db")
-    try:
-        box.add_many(
-            (
-                Priority.CLIP,
-                "schools/sim-school/clip/fault-cam",
-                f"clip-{i}",
-                b"%06d\n" % i + bytes(CHUNK),
-                None,
-            )
-            for i in range(backlog)
-        )
-    finally:
-        box.close()
+    prefill_clips(tmp_path / "state" / "outbox.db", backlog)
     netlab.shape("1mbit", "16kb", "100ms")
-    cfg = fault_config(tmp_path / "agent.yaml", storage, host=netlab.b_addr)
-    centre = Centre(
-        "127.0.0.1", MQTT_PORT, tmp_path / "centre", netns=netlab.srv, name=f"c-{name}"
-    ).start()
-    agent = AgentProcess(cfg, netns=netlab.box)
-    tally = Tally(name)
-    try:
-        agent.start()
-        wait_for(lambda: agent.uplink_state() == "online", 15, "the agent online")
-        wait_for(
-            lambda: (agent.status() or {})["uplink"]["centre"] == "listening",
-            10,
-            "the centre's presence",
-        )
+    with fault_site(name, tmp_path, netlab) as site:
+        agent, centre, tally = site.agent, site.centre, site.tally
         clips_at_start = agent.outbox()["clip"]
-        presser = Presser(storage, tally)
         pressed_at: dict[str, float] = {}
         for _ in range(presses):
             time.sleep(0.7)
             t0 = time.monotonic()
-            for e in presser.press():
+            for e in site.presser.press():
                 pressed_at[e["event_id"]] = t0
         tally.wait_delivered(centre, 20)
         latencies = [
@@ -86,9 +48,6 @@ def _slow_link(netlab: NetLab, tmp_path: Path, name: str, presses: int, backlog:
         tally.assert_ok(info)
         assert clips_left > 0, "the backlog drained before the presses: nothing was measured"
         assert max(latencies) < LATENCY_BOUND_S, f"an alarm waited behind video: {latencies}"
-    finally:
-        agent.close()
-        centre.stop()
 
 
 def test_slow_link_alarms_overtake_clips(netlab: NetLab, tmp_path: Path) -> None:

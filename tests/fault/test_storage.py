@@ -7,49 +7,22 @@ of ``simulate``). A corrupt outbox is moved aside and a clean one started, loudl
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import os
 import random
 import signal
 import sqlite3
 import struct
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
 from agent.testing.broker import Mosquitto
+from agent.testing.site import AgentProcess
 from tests.conftest import wait_for
-from tests.fault.conftest import (
-    BUTTONS,
-    AgentProcess,
-    Centre,
-    Mount,
-    Presser,
-    Tally,
-    fault_config,
-    fault_seed,
-    fill_disk,
-)
-
-
-def _start(
-    tmp_path: Path, broker: Mosquitto, storage: Path, name: str, centre_up: bool = True
-) -> tuple[AgentProcess, Centre, Presser, Tally]:
-    cfg = fault_config(tmp_path / "agent.yaml", storage, port=broker.port)
-    centre = Centre("127.0.0.1", broker.port, tmp_path / "centre", name=f"c-{name}")
-    if centre_up:
-        centre.start()
-    agent = AgentProcess(cfg).start()
-    if centre_up:
-        wait_for(
-            lambda: (agent.status() or {})["uplink"]["centre"] == "listening",
-            10,
-            "the centre's presence",
-        )
-    tally = Tally(name)
-    return agent, centre, Presser(storage, tally), tally
-
+from tests.fault.conftest import BUTTONS, FaultSite, Mount, fault_seed, fault_site, fill_disk
 
 # --- full -----------------------------------------------------------------------------------------
 
@@ -58,8 +31,8 @@ def test_disk_full_alarm_still_reaches_the_centre(
     tmp_path: Path, broker: Mosquitto, tmpfs: Callable[[str], Mount]
 ) -> None:
     disk = tmpfs("4m")
-    agent, centre, presser, tally = _start(tmp_path, broker, disk.path, "disk_full")
-    try:
+    with fault_site("disk_full", tmp_path, broker, storage=disk.path) as site:
+        agent, centre, presser, tally = site.agent, site.centre, site.presser, site.tally
         before = presser.press_n(2)
         tally.wait_delivered(centre, 10)
         filled = fill_disk(disk.path)
@@ -81,15 +54,19 @@ def test_disk_full_alarm_still_reaches_the_centre(
         assert not all(e["durable"] for e in during), "the full disk never refused a write"
         assert status["outbox"]["disk_error"], "status does not show the disk error"
         assert "NOT on disk" in agent.output()
-    finally:
-        agent.close()
-        centre.stop()
 
 
-def _full_cycles(tmp_path: Path, broker: Mosquitto, disk: Mount, name: str, cycles: int) -> None:
-    agent, centre, presser, tally = _start(tmp_path, broker, disk.path, name)
+@pytest.mark.parametrize(
+    ("name", "cycles"),
+    [("disk_full_twice", 2), pytest.param("soak_disk_full", 25, marks=pytest.mark.slow)],
+)
+def test_disk_full_again_and_again_seq_stays_unique(
+    tmp_path: Path, broker: Mosquitto, tmpfs: Callable[[str], Mount], name: str, cycles: int
+) -> None:
+    disk = tmpfs("4m")
     held = 0
-    try:
+    with fault_site(name, tmp_path, broker, storage=disk.path) as site:
+        centre, presser, tally = site.centre, site.presser, site.tally
         presser.press()
         for _ in range(cycles):
             fill_disk(disk.path)
@@ -100,30 +77,14 @@ def _full_cycles(tmp_path: Path, broker: Mosquitto, disk: Mount, name: str, cycl
         tally.wait_delivered(centre, 20)
         info = tally.report(centre, cycles=cycles, held_in_memory=held)
         tally.assert_ok(info)
-    finally:
-        agent.close()
-        centre.stop()
-
-
-def test_disk_full_twice_seq_stays_unique(
-    tmp_path: Path, broker: Mosquitto, tmpfs: Callable[[str], Mount]
-) -> None:
-    _full_cycles(tmp_path, broker, tmpfs("4m"), "disk_full_twice", cycles=2)
-
-
-@pytest.mark.slow
-def test_soak_disk_full_cycles(
-    tmp_path: Path, broker: Mosquitto, tmpfs: Callable[[str], Mount]
-) -> None:
-    _full_cycles(tmp_path, broker, tmpfs("4m"), "soak_disk_full", cycles=25)
 
 
 def test_alarm_held_in_memory_keeps_its_place_in_seq_order(
     tmp_path: Path, broker: Mosquitto, tmpfs: Callable[[str], Mount]
 ) -> None:
     disk = tmpfs("4m")
-    agent, centre, presser, tally = _start(tmp_path, broker, disk.path, "disk_full_order")
-    try:
+    with fault_site("disk_full_order", tmp_path, broker, storage=disk.path) as site:
+        centre, presser, tally = site.centre, site.presser, site.tally
         presser.press()
         tally.wait_delivered(centre, 10)
         broker.kill()  # nothing leaves the box: the order is decided by the outbox alone
@@ -141,9 +102,6 @@ def test_alarm_held_in_memory_keeps_its_place_in_seq_order(
         )
         assert [e["durable"] for e in held + stored] == [False, False, True]
         tally.assert_ok(info)  # out_of_order must be 0
-    finally:
-        agent.close()
-        centre.stop()
 
 
 def test_disk_full_loses_no_dc09_event(
@@ -171,48 +129,55 @@ def test_disk_full_loses_no_dc09_event(
         "supervision_s": 10,
         "test_report_s": 0,
     }
-    cfg = fault_config(
-        tmp_path / "agent.yaml", disk.path, port=broker.port, dc09=dc09, buttons=buttons
-    )
-    centre = Centre("127.0.0.1", broker.port, tmp_path / "centre", name="c-dc09-full").start()
-    agent = AgentProcess(cfg).start()
-    tally = Tally("dc09_disk_full")
-    presser = Presser(disk.path, tally)
     try:
-        presser.press_n(2)
-        rx.wait(2)
-        rx.stop()  # the receiver away too: what the full disk refuses waits in memory
-        fill_disk(disk.path)
-        during = presser.press_n(3)
-        for f in disk.path.glob("filler*"):
-            f.unlink()
-        after = presser.press_n(1)  # this commit writes the held DC-09 events first
-        tally.wait_delivered(centre, 15)
-        agent.kill()  # kill -9: only what is on disk survives it
-        rx = SiaReceiver(Transport.TCP, [SIAAccount(ACCOUNT, None)], port).start()
-        agent.start()
-        zones = [int(e.message) for e in rx.wait(4, timeout=15)]
-        pressed = [int(e["button_id"][1:]) for e in during + after]
-        info = tally.report(
-            centre, held_in_memory=sum(not e["durable"] for e in during), dc09_received=len(zones)
-        )
-        tally.assert_ok(info)
-        assert not all(e["durable"] for e in during), "the full disk never refused a write"
-        assert zones == pressed, (zones, pressed)  # every one, in press order, each once
+        with fault_site(
+            "dc09_disk_full", tmp_path, broker, storage=disk.path, dc09=dc09, buttons=buttons
+        ) as site:
+            agent, centre, presser, tally = site.agent, site.centre, site.presser, site.tally
+            presser.press_n(2)
+            rx.wait(2)
+            rx.stop()  # the receiver away too: what the full disk refuses waits in memory
+            fill_disk(disk.path)
+            during = presser.press_n(3)
+            for f in disk.path.glob("filler*"):
+                f.unlink()
+            after = presser.press_n(1)  # this commit writes the held DC-09 events first
+            tally.wait_delivered(centre, 15)
+            agent.kill()  # kill -9: only what is on disk survives it
+            rx = SiaReceiver(Transport.TCP, [SIAAccount(ACCOUNT, None)], port).start()
+            agent.start()
+            zones = [int(e.message) for e in rx.wait(4, timeout=15)]
+            pressed = [int(e["button_id"][1:]) for e in during + after]
+            info = tally.report(
+                centre,
+                held_in_memory=sum(not e["durable"] for e in during),
+                dc09_received=len(zones),
+            )
+            tally.assert_ok(info)
+            assert not all(e["durable"] for e in during), "the full disk never refused a write"
+            assert zones == pressed, (zones, pressed)  # every one, in press order, each once
     finally:
-        agent.close()
-        centre.stop()
         rx.stop()
 
 
 # --- read-only ----------------------------------------------------------------------------------
 
 
-def _read_only_card(tmp_path: Path, broker: Mosquitto, card: Mount, name: str, rounds: int) -> None:
-    storage = card.path / "edge-agent"
-    agent, centre, presser, tally = _start(tmp_path, broker, storage, name)
+@pytest.mark.parametrize(
+    ("name", "rounds"),
+    [("read_only", 1), pytest.param("soak_read_only", 15, marks=pytest.mark.slow)],
+)
+def test_storage_turns_read_only_alarms_still_flow(
+    tmp_path: Path,
+    broker: Mosquitto,
+    ext4_loop: Callable[[str], Mount],
+    name: str,
+    rounds: int,
+) -> None:
+    card = ext4_loop("16M")
     held = 0
-    try:
+    with fault_site(name, tmp_path, broker, storage=card.path / "edge-agent") as site:
+        agent, centre, presser, tally = site.agent, site.centre, site.presser, site.tally
         presser.press_n(2)
         tally.wait_delivered(centre, 10)
         # What ext4 does on an SD card error with errors=remount-ro; unlike
@@ -229,22 +194,6 @@ def _read_only_card(tmp_path: Path, broker: Mosquitto, card: Mount, name: str, r
         tally.assert_ok(info, in_order=False)
         assert held == 4 * rounds, "a write to a read-only card 'succeeded'"
         assert agent.proc is not None and agent.proc.poll() is None, "the agent died"
-    finally:
-        agent.close()
-        centre.stop()
-
-
-def test_storage_turns_read_only_alarms_still_flow(
-    tmp_path: Path, broker: Mosquitto, ext4_loop: Callable[[str], Mount]
-) -> None:
-    _read_only_card(tmp_path, broker, ext4_loop("16M"), "read_only", rounds=1)
-
-
-@pytest.mark.slow
-def test_soak_storage_read_only(
-    tmp_path: Path, broker: Mosquitto, ext4_loop: Callable[[str], Mount]
-) -> None:
-    _read_only_card(tmp_path, broker, ext4_loop("16M"), "soak_read_only", rounds=15)
 
 
 def test_alarm_held_in_memory_waits_for_the_centre_receipt(
@@ -252,8 +201,8 @@ def test_alarm_held_in_memory_waits_for_the_centre_receipt(
 ) -> None:
     card = ext4_loop("16M")
     storage = card.path / "edge-agent"
-    agent, centre, presser, tally = _start(tmp_path, broker, storage, "read_only_receipt")
-    try:
+    with fault_site("read_only_receipt", tmp_path, broker, storage=storage) as site:
+        agent, centre, presser, tally = site.agent, site.centre, site.presser, site.tally
         presser.press()
         tally.wait_delivered(centre, 10)
         (card.sysfs() / "trigger_fs_error").write_text("fault test: card failing\n")
@@ -275,9 +224,6 @@ def test_alarm_held_in_memory_waits_for_the_centre_receipt(
         tally.wait_delivered(centre, 15)
         info = tally.report(centre, held_in_memory=1)
         tally.assert_ok(info)
-    finally:
-        agent.close()
-        centre.stop()
 
 
 EXT4_IOC_SHUTDOWN = 0x8004587D  # _IOR('X', 125, __u32), include/uapi/linux/ext4.h
@@ -291,8 +237,8 @@ def test_failing_card_alarms_still_flow(
     ioctl, what a card that drops off the bus looks like). Alarms must still go out."""
     card = ext4_loop("16M")
     storage = card.path / "edge-agent"
-    agent, centre, presser, tally = _start(tmp_path, broker, storage, "failing_card")
-    try:
+    with fault_site("failing_card", tmp_path, broker, storage=storage) as site:
+        agent, centre, presser, tally = site.agent, site.centre, site.presser, site.tally
         presser.press_n(2)
         tally.wait_delivered(centre, 10)
         fd = os.open(card.path, os.O_RDONLY)
@@ -309,9 +255,6 @@ def test_failing_card_alarms_still_flow(
         )
         tally.assert_ok(info)
         assert agent.proc is not None and agent.proc.poll() is None, "the agent died"
-    finally:
-        agent.close()
-        centre.stop()
 
 
 def _read_only(path: Path) -> bool:
@@ -371,29 +314,27 @@ CORRUPTIONS = {
 }
 
 
-def _corrupt_while_down(
+@contextlib.contextmanager
+def _corrupted_while_down(
     tmp_path: Path, broker: Mosquitto, name: str, corrupt: Callable[[Path], None]
-) -> tuple[AgentProcess, Centre, Tally, Presser, list[int]]:
-    storage = tmp_path / "state"
-    agent, centre, presser, tally = _start(tmp_path, broker, storage, name)
-    presser.press_n(3)
-    tally.wait_delivered(centre, 10)
-    wait_for(lambda: agent.outbox().get("unconfirmed") == 0, 10, "the receipts")
-    seqs_before = [e["seq"] for e in tally.acked.values()]
-    _stop_cleanly(agent)
-    db = storage / "outbox.db"
-    corrupt(db)
-    agent.start()
-    return agent, centre, tally, presser, seqs_before
+) -> Iterator[tuple[FaultSite, list[int]]]:
+    """Three alarms delivered and confirmed, the agent stopped, its outbox damaged by
+    ``corrupt``, the agent started again; the site, and the seqs of the alarms before."""
+    with fault_site(name, tmp_path, broker) as site:
+        site.presser.press_n(3)
+        site.tally.wait_delivered(site.centre, 10)
+        wait_for(lambda: site.agent.outbox().get("unconfirmed") == 0, 10, "the receipts")
+        seqs_before = [e["seq"] for e in site.tally.acked.values()]
+        _stop_cleanly(site.agent)
+        corrupt(tmp_path / "state" / "outbox.db")
+        site.agent.start()
+        yield site, seqs_before
 
 
 @pytest.mark.parametrize("kind", list(CORRUPTIONS))
 def test_corrupt_outbox_is_moved_aside(tmp_path: Path, broker: Mosquitto, kind: str) -> None:
-    name = f"corrupt_{kind}"
-    agent, centre, tally, presser, _ = _corrupt_while_down(
-        tmp_path, broker, name, CORRUPTIONS[kind]
-    )
-    try:
+    with _corrupted_while_down(tmp_path, broker, f"corrupt_{kind}", CORRUPTIONS[kind]) as (site, _):
+        agent, centre, presser, tally = site.agent, site.centre, site.presser, site.tally
         storage = tmp_path / "state"
         aside = sorted(p.name for p in storage.glob("outbox.db.corrupt-*"))
         presser.press_n(2)
@@ -404,39 +345,30 @@ def test_corrupt_outbox_is_moved_aside(tmp_path: Path, broker: Mosquitto, kind: 
         assert aside, f"no outbox.db.corrupt-* in {sorted(os.listdir(storage))}"
         assert "is corrupt" in agent.output() and "started a clean one" in agent.output()
         assert agent.proc is not None and agent.proc.poll() is None
-    finally:
-        agent.close()
-        centre.stop()
 
 
 def test_zero_length_outbox_is_reported(tmp_path: Path, broker: Mosquitto) -> None:
-    agent, centre, tally, presser, _ = _corrupt_while_down(
-        tmp_path, broker, "corrupt_zero-length", lambda db: os.truncate(db, 0)
-    )
-    try:
-        presser.press()
-        tally.wait_delivered(centre, 10)
-        info = tally.report(centre)
-        tally.assert_ok(info, in_order=False, seq_increasing=False)
-        assert "is corrupt" in agent.output() or "empty" in agent.output()
-    finally:
-        agent.close()
-        centre.stop()
+    def zero(db: Path) -> None:
+        os.truncate(db, 0)
+
+    with _corrupted_while_down(tmp_path, broker, "corrupt_zero-length", zero) as (site, _):
+        site.presser.press()
+        site.tally.wait_delivered(site.centre, 10)
+        info = site.tally.report(site.centre)
+        site.tally.assert_ok(info, in_order=False, seq_increasing=False)
+        assert "is corrupt" in site.agent.output() or "empty" in site.agent.output()
 
 
 def test_seq_continues_after_a_corrupt_outbox(tmp_path: Path, broker: Mosquitto) -> None:
-    agent, centre, tally, presser, seqs_before = _corrupt_while_down(
-        tmp_path, broker, "corrupt_seq", _torn_messages_page
-    )
-    try:
-        [event] = presser.press()
-        tally.wait_delivered(centre, 10)
-        info = tally.report(centre, seq_before=max(seqs_before), seq_after=event["seq"])
+    with _corrupted_while_down(tmp_path, broker, "corrupt_seq", _torn_messages_page) as (
+        site,
+        seqs_before,
+    ):
+        [event] = site.presser.press()
+        site.tally.wait_delivered(site.centre, 10)
+        info = site.tally.report(site.centre, seq_before=max(seqs_before), seq_after=event["seq"])
         assert event["seq"] > max(seqs_before), (seqs_before, event["seq"])
-        tally.assert_ok(info)
-    finally:
-        agent.close()
-        centre.stop()
+        site.tally.assert_ok(info)
 
 
 @pytest.mark.slow
@@ -447,9 +379,9 @@ def test_soak_random_corruptions(tmp_path: Path, broker: Mosquitto, seed: int) -
     name = "soak_corrupt"
     rng = random.Random(fault_seed(name, seed))
     storage = tmp_path / "state"
-    agent, centre, presser, tally = _start(tmp_path, broker, storage, name)
     moved = 0
-    try:
+    with fault_site(name, tmp_path, broker) as site:
+        agent, centre, presser, tally = site.agent, site.centre, site.presser, site.tally
         rounds = 20
         for _ in range(rounds):
             presser.press_n(2)
@@ -470,6 +402,3 @@ def test_soak_random_corruptions(tmp_path: Path, broker: Mosquitto, seed: int) -
         tally.wait_delivered(centre, 10)
         info = tally.report(centre, seed=seed, rounds=rounds, moved_aside=moved)
         tally.assert_ok(info, in_order=False, no_gaps=False, seq_increasing=False)
-    finally:
-        agent.close()
-        centre.stop()

@@ -19,42 +19,10 @@ import pytest
 from agent.box import control
 from agent.errors import ControlError
 from agent.supervision import EXIT_SOFTWARE
+from agent.testing import SMALL_CAMERA
 from agent.testing.broker import Mosquitto
 from tests.conftest import wait_for
-from tests.fault.conftest import (
-    AgentProcess,
-    Centre,
-    Presser,
-    Tally,
-    fault_config,
-    record_fault_line,
-)
-
-CAMERA = {
-    "id": "hall-cam",
-    "source": "synthetic:hall",
-    "size": "160x90",
-    "fps": 5,
-    "segment_s": 1,
-    "pre_alarm_s": 2,
-    "post_alarm_s": 1,
-}
-
-
-def _start(
-    tmp_path: Path, broker: Mosquitto, name: str
-) -> tuple[AgentProcess, Centre, Presser, Tally]:
-    storage = tmp_path / "state"
-    cfg = fault_config(tmp_path / "agent.yaml", storage, port=broker.port, cameras=[CAMERA])
-    centre = Centre("127.0.0.1", broker.port, tmp_path / "centre", name=f"c-{name}").start()
-    agent = AgentProcess(cfg).start()
-    wait_for(
-        lambda: (agent.status() or {})["uplink"]["centre"] == "listening",
-        10,
-        "the centre's presence at the agent",
-    )
-    tally = Tally(name)
-    return agent, centre, Presser(storage, tally), tally
+from tests.fault.conftest import Centre, Presser, fault_site, record_fault_line
 
 
 def _deliver(presser: Presser, centre: Centre, timeout: float = 10) -> float:
@@ -69,8 +37,8 @@ def _deliver(presser: Presser, centre: Centre, timeout: float = 10) -> float:
 def test_a_crashed_thread_is_restarted_and_the_next_press_arrives(
     tmp_path: Path, broker: Mosquitto, thread: str
 ) -> None:
-    agent, centre, presser, _ = _start(tmp_path, broker, f"crash-{thread}")
-    try:
+    with fault_site(f"crash-{thread}", tmp_path, broker, cameras=[SMALL_CAMERA]) as site:
+        agent, centre, presser = site.agent, site.centre, site.presser
         _deliver(presser, centre)  # the path works before the crash
         t0 = time.monotonic()
         reply = control.call(presser.sock, {"cmd": "inject", "thread": thread})
@@ -90,16 +58,13 @@ def test_a_crashed_thread_is_restarted_and_the_next_press_arrives(
             f"inject_to_stored_ms={total_s * 1000:.0f} "
             f"press_to_stored_ms={press_s * 1000:.0f}"
         )
-    finally:
-        agent.close()
-        centre.stop()
 
 
 def test_a_spent_restart_budget_ends_the_process_and_a_restart_delivers(
     tmp_path: Path, broker: Mosquitto
 ) -> None:
-    agent, centre, presser, _ = _start(tmp_path, broker, "crash-budget")
-    try:
+    with fault_site("crash-budget", tmp_path, broker, cameras=[SMALL_CAMERA]) as site:
+        agent, centre, presser = site.agent, site.centre, site.presser
         for _ in range(5):  # the budget: five restarts a minute
             control.call(presser.sock, {"cmd": "inject", "thread": "uplink"})
         t0 = time.monotonic()
@@ -117,6 +82,3 @@ def test_a_spent_restart_budget_ends_the_process_and_a_restart_delivers(
             f"FAULT thread_crash_budget: exit_ms={exit_s * 1000:.0f} "
             f"press_after_restart_to_stored_ms={press_s * 1000:.0f}"
         )
-    finally:
-        agent.close()
-        centre.stop()
