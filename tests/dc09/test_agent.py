@@ -19,7 +19,6 @@ pytest.importorskip("pysiaalarm", reason="pip install -e '.[test]' (pysiaalarm, 
 
 from pysiaalarm import SIAEvent
 
-from agent.box import control
 from agent.delivery.dc09.translit import location_text
 from agent.testing.broker import Mosquitto
 from agent.testing.sia import ACCOUNT, SiaReceiver, zoned_school
@@ -47,6 +46,7 @@ HEALTH = "schools/+/health"
 OLD_OUTBOX = Path(__file__).parent.parent / "data" / "outbox-7ed4fb4.sql"
 
 Receivers = Callable[..., SiaReceiver]
+StartAgent = Callable[..., AgentProcess]
 
 
 def dc09_config(tmp_path: Path, broker_port: int, *receivers: dict[str, Any], **dc09: Any) -> Path:
@@ -91,11 +91,14 @@ def dc09_status(agent: AgentProcess) -> dict[str, Any]:
 
 
 @pytest.fixture
-def agents() -> Iterator[Callable[[Path], AgentProcess]]:
+def start_agent(broker: Mosquitto, tmp_path: Path) -> Iterator[StartAgent]:
+    """``start_agent(*receivers, **dc09)``: the agent as a process on :func:`dc09_config` with
+    those receivers (a running one, or its config entry); each is closed at the end."""
     started: list[AgentProcess] = []
 
-    def start(config: Path) -> AgentProcess:
-        started.append(AgentProcess(config))
+    def start(*receivers: SiaReceiver | dict[str, Any], **dc09: Any) -> AgentProcess:
+        entries = [entry(r) if isinstance(r, SiaReceiver) else r for r in receivers]
+        started.append(AgentProcess(dc09_config(tmp_path, broker.port, *entries, **dc09)))
         return started[-1].start()
 
     yield start
@@ -104,14 +107,10 @@ def agents() -> Iterator[Callable[[Path], AgentProcess]]:
 
 
 def test_a_press_arrives_decoded_at_pysiaalarm_and_at_the_mqtt_centre(
-    receivers: Receivers,
-    broker: Mosquitto,
-    collector: MqttClient,
-    tmp_path: Path,
-    agents: Callable[[Path], AgentProcess],
+    receivers: Receivers, collector: MqttClient, start_agent: StartAgent
 ) -> None:
     rx = receivers()
-    agent = agents(dc09_config(tmp_path, broker.port, entry(rx)))
+    agent = start_agent(rx)
     before = time.time()
     agent.press("entrance")
     agent.press("office")  # a hold-up button: HA on DC-09, a panic on MQTT
@@ -135,15 +134,11 @@ def test_a_press_arrives_decoded_at_pysiaalarm_and_at_the_mqtt_centre(
 
 
 def test_walk_test_and_restores_on_release_as_configured(
-    receivers: Receivers,
-    broker: Mosquitto,
-    collector: MqttClient,
-    tmp_path: Path,
-    agents: Callable[[Path], AgentProcess],
+    receivers: Receivers, collector: MqttClient, start_agent: StartAgent
 ) -> None:
     rx = receivers()
     events = ["panic", "panic_restore", "walk_test", "test_start", "test_end"]
-    agent = agents(dc09_config(tmp_path, broker.port, entry(rx), events=events))
+    agent = start_agent(rx, events=events)
     agent.press("entrance")  # press and release
     assert cli("test-mode", "on", "--minutes", "5", "-c", str(agent.config)).returncode == 0
     agent.press("gym")
@@ -163,21 +158,16 @@ def test_walk_test_and_restores_on_release_as_configured(
 
 
 def test_kill_9_between_commit_and_ack_loses_nothing(
-    receivers: Receivers,
-    broker: Mosquitto,
-    collector: MqttClient,
-    tmp_path: Path,
-    agents: Callable[[Path], AgentProcess],
+    receivers: Receivers, collector: MqttClient, start_agent: StartAgent
 ) -> None:
     port = dead_port()  # the receiver is not there yet: nothing can be acknowledged
-    config = dc09_config(tmp_path, broker.port, {"host": "127.0.0.1", "port": port})
-    agent = agents(config)
+    agent = start_agent({"host": "127.0.0.1", "port": port})
     for button in ("entrance", "gym", "office"):
         agent.press(button)
     assert dc09_status(agent)["queue"] == 3
     assert agent.kill(signal.SIGKILL) == -signal.SIGKILL
     rx = receivers(port=port)
-    agent = agents(config)
+    agent = start_agent({"host": "127.0.0.1", "port": port})  # the same agent, its outbox
     assert codes(rx.wait(3)) == [("PA", "001"), ("PA", "002"), ("HA", "003")]
     wait_for(lambda: dc09_status(agent).get("queue") == 0, 5, "the DC-09 queue empty")
     wait_for(lambda: len([a for a in alarms(collector) if a["button_id"]]) >= 3, 10, "MQTT")
@@ -186,15 +176,11 @@ def test_kill_9_between_commit_and_ack_loses_nothing(
 
 
 def test_a_receiver_away_for_a_while_gets_everything_queued_and_mqtt_never_waits(
-    receivers: Receivers,
-    broker: Mosquitto,
-    collector: MqttClient,
-    tmp_path: Path,
-    agents: Callable[[Path], AgentProcess],
+    receivers: Receivers, collector: MqttClient, start_agent: StartAgent
 ) -> None:
     rx = receivers()
     port = rx.port
-    agent = agents(dc09_config(tmp_path, broker.port, entry(rx)))
+    agent = start_agent(rx)
     agent.press("entrance")
     rx.wait(1)
     rx.stop()
@@ -226,17 +212,15 @@ def test_a_receiver_away_for_a_while_gets_everything_queued_and_mqtt_never_waits
 
 
 def test_the_dc09_thread_crashes_and_is_restarted_with_its_queue(
-    receivers: Receivers, broker: Mosquitto, tmp_path: Path, agents: Callable[[Path], AgentProcess]
+    receivers: Receivers, start_agent: StartAgent
 ) -> None:
     """The crash-only rule (docs/architecture.md) for the dc09 thread: a crash is logged,
     the thread restarted at once from the outbox, and the next press goes out."""
     rx = receivers()
-    agent = agents(dc09_config(tmp_path, broker.port, entry(rx)))
+    agent = start_agent(rx)
     agent.press("entrance")
     rx.wait(1)
-    reply = control.call(
-        control.socket_path(tmp_path / "state"), {"cmd": "inject", "thread": "dc09"}, timeout=10
-    )
+    reply = agent.call({"cmd": "inject", "thread": "dc09"})
     assert reply["status"]["thread_crashes"] == {"dc09": 1}
     agent.press("gym")
     assert codes(rx.wait(2)) == [("PA", "001"), ("PA", "002")]
@@ -244,18 +228,10 @@ def test_the_dc09_thread_crashes_and_is_restarted_with_its_queue(
 
 
 def test_the_primary_down_falls_back_to_the_backup(
-    receivers: Receivers,
-    broker: Mosquitto,
-    collector: MqttClient,
-    tmp_path: Path,
-    agents: Callable[[Path], AgentProcess],
+    receivers: Receivers, collector: MqttClient, start_agent: StartAgent
 ) -> None:
     backup = receivers()
-    agent = agents(
-        dc09_config(
-            tmp_path, broker.port, {"host": "127.0.0.1", "port": dead_port()}, entry(backup)
-        )
-    )
+    agent = start_agent({"host": "127.0.0.1", "port": dead_port()}, backup)
     agent.press("entrance")
     assert codes(backup.wait(1)) == [("PA", "001")]
     wait_for(lambda: dc09_status(agent).get("queue") == 0, 5, "acknowledged")
@@ -265,12 +241,12 @@ def test_the_primary_down_falls_back_to_the_backup(
 
 
 def test_the_mqtt_paths_failure_and_return_go_over_dc09(
-    receivers: Receivers, broker: Mosquitto, tmp_path: Path, agents: Callable[[Path], AgentProcess]
+    receivers: Receivers, broker: Mosquitto, start_agent: StartAgent
 ) -> None:
     """keepalive_s 5: the centre's broker would publish the will after 7.5 s, so YC after that
     long offline, YK when the uplink is back."""
     rx = receivers()
-    agent = agents(dc09_config(tmp_path, broker.port, entry(rx)))
+    agent = start_agent(rx)
     wait_for(lambda: (agent.status() or {})["uplink"]["state"] == "online", 10, "online")
     broker.kill()
     [fail] = rx.wait(1, timeout=15)
