@@ -5,6 +5,7 @@ systemd runs it or in this process, and the centre's real receiver."""
 from __future__ import annotations
 
 import logging
+import sqlite3
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -100,6 +101,23 @@ def alarms(client: MqttClient) -> list[dict[str, Any]]:
 def wait_alarms(client: MqttClient, n: int, timeout: float = 10.0) -> list[dict[str, Any]]:
     """Until ``n`` alarms arrived; all of them."""
     return [m.json() for m in client.wait(ALARMS, n, timeout)]
+
+
+class Refusing:
+    """An outbox's connection on a failing card, put in place of ``Outbox._conn``: every
+    transaction fails as SQLite fails on a disk I/O error; reads still work."""
+
+    def __init__(self, real: sqlite3.Connection) -> None:
+        self.real = real
+
+    def __enter__(self) -> None:
+        raise sqlite3.OperationalError("disk I/O error")
+
+    def __exit__(self, *a: object) -> None:
+        pass
+
+    def execute(self, *a: object) -> sqlite3.Cursor:
+        return self.real.execute(*a)  # type: ignore[arg-type]
 
 
 def write_config(path: Path, broker_port: int, storage: Path, **sections: Any) -> Path:

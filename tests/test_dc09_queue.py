@@ -15,8 +15,8 @@ from agent.delivery.dc09.events import Event, EventKind
 from agent.delivery.dc09_queue import KEEP_REFUSED, OutboxEventQueue
 from agent.delivery.outbox import Outbox
 from agent.delivery.protocol import Priority
+from tests.conftest import REPO, Refusing
 
-REPO = Path(__file__).resolve().parent.parent
 OLD_OUTBOX = Path(__file__).parent / "data" / "outbox-7ed4fb4.sql"
 AT = 1_760_000_000.0
 
@@ -107,22 +107,6 @@ def test_a_failing_dc09_insert_fails_the_alarms_commit_too(box: Outbox) -> None:
     assert box.query(lambda c: c.execute("SELECT COUNT(*) FROM messages").fetchone()[0]) == 0
     assert [m.key for m in box.next_batch([], 10, Priority.CLIP)] == ["a1"]  # from memory
     assert _sent(q) == [("panic", 5)]
-
-
-class Refusing:
-    """A failing card: every transaction fails; reads still work."""
-
-    def __init__(self, real: sqlite3.Connection) -> None:
-        self.real = real
-
-    def __enter__(self) -> None:
-        raise sqlite3.OperationalError("disk I/O error")
-
-    def __exit__(self, *a: object) -> None:
-        pass
-
-    def execute(self, *a: object) -> sqlite3.Cursor:
-        return self.real.execute(*a)  # type: ignore[arg-type]
 
 
 def test_held_in_memory_while_the_disk_refuses_then_written_first(box: Outbox) -> None:

@@ -15,7 +15,7 @@ from agent.delivery.outbox import BlobRef, Outbox
 from agent.delivery.protocol import Priority, Topics
 from agent.delivery.uplink.link import Uplink
 from agent.testing.broker import Mosquitto
-from tests.conftest import subscriber, wait_for
+from tests.conftest import Refusing, subscriber, wait_for
 from tests.test_uplink import _mqtt
 
 
@@ -134,19 +134,6 @@ def test_disk_refusing_writes_keeps_alarms_in_memory(tmp_path: Path) -> None:
     box = Outbox.open(tmp_path / "o.db")
     assert _alarm(box, "before") == 1
 
-    class Refusing:
-        def __init__(self, real: sqlite3.Connection) -> None:
-            self.real = real
-
-        def __enter__(self) -> None:
-            raise sqlite3.OperationalError("disk I/O error")
-
-        def __exit__(self, *a: object) -> None:
-            pass
-
-        def execute(self, *a: object) -> sqlite3.Cursor:
-            return self.real.execute(*a)  # type: ignore[arg-type]
-
     box._conn = Refusing(box._conn)  # type: ignore[assignment]
     seq, durable = box.add_alarm("t", "during", lambda s: f"{s}".encode())
     assert (seq, durable) == (2, False)
@@ -158,28 +145,9 @@ def test_disk_refusing_writes_keeps_alarms_in_memory(tmp_path: Path) -> None:
     assert [m.key for m in box.next_batch([], 10, Priority.CLIP)] == ["before"]
 
 
-# The outbox as agents before the size column's removal made it, verbatim: boxes in the field
-# hold files like this across an upgrade.
-OLD_SCHEMA = """
-CREATE TABLE IF NOT EXISTS messages (
-    id        INTEGER PRIMARY KEY AUTOINCREMENT,
-    priority  INTEGER NOT NULL,
-    topic     TEXT    NOT NULL,
-    key       TEXT    NOT NULL UNIQUE,   -- event_id / chunk id: enqueueing twice is a no-op
-    qos       INTEGER NOT NULL,
-    retain    INTEGER NOT NULL,
-    payload   BLOB    NOT NULL,          -- the whole message, or the header of a file chunk
-    blob_path TEXT,                      -- clip chunks: bytes are read from the spool at send time
-    blob_off  INTEGER,
-    blob_len  INTEGER,
-    size      INTEGER NOT NULL,          -- bytes this row stands for, for the disk budget
-    state     INTEGER NOT NULL DEFAULT 0, -- 0 ready, 1 delivered to the broker, awaiting receipt
-    seq       INTEGER                     -- alarms: their seq, the order they are sent in
-);
-CREATE INDEX IF NOT EXISTS messages_order ON messages (priority, id);
-CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value INTEGER NOT NULL);
-INSERT OR IGNORE INTO meta (name, value) VALUES ('seq', 0);
-"""
+# The outbox as agents before the size column's removal made it: boxes in the field hold
+# files like this across an upgrade.
+OLD_OUTBOX = Path(__file__).parent / "data" / "outbox-0de7272.sql"
 
 
 def test_an_outbox_made_by_the_old_schema_opens_and_sends_what_it_holds(
@@ -189,30 +157,8 @@ def test_an_outbox_made_by_the_old_schema_opens_and_sends_what_it_holds(
     spool.write_bytes(b"0123456789")
     old = sqlite3.connect(db)
     old.execute("PRAGMA journal_mode=WAL")
-    old.executescript(OLD_SCHEMA)
-    rows = [  # priority, topic, key, payload, blob, size, state, seq
-        (0, "schools/site-a/alarm", "waiting", b'{"seq":1}', None, 9, 0, 1),
-        (0, "schools/site-a/alarm", "unconfirmed", b'{"seq":2}', None, 9, 1, 2),
-        (3, "schools/site-a/clip/cam", "ev/cam/0/0", b"HEAD\n", (2, 5), 10, 0, None),
-    ]
-    for prio, topic, key, payload, blob, size, state, seq in rows:
-        old.execute(
-            "INSERT INTO messages (priority, topic, key, qos, retain, payload, blob_path,"
-            " blob_off, blob_len, size, state, seq) VALUES (?, ?, ?, 1, 0, ?, ?, ?, ?,"
-            " ?, ?, ?)",
-            (
-                prio,
-                topic,
-                key,
-                payload,
-                str(spool) if blob else None,
-                *(blob or (None, None)),
-                size,
-                state,
-                seq,
-            ),
-        )
-    old.execute("UPDATE meta SET value = 2 WHERE name = 'seq'")
+    old.executescript(OLD_OUTBOX.read_text())
+    old.execute("UPDATE messages SET blob_path = ? WHERE blob_path IS NOT NULL", (str(spool),))
     old.commit()
     old.close()
 
