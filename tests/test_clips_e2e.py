@@ -7,7 +7,6 @@ libx264 through PyAV); the centre is the real receiver; durations are read with 
 from __future__ import annotations
 
 import json
-import subprocess
 import time
 from pathlib import Path
 from typing import Any
@@ -16,32 +15,20 @@ import av
 import pytest
 import yaml
 
-from agent.config import default_config_text
 from agent.testing.broker import Mosquitto
+from agent.testing.site import school_config
 from tests.conftest import AgentProcess, Centre, wait_for
+from tests.video_fixtures import CAMERAS, duration
 
 PRE_S, POST_S, SEG_S = 3.0, 2.0, 1.0
 
 
 def _config(tmp_path: Path, port: int) -> Path:
-    data = yaml.safe_load(default_config_text())
-    data["mqtt"].update({"port": port, "keepalive_s": 5})
-    data["storage"]["path"] = str(tmp_path / "state")
-    for cam in data["cameras"]:
-        cam.update({"pre_alarm_s": PRE_S, "post_alarm_s": POST_S, "segment_s": SEG_S})
-    path = tmp_path / "agent.yaml"
-    path.write_text(yaml.safe_dump(data, sort_keys=False))
-    return path
-
-
-def _probe_duration(path: Path) -> float:
-    out = subprocess.run(
-        ["ffprobe", "-v", "error", "-show_entries", "format=duration", "-of", "json", str(path)],
-        capture_output=True,
-        text=True,
-        check=True,
+    clip = {"pre_alarm_s": PRE_S, "post_alarm_s": POST_S, "segment_s": SEG_S}
+    cameras = {camera: clip for camera in CAMERAS}
+    return school_config(
+        tmp_path / "agent.yaml", port=port, storage=tmp_path / "state", cameras=cameras
     )
-    return float(json.loads(out.stdout)["format"]["duration"])
 
 
 def _decode_all(path: Path) -> int:
@@ -79,8 +66,8 @@ def test_press_gives_a_playable_clip_covering_pre_and_post(
         assert clip.name == "entrance-cam.ts"
         verdict = json.loads(clip.with_name("entrance-cam.verify.json").read_text())
         assert verdict["verified"] is True, verdict  # chain and the box's signature hold
-        duration = _probe_duration(clip)
-        assert PRE_S + POST_S - SEG_S <= duration <= PRE_S + POST_S + 2 * SEG_S + 0.5, duration
+        seconds = duration(clip)
+        assert PRE_S + POST_S - SEG_S <= seconds <= PRE_S + POST_S + 2 * SEG_S + 0.5, seconds
         assert _decode_all(clip) >= (PRE_S + POST_S - SEG_S) * 10  # 10 fps
         status: dict[str, Any] = agent.status() or {}
         assert status["cameras"]["entrance-cam"]["state"] == "streaming"
@@ -104,7 +91,7 @@ def test_clip_waits_out_a_dead_broker(tmp_path: Path, broker: Mosquitto) -> None
         broker.start()
         wait_for(lambda: _clips(tmp_path / "centre"), 30, "the clip after the outage")
         assert _clips(tmp_path / "centre")[0].name == "gym-cam.ts"
-        assert _probe_duration(_clips(tmp_path / "centre")[0]) >= PRE_S + POST_S - SEG_S
+        assert duration(_clips(tmp_path / "centre")[0]) >= PRE_S + POST_S - SEG_S
     finally:
         agent.close()
         centre.stop()

@@ -5,58 +5,55 @@ from __future__ import annotations
 import json
 import subprocess
 import time
+from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import pytest
-import yaml
 
-from agent.config import default_config_text
 from agent.delivery.outbox import Outbox
 from agent.delivery.protocol import Topics
 from agent.delivery.uplink.link import Uplink
 from agent.delivery.uplink.pacing import Pacer
 from agent.testing.broker import Mosquitto
+from agent.testing.site import school_config
 from tests.conftest import AgentProcess, Centre, cli, subscriber, wait_for
 from tests.test_uplink import _mqtt
-
-
-def _duration(path: Path) -> float:
-    out = subprocess.run(
-        ["ffprobe", "-v", "error", "-show_entries", "format=duration", "-of", "json", str(path)],
-        capture_output=True,
-        text=True,
-        check=True,
-    )
-    return float(json.loads(out.stdout)["format"]["duration"])
+from tests.video_fixtures import CAMERAS, duration
 
 
 @pytest.fixture
-def school(tmp_path: Path, broker: Mosquitto) -> tuple[AgentProcess, Path]:
+def school(tmp_path: Path, broker: Mosquitto) -> Iterator[tuple[AgentProcess, Path]]:
+    """The simulated school's agent, its four cameras (gym-cam relaying all the time),
+    commanded by this centre's key, and the centre's receiver; the agent and the store."""
     store = tmp_path / "centre"
     assert cli("central", "--key", str(tmp_path / "keys" / "centre.key"), "keygen").returncode == 0
-    data = yaml.safe_load(default_config_text())
-    data["mqtt"].update({"port": broker.port, "keepalive_s": 5})
-    data["storage"]["path"] = str(tmp_path / "state")
-    data["commands"] = {"public_key_file": str(tmp_path / "keys" / "centre.pub")}
-    data["cameras"][1]["live"] = {"mode": "always"}  # gym-cam relays all the time
-    path = tmp_path / "agent.yaml"
-    path.write_text(yaml.safe_dump(data, sort_keys=False))
-    return AgentProcess(path), store
-
-
-def _central(broker: Mosquitto, store: Path, *args: str) -> dict[str, object]:
-    r = cli(
-        "central",
-        "--broker",
-        broker.url,
-        "--store",
-        str(store),
-        "--key",
-        str(store.parent / "keys" / "centre.key"),
-        *args,
-        timeout=30,
+    cameras: dict[str, dict[str, Any]] = {camera: {} for camera in CAMERAS}
+    cameras["gym-cam"] = {"live": {"mode": "always"}}
+    config = school_config(
+        tmp_path / "agent.yaml",
+        port=broker.port,
+        storage=tmp_path / "state",
+        cameras=cameras,
+        commands={"public_key_file": str(tmp_path / "keys" / "centre.pub")},
     )
+    agent, centre = AgentProcess(config), Centre(broker.url, store).start()
+    try:
+        yield agent.start(), store
+    finally:
+        agent.close()
+        centre.stop()
+
+
+def _central(broker: Mosquitto, store: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    key = str(store.parent / "keys" / "centre.key")
+    return cli(
+        "central", "--broker", broker.url, "--store", str(store), "--key", key, *args, timeout=30
+    )
+
+
+def _answer(r: subprocess.CompletedProcess[str]) -> dict[str, Any]:
     assert r.returncode == 0, r.stdout + r.stderr
     return json.loads(r.stdout)  # type: ignore[no-any-return]
 
@@ -64,87 +61,48 @@ def _central(broker: Mosquitto, store: Path, *args: str) -> dict[str, object]:
 def test_live_on_request_writes_a_growing_playable_file(
     school: tuple[AgentProcess, Path], broker: Mosquitto
 ) -> None:
-    agent, store = school
-    centre = Centre(broker.url, store).start()
-    try:
-        agent.start()
-        result = _central(broker, store, "live", "sim-school", "entrance-cam", "--seconds", "3")
-        session = result["data"]["session"]  # type: ignore[index]
-        live = store / "sim-school" / "live" / str(session) / "entrance-cam.ts"
-        wait_for(lambda: live.exists() and live.stat().st_size > 0, 10, "the first live segment")
-        first = live.stat().st_size
-        wait_for(lambda: live.stat().st_size > first, 10, "the file growing")
-        time.sleep(4)  # the session ends by itself after 3 s
-        size = live.stat().st_size
-        time.sleep(2)
-        assert live.stat().st_size == size, "live kept flowing after the session ended"
-        assert _duration(live) >= 2.0
-    finally:
-        agent.close()
-        centre.stop()
+    _, store = school
+    result = _answer(
+        _central(broker, store, "live", "sim-school", "entrance-cam", "--seconds", "3")
+    )
+    live = store / "sim-school" / "live" / str(result["data"]["session"]) / "entrance-cam.ts"
+    wait_for(lambda: live.exists() and live.stat().st_size > 0, 10, "the first live segment")
+    first = live.stat().st_size
+    wait_for(lambda: live.stat().st_size > first, 10, "the file growing")
+    time.sleep(4)  # the session ends by itself after 3 s
+    size = live.stat().st_size
+    time.sleep(2)
+    assert live.stat().st_size == size, "live kept flowing after the session ended"
+    assert duration(live) >= 2.0
 
 
-def test_always_on_live_flows_without_a_request(
-    school: tuple[AgentProcess, Path], broker: Mosquitto
-) -> None:
-    agent, store = school
-    centre = Centre(broker.url, store).start()
-    try:
-        agent.start()
-        live = store / "sim-school" / "live" / "always" / "gym-cam.ts"
-        wait_for(lambda: live.exists() and live.stat().st_size > 0, 15, "always-on live")
-        assert not (store / "sim-school" / "live" / "always" / "entrance-cam.ts").exists()
-    finally:
-        agent.close()
-        centre.stop()
+def test_always_on_live_flows_without_a_request(school: tuple[AgentProcess, Path]) -> None:
+    _, store = school
+    live = store / "sim-school" / "live" / "always" / "gym-cam.ts"
+    wait_for(lambda: live.exists() and live.stat().st_size > 0, 15, "always-on live")
+    assert not (store / "sim-school" / "live" / "always" / "entrance-cam.ts").exists()
 
 
 def test_fetch_pulls_recorded_history_as_a_verified_clip(
     school: tuple[AgentProcess, Path], broker: Mosquitto
 ) -> None:
-    agent, store = school
-    centre = Centre(broker.url, store).start()
-    try:
-        agent.start()
-        time.sleep(5)
-        now = time.time()
-        stamp = lambda t: datetime.fromtimestamp(t, UTC).isoformat()  # noqa: E731
-        result = _central(
-            broker,
-            store,
-            "fetch",
-            "sim-school",
-            "office-cam",
-            "--from",
-            stamp(now - 4),
-            "--to",
-            stamp(now - 1),
+    _, store = school
+    time.sleep(5)
+    now = time.time()
+    stamp = lambda t: datetime.fromtimestamp(t, UTC).isoformat()  # noqa: E731
+
+    def fetch(start: str, end: str) -> subprocess.CompletedProcess[str]:
+        return _central(
+            broker, store, "fetch", "sim-school", "office-cam", "--from", start, "--to", end
         )
-        clip_id = result["data"]["clip_id"]  # type: ignore[index]
-        clip = store / "sim-school" / str(clip_id) / "office-cam.ts"
-        wait_for(clip.with_name("office-cam.verify.json").exists, 15, "the fetched clip, verified")
-        assert _duration(clip) >= 2.0
-        assert json.loads(clip.with_name("office-cam.verify.json").read_text())["verified"]
-        r = cli(
-            "central",
-            "--broker",
-            broker.url,
-            "--store",
-            str(store),
-            "--key",
-            str(store.parent / "keys" / "centre.key"),
-            "fetch",
-            "sim-school",
-            "office-cam",
-            "--from",
-            "2020-01-01T00:00:00Z",
-            "--to",
-            "2020-01-01T00:10:00Z",
-        )
-        assert r.returncode == 1 and "no_video" in r.stdout
-    finally:
-        agent.close()
-        centre.stop()
+
+    result = _answer(fetch(stamp(now - 4), stamp(now - 1)))
+    clip = store / "sim-school" / str(result["data"]["clip_id"]) / "office-cam.ts"
+    wait_for(clip.with_name("office-cam.verify.json").exists, 15, "the fetched clip, verified")
+    assert duration(clip) >= 2.0
+    assert json.loads(clip.with_name("office-cam.verify.json").read_text())["verified"]
+    r = fetch("2020-01-01T00:00:00Z", "2020-01-01T00:10:00Z")
+    assert r.returncode == 1 and "no_video" in r.stdout
 
 
 def test_live_skips_to_the_newest_segment_when_the_link_is_behind(

@@ -6,6 +6,7 @@ import dataclasses
 import hashlib
 import itertools
 import threading
+from collections.abc import Iterable
 from fractions import Fraction
 from pathlib import Path
 
@@ -45,6 +46,25 @@ def synthetic(fps: int = 15, segment_s: float = 2.0) -> SyntheticSource:
     return SyntheticSource(width=320, height=240, fps=fps, segment_s=segment_s, realtime=False)
 
 
+def first_packets(n: int) -> list[Packet]:
+    """The synthetic source's first ``n`` packets (15 fps, a keyframe every 2 s)."""
+    source = synthetic()
+    source.open(5.0)
+    packets = [p for _, p in zip(range(n), source.packets(), strict=False)]
+    source.close()
+    return packets
+
+
+def segmented(packets: Iterable[Packet]) -> list[Segment]:
+    """``packets`` through a Segmenter of 2 s segments, flushed at the end."""
+    out: list[Segment] = []
+    segmenter = Segmenter("cam", 2.0, INFO, [out.append])
+    for pkt in packets:
+        segmenter.packet(pkt)
+    segmenter.flush()
+    return out
+
+
 def test_synthetic_segments_are_keyframe_aligned_and_decode_alone() -> None:
     segments = segments_of(synthetic(), 10.0)
     assert [s.index for s in segments] == [0, 1, 2, 3, 4]
@@ -67,15 +87,8 @@ def test_cuts_only_at_keyframes_when_the_gop_is_not_the_segment_length() -> None
 
 
 def test_packets_before_the_first_keyframe_are_dropped() -> None:
-    source = synthetic()
-    source.open(5.0)
-    packets = [p for _, p in zip(range(40), source.packets(), strict=False)]
-    source.close()
-    out: list[Segment] = []
-    segmenter = Segmenter("cam", 2.0, INFO, [out.append])
-    for pkt in packets[5:]:  # start mid-GOP, as after joining a live stream
-        segmenter.packet(pkt)
-    segmenter.flush()
+    packets = first_packets(40)
+    out = segmented(packets[5:])  # start mid-GOP, as after joining a live stream
     assert out[0].start == packets[30].wallclock and decode(out[0].data)[1]
 
 
@@ -100,17 +113,12 @@ def test_concatenated_segments_play_as_one_file(tmp_path: Path, h264_file: Path)
 
 
 def test_a_gap_in_time_closes_the_segment_and_time_continues() -> None:
-    source = synthetic()
-    source.open(5.0)
-    packets = [p for _, p in zip(range(75), source.packets(), strict=False)]
-    source.close()
-    out: list[Segment] = []
-    segmenter = Segmenter("cam", 2.0, INFO, [out.append])
-    for pkt in packets[:45]:  # 3 s: one segment and half of the next
-        segmenter.packet(pkt)
-    for pkt in packets[60:]:  # then 1 s missing (a reconnect), resuming at a keyframe
-        segmenter.packet(dataclasses.replace(pkt, pts=pkt.pts + 5.0, wallclock=pkt.wallclock + 5))
-    segmenter.flush()
+    packets = first_packets(75)
+    before = packets[:45]  # 3 s: one segment and half of the next
+    after = [  # then 1 s missing (a reconnect), resuming at a keyframe
+        dataclasses.replace(p, pts=p.pts + 5.0, wallclock=p.wallclock + 5) for p in packets[60:]
+    ]
+    out = segmented(before + after)
     assert [round(s.duration, 3) for s in out] == [2.0, 1.0, 1.0]
     assert out[2].start - out[1].end == pytest.approx(6.0, abs=0.1)
 

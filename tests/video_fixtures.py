@@ -26,6 +26,10 @@ from agent.video.segmenter import Segment, Segmenter
 from agent.video.sources.synthetic import SyntheticSource
 from tests.rtsp_server import RtspServer, gst_available
 
+# The simulated school's cameras (agent/data/simulated-school.yaml), for a test that changes
+# each of them (agent/testing/site.py's school_config takes them by id).
+CAMERAS = ("entrance-cam", "gym-cam", "office-cam", "corridor-cam")
+
 
 def make_mpeg4_file(path: Path) -> Path:
     """Half a second of MPEG-4 Part 2: what a camera left on its default codec sends (the
@@ -143,6 +147,11 @@ def decode(data: bytes) -> tuple[int, bool, list[str]]:
         av.logging.set_level(previous)
     errors = [f"{name}: {message.strip()}" for _, name, message in logs]
     return len(frames), bool(frames) and frames[0].key_frame, errors
+
+
+def duration(path: Path) -> float:
+    """The file's duration in seconds, as ffprobe reads it (its format's)."""
+    return float(ffprobe(path)["format"]["duration"])
 
 
 def ffprobe(path: Path) -> dict[str, Any]:
