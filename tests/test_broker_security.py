@@ -47,13 +47,17 @@ def broker(tmp_path: Path, pki: Pki) -> Iterator[Broker]:
 
 @pytest.fixture
 def peers(pki: Pki) -> Iterator[Callable[..., MqttClient]]:
-    """peers(port, identity, **options) -> a connected peer, closed after the test."""
+    """peers(port, identity, *topics, **options) -> a connected peer, subscribed to
+    ``topics`` one by one (what the broker granted is not checked), closed after the test."""
     made: list[MqttClient] = []
 
-    def connect(port: int, identity: Identity | None, **options: Any) -> MqttClient:
+    def connect(port: int, identity: Identity | None, *topics: str, **options: Any) -> MqttClient:
         client = peer(port, pki, identity, **options)
         made.append(client)
-        return client.connect()
+        client.connect()
+        for topic in topics:
+            client.subscribe(topic)
+        return client
 
     yield connect
     for client in made:
@@ -186,8 +190,9 @@ def test_agent_says_why_the_broker_refuses_its_certificate(
 def test_a_site_cannot_publish_as_another_site(
     pki: Pki, broker: Broker, peers: Callable[..., MqttClient]
 ) -> None:
-    centre = peers(broker.centre_port, pki.client("centre"), client_id="centre-receiver")
-    centre.subscribe("schools/#")
+    centre = peers(
+        broker.centre_port, pki.client("centre"), "schools/#", client_id="centre-receiver"
+    )
     # The CONNECT username is ignored: the certificate's CN is the username.
     a = peers(
         broker.box_port,
@@ -216,11 +221,11 @@ def test_a_site_cannot_publish_as_another_site(
 def test_a_site_cannot_read_another_sites_video_or_commands(
     pki: Pki, broker: Broker, peers: Callable[..., MqttClient]
 ) -> None:
-    centre = peers(broker.centre_port, pki.client("centre"), client_id="centre-receiver")
-    centre.subscribe("schools/#")
+    centre = peers(
+        broker.centre_port, pki.client("centre"), "schools/#", client_id="centre-receiver"
+    )
     a = peers(broker.box_port, pki.client("school-a"))
-    b = peers(broker.box_port, pki.client("school-b"))
-    b.subscribe("schools/school-b/cmd")
+    b = peers(broker.box_port, pki.client("school-b"), "schools/school-b/cmd")
     # Mosquitto 2.0's ACL file does not check SUBSCRIBE: the subscription is granted ...
     assert granted(a.subscribe("schools/school-b/clip/#")) == ["Granted QoS 1"]
     assert granted(a.subscribe("schools/school-b/cmd")) == ["Granted QoS 1"]
@@ -239,12 +244,11 @@ def test_a_site_cannot_read_another_sites_video_or_commands(
 def test_only_the_centre_can_command(
     pki: Pki, broker: Broker, peers: Callable[..., MqttClient]
 ) -> None:
-    centre = peers(broker.centre_port, pki.client("centre"), client_id="centre-dispatch")
-    centre.subscribe("schools/+/cmd")
-    a = peers(broker.box_port, pki.client("school-a"))
-    a.subscribe("schools/school-a/cmd")
-    b = peers(broker.box_port, pki.client("school-b"))
-    b.subscribe("schools/school-b/cmd")
+    centre = peers(
+        broker.centre_port, pki.client("centre"), "schools/+/cmd", client_id="centre-dispatch"
+    )
+    a = peers(broker.box_port, pki.client("school-a"), "schools/school-a/cmd")
+    b = peers(broker.box_port, pki.client("school-b"), "schools/school-b/cmd")
 
     assert a.publish("schools/school-b/cmd", b"from A").value == NOT_AUTHORIZED
     assert a.publish("schools/school-a/cmd", b"A to itself").value == NOT_AUTHORIZED
@@ -289,8 +293,9 @@ def test_no_valid_certificate_no_connection(
 def test_a_site_cannot_take_over_another_sites_connection(
     pki: Pki, broker: Broker, peers: Callable[..., MqttClient]
 ) -> None:
-    centre = peers(broker.centre_port, pki.client("centre"), client_id="centre-receiver")
-    centre.subscribe("schools/+/status")
+    centre = peers(
+        broker.centre_port, pki.client("centre"), "schools/+/status", client_id="centre-receiver"
+    )
     b = peers(broker.box_port, pki.client("school-b"), client_id="edge-agent-school-b")
     a = peers(broker.box_port, pki.client("school-a"), client_id="edge-agent-school-b")
     assert a.online and b.online
@@ -360,8 +365,12 @@ def test_a_box_in_the_centres_share_group_makes_alarms_disappear(
     pki: Pki, broker: Broker, peers: Callable[..., MqttClient]
 ) -> None:
     """Why docs/broker.md says the centre must not take alarms through a shared subscription."""
-    centre = peers(broker.centre_port, pki.client("centre"), client_id="centre-receiver")
-    centre.subscribe("$share/centre/schools/+/alarm")
+    centre = peers(
+        broker.centre_port,
+        pki.client("centre"),
+        "$share/centre/schools/+/alarm",
+        client_id="centre-receiver",
+    )
     centre.subscribe("schools/+/cmd")  # for the fence
     intruder = peers(broker.box_port, pki.client("school-a"))
     assert granted(intruder.subscribe("$share/centre/schools/+/alarm")) == ["Granted QoS 1"]
@@ -381,8 +390,9 @@ def test_a_packet_over_max_packet_size_disconnects_its_sender(
 ) -> None:
     """The largest chunk the protocol allows passes; anything larger costs its sender the
     connection, before the broker keeps any of it (docs/broker.md, max_packet_size)."""
-    centre = peers(broker.centre_port, pki.client("centre"), client_id="centre-receiver")
-    centre.subscribe("schools/+/clip/+")
+    centre = peers(
+        broker.centre_port, pki.client("centre"), "schools/+/clip/+", client_id="centre-receiver"
+    )
     box = peers(broker.box_port, pki.client("school-a"))
     largest = b"h" * 1024 + b"\n" + b"v" * 256 * 1024
     assert not box.publish("schools/school-a/clip/entrance-cam", largest).is_failure

@@ -116,6 +116,11 @@ def test_selftest_as_root_probes_the_disk_as_the_service_user(
     assert "FAIL" in row and "the directory's owner" in row, row
 
 
+def _none_running(path: Path) -> bool:
+    """No process has ``path`` in its command line (pgrep found none, and did not fail)."""
+    return subprocess.run(["pgrep", "-f", str(path)], capture_output=True).returncode == 1
+
+
 def test_demo_shows_the_alarm_and_clip_then_stops_on_ctrl_c(tmp_path: Path) -> None:
     """The README's first command: it presses a button, shows what the centre received, and
     stops cleanly on Ctrl-C (SIGINT), leaving no broker behind."""
@@ -153,12 +158,7 @@ def test_demo_shows_the_alarm_and_clip_then_stops_on_ctrl_c(tmp_path: Path) -> N
         if proc.poll() is None:
             proc.kill()
     assert (tmp_path / "demo" / "broker").exists()  # the demo kept its state where asked
-    assert (
-        subprocess.run(
-            ["pgrep", "-f", str(tmp_path / "demo" / "broker")], capture_output=True
-        ).returncode
-        == 1
-    ), "a broker outlived the demo"
+    assert _none_running(tmp_path / "demo" / "broker"), "a broker outlived the demo"
 
 
 def test_demo_exit_passes_when_the_alarm_and_every_clip_arrive(tmp_path: Path) -> None:
@@ -205,9 +205,4 @@ def test_demo_exit_fails_in_one_line_when_a_camera_sends_no_clip(tmp_path: Path)
     last = r.stderr.strip().splitlines()[-1]
     assert last == "edge-agent: no clip from hall-cam (see the log above)", r.stderr
     assert "Traceback" not in r.stderr and "demo stopped." in r.stdout
-    assert (
-        subprocess.run(
-            ["pgrep", "-f", str(tmp_path / "demo" / "broker")], capture_output=True
-        ).returncode
-        == 1
-    ), "a broker outlived the demo"
+    assert _none_running(tmp_path / "demo" / "broker"), "a broker outlived the demo"
