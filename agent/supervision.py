@@ -17,7 +17,7 @@ So no long-lived thread is a bare ``threading.Thread``; each runs its body under
    process the same way, after every thread's stack is written to the log.
 4. The supervisor's own periodic turn (the main thread) runs under rules 1 and 2 too.
 
-Camera threads keep a rule of their own (agent/cameras.py): a failing camera retries with
+Camera threads keep a rule of their own (agent/video/camera.py): a failing camera retries with
 backoff and the others carry on, since a camera outage is expected weather, not a bug.
 """
 

@@ -31,7 +31,7 @@ from agent.logs import escape
 PROTOCOL_VERSION = 1
 
 # --- what the box sends, exactly: the limits of docs/protocol.md ("Field rules") --------------
-# The box cannot exceed them: the config validator (agent/config.py) holds ids and labels to the
+# The box cannot exceed them: the config validator (agent/config/schema.py) holds ids and labels to the
 # same patterns and lengths, and the encoders below clamp what the box itself writes (detail).
 
 SITE_ID = re.compile(r"[a-z0-9][a-z0-9-]{0,62}")
@@ -304,7 +304,7 @@ class ChunkHeader:
     size: int  # bytes of the whole segment
     start: str  # segment start, RFC 3339
     end: str
-    prev: str = ""  # the hash chain: see agent/chain.py and docs/protocol.md
+    prev: str = ""  # the hash chain: see agent/video/chain.py and docs/protocol.md
     link: str = ""
     sig: str = ""  # on the final segment: the box's signature over the whole clip
     v: int = PROTOCOL_VERSION

@@ -16,7 +16,7 @@ and a box receives commands; neither trusts a byte before it passed these checks
 
 What passes is a plain dict whose values have the declared types, so nothing downstream (SQLite,
 a log line, a path) ever sees a string where it expects a number. The schemas themselves are in
-agent/protocol.py, next to the dataclasses the box encodes from.
+agent/delivery/protocol.py, next to the dataclasses the box encodes from.
 """
 
 from __future__ import annotations

@@ -37,7 +37,7 @@ class ClipSegment:
     final: bool
     segment: SegmentRef
     truncated: bool = False
-    prev: str = ""  # the segment's place in its camera's hash chain (agent/chain.py)
+    prev: str = ""  # the segment's place in its camera's hash chain (agent/video/chain.py)
     link: str = ""
 
 

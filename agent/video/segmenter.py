@@ -46,7 +46,7 @@ class Segment:
     data: bytes
     sha256: str
     keyframes: int
-    prev: str = GENESIS  # the previous segment's link: see agent/chain.py
+    prev: str = GENESIS  # the previous segment's link: see agent/video/chain.py
     link: str = GENESIS
 
     def overlaps(self, t0: float, t1: float) -> bool:

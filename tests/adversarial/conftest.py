@@ -10,7 +10,7 @@ Every test here runs:
   centre's client certificate on the centre listener, logging in journald's format;
 - a hostile box, ``school-666``: its own certificate, so only its own topics, and any bytes;
 - an honest school, ``school-001``, whose alarms are made by the box's own encoder
-  (agent/protocol.py ``Alarm``) and timed from publish to the centre's receipt, which the
+  (agent/delivery/protocol.py ``Alarm``) and timed from publish to the centre's receipt, which the
   receiver sends only once the alarm is in its ledger and in ``alarms.jsonl``.
 
 :func:`probing` sends an honest alarm every PROBE_EVERY_S while an attack runs and samples the

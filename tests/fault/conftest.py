@@ -8,7 +8,7 @@ failure, and prints one line that a person or CI can grep:
 - sent: alarms the agent acknowledged as committed (the events a `simulate press` returned:
   the same reply `edge-agent simulate` prints; we call the control socket directly to save a
   Python start-up per press).
-- received: distinct event_ids the centre stored (the real receiver, agent/central.py, which
+- received: distinct event_ids the centre stored (the real receiver, agent/centre/cli.py, which
   confirms each alarm with a receipt; arrival order is its order of first arrival).
 - lost: acknowledged alarms that never arrived. Every fault test asserts lost == 0.
 - duplicated: copies beyond the first seen by the raw collector, a second subscriber that
@@ -58,7 +58,7 @@ from agent.testing.site import AgentProcess, school_config
 from agent.testing.site import Centre as Receiver
 
 # Six normally-open buttons without hold_s: a press is an alarm on the first edge, and a tight
-# loop can rotate through them while each one re-arms (release_s = 50 ms, agent/buttons.py).
+# loop can rotate through them while each one re-arms (release_s = 50 ms, agent/hardware/buttons.py).
 BUTTONS = [
     {"id": f"b{i}", "pin": pin, "location": f"Fault-test room {i}", "wiring": "normally_open"}
     for i, pin in enumerate((5, 6, 12, 13, 16, 26), start=1)

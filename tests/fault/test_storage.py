@@ -1,7 +1,7 @@
 """The agent's storage fails: full, read-only, or an outbox file found corrupt at start-up.
 
 A broken disk must never silence a button: when SQLite cannot write, the outbox holds the
-alarm in memory and sends it all the same (agent/outbox.py: add_alarm, ``durable`` in the reply
+alarm in memory and sends it all the same (agent/delivery/outbox.py: add_alarm, ``durable`` in the reply
 of ``simulate``). A corrupt outbox is moved aside and a clean one started, loudly.
 """
 
