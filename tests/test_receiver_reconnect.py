@@ -21,7 +21,8 @@ from pathlib import Path
 
 import pytest
 
-from agent.centre.ledger import Ledger, LinkState
+from agent.centre.ledger import Ledger
+from agent.centre.ledgerrecords import LinkState
 from agent.clock import parse_rfc3339
 from agent.testing.broker import Mosquitto
 from tests.conftest import REPO, AgentProcess, cli, wait_for

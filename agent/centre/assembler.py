@@ -52,7 +52,7 @@ from agent.centre.holdings import (
     Stream,
 )
 from agent.centre.intake import FairQueue, Limits, Reporter, end_worker
-from agent.centre.ledgers import LedgerStore
+from agent.centre.ledgerstore import LedgerStore
 from agent.delivery.protocol import (
     MAX_PUBKEY_BYTES,
     BoxTopic,

@@ -35,7 +35,8 @@ from typing import Any
 
 import pytest
 
-from agent.centre.ledger import Ledger, Report
+from agent.centre.ledger import Ledger
+from agent.centre.ledgerrecords import Report
 from agent.clock import rfc3339
 from agent.delivery.protocol import Alarm
 from agent.testing.mqtt import MqttClient
