@@ -22,7 +22,7 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from agent.centre.clipwriter import ClipWriter, Send
+from agent.centre.clipwriter import ClipReceipts, ClipWriter, Send
 from agent.centre.evidence import file_charge, pin_box_key
 from agent.centre.holdings import CHUNK_OVERHEAD, Holdings, Key, Segment, Stream
 from agent.centre.intake import FairQueue, Limits, Reporter, end_worker
@@ -60,7 +60,9 @@ class Assembler:
             1 << 30, limits.video_queue_site_bytes, 1 << 30, limits.video_queue_bytes
         )
         self._holdings = Holdings(store, limits, reporter)  # the video thread's only
-        self._clips = ClipWriter(store, prefix, ledger, reporter, self._holdings, send)
+        self._clips = ClipWriter(
+            self._holdings, store, ledger, reporter, ClipReceipts(prefix, send)
+        )
         self._stopping = threading.Event()
         self._thread: threading.Thread | None = None
         self._swept = 0.0

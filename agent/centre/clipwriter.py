@@ -45,21 +45,39 @@ RECEIPT_EVERY_S = 5.0
 Send = Callable[[str, bytes], None]  # publish (topic, payload) on the video link
 
 
+class ClipReceipts:
+    """Confirms a clip to its box, at most once per RECEIPT_EVERY_S (a box resends chunk by
+    chunk, and each resent final chunk asks again)."""
+
+    def __init__(self, prefix: str, send: Send) -> None:
+        self._prefix, self._send = prefix, send
+        self._sent: OrderedDict[tuple[str, str, str], float] = OrderedDict()  # the newest 1024
+
+    def confirm(self, site: str, event: str, camera: str) -> None:
+        now = time.monotonic()
+        key = (site, event, camera)
+        if now - self._sent.get(key, -RECEIPT_EVERY_S) < RECEIPT_EVERY_S:
+            return
+        self._sent[key] = now
+        self._sent.move_to_end(key)
+        while len(self._sent) > 1024:
+            self._sent.popitem(last=False)
+        self._send(Topics(self._prefix, site).receipt, Receipt(clips=((event, camera),)).to_json())
+
+
 class ClipWriter:
-    """The clips of the ``video`` thread (only): its parts, files, ledger rows and receipts."""
+    """The clips of the ``video`` thread (only): their parts, files, ledger rows and receipts."""
 
     def __init__(
         self,
+        holdings: Holdings,
         store: Path,
-        prefix: str,
         ledger: LedgerStore,
         reporter: Reporter,
-        holdings: Holdings,
-        send: Send,
+        receipts: ClipReceipts,
     ) -> None:
-        self._store, self._prefix, self._ledger = store, prefix, ledger
-        self._reporter, self._holdings, self._send = reporter, holdings, send
-        self._receipted: OrderedDict[tuple[str, str, str], float] = OrderedDict()
+        self._holdings, self._store, self._ledger = holdings, store, ledger
+        self._reporter, self._receipts = reporter, receipts
 
     def add_part(self, site: str, key: Key, stream: Stream, h: ChunkHeader, body: bytes) -> None:
         """Keep a verified segment of a clip on disk; write the clip once it is complete."""
@@ -149,7 +167,7 @@ class ClipWriter:
             log.error("clip %s FAILED verification: %s", path, problem)
         else:
             log.info("clip written and verified: %s (%d segments)", path, final + 1)
-        self._receipt(site, event, camera)
+        self._receipts.confirm(site, event, camera)
 
     def _check_copy(self, site: str, header: ChunkHeader, known: str) -> None:
         if known != header.sha256:
@@ -162,16 +180,4 @@ class ClipWriter:
                 logging.ERROR,
             )
         elif header.final:
-            self._receipt(site, header.event_id, header.camera_id)
-
-    def _receipt(self, site: str, event: str, camera: str) -> None:
-        """Confirm a clip, at most once per RECEIPT_EVERY_S (a box resends chunk by chunk)."""
-        now = time.monotonic()
-        key = (site, event, camera)
-        if now - self._receipted.get(key, -RECEIPT_EVERY_S) < RECEIPT_EVERY_S:
-            return
-        self._receipted[key] = now
-        self._receipted.move_to_end(key)
-        while len(self._receipted) > 1024:
-            self._receipted.popitem(last=False)
-        self._send(Topics(self._prefix, site).receipt, Receipt(clips=((event, camera),)).to_json())
+            self._receipts.confirm(site, header.event_id, header.camera_id)
