@@ -34,3 +34,7 @@ class ControlError(AgentError, ConnectionError):
 
 class ProtocolError(AgentError, ValueError):
     """A message on the wire does not follow docs/protocol.md."""
+
+
+class StoreError(AgentError, OSError):
+    """The segment store could not write or index video; the message says what to do."""

@@ -1,5 +1,5 @@
-"""What a box sends, made with the box's own code (agent/video/chain.py, agent/delivery/protocol.py): for the
-tests that play a box on the wire, honest or not."""
+"""What a box sends, made with the box's own code (agent/video/chain.py,
+agent/delivery/protocol.py): for the tests that play a box on the wire, honest or not."""
 
 from __future__ import annotations
 

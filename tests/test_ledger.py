@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from agent.centre.ledger import REPORTS_PER_SITE, Ledger
+from agent.centre.ledger import Ledger
+from agent.centre.ledgerrecords import REPORTS_PER_SITE
 from agent.delivery.protocol import Alarm
 from agent.errors import AgentError
 

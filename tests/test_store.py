@@ -16,9 +16,10 @@ from pathlib import Path
 
 import pytest
 
+from agent.errors import StoreError
 from agent.video.segmenter import Segment, Segmenter
 from agent.video.sources.synthetic import SyntheticSource
-from agent.video.store import Recorder, SegmentStore, StoreError
+from agent.video.store import Recorder, SegmentStore
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -64,13 +65,14 @@ def test_a_crash_mid_write_leaves_no_partial_file_under_a_final_name(
         f"""
         import os, sys, time
         sys.path.insert(0, {str(REPO)!r})
+        import agent.video.segfiles
         import agent.video.store
         from tests.test_store import open_store, segment
         real_write = os.write
         def slow_write(fd, data):
             time.sleep(0.005)
             return real_write(fd, data[:16384])
-        agent.video.store.os.write = slow_write
+        agent.video.segfiles.os.write = slow_write
         store = open_store(agent.video.store.Path({str(tmp_path)!r}))
         print("writing", flush=True)
         store.put(segment(1, size=4_000_000))

@@ -17,7 +17,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Generic, TypeVar
 
-from agent.centre.ledgers import LedgerStore
+from agent.centre.ledgerstore import LedgerStore
 
 log = logging.getLogger("agent.centre")
 

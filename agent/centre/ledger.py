@@ -26,25 +26,20 @@ wrong type are left there and counted in the log.
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import sqlite3
-import threading
-import time
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from agent.clock import rfc3339
+from agent.centre.ledgerrecords import Row, Statement, Stored, alarm_row, stamp
+from agent.centre.ledgerstore import LedgerStore
 from agent.db import Sync, open_db, relaxed
 from agent.delivery.protocol import Alarm
 from agent.errors import AgentError
 
 log = logging.getLogger("agent.ledger")
 
-MAX_GAP_ROWS = 1000  # a box whose outbox was reset jumps; do not list a million "missing" seqs
-REPORTS_PER_SITE = 200  # the newest reports of each site are kept; a hostile box cannot fill it
 VERSION = 2
 
 _SCHEMA = """
@@ -125,52 +120,12 @@ _MIGRATE = {
 }
 
 
-@dataclass(frozen=True, slots=True)
-class Stored:
-    new: bool
-    gap_opened: tuple[int, int] | None = None  # first and last missing seq
-    gap_closed: bool = False
-    differs: bool = False  # a duplicate whose content is not the stored one's
+class Ledger(LedgerStore):
+    """The ledger in the receiver's store (agent/centre/ledgerstore.py has its methods)."""
 
-
-@dataclass(frozen=True, slots=True)
-class ClipRecord:
-    path: str
-    sha256: str
-    manifest: tuple[str, ...]  # each segment's sha256, in order ("" for a version 1 row)
-    problem: str
-
-
-@dataclass(frozen=True, slots=True)
-class Report:
-    site_id: str
-    at: str
-    what: str
-    detail: str
-
-
-@dataclass(frozen=True, slots=True)
-class LinkState:
-    receiver: str
-    link: str
-    up: bool
-    since: str
-    lost_at: str | None
-    regained_at: str | None
-    outages: int
-    last_error: str
-
-
-def _at(now: float | None) -> str:
-    return rfc3339(now if now is not None else time.time())
-
-
-class Ledger:
     def __init__(self, conn: sqlite3.Connection) -> None:
-        self._conn = conn
-        # Guards _conn: the receiver's threads (alarms, video, links) and CLI readers share it.
-        # Held for one short transaction at a time and never while calling out of this class.
-        self._lock = threading.Lock()
+        super().__init__()
+        self._conn = conn  # guarded by _lock: the receiver's threads and CLI readers share it
 
     @classmethod
     def open(cls, directory: Path, *, recover: bool = False) -> Ledger:
@@ -194,28 +149,25 @@ class Ledger:
 
     @contextlib.contextmanager
     def _bookkeeping(self) -> Iterator[sqlite3.Connection]:
-        """One transaction without its own fsync (``synchronous=NORMAL``): for what is only
-        shown or soon sent again (site states, reports, the links), so a box that floods valid
-        statuses costs the alarm thread no disk flush. The next alarm's commit makes it durable.
-        """
+        """One transaction without its own fsync (``synchronous=NORMAL``)."""
         with self._lock, relaxed(self._conn), self._conn:
             yield self._conn
 
-    # --- alarms ---------------------------------------------------------------------------
+    def _rows(self, sql: str, params: Row = ()) -> list[Row]:
+        with self._lock:
+            return self._conn.execute(sql, params).fetchall()
 
-    def add_alarm(
-        self, alarm: Alarm, payload: bytes, test: bool, now: float | None = None
-    ) -> Stored:
-        """Store an alarm once per (site, event), with the centre's ``test`` decision; find
-        the gap it opens in its site's seq, or the gap it fills."""
-        return self.add_alarms([(alarm, payload, test)], now)[0]
+    def _bookkeep(self, *statements: Statement) -> None:
+        with self._bookkeeping() as conn:
+            for sql, params in statements:
+                conn.execute(sql, params)
+
+    # --- alarms ---------------------------------------------------------------------------
 
     def add_alarms(
         self, alarms: list[tuple[Alarm, bytes, bool]], now: float | None = None
     ) -> list[Stored]:
-        """:meth:`add_alarm` for alarms that arrived together, in one transaction: one fsync
-        for all of them (group commit: agent/centre/receiver.py)."""
-        received = _at(now)
+        received = stamp(now)
         with self._lock, self._conn:
             return [self._add(alarm, payload, test, received) for alarm, payload, test in alarms]
 
@@ -223,25 +175,14 @@ class Ledger:
         text = payload.decode()
         cur = self._conn.execute(
             "INSERT OR IGNORE INTO alarms VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            (
-                alarm.site_id,
-                alarm.event_id,
-                alarm.seq,
-                alarm.button_id,
-                alarm.kind,
-                int(test),
-                int(alarm.test),
-                alarm.pressed_at,
-                received,
-                text,
-            ),
+            alarm_row(alarm, text, test, received),
         )
         if cur.rowcount == 0:
             (first,) = self._conn.execute(
                 "SELECT payload FROM alarms WHERE site_id = ? AND event_id = ?",
                 (alarm.site_id, alarm.event_id),
             ).fetchone()
-            return Stored(new=False, differs=first != text)
+            return Stored.duplicate(first, text)
         closed = (
             self._conn.execute(
                 "DELETE FROM gaps WHERE site_id = ? AND seq = ?", (alarm.site_id, alarm.seq)
@@ -252,28 +193,15 @@ class Ledger:
             "SELECT MAX(seq) FROM alarms WHERE site_id = ? AND event_id != ?",
             (alarm.site_id, alarm.event_id),
         ).fetchone()
-        if top is None or alarm.seq <= top + 1:
-            if top is not None and alarm.seq <= top and not closed:
-                log.warning(
-                    "site %s: seq %d after %d: was the box's outbox reset?",
-                    alarm.site_id,
-                    alarm.seq,
-                    top,
-                )
-            return Stored(new=True, gap_closed=closed)
-        first_missing, last = top + 1, alarm.seq - 1
-        self._conn.executemany(
-            "INSERT OR IGNORE INTO gaps VALUES (?, ?, ?)",
-            [
-                (alarm.site_id, s, received)
-                for s in range(max(first_missing, last - MAX_GAP_ROWS + 1), last + 1)
-            ],
-        )
-        return Stored(new=True, gap_opened=(first_missing, last), gap_closed=closed)
+        stored = Stored.new_alarm(alarm, top, closed)
+        if stored.gap_opened is not None:
+            self._conn.executemany(
+                "INSERT OR IGNORE INTO gaps VALUES (?, ?, ?)",
+                [(alarm.site_id, s, received) for s in stored.missing()],
+            )
+        return stored
 
     def known_alarms(self, keys: list[tuple[str, str]]) -> set[tuple[str, str]]:
-        """Which of these (site, event) are stored already: one call for a group (the
-        PostgreSQL ledger answers it in one round trip)."""
         with self._lock:
             return {
                 key
@@ -283,41 +211,23 @@ class Ledger:
                 ).fetchone()
             }
 
-    def sites_of(self, event_id: str) -> list[str]:
-        """Every site that has an alarm with this event id (one, unless a box copied it)."""
+    def test_windows(self, sites: list[str]) -> dict[str, str]:
         with self._lock:
-            rows = self._conn.execute(
-                "SELECT site_id FROM alarms WHERE event_id = ? ORDER BY site_id", (event_id,)
-            ).fetchall()
-        return [str(r[0]) for r in rows]
+            rows = [
+                self._conn.execute(
+                    "SELECT site_id, test_until FROM sites WHERE site_id = ? "
+                    "AND test_until IS NOT NULL",
+                    (site,),
+                ).fetchone()
+                for site in sites
+            ]
+        return {str(row[0]): str(row[1]) for row in rows if row is not None}
 
-    def received(self) -> dict[tuple[str, str], str]:
-        """When the centre stored each alarm: (site, event id) -> received_at."""
-        with self._lock:
-            rows = self._conn.execute("SELECT site_id, event_id, received_at FROM alarms")
-            return {(str(a), str(b)): str(c) for a, b, c in rows.fetchall()}
+    # --- what the two dialects write differently ------------------------------------------
 
-    def alarms(self, site_id: str | None = None) -> list[dict[str, Any]]:
-        sql = "SELECT payload FROM alarms" + (" WHERE site_id = ?" if site_id else "")
-        with self._lock:
-            rows = self._conn.execute(
-                sql + " ORDER BY site_id, seq", (site_id,) if site_id else ()
-            ).fetchall()
-        return [json.loads(r[0]) for r in rows]
-
-    # --- sites ----------------------------------------------------------------------------
-
-    def site_status(
-        self,
-        site_id: str,
-        state: str,
-        status: str,
-        test_until: str | None,
-        now: float | None = None,
+    def _set_site(
+        self, site_id: str, state: str, status: str, test_until: str | None, at: str
     ) -> bool:
-        """Record a site's retained status and announced walk test; True when its state
-        changed."""
-        at = _at(now)
         with self._bookkeeping() as conn:
             row = conn.execute("SELECT state FROM sites WHERE site_id = ?", (site_id,)).fetchone()
             changed = row is None or row[0] != state
@@ -333,127 +243,16 @@ class Ledger:
                 )
         return changed
 
-    def test_windows(self, sites: list[str]) -> dict[str, str]:
-        """The end of the walk test each site announced last (its box's clock), for the sites
-        that announced one."""
-        with self._lock:
-            rows = [
-                self._conn.execute(
-                    "SELECT site_id, test_until FROM sites WHERE site_id = ? "
-                    "AND test_until IS NOT NULL",
-                    (site,),
-                ).fetchone()
-                for site in sites
-            ]
-        return {str(row[0]): str(row[1]) for row in rows if row is not None}
-
-    def sites(self) -> list[tuple[str, str, str]]:
-        with self._lock:
-            rows = self._conn.execute(
-                "SELECT site_id, state, changed_at FROM sites ORDER BY site_id"
-            ).fetchall()
-        return [(str(a), str(b), str(c)) for a, b, c in rows]
-
-    def gaps(self) -> dict[str, list[int]]:
-        with self._lock:
-            rows = self._conn.execute(
-                "SELECT site_id, seq FROM gaps ORDER BY site_id, seq"
-            ).fetchall()
-        out: dict[str, list[int]] = {}
-        for site, seq in rows:
-            out.setdefault(str(site), []).append(int(seq))
-        return out
-
-    # --- clips ----------------------------------------------------------------------------
-
-    def add_clip(
-        self,
-        site_id: str,
-        event_id: str,
-        camera_id: str,
-        path: Path,
-        size: int,
-        sha256: str,
-        manifest: list[str],
-        problem: str,
-    ) -> bool:
-        """Record a written clip; False (and nothing changed) if one is already recorded."""
+    def _insert_clip(self, row: Row) -> bool:
         with self._lock, self._conn:
             return (
                 self._conn.execute(
-                    "INSERT OR IGNORE INTO clips VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                    (
-                        site_id,
-                        event_id,
-                        camera_id,
-                        str(path),
-                        len(manifest),
-                        size,
-                        sha256,
-                        json.dumps(manifest),
-                        _at(None),
-                        int(not problem),
-                        problem,
-                    ),
+                    "INSERT OR IGNORE INTO clips VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", row
                 ).rowcount
                 == 1
             )
 
-    def clip(self, site_id: str, event_id: str, camera_id: str) -> ClipRecord | None:
-        with self._lock:
-            row = self._conn.execute(
-                "SELECT path, sha256, manifest, problem FROM clips WHERE site_id = ? AND "
-                "event_id = ? AND camera_id = ?",
-                (site_id, event_id, camera_id),
-            ).fetchone()
-        if row is None:
-            return None
-        return ClipRecord(str(row[0]), str(row[1]), tuple(json.loads(row[2])), str(row[3]))
-
-    def clip_problem(self, site_id: str, event_id: str, camera_id: str) -> str | None:
-        """ "" for a verified clip, the reason for one that failed, None if there is none."""
-        record = self.clip(site_id, event_id, camera_id)
-        return None if record is None else record.problem
-
-    # --- what the centre noticed ----------------------------------------------------------
-
-    def report(self, site_id: str, what: str, detail: str, now: float | None = None) -> None:
-        """Record something the operator must see about a site; its newest reports are kept."""
-        with self._bookkeeping() as conn:
-            conn.execute(
-                "INSERT INTO reports (site_id, at, what, detail) VALUES (?, ?, ?, ?)",
-                (site_id, _at(now), what, detail),
-            )
-            conn.execute(
-                "DELETE FROM reports WHERE site_id = ? AND id <= (SELECT id FROM reports "
-                "WHERE site_id = ? ORDER BY id DESC LIMIT 1 OFFSET ?)",
-                (site_id, site_id, REPORTS_PER_SITE),
-            )
-
-    def reports(self, site_id: str | None = None, newest: int = 50) -> list[Report]:
-        """The newest reports (of one site), oldest first."""
-        sql = "SELECT site_id, at, what, detail FROM reports"
-        with self._lock:
-            rows = self._conn.execute(
-                sql + (" WHERE site_id = ?" if site_id else "") + " ORDER BY id DESC LIMIT ?",
-                (site_id, newest) if site_id else (newest,),
-            ).fetchall()
-        return [Report(*map(str, row)) for row in reversed(rows)]
-
-    # --- the receiver's own connections ---------------------------------------------------
-
-    def link_changed(
-        self,
-        receiver: str,
-        link: str,
-        up: bool,
-        error: str = "",
-        now: float | None = None,
-        outage: bool = True,
-    ) -> None:
-        """The receiver lost (``up`` False) or regained one of its broker connections; a clean
-        stop is no outage (``outage`` False)."""
-        at = _at(now)
+    def _upsert_link(self, params: dict[str, Any]) -> None:
         with self._bookkeeping() as conn:
             conn.execute(
                 "INSERT INTO links VALUES (:receiver, :link, :up, :at, :lost, NULL, 0, :error) "
@@ -461,27 +260,8 @@ class Ledger:
                 "lost_at = CASE WHEN up AND NOT :up AND :outage THEN :at ELSE lost_at END, "
                 "regained_at = CASE WHEN :up AND NOT up THEN :at ELSE regained_at END, "
                 "outages = outages + (up AND NOT :up AND :outage)",
-                {
-                    "receiver": receiver,
-                    "link": link,
-                    "up": int(up),
-                    "at": at,
-                    "lost": None if up else at,
-                    "error": error,
-                    "outage": int(outage),
-                },
+                params,
             )
-
-    def links(self) -> list[LinkState]:
-        with self._lock:
-            rows = self._conn.execute(
-                "SELECT receiver, link, up, since, lost_at, regained_at, outages, last_error "
-                "FROM links ORDER BY receiver, link"
-            ).fetchall()
-        return [
-            LinkState(str(r[0]), str(r[1]), bool(r[2]), str(r[3]), r[4], r[5], int(r[6]), str(r[7]))
-            for r in rows
-        ]
 
 
 def _setup(conn: sqlite3.Connection) -> None:

@@ -1,8 +1,9 @@
 """The centre's ledger in PostgreSQL: several receivers (and consoles) on several machines share
 it, each taking every alarm, and each alarm is stored once by (site, event).
 
-The same records and rules as the SQLite ledger (agent/centre/ledger.py: alarms once, keys with
-the site, rows inserted never replaced, a clip's segments kept), for a centre with failover:
+The same records, rules and reads as the SQLite ledger (agent/centre/ledgerstore.py: alarms
+once, keys with the site, rows inserted never replaced, a clip's segments kept), for a centre
+with failover:
 
 - **Once under concurrency.** Two receivers store the same alarm at the same moment: the
   primary key (site, event) lets one insert win and the other sees a duplicate (``ON CONFLICT
@@ -24,24 +25,13 @@ share it as they share the SQLite one).
 from __future__ import annotations
 
 import contextlib
-import json
-import threading
-import time
 from collections.abc import Iterable, Iterator
-from pathlib import Path
 from typing import Any
 
 import psycopg
 
-from agent.centre.ledger import (
-    MAX_GAP_ROWS,
-    REPORTS_PER_SITE,
-    ClipRecord,
-    LinkState,
-    Report,
-    Stored,
-)
-from agent.clock import rfc3339
+from agent.centre.ledgerrecords import Row, Statement, Stored, alarm_row, stamp
+from agent.centre.ledgerstore import LedgerStore
 from agent.delivery.protocol import Alarm
 from agent.errors import AgentError
 
@@ -142,9 +132,7 @@ def _walk(
     for alarm, payload, _test in alarms:
         site, event = alarm.site_id, alarm.event_id
         if (site, event) not in inserted or (site, event) in seen:
-            results.append(
-                Stored(new=False, differs=stored_payloads.get((site, event)) != payload.decode())
-            )
+            results.append(Stored.duplicate(stored_payloads.get((site, event)), payload.decode()))
             continue
         seen.add((site, event))
         key = (site, alarm.seq)
@@ -155,22 +143,19 @@ def _walk(
         opened.pop(key, None)
         top = tops.get(site)
         tops[site] = alarm.seq if top is None else max(top, alarm.seq)
-        if top is None or alarm.seq <= top + 1:
-            results.append(Stored(new=True, gap_closed=filled))
-            continue
-        first_missing, last = top + 1, alarm.seq - 1
-        for missing in range(max(first_missing, last - MAX_GAP_ROWS + 1), last + 1):
+        stored = Stored.new_alarm(alarm, top, filled)
+        for missing in stored.missing():
             opened[site, missing] = None
-        results.append(Stored(new=True, gap_opened=(first_missing, last), gap_closed=filled))
+        results.append(stored)
     return results, list(opened), closed
 
 
-class PgLedger:
-    """The methods of agent.centre.ledger.Ledger, on PostgreSQL."""
+class PgLedger(LedgerStore):
+    """The ledger in PostgreSQL (agent/centre/ledgerstore.py has its methods)."""
 
     def __init__(self, conn: psycopg.Connection[Any]) -> None:
-        self._conn = conn
-        self._lock = threading.Lock()  # guards _conn: one transaction at a time
+        super().__init__()
+        self._conn = conn  # guarded by _lock: one transaction at a time
 
     @classmethod
     def open(cls, url: str) -> PgLedger:
@@ -187,16 +172,20 @@ class PgLedger:
                 self._conn.execute("SET LOCAL synchronous_commit = off")
             yield self._conn
 
-    def _rows(self, sql: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
+    def _rows(self, sql: str, params: Row = ()) -> list[Row]:
+        return self._query(_pg(sql), params)
+
+    def _query(self, sql: str, params: Row) -> list[Row]:
+        """The rows of a query in psycopg's own terms (``%s``)."""
         with self._lock:
             return self._conn.execute(sql, params).fetchall()
 
-    # --- alarms ---------------------------------------------------------------------------
+    def _bookkeep(self, *statements: Statement) -> None:
+        with self._tx(durable=False) as conn:
+            for sql, params in statements:
+                conn.execute(_pg(sql), params)
 
-    def add_alarm(
-        self, alarm: Alarm, payload: bytes, test: bool, now: float | None = None
-    ) -> Stored:
-        return self.add_alarms([(alarm, payload, test)], now)[0]
+    # --- alarms ---------------------------------------------------------------------------
 
     def add_alarms(
         self, alarms: list[tuple[Alarm, bytes, bool]], now: float | None = None
@@ -207,7 +196,7 @@ class PgLedger:
         alarms/s (bench/alarm_storm.py)."""
         if not alarms:
             return []
-        received = rfc3339(time.time() if now is None else now)
+        received = stamp(now)
         sites = sorted({a.site_id for a, _, _ in alarms})
         conn = self._conn
         # Pipelined: the five statements go out together and their answers come back
@@ -232,19 +221,7 @@ class PgLedger:
                 "%s::integer[], %s::integer[], %s::text[], %s::text[], %s::text[]) "
                 "ON CONFLICT DO NOTHING RETURNING site_id, event_id",
                 _columns(
-                    (
-                        a.site_id,
-                        a.event_id,
-                        a.seq,
-                        a.button_id,
-                        a.kind,
-                        int(test),
-                        int(a.test),
-                        a.pressed_at,
-                        received,
-                        payload.decode(),
-                    )
-                    for a, payload, test in alarms
+                    alarm_row(a, payload.decode(), test, received) for a, payload, test in alarms
                 ),
             )
             payloads = conn.execute(
@@ -281,47 +258,26 @@ class PgLedger:
     def known_alarms(self, keys: list[tuple[str, str]]) -> set[tuple[str, str]]:
         if not keys:
             return set()
-        rows = self._rows(
+        rows = self._query(
             "SELECT site_id, event_id FROM alarms WHERE (site_id, event_id) "
             "IN (SELECT * FROM unnest(%s::text[], %s::text[]))",
             _columns(keys),
         )
         return {(str(site), str(event)) for site, event in rows}
 
-    def sites_of(self, event_id: str) -> list[str]:
-        return [
-            str(r[0])
-            for r in self._rows(
-                "SELECT site_id FROM alarms WHERE event_id = %s ORDER BY site_id", (event_id,)
-            )
-        ]
-
-    def received(self) -> dict[tuple[str, str], str]:
-        return {
-            (str(a), str(b)): str(c)
-            for a, b, c in self._rows("SELECT site_id, event_id, received_at FROM alarms")
-        }
-
-    def alarms(self, site_id: str | None = None) -> list[dict[str, Any]]:
-        rows = self._rows(
-            "SELECT payload FROM alarms"
-            + (" WHERE site_id = %s" if site_id else "")
-            + " ORDER BY site_id, seq",
-            (site_id,) if site_id else (),
+    def test_windows(self, sites: list[str]) -> dict[str, str]:
+        rows = self._query(
+            "SELECT site_id, test_until FROM sites WHERE site_id = ANY(%s) "
+            "AND test_until IS NOT NULL",
+            (sites,),
         )
-        return [json.loads(r[0]) for r in rows]
+        return {str(site): str(until) for site, until in rows}
 
-    # --- sites ----------------------------------------------------------------------------
+    # --- what the two dialects write differently ------------------------------------------
 
-    def site_status(
-        self,
-        site_id: str,
-        state: str,
-        status: str,
-        test_until: str | None,
-        now: float | None = None,
+    def _set_site(
+        self, site_id: str, state: str, status: str, test_until: str | None, at: str
     ) -> bool:
-        at = rfc3339(time.time() if now is None else now)
         with self._tx(durable=False) as conn:
             row = conn.execute(
                 "SELECT state FROM sites WHERE site_id = %s FOR UPDATE", (site_id,)
@@ -336,115 +292,19 @@ class PgLedger:
             )
         return changed
 
-    def test_windows(self, sites: list[str]) -> dict[str, str]:
-        rows = self._rows(
-            "SELECT site_id, test_until FROM sites WHERE site_id = ANY(%s) "
-            "AND test_until IS NOT NULL",
-            (sites,),
-        )
-        return {str(site): str(until) for site, until in rows}
-
-    def sites(self) -> list[tuple[str, str, str]]:
-        return [
-            (str(a), str(b), str(c))
-            for a, b, c in self._rows(
-                "SELECT site_id, state, changed_at FROM sites ORDER BY site_id"
-            )
-        ]
-
-    def gaps(self) -> dict[str, list[int]]:
-        out: dict[str, list[int]] = {}
-        for site, seq in self._rows("SELECT site_id, seq FROM gaps ORDER BY site_id, seq"):
-            out.setdefault(str(site), []).append(int(seq))
-        return out
-
-    # --- clips ----------------------------------------------------------------------------
-
-    def add_clip(
-        self,
-        site_id: str,
-        event_id: str,
-        camera_id: str,
-        path: Path,
-        size: int,
-        sha256: str,
-        manifest: list[str],
-        problem: str,
-    ) -> bool:
+    def _insert_clip(self, row: Row) -> bool:
         with self._tx() as conn:
             return (
                 conn.execute(
                     "INSERT INTO clips (site_id, event_id, camera_id, path, segments, bytes, "
                     "sha256, manifest, written_at, verified, problem) VALUES (%s, %s, %s, %s, %s, "
                     "%s, %s, %s, %s, %s, %s) ON CONFLICT DO NOTHING",
-                    (
-                        site_id,
-                        event_id,
-                        camera_id,
-                        str(path),
-                        len(manifest),
-                        size,
-                        sha256,
-                        json.dumps(manifest),
-                        rfc3339(time.time()),
-                        int(not problem),
-                        problem,
-                    ),
+                    row,
                 ).rowcount
                 == 1
             )
 
-    def clip(self, site_id: str, event_id: str, camera_id: str) -> ClipRecord | None:
-        rows = self._rows(
-            "SELECT path, sha256, manifest, problem FROM clips WHERE site_id = %s "
-            "AND event_id = %s AND camera_id = %s",
-            (site_id, event_id, camera_id),
-        )
-        if not rows:
-            return None
-        path, sha, manifest, problem = rows[0]
-        return ClipRecord(str(path), str(sha), tuple(json.loads(manifest)), str(problem))
-
-    def clip_problem(self, site_id: str, event_id: str, camera_id: str) -> str | None:
-        record = self.clip(site_id, event_id, camera_id)
-        return None if record is None else record.problem
-
-    # --- what the centre noticed ----------------------------------------------------------
-
-    def report(self, site_id: str, what: str, detail: str, now: float | None = None) -> None:
-        with self._tx(durable=False) as conn:
-            conn.execute(
-                "INSERT INTO reports (site_id, at, what, detail) VALUES (%s, %s, %s, %s)",
-                (site_id, rfc3339(time.time() if now is None else now), what, detail),
-            )
-            conn.execute(
-                "DELETE FROM reports WHERE site_id = %s AND id <= (SELECT id FROM "
-                "reports WHERE site_id = %s ORDER BY id DESC LIMIT 1 OFFSET %s)",
-                (site_id, site_id, REPORTS_PER_SITE),
-            )
-
-    def reports(self, site_id: str | None = None, newest: int = 50) -> list[Report]:
-        rows = self._rows(
-            "SELECT site_id, at, what, detail FROM reports"
-            + (" WHERE site_id = %s" if site_id else "")
-            + " ORDER BY id DESC "
-            "LIMIT %s",
-            (site_id, newest) if site_id else (newest,),
-        )
-        return [Report(*map(str, row)) for row in reversed(rows)]
-
-    # --- the receivers' own connections ---------------------------------------------------
-
-    def link_changed(
-        self,
-        receiver: str,
-        link: str,
-        up: bool,
-        error: str = "",
-        now: float | None = None,
-        outage: bool = True,
-    ) -> None:
-        at = rfc3339(time.time() if now is None else now)
+    def _upsert_link(self, params: dict[str, Any]) -> None:
         with self._tx(durable=False) as conn:
             conn.execute(
                 "INSERT INTO links AS l VALUES (%(receiver)s, %(link)s, %(up)s, %(at)s, %(lost)s, "
@@ -456,23 +316,11 @@ class PgLedger:
                 "ELSE l.regained_at END, "
                 "outages = l.outages + CASE WHEN l.up = 1 AND %(up)s = 0 AND %(outage)s "
                 "THEN 1 ELSE 0 END",
-                {
-                    "receiver": receiver,
-                    "link": link,
-                    "up": int(up),
-                    "at": at,
-                    "lost": None if up else at,
-                    "error": error,
-                    "outage": outage,
-                },
+                params,
             )
 
-    def links(self) -> list[LinkState]:
-        rows = self._rows(
-            "SELECT receiver, link, up, since, lost_at, regained_at, outages, "
-            "last_error FROM links ORDER BY receiver, link"
-        )
-        return [
-            LinkState(str(r[0]), str(r[1]), bool(r[2]), str(r[3]), r[4], r[5], int(r[6]), str(r[7]))
-            for r in rows
-        ]
+
+def _pg(sql: str) -> str:
+    """The shared queries' ``?`` parameters as psycopg's ``%s`` (none holds a literal ``?``
+    or ``%``)."""
+    return sql.replace("?", "%s")

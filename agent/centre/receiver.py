@@ -30,8 +30,8 @@ from typing import Any
 
 from agent.box.walktest import MAX_MINUTES
 from agent.centre.intake import Budget, FairQueue, Limits, Reporter, end_worker
-from agent.centre.ledger import Stored
-from agent.centre.ledgers import LedgerStore
+from agent.centre.ledgerrecords import Stored
+from agent.centre.ledgerstore import LedgerStore
 from agent.clock import parse_rfc3339, rfc3339
 from agent.delivery.protocol import (
     Alarm,

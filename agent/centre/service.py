@@ -34,7 +34,8 @@ from typing import Any
 from agent.centre.assembler import Assembler
 from agent.centre.commander import refuse_key_in_store
 from agent.centre.intake import Limits, Reporter
-from agent.centre.ledgers import LedgerStore, open_ledger
+from agent.centre.ledgers import open_ledger
+from agent.centre.ledgerstore import LedgerStore
 from agent.centre.link import Endpoint, Link, Message
 from agent.centre.receiver import GROUP_MAX, AlarmDesk
 from agent.delivery.protocol import (

@@ -11,8 +11,8 @@ from importlib import resources
 from pathlib import Path
 
 from agent.config.model import Config, Problem, TlsConfig
-from agent.config.reader import read_text, stat_mode
 from agent.config.schema import parse
+from agent.config.yamlfile import read_text, stat_mode
 from agent.errors import ConfigError
 from agent.logs import redact
 

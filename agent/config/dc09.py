@@ -16,12 +16,8 @@ import re
 from pathlib import Path
 from typing import Any
 
-from agent.config.model import Dc09Config
-from agent.config.reader import (
+from agent.config.converters import (
     HOST_PATTERN,
-    At,
-    Invalid,
-    Map,
     as_choice,
     as_integer,
     as_list_of,
@@ -31,6 +27,8 @@ from agent.config.reader import (
     as_text,
     matching,
 )
+from agent.config.model import Dc09Config
+from agent.config.reader import At, Invalid, Map
 from agent.delivery.dc09.events import EventKind, MessageFormat
 from agent.delivery.dc09.settings import (
     KeyFileError,

@@ -8,6 +8,19 @@ import ipaddress
 import re
 from pathlib import Path
 
+from agent.config.converters import (
+    HOST_PATTERN,
+    as_boolean,
+    as_choice,
+    as_integer,
+    as_list_of,
+    as_number,
+    as_path,
+    as_scalar,
+    as_section,
+    as_text,
+    matching,
+)
 from agent.config.dc09 import dc09_section
 from agent.config.model import (
     ButtonConfig,
@@ -30,27 +43,8 @@ from agent.config.model import (
     UplinkConfig,
     Wiring,
 )
-from agent.config.reader import (
-    HOST_PATTERN,
-    At,
-    Ctx,
-    Invalid,
-    Map,
-    as_boolean,
-    as_choice,
-    as_integer,
-    as_list_of,
-    as_number,
-    as_path,
-    as_scalar,
-    as_section,
-    as_text,
-    compose,
-    converted,
-    did_you_mean,
-    matching,
-    show,
-)
+from agent.config.reader import At, Ctx, Invalid, Map, converted, did_you_mean, show
+from agent.config.yamlfile import compose
 from agent.delivery.dc09.events import MAX_ZONE
 from agent.delivery.protocol import ITEM_ID, MAX_LABEL_CHARS, SITE_ID
 from agent.errors import ConfigError

@@ -31,8 +31,9 @@ from agent.logs import escape
 PROTOCOL_VERSION = 1
 
 # --- what the box sends, exactly: the limits of docs/protocol.md ("Field rules") --------------
-# The box cannot exceed them: the config validator (agent/config/schema.py) holds ids and labels to the
-# same patterns and lengths, and the encoders below clamp what the box itself writes (detail).
+# The box cannot exceed them: the config validator (agent/config/schema.py) holds ids and labels
+# to the same patterns and lengths, and the encoders below clamp what the box itself writes
+# (detail).
 
 SITE_ID = re.compile(r"[a-z0-9][a-z0-9-]{0,62}")
 ITEM_ID = re.compile(r"[a-z0-9][a-z0-9_-]{0,62}")  # button and camera ids

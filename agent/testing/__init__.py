@@ -1,8 +1,11 @@
 """The public test harness, shared by the tests, the benches and ``edge-agent demo``.
 
 - ``site.py``: a simulated site (a private broker, the simulated school's config, the agent in
-  this process or as a process, the centre's receiver), started and stopped as one;
+  this process or as a process, the centre's receiver), started and stopped as one; its parts
+  are ``school.py`` (the config), ``agents.py`` (the agent in this process or as a process) and
+  ``site.py``'s own ``Centre``, and every name of theirs can be imported from ``site.py``;
 - ``mqtt.py``: the one MQTT client the tests and benches use to watch and talk to a broker;
+  ``receipts.py``: the centre's receipts read by ``mosquitto_sub`` (also from ``mqtt.py``);
 - ``netns.py``: a private network (namespaces, veth, tc) to cut, black-hole and shape a link;
 - ``broker.py``: the private Mosquitto; ``stats.py``: percentiles and machine context;
 - ``central.py``: the centre's receiver as a process; ``browser.py``: headless Chromium;

@@ -19,7 +19,7 @@ from pysiaalarm.sync.client import SIAClient
 from pysiaalarm.utils.enums import CommunicationsProtocol
 
 from agent.delivery.dc09.settings import Receiver, Transport
-from agent.testing.site import school_config
+from agent.testing.school import school_config
 
 ACCOUNT = "1234"
 
@@ -32,7 +32,7 @@ def zoned_school(
     buttons: Mapping[str, Mapping[str, Any]] | None = None,
     **sections: Any,
 ) -> Path:
-    """The simulated school (:func:`~agent.testing.site.school_config`, without cameras,
+    """The simulated school (:func:`~agent.testing.school.school_config`, without cameras,
     ``sections`` passed on) with each button numbered, as a ``dc09`` section requires: its
     zone is its place in the school's list (entrance 1, gym 2, ...). ``buttons`` is merged into
     the button of that id (``{"office": {"holdup": True}}``). The ``dc09`` section is one of

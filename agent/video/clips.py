@@ -19,10 +19,11 @@ import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 
+from agent.errors import StoreError
 from agent.supervision import Supervisor, Worker
 from agent.video.ring import RingBuffer
 from agent.video.segmenter import Segment
-from agent.video.store import SegmentRef, SegmentStore, StoreError
+from agent.video.store import SegmentRef, SegmentStore
 
 log = logging.getLogger("agent.clips")
 

@@ -1,7 +1,8 @@
 """Live view: one camera's newest segments to the centre while a session lasts, never on disk.
 
 A feed uses the camera's sub-stream when ``live.source`` is set, else the main ring; the uplink
-drops a segment rather than queue it when the link is behind (see agent/delivery/uplink/link.py post_live).
+drops a segment rather than queue it when the link is behind (post_live,
+agent/delivery/uplink/link.py).
 """
 
 from __future__ import annotations

@@ -18,6 +18,7 @@ from typing import Any
 
 from agent.clock import rfc3339
 from agent.config.model import Config, RecordingMode
+from agent.errors import StoreError
 from agent.supervision import Supervisor
 from agent.video.camera import Camera
 from agent.video.chain import BoxKey, clip_statement, head_statement
@@ -27,7 +28,7 @@ from agent.video.ring import RingBuffer
 from agent.video.segmenter import Segment, Segmenter, SegmentSink
 from agent.video.sources import open_source
 from agent.video.sources.base import StreamInfo
-from agent.video.store import Recorder, SegmentStore, StoreError
+from agent.video.store import Recorder, SegmentStore
 
 log = logging.getLogger("agent.video")
 

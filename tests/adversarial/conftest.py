@@ -31,7 +31,7 @@ from typing import Any
 
 import pytest
 
-from agent.centre.ledger import Report
+from agent.centre.ledgerrecords import Report
 from agent.clock import rfc3339
 from agent.delivery.protocol import Alarm
 from agent.testing.central import CentralProcess

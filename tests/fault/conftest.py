@@ -58,7 +58,8 @@ from agent.testing.site import AgentProcess, school_config
 from agent.testing.site import Centre as Receiver
 
 # Six normally-open buttons without hold_s: a press is an alarm on the first edge, and a tight
-# loop can rotate through them while each one re-arms (release_s = 50 ms, agent/hardware/buttons.py).
+# loop can rotate through them while each one re-arms (release_s = 50 ms,
+# agent/hardware/buttons.py).
 BUTTONS = [
     {"id": f"b{i}", "pin": pin, "location": f"Fault-test room {i}", "wiring": "normally_open"}
     for i, pin in enumerate((5, 6, 12, 13, 16, 26), start=1)

@@ -1,8 +1,8 @@
 """The agent's storage fails: full, read-only, or an outbox file found corrupt at start-up.
 
 A broken disk must never silence a button: when SQLite cannot write, the outbox holds the
-alarm in memory and sends it all the same (agent/delivery/outbox.py: add_alarm, ``durable`` in the reply
-of ``simulate``). A corrupt outbox is moved aside and a clean one started, loudly.
+alarm in memory and sends it all the same (agent/delivery/outbox.py: add_alarm, ``durable`` in
+the reply of ``simulate``). A corrupt outbox is moved aside and a clean one started, loudly.
 """
 
 from __future__ import annotations

@@ -21,20 +21,9 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from agent.config.reader import (
-    At,
-    Ctx,
-    Invalid,
-    Map,
-    as_list_of,
-    as_number,
-    as_section,
-    as_text,
-    compose,
-    converted,
-    matching,
-    read_text,
-)
+from agent.config.converters import as_list_of, as_number, as_section, as_text, matching
+from agent.config.reader import At, Ctx, Invalid, Map, converted
+from agent.config.yamlfile import compose, read_text
 from agent.delivery.protocol import MAX_LABEL_CHARS, SITE_ID
 from agent.errors import AgentError, ConfigError
 from agent.logs import UNSAFE_CHARS
