@@ -2,14 +2,14 @@
 
 Threads (docs/architecture.md): the ``link-video`` thread calls :meth:`Assembler.take` for each
 message, which parses the chunk's header (at most 1 KB) and queues the chunk per site
-(agent/intake.py: bytes capped per site and in total, round-robin). The ``video`` thread does
+(agent/centre/intake.py: bytes capped per site and in total, round-robin). The ``video`` thread does
 the rest: holds chunks until their segment is complete and checks its sha256; a live segment is
 appended to its session's file, a clip's is handed to agent/centre/clipwriter.py, which writes
 the clip once all are in, verifies it, records it and confirms it. None of this runs on the
-alarm path: alarms have their own MQTT connection and thread (agent/receiver.py).
+alarm path: alarms have their own MQTT connection and thread (agent/centre/receiver.py).
 
 Bounds: every site's memory, open clips, live sessions and disk are held to its share by
-agent/holdings.py, which drops the least recently used and reports it. Completed clips are
+agent/centre/holdings.py, which drops the least recently used and reports it. Completed clips are
 looked up in the ledger, not remembered in memory.
 """
 

@@ -3,7 +3,7 @@
 - :func:`write_once` makes a file atomically and durably under a name nothing has yet: it
   writes a temporary file, fsyncs it and links it into place, and ``link`` fails if the name
   exists. So neither a crash nor a second copy from a box ever replaces what was written.
-- :func:`verify_clip`: the clip's hash chain and the box's signature (agent/chain.py).
+- :func:`verify_clip`: the clip's hash chain and the box's signature (agent/video/chain.py).
 - :func:`pin_box_key`: a box's public key, pinned at its first sight (or registered at install).
 - :func:`disk_charge`: what a folder counts against a site's quota.
 """

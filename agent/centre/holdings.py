@@ -1,8 +1,8 @@
 """What the centre's video thread holds for each site, and the bounds on it.
 
-Used only on the ``video`` thread (agent/centre/assembler.py and clipwriter.py), so nothing here
-needs a lock. The bounds are ``Limits`` (agent/intake.py); each is kept by eviction or refusal,
-and reported:
+Used only on the ``video`` thread (agent/centre/assembler.py and clipwriter.py), so nothing
+here needs a lock. The bounds are ``Limits`` (agent/centre/intake.py); each is kept by eviction
+or refusal, and reported:
 
 - memory: every chunk held (its bytes and CHUNK_OVERHEAD) and every verified segment a clip in
   memory knows of (PART_OVERHEAD) is charged to its stream, its site and the total. Over the

@@ -1,6 +1,6 @@
 """What the centre's receiver takes in from boxes, bounded per site: limits, a fair queue and
-the operator's reports. Shared by the alarm desk (agent/receiver.py) and the video assembler
-(agent/assembler.py).
+the operator's reports. Shared by the alarm desk (agent/centre/receiver.py) and the video assembler
+(agent/centre/assembler.py).
 
 One box may be hostile (docs/security.md). Everything a box can make the centre hold is
 therefore capped per site, so one box exhausts only its own share, and served round-robin, so

@@ -11,7 +11,7 @@ What a hostile box must not be able to do to it (docs/security.md):
 
 - **Poison it.** Tables are STRICT: SQLite refuses a TEXT ``seq`` instead of storing it, which
   once made ``MAX(seq)`` a string and every later alarm of the site fail. The receiver's schema
-  (agent/protocol.py) refuses it first; STRICT is the second wall.
+  (agent/delivery/protocol.py) refuses it first; STRICT is the second wall.
 - **Reach another school's records.** Alarms are keyed by (site, event), clips by (site, event,
   camera): a box that learns another school's event id only makes a record of its own.
 - **Replace evidence.** Rows are inserted, never replaced. A clip row keeps the sha256 of every

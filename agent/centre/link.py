@@ -247,7 +247,7 @@ class Link:
             while self._outgoing and self.subscribed.is_set():  # else kept for the next session
                 msg = self._outgoing.popleft()
                 client.publish(msg.topic, msg.payload, qos=1, retain=msg.retain)
-            sock = client.socket()  # fetched after every paho call of the turn (agent/uplink.py)
+            sock = client.socket()  # after every paho call of the turn, as the box's uplink does
             if sock is None:
                 self._lost("the connection closed")
                 return

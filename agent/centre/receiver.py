@@ -1,13 +1,13 @@
 """The centre's alarm desk: every school's alarms and statuses, stored once, none waiting long.
 
-Threads (docs/architecture.md): the ``link-alarms`` thread (agent/centre_link.py) calls
+Threads (docs/architecture.md): the ``link-alarms`` thread (agent/centre/link.py) calls
 :meth:`AlarmDesk.take` for each message. That does bounded work only: at most
-``MAX_ALARM_BYTES`` parsed against the schema (agent/protocol.py), the result queued. The
+``MAX_ALARM_BYTES`` parsed against the schema (agent/delivery/protocol.py), the result queued. The
 ``alarms`` thread takes what waits (at most GROUP_MAX) and stores the alarms among it together
 (group commit: one ledger commit and one fsync of ``alarms.jsonl`` for all), then publishes
 their receipts through the link, one per site: during an alarm storm the disk's flush time is
 shared instead of queued (bench/alarm_storm.py). The queue is per site and
-round-robin (agent/intake.py), so a flood from one box delays that box's own alarms and, for
+round-robin (agent/centre/intake.py), so a flood from one box delays that box's own alarms and, for
 any other school, at most one stored alarm of each busy site. Video never reaches this thread.
 What one site's new alarms may take on disk is budgeted (``Limits.alarm_bytes_per_day``, after
 a burst); duplicates cost nothing of it.

@@ -4,10 +4,10 @@ It must not trust the 7,600 boxes it hears from (docs/security.md, "A hostile bo
 built as two independent paths, each with its own MQTT connection (a persistent session the
 broker queues for while the receiver is away) and its own worker thread:
 
-- **alarms** (``{prefix}/+/alarm`` and ``+/status``): agent/receiver.py checks each message
+- **alarms** (``{prefix}/+/alarm`` and ``+/status``): agent/centre/receiver.py checks each message
   against its schema on the link's thread and stores it on the ``alarms`` thread: the ledger
-  (agent/ledger.py), ``alarms.jsonl``, a receipt to the box;
-- **video** (``+/clip/+``, ``+/live/+``, ``+/pubkey``): agent/assembler.py rebuilds and
+  (agent/centre/ledger.py), ``alarms.jsonl``, a receipt to the box;
+- **video** (``+/clip/+``, ``+/live/+``, ``+/pubkey``): agent/centre/assembler.py rebuilds and
   verifies clips and appends live segments on the ``video`` thread.
 
 So megabytes of video, from an honest school or a hostile one, never sit in front of an alarm:
